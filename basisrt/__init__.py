@@ -1,0 +1,19 @@
+"""basisrt: basis scaling and double pruning (Wong et al. 2021), compiled to fast kernels.
+
+Public API:
+    decompose(model)           exact SVD basis form of every Conv2d / Linear (DecomposeReport)
+    profile(model, x)          per-layer parameters, MACs and bytes (CostReport)
+    BasisConv2d, BasisLinear   the basis layers; scaling_parameters(model) lists their alphas
+    models                     reference architectures (vgg16, resnet18, mobilenetv2, densenet, vit_mlp)
+"""
+from . import models
+from .cost import CostReport, LayerCost, profile
+from .decomposition import DecomposeReport, decompose, decompose_layer
+from .layers import BasisConv2d, BasisLinear, scaling_parameters
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BasisConv2d", "BasisLinear", "CostReport", "DecomposeReport", "LayerCost",
+    "decompose", "decompose_layer", "models", "profile", "scaling_parameters",
+]

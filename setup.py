@@ -1,0 +1,25 @@
+"""Build of the C++ CPU kernels (csrc/) as one extension, basisrt._C.
+
+Plain pybind11 + the C++ standard library: no libtorch at build time. The Triton kernels in
+kernels/ install inside the package as basisrt.kernels (no top-level `kernels` module).
+"""
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+ext = Pybind11Extension(
+    "basisrt._C",
+    sorted(glob("csrc/*.cpp")),
+    include_dirs=["csrc"],
+    cxx_std=17,
+    extra_compile_args=["-O3"],
+)
+
+setup(
+    packages=["basisrt", "basisrt.kernels"],
+    package_dir={"basisrt": "basisrt", "basisrt.kernels": "kernels"},
+    ext_modules=[ext],
+    cmdclass={"build_ext": build_ext},
+    zip_safe=False,
+)
