@@ -10,10 +10,11 @@ from . import models
 from .cost import CostReport, LayerCost, profile
 from .decomposition import DecomposeReport, decompose, decompose_layer
 from .layers import BasisConv2d, BasisLinear, scaling_parameters
+from .pruning import PruneReport, prune_basis
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BasisConv2d", "BasisLinear", "CostReport", "DecomposeReport", "LayerCost",
-    "decompose", "decompose_layer", "models", "profile", "scaling_parameters",
+    "PruneReport", "decompose", "decompose_layer", "models", "profile", "prune_basis", "scaling_parameters",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 import torch
@@ -9,6 +10,10 @@ import torch
 from . import models
 from .cost import profile
 from .decomposition import decompose
+
+
+# Modules that each define `add_subcommand(subparsers)` for their own `basisrt <command>`.
+SUBCOMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -38,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--batch", type=int, default=1)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_subcommand(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 
