@@ -11,10 +11,14 @@ from .cost import CostReport, LayerCost, profile
 from .decomposition import DecomposeReport, decompose, decompose_layer
 from .layers import BasisConv2d, BasisLinear, scaling_parameters
 from .pruning import PruneReport, prune_basis
+from .importance import energy_importance, taylor_importance
+from .channel_pruning import channel_prune, double_prune
+from . import transfer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BasisConv2d", "BasisLinear", "CostReport", "DecomposeReport", "LayerCost",
     "PruneReport", "decompose", "decompose_layer", "models", "profile", "prune_basis", "scaling_parameters",
+    "channel_prune", "double_prune", "energy_importance", "taylor_importance", "transfer",
 ]
