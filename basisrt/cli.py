@@ -13,11 +13,11 @@ from .decomposition import decompose
 
 
 # Modules that each define `add_subcommand(subparsers)` for their own `basisrt <command>`.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("basisrt.workflow", "basisrt.bench.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("basisrt.bench.cli",)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Decompose a built-in reference model and show its cost before and after."""
+    """The whole story on a built-in model: decompose → prune → compile → benchmark."""
     torch.manual_seed(args.seed)
     model = models.create(args.model).eval()
     x = torch.randn(args.batch, 3, 32, 32)
@@ -31,17 +31,66 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"# {args.model}: after basisrt.decompose (full rank)\n{report}\n\n{basis.table()}\n")
     print(f"full-rank decomposition error ‖out−ref‖/‖ref‖ = {err:.2e} (float32)")
     print(f"params {dense.params:,} -> {basis.params:,}; MACs {dense.macs / 1e6:.1f}M -> {basis.macs / 1e6:.1f}M "
-          "(full rank costs more; pruning basis vectors is what saves)")
+          "(full rank costs more; pruning basis vectors is what saves)\n")
+    if args.no_bench:
+        return 0
+    import copy
+
+    import basisrt
+    from .bench.report import realised_table, skipped_lines, write_all
+    from .bench.runner import BenchConfig, run
+    from .cost import nominal_speedup
+    from .pruning import prune_basis
+
+    level = f"ratio:{args.rank:g}"
+    pruned = copy.deepcopy(report.model)
+    prune_basis(pruned, "ratio", args.rank)
+    cost = profile(pruned, x)
+    print(f"# {args.model}: after basisrt.prune_basis(model, 'ratio', {args.rank:g})\n{cost.table()}\n")
+    print(f"nominal speedup {nominal_speedup(dense, cost):.2f}x ({dense.macs / 1e6:.1f}M -> {cost.macs / 1e6:.1f}M MACs)")
+    if hasattr(basisrt, "compile"):
+        compiled = basisrt.compile(pruned, x)
+        with torch.no_grad():
+            y, y_ref = compiled(x), pruned(x)
+        steps = getattr(getattr(compiled, "plan", None), "steps", [])
+        chosen = {}
+        for step in steps:
+            chosen[step.strategy] = chosen.get(step.strategy, 0) + 1
+        print(f"basisrt.compile: {len(steps)} steps {chosen}; ‖out−pruned‖/‖pruned‖ = "
+              f"{((y - y_ref).norm() / y_ref.norm()).item():.2e}\n")
+    else:
+        print("basisrt.compile: not available (the benchmark reports the basisrt engine as skipped)\n")
+    engines = args.engines or ["eager_dense", "eager_dense_cl", "ort_dense", "basisrt_dense", "eager_pruned",
+                               "eager_pruned_cl", "ort_pruned", "basisrt"]
+    config = BenchConfig.quick_config(models=[args.model], levels=[level], batches=[args.bench_batch],
+                                      engines=engines, seed=args.seed)
+    config.layers = False
+    print(f"# benchmark (quick, engines interleaved; batch {args.bench_batch}, 1 thread)")
+    results = run(config, progress=not args.no_progress, command=f"basisrt demo --model {args.model}",
+                  prepared={args.model: (model, report.model)})
+    written = write_all(results, args.out)
+    print(realised_table(results))
+    for line in skipped_lines(results):
+        print(line)
+    print(f"\nrealised = measured ÷ nominal speedup. Plot: {written.get('png', 'not written (matplotlib missing)')}; "
+          f"report: {written['md']}; raw: {written['json']}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="basisrt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="decompose a built-in reference model and print its cost table")
+    demo = sub.add_parser("demo", help="decompose, prune, compile and benchmark a built-in reference model")
     demo.add_argument("--model", default="vgg16", choices=sorted(models.REFERENCE_MODELS))
     demo.add_argument("--batch", type=int, default=1)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--rank", type=float, default=0.1, help="fraction of each layer's rank to keep (default 0.1)")
+    demo.add_argument("--bench-batch", type=int, default=8, help="batch size of the benchmark (default 8)")
+    demo.add_argument("--engines", nargs="+", help="benchmark engines (default: all but torch.compile, "
+                                                   "whose compile takes ~30 s; see basisrt bench --help)")
+    demo.add_argument("--out", default="bench/out", help="where the benchmark writes JSON, Markdown and plot")
+    demo.add_argument("--no-bench", action="store_true", help="stop after the cost tables")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(run=_demo)
     for module in SUBCOMMAND_MODULES:
         importlib.import_module(module).add_subcommand(sub)

@@ -194,13 +194,18 @@ class _Progress:
 
 
 def run(config: BenchConfig, *, progress: bool = True, command: str = "",
-        log: Callable[[str], None] | None = None) -> dict:
-    """Run the benchmark; returns the raw results (what `report.write_all` turns into files)."""
+        log: Callable[[str], None] | None = None,
+        prepared: dict[str, tuple[nn.Module, nn.Module]] | None = None) -> dict:
+    """Run the benchmark; returns the raw results (what `report.write_all` turns into files).
+
+    `prepared` maps a model name to its (dense, decomposed) pair already built by the caller
+    (e.g. `basisrt demo`), so it is not built and decomposed again.
+    """
     unknown = [e for e in config.engines if e not in eng.ENGINES]
     if unknown:
         raise ValueError(f"unknown engines {unknown}; valid: {', '.join(eng.ENGINES)}")
     for m in config.models:
-        if m not in model_zoo.REFERENCE_MODELS:
+        if m not in model_zoo.REFERENCE_MODELS and m not in (prepared or {}):
             raise ValueError(f"unknown model {m!r}; valid: {', '.join(sorted(model_zoo.REFERENCE_MODELS))}")
     for spec in config.levels:
         parse_level(spec)
@@ -223,10 +228,13 @@ def run(config: BenchConfig, *, progress: bool = True, command: str = "",
             bar.status(f"roofline, {threads} threads")
             results["rooflines"][str(threads)] = measure(threads, repeats=config.roofline_repeats).to_dict()
         for model_name in config.models:
-            torch.manual_seed(config.seed)
-            dense = model_zoo.create(model_name).eval()
             shape = (3, 32, 32)
-            decomposed = decompose(dense).model.eval()
+            if prepared and model_name in prepared:
+                dense, decomposed = (m.eval() for m in prepared[model_name])
+            else:
+                torch.manual_seed(config.seed)
+                dense = model_zoo.create(model_name).eval()
+                decomposed = decompose(dense).model.eval()
             pruned: dict[str, nn.Module] = {}
             for spec in config.levels:
                 bar.status(f"{model_name}: pruning {spec}")
