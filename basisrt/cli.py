@@ -13,7 +13,7 @@ from .decomposition import decompose
 
 
 # Modules that each define `add_subcommand(subparsers)` for their own `basisrt <command>`.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("basisrt.bench.cli",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("basisrt.workflow", "basisrt.bench.cli")
 
 
 def _demo(args: argparse.Namespace) -> int:
