@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "basis_conv_ref.h"
+#include "fused_conv.h"
 
 #ifndef BASISRT_C_VERSION
 #define BASISRT_C_VERSION "0.1.0"
@@ -192,9 +193,77 @@ Arrays are float32 C-contiguous (others are converted). Returns a new float32 ar
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------
+// Fused NHWC conv kernels (csrc/fused_conv.*): zero-copy, called from the compiled plan
+// ---------------------------------------------------------------------------------------
+
+namespace {
+
+// Zero-copy view of a float32 C-contiguous array; anything else is a clear error, never a copy
+// (the plan passes torch tensors' numpy views and must write into `out` in place).
+const float* f32_data(const std::string& fn, const py::array& a, const char* name, py::ssize_t numel) {
+    if (!py::isinstance<py::array_t<float>>(a) || !(a.flags() & py::array::c_style))
+        value_error(fn, std::string(name) + " must be a C-contiguous float32 array");
+    if (a.size() != numel)
+        value_error(fn, std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " +
+                            std::to_string(numel));
+    return static_cast<const float*>(a.data());
+}
+
+void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
+                        const std::optional<py::array>& bias, const std::optional<py::array>& residual,
+                        py::array& out, IntPair kernel, IntPair stride, IntPair padding, IntPair dilation,
+                        int64_t groups, int64_t rank, int activation, int num_threads) {
+    const std::string fn = "fused_conv_nhwc";
+    if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
+    basisrt::ConvShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1), out.shape(2),
+                         out.shape(3), kernel.first, kernel.second, stride.first, stride.second,
+                         padding.first, padding.second, dilation.first, dilation.second, groups};
+    if (out.shape(0) != s.N) value_error(fn, "out batch differs from x batch");
+    if (groups < 1 || s.C_in % groups || s.C_out % groups) value_error(fn, "groups must divide C_in and C_out");
+    if (rank < 0 || activation < 0 || activation > 2 || num_threads < 1) value_error(fn, "bad rank/activation/threads");
+    if (s.kh < 1 || s.kw < 1 || s.sh < 1 || s.sw < 1 || s.dh < 1 || s.dw < 1 || s.ph < 0 || s.pw < 0)
+        value_error(fn, "kernel, stride and dilation must be positive, padding non-negative");
+    const int64_t ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
+    const int64_t wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
+    if (ho != s.Ho || wo != s.Wo)
+        value_error(fn, "out spatial size (" + std::to_string(s.Ho) + ", " + std::to_string(s.Wo) +
+                            ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) + ")");
+    const int64_t cg_pad = basisrt::round_up(s.C_out / groups, basisrt::kColBlock);
+    const int64_t K = s.kh * s.kw * (s.C_in / groups);
+    const int64_t b_cols = rank ? basisrt::round_up(rank, basisrt::kColBlock) : cg_pad;
+    const float* xp = f32_data(fn, x, "x", x.size());
+    const float* bp = f32_data(fn, B, "B (packed)", groups * K * b_cols);
+    const float* ap = nullptr;
+    if (rank) {
+        if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
+        ap = f32_data(fn, *A, "A (packed)", groups * b_cols * cg_pad);
+    }
+    const float* biasp = bias ? f32_data(fn, *bias, "bias", s.C_out) : nullptr;
+    const float* resp = residual ? f32_data(fn, *residual, "residual", out.size()) : nullptr;
+    f32_data(fn, out, "out", out.size());
+    if (!out.writeable()) value_error(fn, "out must be writeable");
+    float* yp = static_cast<float*>(out.mutable_data());
+    py::gil_scoped_release release;
+    basisrt::fused_conv_nhwc(xp, bp, ap, biasp, resp, yp, s, rank, static_cast<basisrt::Activation>(activation),
+                             num_threads);
+}
+
+void bind_fused(py::module_& m) {
+    m.def("fused_conv_nhwc", &fused_conv_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
+          py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+          py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),
+          "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
+          "bias, residual add and activation (0 none, 1 relu, 2 relu6) fused; writes into `out`.");
+    m.def("simd_path", &basisrt::simd_path, "The SIMD path chosen at run time for this CPU.");
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
     m.doc() = "basisrt C++ CPU kernels (pybind11, no libtorch)";
     m.attr("__version__") = BASISRT_C_VERSION;
     bind_reference(m);
+    bind_fused(m);
     // Future kernel families register here: bind_<family>(m);
 }

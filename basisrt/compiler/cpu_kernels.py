@@ -1,0 +1,115 @@
+"""The one place where the C++ fused conv kernel is launched: weight packing and the step module.
+
+Activations inside a plan are logical NCHW tensors stored channels_last (physically NHWC), so
+the kernel reads them without copies and every PyTorch op between steps still sees an ordinary
+NCHW tensor.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import _C
+
+COL_BLOCK = 16  # kernel's packed column block (csrc/fused_conv.h: kColBlock)
+ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}
+
+
+def _round_up(v: int, m: int = COL_BLOCK) -> int:
+    return -(-v // m) * m
+
+
+def _taps_last(w: Tensor, groups: int) -> Tensor:
+    """(groups*n, Cg, kh, kw) → (groups, K, n) with K in NHWC tap order (ky, kx, ci)."""
+    n = w.shape[0] // groups
+    return w.permute(0, 2, 3, 1).reshape(groups, n, -1).transpose(1, 2)
+
+
+def _pad_cols(t: Tensor, cols: int, rows: int | None = None) -> Tensor:
+    g, r, c = t.shape
+    out = t.new_zeros(g, rows or r, cols)
+    out[:, :r, :c] = t
+    return out.contiguous()
+
+
+class FusedConv2d(nn.Module):
+    """One plan step: dense conv (rank 0) or basis pair, with bias/BN, residual add and
+    activation fused into the C++ kernel's epilogue. Stateless at call time: thread-safe."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, *, stride, padding, dilation, groups: int,
+                 scale: Tensor | None = None, activation: str | None = None, residual: bool = False,
+                 num_threads: int | None = None) -> None:
+        super().__init__()
+        weight = weight.detach().float()
+        self.kernel = tuple(weight.shape[2:])
+        self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        self.groups, self.activation, self.residual = groups, activation, residual
+        self.out_channels = scale.shape[0] if scale is not None else weight.shape[0]
+        self.num_threads = num_threads
+        cg = self.out_channels // groups
+        if scale is None:  # dense: B = W as (g, K, Cg_pad)
+            self.rank = 0
+            self.register_buffer("B", _pad_cols(_taps_last(weight, groups), _round_up(cg)))
+            self.A = None
+        else:  # basis pair: B = basis (g, K, r_pad), A = scale (g, r_pad, Cg_pad)
+            self.rank = scale.shape[1]
+            r_pad = _round_up(self.rank)
+            self.register_buffer("B", _pad_cols(_taps_last(weight, groups), r_pad))
+            a = scale.detach().float().reshape(groups, cg, self.rank).transpose(1, 2)
+            self.register_buffer("A", _pad_cols(a, _round_up(cg), r_pad))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+
+    def output_hw(self, h: int, w: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+    def forward(self, x: Tensor, residual: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+        """x: (N, C, H, W) float32, any memory format; `out`: optional NHWC buffer to write into."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, _, h, w = x.shape
+        y = torch.empty(n, *self.output_hw(h, w), self.out_channels) if out is None else out
+        res = None
+        if residual is not None:
+            res = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
+        _C.fused_conv_nhwc(
+            x.permute(0, 2, 3, 1).numpy(), self.B.numpy(), None if self.A is None else self.A.numpy(),
+            None if self.bias is None else self.bias.numpy(), res, y.numpy(), self.kernel, self.stride,
+            self.padding, self.dilation, self.groups, self.rank, ACTIVATIONS[self.activation],
+            self.num_threads or torch.get_num_threads())
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        kind = f"basis rank {self.rank}" if self.rank else "dense"
+        return (f"{kind}, out={self.out_channels}, kernel={self.kernel}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, act={self.activation}, residual={self.residual}")
+
+
+class FusedLinear(FusedConv2d):
+    """A Linear / BasisLinear step: the same kernel on (rows, 1, 1, C) with a 1×1 kernel."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, scale: Tensor | None = None,
+                 activation: str | None = None, residual: bool = False, num_threads: int | None = None) -> None:
+        super().__init__(weight[:, :, None, None], bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                         scale=scale, activation=activation, residual=residual, num_threads=num_threads)
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        lead = x.shape[:-1]
+        x4 = x.reshape(-1, 1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # logical NCHW over NHWC memory
+        r4 = None if residual is None else residual.reshape(-1, 1, 1, self.out_channels).permute(0, 3, 1, 2)
+        return super().forward(x4, r4).reshape(*lead, self.out_channels)
+
+
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """Symmetric zero padding of `conv` as (ph, pw), or None if the kernel cannot do it."""
+    if conv.padding_mode != "zeros":
+        return None
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
+    return tuple(conv.padding)
+
+
+__all__ = ["FusedConv2d", "FusedLinear", "conv_padding", "F"]

@@ -1,0 +1,121 @@
+"""`basisrt.compile`: trace, fuse, and wrap the result as a drop-in callable."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..cost import profile
+from .cpu_kernels import FusedConv2d
+from .fusion import Tracer, fuse
+
+
+@dataclass
+class Step:
+    """One step of the plan as the benchmark and the user see it."""
+
+    name: str
+    strategy: str  # "fused" (low-rank kernel), "dense" / "dense-fold" (dense kernel), "torch"
+    macs: int = 0
+    detail: str = ""
+
+
+@dataclass
+class Plan:
+    steps: list[Step] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join(f"  {s.name:<40} {s.strategy:<10} {s.macs / 1e6:>9.2f} MMACs  {s.detail}" for s in self.steps)
+
+
+class CompiledModel:
+    """A compiled model: call it like the original (same inputs and outputs, inference only)."""
+
+    def __init__(self, module: fx.GraphModule, plan: Plan, example: Tensor) -> None:
+        self.module = module
+        self.plan = plan
+        self.input_shape = tuple(example.shape[1:])
+        self.dtype, self.device = example.dtype, example.device
+
+    def _check(self, x: object) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+        if x.device.type != "cpu":
+            raise ValueError(f"this plan runs on the CPU; the input is on {x.device}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"expected a {self.dtype} input, got {x.dtype}")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected input of shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self._check(x)
+        with torch.inference_mode():
+            y = self.module(x)
+        return y.contiguous() if isinstance(y, Tensor) else y
+
+    def step_times(self, x: Tensor, repeats: int = 10) -> list[tuple[str, str, float]]:
+        """Median seconds of each fused step over `repeats` runs of `x` (for per-layer benchmarks)."""
+        self._check(x)
+        times: dict[str, list[float]] = {}
+        handles = []
+        for name, m in self.module.named_modules():
+            if isinstance(m, FusedConv2d):
+                start: dict[str, float] = {}
+                handles.append(m.register_forward_pre_hook(lambda mod, a, n=name, s=start: s.__setitem__(n, time.perf_counter())))
+                handles.append(m.register_forward_hook(
+                    lambda mod, a, o, n=name, s=start: times.setdefault(n, []).append(time.perf_counter() - s[n])))
+        try:
+            with torch.inference_mode():
+                for _ in range(repeats):
+                    self.module(x)
+        finally:
+            for h in handles:
+                h.remove()
+        strategy = {s.name: s.strategy for s in self.plan.steps}
+        return [(n, strategy.get(n, "?"), sorted(t)[len(t) // 2]) for n, t in times.items()]
+
+
+def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True,
+            num_threads: int | None = None) -> CompiledModel:
+    """Compile `model` for CPU inference into a plan of fused C++ kernels.
+
+    Traces with torch.fx (basis layers stay whole), folds BatchNorm into the preceding conv,
+    fuses residual adds and ReLU/ReLU6 into the conv epilogue, drops dropout/identity, and picks
+    per layer the fused low-rank kernel or a dense fold, whichever needs fewer MACs. Operations
+    the plan does not own run through PyTorch. The model itself is not modified.
+
+    Args:
+        model: a float32 model (plain, decomposed or pruned) in eval mode semantics.
+        example_input: an input of the shape the plan will be called with (batch may differ).
+        prefer_lowrank: if False, fold every basis pair to a dense conv.
+        num_threads: kernel threads (default: torch.get_num_threads() at call time).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, Tensor):
+        raise TypeError("example_input must be a torch.Tensor")
+    if example_input.device.type != "cpu":
+        raise ValueError(f"the CPU backend needs a CPU model and input, got {example_input.device}")
+    model = copy.deepcopy(model).eval()
+    try:
+        graph = Tracer().trace(model)
+    except Exception as e:  # fx raises many kinds; say what happened and where to look
+        raise RuntimeError(f"basisrt.compile could not trace {type(model).__name__} with torch.fx: {e}") from e
+    gm = fx.GraphModule(model, graph)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example_input)
+    cost = {l.name: l.macs for l in profile(model, example_input).layers}
+    strategies = fuse(gm, prefer_lowrank, num_threads)
+    plan = Plan()
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            strategy, sources = strategies.get(node.target, ("torch", (node.target,)))
+            macs = sum(cost.get(src, 0) for src in sources)
+            plan.steps.append(Step(node.target, strategy, macs, gm.get_submodule(node.target).extra_repr()))
+        elif node.op in ("call_function", "call_method"):
+            plan.steps.append(Step(node.name, "torch", 0, str(getattr(node.target, "__name__", node.target))))
+    return CompiledModel(gm, plan, example_input)

@@ -1,0 +1,37 @@
+// Fused low-rank (basis) conv and dense conv on NHWC float32, with a fused epilogue.
+//
+// One output tile of TP pixels at a time (threads over tiles):
+//   cols = im2col(x)[tile]             (TP × K per group, K = kh·kw·C_in/g, NHWC tap order)
+//   T    = cols · B                    (TP × r, stays in a thread-local buffer: never in memory)
+//   y    = T · A + bias (+ residual) (→ activation)      stored as NHWC
+// A dense conv is the same with the second GEMM skipped (B holds the dense weight).
+// Weights are prepacked once (see pack_* in fused_conv.cpp): B as (K × r_pad) and
+// A as (r_pad × Cg_pad), columns zero-padded to the vector block (16 floats).
+#pragma once
+#include <cstdint>
+
+namespace basisrt {
+
+enum class Activation : int { none = 0, relu = 1, relu6 = 2 };
+
+struct ConvShape {
+    int64_t N, H, W, C_in;     // input, NHWC
+    int64_t Ho, Wo, C_out;     // output, NHWC
+    int64_t kh, kw, sh, sw, ph, pw, dh, dw, groups;
+};
+
+// Column padding of packed weights: one AVX-512 vector of floats.
+constexpr int64_t kColBlock = 16;
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// rank == 0: dense conv, B packed per group as (K × Cg_pad). Otherwise B is
+// (K × r_pad) per group and A is (r_pad × Cg_pad) per group, Cg = C_out / groups.
+// bias, residual may be null. residual is NHWC with the output's shape.
+void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
+                     const float* residual, float* y, const ConvShape& s, int64_t rank,
+                     Activation act, int num_threads);
+
+// Which SIMD path the run-time dispatch picked ("avx512f", "avx2" or "default").
+const char* simd_path();
+
+}  // namespace basisrt

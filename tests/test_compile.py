@@ -1,0 +1,151 @@
+"""basisrt.compile: every reference model compiles and matches eager; fusions; clear errors."""
+import threading
+from collections import Counter
+
+import pytest
+import torch
+from torch import nn
+
+import basisrt
+from basisrt import compile, decompose, prune_basis
+
+
+def rel_err(out, ref):
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def pruned(name: str, ratio: float = 0.25) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    dense = basisrt.models.create(name).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding is really tested
+        for m in dense.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.normal_(1, 0.1)
+                m.bias.normal_(0, 0.1)
+    model = decompose(dense).model
+    prune_basis(model, "ratio", ratio)
+    return dense, model
+
+
+@pytest.mark.parametrize("name", sorted(basisrt.models.REFERENCE_MODELS))
+def test_reference_models_compile_and_match(name):
+    dense, model = pruned(name)
+    x = torch.randn(3, 3, 32, 32)
+    for m in (dense, model):
+        compiled = compile(m, x)
+        with torch.no_grad():
+            ref = m(x)
+        assert rel_err(compiled(x), ref) < 1e-5
+        assert rel_err(compiled(x[:1]), ref[:1]) < 1e-5  # another batch size
+    strategies = Counter(s.strategy for s in compiled.plan.steps)
+    assert strategies["fused"] > 0
+    assert not any("batch_norm" in s.detail.lower() or s.detail.startswith("BatchNorm") for s in compiled.plan.steps)
+
+
+def test_fusions_in_plan():
+    _, model = pruned("resnet18")
+    compiled = compile(model, torch.randn(1, 3, 32, 32))
+    names = [type(compiled.module.get_submodule(s.name)).__name__ for s in compiled.plan.steps if s.strategy == "torch"
+             and "." in s.name or s.name.isidentifier() and hasattr(compiled.module, s.name)]
+    assert "BatchNorm2d" not in names and "ReLU" not in names  # folded / fused away
+    steps = [compiled.module.get_submodule(s.name) for s in compiled.plan.steps if s.strategy == "fused"]
+    assert sum(s.residual for s in steps) == 8  # one residual add per BasicBlock
+    assert sum(s.activation == "relu" for s in steps) == 17
+
+
+def test_dense_fold_when_rank_too_high():
+    model = decompose(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())).model  # full rank: never pays
+    x = torch.randn(2, 8, 6, 6)
+    compiled = compile(model, x)
+    assert [s.strategy for s in compiled.plan.steps] == ["dense-fold"]
+    assert rel_err(compiled(x), model(x).detach()) < 1e-5
+    assert [s.strategy for s in compile(model, x, prefer_lowrank=False).plan.steps] == ["dense-fold"]
+
+
+def test_plain_kxk_then_1x1_is_a_basis_pair():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(32, 6, 3, padding=1), nn.Conv2d(6, 48, 1), nn.BatchNorm2d(48), nn.ReLU()).eval()
+    x = torch.randn(2, 32, 9, 7)
+    compiled = compile(model, x)
+    assert [s.strategy for s in compiled.plan.steps] == ["fused"]
+    step = compiled.module.get_submodule(compiled.plan.steps[0].name)
+    assert step.rank == 6 and step.activation == "relu"
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+
+
+def test_untraceable_ops_run_through_torch_and_padding_modes_fall_back():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")
+            self.b = nn.Conv2d(8, 8, 3, padding="same")
+
+        def forward(self, x):
+            return torch.sigmoid(self.b(self.a(x))).flatten(1).softmax(-1)
+
+    model = Net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    compiled = compile(model, x)
+    strategies = {s.name: s.strategy for s in compiled.plan.steps}
+    assert strategies["a"] == "torch"  # reflect padding: PyTorch runs it
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+
+
+def test_untraceable_model_gets_clear_message():
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(RuntimeError, match="could not trace DataDependent"):
+        compile(DataDependent(), torch.randn(1, 3))
+
+
+def test_input_errors_and_layouts():
+    _, model = pruned("vgg16", 0.1)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = compile(model, x)
+    with pytest.raises(ValueError, match="shape"):
+        compiled(torch.randn(2, 3, 16, 16))
+    with pytest.raises(TypeError, match="float32"):
+        compiled(x.double())
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        compiled(x.numpy())
+    with pytest.raises(ValueError, match="CPU backend"):
+        compile(model, torch.randn(2, 3, 32, 32, device="meta"))
+    ref = compiled(x)
+    assert torch.allclose(compiled(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-6)
+    assert torch.allclose(compiled(x.transpose(2, 3).contiguous().transpose(2, 3)), ref, atol=1e-6)
+    assert ref.is_contiguous()
+
+
+def test_threads_share_a_plan():
+    _, model = pruned("resnet18", 0.1)
+    compiled = compile(model, torch.randn(1, 3, 32, 32))
+    inputs = [torch.randn(1 + i % 3, 3, 32, 32) for i in range(6)]
+    expected = [compiled(x) for x in inputs]
+    results = [None] * len(inputs)
+
+    def run(i):
+        for _ in range(3):
+            results[i] = compiled(inputs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        assert torch.equal(got, want)
+
+
+def test_step_times_cover_fused_steps():
+    _, model = pruned("vgg16", 0.1)
+    x = torch.randn(1, 3, 32, 32)
+    compiled = compile(model, x)
+    times = compiled.step_times(x, repeats=2)
+    assert {n for n, _, _ in times} == {s.name for s in compiled.plan.steps if s.strategy != "torch"}
+    assert all(t > 0 for _, _, t in times)

@@ -1,0 +1,112 @@
+"""The C++ fused conv kernel against a float64 PyTorch reference, on a grid of random shapes.
+
+Every case poisons the output with NaN first, so an element the kernel does not write fails.
+"""
+import random
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from basisrt.compiler.cpu_kernels import FusedConv2d, FusedLinear
+
+ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def cases(n: int = 220, seed: int = 0):
+    rng = random.Random(seed)
+    kernels = [(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (3, 5)]
+    out = []
+    for i in range(n):
+        k = kernels[i % len(kernels)]
+        groups = rng.choice([1, 1, 1, 2, 3])
+        stride, dilation = (rng.choice([1, 2]), rng.choice([1, 2])), (rng.choice([1, 2]), rng.choice([1, 2]))
+        padding = (rng.choice([0, 1, 2]), rng.choice([0, 1, 2]))
+        need = [d * (kk - 1) + 1 - 2 * p for d, kk, p in zip(dilation, k, padding)]
+        h, w = rng.randint(max(need[0], 1), max(need[0], 1) + 12), rng.randint(max(need[1], 1), max(need[1], 1) + 12)
+        c_in, c_out = groups * rng.randint(1, 12), groups * rng.randint(1, 24)
+        rank = rng.choice([0, 1, rng.randint(2, 40)])  # 0: dense kernel; ranks mostly not multiples of 16
+        out.append(dict(n=rng.randint(1, 8) if i % 4 else 1, c_in=c_in, c_out=c_out, hw=(h, w), k=k,
+                        stride=stride, padding=padding, dilation=dilation, groups=groups, rank=rank,
+                        bias=rng.random() < 0.7, act=rng.choice([None, "relu", "relu6"]),
+                        residual=rng.random() < 0.4))
+    return out
+
+
+def case_id(c):
+    return "n{n}c{c_in}-{c_out}k{k[0]}{k[1]}s{stride[0]}{stride[1]}p{padding[0]}{padding[1]}d{dilation[0]}{dilation[1]}g{groups}r{rank}".format(**c)
+
+
+@pytest.mark.parametrize("c", cases(), ids=case_id)
+def test_fused_conv_matches_float64(c):
+    gen = torch.Generator().manual_seed(zlib.crc32(case_id(c).encode()))
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    g = c["groups"]
+    x = rnd(c["n"], c["c_in"], *c["hw"])
+    bias = rnd(c["c_out"]) if c["bias"] else None
+    conv = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=g)
+    if c["rank"]:
+        basis, scale = rnd(g * c["rank"], c["c_in"] // g, *c["k"]), rnd(c["c_out"], c["rank"])
+        ref = F.conv2d(F.conv2d(x, basis, **conv), scale[:, :, None, None], bias, groups=g)
+        step = FusedConv2d(basis, bias, scale=scale, activation=c["act"], residual=c["residual"], **conv)
+    else:
+        weight = rnd(c["c_out"], c["c_in"] // g, *c["k"])
+        ref = F.conv2d(x, weight, bias, **conv)
+        step = FusedConv2d(weight, bias, activation=c["act"], residual=c["residual"], **conv)
+    res = rnd(*ref.shape) if c["residual"] else None
+    if res is not None:
+        ref = ref + res
+    ref = ACTS[c["act"]](ref)
+    out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned NHWC
+    y = step(x.float(), None if res is None else res.float(), out=out)
+    assert y.shape == ref.shape and torch.isfinite(y).all()
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("rank", [0, 5, 19])
+def test_fused_linear_on_tokens(rank):
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 33, dtype=torch.float64)
+    res = torch.randn(3, 7, 20, dtype=torch.float64)
+    if rank:
+        basis, scale, bias = torch.randn(rank, 33, dtype=torch.float64), torch.randn(20, rank, dtype=torch.float64), None
+        ref = x @ basis.T @ scale.T
+        step = FusedLinear(basis, bias, scale, activation="relu", residual=True)
+    else:
+        weight, bias = torch.randn(20, 33, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
+        ref = x @ weight.T + bias
+        step = FusedLinear(weight, bias, activation="relu", residual=True)
+    ref = torch.relu(ref + res)
+    assert rel_err(step(x.float(), res.float()), ref) < 1e-5
+
+
+def test_input_layouts_accepted():
+    torch.manual_seed(1)
+    w = torch.randn(8, 4, 3, 3)
+    step = FusedConv2d(w, None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    x = torch.randn(2, 4, 9, 9)
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    for variant in (x, x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+        assert rel_err(step(variant), ref) < 1e-5
+
+
+def test_kernel_rejects_bad_buffers():
+    from basisrt import _C
+    import numpy as np
+    x = np.zeros((1, 5, 5, 4), np.float32)
+    out = np.zeros((1, 5, 5, 8), np.float32)
+    b = np.zeros((1, 36, 16), np.float32)
+    with pytest.raises(ValueError, match="float32"):
+        _C.fused_conv_nhwc(x.astype(np.float64), b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
+    with pytest.raises(ValueError, match="does not match the conv geometry"):
+        _C.fused_conv_nhwc(x, b, None, None, None, out, (3, 3), (1, 1), (0, 0), (1, 1), 1, 0, 0, 1)
+    with pytest.raises(ValueError, match="needs A"):
+        _C.fused_conv_nhwc(x, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 4, 0, 1)
+    with pytest.raises(ValueError, match="B \\(packed\\) has"):
+        _C.fused_conv_nhwc(x, b[:, :10], None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
+    assert _C.simd_path() in ("avx512f", "avx2", "default")
