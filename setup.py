@@ -13,10 +13,10 @@ ext = Pybind11Extension(
     sorted(glob("csrc/*.cpp")),
     include_dirs=["csrc"],
     cxx_std=17,
-    # OpenMP threads over output tiles; only OpenMP <= 4.5 features (torch bundles an older
-    # libgomp that is loaded first).
-    extra_compile_args=["-O3", "-fopenmp"],
-    extra_link_args=["-fopenmp"],
+    # Threads come from csrc/thread_pool.cpp (no OpenMP: its barriers stall behind a busy
+    # neighbour, and torch bundles its own libgomp).
+    extra_compile_args=["-O3", "-pthread"],
+    extra_link_args=["-pthread"],
 )
 
 setup(

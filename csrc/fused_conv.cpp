@@ -1,6 +1,6 @@
 #include "fused_conv.h"
 
-#include <omp.h>
+#include "thread_pool.h"
 
 #include <algorithm>
 #include <cstring>
@@ -87,41 +87,41 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     // A 1×1, stride-1, unpadded conv reads its rows straight from x: no im2col copy.
     const bool direct = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
 
-#pragma omp parallel num_threads(num_threads)
-    {
-        std::vector<float> cols(direct ? 0 : kTile * K), t(kTile * r_pad), out(kTile * cg_pad);
-#pragma omp for schedule(static)
-        for (int64_t tile = 0; tile < tiles; ++tile) {
-            const int64_t p0 = tile * kTile, m = std::min(kTile, P - p0);
-            for (int64_t g = 0; g < s.groups; ++g) {
-                const float* a_rows;
-                int64_t lda;
-                if (direct) {
-                    a_rows = x + p0 * s.C_in + g * cg_in;
-                    lda = s.C_in;
-                } else {
-                    im2col_tile(x, s, g, p0, m, cols.data());
-                    a_rows = cols.data();
-                    lda = K;
-                }
-                if (rank) {
-                    gemm(a_rows, lda, B + g * K * r_pad, r_pad, t.data(), r_pad, m, r_pad, K);
-                    gemm(t.data(), r_pad, A + g * r_pad * cg_pad, cg_pad, out.data(), cg_pad, m, cg_pad, rank);
-                } else {
-                    gemm(a_rows, lda, B + g * K * cg_pad, cg_pad, out.data(), cg_pad, m, cg_pad, K);
-                }
-                for (int64_t i = 0; i < m; ++i) {  // epilogue: bias, residual, activation, store
-                    const int64_t off = (p0 + i) * s.C_out + g * cg_out;
-                    const float* o = out.data() + i * cg_pad;
-                    for (int64_t j = 0; j < cg_out; ++j) {
-                        float v = o[j] + (bias ? bias[g * cg_out + j] : 0.f);
-                        if (residual) v += residual[off + j];
-                        y[off + j] = activate(v, act);
-                    }
+    parallel_for(tiles, num_threads, [&](int64_t tile) {
+        // Per-thread scratch, sized to the largest layer seen: no growth with the number of calls.
+        thread_local std::vector<float> cols, t, out;
+        cols.resize(std::max<size_t>(cols.size(), direct ? 0 : kTile * K));
+        t.resize(std::max<size_t>(t.size(), kTile * r_pad));
+        out.resize(std::max<size_t>(out.size(), kTile * cg_pad));
+        const int64_t p0 = tile * kTile, m = std::min(kTile, P - p0);
+        for (int64_t g = 0; g < s.groups; ++g) {
+            const float* a_rows;
+            int64_t lda;
+            if (direct) {
+                a_rows = x + p0 * s.C_in + g * cg_in;
+                lda = s.C_in;
+            } else {
+                im2col_tile(x, s, g, p0, m, cols.data());
+                a_rows = cols.data();
+                lda = K;
+            }
+            if (rank) {
+                gemm(a_rows, lda, B + g * K * r_pad, r_pad, t.data(), r_pad, m, r_pad, K);
+                gemm(t.data(), r_pad, A + g * r_pad * cg_pad, cg_pad, out.data(), cg_pad, m, cg_pad, rank);
+            } else {
+                gemm(a_rows, lda, B + g * K * cg_pad, cg_pad, out.data(), cg_pad, m, cg_pad, K);
+            }
+            for (int64_t i = 0; i < m; ++i) {  // epilogue: bias, residual, activation, store
+                const int64_t off = (p0 + i) * s.C_out + g * cg_out;
+                const float* o = out.data() + i * cg_pad;
+                for (int64_t j = 0; j < cg_out; ++j) {
+                    float v = o[j] + (bias ? bias[g * cg_out + j] : 0.f);
+                    if (residual) v += residual[off + j];
+                    y[off + j] = activate(v, act);
                 }
             }
         }
-    }
+    });
 }
 
 }  // namespace basisrt
