@@ -29,12 +29,13 @@ def pruned(name: str, ratio: float = 0.25) -> tuple[nn.Module, nn.Module]:
     return dense, model
 
 
-@pytest.mark.parametrize("name", sorted(basisrt.models.REFERENCE_MODELS))
-def test_reference_models_compile_and_match(name):
+@pytest.mark.parametrize("name, dense_backend", [(n, "torch") for n in sorted(basisrt.models.REFERENCE_MODELS)]
+                         + [("resnet18", "basisrt"), ("vit_mlp", "basisrt")])
+def test_reference_models_compile_and_match(name, dense_backend):
     dense, model = pruned(name)
     x = torch.randn(3, 3, 32, 32)
     for m in (dense, model):
-        compiled = compile(m, x)
+        compiled = compile(m, x, dense_backend=dense_backend)
         with torch.no_grad():
             ref = m(x)
         assert rel_err(compiled(x), ref) < 1e-5
@@ -62,6 +63,8 @@ def test_dense_fold_when_rank_too_high():
     assert [s.strategy for s in compiled.plan.steps] == ["dense-fold"]
     assert rel_err(compiled(x), model(x).detach()) < 1e-5
     assert [s.strategy for s in compile(model, x, prefer_lowrank=False).plan.steps] == ["dense-fold"]
+    with pytest.raises(ValueError, match="dense_backend"):
+        compile(model, x, dense_backend="cuda")
 
 
 def test_plain_kxk_then_1x1_is_a_basis_pair():

@@ -100,6 +100,37 @@ class FusedLinear(FusedConv2d):
         return super().forward(x4, r4).reshape(*lead, self.out_channels)
 
 
+class TorchDenseConv2d(nn.Module):
+    """A dense step run by PyTorch's own conv (oneDNN on channels_last), which beats our dense
+    kernel; BN stays folded into its weight, residual add and activation follow in place."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, *, stride, padding, dilation, groups: int,
+                 activation: str | None = None, residual: bool = False, linear: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.detach().float().contiguous(
+            memory_format=torch.channels_last if weight.dim() == 4 else torch.contiguous_format))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        self.conv_args = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation), groups=groups)
+        self.activation, self.residual, self.linear, self.rank = activation, residual, linear, 0
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        if self.linear:
+            y = F.linear(x, self.weight, self.bias)
+        else:
+            y = F.conv2d(x.contiguous(memory_format=torch.channels_last), self.weight, self.bias, **self.conv_args)
+        if residual is not None:
+            y += residual
+        if self.activation == "relu":
+            y.relu_()
+        elif self.activation == "relu6":
+            y.clamp_(0, 6)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"dense (torch), weight={tuple(self.weight.shape)}, {self.conv_args if not self.linear else 'linear'}, "
+                f"act={self.activation}, residual={self.residual}")
+
+
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     """Symmetric zero padding of `conv` as (ph, pw), or None if the kernel cannot do it."""
     if conv.padding_mode != "zeros":
@@ -112,4 +143,4 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     return tuple(conv.padding)
 
 
-__all__ = ["FusedConv2d", "FusedLinear", "conv_padding", "F"]
+__all__ = ["FusedConv2d", "FusedLinear", "TorchDenseConv2d", "conv_padding"]

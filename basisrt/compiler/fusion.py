@@ -12,7 +12,7 @@ from torch import Tensor, fx, nn
 
 from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
-from .cpu_kernels import FusedConv2d, FusedLinear, conv_padding
+from .cpu_kernels import FusedConv2d, FusedLinear, TorchDenseConv2d, conv_padding
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
@@ -151,8 +151,8 @@ def _later(a: fx.Node, b: fx.Node) -> fx.Node:
     raise AssertionError("nodes from different graphs")
 
 
-def fuse(gm: fx.GraphModule, prefer_lowrank: bool = True,
-         num_threads: int | None = None) -> dict[str, tuple[str, tuple[str, ...]]]:
+def fuse(gm: fx.GraphModule, prefer_lowrank: bool = True, num_threads: int | None = None,
+         dense_backend: str = "torch") -> dict[str, tuple[str, tuple[str, ...]]]:
     """Rewrite `gm` in place into plan steps (node shapes from ShapeProp must be in node.meta);
     returns step name -> (strategy, names of the layers it replaced)."""
     strategies: dict[str, tuple[str, tuple[str, ...]]] = {}
@@ -183,12 +183,15 @@ def fuse(gm: fx.GraphModule, prefer_lowrank: bool = True,
             _fold_bn(gm, node, layer)
         _fuse_epilogue(gm, node, layer)
         name = node.target.replace(".", "_") + "_step"
-        if is_conv:
-            conv = m.basis if isinstance(m, BasisConv2d) else m
-            step = FusedConv2d(layer.weight, layer.bias, stride=conv.stride, padding=conv_padding(conv),
-                               dilation=conv.dilation, groups=conv.groups, scale=layer.scale,
-                               activation=layer.activation, residual=layer.residual is not None,
-                               num_threads=num_threads)
+        conv = (m.basis if isinstance(m, BasisConv2d) else m) if is_conv else None
+        geometry = dict(stride=conv.stride, padding=conv_padding(conv), dilation=conv.dilation,
+                        groups=conv.groups) if is_conv else dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+        if layer.scale is None and dense_backend == "torch":
+            step = TorchDenseConv2d(layer.weight, layer.bias, **geometry, activation=layer.activation,
+                                    residual=layer.residual is not None, linear=not is_conv)
+        elif is_conv:
+            step = FusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale, activation=layer.activation,
+                               residual=layer.residual is not None, num_threads=num_threads)
         else:
             step = FusedLinear(layer.weight, layer.bias, layer.scale, layer.activation,
                                layer.residual is not None, num_threads)

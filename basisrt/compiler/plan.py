@@ -10,7 +10,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..cost import profile
-from .cpu_kernels import FusedConv2d
+from .cpu_kernels import FusedConv2d, TorchDenseConv2d
 from .fusion import Tracer, fuse
 
 
@@ -63,7 +63,7 @@ class CompiledModel:
         times: dict[str, list[float]] = {}
         handles = []
         for name, m in self.module.named_modules():
-            if isinstance(m, FusedConv2d):
+            if isinstance(m, (FusedConv2d, TorchDenseConv2d)):
                 start: dict[str, float] = {}
                 handles.append(m.register_forward_pre_hook(lambda mod, a, n=name, s=start: s.__setitem__(n, time.perf_counter())))
                 handles.append(m.register_forward_hook(
@@ -80,7 +80,7 @@ class CompiledModel:
 
 
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True,
-            num_threads: int | None = None) -> CompiledModel:
+            num_threads: int | None = None, dense_backend: str = "torch") -> CompiledModel:
     """Compile `model` for CPU inference into a plan of fused C++ kernels.
 
     Traces with torch.fx (basis layers stay whole), folds BatchNorm into the preceding conv,
@@ -93,7 +93,11 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         example_input: an input of the shape the plan will be called with (batch may differ).
         prefer_lowrank: if False, fold every basis pair to a dense conv.
         num_threads: kernel threads (default: torch.get_num_threads() at call time).
+        dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, faster today);
+            "basisrt" runs them with our C++ kernel.
     """
+    if dense_backend not in ("torch", "basisrt"):
+        raise ValueError(f"dense_backend must be 'torch' or 'basisrt', got {dense_backend!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, Tensor):
@@ -109,7 +113,7 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     with torch.no_grad():
         ShapeProp(gm).propagate(example_input)
     cost = {l.name: l.macs for l in profile(model, example_input).layers}
-    strategies = fuse(gm, prefer_lowrank, num_threads)
+    strategies = fuse(gm, prefer_lowrank, num_threads, dense_backend)
     plan = Plan()
     for node in gm.graph.nodes:
         if node.op == "call_module":
