@@ -234,7 +234,9 @@ def run(config: BenchConfig, *, progress: bool = True, command: str = "",
             else:
                 torch.manual_seed(config.seed)
                 dense = model_zoo.create(model_name).eval()
-                decomposed = decompose(dense).model.eval()
+                # every conv but the first (3 input channels: nothing to prune there), as in the issue
+                first = next((n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)), None)
+                decomposed = decompose(dense, exclude=[first] if first else []).model.eval()
             pruned: dict[str, nn.Module] = {}
             for spec in config.levels:
                 bar.status(f"{model_name}: pruning {spec}")
