@@ -4,11 +4,11 @@ Public API:
     decompose(model)           exact SVD basis form of every Conv2d / Linear (DecomposeReport)
     profile(model, x)          per-layer parameters, MACs and bytes (CostReport)
     BasisConv2d, BasisLinear   the basis layers; scaling_parameters(model) lists their alphas
-    compile(model, x)          execution plan of fused C++ kernels (CompiledModel)
+    compile(model, x)          execution plan of fused C++ kernels (CompiledModel); .save(path), load(path)
     models                     reference architectures (vgg16, resnet18, mobilenetv2, densenet, vit_mlp)
 """
 from . import models
-from .compiler import CompiledModel, compile
+from .compiler import CompiledModel, compile, load
 from .cost import CostReport, LayerCost, profile
 from .decomposition import DecomposeReport, decompose, decompose_layer
 from .layers import BasisConv2d, BasisLinear, scaling_parameters
@@ -20,7 +20,7 @@ from . import transfer
 __version__ = "0.1.0"
 
 __all__ = [
-    "BasisConv2d", "CompiledModel", "compile", "BasisLinear", "CostReport", "DecomposeReport", "LayerCost",
+    "BasisConv2d", "CompiledModel", "compile", "load", "BasisLinear", "CostReport", "DecomposeReport", "LayerCost",
     "PruneReport", "decompose", "decompose_layer", "models", "profile", "prune_basis", "scaling_parameters",
     "channel_prune", "double_prune", "energy_importance", "taylor_importance", "transfer",
 ]

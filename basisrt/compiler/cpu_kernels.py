@@ -113,6 +113,11 @@ class TorchDenseConv2d(nn.Module):
         self.conv_args = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation), groups=groups)
         self.activation, self.residual, self.linear, self.rank = activation, residual, linear, 0
 
+    def after_load(self) -> None:
+        """Saved tensors are stored contiguous; oneDNN wants the conv weight channels_last."""
+        if self.weight.dim() == 4:
+            self.weight = self.weight.contiguous(memory_format=torch.channels_last)
+
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if self.linear:
             y = F.linear(x, self.weight, self.bias)

@@ -12,6 +12,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..cost import profile
 from .cpu_kernels import FusedConv2d, TorchDenseConv2d
 from .fusion import Tracer, fuse
+from .serialize import load_plan, save_plan
 
 
 @dataclass
@@ -35,11 +36,16 @@ class Plan:
 class CompiledModel:
     """A compiled model: call it like the original (same inputs and outputs, inference only)."""
 
-    def __init__(self, module: fx.GraphModule, plan: Plan, example: Tensor) -> None:
+    def __init__(self, module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:
         self.module = module
         self.plan = plan
-        self.input_shape = tuple(example.shape[1:])
-        self.dtype, self.device = example.dtype, example.device
+        self.input_shape = tuple(input_shape)  # without the batch dimension
+        self.dtype = dtype
+
+    def save(self, path: str) -> None:
+        """Write the plan (weights in safetensors, plan as JSON in its metadata) to one file;
+        `basisrt.load(path)` runs it without the original model class."""
+        save_plan(self, path)
 
     def _check(self, x: object) -> None:
         if not isinstance(x, Tensor):
@@ -122,4 +128,9 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             plan.steps.append(Step(node.target, strategy, macs, gm.get_submodule(node.target).extra_repr()))
         elif node.op in ("call_function", "call_method"):
             plan.steps.append(Step(node.name, "torch", 0, str(getattr(node.target, "__name__", node.target))))
-    return CompiledModel(gm, plan, example_input)
+    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype)
+
+
+def load(path: str) -> CompiledModel:
+    """Load a plan written by `CompiledModel.save`."""
+    return load_plan(path)
