@@ -152,3 +152,21 @@ def test_step_times_cover_fused_steps():
     times = compiled.step_times(x, repeats=2)
     assert {n for n, _, _ in times} == {s.name for s in compiled.plan.steps if s.strategy != "torch"}
     assert all(t > 0 for _, _, t in times)
+
+
+def test_autotune_matches_eager_and_caches_decisions():
+    from basisrt.compiler import autotune
+
+    autotune.clear_cache()
+    _, model = pruned("resnet18", 0.25)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = compile(model, x, autotune=True)
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+    chosen = Counter(s.strategy for s in compiled.plan.steps)
+    n_basis = sum(isinstance(m, basisrt.layers.BasisLayer) for m in model.modules())
+    assert chosen["fused"] + chosen["dense-fold"] == n_basis  # every basis layer got a measured choice
+    decided = len(autotune._DECISIONS)
+    assert 0 < decided < n_basis  # layers of the same shape share one measurement
+    compile(model, x, autotune=True)
+    assert len(autotune._DECISIONS) == decided  # second compile: all from the cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,39 +66,62 @@ def _activation(gm: fx.GraphModule, node: fx.Node) -> str | None:
     return None
 
 
-def _as_layer(m: nn.Module, prefer_lowrank: bool) -> tuple[Layer, str] | None:
-    """The step a module becomes, and its strategy, or None if the kernel cannot run it."""
+def geometry_of(m: nn.Module) -> dict | None:
+    """Conv geometry of a conv / basis conv step (None for a linear step)."""
+    conv = m.basis if isinstance(m, BasisConv2d) else m
+    if not isinstance(conv, nn.Conv2d):
+        return None
+    return dict(stride=conv.stride, padding=conv_padding(conv), dilation=conv.dilation, groups=conv.groups)
+
+
+def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dense_backend: str) -> nn.Module:
+    """The one place a plan step module is built from a Layer (geometry None: a linear step)."""
+    residual = layer.residual is not None
+    if layer.scale is None and dense_backend == "torch":
+        return TorchDenseConv2d(layer.weight, layer.bias, **(geometry or _LINEAR_GEOMETRY), activation=layer.activation,
+                                residual=residual, linear=geometry is None)
+    if geometry is not None:
+        return FusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale, activation=layer.activation,
+                           residual=residual, num_threads=num_threads)
+    return FusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual, num_threads)
+
+
+_LINEAR_GEOMETRY = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+
+# Decides, for a layer that can run either way, whether the fused low-rank step is used.
+Chooser = Callable[[str, Layer, Layer, "dict | None"], bool]
+
+
+def cost_model_choice(name: str, fused: Layer, dense: Layer, geometry: dict | None) -> bool:
+    """Fused low-rank when it needs fewer MACs than the dense fold (basisrt.cost)."""
+    groups = geometry["groups"] if geometry else 1
+    return lowrank_pays(fused.weight[0].numel(), fused.scale.shape[0], fused.scale.shape[1], groups)
+
+
+def _candidates(gm: fx.GraphModule, node: fx.Node, m: nn.Module):
+    """(fused Layer or None, dense Layer, the absorbed 1×1 node or None) for a module the kernels
+    can run, or None. A plain conv whose only user is a plain 1×1 conv (as other factorisation
+    tools emit) is a basis pair."""
     conv = m.basis if isinstance(m, BasisConv2d) else m
     if isinstance(conv, nn.Conv2d) and (conv_padding(conv) is None or conv.weight.dtype != torch.float32):
         return None
     if isinstance(m, (BasisConv2d, BasisLinear)):
-        k = m.basis.weight[0].numel()
-        if prefer_lowrank and lowrank_pays(k, m.coeff.shape[0], m.rank, m.groups):
-            return Layer(m.basis.weight.detach(), m.bias, m.scaling_weight().detach()), "fused"
-        return Layer(m.dense_weight().detach(), m.bias), "dense-fold"
-    if type(m) in (nn.Conv2d, nn.Linear) and m.weight.dtype == torch.float32:
-        return Layer(m.weight.detach(), m.bias), "dense"
-    return None
-
-
-def _pair_with_1x1(gm: fx.GraphModule, node: fx.Node, m: nn.Module, prefer_lowrank: bool):
-    """A plain conv whose only user is a plain 1×1 conv (as other factorisation tools emit) is a
-    basis pair: returns (Layer, strategy, the 1×1 node), or None."""
+        fused = Layer(m.basis.weight.detach(), m.bias, m.scaling_weight().detach())
+        return fused, Layer(m.dense_weight().detach(), m.bias), None
+    if type(m) not in (nn.Conv2d, nn.Linear) or m.weight.dtype != torch.float32:
+        return None
     user = _only_user(node)
     second = _module(gm, user) if user is not None else None
     if not (type(m) is nn.Conv2d and type(second) is nn.Conv2d and m.groups == 1 and second.groups == 1
             and second.kernel_size == (1, 1) and second.stride == (1, 1) and conv_padding(second) == (0, 0)
-            and m.weight.dtype == second.weight.dtype == torch.float32 and conv_padding(m) is not None):
-        return None
+            and second.weight.dtype == torch.float32):
+        return None, Layer(m.weight.detach(), m.bias), None
     scale = second.weight.detach()[:, :, 0, 0]
     bias = second.bias.detach() if second.bias is not None else None
     if m.bias is not None:  # A(Bx + b1) + b2 = ABx + (A b1 + b2)
         bias = scale @ m.bias.detach() + (bias if bias is not None else 0)
-    rank, k = m.out_channels, m.weight[0].numel()
-    if prefer_lowrank and lowrank_pays(k, second.out_channels, rank):
-        return Layer(m.weight.detach(), bias, scale), "fused", user
-    dense = (scale @ m.weight.detach().reshape(rank, -1)).reshape(second.out_channels, *m.weight.shape[1:])
-    return Layer(dense, bias), "dense-fold", user
+    dense = (scale @ m.weight.detach().reshape(m.out_channels, -1)).reshape(second.out_channels, *m.weight.shape[1:])
+    return Layer(m.weight.detach(), bias, scale), Layer(dense, bias), user
 
 
 def _fold_bn(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> fx.Node:
@@ -151,10 +175,11 @@ def _later(a: fx.Node, b: fx.Node) -> fx.Node:
     raise AssertionError("nodes from different graphs")
 
 
-def fuse(gm: fx.GraphModule, prefer_lowrank: bool = True, num_threads: int | None = None,
+def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_threads: int | None = None,
          dense_backend: str = "torch") -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Rewrite `gm` in place into plan steps (node shapes from ShapeProp must be in node.meta);
-    returns step name -> (strategy, names of the layers it replaced)."""
+    """Rewrite `gm` in place into plan steps (node shapes from ShapeProp must be in node.meta).
+    `choose` picks fused vs dense per layer (None: always dense). Returns step name ->
+    (strategy, names of the layers it replaced)."""
     strategies: dict[str, tuple[str, tuple[str, ...]]] = {}
     for node in list(gm.graph.nodes):
         if node not in gm.graph.nodes:  # erased by an earlier fusion (BN, 1×1 partner, add, act)
@@ -164,38 +189,25 @@ def fuse(gm: fx.GraphModule, prefer_lowrank: bool = True, num_threads: int | Non
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             continue
-        if m is None:
+        found = _candidates(gm, node, m) if m is not None else None
+        if found is None:
             continue
-        pair = _pair_with_1x1(gm, node, m, prefer_lowrank)
+        fused, dense, second = found
+        geometry = geometry_of(m)
         sources = (node.target,)
-        if pair is not None:  # the 1×1 conv's node stands for the pair from here on
-            layer, strategy, second = pair
+        if second is not None:  # the 1×1 conv's node stands for the pair from here on
             sources += (second.target,)
             second.replace_all_uses_with(node)
             gm.graph.erase_node(second)
+        if fused is not None and choose is not None and choose(node.target, fused, dense, geometry):
+            layer, strategy = fused, "fused"
         else:
-            made = _as_layer(m, prefer_lowrank)
-            if made is None:
-                continue
-            layer, strategy = made
-        is_conv = isinstance(m, (nn.Conv2d, BasisConv2d))
-        if is_conv:
+            layer, strategy = dense, "dense-fold" if fused is not None else "dense"
+        if geometry is not None:
             _fold_bn(gm, node, layer)
         _fuse_epilogue(gm, node, layer)
         name = node.target.replace(".", "_") + "_step"
-        conv = (m.basis if isinstance(m, BasisConv2d) else m) if is_conv else None
-        geometry = dict(stride=conv.stride, padding=conv_padding(conv), dilation=conv.dilation,
-                        groups=conv.groups) if is_conv else dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
-        if layer.scale is None and dense_backend == "torch":
-            step = TorchDenseConv2d(layer.weight, layer.bias, **geometry, activation=layer.activation,
-                                    residual=layer.residual is not None, linear=not is_conv)
-        elif is_conv:
-            step = FusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale, activation=layer.activation,
-                               residual=layer.residual is not None, num_threads=num_threads)
-        else:
-            step = FusedLinear(layer.weight, layer.bias, layer.scale, layer.activation,
-                               layer.residual is not None, num_threads)
-        gm.add_submodule(name, step)
+        gm.add_submodule(name, make_step(layer, geometry, num_threads, dense_backend))
         anchor = node if layer.residual is None else _later(node, layer.residual)
         with gm.graph.inserting_after(anchor):
             args = (node.args[0],) + ((layer.residual,) if layer.residual is not None else ())

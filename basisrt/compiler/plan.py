@@ -11,7 +11,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..cost import profile
 from .cpu_kernels import FusedConv2d, TorchDenseConv2d
-from .fusion import Tracer, fuse
+from .autotune import MeasuredChooser, layer_inputs
+from .fusion import Tracer, cost_model_choice, fuse
 from .serialize import load_plan, save_plan
 
 
@@ -85,7 +86,7 @@ class CompiledModel:
         return [(n, strategy.get(n, "?"), sorted(t)[len(t) // 2]) for n, t in times.items()]
 
 
-def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True,
+def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
             num_threads: int | None = None, dense_backend: str = "torch") -> CompiledModel:
     """Compile `model` for CPU inference into a plan of fused C++ kernels.
 
@@ -98,6 +99,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         model: a float32 model (plain, decomposed or pruned) in eval mode semantics.
         example_input: an input of the shape the plan will be called with (batch may differ).
         prefer_lowrank: if False, fold every basis pair to a dense conv.
+        autotune: choose fused vs dense per layer by timing both on `example_input` (decisions
+            cached per shape for the process) instead of by the MAC count.
         num_threads: kernel threads (default: torch.get_num_threads() at call time).
         dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, faster today);
             "basisrt" runs them with our C++ kernel.
@@ -119,7 +122,13 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     with torch.no_grad():
         ShapeProp(gm).propagate(example_input)
     cost = {l.name: l.macs for l in profile(model, example_input).layers}
-    strategies = fuse(gm, prefer_lowrank, num_threads, dense_backend)
+    if not prefer_lowrank:
+        choose = None
+    elif autotune:
+        choose = MeasuredChooser(layer_inputs(model, example_input), num_threads, dense_backend)
+    else:
+        choose = cost_model_choice
+    strategies = fuse(gm, choose, num_threads, dense_backend)
     plan = Plan()
     for node in gm.graph.nodes:
         if node.op == "call_module":
