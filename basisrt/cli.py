@@ -49,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"# {args.model}: after basisrt.prune_basis(model, 'ratio', {args.rank:g})\n{cost.table()}\n")
     print(f"nominal speedup {nominal_speedup(dense, cost):.2f}x ({dense.macs / 1e6:.1f}M -> {cost.macs / 1e6:.1f}M MACs)")
     if hasattr(basisrt, "compile"):
-        compiled = basisrt.compile(pruned, x)
+        compiled = basisrt.compile(pruned, x, autotune=True)
         with torch.no_grad():
             y, y_ref = compiled(x), pruned(x)
         steps = getattr(getattr(compiled, "plan", None), "steps", [])

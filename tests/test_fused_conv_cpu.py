@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from basisrt.compiler.cpu_kernels import FusedConv2d, FusedLinear
+from basisrt.compiler.cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep
 
 ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
 
@@ -44,6 +44,16 @@ def case_id(c):
 
 @pytest.mark.parametrize("c", cases(), ids=case_id)
 def test_fused_conv_matches_float64(c):
+    check_step(c, FusedConv2d)
+
+
+@pytest.mark.parametrize("c", cases()[::7], ids=case_id)
+def test_torch_step_matches_float64(c):
+    """The same steps run as PyTorch convs (what the autotuner may pick instead)."""
+    check_step(c, TorchConvStep)
+
+
+def check_step(c, step_cls):
     gen = torch.Generator().manual_seed(zlib.crc32(case_id(c).encode()))
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
     g = c["groups"]
@@ -53,17 +63,21 @@ def test_fused_conv_matches_float64(c):
     if c["rank"]:
         basis, scale = rnd(g * c["rank"], c["c_in"] // g, *c["k"]), rnd(c["c_out"], c["rank"])
         ref = F.conv2d(F.conv2d(x, basis, **conv), scale[:, :, None, None], bias, groups=g)
-        step = FusedConv2d(basis, bias, scale=scale, activation=c["act"], residual=c["residual"], **conv)
+        step = step_cls(basis, bias, scale=scale, activation=c["act"], residual=c["residual"], **conv)
     else:
         weight = rnd(c["c_out"], c["c_in"] // g, *c["k"])
         ref = F.conv2d(x, weight, bias, **conv)
-        step = FusedConv2d(weight, bias, activation=c["act"], residual=c["residual"], **conv)
+        step = step_cls(weight, bias, activation=c["act"], residual=c["residual"], **conv)
     res = rnd(*ref.shape) if c["residual"] else None
     if res is not None:
         ref = ref + res
     ref = ACTS[c["act"]](ref)
-    out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned NHWC
-    y = step(x.float(), None if res is None else res.float(), out=out)
+    res32 = None if res is None else res.float()
+    if step_cls is FusedConv2d:
+        out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned NHWC
+        y = step(x.float(), res32, out=out)
+    else:  # PyTorch allocates its own output
+        y = step(x.float(), res32)
     assert y.shape == ref.shape and torch.isfinite(y).all()
     assert rel_err(y, ref) < 1e-5
 
@@ -110,3 +124,24 @@ def test_kernel_rejects_bad_buffers():
     with pytest.raises(ValueError, match="B \\(packed\\) has"):
         _C.fused_conv_nhwc(x, b[:, :10], None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
     assert _C.simd_path() in ("avx512f", "avx2", "default")
+
+
+@pytest.mark.parametrize("in_torch", [False, True])
+@pytest.mark.parametrize("rank", [0, 7])
+def test_make_step_linear(in_torch, rank):
+    """Every linear step `make_step` can build (our kernel or PyTorch, pair or dense) is right."""
+    from basisrt.compiler.fusion import Layer, make_step
+
+    torch.manual_seed(2)
+    x, res = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 5, 12, dtype=torch.float64)
+    bias = torch.randn(12, dtype=torch.float64)
+    if rank:
+        basis, scale = torch.randn(rank, 24, dtype=torch.float64), torch.randn(12, rank, dtype=torch.float64)
+        layer, ref = Layer(basis, bias, scale, "relu6"), x @ basis.T @ scale.T + bias
+    else:
+        weight = torch.randn(12, 24, dtype=torch.float64)
+        layer, ref = Layer(weight, bias, None, "relu6"), x @ weight.T + bias
+    layer.residual = object()  # any non-None marks a fused residual
+    step = make_step(layer, None, None, "torch" if in_torch else "basisrt", pair_in_torch=in_torch)
+    assert isinstance(step, TorchConvStep if in_torch else FusedLinear)
+    assert rel_err(step(x.float(), res.float()), (ref + res).clamp(0, 6)) < 1e-5

@@ -182,7 +182,7 @@ def _basisrt(model: nn.Module, x: Tensor) -> EngineRun:
     import basisrt
     if not hasattr(basisrt, "compile"):
         raise EngineSkipped("basisrt.compile not available")
-    cm = basisrt.compile(model, x)
+    cm = basisrt.compile(model, x, autotune=True)  # per layer: our fused kernel, oneDNN pair or dense fold
     fn = lambda: cm(x)  # noqa: E731 - CompiledModel has eval / no-grad semantics itself
     steps = getattr(getattr(cm, "plan", None), "steps", [])
     strategies: dict[str, int] = {}

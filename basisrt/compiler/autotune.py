@@ -1,7 +1,8 @@
 """Measured choice between the fused low-rank step and the dense fold, cached per shape.
 
 The cost model (fewer MACs wins) is blind to how well each kernel runs a given shape; the
-autotuner times both candidate steps on the layer's real input and keeps the faster. Decisions
+autotuner times the candidates on the layer's real input (our fused kernel, the pair as two
+oneDNN convs, the dense fold) and keeps the fastest. Decisions
 depend only on shapes, threads and backend, so they are cached for the process.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from .fusion import Layer, make_step
 
-_DECISIONS: dict[tuple, bool] = {}  # shape key -> use the fused low-rank step
+_DECISIONS: dict[tuple, str] = {}  # shape key -> "fused", "pair" or "dense"
 
 
 def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
@@ -30,8 +31,8 @@ def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
     return {n: x for n, x in seen.items() if isinstance(x, Tensor)}
 
 
-def _median_seconds(steps: dict[bool, nn.Module], x: Tensor, repeats: int) -> dict[bool, float]:
-    samples: dict[bool, list[float]] = {k: [] for k in steps}
+def _median_seconds(steps: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {k: [] for k in steps}
     with torch.inference_mode():
         for step in steps.values():  # warm-up
             step(x)
@@ -44,13 +45,13 @@ def _median_seconds(steps: dict[bool, nn.Module], x: Tensor, repeats: int) -> di
 
 
 class MeasuredChooser:
-    """A `fusion.Chooser` that times both candidates on the captured layer inputs."""
+    """A `fusion.Chooser` that times the candidates on the captured layer inputs."""
 
     def __init__(self, inputs: dict[str, Tensor], num_threads: int | None, dense_backend: str, repeats: int = 7):
         self.inputs, self.num_threads, self.dense_backend, self.repeats = inputs, num_threads, dense_backend, repeats
         self.measured = 0  # decisions timed by this chooser (the rest came from the cache)
 
-    def __call__(self, name: str, fused: Layer, dense: Layer, geometry: dict | None) -> bool:
+    def __call__(self, name: str, fused: Layer, dense: Layer, geometry: dict | None) -> str:
         from .fusion import cost_model_choice
 
         x = self.inputs.get(name)
@@ -60,10 +61,10 @@ class MeasuredChooser:
         key = (tuple(fused.weight.shape), tuple(fused.scale.shape), tuple(dense.weight.shape),
                tuple(sorted((geometry or {}).items())), tuple(x.shape), threads, self.dense_backend)
         if key not in _DECISIONS:
-            steps = {flag: make_step(layer, geometry, self.num_threads, self.dense_backend)
-                     for flag, layer in ((True, fused), (False, dense))}
+            steps = {kind: make_step(layer, geometry, self.num_threads, self.dense_backend, kind == "pair")
+                     for kind, layer in (("fused", fused), ("pair", fused), ("dense", dense))}
             times = _median_seconds(steps, x, self.repeats)
-            _DECISIONS[key] = times[True] <= times[False]
+            _DECISIONS[key] = min(times, key=times.get)
             self.measured += 1
         return _DECISIONS[key]
 

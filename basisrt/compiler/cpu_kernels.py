@@ -100,29 +100,43 @@ class FusedLinear(FusedConv2d):
         return super().forward(x4, r4).reshape(*lead, self.out_channels)
 
 
-class TorchDenseConv2d(nn.Module):
-    """A dense step run by PyTorch's own conv (oneDNN on channels_last), which beats our dense
-    kernel; BN stays folded into its weight, residual add and activation follow in place."""
+class TorchConvStep(nn.Module):
+    """A step run by PyTorch's own convs (oneDNN on channels_last): a dense conv/linear, or with
+    `scale` a basis pair as two convs (basis, then grouped 1×1). BN stays folded into the weights;
+    residual add and activation follow in place. The autotuner picks this where oneDNN beats our
+    kernels for a shape."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, *, stride, padding, dilation, groups: int,
-                 activation: str | None = None, residual: bool = False, linear: bool = False) -> None:
+                 scale: Tensor | None = None, activation: str | None = None, residual: bool = False,
+                 linear: bool = False) -> None:
         super().__init__()
-        self.register_buffer("weight", weight.detach().float().contiguous(
-            memory_format=torch.channels_last if weight.dim() == 4 else torch.contiguous_format))
+        self.register_buffer("weight", weight.detach().float().contiguous())
+        self.register_buffer("scale", None if scale is None else scale.detach().float().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.conv_args = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation), groups=groups)
-        self.activation, self.residual, self.linear, self.rank = activation, residual, linear, 0
+        self.activation, self.residual, self.linear = activation, residual, linear
+        self.rank = 0 if scale is None else scale.shape[1]
+        self.after_load()
 
     def after_load(self) -> None:
-        """Saved tensors are stored contiguous; oneDNN wants the conv weight channels_last."""
-        if self.weight.dim() == 4:
+        """oneDNN wants conv weights channels_last (saved tensors come back contiguous)."""
+        if not self.linear:
             self.weight = self.weight.contiguous(memory_format=torch.channels_last)
+            if self.scale is not None and self.scale.dim() == 2:
+                self.scale = self.scale[:, :, None, None].contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if self.linear:
-            y = F.linear(x, self.weight, self.bias)
+            y = F.linear(x, self.weight) if self.scale is not None else F.linear(x, self.weight, self.bias)
+            if self.scale is not None:
+                y = F.linear(y, self.scale, self.bias)
         else:
-            y = F.conv2d(x.contiguous(memory_format=torch.channels_last), self.weight, self.bias, **self.conv_args)
+            x = x.contiguous(memory_format=torch.channels_last)
+            if self.scale is None:
+                y = F.conv2d(x, self.weight, self.bias, **self.conv_args)
+            else:
+                t = F.conv2d(x, self.weight, None, **self.conv_args)
+                y = F.conv2d(t, self.scale, self.bias, groups=self.conv_args["groups"])
         if residual is not None:
             y += residual
         if self.activation == "relu":
@@ -132,7 +146,8 @@ class TorchDenseConv2d(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return (f"dense (torch), weight={tuple(self.weight.shape)}, {self.conv_args if not self.linear else 'linear'}, "
+        kind = f"basis pair rank {self.rank} (torch)" if self.rank else "dense (torch)"
+        return (f"{kind}, weight={tuple(self.weight.shape)}, {'linear' if self.linear else self.conv_args}, "
                 f"act={self.activation}, residual={self.residual}")
 
 
@@ -148,4 +163,4 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     return tuple(conv.padding)
 
 
-__all__ = ["FusedConv2d", "FusedLinear", "TorchDenseConv2d", "conv_padding"]
+__all__ = ["FusedConv2d", "FusedLinear", "TorchConvStep", "conv_padding"]

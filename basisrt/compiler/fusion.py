@@ -13,7 +13,7 @@ from torch import Tensor, fx, nn
 
 from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
-from .cpu_kernels import FusedConv2d, FusedLinear, TorchDenseConv2d, conv_padding
+from .cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep, conv_padding
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
@@ -74,12 +74,14 @@ def geometry_of(m: nn.Module) -> dict | None:
     return dict(stride=conv.stride, padding=conv_padding(conv), dilation=conv.dilation, groups=conv.groups)
 
 
-def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dense_backend: str) -> nn.Module:
+def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dense_backend: str,
+              pair_in_torch: bool = False) -> nn.Module:
     """The one place a plan step module is built from a Layer (geometry None: a linear step)."""
     residual = layer.residual is not None
-    if layer.scale is None and dense_backend == "torch":
-        return TorchDenseConv2d(layer.weight, layer.bias, **(geometry or _LINEAR_GEOMETRY), activation=layer.activation,
-                                residual=residual, linear=geometry is None)
+    in_torch = pair_in_torch if layer.scale is not None else dense_backend == "torch"
+    if in_torch:
+        return TorchConvStep(layer.weight, layer.bias, **(geometry or _LINEAR_GEOMETRY), scale=layer.scale,
+                             activation=layer.activation, residual=residual, linear=geometry is None)
     if geometry is not None:
         return FusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale, activation=layer.activation,
                            residual=residual, num_threads=num_threads)
@@ -88,14 +90,16 @@ def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dens
 
 _LINEAR_GEOMETRY = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
 
-# Decides, for a layer that can run either way, whether the fused low-rank step is used.
-Chooser = Callable[[str, Layer, Layer, "dict | None"], bool]
+# For a layer that can run either way, picks "fused" (our kernel), "pair" (two oneDNN convs)
+# or "dense" (the pair folded into one conv).
+Chooser = Callable[[str, Layer, Layer, "dict | None"], str]
 
 
-def cost_model_choice(name: str, fused: Layer, dense: Layer, geometry: dict | None) -> bool:
+def cost_model_choice(name: str, fused: Layer, dense: Layer, geometry: dict | None) -> str:
     """Fused low-rank when it needs fewer MACs than the dense fold (basisrt.cost)."""
     groups = geometry["groups"] if geometry else 1
-    return lowrank_pays(fused.weight[0].numel(), fused.scale.shape[0], fused.scale.shape[1], groups)
+    pays = lowrank_pays(fused.weight[0].numel(), fused.scale.shape[0], fused.scale.shape[1], groups)
+    return "fused" if pays else "dense"
 
 
 def _candidates(gm: fx.GraphModule, node: fx.Node, m: nn.Module):
@@ -199,15 +203,14 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             sources += (second.target,)
             second.replace_all_uses_with(node)
             gm.graph.erase_node(second)
-        if fused is not None and choose is not None and choose(node.target, fused, dense, geometry):
-            layer, strategy = fused, "fused"
-        else:
-            layer, strategy = dense, "dense-fold" if fused is not None else "dense"
+        kind = choose(node.target, fused, dense, geometry) if fused is not None and choose is not None else "dense"
+        layer = dense if kind == "dense" else fused
+        strategy = "dense-fold" if kind == "dense" and fused is not None else kind
         if geometry is not None:
             _fold_bn(gm, node, layer)
         _fuse_epilogue(gm, node, layer)
         name = node.target.replace(".", "_") + "_step"
-        gm.add_submodule(name, make_step(layer, geometry, num_threads, dense_backend))
+        gm.add_submodule(name, make_step(layer, geometry, num_threads, dense_backend, pair_in_torch=kind == "pair"))
         anchor = node if layer.residual is None else _later(node, layer.residual)
         with gm.graph.inserting_after(anchor):
             args = (node.args[0],) + ((layer.residual,) if layer.residual is not None else ())

@@ -10,7 +10,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..cost import profile
-from .cpu_kernels import FusedConv2d, TorchDenseConv2d
+from .cpu_kernels import FusedConv2d, TorchConvStep
 from .autotune import MeasuredChooser, layer_inputs
 from .fusion import Tracer, cost_model_choice, fuse
 from .serialize import load_plan, save_plan
@@ -21,7 +21,7 @@ class Step:
     """One step of the plan as the benchmark and the user see it."""
 
     name: str
-    strategy: str  # "fused" (low-rank kernel), "dense" / "dense-fold" (dense kernel), "torch"
+    strategy: str  # "fused" (our low-rank kernel), "pair" (two oneDNN convs), "dense" / "dense-fold", "torch"
     macs: int = 0
     detail: str = ""
 
@@ -70,7 +70,7 @@ class CompiledModel:
         times: dict[str, list[float]] = {}
         handles = []
         for name, m in self.module.named_modules():
-            if isinstance(m, (FusedConv2d, TorchDenseConv2d)):
+            if isinstance(m, (FusedConv2d, TorchConvStep)):
                 start: dict[str, float] = {}
                 handles.append(m.register_forward_pre_hook(lambda mod, a, n=name, s=start: s.__setitem__(n, time.perf_counter())))
                 handles.append(m.register_forward_hook(
