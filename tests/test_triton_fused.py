@@ -348,3 +348,60 @@ def test_gpu_autotune_then_cuda_graph():
     g.replay()
     torch.cuda.synchronize()
     assert torch.isfinite(out).all() and rel_err(out.permute(0, 3, 1, 2), ref(x)) < 1e-5
+
+
+# ------------------------------------------------------------------ the plan on the Triton backend
+
+@needs_triton
+def test_plan_dispatches_fused_pairs_to_triton():
+    """compile(backend="triton"): basis pairs (groups=1) become Triton steps, grouped pairs and
+    everything else run through PyTorch, and the whole plan matches eager."""
+    import basisrt
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.bn = nn.BatchNorm2d(16)
+            self.conv = nn.Conv2d(16, 16, 3, padding=1)
+            self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.stem(x)))
+            y = torch.relu(self.conv(y) + y)
+            return self.head(self.grouped(y).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = basisrt.decompose(Net().eval()).model
+    basisrt.prune_basis(model, "ratio", 0.25)
+    x = torch.randn(2, 3, 7, 9, device=DEV)
+    model = model.to(DEV)
+    compiled = basisrt.compile(model, x, backend="triton")
+    kinds = {s.name: type(compiled.module.get_submodule(s.name)).__name__
+             for s in compiled.plan.steps if s.strategy != "torch"}
+    assert kinds == {"stem_step": "GPUFusedConv2d", "conv_step": "GPUFusedConv2d",
+                     "grouped_step": "TorchConvStep", "head_step": "GPUFusedLinear"}
+    assert compiled.module.get_submodule("conv_step").residual  # add + relu fused into the Triton epilogue
+    with torch.no_grad():
+        ref = model(x)
+    assert rel_err(compiled(x), ref) < 1e-5
+
+
+@needs_triton
+def test_triton_backend_errors(monkeypatch):
+    import basisrt
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            basisrt.compile(model, torch.randn(1, 3, 5, 5), backend="triton")
+    with pytest.raises(ValueError, match="backend must be"):
+        basisrt.compile(model, torch.randn(1, 3, 5, 5), backend="tpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(sys.modules, "triton", None)  # as if triton were not installed
+    with pytest.raises(RuntimeError, match="needs triton"):
+        basisrt.compile(model, torch.randn(1, 3, 5, 5), backend="triton")

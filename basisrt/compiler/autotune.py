@@ -33,13 +33,16 @@ def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
 
 def _median_seconds(steps: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {k: [] for k in steps}
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # GPU launches are asynchronous
     with torch.inference_mode():
-        for step in steps.values():  # warm-up
+        for step in steps.values():  # warm-up (and Triton's own autotune)
             step(x)
-        for _ in range(repeats):  # interleaved, so drift hits both alike
+        for _ in range(repeats):  # interleaved, so drift hits every candidate alike
             for k, step in steps.items():
+                sync()
                 t = time.perf_counter()
                 step(x)
+                sync()
                 samples[k].append(time.perf_counter() - t)
     return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
 
@@ -47,8 +50,10 @@ def _median_seconds(steps: dict[str, nn.Module], x: Tensor, repeats: int) -> dic
 class MeasuredChooser:
     """A `fusion.Chooser` that times the candidates on the captured layer inputs."""
 
-    def __init__(self, inputs: dict[str, Tensor], num_threads: int | None, dense_backend: str, repeats: int = 7):
+    def __init__(self, inputs: dict[str, Tensor], num_threads: int | None, dense_backend: str, repeats: int = 7,
+                 backend: str = "cpu"):
         self.inputs, self.num_threads, self.dense_backend, self.repeats = inputs, num_threads, dense_backend, repeats
+        self.backend = backend
         self.measured = 0  # decisions timed by this chooser (the rest came from the cache)
 
     def __call__(self, name: str, fused: Layer, dense: Layer, geometry: dict | None) -> str:
@@ -59,9 +64,9 @@ class MeasuredChooser:
             return cost_model_choice(name, fused, dense, geometry)
         threads = self.num_threads or torch.get_num_threads()
         key = (tuple(fused.weight.shape), tuple(fused.scale.shape), tuple(dense.weight.shape),
-               tuple(sorted((geometry or {}).items())), tuple(x.shape), threads, self.dense_backend)
+               tuple(sorted((geometry or {}).items())), tuple(x.shape), threads, self.dense_backend, self.backend)
         if key not in _DECISIONS:
-            steps = {kind: make_step(layer, geometry, self.num_threads, self.dense_backend, kind == "pair")
+            steps = {kind: make_step(layer, geometry, self.num_threads, self.dense_backend, kind == "pair", self.backend)
                      for kind, layer in (("fused", fused), ("pair", fused), ("dense", dense))}
             times = _median_seconds(steps, x, self.repeats)
             _DECISIONS[key] = min(times, key=times.get)

@@ -75,9 +75,18 @@ def geometry_of(m: nn.Module) -> dict | None:
 
 
 def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dense_backend: str,
-              pair_in_torch: bool = False) -> nn.Module:
-    """The one place a plan step module is built from a Layer (geometry None: a linear step)."""
+              pair_in_torch: bool = False, backend: str = "cpu") -> nn.Module:
+    """The one place a plan step module is built from a Layer (geometry None: a linear step).
+    backend "triton": fused pairs run the Triton kernel (groups=1), everything else PyTorch."""
     residual = layer.residual is not None
+    if backend == "triton":
+        if layer.scale is not None and not pair_in_torch and (geometry is None or geometry["groups"] == 1):
+            from .gpu_kernels import GPUFusedConv2d, GPUFusedLinear
+            if geometry is None:
+                return GPUFusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual)
+            return GPUFusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale,
+                                  activation=layer.activation, residual=residual)
+        pair_in_torch, dense_backend = True, "torch"  # our C++ kernels are CPU-only
     in_torch = pair_in_torch if layer.scale is not None else dense_backend == "torch"
     if in_torch:
         return TorchConvStep(layer.weight, layer.bias, **(geometry or _LINEAR_GEOMETRY), scale=layer.scale,
@@ -180,7 +189,7 @@ def _later(a: fx.Node, b: fx.Node) -> fx.Node:
 
 
 def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_threads: int | None = None,
-         dense_backend: str = "torch") -> dict[str, tuple[str, tuple[str, ...]]]:
+         dense_backend: str = "torch", backend: str = "cpu") -> dict[str, tuple[str, tuple[str, ...]]]:
     """Rewrite `gm` in place into plan steps (node shapes from ShapeProp must be in node.meta).
     `choose` picks fused vs dense per layer (None: always dense). Returns step name ->
     (strategy, names of the layers it replaced)."""
@@ -210,7 +219,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             _fold_bn(gm, node, layer)
         _fuse_epilogue(gm, node, layer)
         name = node.target.replace(".", "_") + "_step"
-        gm.add_submodule(name, make_step(layer, geometry, num_threads, dense_backend, pair_in_torch=kind == "pair"))
+        gm.add_submodule(name, make_step(layer, geometry, num_threads, dense_backend, kind == "pair", backend))
         anchor = node if layer.residual is None else _later(node, layer.residual)
         with gm.graph.inserting_after(anchor):
             args = (node.args[0],) + ((layer.residual,) if layer.residual is not None else ())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -37,11 +38,13 @@ class Plan:
 class CompiledModel:
     """A compiled model: call it like the original (same inputs and outputs, inference only)."""
 
-    def __init__(self, module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    def __init__(self, module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> None:
         self.module = module
         self.plan = plan
         self.input_shape = tuple(input_shape)  # without the batch dimension
         self.dtype = dtype
+        self.device = torch.device(device)
 
     def save(self, path: str) -> None:
         """Write the plan (weights in safetensors, plan as JSON in its metadata) to one file;
@@ -51,8 +54,8 @@ class CompiledModel:
     def _check(self, x: object) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
-        if x.device.type != "cpu":
-            raise ValueError(f"this plan runs on the CPU; the input is on {x.device}")
+        if x.device.type != self.device.type:
+            raise ValueError(f"this plan runs on {self.device.type}; the input is on {x.device}")
         if x.dtype != self.dtype:
             raise TypeError(f"expected a {self.dtype} input, got {x.dtype}")
         if tuple(x.shape[1:]) != self.input_shape:
@@ -87,7 +90,7 @@ class CompiledModel:
 
 
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
-            num_threads: int | None = None, dense_backend: str = "torch") -> CompiledModel:
+            num_threads: int | None = None, dense_backend: str = "torch", backend: str = "auto") -> CompiledModel:
     """Compile `model` for CPU inference into a plan of fused C++ kernels.
 
     Traces with torch.fx (basis layers stay whole), folds BatchNorm into the preceding conv,
@@ -104,15 +107,17 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         num_threads: kernel threads (default: torch.get_num_threads() at call time).
         dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, faster today);
             "basisrt" runs them with our C++ kernel.
+        backend: "auto" (CUDA input: "triton", else "cpu"), "cpu" (C++ kernels) or "triton"
+            (fused pairs as Triton kernels, other steps through PyTorch; on CPU tensors only
+            under TRITON_INTERPRET=1, for testing).
     """
+    backend = _resolve_backend(backend, example_input)
     if dense_backend not in ("torch", "basisrt"):
         raise ValueError(f"dense_backend must be 'torch' or 'basisrt', got {dense_backend!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a torch.Tensor")
-    if example_input.device.type != "cpu":
-        raise ValueError(f"the CPU backend needs a CPU model and input, got {example_input.device}")
     model = copy.deepcopy(model).eval()
     try:
         graph = Tracer().trace(model)
@@ -125,10 +130,10 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     if not prefer_lowrank:
         choose = None
     elif autotune:
-        choose = MeasuredChooser(layer_inputs(model, example_input), num_threads, dense_backend)
+        choose = MeasuredChooser(layer_inputs(model, example_input), num_threads, dense_backend, backend=backend)
     else:
         choose = cost_model_choice
-    strategies = fuse(gm, choose, num_threads, dense_backend)
+    strategies = fuse(gm, choose, num_threads, dense_backend, backend)
     plan = Plan()
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -137,7 +142,25 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             plan.steps.append(Step(node.target, strategy, macs, gm.get_submodule(node.target).extra_repr()))
         elif node.op in ("call_function", "call_method"):
             plan.steps.append(Step(node.name, "torch", 0, str(getattr(node.target, "__name__", node.target))))
-    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype)
+    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype, example_input.device)
+
+
+def _resolve_backend(backend: str, x: Tensor) -> str:
+    """Which step kernels a plan for input `x` uses; clear errors for what cannot work."""
+    if backend == "auto":
+        backend = "triton" if x.is_cuda else "cpu"
+    if backend not in ("cpu", "triton"):
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'triton', got {backend!r}")
+    if backend == "cpu" and x.device.type != "cpu":
+        raise ValueError(f"the CPU backend needs a CPU model and input, got {x.device}")
+    if backend == "triton":
+        if x.device.type not in ("cuda", "cpu"):
+            raise ValueError(f"the Triton backend runs on CUDA devices, got {x.device}")
+        if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend='triton' on CPU tensors runs only under TRITON_INTERPRET=1 (for testing)")
+        from .gpu_kernels import _kernel_module
+        _kernel_module()  # a clear RuntimeError now if triton is missing, not deep in a step
+    return backend
 
 
 def load(path: str) -> CompiledModel:
