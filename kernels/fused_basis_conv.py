@@ -64,6 +64,18 @@ INTERPRETER_CONFIG = dict(BLOCK_P=32, BLOCK_N=32, BLOCK_K=32, BLOCK_R=16, num_wa
 if triton is not None:
 
     @triton.jit
+    def _im2col_tile(x_ptr, img64, ih0, iw0, p_mask, offs_k, k_mask, H, W, C_IN, sxn, sxh, sxw, sxc,
+                     KW: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr):
+        """The implicit-GEMM gather: im2col rows of a pixel tile for columns offs_k (NHWC tap
+        order: k = (ky·KW + kx)·C_IN + ci), zeros outside the image (the padding)."""
+        ci = offs_k % C_IN
+        tap = offs_k // C_IN
+        ih = ih0[:, None] + (tap // KW)[None, :] * DIL_H
+        iw = iw0[:, None] + (tap % KW)[None, :] * DIL_W
+        mask = p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        return tl.load(x_ptr + img64[:, None] * sxn + ih * sxh + iw * sxw + ci[None, :] * sxc, mask=mask, other=0.0)
+
+    @triton.jit
     def _fused_basis_conv_kernel(
         x_ptr, b_ptr, a_ptr, bias_ptr, res_ptr, y_ptr,
         H, W, C_IN, OH, OW, C_OUT, R, K_TOTAL, P,
@@ -107,15 +119,8 @@ if triton is not None:
                 for k0 in range(0, K_TOTAL, BLOCK_K):
                     offs_k = k0 + tl.arange(0, BLOCK_K)
                     k_mask = offs_k < K_TOTAL
-                    ci = offs_k % C_IN
-                    tap = offs_k // C_IN
-                    ky = tap // KW
-                    kx = tap % KW
-                    ih = ih0[:, None] + ky[None, :] * DIL_H
-                    iw = iw0[:, None] + kx[None, :] * DIL_W
-                    x_mask = (p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
-                    x_off = img64[:, None] * sxn + ih * sxh + iw * sxw + ci[None, :] * sxc
-                    xt = tl.load(x_ptr + x_off, mask=x_mask, other=0.0)
+                    xt = _im2col_tile(x_ptr, img64, ih0, iw0, p_mask, offs_k, k_mask, H, W, C_IN,
+                                      sxn, sxh, sxw, sxc, KW, DIL_H, DIL_W)
                     bt = tl.load(b_ptr + offs_k[:, None] * sbk + offs_r[None, :] * sbn,
                                  mask=k_mask[:, None] & r_mask[None, :], other=0.0)
                     t = tl.dot(xt, bt, t, input_precision=INPUT_PRECISION)
@@ -127,15 +132,8 @@ if triton is not None:
             for k0 in range(0, K_TOTAL, BLOCK_K):
                 offs_k = k0 + tl.arange(0, BLOCK_K)
                 k_mask = offs_k < K_TOTAL
-                ci = offs_k % C_IN
-                tap = offs_k // C_IN
-                ky = tap // KW
-                kx = tap % KW
-                ih = ih0[:, None] + ky[None, :] * DIL_H
-                iw = iw0[:, None] + kx[None, :] * DIL_W
-                x_mask = (p_mask[:, None] & k_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
-                x_off = img64[:, None] * sxn + ih * sxh + iw * sxw + ci[None, :] * sxc
-                xt = tl.load(x_ptr + x_off, mask=x_mask, other=0.0)
+                xt = _im2col_tile(x_ptr, img64, ih0, iw0, p_mask, offs_k, k_mask, H, W, C_IN,
+                                  sxn, sxh, sxw, sxc, KW, DIL_H, DIL_W)
                 bt = tl.load(b_ptr + offs_k[:, None] * sbk + offs_n[None, :] * sbn,
                              mask=k_mask[:, None] & n_mask[None, :], other=0.0)
                 acc = tl.dot(xt, bt, acc, input_precision=INPUT_PRECISION)
