@@ -37,6 +37,7 @@ then raise a clear RuntimeError.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional, Sequence, Union
 
@@ -360,21 +361,13 @@ def fused_basis_conv2d(
     if config is not None or INTERPRETED or not torch.cuda.is_available():
         cfg = _check_config(config or {})
         grid = (triton.cdiv(p_total, cfg["BLOCK_P"]), triton.cdiv(c_out, cfg["BLOCK_N"]))
-        with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
             _fused_basis_conv_kernel[grid](*args, **meta, **cfg)
     else:
         grid = lambda m: (triton.cdiv(p_total, m["BLOCK_P"]), triton.cdiv(c_out, m["BLOCK_N"]))  # noqa: E731
         with torch.cuda.device(device):
             _get_autotuned()[grid](*args, **meta)
     return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fused_basis_linear(
