@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .layers import BasisConv2d, BasisLayer, BasisLinear
+from .layers import BasisConv2d, BasisLayer, BasisLinear, inside_basis_layer
 
 
 def dense_macs(pixels: int, k: int, c_out: int) -> int:
@@ -140,8 +140,7 @@ def profile(model: nn.Module, example_input: Tensor | tuple) -> CostReport:
 
     handles = []
     for name, m in model.named_modules():
-        inside_basis = any(isinstance(p, BasisLayer) for p in _ancestors(model, name))
-        if not inside_basis and (isinstance(m, BasisLayer) or not any(True for _ in m.children())):
+        if not inside_basis_layer(model, name) and (isinstance(m, BasisLayer) or not any(True for _ in m.children())):
             handles.append(m.register_forward_hook(hook(name)))
     try:
         model.eval()
@@ -152,11 +151,6 @@ def profile(model: nn.Module, example_input: Tensor | tuple) -> CostReport:
         for m, training in modes.items():
             m.training = training
     return report
-
-
-def _ancestors(model: nn.Module, name: str) -> list[nn.Module]:
-    parts = name.split(".") if name else []
-    return [model.get_submodule(".".join(parts[:i])) for i in range(1, len(parts))]
 
 
 def nominal_speedup(dense: CostReport, pruned: CostReport) -> float:

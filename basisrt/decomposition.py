@@ -7,7 +7,7 @@ from typing import Iterable
 
 from torch import nn
 
-from .layers import BasisConv2d, BasisLayer, BasisLinear
+from .layers import BasisConv2d, BasisLayer, BasisLinear, inside_basis_layer
 from .svd import full_rank
 
 _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
@@ -102,7 +102,7 @@ def decompose(
         if name == "" or (wanted is not None and name not in wanted):
             continue
         is_layer = isinstance(module, (nn.Conv2d, nn.Linear, *_UNSUPPORTED)) or isinstance(module, BasisLayer)
-        if not is_layer or _inside_basis_layer(model, name):
+        if not is_layer or inside_basis_layer(model, name):
             continue
         if name in exclude:
             report.skipped[name] = "excluded by the caller"
@@ -119,11 +119,6 @@ def decompose(
         setattr(model.get_submodule(parent_name), attr, replaced[id(module)])
         report.decomposed[name] = _describe(replaced[id(module)])
     return report
-
-
-def _inside_basis_layer(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    return any(isinstance(model.get_submodule(".".join(parts[:i])), BasisLayer) for i in range(1, len(parts)))
 
 
 def _describe(layer: BasisConv2d | BasisLinear) -> str:

@@ -179,6 +179,12 @@ class BasisLinear(_BasisLayer):
 BasisLayer = (BasisConv2d, BasisLinear)
 
 
+def inside_basis_layer(model: nn.Module, name: str) -> bool:
+    """Whether module `name` of `model` is a part (e.g. `.basis`) of a basis layer."""
+    parts = name.split(".") if name else []
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), BasisLayer) for i in range(1, len(parts)))
+
+
 def scaling_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The basis scaling factors `alpha` of every basis layer in `model`."""
     return [m.alpha for m in model.modules() if isinstance(m, BasisLayer)]
