@@ -233,7 +233,8 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
     const int64_t K = s.kh * s.kw * (s.C_in / groups);
     const int64_t b_cols = rank ? basisrt::round_up(rank, basisrt::kColBlock) : cg_pad;
     const float* xp = f32_data(fn, x, "x", x.size());
-    const float* bp = f32_data(fn, B, "B (packed)", groups * K * b_cols);
+    const bool dot = basisrt::lowrank_dot_path(s.C_in / groups, rank);
+    const float* bp = f32_data(fn, B, "B (packed)", groups * K * (dot ? rank : b_cols));
     const float* ap = nullptr;
     if (rank) {
         if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
@@ -255,6 +256,9 @@ void bind_fused(py::module_& m) {
           py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
           "bias, residual add and activation (0 none, 1 relu, 2 relu6) fused; writes into `out`.");
+    m.def("lowrank_dot_path", &basisrt::lowrank_dot_path, py::arg("cg_in"), py::arg("rank"),
+          "Whether fused_conv_nhwc expects B packed as (groups, rank, K) (channel-vectorised path)\n"
+          "rather than (groups, K, round_up(rank, 16)).");
     m.def("simd_path", &basisrt::simd_path, "The SIMD path chosen at run time for this CPU.");
 }
 

@@ -16,28 +16,182 @@ constexpr int64_t MR = 8, NR = kColBlock;
 // One row block of NR floats; GCC lowers it to 1 zmm, 2 ymm or 4 xmm per the target clone.
 typedef float vec __attribute__((vector_size(NR * sizeof(float)), aligned(4)));
 
-// C[M×NR] = A[M×K] · B[K×NR] for M <= MR rows, one vector accumulator per row.
-template <int64_t M>
+// Where a GEMM's result goes: plain rows of c (ldc), or through the conv epilogue straight
+// into y: + bias, + residual, activation, only the `ncols` real columns stored.
+struct Store {
+    float* c;
+    int64_t ldc;
+    const float* bias = nullptr;      // at column 0 of this group, or null
+    const float* residual = nullptr;  // same layout as c, or null
+    int64_t ncols = 0;                // columns of c that exist (the rest is packing)
+    Activation act = Activation::none;
+    bool epilogue = false;
+};
+
+// The epilogue's options are template flags: a runtime branch per row costs as much as the
+// r-long second GEMM it follows when r is small.
+template <bool kBias, bool kRes, Activation kAct>
+inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int64_t i, int64_t j) {
+    float* dst = st.c + i * st.ldc + j;
+    const int64_t n = st.ncols - j;
+    if (n >= NR) {
+        if (kBias) v += *reinterpret_cast<const vec*>(st.bias + j);
+        if (kRes) v += *reinterpret_cast<const vec*>(st.residual + i * st.ldc + j);
+        if (kAct != Activation::none) v = v > 0.f ? v : vec{};
+        if (kAct == Activation::relu6) v = v < 6.f ? v : vec{} + 6.f;
+        *reinterpret_cast<vec*>(dst) = v;
+        return;
+    }
+    for (int64_t k = 0; k < n; ++k) {  // the last, partial column block of a group
+        float e = v[k] + (kBias ? st.bias[j + k] : 0.f) + (kRes ? st.residual[i * st.ldc + j + k] : 0.f);
+        if (kAct != Activation::none) e = e > 0.f ? e : 0.f;
+        if (kAct == Activation::relu6) e = e < 6.f ? e : 6.f;
+        dst[k] = e;
+    }
+}
+
+// Rows [0, M) × columns [j, j+NR) of A[M×K] · B[K×N], one vector accumulator per row.
+template <int64_t M, bool kEpi, bool kBias, bool kRes, Activation kAct>
 inline __attribute__((always_inline)) void micro(const float* a, int64_t lda, const float* b, int64_t ldb,
-                                                 float* c, int64_t ldc, int64_t K) {
+                                                 int64_t K, const Store& st, int64_t i0, int64_t j) {
     vec acc[M];
     for (int64_t i = 0; i < M; ++i) acc[i] = vec{};
     for (int64_t k = 0; k < K; ++k) {
-        const vec bk = *reinterpret_cast<const vec*>(b + k * ldb);
+        const vec bk = *reinterpret_cast<const vec*>(b + k * ldb + j);
         for (int64_t i = 0; i < M; ++i) acc[i] += a[i * lda + k] * bk;
     }
-    for (int64_t i = 0; i < M; ++i) *reinterpret_cast<vec*>(c + i * ldc) = acc[i];
+    for (int64_t i = 0; i < M; ++i) {
+        if (kEpi) {
+            store_row<kBias, kRes, kAct>(acc[i], st, i0 + i, j);
+        } else {
+            *reinterpret_cast<vec*>(st.c + (i0 + i) * st.ldc + j) = acc[i];
+        }
+    }
 }
 
-// C[M×N] = A[M×K] · B[K×N], N a multiple of NR (packed, zero-padded columns).
-#define BASISRT_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
-BASISRT_SIMD void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-                       int64_t M, int64_t N, int64_t K) {
+template <bool kEpi, bool kBias, bool kRes, Activation kAct>
+inline __attribute__((always_inline)) void gemm_t(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                                  int64_t M, int64_t N, int64_t K, const Store& st) {
     for (int64_t j = 0; j < N; j += NR) {
         int64_t i = 0;
-        for (; i + MR <= M; i += MR) micro<MR>(a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, K);
-        for (; i + 4 <= M; i += 4) micro<4>(a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, K);
-        for (; i < M; ++i) micro<1>(a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, K);
+        for (; i + MR <= M; i += MR) micro<MR, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
+        for (; i + 4 <= M; i += 4) micro<4, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
+        for (; i < M; ++i) micro<1, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
+    }
+}
+
+template <bool kBias, bool kRes>
+inline __attribute__((always_inline)) void gemm_act(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                                    int64_t M, int64_t N, int64_t K, const Store& st) {
+    switch (st.act) {
+        case Activation::relu: return gemm_t<true, kBias, kRes, Activation::relu>(a, lda, b, ldb, M, N, K, st);
+        case Activation::relu6: return gemm_t<true, kBias, kRes, Activation::relu6>(a, lda, b, ldb, M, N, K, st);
+        default: return gemm_t<true, kBias, kRes, Activation::none>(a, lda, b, ldb, M, N, K, st);
+    }
+}
+
+// A[M×K] · B[K×N] → st, N a multiple of NR (packed, zero-padded columns).
+#define BASISRT_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+BASISRT_SIMD void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
+                       const Store& st) {
+    if (!st.epilogue) return gemm_t<false, false, false, Activation::none>(a, lda, b, ldb, M, N, K, st);
+    if (st.bias && st.residual) return gemm_act<true, true>(a, lda, b, ldb, M, N, K, st);
+    if (st.bias) return gemm_act<true, false>(a, lda, b, ldb, M, N, K, st);
+    if (st.residual) return gemm_act<false, true>(a, lda, b, ldb, M, N, K, st);
+    return gemm_act<false, false>(a, lda, b, ldb, M, N, K, st);
+}
+
+// Horizontal sum of a vector (narrowing halves: 4 adds instead of 15).
+typedef float vec8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
+typedef float vec4 __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
+inline __attribute__((always_inline)) float hsum(vec v) {
+    const vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const vec4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// Low-rank first GEMM without im2col, vectorised over input channels (no padding of small r):
+//   t[i][j] = Σ_tap Σ_c rows[i][tap][c] · bt[j][tap·cg + c]     for M pixels × R ranks.
+// rows[i*taps + tap] points at pixel i's input channels for that tap (a zero row when the tap
+// falls in the padding). Each x vector feeds R FMAs and each B vector M FMAs, where the
+// rank-vectorised gemm gets one FMA per broadcast: the gain for r = 6…52.
+template <int M, int R>
+inline __attribute__((always_inline)) void dot_tile(const float* const* rows, int64_t taps, int64_t cg,
+                                                    const float* bt, int64_t K, float* t, int64_t ldt) {
+    vec acc[M][R];
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < R; ++j) acc[i][j] = vec{};
+    for (int64_t tap = 0; tap < taps; ++tap) {
+        const float* xr[M];
+        for (int i = 0; i < M; ++i) xr[i] = rows[i * taps + tap];
+        const float* b = bt + tap * cg;
+        for (int64_t c = 0; c < cg; c += NR) {
+            vec xv[M];
+            for (int i = 0; i < M; ++i) xv[i] = *reinterpret_cast<const vec*>(xr[i] + c);
+            for (int j = 0; j < R; ++j) {
+                const vec bv = *reinterpret_cast<const vec*>(b + j * K + c);
+                for (int i = 0; i < M; ++i) acc[i][j] += xv[i] * bv;
+            }
+        }
+    }
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < R; ++j) t[i * ldt + j] = hsum(acc[i][j]);
+}
+
+constexpr int kDotM = 4, kDotN = 6;  // 24 accumulators + 4 x vectors + 1 B vector: 29 of 32 zmm
+
+template <int M>
+inline __attribute__((always_inline)) void dot_ranks(const float* const* rows, int64_t taps, int64_t cg,
+                                                     const float* bt, int64_t K, int64_t rank, float* t,
+                                                     int64_t ldt) {
+    int64_t j = 0;
+    for (; j + kDotN <= rank; j += kDotN) dot_tile<M, kDotN>(rows, taps, cg, bt + j * K, K, t + j, ldt);
+    switch (rank - j) {
+        case 5: dot_tile<M, 5>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
+        case 4: dot_tile<M, 4>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
+        case 3: dot_tile<M, 3>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
+        case 2: dot_tile<M, 2>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
+        case 1: dot_tile<M, 1>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
+        default: break;
+    }
+}
+
+// T (m × rank, row stride ldt) for m pixels: rows holds m·taps row pointers.
+BASISRT_SIMD void dot_gemm(const float* const* rows, int64_t m, int64_t taps, int64_t cg, const float* bt,
+                           int64_t rank, float* t, int64_t ldt) {
+    const int64_t K = taps * cg;
+    int64_t i = 0;
+    for (; i + kDotM <= m; i += kDotM) dot_ranks<kDotM>(rows + i * taps, taps, cg, bt, K, rank, t + i * ldt, ldt);
+    for (; i < m; ++i) dot_ranks<1>(rows + i * taps, taps, cg, bt, K, rank, t + i * ldt, ldt);
+}
+
+// Row pointers for pixels [p0, p0+m), group g: rows[t·taps + tap] → x row or the zero row.
+// Walks (n, oy, ox) incrementally and gives pixels whose window lies inside the image their
+// rows as base + tap_off[tap]: index arithmetic per tap costs as much as the FMAs at small r.
+void tap_rows(const float* x, const ConvShape& s, int64_t g, int64_t p0, int64_t m, const float* zero,
+              const int64_t* tap_off, const float** rows) {
+    const int64_t cg = s.C_in / s.groups, taps = s.kh * s.kw;
+    const int64_t span_y = (s.kh - 1) * s.dh, span_x = (s.kw - 1) * s.dw;
+    int64_t n = p0 / (s.Ho * s.Wo), oy = p0 / s.Wo % s.Ho, ox = p0 % s.Wo;
+    for (int64_t t = 0; t < m; ++t, rows += taps) {
+        const float* img = x + n * s.H * s.W * s.C_in + g * cg;
+        const int64_t y0 = oy * s.sh - s.ph, x0 = ox * s.sw - s.pw;
+        if (y0 >= 0 && y0 + span_y < s.H && x0 >= 0 && x0 + span_x < s.W) {
+            const float* base = img + (y0 * s.W + x0) * s.C_in;
+            for (int64_t tap = 0; tap < taps; ++tap) rows[tap] = base + tap_off[tap];
+        } else {
+            const float** r = rows;
+            for (int64_t ky = 0, iy = y0; ky < s.kh; ++ky, iy += s.dh) {
+                const bool row_in = iy >= 0 && iy < s.H;
+                for (int64_t kx = 0, ix = x0; kx < s.kw; ++kx, ix += s.dw)
+                    *r++ = row_in && ix >= 0 && ix < s.W ? img + (iy * s.W + ix) * s.C_in : zero;
+            }
+        }
+        if (++ox == s.Wo) {
+            ox = 0;
+            if (++oy == s.Ho) oy = 0, ++n;
+        }
     }
 }
 
@@ -61,13 +215,9 @@ void im2col_tile(const float* x, const ConvShape& s, int64_t g, int64_t p0, int6
     }
 }
 
-inline float activate(float v, Activation act) {
-    if (act == Activation::relu) return v > 0.f ? v : 0.f;
-    if (act == Activation::relu6) return std::min(std::max(v, 0.f), 6.f);
-    return v;
-}
-
 }  // namespace
+
+bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % kColBlock == 0; }
 
 const char* simd_path() {
     if (__builtin_cpu_supports("avx512f")) return "avx512f";
@@ -87,14 +237,33 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     // A 1×1, stride-1, unpadded conv reads its rows straight from x: no im2col copy.
     const bool direct = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
 
+    const bool dot = lowrank_dot_path(cg_in, rank);
+    const int64_t taps = s.kh * s.kw;
+    std::vector<int64_t> tap_off;  // offset of each tap's row from the window's corner
+    for (int64_t ky = 0; ky < s.kh; ++ky)
+        for (int64_t kx = 0; kx < s.kw; ++kx) tap_off.push_back((ky * s.dh * s.W + kx * s.dw) * s.C_in);
+
     parallel_for(tiles, num_threads, [&](int64_t tile) {
         // Per-thread scratch, sized to the largest layer seen: no growth with the number of calls.
-        thread_local std::vector<float> cols, t, out;
-        cols.resize(std::max<size_t>(cols.size(), direct ? 0 : kTile * K));
+        thread_local std::vector<float> cols, t, zero;
+        thread_local std::vector<const float*> rows;
+        if (dot) {
+            rows.resize(std::max<size_t>(rows.size(), kTile * taps));
+            zero.resize(std::max<size_t>(zero.size(), cg_in));  // only ever grows: stays all zero
+        }
+        cols.resize(std::max<size_t>(cols.size(), direct || dot ? 0 : kTile * K));
         t.resize(std::max<size_t>(t.size(), kTile * r_pad));
-        out.resize(std::max<size_t>(out.size(), kTile * cg_pad));
         const int64_t p0 = tile * kTile, m = std::min(kTile, P - p0);
         for (int64_t g = 0; g < s.groups; ++g) {
+            const int64_t out_off = p0 * s.C_out + g * cg_out;
+            Store out{y + out_off, s.C_out, bias ? bias + g * cg_out : nullptr,
+                      residual ? residual + out_off : nullptr, cg_out, act, true};
+            if (dot) {  // low-rank without im2col: B is (rank × K) per group
+                tap_rows(x, s, g, p0, m, zero.data(), tap_off.data(), rows.data());
+                dot_gemm(rows.data(), m, taps, cg_in, B + g * rank * K, rank, t.data(), r_pad);
+                gemm(t.data(), r_pad, A + g * r_pad * cg_pad, cg_pad, m, cg_pad, rank, out);
+                continue;
+            }
             const float* a_rows;
             int64_t lda;
             if (direct) {
@@ -106,19 +275,10 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                 lda = K;
             }
             if (rank) {
-                gemm(a_rows, lda, B + g * K * r_pad, r_pad, t.data(), r_pad, m, r_pad, K);
-                gemm(t.data(), r_pad, A + g * r_pad * cg_pad, cg_pad, out.data(), cg_pad, m, cg_pad, rank);
+                gemm(a_rows, lda, B + g * K * r_pad, r_pad, m, r_pad, K, Store{t.data(), r_pad});
+                gemm(t.data(), r_pad, A + g * r_pad * cg_pad, cg_pad, m, cg_pad, rank, out);
             } else {
-                gemm(a_rows, lda, B + g * K * cg_pad, cg_pad, out.data(), cg_pad, m, cg_pad, K);
-            }
-            for (int64_t i = 0; i < m; ++i) {  // epilogue: bias, residual, activation, store
-                const int64_t off = (p0 + i) * s.C_out + g * cg_out;
-                const float* o = out.data() + i * cg_pad;
-                for (int64_t j = 0; j < cg_out; ++j) {
-                    float v = o[j] + (bias ? bias[g * cg_out + j] : 0.f);
-                    if (residual) v += residual[off + j];
-                    y[off + j] = activate(v, act);
-                }
+                gemm(a_rows, lda, B + g * K * cg_pad, cg_pad, m, cg_pad, K, out);
             }
         }
     });

@@ -5,8 +5,9 @@
 //   T    = cols · B                    (TP × r, stays in a thread-local buffer: never in memory)
 //   y    = T · A + bias (+ residual) (→ activation)      stored as NHWC
 // A dense conv is the same with the second GEMM skipped (B holds the dense weight).
-// Weights are prepacked once (see pack_* in fused_conv.cpp): B as (K × r_pad) and
-// A as (r_pad × Cg_pad), columns zero-padded to the vector block (16 floats).
+// Weights are prepacked once (basisrt/compiler/cpu_kernels.py): B as (K × r_pad), or (rank × K)
+// on the channel-vectorised low-rank path (lowrank_dot_path), and A as (r_pad × Cg_pad), columns
+// zero-padded to the vector block (16 floats).
 #pragma once
 #include <cstdint>
 
@@ -30,6 +31,10 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& s, int64_t rank,
                      Activation act, int num_threads);
+
+// Whether a basis pair with these per-group input channels packs B as (rank × K) per group for
+// the channel-vectorised path (no im2col, no rank padding) instead of (K × r_pad).
+bool lowrank_dot_path(int64_t cg_in, int64_t rank);
 
 // Which SIMD path the run-time dispatch picked ("avx512f", "avx2" or "default").
 const char* simd_path();

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from basisrt import _C
 from basisrt.compiler.cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep
 
 ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
@@ -18,7 +19,9 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).norm() / ref.norm()).item()
 
 
-def cases(n: int = 220, seed: int = 0):
+def cases(n: int = 220, seed: int = 0, channel_blocks: bool = False):
+    """Random layer shapes; `channel_blocks` makes C_in per group a multiple of 16 and the rank
+    positive, which is the channel-vectorised low-rank path (lowrank_dot_path)."""
     rng = random.Random(seed)
     kernels = [(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1), (3, 5)]
     out = []
@@ -31,6 +34,8 @@ def cases(n: int = 220, seed: int = 0):
         h, w = rng.randint(max(need[0], 1), max(need[0], 1) + 12), rng.randint(max(need[1], 1), max(need[1], 1) + 12)
         c_in, c_out = groups * rng.randint(1, 12), groups * rng.randint(1, 24)
         rank = rng.choice([0, 1, rng.randint(2, 40)])  # 0: dense kernel; ranks mostly not multiples of 16
+        if channel_blocks:
+            c_in, rank = groups * 16 * rng.randint(1, 3), rng.choice([1, rng.randint(2, 40)])
         out.append(dict(n=rng.randint(1, 8) if i % 4 else 1, c_in=c_in, c_out=c_out, hw=(h, w), k=k,
                         stride=stride, padding=padding, dilation=dilation, groups=groups, rank=rank,
                         bias=rng.random() < 0.7, act=rng.choice([None, "relu", "relu6"]),
@@ -44,6 +49,12 @@ def case_id(c):
 
 @pytest.mark.parametrize("c", cases(), ids=case_id)
 def test_fused_conv_matches_float64(c):
+    check_step(c, FusedConv2d)
+
+
+@pytest.mark.parametrize("c", cases(70, seed=1, channel_blocks=True), ids=case_id)
+def test_fused_lowrank_dot_path_matches_float64(c):
+    assert _C.lowrank_dot_path(c["c_in"] // c["groups"], c["rank"])
     check_step(c, FusedConv2d)
 
 

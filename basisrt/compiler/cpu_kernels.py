@@ -52,10 +52,14 @@ class FusedConv2d(nn.Module):
             self.rank = 0
             self.register_buffer("B", _pad_cols(_taps_last(weight, groups), _round_up(cg)))
             self.A = None
-        else:  # basis pair: B = basis (g, K, r_pad), A = scale (g, r_pad, Cg_pad)
+        else:  # basis pair: B = basis (g, K, r_pad) or (g, r, K) on the dot path, A = scale (g, r_pad, Cg_pad)
             self.rank = scale.shape[1]
             r_pad = _round_up(self.rank)
-            self.register_buffer("B", _pad_cols(_taps_last(weight, groups), r_pad))
+            taps_last = _taps_last(weight, groups)
+            if _C.lowrank_dot_path(weight.shape[1], self.rank):
+                self.register_buffer("B", taps_last.transpose(1, 2).contiguous())
+            else:
+                self.register_buffer("B", _pad_cols(taps_last, r_pad))
             a = scale.detach().float().reshape(groups, cg, self.rank).transpose(1, 2)
             self.register_buffer("A", _pad_cols(a, _round_up(cg), r_pad))
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
