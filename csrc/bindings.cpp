@@ -25,6 +25,7 @@
 
 #include "basis_conv_ref.h"
 #include "fused_conv.h"
+#include "pool.h"
 
 #ifndef BASISRT_C_VERSION
 #define BASISRT_C_VERSION "0.1.0"
@@ -250,7 +251,30 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
                              num_threads);
 }
 
+void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding, int kind,
+                  bool count_include_pad, int num_threads) {
+    const std::string fn = "pool_nhwc";
+    if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
+    basisrt::PoolShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1), out.shape(2),
+                         kernel.first, kernel.second, stride.first, stride.second, padding.first, padding.second};
+    if (out.shape(0) != s.N || out.shape(3) != s.C) value_error(fn, "out batch or channels differ from x");
+    if (kind < 0 || kind > 1 || num_threads < 1) value_error(fn, "kind must be 0 (max) or 1 (avg), threads >= 1");
+    if (s.kh < 1 || s.kw < 1 || s.sh < 1 || s.sw < 1 || s.ph < 0 || s.pw < 0 || 2 * s.ph > s.kh || 2 * s.pw > s.kw)
+        value_error(fn, "kernel and stride must be positive, padding at most half the kernel");
+    if ((s.H + 2 * s.ph - s.kh) / s.sh + 1 != s.Ho || (s.W + 2 * s.pw - s.kw) / s.sw + 1 != s.Wo || s.Ho < 1 || s.Wo < 1)
+        value_error(fn, "out spatial size does not match the pooling geometry");
+    const float* xp = f32_data(fn, x, "x", x.size());
+    f32_data(fn, out, "out", out.size());
+    if (!out.writeable()) value_error(fn, "out must be writeable");
+    float* yp = static_cast<float*>(out.mutable_data());
+    py::gil_scoped_release release;
+    basisrt::pool_nhwc(xp, yp, s, static_cast<basisrt::PoolKind>(kind), count_include_pad, num_threads);
+}
+
 void bind_fused(py::module_& m) {
+    m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
+          py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
+          "Max (kind 0) or average (kind 1) pooling on NHWC float32 with implicit padding; writes into `out`.");
     m.def("fused_conv_nhwc", &fused_conv_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),

@@ -155,6 +155,56 @@ class TorchConvStep(nn.Module):
                 f"act={self.activation}, residual={self.residual}")
 
 
+class PoolStep(nn.Module):
+    """Max / average / global-average pooling run by the C++ kernel in basisrt's thread pool, so a
+    plan of fused steps never wakes PyTorch's OpenMP workers (which spin on the core the next
+    step needs). `kernel` None is a global pool over the whole input."""
+
+    def __init__(self, kind: str, kernel: tuple[int, int] | None, stride: tuple[int, int] | None = None,
+                 padding: tuple[int, int] = (0, 0), count_include_pad: bool = True,
+                 num_threads: int | None = None) -> None:
+        super().__init__()
+        if kind not in POOL_KINDS:
+            raise ValueError(f"kind must be one of {list(POOL_KINDS)}, got {kind!r}")
+        self.kind, self.kernel, self.padding = kind, kernel, tuple(padding)
+        self.stride = tuple(stride) if stride is not None else kernel
+        self.count_include_pad, self.num_threads = count_include_pad, num_threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32:
+            raise ValueError(f"PoolStep expects a 4-D float32 (N, C, H, W) input, got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw) = (self.kernel, self.stride) if self.kernel is not None else ((h, w), (h, w))
+        (ph, pw) = self.padding
+        y = torch.empty(n, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1, c)
+        _C.pool_nhwc(x.permute(0, 2, 3, 1).numpy(), y.numpy(), (kh, kw), (sh, sw), (ph, pw), POOL_KINDS[self.kind],
+                     self.count_include_pad, self.num_threads or torch.get_num_threads())
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        where = "global" if self.kernel is None else f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
+        return f"{self.kind}, {where}"
+
+
+POOL_KINDS = {"max": 0, "avg": 1}
+
+
+def pool_step(m: nn.Module, num_threads: int | None) -> PoolStep | None:
+    """The PoolStep doing what pooling module `m` does, or None when the kernel cannot
+    (ceil_mode, dilation, indices, divisor override, adaptive output other than 1×1)."""
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return PoolStep("avg", None, num_threads=num_threads) if pair(m.output_size) == (1, 1) else None
+    if isinstance(m, nn.MaxPool2d) and not m.ceil_mode and not m.return_indices and pair(m.dilation) == (1, 1):
+        return PoolStep("max", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding),
+                        num_threads=num_threads)
+    if isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.divisor_override is None:
+        return PoolStep("avg", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding),
+                        m.count_include_pad, num_threads)
+    return None
+
+
 def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     """Symmetric zero padding of `conv` as (ph, pw), or None if the kernel cannot do it."""
     if conv.padding_mode != "zeros":
@@ -167,4 +217,4 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     return tuple(conv.padding)
 
 
-__all__ = ["FusedConv2d", "FusedLinear", "TorchConvStep", "conv_padding"]
+__all__ = ["FusedConv2d", "FusedLinear", "PoolStep", "TorchConvStep", "conv_padding", "pool_step"]

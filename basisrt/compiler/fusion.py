@@ -13,7 +13,7 @@ from torch import Tensor, fx, nn
 
 from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
-from .cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep, conv_padding
+from .cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep, conv_padding, pool_step
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
@@ -173,6 +173,11 @@ def _fuse_activation(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> None:
         gm.graph.erase_node(user)
 
 
+def _is_float32_4d(node: object) -> bool:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return meta is not None and getattr(meta, "dtype", None) == torch.float32 and len(meta.shape) == 4
+
+
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
@@ -201,6 +206,12 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         if isinstance(m, _NOOPS) or (isinstance(m, nn.Dropout) and not m.training):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
+            continue
+        pool = pool_step(m, num_threads) if m is not None and backend == "cpu" and _is_float32_4d(node.args[0]) else None
+        if pool is not None:  # ours, so a plan of fused steps never wakes PyTorch's OpenMP workers
+            source, node.target = node.target, node.target.replace(".", "_") + "_pool"
+            gm.add_submodule(node.target, pool)
+            strategies[node.target] = ("pool", (source,))
             continue
         found = _candidates(gm, node, m) if m is not None else None
         if found is None:

@@ -22,7 +22,7 @@ class Step:
     """One step of the plan as the benchmark and the user see it."""
 
     name: str
-    strategy: str  # "fused" (our low-rank kernel), "pair" (two oneDNN convs), "dense" / "dense-fold", "torch"
+    strategy: str  # "fused" (our low-rank kernel), "pair" (two oneDNN convs), "dense" / "dense-fold", "pool", "torch"
     macs: int = 0
     detail: str = ""
 

@@ -1,0 +1,61 @@
+"""The C++ NHWC pooling kernel (PoolStep) against PyTorch's float64 pooling, outputs poisoned."""
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from basisrt import _C
+from basisrt.compiler.cpu_kernels import PoolStep, pool_step
+
+
+def cases(n: int = 60, seed: int = 0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = (rng.randint(1, 4), rng.randint(1, 4))
+        pad = (rng.randint(0, k[0] // 2), rng.randint(0, k[1] // 2))
+        stride = (rng.randint(1, 3), rng.randint(1, 3))
+        hw = (rng.randint(max(k[0] - 2 * pad[0], 1), 11), rng.randint(max(k[1] - 2 * pad[1], 1), 11))
+        out.append(dict(kind=("max", "avg")[i % 2], k=k, pad=pad, stride=stride, hw=hw, n=rng.randint(1, 4),
+                        c=rng.choice([1, 3, 16, 17, 40]), include=rng.random() < 0.5))
+    return out
+
+
+def reference(c, x):
+    if c["kind"] == "max":
+        return F.max_pool2d(x, c["k"], c["stride"], c["pad"])
+    return F.avg_pool2d(x, c["k"], c["stride"], c["pad"], count_include_pad=c["include"])
+
+
+@pytest.mark.parametrize("c", cases(), ids=lambda c: "{kind}k{k}s{stride}p{pad}hw{hw}c{c}".format(**c))
+def test_pool_matches_float64(c):
+    x = torch.randn(c["n"], c["c"], *c["hw"], dtype=torch.float64)
+    ref = reference(c, x)
+    out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned NHWC
+    _C.pool_nhwc(x.float().permute(0, 2, 3, 1).contiguous().numpy(), out.numpy(), c["k"], c["stride"], c["pad"],
+                 {"max": 0, "avg": 1}[c["kind"]], c["include"], 2)
+    y = out.permute(0, 3, 1, 2)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_global_average_and_module_mapping():
+    x = torch.randn(2, 24, 5, 7)
+    y = PoolStep("avg", None)(x)
+    torch.testing.assert_close(y, F.adaptive_avg_pool2d(x, 1))
+    assert pool_step(nn.AdaptiveAvgPool2d((2, 2)), None) is None  # only the 1×1 adaptive pool is ours
+    assert pool_step(nn.MaxPool2d(2, ceil_mode=True), None) is None
+    assert pool_step(nn.MaxPool2d(3, 2, 1), None).stride == (2, 2)
+    assert pool_step(nn.AvgPool2d(2, divisor_override=3), None) is None
+
+
+def test_bad_pool_geometry_is_a_clear_error():
+    x = torch.randn(1, 2, 4, 4).permute(0, 2, 3, 1).contiguous()
+    with pytest.raises(ValueError, match="padding at most half"):
+        _C.pool_nhwc(x.numpy(), torch.empty(1, 4, 4, 2).numpy(), (2, 2), (1, 1), (2, 2), 0, True, 1)
+    with pytest.raises(ValueError, match="does not match"):
+        _C.pool_nhwc(x.numpy(), torch.empty(1, 3, 3, 2).numpy(), (2, 2), (2, 2), (0, 0), 0, True, 1)
+    with pytest.raises(ValueError, match="4-D float32"):
+        PoolStep("max", (2, 2))(torch.randn(2, 4, 4, dtype=torch.float64))
