@@ -13,6 +13,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..cost import profile
 from .cpu_kernels import FusedConv2d, TorchConvStep
 from .autotune import MeasuredChooser, layer_inputs
+from .cuda_graph import CUDAGraphRunner, require_cuda_device
 from .fusion import Tracer, cost_model_choice, fuse
 from .serialize import load_plan, save_plan
 
@@ -39,12 +40,19 @@ class CompiledModel:
     """A compiled model: call it like the original (same inputs and outputs, inference only)."""
 
     def __init__(self, module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", cuda_graph: bool = False) -> None:
         self.module = module
         self.plan = plan
         self.input_shape = tuple(input_shape)  # without the batch dimension
         self.dtype = dtype
         self.device = torch.device(device)
+        # replays a CUDA graph per input shape instead of launching step by step (None: eager)
+        self.graphs = CUDAGraphRunner(module, self.device) if cuda_graph else None
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether calls run through captured CUDA graphs."""
+        return self.graphs is not None
 
     def save(self, path: str) -> None:
         """Write the plan (weights in safetensors, plan as JSON in its metadata) to one file;
@@ -63,6 +71,8 @@ class CompiledModel:
 
     def __call__(self, x: Tensor) -> Tensor:
         self._check(x)
+        if self.graphs is not None:
+            return self.graphs(x)  # already a contiguous clone, not the graph's static output
         with torch.inference_mode():
             y = self.module(x)
         return y.contiguous() if isinstance(y, Tensor) else y
@@ -90,8 +100,9 @@ class CompiledModel:
 
 
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
-            num_threads: int | None = None, dense_backend: str = "torch", backend: str = "auto") -> CompiledModel:
-    """Compile `model` for CPU inference into a plan of fused C++ kernels.
+            num_threads: int | None = None, dense_backend: str = "torch", backend: str = "auto",
+            cuda_graph: bool = False) -> CompiledModel:
+    """Compile `model` for inference into a plan of fused kernels (C++ on the CPU, Triton on CUDA).
 
     Traces with torch.fx (basis layers stay whole), folds BatchNorm into the preceding conv,
     fuses residual adds and ReLU/ReLU6 into the conv epilogue, drops dropout/identity, and picks
@@ -110,14 +121,19 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         backend: "auto" (CUDA input: "triton", else "cpu"), "cpu" (C++ kernels) or "triton"
             (fused pairs as Triton kernels, other steps through PyTorch; on CPU tensors only
             under TRITON_INTERPRET=1, for testing).
+        cuda_graph: capture the plan as a CUDA graph on the first call with each input shape and
+            replay it afterwards (saves the per-step launch cost; CUDA plans only). Outputs are
+            fresh tensors, never the graph's static buffers.
     """
+    if not isinstance(example_input, Tensor):
+        raise TypeError("example_input must be a torch.Tensor")
+    if cuda_graph:
+        require_cuda_device(example_input.device)  # before the work of tracing
     backend = _resolve_backend(backend, example_input)
     if dense_backend not in ("torch", "basisrt"):
         raise ValueError(f"dense_backend must be 'torch' or 'basisrt', got {dense_backend!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, Tensor):
-        raise TypeError("example_input must be a torch.Tensor")
     model = copy.deepcopy(model).eval()
     try:
         graph = Tracer().trace(model)
@@ -142,7 +158,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             plan.steps.append(Step(node.target, strategy, macs, gm.get_submodule(node.target).extra_repr()))
         elif node.op in ("call_function", "call_method"):
             plan.steps.append(Step(node.name, "torch", 0, str(getattr(node.target, "__name__", node.target))))
-    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype, example_input.device)
+    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype, example_input.device,
+                         cuda_graph)
 
 
 def _resolve_backend(backend: str, x: Tensor) -> str:
