@@ -55,8 +55,9 @@ class CompiledModel:
         return self.graphs is not None
 
     def save(self, path: str) -> None:
-        """Write the plan (weights in safetensors, plan as JSON in its metadata) to one file;
-        `basisrt.load(path)` runs it without the original model class."""
+        """Write the plan (weights in safetensors, plan as JSON in its metadata, with the device
+        and the cuda_graph setting) to one file; `basisrt.load(path)` runs it without the original
+        model class, `basisrt.load(path, device=...)` on another device its steps can run on."""
         save_plan(self, path)
 
     def _check(self, x: object) -> None:
@@ -129,7 +130,7 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         raise TypeError("example_input must be a torch.Tensor")
     if cuda_graph:
         require_cuda_device(example_input.device)  # before the work of tracing
-    backend = _resolve_backend(backend, example_input)
+    backend = _resolve_backend(backend, example_input.device)
     if dense_backend not in ("torch", "basisrt"):
         raise ValueError(f"dense_backend must be 'torch' or 'basisrt', got {dense_backend!r}")
     if not isinstance(model, nn.Module):
@@ -162,24 +163,33 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
                          cuda_graph)
 
 
-def _resolve_backend(backend: str, x: Tensor) -> str:
-    """Which step kernels a plan for input `x` uses; clear errors for what cannot work."""
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    """Which step kernels a plan on `device` uses; clear errors for what cannot work."""
     if backend == "auto":
-        backend = "triton" if x.is_cuda else "cpu"
+        backend = "triton" if device.type == "cuda" else "cpu"
     if backend not in ("cpu", "triton"):
         raise ValueError(f"backend must be 'auto', 'cpu' or 'triton', got {backend!r}")
-    if backend == "cpu" and x.device.type != "cpu":
-        raise ValueError(f"the CPU backend needs a CPU model and input, got {x.device}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"the CPU backend needs a CPU model and input, got {device}")
     if backend == "triton":
-        if x.device.type not in ("cuda", "cpu"):
-            raise ValueError(f"the Triton backend runs on CUDA devices, got {x.device}")
-        if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device.type not in ("cuda", "cpu"):
+            raise ValueError(f"the Triton backend runs on CUDA devices, got {device}")
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("backend='triton' on CPU tensors runs only under TRITON_INTERPRET=1 (for testing)")
         from .gpu_kernels import _kernel_module
         _kernel_module()  # a clear RuntimeError now if triton is missing, not deep in a step
     return backend
 
 
-def load(path: str) -> CompiledModel:
-    """Load a plan written by `CompiledModel.save`."""
-    return load_plan(path)
+def load(path: str, device: torch.device | str | None = None, *, cuda_graph: bool | None = None) -> CompiledModel:
+    """Load a plan written by `CompiledModel.save`.
+
+    Args:
+        path: the plan file.
+        device: where the plan runs (default: the device it was saved from). Plans of the CPU
+            backend (C++ kernels) run on the CPU only; Triton steps run on CUDA (on the CPU only
+            under TRITON_INTERPRET=1, for testing); PyTorch steps run anywhere.
+        cuda_graph: capture CUDA graphs on call (default: as compiled, when the target is CUDA;
+            off on the CPU).
+    """
+    return load_plan(path, device, cuda_graph)
