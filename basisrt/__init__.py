@@ -4,7 +4,8 @@ Public API:
     decompose(model)           exact SVD basis form of every Conv2d / Linear (DecomposeReport)
     profile(model, x)          per-layer parameters, MACs and bytes (CostReport)
     BasisConv2d, BasisLinear   the basis layers; scaling_parameters(model) lists their alphas
-    compile(model, x)          execution plan of fused C++ kernels (CompiledModel); .save(path), load(path)
+    compile(model, x)          execution plan of fused kernels, C++ on CPU, Triton on CUDA (CompiledModel);
+                               .save(path), load(path, device=None)
     models                     reference architectures (vgg16, resnet18, mobilenetv2, densenet, vit_mlp)
 """
 from . import models

@@ -1,13 +1,15 @@
 """Smoke test: `basisrt bench --quick` runs end to end and writes its outputs; engines that cannot
 run are reported with a reason. No timing assertions."""
 import builtins
+import copy
 import json
 
 import pytest
+import torch
 
 import basisrt
 from basisrt.bench import engines as eng
-from basisrt.bench.report import markdown, skipped_lines
+from basisrt.bench.report import gpu_section, markdown, realised_table, skipped_lines
 from basisrt.bench.runner import BenchConfig, run
 from basisrt.cli import main
 
@@ -26,7 +28,7 @@ def test_quick_writes_json_markdown_png(quick, capsys):
     assert "Realised vs nominal" in md and "Smoke run" in md and "eager_pruned" in md
     assert "speedup.png" in (quick / "R.md").read_text()
     assert results["config"]["quick"] and results["rooflines"]["1"]["peak_gflops"] > 0
-    (g,) = results["groups"]
+    (g,) = [g for g in results["groups"] if g["device"] == "cpu"]
     assert g["nominal_speedup"] > 1 and g["dense_macs"] > g["pruned_macs"]
     s = g["speedups"]["eager_pruned"]
     assert s["nominal"] == g["nominal_speedup"] and s["vs_eager_dense"]["median"] > 0
@@ -38,6 +40,44 @@ def test_quick_writes_json_markdown_png(quick, capsys):
         assert name in g["engines"] or all(v.startswith(("skipped", "failed")) for v in status.values())
     assert any(r["engine"] == "eager_pruned" and r["gflops"] > 0 for r in results["layers"])
     assert "Realised" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without CUDA")
+def test_without_cuda_the_gpu_table_says_not_measured(quick):
+    results = json.loads((quick / "results.json").read_text())
+    assert all(g["device"] == "cpu" for g in results["groups"])
+    gpu = (quick / "results.md").read_text().split("## GPU", 1)[1].split("\n## ", 1)[0]
+    for name in eng.GPU_ENGINES:
+        row = f"| {name} | {eng.DESCRIPTIONS[eng.kind_of(name)]} | not measured: no CUDA device on this machine |"
+        assert row in gpu
+        assert set(results["engine_status"][name].values()) == {"skipped: no CUDA device on this machine"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_with_cuda_the_gpu_engines_are_timed(quick):
+    results = json.loads((quick / "results.json").read_text())
+    (g,) = [g for g in results["groups"] if g["device"] == "cuda"]
+    assert set(g["engines"]) == set(eng.GPU_ENGINES)
+    assert g["speedups"]["gpu_basisrt"]["vs_eager_dense"]["ref"] == "gpu_eager_dense"
+    assert "| gpu_basisrt_graph |" in "\n".join(gpu_section(results))
+
+
+def test_gpu_groups_render_in_the_gpu_section_only(quick):
+    """A GPU group (here the quick run's CPU group relabelled) appears in the GPU table, not the CPU one."""
+    results = json.loads((quick / "results.json").read_text())
+    cpu = next(g for g in results["groups"] if g["device"] == "cpu")
+    renamed = {"eager_dense": "gpu_eager_dense", "eager_pruned": "gpu_eager_pruned", "basisrt": "gpu_basisrt"}
+    gpu = copy.deepcopy(cpu)
+    gpu["device"] = "cuda"
+    gpu["engines"] = {renamed[n]: e for n, e in cpu["engines"].items() if n in renamed}
+    gpu["speedups"] = {renamed[n]: s for n, s in cpu["speedups"].items() if n in renamed}
+    results["groups"] = [cpu, gpu]
+    results["machine"]["gpu"] = "Test GPU"
+    section = "\n".join(gpu_section(results))
+    assert "GPU: Test GPU." in section and "not measured" not in section
+    assert "| vgg16 | r10 | 8 | 1 | gpu_basisrt |" in section and "| eager_pruned |" not in section
+    assert "gpu_" not in realised_table(results)
+    assert "| vgg16 | r10 | 8 | 1 | gpu_basisrt |" in markdown(results)
 
 
 def test_unavailable_engines_are_reported_as_skipped(monkeypatch, tmp_path):

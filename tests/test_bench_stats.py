@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from basisrt.bench import engines as eng
 from basisrt.bench.report import flags, skipped_lines
@@ -81,6 +82,21 @@ def test_levels_and_engine_names():
             parse_level(bad)
     assert eng.group_of("eager_dense_cl") == "dense" and eng.group_of("basisrt") == "pruned"
     assert eng.kind_of("eager_pruned_cl") == "eager_cl" and eng.kind_of("ort_dense") == "ort"
+    assert eng.kind_of("gpu_eager_pruned") == "gpu_eager" and eng.group_of("gpu_eager_dense") == "dense"
+    assert eng.device_of("gpu_basisrt_graph") == "cuda" and eng.device_of("basisrt") == "cpu"
+    assert set(eng.REFERENCES.values()) <= set(eng.DENSE_ENGINES)
+
+
+def test_gpu_engines_compare_in_full_fp32():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with pytest.raises(KeyError), eng.full_fp32_on_gpu():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            raise KeyError  # restored on the way out of an error too
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_report_flags_and_skips():

@@ -1,5 +1,7 @@
 """Saving and loading compiled plans: same outputs, no pickle, no original model class."""
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -102,3 +104,95 @@ def test_load_errors(tmp_path):
     save_file({"w": torch.ones(2)}, str(plain))
     with pytest.raises(ValueError, match="not a basisrt plan"):
         load(plain)
+
+
+# ---- plans of the Triton backend (CPU tensors under the interpreter here, CUDA on a GPU machine) ------------
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # conftest sets it on machines without CUDA
+TRITON_DEV = "cpu" if INTERPRETED else "cuda"
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None or not (INTERPRETED or torch.cuda.is_available()),
+    reason="needs triton, and a CUDA GPU or TRITON_INTERPRET=1")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def triton_plan(tmp_path, device: str = TRITON_DEV):
+    """A small pruned net compiled with Triton steps (and one cuDNN/oneDNN step), saved."""
+    from test_cuda_graph import pruned_net
+    model = pruned_net().to(device)
+    x = torch.randn(2, 3, 12, 10, device=device)
+    compiled = compile(model, x, backend="triton")
+    path = tmp_path / "triton.basisrt"
+    compiled.save(path)
+    return compiled, x, path
+
+
+def _retag(path, out, **changes):
+    """A copy of the plan file at `path` with top-level plan fields changed (None: removed)."""
+    with safe_open(str(path), framework="pt") as f:
+        plan, tensors = json.loads(f.metadata()["basisrt_plan"]), {k: f.get_tensor(k) for k in f.keys()}
+    plan = {k: v for k, v in {**plan, **changes}.items() if v is not None}
+    save_file(tensors, str(out), metadata={"basisrt_plan": json.dumps(plan)})
+    return out
+
+
+@needs_triton
+def test_triton_plan_round_trip(tmp_path):
+    compiled, x, path = triton_plan(tmp_path)
+    steps = {type(m).__name__ for m in compiled.module.modules()}
+    assert {"GPUFusedConv2d", "GPUFusedLinear"} <= steps
+    for loaded in (load(path), load(path, device=TRITON_DEV)):
+        assert {type(m).__name__ for m in loaded.module.modules()} == steps
+        assert loaded.device.type == TRITON_DEV and not loaded.cuda_graph
+        assert torch.equal(loaded(x), compiled(x))
+    with safe_open(str(path), framework="pt") as f:
+        plan = json.loads(f.metadata()["basisrt_plan"])
+    assert plan["device"].startswith(TRITON_DEV) and plan["cuda_graph"] is False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@needs_triton
+def test_cuda_plan_without_cuda_is_a_clear_error(tmp_path):
+    _, x, path = triton_plan(tmp_path)
+    cuda_plan = _retag(path, tmp_path / "from_cuda.basisrt", device="cuda:0", cuda_graph=True)
+    with pytest.raises(RuntimeError, match=r"saved from cuda:0\) onto cuda:0: no CUDA device is available on this "
+                                           r"machine; its Triton steps need a CUDA GPU"):
+        load(cuda_plan)
+    on_cpu = load(cuda_plan, device="cpu")  # the interpreter runs its Triton steps on the CPU
+    assert on_cpu.device == torch.device("cpu") and not on_cpu.cuda_graph  # graphs are a CUDA-only mode
+    assert torch.equal(on_cpu(x), load(path)(x))
+    with pytest.raises(ValueError, match="cuda_graph=True needs a plan on a CUDA device"):
+        load(cuda_plan, device="cpu", cuda_graph=True)
+
+
+@needs_triton
+def test_triton_plan_on_cpu_needs_the_interpreter(tmp_path, monkeypatch):
+    _, _, path = triton_plan(tmp_path)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="fused steps are Triton kernels and cannot run on cpu.*TRITON_INTERPRET=1"):
+        load(path, device="cpu")
+
+
+def test_cpu_plan_refuses_other_devices(tmp_path):
+    compiled, _ = compiled_model("vit_mlp")
+    path = tmp_path / "cpu.basisrt"
+    compiled.save(path)
+    with pytest.raises(ValueError, match=r"C\+\+ CPU kernels \(compiled on cpu\) and cannot run on cuda"):
+        load(path, device="cuda")
+    old = _retag(path, tmp_path / "old.basisrt", device=None, cuda_graph=None)  # written before devices were recorded
+    assert load(old).device == torch.device("cpu") and not load(old).cuda_graph
+
+
+@needs_cuda
+@needs_triton
+def test_cuda_plan_round_trip_with_cuda_graph(tmp_path):
+    from test_cuda_graph import pruned_net
+    model = pruned_net().cuda()
+    x = torch.randn(2, 3, 12, 10, device="cuda")
+    compiled = compile(model, x, cuda_graph=True)
+    path = tmp_path / "cuda.basisrt"
+    compiled.save(path)
+    loaded = load(path)
+    assert loaded.device == x.device and loaded.cuda_graph
+    torch.testing.assert_close(loaded(x), compiled(x), rtol=1e-6, atol=1e-6)
+    assert not load(path, cuda_graph=False).cuda_graph

@@ -10,6 +10,7 @@ graphs) run too; without one they skip. Every case poisons its output with NaN f
 element the kernel does not write fails. Shapes are tiny: the interpreter is slow.
 """
 import importlib
+import itertools
 import os
 import random
 import subprocess
@@ -71,23 +72,42 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor, scale: torch.Tensor | None = N
     return ((out.double().cpu() - ref.cpu()).norm() / denom).item()
 
 
+def _geometry(rng: random.Random, k: tuple[int, int]) -> dict:
+    """Random stride / dilation / padding and an odd-or-even input size the dilated kernel fits."""
+    stride, dilation = (rng.choice([1, 2]), rng.choice([1, 2])), (rng.choice([1, 2]), rng.choice([1, 2]))
+    padding = (rng.choice([0, 1, 2]), rng.choice([0, 1, 2]))
+    need = [d * (kk - 1) + 1 - 2 * p for d, kk, p in zip(dilation, k, padding)]
+    h, w = rng.randint(max(need[0], 1), max(need[0], 1) + 6), rng.randint(max(need[1], 1), max(need[1], 1) + 6)
+    return dict(k=k, stride=stride, padding=padding, dilation=dilation, hw=(h, w))
+
+
 def cases(n: int = 64, seed: int = 5):
     """Random shapes with the CPU grid's variety, scaled down for the interpreter."""
     rng = random.Random(seed)
     kernels = [(1, 1), (3, 3), (5, 5), (1, 3), (3, 1), (3, 5), (5, 3), (7, 7)]
     out = []
     for i in range(n):
-        k = kernels[i % len(kernels)]
-        stride, dilation = (rng.choice([1, 2]), rng.choice([1, 2])), (rng.choice([1, 2]), rng.choice([1, 2]))
-        padding = (rng.choice([0, 1, 2]), rng.choice([0, 1, 2]))
-        need = [d * (kk - 1) + 1 - 2 * p for d, kk, p in zip(dilation, k, padding)]
-        h, w = rng.randint(max(need[0], 1), max(need[0], 1) + 6), rng.randint(max(need[1], 1), max(need[1], 1) + 6)
+        geometry = _geometry(rng, kernels[i % len(kernels)])
         # rank 0: dense; 2..15: one r chunk (BLOCK_R=16 in the interpreter); 17..40: the r-chunk loop
         rank = [0, 1, rng.randint(2, 15), rng.randint(17, 40)][i % 4]
-        out.append(dict(n=rng.randint(1, 3), c_in=rng.randint(1, 8), c_out=rng.randint(1, 40), hw=(h, w), k=k,
-                        stride=stride, padding=padding, dilation=dilation, rank=rank,
+        out.append(dict(n=rng.randint(1, 3), c_in=rng.randint(1, 8), c_out=rng.randint(1, 40), **geometry, rank=rank,
                         bias=rng.random() < 0.7, act=[None, "relu", "relu6"][i % 3], residual=rng.random() < 0.4,
                         dtype=torch.float16 if i % 6 == 5 else torch.float32))
+    return out
+
+
+def epilogue_cases(seed: int = 11):
+    """Every epilogue (bias × residual × activation) on the dense and the low-rank path, with
+    batches 4..8 and fp16 dense convs: what the random grid above happens to leave out."""
+    rng = random.Random(seed)
+    kernels = [(3, 3), (1, 1), (5, 3), (7, 7)]
+    out = []
+    combos = itertools.product((False, True), (False, True), (False, True), (None, "relu", "relu6"))
+    for i, (low_rank, bias, residual, act) in enumerate(combos):
+        geometry = _geometry(rng, kernels[i % len(kernels)])
+        rank = rng.choice([rng.randint(2, 15), rng.randint(17, 40)]) if low_rank else 0
+        out.append(dict(n=4 + i % 5, c_in=rng.randint(1, 8), c_out=rng.randint(1, 40), **geometry, rank=rank,
+                        bias=bias, act=act, residual=residual, dtype=torch.float16 if i % 3 == 2 else torch.float32))
     return out
 
 
@@ -116,7 +136,7 @@ def make_case(c):
 
 
 @needs_triton
-@pytest.mark.parametrize("c", cases(), ids=case_id)
+@pytest.mark.parametrize("c", cases() + epilogue_cases(), ids=case_id)
 def test_fused_conv_matches_float64(c):
     x, weight, scale, bias, res, ref, pre_act, conv = make_case(c)
     dt = c["dtype"]

@@ -1,8 +1,8 @@
 """Engines the benchmark compares, each a way to run a model; every one either builds or says why not.
 
-Dense engines run the original model, pruned engines the basis-pruned one:
+Dense engines run the original model, pruned engines the basis-pruned one. On the CPU:
 
-    eager_dense       PyTorch eager, NCHW                      (the reference)
+    eager_dense       PyTorch eager, NCHW                      (the CPU reference)
     eager_dense_cl    PyTorch eager, channels_last
     inductor_dense    torch.compile, inductor with freezing
     ort_dense         ONNX Runtime on the exported model
@@ -13,15 +13,26 @@ Dense engines run the original model, pruned engines the basis-pruned one:
     ort_pruned        ONNX Runtime on the exported pruned model
     basisrt           basisrt.compile of the pruned model
 
+On a CUDA GPU (each call synchronised, so a pass times the whole GPU run; compared only with
+each other, against their own reference):
+
+    gpu_eager_dense       PyTorch eager (cuDNN)                (the GPU reference)
+    gpu_eager_pruned      PyTorch eager: each basis pair as two cuDNN convs
+    gpu_inductor_pruned   torch.compile, inductor with freezing
+    gpu_basisrt           basisrt.compile of the pruned model: fused Triton basis convs
+    gpu_basisrt_graph     the same plan captured as CUDA graphs (compile(cuda_graph=True))
+
 `build(name, model, x, threads)` returns an `EngineRun` (a zero-argument callable that runs `x`
-once, plus details) or raises `EngineSkipped` with the reason (not installed, not available);
-any other exception while building is a failure the report shows with its message.
+once, plus details) or raises `EngineSkipped` with the reason (not installed, not available,
+no CUDA device); any other exception while building is a failure the report shows with its message.
 Inductor freezing is switched on with `torch._inductor.config.freezing = True` around the first
 (compiling) call: `torch.compile(options={"freezing": True})` is ignored in torch 2.13.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.util
 import os
 import tempfile
 import warnings
@@ -31,10 +42,16 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-DENSE_ENGINES = ("eager_dense", "eager_dense_cl", "inductor_dense", "ort_dense", "basisrt_dense")
-PRUNED_ENGINES = ("eager_pruned", "eager_pruned_cl", "inductor_pruned", "ort_pruned", "basisrt")
+GPU_DENSE_ENGINES = ("gpu_eager_dense",)
+GPU_PRUNED_ENGINES = ("gpu_eager_pruned", "gpu_inductor_pruned", "gpu_basisrt", "gpu_basisrt_graph")
+GPU_ENGINES = GPU_DENSE_ENGINES + GPU_PRUNED_ENGINES
+DENSE_ENGINES = ("eager_dense", "eager_dense_cl", "inductor_dense", "ort_dense", "basisrt_dense") + GPU_DENSE_ENGINES
+PRUNED_ENGINES = ("eager_pruned", "eager_pruned_cl", "inductor_pruned", "ort_pruned", "basisrt") + GPU_PRUNED_ENGINES
 ENGINES = DENSE_ENGINES + PRUNED_ENGINES
 REFERENCE = "eager_dense"
+DEVICES = ("cpu", "cuda")
+REFERENCES = {"cpu": REFERENCE, "cuda": "gpu_eager_dense"}  # speedups compare engines on one device only
+NO_CUDA = "no CUDA device on this machine"
 
 DESCRIPTIONS = {
     "eager": "PyTorch eager (NCHW)",
@@ -42,6 +59,10 @@ DESCRIPTIONS = {
     "inductor": "torch.compile, inductor, freezing",
     "ort": "ONNX Runtime (exported ONNX)",
     "basisrt": "basisrt.compile plan",
+    "gpu_eager": "PyTorch eager (cuDNN; a basis pair is two convs)",
+    "gpu_inductor": "torch.compile, inductor, freezing",
+    "gpu_basisrt": "basisrt.compile plan, fused Triton basis convs",
+    "gpu_basisrt_graph": "basisrt.compile plan, fused Triton basis convs, CUDA graph",
 }
 
 
@@ -63,8 +84,26 @@ def group_of(name: str) -> str:
 
 
 def kind_of(name: str) -> str:
-    """The engine kind without the dense/pruned suffix: eager, eager_cl, inductor, ort, basisrt."""
+    """The engine kind without the dense/pruned suffix: eager, eager_cl, inductor, ort, basisrt,
+    gpu_eager, gpu_inductor, gpu_basisrt, gpu_basisrt_graph."""
     return name.replace("_dense", "").replace("_pruned", "")
+
+
+def device_of(name: str) -> str:
+    """"cuda" for the GPU engines, else "cpu"."""
+    return "cuda" if name in GPU_ENGINES else "cpu"
+
+
+@contextlib.contextmanager
+def full_fp32_on_gpu():
+    """TF32 off for cuDNN and matmuls while the GPU engines build and run: basisrt's Triton kernel
+    computes full fp32 by default ("ieee"), so every GPU engine does the same arithmetic."""
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 def availability() -> dict[str, str]:
@@ -82,7 +121,15 @@ def availability() -> dict[str, str]:
         out["ort"] = 'onnxruntime not installed (pip install -e ".[bench]")'
     import basisrt
     out["basisrt"] = "" if hasattr(basisrt, "compile") else "basisrt.compile not available"
+    gpu = "" if torch.cuda.is_available() else NO_CUDA
+    out["gpu_eager"] = gpu
+    out["gpu_inductor"] = gpu or out["inductor"]
+    out["gpu_basisrt"] = out["gpu_basisrt_graph"] = gpu or _triton_missing() or out["basisrt"]
     return out
+
+
+def _triton_missing() -> str:
+    return "" if importlib.util.find_spec("triton") is not None else "triton not installed (pip install triton)"
 
 
 def _no_grad_call(model: Callable, x: Tensor) -> Callable[[], object]:
@@ -178,11 +225,12 @@ def _export(model: nn.Module, x: Tensor) -> tuple[str, str]:
     raise RuntimeError("ONNX export failed: " + "; ".join(errors))
 
 
-def _basisrt(model: nn.Module, x: Tensor) -> EngineRun:
+def _basisrt(model: nn.Module, x: Tensor, autotune: bool = True, cuda_graph: bool = False) -> EngineRun:
     import basisrt
     if not hasattr(basisrt, "compile"):
         raise EngineSkipped("basisrt.compile not available")
-    cm = basisrt.compile(model, x, autotune=True)  # per layer: our fused kernel, oneDNN pair or dense fold
+    # autotune: per layer our fused kernel, the pair as two library convs, or the dense fold
+    cm = basisrt.compile(model, x, autotune=autotune, cuda_graph=cuda_graph)
     fn = lambda: cm(x)  # noqa: E731 - CompiledModel has eval / no-grad semantics itself
     steps = getattr(getattr(cm, "plan", None), "steps", [])
     strategies: dict[str, int] = {}
@@ -191,12 +239,42 @@ def _basisrt(model: nn.Module, x: Tensor) -> EngineRun:
     return EngineRun("", fn, fn, {"strategies": strategies}, compiled=cm)
 
 
+def _synchronised(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` then wait for the GPU: CUDA launches return before the work is done."""
+    def run() -> object:
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
+def _gpu(kind: str, model: nn.Module, x: Tensor, threads: int) -> EngineRun:
+    """A GPU engine on copies of `model` and `x` moved to CUDA; EngineSkipped without CUDA."""
+    if not torch.cuda.is_available():
+        raise EngineSkipped(NO_CUDA)
+    model, x = copy.deepcopy(model).eval().cuda(), x.cuda()
+    if kind == "gpu_eager":
+        run = EngineRun("", _no_grad_call(model, x), _no_grad_call(model, x))
+    elif kind == "gpu_inductor":
+        run = _inductor(model, x, threads)
+    else:
+        if _triton_missing():
+            raise EngineSkipped(_triton_missing())
+        # the MAC cost model, not autotune: fused wherever it pays, so the fused kernel is what is timed
+        run = _basisrt(model, x, autotune=False, cuda_graph=kind == "gpu_basisrt_graph")
+    run.fn = _synchronised(run.fn)
+    run.info.update(device=str(x.device), gpu=torch.cuda.get_device_name(x.device))
+    return run
+
+
 def build(name: str, model: nn.Module, x: Tensor, threads: int, export_cache: dict | None = None) -> EngineRun:
     """Build engine `name` for `model` on input `x` with `threads` threads (set by the caller)."""
     kind = kind_of(name)
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; valid: {', '.join(ENGINES)}")
-    if kind == "eager":
+    if device_of(name) == "cuda":
+        run = _gpu(kind, model, x, threads)
+    elif kind == "eager":
         run = _eager(model, x, channels_last=False)
     elif kind == "eager_cl":
         run = _eager(model, x, channels_last=True)

@@ -38,12 +38,17 @@ def flags(group: dict, engine: str) -> list[str]:
     return out
 
 
-def realised_table(results: dict, engines: tuple[str, ...] | None = None) -> str:
-    """The main table: per model / level / batch / threads / engine, nominal and measured speedups."""
+def _device(group: dict) -> str:
+    return group.get("device", "cpu")  # results written before GPU groups existed are CPU only
+
+
+def realised_table(results: dict, engines: tuple[str, ...] | None = None, device: str = "cpu") -> str:
+    """The main table: per model / level / batch / threads / engine, nominal and measured speedups
+    (of the groups timed on `device`, each against eager dense on that device)."""
     lines = ["| model | pruning | batch | threads | engine | nominal | measured vs eager dense (p10–p90) | realised "
              "| measured vs fastest dense | realised | flags |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
-    for g in results["groups"]:
+    for g in (g for g in results["groups"] if _device(g) == device):
         for name in eng.ENGINES:
             if name not in g["speedups"] or (engines and name not in engines):
                 continue
@@ -88,6 +93,22 @@ def skipped_lines(results: dict) -> list[str]:
     return out
 
 
+def gpu_section(results: dict) -> list[str]:
+    """The "GPU" section: the GPU engines' realised table, or per engine why it was not measured."""
+    out = ["## GPU", "", "Two-conv cuDNN (PyTorch eager), torch.compile and basisrt's fused Triton plan (with and "
+           "without CUDA graphs) on the GPU, each against PyTorch eager dense on the same GPU; full fp32 (TF32 off) "
+           "for every engine, every call synchronised.", ""]
+    if any(_device(g) == "cuda" for g in results["groups"]):
+        return out + [f"GPU: {results['machine'].get('gpu')}.", "", realised_table(results, device="cuda"), ""]
+    out += ["| engine | runs | result |", "|---|---|---|"]
+    for name in eng.GPU_ENGINES:
+        reasons = sorted({r.removeprefix("skipped: ") for r in results["engine_status"].get(name, {}).values()})
+        if not reasons:
+            reasons = ["not selected (--engines)" if name not in results["config"]["engines"] else "not run"]
+        out.append(f"| {name} | {eng.DESCRIPTIONS[eng.kind_of(name)]} | not measured: {'; '.join(reasons)} |")
+    return out + [""]
+
+
 def layers_table(results: dict, model: str, level: str) -> str:
     rows = [r for r in results["layers"] if r["model"] == model and r["level"] == level]
     if not rows:
@@ -111,7 +132,8 @@ def conclusions(results: dict) -> list[str]:
             continue
         best = max(pruned, key=lambda n: pruned[n]["vs_eager_dense"]["median"])
         s = pruned[best]
-        line = (f"- {g['model']} {g['level']}, batch {g['batch']}, {g['threads']} thread(s): nominal {_x(s['nominal'])}; "
+        where = "GPU" if _device(g) == "cuda" else f"{g['threads']} thread(s)"
+        line = (f"- {g['model']} {g['level']}, batch {g['batch']}, {where}: nominal {_x(s['nominal'])}; "
                 f"best pruned engine `{best}` {_x(s['vs_eager_dense']['median'])} vs eager dense "
                 f"(realised {_pct(s['vs_eager_dense']['realised'])})")
         if "vs_fastest_dense" in s:
@@ -143,6 +165,7 @@ def markdown(results: dict, plot_path: str | None = None) -> str:
     parts += ["## Realised vs nominal", "", realised_table(results), ""]
     if plot_path:
         parts += [f"Plot: `{plot_path}` (measured vs nominal speedup, ideal line dashed).", ""]
+    parts += gpu_section(results)
     skipped = skipped_lines(results)
     if skipped:
         parts += ["## Skipped or failed", "", *skipped, ""]
@@ -154,12 +177,12 @@ def markdown(results: dict, plot_path: str | None = None) -> str:
                 parts.append(f"- {model} `{spec}`: {desc}")
         parts.append("")
     parts += ["## Timings (absolute; for reference only)", "", timings_table(results), ""]
-    parts += ["## Machine load while timing", "", "| model | pruning | batch | threads | other processes (cores) "
-              "| load avg 1 min |", "|---|---|---:|---:|---:|---:|"]
+    parts += ["## Machine load while timing", "", "| model | pruning | batch | threads | device | other processes "
+              "(cores) | load avg 1 min |", "|---|---|---:|---:|---|---:|---:|"]
     for g in results["groups"]:
         ld = g["load"]
         fc = ld.get("foreign_cores")
-        parts.append(f"| {g['model']} | {g['level']} | {g['batch']} | {g['threads']} | "
+        parts.append(f"| {g['model']} | {g['level']} | {g['batch']} | {g['threads']} | {_device(g)} | "
                      f"{'—' if fc is None else f'{fc:.2f}'} | {ld.get('loadavg_1m') or 0:.2f} |")
     parts.append("")
     seen = []
@@ -194,7 +217,7 @@ def plot(results: dict, path: str | os.PathLike) -> str | None:
             series.setdefault(name, []).append((s["nominal"], r["median"], r["p10"], r["p90"],
                                                 f"{g['model']} {g['level']} b{g['batch']} t{g['threads']}"))
     lo, hi = 0.5, 2.0
-    markers = dict(zip(eng.PRUNED_ENGINES, "osD^v"))
+    markers = dict(zip(eng.PRUNED_ENGINES, "osD^vP*Xph"))
     for name, pts in series.items():
         xs = [p[0] for p in pts]
         ys = [p[1] for p in pts]
@@ -213,7 +236,7 @@ def plot(results: dict, path: str | os.PathLike) -> str | None:
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_xlabel("nominal speedup (dense MACs ÷ pruned MACs)")
-    ax.set_ylabel("measured speedup vs PyTorch eager dense")
+    ax.set_ylabel("measured speedup vs PyTorch eager dense (same device)")
     title = "basisrt bench: measured vs nominal speedup"
     if results["config"].get("quick"):
         title += " (smoke run)"

@@ -4,6 +4,10 @@ For each (model, threads, batch) the dense engines are built once; for each prun
 pruned engines are built and timed *together with* the dense ones, interleaved in one
 `timing.interleaved` call, so every ratio compares passes that ran side by side. Nominal cost
 comes from `basisrt.profile` (the one place for MACs); nothing here recomputes MACs.
+
+CPU and GPU engines are timed in separate groups (a group's "device"), each against the eager
+dense engine of its own device: a GPU-vs-CPU ratio says nothing about basisrt. GPU groups are
+timed at the first thread count only (host threads barely touch GPU time), with TF32 off.
 """
 from __future__ import annotations
 
@@ -141,24 +145,28 @@ def machine_info() -> dict:
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         info["onnxruntime"] = None
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return info
 
 
 def _rel_err(out: object, ref: torch.Tensor) -> float:
     if isinstance(out, (list, tuple)):
         out = out[0]
-    out = torch.as_tensor(out).float().reshape(ref.shape)
+    out = torch.as_tensor(out).float().cpu().reshape(ref.shape)
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def _speedups(timings: dict[str, Timing], nominal: dict[str, float]) -> tuple[dict, str | None]:
+def _speedups(timings: dict[str, Timing], nominal: dict[str, float], reference: str = eng.REFERENCE
+              ) -> tuple[dict, str | None]:
+    """Per engine: nominal speedup, and measured ones against `reference` (eager dense on the same
+    device; the key stays "vs_eager_dense") and against the fastest dense engine of the group."""
     ok = {n: t for n, t in timings.items() if t.walls and not t.error}
     dense = {n: t.stats().median for n, t in ok.items() if eng.group_of(n) == "dense"}
     fastest = min(dense, key=dense.get) if dense else None
     out = {}
     for name, t in ok.items():
         row = {"nominal": nominal[name]}
-        for key, ref in (("vs_eager_dense", eng.REFERENCE if eng.REFERENCE in ok else None),
+        for key, ref in (("vs_eager_dense", reference if reference in ok else None),
                          ("vs_fastest_dense", fastest)):
             if ref is None:
                 continue
@@ -210,8 +218,9 @@ def run(config: BenchConfig, *, progress: bool = True, command: str = "",
     for spec in config.levels:
         parse_level(spec)
     engines = [e for e in eng.ENGINES if e in config.engines]
-    if eng.REFERENCE not in engines:
-        engines.insert(0, eng.REFERENCE)  # every ratio is against eager dense: always time it
+    for device, reference in eng.REFERENCES.items():  # every ratio is against eager dense: always time it
+        if reference not in engines and (device == "cpu" or any(eng.device_of(e) == device for e in engines)):
+            engines.insert(0, reference)
     layer_batch = config.layer_batch or max(config.batches)
     layer_threads = config.layer_threads or config.threads[0]
 
@@ -224,40 +233,41 @@ def run(config: BenchConfig, *, progress: bool = True, command: str = "",
     say = log or bar.write
     prev_threads = torch.get_num_threads()
     try:
-        for threads in config.threads:
-            bar.status(f"roofline, {threads} threads")
-            results["rooflines"][str(threads)] = measure(threads, repeats=config.roofline_repeats).to_dict()
-        for model_name in config.models:
-            shape = (3, 32, 32)
-            if prepared and model_name in prepared:
-                dense, decomposed = (m.eval() for m in prepared[model_name])
-            else:
-                torch.manual_seed(config.seed)
-                dense = model_zoo.create(model_name).eval()
-                # every conv but the first (3 input channels: nothing to prune there), as in the issue
-                first = next((n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)), None)
-                decomposed = decompose(dense, exclude=[first] if first else []).model.eval()
-            pruned: dict[str, nn.Module] = {}
-            for spec in config.levels:
-                bar.status(f"{model_name}: pruning {spec}")
-                try:
-                    pruned[spec], desc = make_pruned(dense, decomposed, spec, shape, config.seed)
-                    results["levels"].setdefault(model_name, {})[spec] = desc
-                except LevelSkipped as e:
-                    results["skipped_levels"].setdefault(model_name, {})[spec] = str(e)
-                    say(f"[bench] {model_name} {spec}: skipped: {e}")
-                    bar.update(config.rounds * len(config.threads) * len(config.batches))
-                except Exception as e:  # noqa: BLE001 - a level that fails is reported, not fatal
-                    results["skipped_levels"].setdefault(model_name, {})[spec] = f"failed: {type(e).__name__}: {e}"
-                    say(f"[bench] {model_name} {spec}: failed: {type(e).__name__}: {e}")
-                    bar.update(config.rounds * len(config.threads) * len(config.batches))
+        with eng.full_fp32_on_gpu():  # GPU engines compare like with like (see engines)
             for threads in config.threads:
-                torch.set_num_threads(threads)
-                for batch in config.batches:
-                    _run_shape(results, config, engines, model_name, dense, pruned, threads, batch,
-                               layer_batch, layer_threads, bar, say)
-            if any(eng.kind_of(e) == "inductor" for e in engines):
-                torch._dynamo.reset()  # free the compiled graphs of this model
+                bar.status(f"roofline, {threads} threads")
+                results["rooflines"][str(threads)] = measure(threads, repeats=config.roofline_repeats).to_dict()
+            for model_name in config.models:
+                shape = (3, 32, 32)
+                if prepared and model_name in prepared:
+                    dense, decomposed = (m.eval() for m in prepared[model_name])
+                else:
+                    torch.manual_seed(config.seed)
+                    dense = model_zoo.create(model_name).eval()
+                    # every conv but the first (3 input channels: nothing to prune there), as in the issue
+                    first = next((n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)), None)
+                    decomposed = decompose(dense, exclude=[first] if first else []).model.eval()
+                pruned: dict[str, nn.Module] = {}
+                for spec in config.levels:
+                    bar.status(f"{model_name}: pruning {spec}")
+                    try:
+                        pruned[spec], desc = make_pruned(dense, decomposed, spec, shape, config.seed)
+                        results["levels"].setdefault(model_name, {})[spec] = desc
+                    except LevelSkipped as e:
+                        results["skipped_levels"].setdefault(model_name, {})[spec] = str(e)
+                        say(f"[bench] {model_name} {spec}: skipped: {e}")
+                        bar.update(config.rounds * len(config.threads) * len(config.batches))
+                    except Exception as e:  # noqa: BLE001 - a level that fails is reported, not fatal
+                        results["skipped_levels"].setdefault(model_name, {})[spec] = f"failed: {type(e).__name__}: {e}"
+                        say(f"[bench] {model_name} {spec}: failed: {type(e).__name__}: {e}")
+                        bar.update(config.rounds * len(config.threads) * len(config.batches))
+                for threads in config.threads:
+                    torch.set_num_threads(threads)
+                    for batch in config.batches:
+                        _run_shape(results, config, engines, model_name, dense, pruned, threads, batch,
+                                   layer_batch, layer_threads, bar, say)
+                if any(eng.kind_of(e).endswith("inductor") for e in engines):
+                    torch._dynamo.reset()  # free the compiled graphs of this model
     finally:
         torch.set_num_threads(prev_threads)
         bar.close()
@@ -294,44 +304,52 @@ def _run_shape(results, config, engines, model_name, dense, pruned, threads, bat
     with torch.no_grad():
         dense_ref = dense(x)
     cache: dict = {}
-    dense_runs: dict[str, eng.EngineRun] = {}
-    for name in (e for e in engines if eng.group_of(e) == "dense"):
+    # GPU engines once per batch, at the first thread count
+    devices = [d for d in eng.DEVICES if d == "cpu" or threads == config.threads[0]]
+    dense_runs: dict[str, dict[str, eng.EngineRun]] = {d: {} for d in devices}
+    for name in (e for e in engines if eng.group_of(e) == "dense" and eng.device_of(e) in devices):
         bar.status(f"{model_name} b{batch} t{threads}: build {name}")
         run = _build(results, name, dense, x, threads, cache, dense_ref, say, f"{model_name}/dense/b{batch}/t{threads}")
         if run:
-            dense_runs[name] = run
+            dense_runs[eng.device_of(name)][name] = run
     for spec, pm in pruned.items():
         key = f"{model_name}/{spec}/b{batch}/t{threads}"
         pruned_cost = profile(pm, x)
         with torch.no_grad():
             pruned_ref = pm(x)
-        runs = dict(dense_runs)
-        for name in (e for e in engines if eng.group_of(e) == "pruned"):
-            bar.status(f"{key}: build {name}")
-            run = _build(results, name, pm, x, threads, cache, pruned_ref, say, key)
-            if run:
-                runs[name] = run
-        bar.status(f"{key}: timing {len(runs)} engines")
-        load = ForeignLoad()
-        timings = interleaved({n: r.fn for n, r in runs.items()}, rounds=config.rounds, warmup=config.warmup,
-                              min_pass_s=config.min_pass_s, progress=bar.update)
-        machine_load = load.stop()
-        nominal = {n: (1.0 if eng.group_of(n) == "dense" else nominal_speedup(dense_cost, pruned_cost)) for n in runs}
-        speedups, fastest = _speedups(timings, nominal)
-        group = {"model": model_name, "level": spec, "batch": batch, "threads": threads,
-                 "dense_macs": dense_cost.macs, "pruned_macs": pruned_cost.macs,
-                 "nominal_speedup": nominal_speedup(dense_cost, pruned_cost), "fastest_dense": fastest,
-                 "load": machine_load, "engines": {}, "speedups": speedups}
-        for n, r in runs.items():
-            group["engines"][n] = {**timings[n].to_dict(), "info": r.info}
-            if r.compiled is not None and getattr(r.compiled, "plan", None) is not None:
-                group["engines"][n]["plan_macs"] = sum(getattr(s, "macs", 0) for s in r.compiled.plan.steps)
-        results["groups"].append(group)
-        if config.layers and batch == layer_batch and threads == layer_threads:
-            _per_layer(results, config, model_name, spec, dense, pm, x, dense_cost, pruned_cost, runs, threads, bar)
-        for n in list(runs):
-            if eng.group_of(n) == "pruned":
-                del runs[n]
+        for device in devices:
+            runs = dict(dense_runs[device])
+            for name in (e for e in engines if eng.group_of(e) == "pruned" and eng.device_of(e) == device):
+                bar.status(f"{key}: build {name}")
+                run = _build(results, name, pm, x, threads, cache, pruned_ref, say, key)
+                if run:
+                    runs[name] = run
+            if not runs:  # e.g. no CUDA: every GPU engine was skipped, with its reason in engine_status
+                continue
+            _time_group(results, config, runs, model_name, spec, batch, threads, device, dense_cost, pruned_cost, bar)
+            if device == "cpu" and config.layers and batch == layer_batch and threads == layer_threads:
+                _per_layer(results, config, model_name, spec, dense, pm, x, dense_cost, pruned_cost, runs, threads, bar)
+
+
+def _time_group(results, config, runs: dict[str, eng.EngineRun], model_name, spec, batch, threads, device,
+                dense_cost: CostReport, pruned_cost: CostReport, bar) -> None:
+    """Time one device's engines interleaved and record the group with its speedups."""
+    bar.status(f"{model_name}/{spec}/b{batch}: timing {len(runs)} {device} engines")
+    load = ForeignLoad()
+    timings = interleaved({n: r.fn for n, r in runs.items()}, rounds=config.rounds, warmup=config.warmup,
+                          min_pass_s=config.min_pass_s, progress=bar.update if device == "cpu" else None)
+    machine_load = load.stop()
+    nominal = {n: (1.0 if eng.group_of(n) == "dense" else nominal_speedup(dense_cost, pruned_cost)) for n in runs}
+    speedups, fastest = _speedups(timings, nominal, eng.REFERENCES[device])
+    group = {"model": model_name, "level": spec, "batch": batch, "threads": threads, "device": device,
+             "dense_macs": dense_cost.macs, "pruned_macs": pruned_cost.macs,
+             "nominal_speedup": nominal_speedup(dense_cost, pruned_cost), "fastest_dense": fastest,
+             "load": machine_load, "engines": {}, "speedups": speedups}
+    for n, r in runs.items():
+        group["engines"][n] = {**timings[n].to_dict(), "info": r.info}
+        if r.compiled is not None and getattr(r.compiled, "plan", None) is not None:
+            group["engines"][n]["plan_macs"] = sum(getattr(s, "macs", 0) for s in r.compiled.plan.steps)
+    results["groups"].append(group)
 
 
 def _per_layer(results, config, model_name, spec, dense, pm, x, dense_cost: CostReport, pruned_cost: CostReport,

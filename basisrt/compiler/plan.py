@@ -13,6 +13,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..cost import profile
 from .cpu_kernels import FusedConv2d, TorchConvStep
 from .autotune import MeasuredChooser, layer_inputs
+from .cuda_graph import CUDAGraphRunner, require_cuda_device
 from .fusion import Tracer, cost_model_choice, fuse
 from .serialize import load_plan, save_plan
 
@@ -39,16 +40,24 @@ class CompiledModel:
     """A compiled model: call it like the original (same inputs and outputs, inference only)."""
 
     def __init__(self, module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", cuda_graph: bool = False) -> None:
         self.module = module
         self.plan = plan
         self.input_shape = tuple(input_shape)  # without the batch dimension
         self.dtype = dtype
         self.device = torch.device(device)
+        # replays a CUDA graph per input shape instead of launching step by step (None: eager)
+        self.graphs = CUDAGraphRunner(module, self.device) if cuda_graph else None
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether calls run through captured CUDA graphs."""
+        return self.graphs is not None
 
     def save(self, path: str) -> None:
-        """Write the plan (weights in safetensors, plan as JSON in its metadata) to one file;
-        `basisrt.load(path)` runs it without the original model class."""
+        """Write the plan (weights in safetensors, plan as JSON in its metadata, with the device
+        and the cuda_graph setting) to one file; `basisrt.load(path)` runs it without the original
+        model class, `basisrt.load(path, device=...)` on another device its steps can run on."""
         save_plan(self, path)
 
     def _check(self, x: object) -> None:
@@ -63,6 +72,8 @@ class CompiledModel:
 
     def __call__(self, x: Tensor) -> Tensor:
         self._check(x)
+        if self.graphs is not None:
+            return self.graphs(x)  # already a contiguous clone, not the graph's static output
         with torch.inference_mode():
             y = self.module(x)
         return y.contiguous() if isinstance(y, Tensor) else y
@@ -90,8 +101,9 @@ class CompiledModel:
 
 
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
-            num_threads: int | None = None, dense_backend: str = "torch", backend: str = "auto") -> CompiledModel:
-    """Compile `model` for CPU inference into a plan of fused C++ kernels.
+            num_threads: int | None = None, dense_backend: str = "torch", backend: str = "auto",
+            cuda_graph: bool = False) -> CompiledModel:
+    """Compile `model` for inference into a plan of fused kernels (C++ on the CPU, Triton on CUDA).
 
     Traces with torch.fx (basis layers stay whole), folds BatchNorm into the preceding conv,
     fuses residual adds and ReLU/ReLU6 into the conv epilogue, drops dropout/identity, and picks
@@ -110,14 +122,19 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         backend: "auto" (CUDA input: "triton", else "cpu"), "cpu" (C++ kernels) or "triton"
             (fused pairs as Triton kernels, other steps through PyTorch; on CPU tensors only
             under TRITON_INTERPRET=1, for testing).
+        cuda_graph: capture the plan as a CUDA graph on the first call with each input shape and
+            replay it afterwards (saves the per-step launch cost; CUDA plans only). Outputs are
+            fresh tensors, never the graph's static buffers.
     """
-    backend = _resolve_backend(backend, example_input)
+    if not isinstance(example_input, Tensor):
+        raise TypeError("example_input must be a torch.Tensor")
+    if cuda_graph:
+        require_cuda_device(example_input.device)  # before the work of tracing
+    backend = _resolve_backend(backend, example_input.device)
     if dense_backend not in ("torch", "basisrt"):
         raise ValueError(f"dense_backend must be 'torch' or 'basisrt', got {dense_backend!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, Tensor):
-        raise TypeError("example_input must be a torch.Tensor")
     model = copy.deepcopy(model).eval()
     try:
         graph = Tracer().trace(model)
@@ -142,27 +159,37 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             plan.steps.append(Step(node.target, strategy, macs, gm.get_submodule(node.target).extra_repr()))
         elif node.op in ("call_function", "call_method"):
             plan.steps.append(Step(node.name, "torch", 0, str(getattr(node.target, "__name__", node.target))))
-    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype, example_input.device)
+    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype, example_input.device,
+                         cuda_graph)
 
 
-def _resolve_backend(backend: str, x: Tensor) -> str:
-    """Which step kernels a plan for input `x` uses; clear errors for what cannot work."""
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    """Which step kernels a plan on `device` uses; clear errors for what cannot work."""
     if backend == "auto":
-        backend = "triton" if x.is_cuda else "cpu"
+        backend = "triton" if device.type == "cuda" else "cpu"
     if backend not in ("cpu", "triton"):
         raise ValueError(f"backend must be 'auto', 'cpu' or 'triton', got {backend!r}")
-    if backend == "cpu" and x.device.type != "cpu":
-        raise ValueError(f"the CPU backend needs a CPU model and input, got {x.device}")
+    if backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"the CPU backend needs a CPU model and input, got {device}")
     if backend == "triton":
-        if x.device.type not in ("cuda", "cpu"):
-            raise ValueError(f"the Triton backend runs on CUDA devices, got {x.device}")
-        if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device.type not in ("cuda", "cpu"):
+            raise ValueError(f"the Triton backend runs on CUDA devices, got {device}")
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("backend='triton' on CPU tensors runs only under TRITON_INTERPRET=1 (for testing)")
         from .gpu_kernels import _kernel_module
         _kernel_module()  # a clear RuntimeError now if triton is missing, not deep in a step
     return backend
 
 
-def load(path: str) -> CompiledModel:
-    """Load a plan written by `CompiledModel.save`."""
-    return load_plan(path)
+def load(path: str, device: torch.device | str | None = None, *, cuda_graph: bool | None = None) -> CompiledModel:
+    """Load a plan written by `CompiledModel.save`.
+
+    Args:
+        path: the plan file.
+        device: where the plan runs (default: the device it was saved from). Plans of the CPU
+            backend (C++ kernels) run on the CPU only; Triton steps run on CUDA (on the CPU only
+            under TRITON_INTERPRET=1, for testing); PyTorch steps run anywhere.
+        cuda_graph: capture CUDA graphs on call (default: as compiled, when the target is CUDA;
+            off on the CPU).
+    """
+    return load_plan(path, device, cuda_graph)

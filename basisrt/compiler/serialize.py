@@ -4,6 +4,9 @@ One safetensors file: the tensors of every step, and in its metadata a JSON plan
 a node list, each module as its class and plain attributes, the input signature and the steps).
 Loading runs no code from the file: functions resolve only inside torch / operator / math /
 builtins, and module classes only inside torch.nn and basisrt.
+
+Tensors are stored on the CPU with the device the plan ran on beside them, so a plan saved from
+CUDA loads onto CUDA by default, or onto a device the caller names when its steps can run there.
 """
 from __future__ import annotations
 
@@ -119,16 +122,51 @@ def save_plan(compiled, path: str | Path) -> None:
     plan = {
         "format": FORMAT,
         "input": {"shape": list(compiled.input_shape), "dtype": str(compiled.dtype).removeprefix("torch.")},
+        "device": str(compiled.device),
+        "cuda_graph": compiled.cuda_graph,
         "modules": {name: _module_entry(name, m, name in leaves) for name, m in gm.named_modules()},
         "graph": nodes,
         "steps": [vars(s) for s in compiled.plan.steps],
     }
-    tensors = {k: v.detach().contiguous().clone() for k, v in gm.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in gm.state_dict().items()}
     save_file(tensors, str(path), metadata={"basisrt_plan": json.dumps(plan)})
 
 
-def load_plan(path: str | Path):
-    """Read a plan written by `save_plan`; returns a CompiledModel ready to call."""
+def _target_device(plan: dict, device: torch.device | str | None) -> torch.device:
+    """Where the loaded plan runs: `device`, or the one it was saved from; a clear error when its
+    steps cannot run there or the device is not on this machine."""
+    from .cpu_kernels import FusedConv2d
+    from .gpu_kernels import GPUFusedConv2d
+    from .plan import _resolve_backend
+
+    saved = plan.get("device", "cpu")  # plans written before devices were recorded ran on the CPU
+    target = torch.device(saved if device is None else device)
+    classes = [_resolve(m["class"], _CLASS_MODULES) for m in plan["modules"].values() if "class" in m]
+    if target.type != "cpu" and any(issubclass(c, FusedConv2d) for c in classes):
+        raise ValueError(f"this plan holds basisrt's C++ CPU kernels (compiled on {saved}) and cannot run on "
+                         f"{target}: compile the model again with an input on {target}")
+    has_triton = any(issubclass(c, GPUFusedConv2d) for c in classes)
+    if has_triton:
+        try:  # CUDA, or the CPU under TRITON_INTERPRET=1; triton installed
+            _resolve_backend("triton", target)
+        except ValueError as e:
+            raise ValueError(f"this plan's fused steps are Triton kernels and cannot run on {target} here: {e}") from e
+    if target.type == "cuda":
+        index = torch.cuda.current_device() if torch.cuda.is_available() and target.index is None else target.index
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            where = "no CUDA device is available" if not torch.cuda.is_available() else \
+                f"only {torch.cuda.device_count()} CUDA device(s) are available"
+            hint = ("its Triton steps need a CUDA GPU (on the CPU only under TRITON_INTERPRET=1, for testing)"
+                    if has_triton else "load(path, device='cpu') runs it on the CPU")
+            raise RuntimeError(f"cannot load this plan (saved from {saved}) onto {target}: {where} on this "
+                               f"machine; {hint}")
+        target = torch.device("cuda", index)
+    return target
+
+
+def load_plan(path: str | Path, device: torch.device | str | None = None, cuda_graph: bool | None = None):
+    """Read a plan written by `save_plan` onto `device` (default: the one it was saved from);
+    returns a CompiledModel ready to call. `cuda_graph` None: as saved when the target is CUDA."""
     from .plan import CompiledModel, Plan, Step
 
     path = Path(path)
@@ -142,7 +180,10 @@ def load_plan(path: str | Path):
     plan = json.loads(meta["basisrt_plan"])
     if plan.get("format") != FORMAT:
         raise ValueError(f"{path}: unsupported plan format {plan.get('format')!r}, expected {FORMAT!r}")
-    tensors = load_file(str(path))
+    target = _target_device(plan, device)
+    if cuda_graph is None:
+        cuda_graph = plan.get("cuda_graph", False) and target.type == "cuda"
+    tensors = load_file(str(path), device=str(target))
 
     root = nn.Module()
     for name, entry in sorted(plan["modules"].items(), key=lambda kv: kv[0].count(".") if kv[0] else -1):
@@ -187,4 +228,5 @@ def load_plan(path: str | Path):
         if hasattr(m, "after_load"):
             m.after_load()
     dtype = _decode({"dtype": plan["input"]["dtype"]})
-    return CompiledModel(gm, Plan([Step(**s) for s in plan["steps"]]), tuple(plan["input"]["shape"]), dtype)
+    return CompiledModel(gm, Plan([Step(**s) for s in plan["steps"]]), tuple(plan["input"]["shape"]), dtype, target,
+                         cuda_graph)
