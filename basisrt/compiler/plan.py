@@ -11,7 +11,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..cost import profile
-from .cpu_kernels import FusedConv2d, TorchConvStep
+from .cpu_kernels import FusedConv2d, PoolStep, TorchConvStep
 from .autotune import MeasuredChooser, layer_inputs
 from .cuda_graph import CUDAGraphRunner, require_cuda_device
 from .fusion import Tracer, cost_model_choice, fuse
@@ -84,7 +84,7 @@ class CompiledModel:
         times: dict[str, list[float]] = {}
         handles = []
         for name, m in self.module.named_modules():
-            if isinstance(m, (FusedConv2d, TorchConvStep)):
+            if isinstance(m, (FusedConv2d, PoolStep, TorchConvStep)):
                 start: dict[str, float] = {}
                 handles.append(m.register_forward_pre_hook(lambda mod, a, n=name, s=start: s.__setitem__(n, time.perf_counter())))
                 handles.append(m.register_forward_hook(
