@@ -195,22 +195,42 @@ void tap_rows(const float* x, const ConvShape& s, int64_t g, int64_t p0, int64_t
     }
 }
 
+inline void copy_floats(float* dst, const float* src, int64_t n) {
+    if (n < 32) {  // short rows (a first layer's 3 channels): a library call costs more than the copy
+        for (int64_t c = 0; c < n; ++c) dst[c] = src[c];
+    } else {
+        std::memcpy(dst, src, n * sizeof(float));
+    }
+}
+
 // Gather the im2col rows of pixels [p0, p0+m) for group g into cols (m × K, K = kh·kw·Cg).
+// Walks (n, oy, ox) incrementally; a window inside the image with one group and dilation 1 has
+// each kernel row contiguous in NHWC, so it is one copy of kw·C floats instead of kw copies.
 void im2col_tile(const float* x, const ConvShape& s, int64_t g, int64_t p0, int64_t m, float* cols) {
     const int64_t cg = s.C_in / s.groups, K = s.kh * s.kw * cg;
+    const int64_t span_y = (s.kh - 1) * s.dh, span_x = (s.kw - 1) * s.dw;
+    const bool rows_contiguous = s.groups == 1 && s.dw == 1;
+    int64_t n = p0 / (s.Ho * s.Wo), oy = p0 / s.Wo % s.Ho, ox = p0 % s.Wo;
     for (int64_t t = 0; t < m; ++t) {
-        const int64_t p = p0 + t, n = p / (s.Ho * s.Wo), oy = p / s.Wo % s.Ho, ox = p % s.Wo;
         float* row = cols + t * K;
-        for (int64_t ky = 0; ky < s.kh; ++ky) {
-            const int64_t iy = oy * s.sh - s.ph + ky * s.dh;
-            for (int64_t kx = 0; kx < s.kw; ++kx, row += cg) {
-                const int64_t ix = ox * s.sw - s.pw + kx * s.dw;
-                if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) {
-                    std::memset(row, 0, cg * sizeof(float));
-                } else {
-                    std::memcpy(row, x + ((n * s.H + iy) * s.W + ix) * s.C_in + g * cg, cg * sizeof(float));
+        const float* img = x + n * s.H * s.W * s.C_in + g * cg;
+        const int64_t y0 = oy * s.sh - s.ph, x0 = ox * s.sw - s.pw;
+        if (rows_contiguous && y0 >= 0 && y0 + span_y < s.H && x0 >= 0 && x0 + span_x < s.W) {
+            for (int64_t ky = 0; ky < s.kh; ++ky, row += s.kw * cg)
+                copy_floats(row, img + ((y0 + ky * s.dh) * s.W + x0) * s.C_in, s.kw * cg);
+        } else {
+            for (int64_t ky = 0, iy = y0; ky < s.kh; ++ky, iy += s.dh)
+                for (int64_t kx = 0, ix = x0; kx < s.kw; ++kx, ix += s.dw, row += cg) {
+                    if (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W) {
+                        copy_floats(row, img + (iy * s.W + ix) * s.C_in, cg);
+                    } else {
+                        std::fill(row, row + cg, 0.f);
+                    }
                 }
-            }
+        }
+        if (++ox == s.Wo) {
+            ox = 0;
+            if (++oy == s.Ho) oy = 0, ++n;
         }
     }
 }

@@ -170,3 +170,42 @@ def test_autotune_matches_eager_and_caches_decisions():
     assert 0 < decided < n_basis  # layers of the same shape share one measurement
     compile(model, x, autotune=True)
     assert len(autotune._DECISIONS) == decided  # second compile: all from the cache
+
+
+def test_autotune_chooses_a_kernel_for_plain_dense_layers():
+    from basisrt.compiler import autotune
+
+    autotune.clear_cache()
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    compiled = compile(model, x, autotune=True)
+    strategies = [s.strategy for s in compiled.plan.steps if s.strategy != "torch"]
+    assert len(strategies) == 2 and set(strategies) <= {"dense", "dense-basisrt"}
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+
+
+class _Timed(nn.Module):
+    """A fake step taking `seconds`, or `slowed` right after a step with `slows_next` ran."""
+
+    last = None
+
+    def __init__(self, seconds: float, slowed: float | None = None, slows_next: bool = False):
+        super().__init__()
+        self.seconds, self.slowed, self.slows_next = seconds, slowed, slows_next
+
+    def forward(self, x):
+        import time
+        after_torch = _Timed.last is not None and _Timed.last.slows_next
+        time.sleep(self.slowed if after_torch and self.slowed else self.seconds)
+        _Timed.last = self
+        return x
+
+
+@pytest.mark.parametrize("slowdown, expected", [(None, "pair"), (0.012, "fused")])
+def test_autotune_charges_torch_steps_the_slowdown_they_cause(slowdown, expected):
+    """A PyTorch candidate that is faster alone loses when it slows our next step by more."""
+    from basisrt.compiler.autotune import _pick
+
+    steps = {"fused": _Timed(0.004, slowed=slowdown), "pair": _Timed(0.002, slows_next=True)}
+    assert _pick(steps, torch.zeros(1), 3, ours=("fused",)) == expected

@@ -12,9 +12,10 @@ import time
 import torch
 from torch import Tensor, nn
 
+from .cpu_kernels import TorchConvStep
 from .fusion import Layer, make_step
 
-_DECISIONS: dict[tuple, str] = {}  # shape key -> "fused", "pair" or "dense"
+_DECISIONS: dict[tuple, str] = {}  # shape key -> "fused", "pair", "dense" or "dense-basisrt"
 
 
 def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
@@ -31,45 +32,90 @@ def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
     return {n: x for n, x in seen.items() if isinstance(x, Tensor)}
 
 
+# A PyTorch step wakes PyTorch's OpenMP workers, which then spin for milliseconds on the cores
+# the plan's next step needs (measured: a fused step right after a oneDNN conv ran up to 2x
+# slower than after 5 ms of quiet). The tuner charges each PyTorch candidate that slowdown,
+# measured on our kernel run right after it.
+_QUIET_S = 0.005  # long enough for the OpenMP workers to stop spinning, short enough to stay warm
+_WARMUP = 6  # a new step's first calls run up to 2x slow (fresh output pages, packed weights not in cache)
+
+
 def _median_seconds(steps: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {k: [] for k in steps}
+    """Each candidate timed in its own block of back-to-back calls (as inside a plan), after a
+    short quiet spell, so one candidate's spinning threads do not slow the next one down."""
+    times: dict[str, float] = {}
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)  # GPU launches are asynchronous
     with torch.inference_mode():
-        for step in steps.values():  # warm-up (and Triton's own autotune)
-            step(x)
-        for _ in range(repeats):  # interleaved, so drift hits every candidate alike
-            for k, step in steps.items():
+        for k, step in steps.items():
+            time.sleep(_QUIET_S)
+            for _ in range(_WARMUP):  # and Triton's own autotune
+                step(x)
+            samples = []
+            for _ in range(repeats):
                 sync()
                 t = time.perf_counter()
                 step(x)
                 sync()
-                samples[k].append(time.perf_counter() - t)
-    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+                samples.append(time.perf_counter() - t)
+            times[k] = sorted(samples)[len(samples) // 2]
+    return times
+
+
+def _after_seconds(first: nn.Module, then: nn.Module, x: Tensor, repeats: int) -> float:
+    """Median time of `then` called right after `first`, as it would run next in a plan."""
+    samples = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            first(x)
+            t = time.perf_counter()
+            then(x)
+            samples.append(time.perf_counter() - t)
+    return sorted(samples)[len(samples) // 2]
+
+
+def _pick(steps: dict[str, nn.Module], x: Tensor, repeats: int, ours: tuple[str, ...]) -> str:
+    """The fastest candidate, where a PyTorch one is charged the slowdown it causes our next step."""
+    times = _median_seconds(steps, x, repeats)
+    best_ours = min(ours, key=times.get)
+    best = min(times, key=times.get)
+    if best in ours or x.is_cuda:
+        return best
+    penalty = _after_seconds(steps[best], steps[best_ours], x, repeats) - times[best_ours]
+    return best if times[best] + max(penalty, 0.0) < times[best_ours] else best_ours
 
 
 class MeasuredChooser:
     """A `fusion.Chooser` that times the candidates on the captured layer inputs."""
 
-    def __init__(self, inputs: dict[str, Tensor], num_threads: int | None, dense_backend: str, repeats: int = 7,
+    def __init__(self, inputs: dict[str, Tensor], num_threads: int | None, dense_backend: str, repeats: int = 9,
                  backend: str = "cpu"):
         self.inputs, self.num_threads, self.dense_backend, self.repeats = inputs, num_threads, dense_backend, repeats
         self.backend = backend
         self.measured = 0  # decisions timed by this chooser (the rest came from the cache)
 
-    def __call__(self, name: str, fused: Layer, dense: Layer, geometry: dict | None) -> str:
+    def __call__(self, name: str, fused: Layer | None, dense: Layer, geometry: dict | None) -> str:
         from .fusion import cost_model_choice
 
         x = self.inputs.get(name)
-        if x is None:
+        if x is None or (fused is None and self.backend != "cpu"):
             return cost_model_choice(name, fused, dense, geometry)
+        if x.dim() == 4:  # as inside a plan: a layout conversion per call would be timed into every candidate
+            x = x.contiguous(memory_format=torch.channels_last)
         threads = self.num_threads or torch.get_num_threads()
-        key = (tuple(fused.weight.shape), tuple(fused.scale.shape), tuple(dense.weight.shape),
-               tuple(sorted((geometry or {}).items())), tuple(x.shape), threads, self.dense_backend, self.backend)
+        key = (None if fused is None else (tuple(fused.weight.shape), tuple(fused.scale.shape)),
+               tuple(dense.weight.shape), tuple(sorted((geometry or {}).items())), tuple(x.shape), threads,
+               self.dense_backend, self.backend)
         if key not in _DECISIONS:
-            steps = {kind: make_step(layer, geometry, self.num_threads, self.dense_backend, kind == "pair", self.backend)
-                     for kind, layer in (("fused", fused), ("pair", fused), ("dense", dense))}
-            times = _median_seconds(steps, x, self.repeats)
-            _DECISIONS[key] = min(times, key=times.get)
+            # Ours first: the torch candidates' spinning workers must not be timed into our kernels.
+            if fused is None:
+                kinds = {"dense-basisrt": (dense, "basisrt", False), "dense": (dense, self.dense_backend, False)}
+            else:
+                kinds = {"fused": (fused, self.dense_backend, False), "pair": (fused, self.dense_backend, True),
+                         "dense": (dense, self.dense_backend, False)}
+            steps = {kind: make_step(layer, geometry, self.num_threads, dense_backend, pair, self.backend)
+                     for kind, (layer, dense_backend, pair) in kinds.items()}
+            ours = tuple(k for k, m in steps.items() if not isinstance(m, TorchConvStep)) or tuple(steps)
+            _DECISIONS[key] = _pick(steps, x, self.repeats, ours)
             self.measured += 1
         return _DECISIONS[key]
 

@@ -99,13 +99,16 @@ def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dens
 
 _LINEAR_GEOMETRY = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
 
-# For a layer that can run either way, picks "fused" (our kernel), "pair" (two oneDNN convs)
-# or "dense" (the pair folded into one conv).
-Chooser = Callable[[str, Layer, Layer, "dict | None"], str]
+# Picks how a layer runs: "fused" (our low-rank kernel), "pair" (two oneDNN convs), "dense" (one
+# dense conv: the pair folded, or a plain layer, with the plan's dense_backend) or "dense-basisrt"
+# (one dense conv by our kernel). `fused` is None for a plain layer, which can only run dense.
+Chooser = Callable[[str, "Layer | None", Layer, "dict | None"], str]
 
 
-def cost_model_choice(name: str, fused: Layer, dense: Layer, geometry: dict | None) -> str:
+def cost_model_choice(name: str, fused: Layer | None, dense: Layer, geometry: dict | None) -> str:
     """Fused low-rank when it needs fewer MACs than the dense fold (basisrt.cost)."""
+    if fused is None:
+        return "dense"
     groups = geometry["groups"] if geometry else 1
     pays = lowrank_pays(fused.weight[0].numel(), fused.scale.shape[0], fused.scale.shape[1], groups)
     return "fused" if pays else "dense"
@@ -223,14 +226,15 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             sources += (second.target,)
             second.replace_all_uses_with(node)
             gm.graph.erase_node(second)
-        kind = choose(node.target, fused, dense, geometry) if fused is not None and choose is not None else "dense"
-        layer = dense if kind == "dense" else fused
+        kind = choose(node.target, fused, dense, geometry) if choose is not None else "dense"
+        layer = dense if kind.startswith("dense") else fused
         strategy = "dense-fold" if kind == "dense" and fused is not None else kind
         if geometry is not None:
             _fold_bn(gm, node, layer)
         _fuse_epilogue(gm, node, layer)
         name = node.target.replace(".", "_") + "_step"
-        gm.add_submodule(name, make_step(layer, geometry, num_threads, dense_backend, kind == "pair", backend))
+        step_backend = "basisrt" if kind == "dense-basisrt" else dense_backend
+        gm.add_submodule(name, make_step(layer, geometry, num_threads, step_backend, kind == "pair", backend))
         anchor = node if layer.residual is None else _later(node, layer.residual)
         with gm.graph.inserting_after(anchor):
             args = (node.args[0],) + ((layer.residual,) if layer.residual is not None else ())

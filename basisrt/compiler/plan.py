@@ -114,8 +114,10 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         model: a float32 model (plain, decomposed or pruned) in eval mode semantics.
         example_input: an input of the shape the plan will be called with (batch may differ).
         prefer_lowrank: if False, fold every basis pair to a dense conv.
-        autotune: choose fused vs dense per layer by timing both on `example_input` (decisions
-            cached per shape for the process) instead of by the MAC count.
+        autotune: choose per layer by timing on `example_input` instead of by the MAC count:
+            our fused kernel, the pair as two oneDNN convs or the dense fold for a basis pair, our
+            dense kernel or oneDNN for a plain conv. A PyTorch step is charged the slowdown its
+            spinning OpenMP workers cause our next step. Decisions are cached per shape.
         num_threads: kernel threads (default: torch.get_num_threads() at call time).
         dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, faster today);
             "basisrt" runs them with our C++ kernel.
