@@ -26,6 +26,7 @@
 #include "basis_conv_ref.h"
 #include "fused_conv.h"
 #include "pool.h"
+#include "program.h"
 
 #ifndef BASISRT_C_VERSION
 #define BASISRT_C_VERSION "0.1.0"
@@ -211,6 +212,27 @@ const float* f32_data(const std::string& fn, const py::array& a, const char* nam
     return static_cast<const float*>(a.data());
 }
 
+struct PackedWeights {
+    const float *B, *A, *bias;
+};
+
+// The packed weights of a conv of shape s, checked against the sizes the kernel will read.
+PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s, const py::array& B,
+                             const std::optional<py::array>& A, const std::optional<py::array>& bias, int64_t rank) {
+    const int64_t groups = s.groups;
+    const int64_t cg_pad = basisrt::round_up(s.C_out / groups, basisrt::kColBlock);
+    const int64_t K = s.kh * s.kw * (s.C_in / groups);
+    const int64_t b_cols = rank ? basisrt::round_up(rank, basisrt::kColBlock) : cg_pad;
+    const bool dot = basisrt::lowrank_dot_path(s.C_in / groups, rank);
+    PackedWeights w{f32_data(fn, B, "B (packed)", groups * K * (dot ? rank : b_cols)), nullptr, nullptr};
+    if (rank) {
+        if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
+        w.A = f32_data(fn, *A, "A (packed)", groups * b_cols * cg_pad);
+    }
+    if (bias) w.bias = f32_data(fn, *bias, "bias", s.C_out);
+    return w;
+}
+
 void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
                         const std::optional<py::array>& bias, const std::optional<py::array>& residual,
                         py::array& out, IntPair kernel, IntPair stride, IntPair padding, IntPair dilation,
@@ -230,24 +252,14 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
     if (ho != s.Ho || wo != s.Wo)
         value_error(fn, "out spatial size (" + std::to_string(s.Ho) + ", " + std::to_string(s.Wo) +
                             ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) + ")");
-    const int64_t cg_pad = basisrt::round_up(s.C_out / groups, basisrt::kColBlock);
-    const int64_t K = s.kh * s.kw * (s.C_in / groups);
-    const int64_t b_cols = rank ? basisrt::round_up(rank, basisrt::kColBlock) : cg_pad;
     const float* xp = f32_data(fn, x, "x", x.size());
-    const bool dot = basisrt::lowrank_dot_path(s.C_in / groups, rank);
-    const float* bp = f32_data(fn, B, "B (packed)", groups * K * (dot ? rank : b_cols));
-    const float* ap = nullptr;
-    if (rank) {
-        if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
-        ap = f32_data(fn, *A, "A (packed)", groups * b_cols * cg_pad);
-    }
-    const float* biasp = bias ? f32_data(fn, *bias, "bias", s.C_out) : nullptr;
+    const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
     const float* resp = residual ? f32_data(fn, *residual, "residual", out.size()) : nullptr;
     f32_data(fn, out, "out", out.size());
     if (!out.writeable()) value_error(fn, "out must be writeable");
     float* yp = static_cast<float*>(out.mutable_data());
     py::gil_scoped_release release;
-    basisrt::fused_conv_nhwc(xp, bp, ap, biasp, resp, yp, s, rank, static_cast<basisrt::Activation>(activation),
+    basisrt::fused_conv_nhwc(xp, w.B, w.A, w.bias, resp, yp, s, rank, static_cast<basisrt::Activation>(activation),
                              num_threads);
 }
 
@@ -271,7 +283,98 @@ void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair st
     basisrt::pool_nhwc(xp, yp, s, static_cast<basisrt::PoolKind>(kind), count_include_pad, num_threads);
 }
 
+// basisrt::Program plus references to the numpy weight arrays it points into.
+struct PyProgram {
+    basisrt::Program program;
+    std::vector<py::object> keep_alive;
+
+    int add_buffer(int64_t H, int64_t W, int64_t C) {
+        if (H < 1 || W < 1 || C < 1) value_error("Program.add_buffer", "H, W and C must be positive");
+        return program.add_buffer({H, W, C});
+    }
+
+    void check_ids(const std::string& fn, int in, int out, int residual) const {
+        const int n = static_cast<int>(program.buffers().size());
+        if (in < 0 || in >= n || out < 1 || out >= n || residual < -1 || residual >= n || in == out)
+            value_error(fn, "buffer ids out of range");
+    }
+
+    void add_conv(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
+                  const std::optional<py::array>& bias, int64_t rank, int activation, IntPair kernel, IntPair stride,
+                  IntPair padding, IntPair dilation, int64_t groups) {
+        const std::string fn = "Program.add_conv";
+        check_ids(fn, in, out, residual);
+        const auto &i = program.buffers()[in], &o = program.buffers()[out];
+        basisrt::ConvShape s{1, i.H, i.W, i.C, o.H, o.W, o.C, kernel.first, kernel.second, stride.first,
+                             stride.second, padding.first, padding.second, dilation.first, dilation.second, groups};
+        if (groups < 1 || s.C_in % groups || s.C_out % groups) value_error(fn, "groups must divide C_in and C_out");
+        if (rank < 0 || activation < 0 || activation > 2) value_error(fn, "bad rank or activation");
+        if ((s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1 != s.Ho ||
+            (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1 != s.Wo)
+            value_error(fn, "output buffer size does not match the conv geometry");
+        const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
+        op.B = w.B, op.A = w.A, op.bias = w.bias, op.rank = rank;
+        op.act = static_cast<basisrt::Activation>(activation);
+        op.kh = s.kh, op.kw = s.kw, op.sh = s.sh, op.sw = s.sw, op.ph = s.ph, op.pw = s.pw, op.dh = s.dh,
+        op.dw = s.dw, op.groups = groups;
+        program.add_op(op);
+        keep_alive.push_back(B);
+        if (A) keep_alive.push_back(*A);
+        if (bias) keep_alive.push_back(*bias);
+    }
+
+    void add_pool(int in, int out, IntPair kernel, IntPair stride, IntPair padding, int kind, bool count_include_pad) {
+        const std::string fn = "Program.add_pool";
+        check_ids(fn, in, out, -1);
+        const auto &i = program.buffers()[in], &o = program.buffers()[out];
+        if (i.C != o.C || kind < 0 || kind > 1) value_error(fn, "pooling keeps channels; kind is 0 (max) or 1 (avg)");
+        if (kernel.first < 1 || kernel.second < 1 || stride.first < 1 || stride.second < 1 || padding.first < 0 ||
+            padding.second < 0 || 2 * padding.first > kernel.first || 2 * padding.second > kernel.second)
+            value_error(fn, "kernel and stride must be positive, padding at most half the kernel");
+        if ((i.H + 2 * padding.first - kernel.first) / stride.first + 1 != o.H ||
+            (i.W + 2 * padding.second - kernel.second) / stride.second + 1 != o.W)
+            value_error(fn, "output buffer size does not match the pooling geometry");
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pool, in, -1, out};
+        op.pool = static_cast<basisrt::PoolKind>(kind), op.count_include_pad = count_include_pad;
+        op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
+        op.ph = padding.first, op.pw = padding.second;
+        program.add_op(op);
+    }
+
+    void run(const py::array& x, py::array& out, int output, int num_threads) const {
+        const std::string fn = "Program.run";
+        const auto& bufs = program.buffers();
+        if (output < 1 || output >= static_cast<int>(bufs.size()) || num_threads < 1)
+            value_error(fn, "bad output buffer id or thread count");
+        const auto &i = bufs[0], &o = bufs[output];
+        if (x.ndim() != 4 || x.shape(1) != i.C || x.shape(2) != i.H || x.shape(3) != i.W)
+            value_error(fn, "x must be NCHW (N, " + std::to_string(i.C) + ", " + std::to_string(i.H) + ", " +
+                                std::to_string(i.W) + ")");
+        const int64_t N = x.shape(0);
+        if (out.size() != N * o.H * o.W * o.C) value_error(fn, "out has the wrong number of elements");
+        const float* xp = f32_data(fn, x, "x", x.size());
+        f32_data(fn, out, "out", out.size());
+        if (!out.writeable()) value_error(fn, "out must be writeable");
+        float* yp = static_cast<float*>(out.mutable_data());
+        py::gil_scoped_release release;
+        program.run(xp, N, output, yp, num_threads);
+    }
+};
+
 void bind_fused(py::module_& m) {
+    py::class_<PyProgram>(m, "Program", "A plan of fused-conv and pooling ops over NHWC buffers, run in one call.")
+        .def(py::init<>())
+        .def("add_buffer", &PyProgram::add_buffer, py::arg("H"), py::arg("W"), py::arg("C"),
+             "A buffer of per-image shape (H, W, C); buffer 0 is the input. Returns its id.")
+        .def("add_conv", &PyProgram::add_conv, py::arg("input"), py::arg("residual"), py::arg("out"), py::arg("B"),
+             py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("kernel"),
+             py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
+             "A fused_conv_nhwc op (packed weights as for fused_conv_nhwc; residual -1: none).")
+        .def("add_pool", &PyProgram::add_pool, py::arg("input"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
+             py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), "A pool_nhwc op.")
+        .def("run", &PyProgram::run, py::arg("x"), py::arg("out"), py::arg("output"), py::arg("num_threads"),
+             "Run every op on NCHW input x; the output buffer is written NHWC into `out`.");
     m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
           py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
           "Max (kind 0) or average (kind 1) pooling on NHWC float32 with implicit padding; writes into `out`.");

@@ -37,6 +37,7 @@ def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
 # slower than after 5 ms of quiet). The tuner charges each PyTorch candidate that slowdown,
 # measured on our kernel run right after it.
 _QUIET_S = 0.005  # long enough for the OpenMP workers to stop spinning, short enough to stay warm
+STEP_OVERHEAD_S = 10e-6  # measured cost of one step through the fx module (a fused step on a tiny input)
 _WARMUP = 6  # a new step's first calls run up to 2x slow (fresh output pages, packed weights not in cache)
 
 
@@ -73,24 +74,30 @@ def _after_seconds(first: nn.Module, then: nn.Module, x: Tensor, repeats: int) -
     return sorted(samples)[len(samples) // 2]
 
 
-def _pick(steps: dict[str, nn.Module], x: Tensor, repeats: int, ours: tuple[str, ...]) -> str:
-    """The fastest candidate, where a PyTorch one is charged the slowdown it causes our next step."""
+def _pick(steps: dict[str, nn.Module], x: Tensor, repeats: int, ours: tuple[str, ...],
+          native_loss_s: float = 0.0) -> str:
+    """The fastest candidate, where a PyTorch one is charged the slowdown it causes our next step
+    and `native_loss_s`, what the plan loses by running step by step instead of as one program."""
     times = _median_seconds(steps, x, repeats)
     best_ours = min(ours, key=times.get)
     best = min(times, key=times.get)
     if best in ours or x.is_cuda:
         return best
+    if times[best] + native_loss_s >= times[best_ours]:
+        return best_ours
     penalty = _after_seconds(steps[best], steps[best_ours], x, repeats) - times[best_ours]
-    return best if times[best] + max(penalty, 0.0) < times[best_ours] else best_ours
+    return best if times[best] + native_loss_s + max(penalty, 0.0) < times[best_ours] else best_ours
 
 
 class MeasuredChooser:
     """A `fusion.Chooser` that times the candidates on the captured layer inputs."""
 
     def __init__(self, inputs: dict[str, Tensor], num_threads: int | None, dense_backend: str, repeats: int = 9,
-                 backend: str = "cpu"):
+                 backend: str = "cpu", steps: int = 0):
         self.inputs, self.num_threads, self.dense_backend, self.repeats = inputs, num_threads, dense_backend, repeats
         self.backend = backend
+        # A plan of only our kernels runs as one C++ program, saving the fx module's per-step cost.
+        self.native_loss_s = steps * STEP_OVERHEAD_S if backend == "cpu" else 0.0
         self.measured = 0  # decisions timed by this chooser (the rest came from the cache)
 
     def __call__(self, name: str, fused: Layer | None, dense: Layer, geometry: dict | None) -> str:
@@ -102,20 +109,19 @@ class MeasuredChooser:
         if x.dim() == 4:  # as inside a plan: a layout conversion per call would be timed into every candidate
             x = x.contiguous(memory_format=torch.channels_last)
         threads = self.num_threads or torch.get_num_threads()
-        key = (None if fused is None else (tuple(fused.weight.shape), tuple(fused.scale.shape)),
+        key = (self.native_loss_s, None if fused is None else (tuple(fused.weight.shape), tuple(fused.scale.shape)),
                tuple(dense.weight.shape), tuple(sorted((geometry or {}).items())), tuple(x.shape), threads,
                self.dense_backend, self.backend)
         if key not in _DECISIONS:
             # Ours first: the torch candidates' spinning workers must not be timed into our kernels.
-            if fused is None:
-                kinds = {"dense-basisrt": (dense, "basisrt", False), "dense": (dense, self.dense_backend, False)}
-            else:
+            kinds = {"dense-basisrt": (dense, "basisrt", False), "dense": (dense, self.dense_backend, False)}
+            if fused is not None:
                 kinds = {"fused": (fused, self.dense_backend, False), "pair": (fused, self.dense_backend, True),
-                         "dense": (dense, self.dense_backend, False)}
+                         **kinds}
             steps = {kind: make_step(layer, geometry, self.num_threads, dense_backend, pair, self.backend)
                      for kind, (layer, dense_backend, pair) in kinds.items()}
             ours = tuple(k for k, m in steps.items() if not isinstance(m, TorchConvStep)) or tuple(steps)
-            _DECISIONS[key] = _pick(steps, x, self.repeats, ours)
+            _DECISIONS[key] = _pick(steps, x, self.repeats, ours, self.native_loss_s)
             self.measured += 1
         return _DECISIONS[key]
 

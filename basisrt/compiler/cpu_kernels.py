@@ -43,6 +43,7 @@ class FusedConv2d(nn.Module):
         super().__init__()
         weight = weight.detach().float()
         self.kernel = tuple(weight.shape[2:])
+        self.in_channels = weight.shape[1] * groups
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
         self.groups, self.activation, self.residual = groups, activation, residual
         self.out_channels = scale.shape[0] if scale is not None else weight.shape[0]

@@ -15,6 +15,7 @@ from .cpu_kernels import FusedConv2d, PoolStep, TorchConvStep
 from .autotune import MeasuredChooser, layer_inputs
 from .cuda_graph import CUDAGraphRunner, require_cuda_device
 from .fusion import Tracer, cost_model_choice, fuse
+from .program import lower
 from .serialize import load_plan, save_plan
 
 
@@ -48,6 +49,9 @@ class CompiledModel:
         self.device = torch.device(device)
         # replays a CUDA graph per input shape instead of launching step by step (None: eager)
         self.graphs = CUDAGraphRunner(module, self.device) if cuda_graph else None
+        # every step ours: the whole plan runs in one C++ call (None: step by step through fx)
+        self.native = (lower(module, self.input_shape) if self.device.type == "cpu" and dtype == torch.float32
+                       else None)
 
     @property
     def cuda_graph(self) -> bool:
@@ -74,6 +78,8 @@ class CompiledModel:
         self._check(x)
         if self.graphs is not None:
             return self.graphs(x)  # already a contiguous clone, not the graph's static output
+        if self.native is not None:
+            return self.native(x)
         with torch.inference_mode():
             y = self.module(x)
         return y.contiguous() if isinstance(y, Tensor) else y
@@ -149,7 +155,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     if not prefer_lowrank:
         choose = None
     elif autotune:
-        choose = MeasuredChooser(layer_inputs(model, example_input), num_threads, dense_backend, backend=backend)
+        choose = MeasuredChooser(layer_inputs(model, example_input), num_threads, dense_backend, backend=backend,
+                                 steps=sum(n.op in ("call_module", "call_function", "call_method") for n in graph.nodes))
     else:
         choose = cost_model_choice
     strategies = fuse(gm, choose, num_threads, dense_backend, backend)
