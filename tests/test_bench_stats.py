@@ -110,3 +110,14 @@ def test_report_flags_and_skips():
     assert "`basisrt`: skipped: basisrt.compile not available" in lines
     assert "`ort_pruned`: not run" in lines and "`paper` on m: why" in lines and "eager_dense" not in lines
     assert not math.isnan(1.0)
+
+
+def test_interleaved_leaves_idle_time_before_each_pass():
+    import time as _time
+
+    stamps = {"a": [], "b": []}
+    fns = {k: (lambda k=k: stamps[k].append(_time.perf_counter())) for k in stamps}
+    interleaved(fns, rounds=4, warmup=1, min_pass_s=0.0, settle_s=0.01)
+    calls = sorted((t, k) for k, ts in stamps.items() for t in ts[1:])  # timed calls (after warm-up)
+    gaps = [b[0] - a[0] for a, b in zip(calls, calls[1:])]
+    assert len(calls) == 8 and min(gaps) >= 0.01

@@ -30,6 +30,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--warmup", type=int, help="warm-up calls per engine (default 5; quick 1)")
     p.add_argument("--min-pass-ms", type=float, help="shortest timed pass; short calls repeat within a pass "
                                                       "(default 50; quick 0)")
+    p.add_argument("--settle-ms", type=float, help="idle time before each timed pass, so thread pools that spin "
+                   "after their work (ONNX Runtime, OpenMP) do not run into the next engine's pass (default 20)")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer timing")
     p.add_argument("--layer-batch", type=int, help="batch size of the per-layer timing (default: the largest)")
     p.add_argument("--seed", type=int, default=0)
@@ -44,6 +46,7 @@ def config_from_args(args: argparse.Namespace):
     given = {"models": args.models, "levels": args.levels, "batches": args.batches, "threads": args.threads,
              "engines": args.engines, "rounds": args.rounds, "warmup": args.warmup,
              "min_pass_s": None if args.min_pass_ms is None else args.min_pass_ms / 1e3,
+             "settle_s": None if args.settle_ms is None else args.settle_ms / 1e3,
              "layer_batch": args.layer_batch, "seed": args.seed}
     if args.no_layers:
         given["layers"] = False

@@ -55,6 +55,7 @@ class BenchConfig:
     rounds: int = 30
     warmup: int = 5
     min_pass_s: float = 0.05
+    settle_s: float = 0.02  # idle time before each timed pass (see timing.interleaved)
     layers: bool = True
     layer_batch: int | None = None  # default: the largest batch
     layer_threads: int | None = None  # default: the first thread count
@@ -337,7 +338,8 @@ def _time_group(results, config, runs: dict[str, eng.EngineRun], model_name, spe
     bar.status(f"{model_name}/{spec}/b{batch}: timing {len(runs)} {device} engines")
     load = ForeignLoad()
     timings = interleaved({n: r.fn for n, r in runs.items()}, rounds=config.rounds, warmup=config.warmup,
-                          min_pass_s=config.min_pass_s, progress=bar.update if device == "cpu" else None)
+                          min_pass_s=config.min_pass_s, progress=bar.update if device == "cpu" else None,
+                          settle_s=config.settle_s)
     machine_load = load.stop()
     nominal = {n: (1.0 if eng.group_of(n) == "dense" else nominal_speedup(dense_cost, pruned_cost)) for n in runs}
     speedups, fastest = _speedups(timings, nominal, eng.REFERENCES[device])

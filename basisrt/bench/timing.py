@@ -180,8 +180,12 @@ def calibrate(fn: Callable[[], object], min_pass_s: float, warmup: int) -> int:
 
 def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int, warmup: int = 3,
                 min_pass_s: float = 0.01, progress: Callable[[int], None] | None = None,
-                util_drop: float = 0.8, spike: float = 2.0) -> dict[str, Timing]:
+                util_drop: float = 0.8, spike: float = 2.0, settle_s: float = 0.0) -> dict[str, Timing]:
     """Time every candidate in `rounds` interleaved passes (rotating order) after warm-up.
+
+    `settle_s` of idle time precede each pass: thread pools that spin after their work (ONNX
+    Runtime's, PyTorch's OpenMP workers) would otherwise run on the cores the next candidate's
+    pass needs (measured: basisrt 12.3 ms alone beside eager, 14.3 ms after ONNX Runtime passes).
 
     A candidate that raises is reported with its error and takes no further part.
     `progress(n)` is called after every round with n = 1.
@@ -201,6 +205,8 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int, 
             if t.error:
                 continue
             fn = candidates[name]
+            if settle_s:
+                time.sleep(settle_s)
             try:
                 c0, w0 = time.process_time(), time.perf_counter()
                 for _ in range(t.inner):
