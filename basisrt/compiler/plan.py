@@ -160,6 +160,7 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     else:
         choose = cost_model_choice
     strategies = fuse(gm, choose, num_threads, dense_backend, backend)
+    gm.eval()  # an inference plan: the step modules fuse() adds start in training mode
     plan = Plan()
     for node in gm.graph.nodes:
         if node.op == "call_module":
