@@ -141,29 +141,34 @@ inline __attribute__((always_inline)) void dot_tile(const float* const* rows, in
 
 constexpr int kDotM = 4, kDotN = 6;  // 24 accumulators + 4 x vectors + 1 B vector: 29 of 32 zmm
 
+// One chunk of r <= kDotN ranks for M pixels.
 template <int M>
-inline __attribute__((always_inline)) void dot_ranks(const float* const* rows, int64_t taps, int64_t cg,
-                                                     const float* bt, int64_t K, int64_t rank, float* t,
-                                                     int64_t ldt) {
-    int64_t j = 0;
-    for (; j + kDotN <= rank; j += kDotN) dot_tile<M, kDotN>(rows, taps, cg, bt + j * K, K, t + j, ldt);
-    switch (rank - j) {
-        case 5: dot_tile<M, 5>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
-        case 4: dot_tile<M, 4>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
-        case 3: dot_tile<M, 3>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
-        case 2: dot_tile<M, 2>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
-        case 1: dot_tile<M, 1>(rows, taps, cg, bt + j * K, K, t + j, ldt); break;
-        default: break;
+inline __attribute__((always_inline)) void dot_chunk(const float* const* rows, int64_t taps, int64_t cg,
+                                                     const float* bt, int64_t K, int64_t r, float* t, int64_t ldt) {
+    switch (r) {
+        case 6: return dot_tile<M, 6>(rows, taps, cg, bt, K, t, ldt);
+        case 5: return dot_tile<M, 5>(rows, taps, cg, bt, K, t, ldt);
+        case 4: return dot_tile<M, 4>(rows, taps, cg, bt, K, t, ldt);
+        case 3: return dot_tile<M, 3>(rows, taps, cg, bt, K, t, ldt);
+        case 2: return dot_tile<M, 2>(rows, taps, cg, bt, K, t, ldt);
+        default: return dot_tile<M, 1>(rows, taps, cg, bt, K, t, ldt);
     }
 }
 
-// T (m × rank, row stride ldt) for m pixels: rows holds m·taps row pointers.
+// T (m × rank, row stride ldt) for m pixels: rows holds m·taps row pointers. Rank chunks are the
+// outer loop, so a chunk of B (kDotN × K, up to 110 KB at K = 4608) stays in L2 while every
+// pixel of the tile uses it; pixels outer would stream all of B (MBs at r = 128) per 4 pixels.
 BASISRT_SIMD void dot_gemm(const float* const* rows, int64_t m, int64_t taps, int64_t cg, const float* bt,
                            int64_t rank, float* t, int64_t ldt) {
+    static_assert(kDotN == 6, "dot_chunk dispatches chunks of up to 6 ranks");
     const int64_t K = taps * cg;
-    int64_t i = 0;
-    for (; i + kDotM <= m; i += kDotM) dot_ranks<kDotM>(rows + i * taps, taps, cg, bt, K, rank, t + i * ldt, ldt);
-    for (; i < m; ++i) dot_ranks<1>(rows + i * taps, taps, cg, bt, K, rank, t + i * ldt, ldt);
+    for (int64_t j = 0; j < rank; j += kDotN) {
+        const int64_t r = std::min<int64_t>(kDotN, rank - j);
+        int64_t i = 0;
+        for (; i + kDotM <= m; i += kDotM)
+            dot_chunk<kDotM>(rows + i * taps, taps, cg, bt + j * K, K, r, t + i * ldt + j, ldt);
+        for (; i < m; ++i) dot_chunk<1>(rows + i * taps, taps, cg, bt + j * K, K, r, t + i * ldt + j, ldt);
+    }
 }
 
 // Row pointers for pixels [p0, p0+m), group g: rows[t·taps + tap] → x row or the zero row.
