@@ -139,6 +139,7 @@ inline __attribute__((always_inline)) void dot_tile(const float* const* rows, in
         for (int j = 0; j < R; ++j) t[i * ldt + j] = hsum(acc[i][j]);
 }
 
+constexpr int64_t kSplitWeights = 256 * 1024;  // floats of B (1 MB): below, one thread reading B is cheaper than two passes
 constexpr int kDotM = 4, kDotN = 6;  // 24 accumulators + 4 x vectors + 1 B vector: 29 of 32 zmm
 
 // One chunk of r <= kDotN ranks for M pixels.
@@ -240,6 +241,38 @@ void im2col_tile(const float* x, const ConvShape& s, int64_t g, int64_t p0, int6
     }
 }
 
+// The dot path for layers with fewer pixel tiles than threads (small images at batch 1, where
+// the weights dominate): threads share out (tile, rank chunk) pairs for T, then (tile, column
+// block) pairs for y, so each thread reads part of B and A instead of one thread reading all.
+void split_lowrank(const float* x, const float* B, const float* A, const float* bias, const float* residual,
+                   float* y, const ConvShape& s, int64_t rank, Activation act, int num_threads,
+                   const int64_t* tap_off) {
+    const int64_t cg_in = s.C_in / s.groups, cg_out = s.C_out / s.groups, taps = s.kh * s.kw;
+    const int64_t K = taps * cg_in, cg_pad = round_up(cg_out, NR), r_pad = round_up(rank, NR);
+    const int64_t P = s.N * s.Ho * s.Wo, tiles = (P + kTile - 1) / kTile;
+    const int64_t chunks = (rank + kDotN - 1) / kDotN, blocks = cg_pad / NR;
+    std::vector<float> T(P * r_pad);
+    for (int64_t g = 0; g < s.groups; ++g) {
+        parallel_for(tiles * chunks, num_threads, [&](int64_t task) {
+            thread_local std::vector<const float*> rows;
+            thread_local std::vector<float> zero;
+            rows.resize(std::max<size_t>(rows.size(), kTile * taps));
+            zero.resize(std::max<size_t>(zero.size(), cg_in));  // only ever grows: stays all zero
+            const int64_t p0 = task / chunks * kTile, m = std::min(kTile, P - p0), j = task % chunks * kDotN;
+            tap_rows(x, s, g, p0, m, zero.data(), tap_off, rows.data());
+            dot_gemm(rows.data(), m, taps, cg_in, B + (g * rank + j) * K, std::min<int64_t>(kDotN, rank - j),
+                     T.data() + p0 * r_pad + j, r_pad);
+        });
+        parallel_for(tiles * blocks, num_threads, [&](int64_t task) {
+            const int64_t p0 = task / blocks * kTile, m = std::min(kTile, P - p0), j = task % blocks * NR;
+            const int64_t out_off = p0 * s.C_out + g * cg_out + j;
+            Store out{y + out_off, s.C_out, bias ? bias + g * cg_out + j : nullptr,
+                      residual ? residual + out_off : nullptr, cg_out - j, act, true};
+            gemm(T.data() + p0 * r_pad, r_pad, A + g * r_pad * cg_pad + j, cg_pad, m, NR, rank, out);
+        });
+    }
+}
+
 }  // namespace
 
 bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % kColBlock == 0; }
@@ -267,6 +300,11 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     std::vector<int64_t> tap_off;  // offset of each tap's row from the window's corner
     for (int64_t ky = 0; ky < s.kh; ++ky)
         for (int64_t kx = 0; kx < s.kw; ++kx) tap_off.push_back((ky * s.dh * s.W + kx * s.dw) * s.C_in);
+
+    if (dot && num_threads > 1 && tiles < 2 * num_threads && rank * K > kSplitWeights) {  // split ranks
+        split_lowrank(x, B, A, bias, residual, y, s, rank, act, num_threads, tap_off.data());
+        return;
+    }
 
     parallel_for(tiles, num_threads, [&](int64_t tile) {
         // Per-thread scratch, sized to the largest layer seen: no growth with the number of calls.

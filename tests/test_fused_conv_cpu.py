@@ -58,13 +58,28 @@ def test_fused_lowrank_dot_path_matches_float64(c):
     check_step(c, FusedConv2d)
 
 
+# Big basis weights (rank × K above csrc's kSplitWeights) on few pixel tiles: with 2 threads the
+# kernel splits ranks and output columns across threads instead of tiles; 1 thread does not.
+SPLIT_CASES = [dict(n=n, c_in=c_in, c_out=c_out, hw=hw, k=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                    groups=1, rank=rank, bias=True, act=act, residual=res)
+               for n, c_in, c_out, hw, rank, act, res in [(1, 512, 512, (2, 2), 64, "relu", True),
+                                                         (2, 512, 200, (3, 5), 71, None, False),
+                                                         (1, 256, 96, (7, 7), 130, "relu6", True)]]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c", SPLIT_CASES, ids=case_id)
+def test_fused_lowrank_split_across_threads_matches_float64(c, threads):
+    check_step(c, FusedConv2d, num_threads=threads)
+
+
 @pytest.mark.parametrize("c", cases()[::7], ids=case_id)
 def test_torch_step_matches_float64(c):
     """The same steps run as PyTorch convs (what the autotuner may pick instead)."""
     check_step(c, TorchConvStep)
 
 
-def check_step(c, step_cls):
+def check_step(c, step_cls, **step_kwargs):
     gen = torch.Generator().manual_seed(zlib.crc32(case_id(c).encode()))
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
     g = c["groups"]
@@ -74,11 +89,11 @@ def check_step(c, step_cls):
     if c["rank"]:
         basis, scale = rnd(g * c["rank"], c["c_in"] // g, *c["k"]), rnd(c["c_out"], c["rank"])
         ref = F.conv2d(F.conv2d(x, basis, **conv), scale[:, :, None, None], bias, groups=g)
-        step = step_cls(basis, bias, scale=scale, activation=c["act"], residual=c["residual"], **conv)
+        step = step_cls(basis, bias, scale=scale, activation=c["act"], residual=c["residual"], **conv, **step_kwargs)
     else:
         weight = rnd(c["c_out"], c["c_in"] // g, *c["k"])
         ref = F.conv2d(x, weight, bias, **conv)
-        step = step_cls(weight, bias, activation=c["act"], residual=c["residual"], **conv)
+        step = step_cls(weight, bias, activation=c["act"], residual=c["residual"], **conv, **step_kwargs)
     res = rnd(*ref.shape) if c["residual"] else None
     if res is not None:
         ref = ref + res
