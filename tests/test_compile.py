@@ -209,4 +209,26 @@ def test_autotune_charges_torch_steps_the_slowdown_they_cause(slowdown, expected
     from basisrt.compiler.autotune import _pick
 
     steps = {"fused": _Timed(0.004, slowed=slowdown), "pair": _Timed(0.002, slows_next=True)}
-    assert _pick(steps, torch.zeros(1), 3, ours=("fused",)) == expected
+    assert _pick(steps, torch.zeros(1), 3, ours=("fused",)) == (expected, "fused")
+
+
+@pytest.mark.parametrize("faster", ["ours", "mixed"])
+def test_autotune_keeps_the_faster_of_mixed_and_all_basisrt_plans(monkeypatch, faster):
+    """When a PyTorch step wins a layer, the whole plan of only our kernels (which runs natively)
+    is timed against the mixed plan, and the faster one is kept."""
+    from basisrt.compiler import autotune, plan
+
+    autotune.clear_cache()
+    monkeypatch.setattr(autotune, "_pick", lambda *a, **k: ("pair", "fused"))  # oneDNN "wins" every layer
+    timed = {"ours": 1.0, "mixed": 2.0} if faster == "ours" else {"ours": 2.0, "mixed": 1.0}
+    monkeypatch.setattr(plan, "median_seconds", lambda candidates, x, repeats: timed)
+    _, model = pruned("vgg16", 0.25)
+    x = torch.randn(1, 3, 32, 32)
+    compiled = compile(model, x, autotune=True)
+    strategies = Counter(s.strategy for s in compiled.plan.steps)
+    assert (compiled.native is not None) == (faster == "ours")
+    n_basis = sum(isinstance(m, basisrt.layers.BasisLayer) for m in model.modules())
+    assert strategies["pair"] == (0 if faster == "ours" else n_basis)
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+    autotune.clear_cache()

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from .cpu_kernels import TorchConvStep
 from .fusion import Layer, make_step
 
-_DECISIONS: dict[tuple, str] = {}  # shape key -> "fused", "pair", "dense" or "dense-basisrt"
+# shape key -> (the choice, the best of our kernels): "fused", "pair", "dense" or "dense-basisrt"
+_DECISIONS: dict[tuple, tuple[str, str]] = {}
 
 
 def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
@@ -41,7 +42,7 @@ STEP_OVERHEAD_S = 10e-6  # measured cost of one step through the fx module (a fu
 _WARMUP = 6  # a new step's first calls run up to 2x slow (fresh output pages, packed weights not in cache)
 
 
-def _median_seconds(steps: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, float]:
+def median_seconds(steps: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, float]:
     """Each candidate timed in its own block of back-to-back calls (as inside a plan), after a
     short quiet spell, so one candidate's spinning threads do not slow the next one down."""
     times: dict[str, float] = {}
@@ -75,18 +76,18 @@ def _after_seconds(first: nn.Module, then: nn.Module, x: Tensor, repeats: int) -
 
 
 def _pick(steps: dict[str, nn.Module], x: Tensor, repeats: int, ours: tuple[str, ...],
-          native_loss_s: float = 0.0) -> str:
-    """The fastest candidate, where a PyTorch one is charged the slowdown it causes our next step
-    and `native_loss_s`, what the plan loses by running step by step instead of as one program."""
-    times = _median_seconds(steps, x, repeats)
+          native_loss_s: float = 0.0) -> tuple[str, str]:
+    """(the fastest candidate, our fastest), where a PyTorch candidate is charged the slowdown it
+    causes our next step and `native_loss_s`, what the plan loses by running step by step."""
+    times = median_seconds(steps, x, repeats)
     best_ours = min(ours, key=times.get)
     best = min(times, key=times.get)
     if best in ours or x.is_cuda:
-        return best
+        return best, best_ours
     if times[best] + native_loss_s >= times[best_ours]:
-        return best_ours
+        return best_ours, best_ours
     penalty = _after_seconds(steps[best], steps[best_ours], x, repeats) - times[best_ours]
-    return best if times[best] + native_loss_s + max(penalty, 0.0) < times[best_ours] else best_ours
+    return (best if times[best] + native_loss_s + max(penalty, 0.0) < times[best_ours] else best_ours), best_ours
 
 
 class MeasuredChooser:
@@ -99,6 +100,7 @@ class MeasuredChooser:
         # A plan of only our kernels runs as one C++ program, saving the fx module's per-step cost.
         self.native_loss_s = steps * STEP_OVERHEAD_S if backend == "cpu" else 0.0
         self.measured = 0  # decisions timed by this chooser (the rest came from the cache)
+        self.ours_only = False  # pick only among our kernels (from the same measurements)
 
     def __call__(self, name: str, fused: Layer | None, dense: Layer, geometry: dict | None) -> str:
         from .fusion import cost_model_choice
@@ -123,7 +125,7 @@ class MeasuredChooser:
             ours = tuple(k for k, m in steps.items() if not isinstance(m, TorchConvStep)) or tuple(steps)
             _DECISIONS[key] = _pick(steps, x, self.repeats, ours, self.native_loss_s)
             self.measured += 1
-        return _DECISIONS[key]
+        return _DECISIONS[key][1 if self.ours_only else 0]
 
 
 def clear_cache() -> None:
