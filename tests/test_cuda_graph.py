@@ -1,34 +1,11 @@
 """compile(..., cuda_graph=True): a plan captured as CUDA graphs (one per input shape) equals eager."""
 import pytest
 import torch
-from torch import nn
 
 import basisrt
+from nets import pruned_net
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def pruned_net() -> nn.Module:
-    """Basis pairs with BN, a residual add and a linear head: Triton steps, cuDNN steps and torch ops."""
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Conv2d(3, 16, 3, padding=1)
-            self.bn = nn.BatchNorm2d(16)
-            self.conv = nn.Conv2d(16, 16, 3, padding=1)
-            self.down = nn.Conv2d(16, 24, 3, stride=2, padding=1)
-            self.head = nn.Linear(24, 5)
-
-        def forward(self, x):
-            y = torch.relu(self.bn(self.stem(x)))
-            y = torch.relu(self.conv(y) + y)
-            return self.head(self.down(y).mean((2, 3)))
-
-    torch.manual_seed(0)
-    model = basisrt.decompose(Net().eval()).model
-    basisrt.prune_basis(model, "ratio", 0.25)
-    return model.eval()
 
 
 def test_cuda_graph_needs_a_cuda_plan():

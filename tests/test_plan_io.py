@@ -118,7 +118,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def triton_plan(tmp_path, device: str = TRITON_DEV):
     """A small pruned net compiled with Triton steps (and one cuDNN/oneDNN step), saved."""
-    from test_cuda_graph import pruned_net
+    from nets import pruned_net
     model = pruned_net().to(device)
     x = torch.randn(2, 3, 12, 10, device=device)
     compiled = compile(model, x, backend="triton")
@@ -186,7 +186,7 @@ def test_cpu_plan_refuses_other_devices(tmp_path):
 @needs_cuda
 @needs_triton
 def test_cuda_plan_round_trip_with_cuda_graph(tmp_path):
-    from test_cuda_graph import pruned_net
+    from nets import pruned_net
     model = pruned_net().cuda()
     x = torch.randn(2, 3, 12, 10, device="cuda")
     compiled = compile(model, x, cuda_graph=True)

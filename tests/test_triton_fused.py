@@ -379,30 +379,16 @@ def test_plan_dispatches_fused_pairs_to_triton():
     import basisrt
     from torch import nn
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Conv2d(3, 16, 3, padding=1)
-            self.bn = nn.BatchNorm2d(16)
-            self.conv = nn.Conv2d(16, 16, 3, padding=1)
-            self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)
-            self.head = nn.Linear(16, 5)
+    from nets import pruned_net
 
-        def forward(self, x):
-            y = torch.relu(self.bn(self.stem(x)))
-            y = torch.relu(self.conv(y) + y)
-            return self.head(self.grouped(y).mean((2, 3)))
-
-    torch.manual_seed(0)
-    model = basisrt.decompose(Net().eval()).model
-    basisrt.prune_basis(model, "ratio", 0.25)
+    model = pruned_net(tail=nn.Conv2d(16, 16, 3, padding=1, groups=2))
     x = torch.randn(2, 3, 7, 9, device=DEV)
     model = model.to(DEV)
     compiled = basisrt.compile(model, x, backend="triton")
     kinds = {s.name: type(compiled.module.get_submodule(s.name)).__name__
              for s in compiled.plan.steps if s.strategy != "torch"}
     assert kinds == {"stem_step": "GPUFusedConv2d", "conv_step": "GPUFusedConv2d",
-                     "grouped_step": "TorchConvStep", "head_step": "GPUFusedLinear"}
+                     "tail_step": "TorchConvStep", "head_step": "GPUFusedLinear"}
     assert compiled.module.get_submodule("conv_step").residual  # add + relu fused into the Triton epilogue
     with torch.no_grad():
         ref = model(x)
