@@ -139,7 +139,9 @@ inline __attribute__((always_inline)) void dot_tile(const float* const* rows, in
         for (int j = 0; j < R; ++j) t[i * ldt + j] = hsum(acc[i][j]);
 }
 
-constexpr int64_t kSplitWeights = 256 * 1024;  // floats of B (1 MB): below, one thread reading B is cheaper than two passes
+// Floats of B (1 MB) above which batch-1 layers split ranks across threads; below, one thread
+// reading B beats two parallel passes.
+constexpr int64_t kSplitWeights = 256 * 1024;
 constexpr int kDotM = 4, kDotN = 6;  // 24 accumulators + 4 x vectors + 1 B vector: 29 of 32 zmm
 
 // One chunk of r <= kDotN ranks for M pixels.

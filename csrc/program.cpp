@@ -44,7 +44,8 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
         const float* in = data(op.in);
         float* out = data(op.out);
         if (op.kind == ProgramOp::Kind::conv) {
-            ConvShape s{N, i.H, i.W, i.C, o.H, o.W, o.C, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw, op.groups};
+            ConvShape s{N,     i.H,   i.W,   i.C,   o.H,   o.W,   o.C,   op.kh,
+                        op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw, op.groups};
             fused_conv_nhwc(in, op.B, op.A, op.bias, op.residual >= 0 ? data(op.residual) : nullptr, out, s, op.rank,
                             op.act, num_threads);
         } else {

@@ -210,7 +210,8 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
             continue
-        pool = pool_step(m, num_threads) if m is not None and backend == "cpu" and _is_float32_4d(node.args[0]) else None
+        ours = m is not None and backend == "cpu" and _is_float32_4d(node.args[0])
+        pool = pool_step(m, num_threads) if ours else None
         if pool is not None:  # ours, so a plan of fused steps never wakes PyTorch's OpenMP workers
             source, node.target = node.target, node.target.replace(".", "_") + "_pool"
             gm.add_submodule(node.target, pool)
