@@ -27,3 +27,18 @@ def pruned_net(tail: nn.Conv2d | None = None) -> nn.Module:
     model = basisrt.decompose(Net().eval()).model
     basisrt.prune_basis(model, "ratio", 0.25)
     return model.eval()
+
+
+def linear_on_tokens_case(rank: int):
+    """(x, residual, step args, float64 reference of relu(linear(x) + residual)) for a (3, 7, 33)
+    token batch: a basis pair of `rank` (no bias) or, with rank 0, a dense linear with bias."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 33, dtype=torch.float64)
+    res = torch.randn(3, 7, 20, dtype=torch.float64)
+    if rank:
+        basis, scale = torch.randn(rank, 33, dtype=torch.float64), torch.randn(20, rank, dtype=torch.float64)
+        args, ref = (basis, None, scale), x @ basis.T @ scale.T
+    else:
+        weight, bias = torch.randn(20, 33, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
+        args, ref = (weight, bias), x @ weight.T + bias
+    return x, res, args, torch.relu(ref + res)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from basisrt import _C
 from basisrt.compiler.cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep
+from nets import linear_on_tokens_case
 
 ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
 
@@ -110,18 +111,8 @@ def check_step(c, step_cls, **step_kwargs):
 
 @pytest.mark.parametrize("rank", [0, 5, 19])
 def test_fused_linear_on_tokens(rank):
-    torch.manual_seed(0)
-    x = torch.randn(3, 7, 33, dtype=torch.float64)
-    res = torch.randn(3, 7, 20, dtype=torch.float64)
-    if rank:
-        basis, scale, bias = torch.randn(rank, 33, dtype=torch.float64), torch.randn(20, rank, dtype=torch.float64), None
-        ref = x @ basis.T @ scale.T
-        step = FusedLinear(basis, bias, scale, activation="relu", residual=True)
-    else:
-        weight, bias = torch.randn(20, 33, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
-        ref = x @ weight.T + bias
-        step = FusedLinear(weight, bias, activation="relu", residual=True)
-    ref = torch.relu(ref + res)
+    x, res, args, ref = linear_on_tokens_case(rank)
+    step = FusedLinear(*args, activation="relu", residual=True)
     assert rel_err(step(x.float(), res.float()), ref) < 1e-5
 
 

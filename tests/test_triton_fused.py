@@ -199,18 +199,10 @@ def test_input_layouts_accepted():
 @needs_triton
 @pytest.mark.parametrize("rank", [0, 5, 19])
 def test_fused_linear_on_tokens(rank):
-    torch.manual_seed(0)
-    x = torch.randn(3, 7, 33, dtype=torch.float64)
-    res = torch.randn(3, 7, 20, dtype=torch.float64)
-    if rank:
-        basis, scale, bias = torch.randn(rank, 33, dtype=torch.float64), torch.randn(20, rank, dtype=torch.float64), None
-        ref = x @ basis.T @ scale.T
-        step = GPUFusedLinear(basis, bias, scale, activation="relu", residual=True)
-    else:
-        weight, bias = torch.randn(20, 33, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
-        ref = x @ weight.T + bias
-        step = GPUFusedLinear(weight, bias, activation="relu", residual=True)
-    ref = torch.relu(ref + res)
+    from nets import linear_on_tokens_case
+
+    x, res, args, ref = linear_on_tokens_case(rank)
+    step = GPUFusedLinear(*args, activation="relu", residual=True)
     out = torch.full((3, 7, 20), float("nan"), device=DEV)
     y = step.to(DEV)(x.float().to(DEV), res.float().to(DEV), out=out)
     assert y is out and y.shape == ref.shape
