@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -39,6 +40,9 @@ LEVEL_HELP = ("r50 / r25 / r10 (keep that %% of each layer's rank), ratio:F, ene
 # the dense inductor compile alone takes ~20-40 s on two cores: the quick run times inductor on the
 # pruned model only (the full run, and `--engines`, have both)
 QUICK_LEAVES_OUT = ("inductor_dense",)
+
+
+BUILD_SETTLE = 10  # idle before building an engine, in units of the per-pass settle time
 
 
 class LevelSkipped(Exception):
@@ -276,8 +280,9 @@ def run(config: BenchConfig, *, progress: bool = True, command: str = "",
 
 
 def _build(results: dict, name: str, model: nn.Module, x: torch.Tensor, threads: int, cache: dict,
-           ref: torch.Tensor, say, key: str) -> eng.EngineRun | None:
+           ref: torch.Tensor, say, key: str, settle_s: float = 0.0) -> eng.EngineRun | None:
     status = results["engine_status"]
+    time.sleep(settle_s)  # an engine that measures while building (basisrt's autotune) sees a quiet machine
     try:
         run = eng.build(name, model, x, threads, cache)
     except eng.EngineSkipped as e:
@@ -310,7 +315,8 @@ def _run_shape(results, config, engines, model_name, dense, pruned, threads, bat
     dense_runs: dict[str, dict[str, eng.EngineRun]] = {d: {} for d in devices}
     for name in (e for e in engines if eng.group_of(e) == "dense" and eng.device_of(e) in devices):
         bar.status(f"{model_name} b{batch} t{threads}: build {name}")
-        run = _build(results, name, dense, x, threads, cache, dense_ref, say, f"{model_name}/dense/b{batch}/t{threads}")
+        run = _build(results, name, dense, x, threads, cache, dense_ref, say, f"{model_name}/dense/b{batch}/t{threads}",
+                     BUILD_SETTLE * config.settle_s)
         if run:
             dense_runs[eng.device_of(name)][name] = run
     for spec, pm in pruned.items():
@@ -322,7 +328,7 @@ def _run_shape(results, config, engines, model_name, dense, pruned, threads, bat
             runs = dict(dense_runs[device])
             for name in (e for e in engines if eng.group_of(e) == "pruned" and eng.device_of(e) == device):
                 bar.status(f"{key}: build {name}")
-                run = _build(results, name, pm, x, threads, cache, pruned_ref, say, key)
+                run = _build(results, name, pm, x, threads, cache, pruned_ref, say, key, BUILD_SETTLE * config.settle_s)
                 if run:
                     runs[name] = run
             if not runs:  # e.g. no CUDA: every GPU engine was skipped, with its reason in engine_status
