@@ -171,15 +171,20 @@ class PoolStep(nn.Module):
         self.stride = tuple(stride) if stride is not None else kernel
         self.count_include_pad, self.num_threads = count_include_pad, num_threads
 
+    def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(kernel, stride, output (OH, OW)) on an h×w input (a global pool covers all of it)."""
+        (kh, kw), (sh, sw) = (self.kernel, self.stride) if self.kernel is not None else ((h, w), (h, w))
+        (ph, pw) = self.padding
+        return (kh, kw), (sh, sw), ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.dtype != torch.float32:
             raise ValueError(f"PoolStep expects a 4-D float32 (N, C, H, W) input, got {x.dtype} {tuple(x.shape)}")
         x = x.contiguous(memory_format=torch.channels_last)
         n, c, h, w = x.shape
-        (kh, kw), (sh, sw) = (self.kernel, self.stride) if self.kernel is not None else ((h, w), (h, w))
-        (ph, pw) = self.padding
-        y = torch.empty(n, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1, c)
-        _C.pool_nhwc(x.permute(0, 2, 3, 1).numpy(), y.numpy(), (kh, kw), (sh, sw), (ph, pw), POOL_KINDS[self.kind],
+        kernel, stride, (oh, ow) = self.geometry(h, w)
+        y = torch.empty(n, oh, ow, c)
+        _C.pool_nhwc(x.permute(0, 2, 3, 1).numpy(), y.numpy(), kernel, stride, self.padding, POOL_KINDS[self.kind],
                      self.count_include_pad, self.num_threads or torch.get_num_threads())
         return y.permute(0, 3, 1, 2)
 

@@ -87,6 +87,14 @@ class GPUFusedConv2d(nn.Module):
             raise ValueError(f"bias must be ({self.out_channels},), got {tuple(bias.shape)}")
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
+    def _check_call(self, x: Tensor, residual: Tensor | None) -> None:
+        """Clear errors for an input off the weights' dtype / device, or a missing residual."""
+        if x.dtype != self.B.dtype or x.device != self.B.device:
+            raise ValueError(f"input is {x.dtype} on {x.device} but the step's weights are {self.B.dtype} on "
+                             f"{self.B.device}; move the step with .to(...)")
+        if self.residual and residual is None:
+            raise ValueError("this step was built with residual=True: pass the residual tensor")
+
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
         return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
@@ -97,11 +105,7 @@ class GPUFusedConv2d(nn.Module):
         Returns (N, C_out, OH, OW), physically channels_last."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if x.dtype != self.B.dtype or x.device != self.B.device:
-            raise ValueError(f"input is {x.dtype} on {x.device} but the step's weights are {self.B.dtype} on "
-                             f"{self.B.device}; move the step with .to(...)")
-        if self.residual and residual is None:
-            raise ValueError("this step was built with residual=True: pass the residual tensor")
+        self._check_call(x, residual)
         res = None if residual is None else residual.permute(0, 2, 3, 1)
         y = _kernels().fused_basis_conv2d(
             x.permute(0, 2, 3, 1), self.B, self.A, self.bias, res, self.stride, self.padding, self.dilation,
@@ -127,11 +131,7 @@ class GPUFusedLinear(GPUFusedConv2d):
     def forward(self, x: Tensor, residual: Tensor | None = None, out: Tensor | None = None) -> Tensor:
         if x.shape[-1] != self.in_channels:
             raise ValueError(f"expected input (..., {self.in_channels}), got {tuple(x.shape)}")
-        if x.dtype != self.B.dtype or x.device != self.B.device:
-            raise ValueError(f"input is {x.dtype} on {x.device} but the step's weights are {self.B.dtype} on "
-                             f"{self.B.device}; move the step with .to(...)")
-        if self.residual and residual is None:
-            raise ValueError("this step was built with residual=True: pass the residual tensor")
+        self._check_call(x, residual)
         return _kernels().fused_basis_linear(x, self.B[0, 0], self.A, self.bias, residual, self.activation,
                                            self.precision, out=out, config=self.config)
 

@@ -101,13 +101,11 @@ def _add_pool(program: "_C.Program", m: PoolStep, x: _Buffer) -> _Buffer | None:
     if x.flat:
         return None
     h, w, c = x.hwc
-    (kh, kw), (sh, sw) = (m.kernel, m.stride) if m.kernel is not None else ((h, w), (h, w))
-    (ph, pw) = m.padding
-    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    kernel, stride, (oh, ow) = m.geometry(h, w)
     if oh < 1 or ow < 1:
         return None
     out = _Buffer(program.add_buffer(oh, ow, c), (oh, ow, c), False)
-    program.add_pool(x.id, out.id, (kh, kw), (sh, sw), (ph, pw), POOL_KINDS[m.kind], m.count_include_pad)
+    program.add_pool(x.id, out.id, kernel, stride, m.padding, POOL_KINDS[m.kind], m.count_include_pad)
     return out
 
 
