@@ -342,7 +342,8 @@ struct PyProgram {
         program.add_op(op);
     }
 
-    void run(const py::array& x, py::array& out, int output, int num_threads) const {
+    void run(const py::array& x, py::array& out, int output, int num_threads,
+             std::optional<py::array> op_seconds) const {
         const std::string fn = "Program.run";
         const auto& bufs = program.buffers();
         if (output < 1 || output >= static_cast<int>(bufs.size()) || num_threads < 1)
@@ -357,8 +358,16 @@ struct PyProgram {
         f32_data(fn, out, "out", out.size());
         if (!out.writeable()) value_error(fn, "out must be writeable");
         float* yp = static_cast<float*>(out.mutable_data());
+        double* times = nullptr;
+        if (op_seconds) {
+            if (op_seconds->dtype().kind() != 'f' || op_seconds->itemsize() != 8 || op_seconds->ndim() != 1 ||
+                op_seconds->shape(0) != static_cast<py::ssize_t>(program.ops()) || !op_seconds->writeable() ||
+                !(op_seconds->flags() & py::array::c_style))
+                value_error(fn, "op_seconds must be a writeable contiguous float64 array of one entry per op");
+            times = static_cast<double*>(op_seconds->mutable_data());
+        }
         py::gil_scoped_release release;
-        program.run(xp, N, output, yp, num_threads);
+        program.run(xp, N, output, yp, num_threads, times);
     }
 };
 
@@ -374,7 +383,20 @@ void bind_fused(py::module_& m) {
         .def("add_pool", &PyProgram::add_pool, py::arg("input"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
              py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), "A pool_nhwc op.")
         .def("run", &PyProgram::run, py::arg("x"), py::arg("out"), py::arg("output"), py::arg("num_threads"),
-             "Run every op on NCHW input x; the output buffer is written NHWC into `out`.");
+             py::arg("op_seconds") = py::none(),
+             "Run every op on NCHW input x; the output buffer is written NHWC into `out`. op_seconds "
+             "(float64, one per op), if given, gets each op's wall time added.")
+        .def_property_readonly("ops", [](const PyProgram& p) { return p.program.ops(); }, "Number of ops.")
+        .def(
+            "grouping",
+            [](const PyProgram& p, int64_t N, int num_threads) {
+                if (N < 1 || num_threads < 1) value_error("Program.grouping", "N and num_threads must be positive");
+                const auto g = p.program.grouping(N, num_threads);
+                return std::make_pair(g.ops, g.images);
+            },
+            py::arg("N"), py::arg("num_threads"),
+            "(ops, images): a batch of N runs its first `ops` ops in groups of `images` images, one group "
+            "per thread.");
     m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
           py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
           "Max (kind 0) or average (kind 1) pooling on NHWC float32 with implicit padding; writes into `out`.");

@@ -1,8 +1,43 @@
 #include "program.h"
 
+#include "thread_pool.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <new>
 #include <stdexcept>
 
 namespace basisrt {
+namespace {
+
+// Image groups: the early ops of a batch run group by group, one group per thread, so that a
+// group's activations stay in its core's L2 from one op to the next instead of streaming the
+// whole batch through memory at every op (measured: a rank-6, 64-channel 32x32 layer at batch
+// 32 takes 1.4 ms on an input still in cache and 2.0 ms inside a chain of such layers).
+constexpr int64_t kGroupBytes = 1 << 20;  // a group's activations of one op (in + out + residual)
+
+// A 64-byte aligned float buffer (as PyTorch's tensors) that only grows.
+struct Aligned {
+    std::unique_ptr<float, decltype(&std::free)> p{nullptr, &std::free};
+    size_t size = 0;
+
+    float* get(size_t need) {
+        if (size < need) {
+            void* q = std::aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
+            if (!q) throw std::bad_alloc();
+            p.reset(static_cast<float*>(q));
+            size = need;
+        }
+        return p.get();
+    }
+};
+
+int64_t floats(const BufferShape& s) { return s.H * s.W * s.C; }
+
+}  // namespace
 
 int Program::add_buffer(BufferShape s) {
     buffers_.push_back(s);
@@ -16,17 +51,55 @@ void Program::add_op(const ProgramOp& op) {
     ops_.push_back(op);
 }
 
-void Program::run(const float* x, int64_t N, int output, float* y, int num_threads) const {
-    // Per-thread arena: one vector per buffer, grown to the largest batch seen, never shrunk.
-    thread_local std::vector<std::vector<float>> arena;
+int64_t Program::weight_floats(const ProgramOp& op) const {
+    if (op.kind != ProgramOp::Kind::conv) return 0;
+    const int64_t K = op.kh * op.kw * buffers_[op.in].C / op.groups, cg = buffers_[op.out].C / op.groups;
+    return op.groups * (op.rank ? op.rank * (K + cg) : K * cg);
+}
+
+int64_t Program::activation_floats(const ProgramOp& op) const {
+    return floats(buffers_[op.in]) + floats(buffers_[op.out]) + (op.residual >= 0 ? floats(buffers_[op.residual]) : 0);
+}
+
+Program::Grouping Program::grouping(int64_t N, int num_threads) const {
+    // The prefix of ops whose weights, reread once per group, cost less than the activations
+    // they keep in cache; the group is as many images as fit kGroupBytes for every op in it.
+    int64_t per_image = 0;
+    size_t ops = 0;
+    for (; ops < ops_.size(); ++ops) {
+        const int64_t a = std::max(per_image, activation_floats(ops_[ops]));
+        const int64_t g = std::max<int64_t>(1, kGroupBytes / (a * int64_t(sizeof(float))));
+        if (weight_floats(ops_[ops]) > activation_floats(ops_[ops]) * g) break;
+        per_image = a;
+    }
+    if (ops == 0) return {0, N};
+    int64_t g = std::max<int64_t>(1, kGroupBytes / (per_image * int64_t(sizeof(float))));
+    g = std::min(g, std::max<int64_t>(1, N / num_threads));
+    const int64_t groups = (N + g - 1) / g;
+    // Every thread gets the same number of groups (or enough groups that the last round is small).
+    if (groups < num_threads || (groups % num_threads && groups < 4 * num_threads)) return {0, N};
+    return {ops, g};
+}
+
+void Program::run_op(const ProgramOp& op, const float* in, const float* residual, float* out, int64_t N,
+                     int num_threads) const {
+    const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
+    if (op.kind == ProgramOp::Kind::conv) {
+        ConvShape s{N, i.H, i.W, i.C, o.H, o.W, o.C, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw, op.groups};
+        fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads);
+    } else {
+        PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw};
+        pool_nhwc(in, out, s, op.pool, op.count_include_pad, num_threads);
+    }
+}
+
+void Program::run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds) const {
+    using clock = std::chrono::steady_clock;
+    // Per-thread arena, one buffer per program buffer holding the whole batch.
+    thread_local std::vector<Aligned> arena;
     if (arena.size() < buffers_.size()) arena.resize(buffers_.size());
     auto data = [&](int id) -> float* {
-        if (id == output) return y;
-        const BufferShape& s = buffers_[id];
-        auto& v = arena[id];
-        const size_t need = static_cast<size_t>(N * s.H * s.W * s.C);
-        if (v.size() < need) v.resize(need);
-        return v.data();
+        return id == output ? y : arena[id].get(static_cast<size_t>(N * floats(buffers_[id])));
     };
     {  // NCHW -> NHWC input
         const BufferShape& s = buffers_[0];
@@ -39,19 +112,45 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
                 for (int64_t p = 0; p < hw; ++p) d[p * s.C] = src[p];
             }
     }
-    for (const ProgramOp& op : ops_) {
-        const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
-        const float* in = data(op.in);
-        float* out = data(op.out);
-        if (op.kind == ProgramOp::Kind::conv) {
-            ConvShape s{N,     i.H,   i.W,   i.C,   o.H,   o.W,   o.C,   op.kh,
-                        op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw, op.groups};
-            fused_conv_nhwc(in, op.B, op.A, op.bias, op.residual >= 0 ? data(op.residual) : nullptr, out, s, op.rank,
-                            op.act, num_threads);
-        } else {
-            PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw};
-            pool_nhwc(in, out, s, op.pool, op.count_include_pad, num_threads);
+
+    const Grouping grp = grouping(N, num_threads);
+    if (grp.ops > 0) {
+        // Buffers seen after the grouped ops hold the whole batch; the rest are per-group scratch.
+        std::vector<float*> whole(buffers_.size(), nullptr);
+        whole[0] = data(0);
+        whole[output] = y;
+        for (size_t k = grp.ops; k < ops_.size(); ++k) {
+            whole[ops_[k].in] = data(ops_[k].in);
+            if (ops_[k].residual >= 0) whole[ops_[k].residual] = data(ops_[k].residual);
         }
+        const int64_t groups = (N + grp.images - 1) / grp.images;
+        std::mutex mu;
+        parallel_for(groups, num_threads, [&](int64_t task) {
+            thread_local std::vector<Aligned> scratch;
+            if (scratch.size() < buffers_.size()) scratch.resize(buffers_.size());
+            const int64_t n0 = task * grp.images, n = std::min(grp.images, N - n0);
+            auto at = [&](int id) -> float* {
+                const int64_t per = floats(buffers_[id]);
+                return whole[id] ? whole[id] + n0 * per : scratch[id].get(static_cast<size_t>(grp.images * per));
+            };
+            std::vector<double> seconds(op_seconds ? grp.ops : 0);
+            for (size_t k = 0; k < grp.ops; ++k) {
+                const ProgramOp& op = ops_[k];
+                const auto start = clock::now();
+                run_op(op, at(op.in), op.residual >= 0 ? at(op.residual) : nullptr, at(op.out), n, 1);
+                if (op_seconds) seconds[k] = std::chrono::duration<double>(clock::now() - start).count();
+            }
+            if (op_seconds) {  // thread time; divided by the threads below to approximate wall time
+                std::lock_guard<std::mutex> lk(mu);
+                for (size_t k = 0; k < grp.ops; ++k) op_seconds[k] += seconds[k] / std::min<int64_t>(num_threads, groups);
+            }
+        });
+    }
+    for (size_t k = grp.ops; k < ops_.size(); ++k) {
+        const ProgramOp& op = ops_[k];
+        const auto start = clock::now();
+        run_op(op, data(op.in), op.residual >= 0 ? data(op.residual) : nullptr, data(op.out), N, num_threads);
+        if (op_seconds) op_seconds[k] += std::chrono::duration<double>(clock::now() - start).count();
     }
 }
 

@@ -4,9 +4,13 @@
 //
 // Buffers are numbered; buffer 0 is the input, converted from NCHW here (a PyTorch layout copy
 // would wake PyTorch's OpenMP workers, which then spin on the cores our kernels need).
+// A batch runs its early ops (large activations, small weights) image group by image group,
+// each group on one thread, so activations stay in that core's L2 between ops; the later ops
+// run on the whole batch with threads over output tiles.
 // Intermediate buffers live in a per-thread arena, so concurrent calls from several threads
 // are safe and steady-state calls allocate nothing.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -37,12 +41,26 @@ class Program {
   public:
     int add_buffer(BufferShape s);
     void add_op(const ProgramOp& op);
-    // x: NCHW (N, C, H, W) of buffer 0; y: NHWC of the output buffer.
-    void run(const float* x, int64_t N, int output, float* y, int num_threads) const;
+    // x: NCHW (N, C, H, W) of buffer 0; y: NHWC of the output buffer. op_seconds, if not null,
+    // gets each op's wall time added (size: ops()).
+    void run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds = nullptr) const;
+
+    size_t ops() const { return ops_.size(); }
+
+    struct Grouping {
+        size_t ops;      // the first `ops` ops run image group by image group (0: none)
+        int64_t images;  // images per group
+    };
+    Grouping grouping(int64_t N, int num_threads) const;
 
     const std::vector<BufferShape>& buffers() const { return buffers_; }
 
   private:
+    int64_t weight_floats(const ProgramOp& op) const;
+    int64_t activation_floats(const ProgramOp& op) const;  // per image: input + output + residual
+    void run_op(const ProgramOp& op, const float* in, const float* residual, float* out, int64_t N,
+                int num_threads) const;
+
     std::vector<BufferShape> buffers_;
     std::vector<ProgramOp> ops_;
 };

@@ -1,6 +1,7 @@
 """Plans whose every step is a basisrt kernel run as one C++ program (no Python between layers)."""
 import threading
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -36,6 +37,23 @@ def test_all_basisrt_plans_run_natively_and_match_eager(name):
     assert rel_err(compiled(x.contiguous(memory_format=torch.channels_last)), ref) < 1e-5
 
 
+@pytest.mark.parametrize("name,threads", [("vgg16", 2), ("resnet18", 2), ("resnet18", 1)])
+def test_batches_run_their_early_ops_in_image_groups(name, threads):
+    model = pruned(name)
+    x = torch.randn(8, 3, 32, 32)
+    compiled = compile(model, x, dense_backend="basisrt", num_threads=threads)
+    ops, images = compiled.native.program.grouping(8, threads)
+    assert 0 < ops < compiled.native.program.ops and 1 <= images <= 8 // threads
+    assert compiled.native.program.grouping(1, 2)[0] == 0  # batch 1: threads over tiles instead
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+    assert torch.equal(compiled(x), compiled.module(x).contiguous())  # per-pixel sums do not depend on the grouping
+    seconds = np.zeros(compiled.native.program.ops)
+    compiled.native(x, seconds)
+    assert (seconds > 0).all()
+    assert [n for n, *_ in compiled.step_times(x, 2)] == compiled.native.op_names
+
+
 def test_plans_with_pytorch_steps_or_concat_stay_step_by_step():
     x = torch.randn(2, 3, 32, 32)
     assert compile(pruned("densenet"), x).native is None  # torch.cat is not a program op
@@ -60,7 +78,7 @@ def test_native_plan_survives_save_and_load(tmp_path):
 def test_native_plan_is_thread_safe():
     model = pruned("vgg16")
     compiled = compile(model, torch.randn(1, 3, 32, 32), dense_backend="basisrt")
-    inputs = [torch.randn(b, 3, 32, 32) for b in (1, 2, 3, 4, 1, 2)]
+    inputs = [torch.randn(b, 3, 32, 32) for b in (1, 2, 3, 4, 8, 2)]  # 4 and 8 run in image groups
     with torch.no_grad():
         refs = [model(t) for t in inputs]
     errors = []

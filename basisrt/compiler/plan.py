@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -85,9 +86,22 @@ class CompiledModel:
         return y.contiguous() if isinstance(y, Tensor) else y
 
     def step_times(self, x: Tensor, repeats: int = 10) -> list[tuple[str, str, float]]:
-        """Median seconds of each fused step over `repeats` runs of `x` (for per-layer benchmarks)."""
+        """Median seconds of each step over `repeats` runs of `x` (for per-layer benchmarks), timed
+        inside the native program when the plan has one, else around each fx step."""
         self._check(x)
         times: dict[str, list[float]] = {}
+        if self.native is not None:
+            for _ in range(repeats):
+                seconds = np.zeros(len(self.native.op_names))
+                self.native(x, seconds)
+                for n, t in zip(self.native.op_names, seconds):
+                    times.setdefault(n, []).append(float(t))
+        else:
+            self._fx_step_times(x, repeats, times)
+        strategy = {s.name: s.strategy for s in self.plan.steps}
+        return [(n, strategy.get(n, "?"), sorted(t)[len(t) // 2]) for n, t in times.items()]
+
+    def _fx_step_times(self, x: Tensor, repeats: int, times: dict[str, list[float]]) -> None:
         handles = []
         for name, m in self.module.named_modules():
             if isinstance(m, (FusedConv2d, PoolStep, TorchConvStep)):
@@ -102,6 +116,7 @@ class CompiledModel:
         finally:
             for h in handles:
                 h.remove()
+
         strategy = {s.name: s.strategy for s in self.plan.steps}
         return [(n, strategy.get(n, "?"), sorted(t)[len(t) // 2]) for n, t in times.items()]
 

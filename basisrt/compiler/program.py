@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, fx, nn
 
@@ -25,14 +26,18 @@ class _Buffer:
 class NativeProgram:
     """A lowered plan: call it with an NCHW float32 CPU tensor."""
 
-    def __init__(self, program: "_C.Program", output: _Buffer, num_threads: int | None) -> None:
+    def __init__(self, program: "_C.Program", output: _Buffer, num_threads: int | None,
+                 op_names: list[str]) -> None:
         self.program, self.output, self.num_threads = program, output, num_threads
+        self.op_names = op_names  # the plan step each op runs, in order
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, op_seconds: np.ndarray | None = None) -> Tensor:
+        """Run the program; `op_seconds` (float64, one per op), if given, gets each op's time added."""
         x = x.contiguous()
         h, w, c = self.output.hwc
         y = torch.empty(x.shape[0], h, w, c)
-        self.program.run(x.numpy(), y.numpy(), self.output.id, self.num_threads or torch.get_num_threads())
+        self.program.run(x.numpy(), y.numpy(), self.output.id, self.num_threads or torch.get_num_threads(),
+                         op_seconds)
         return y.reshape(x.shape[0], c) if self.output.flat else y.permute(0, 3, 1, 2).contiguous()
 
 
@@ -40,7 +45,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
     """A NativeProgram running `gm` for inputs (N, *input_shape), or None if some step is not ours."""
     if len(input_shape) != 3:
         return None
-    program, buffers, threads = _C.Program(), {}, set()
+    program, buffers, threads, names = _C.Program(), {}, set(), []
     c, h, w = input_shape
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -51,7 +56,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
             out = buffers.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
             if out is None or out.id == 0:
                 return None
-            return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None)
+            return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names)
         elif _is_flatten(gm, node) and node.args[0] in buffers and buffers[node.args[0]].hwc[:2] == (1, 1):
             src = buffers[node.args[0]]  # (N, C, 1, 1) -> (N, C): the same NHWC memory
             buffers[node] = _Buffer(src.id, src.hwc, True)
@@ -65,6 +70,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
                 return None
             buffers[node] = made
             threads.add(m.num_threads)
+            names.append(node.target)
         else:
             return None
     return None
