@@ -50,33 +50,54 @@ inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int
     }
 }
 
-// Rows [0, M) × columns [j, j+NR) of A[M×K] · B[K×N], one vector accumulator per row.
-template <int64_t M, bool kEpi, bool kBias, bool kRes, Activation kAct>
+// Rows [0, M) × columns [j, j+V·NR) of A[M×K] · B[K×N]: M×V vector accumulators, so each
+// broadcast of A feeds V FMAs and each vector of B feeds M.
+template <int64_t M, int64_t V, bool kEpi, bool kBias, bool kRes, Activation kAct>
 inline __attribute__((always_inline)) void micro(const float* a, int64_t lda, const float* b, int64_t ldb,
                                                  int64_t K, const Store& st, int64_t i0, int64_t j) {
-    vec acc[M];
-    for (int64_t i = 0; i < M; ++i) acc[i] = vec{};
+    vec acc[M][V];
+    for (int64_t i = 0; i < M; ++i)
+        for (int64_t v = 0; v < V; ++v) acc[i][v] = vec{};
     for (int64_t k = 0; k < K; ++k) {
-        const vec bk = *reinterpret_cast<const vec*>(b + k * ldb + j);
-        for (int64_t i = 0; i < M; ++i) acc[i] += a[i * lda + k] * bk;
-    }
-    for (int64_t i = 0; i < M; ++i) {
-        if (kEpi) {
-            store_row<kBias, kRes, kAct>(acc[i], st, i0 + i, j);
-        } else {
-            *reinterpret_cast<vec*>(st.c + (i0 + i) * st.ldc + j) = acc[i];
+        vec bk[V];
+        for (int64_t v = 0; v < V; ++v) bk[v] = *reinterpret_cast<const vec*>(b + k * ldb + j + v * NR);
+        for (int64_t i = 0; i < M; ++i) {
+            const float ak = a[i * lda + k];
+            for (int64_t v = 0; v < V; ++v) acc[i][v] += ak * bk[v];
         }
     }
+    for (int64_t i = 0; i < M; ++i)
+        for (int64_t v = 0; v < V; ++v) {
+            if (kEpi) {
+                store_row<kBias, kRes, kAct>(acc[i][v], st, i0 + i, j + v * NR);
+            } else {
+                *reinterpret_cast<vec*>(st.c + (i0 + i) * st.ldc + j + v * NR) = acc[i][v];
+            }
+        }
+}
+
+// All rows of the column block [j, j+V·NR): 6 rows × 4 vectors (24 accumulators of 32 zmm) at
+// full width, 8 × V for narrower remainders.
+template <int64_t V, bool kEpi, bool kBias, bool kRes, Activation kAct>
+inline __attribute__((always_inline)) void column_block(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                                        int64_t M, int64_t K, const Store& st, int64_t j) {
+    constexpr int64_t R = V == 4 ? 6 : V == 3 ? 8 : MR;
+    int64_t i = 0;
+    for (; i + R <= M; i += R) micro<R, V, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
+    for (; i + 2 <= M; i += 2) micro<2, V, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
+    for (; i < M; ++i) micro<1, V, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
 }
 
 template <bool kEpi, bool kBias, bool kRes, Activation kAct>
 inline __attribute__((always_inline)) void gemm_t(const float* a, int64_t lda, const float* b, int64_t ldb,
                                                   int64_t M, int64_t N, int64_t K, const Store& st) {
-    for (int64_t j = 0; j < N; j += NR) {
-        int64_t i = 0;
-        for (; i + MR <= M; i += MR) micro<MR, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
-        for (; i + 4 <= M; i += 4) micro<4, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
-        for (; i < M; ++i) micro<1, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
+    int64_t j = 0;
+    for (; j + 4 * NR <= N; j += 4 * NR) column_block<4, kEpi, kBias, kRes, kAct>(a, lda, b, ldb, M, K, st, j);
+    switch ((N - j) / NR) {
+        case 3: return column_block<3, kEpi, kBias, kRes, kAct>(a, lda, b, ldb, M, K, st, j);
+        case 2: return column_block<2, kEpi, kBias, kRes, kAct>(a, lda, b, ldb, M, K, st, j);
+        case 1: return column_block<1, kEpi, kBias, kRes, kAct>(a, lda, b, ldb, M, K, st, j);
+        default: return;
     }
 }
 
