@@ -132,20 +132,73 @@ inline __attribute__((always_inline)) float hsum(vec v) {
     return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
+// Sums of many vectors at once: fold(a, b) halves the lanes each source owns and packs a's
+// sources before b's, so 16 vectors reduce to one vector of their 16 sums in 15 shuffle-pair
+// + add steps, where 16 hsums take 16 × 4 shuffles and adds (20 % of the FMAs at 64 channels).
+#define BASISRT_FOLD(name, LO, HI) \
+    inline __attribute__((always_inline)) vec name(vec a, vec b) { \
+        return __builtin_shufflevector(a, b, LO) + __builtin_shufflevector(a, b, HI); \
+    }
+#define BASISRT_L8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define BASISRT_H8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define BASISRT_L4 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27
+#define BASISRT_H4 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
+#define BASISRT_L2 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29
+#define BASISRT_H2 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31
+#define BASISRT_L1 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define BASISRT_H1 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+BASISRT_FOLD(fold8, BASISRT_L8, BASISRT_H8)  // 1 source of 16 lanes each → 2 of 8
+BASISRT_FOLD(fold4, BASISRT_L4, BASISRT_H4)  // 2 of 8 → 4 of 4
+BASISRT_FOLD(fold2, BASISRT_L2, BASISRT_H2)  // 4 of 4 → 8 of 2
+BASISRT_FOLD(fold1, BASISRT_L1, BASISRT_H1)  // 8 of 2 → 16 of 1
+
+// out[k] = hsum(v[k]) for k < N.
+template <int N>
+inline __attribute__((always_inline)) void hsums(const vec* v, float* out) {
+    if constexpr (N >= 16) {
+        const vec a[8] = {fold8(v[0], v[1]),   fold8(v[2], v[3]),   fold8(v[4], v[5]),   fold8(v[6], v[7]),
+                          fold8(v[8], v[9]),   fold8(v[10], v[11]), fold8(v[12], v[13]), fold8(v[14], v[15])};
+        const vec b[4] = {fold4(a[0], a[1]), fold4(a[2], a[3]), fold4(a[4], a[5]), fold4(a[6], a[7])};
+        *reinterpret_cast<vec*>(out) = fold1(fold2(b[0], b[1]), fold2(b[2], b[3]));
+        hsums<N - 16>(v + 16, out + 16);
+    } else if constexpr (N >= 8) {
+        const vec c = fold2(fold4(fold8(v[0], v[1]), fold8(v[2], v[3])), fold4(fold8(v[4], v[5]), fold8(v[6], v[7])));
+        const vec d = fold1(c, c);  // lanes 0-7: the 8 sums
+        for (int k = 0; k < 8; ++k) out[k] = d[k];
+        hsums<N - 8>(v + 8, out + 8);
+    } else {
+        for (int k = 0; k < N; ++k) out[k] = hsum(v[k]);
+    }
+}
+
+// Where each pixel's input rows are: a window inside the image reads tap `tap` at its corner +
+// tap_off[tap]; a border window has its own row pointers (a zero row for taps in the padding).
+// Only border windows pay for a row table: writing 9 pointers per pixel cost 10 % of a rank-6
+// layer at 64 channels.
+struct Windows {
+    const float* const* corner;  // per pixel: the window's corner in x, or null for a border window
+    const float* const* rows;    // per pixel: taps row pointers (border windows only)
+    const int64_t* tap_off;
+    int64_t taps;
+
+    Windows from(int64_t i) const { return {corner + i, rows + i * taps, tap_off, taps}; }
+    const float* row(int64_t i, int64_t tap) const {
+        return corner[i] ? corner[i] + tap_off[tap] : rows[i * taps + tap];
+    }
+};
+
 // Low-rank first GEMM without im2col, vectorised over input channels (no padding of small r):
-//   t[i][j] = Σ_tap Σ_c rows[i][tap][c] · bt[j][tap·cg + c]     for M pixels × R ranks.
-// rows[i*taps + tap] points at pixel i's input channels for that tap (a zero row when the tap
-// falls in the padding). Each x vector feeds R FMAs and each B vector M FMAs, where the
+//   t[i][j] = Σ_tap Σ_c x_i[tap][c] · bt[j][tap·cg + c]     for M pixels × R ranks. Each x vector feeds R FMAs and each B vector M FMAs, where the
 // rank-vectorised gemm gets one FMA per broadcast: the gain for r = 6…52.
 template <int M, int R>
-inline __attribute__((always_inline)) void dot_tile(const float* const* rows, int64_t taps, int64_t cg,
-                                                    const float* bt, int64_t K, float* t, int64_t ldt) {
+inline __attribute__((always_inline)) void dot_tile(const Windows& w, int64_t cg, const float* bt, int64_t K,
+                                                    float* t, int64_t ldt) {
     vec acc[M][R];
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < R; ++j) acc[i][j] = vec{};
-    for (int64_t tap = 0; tap < taps; ++tap) {
+    for (int64_t tap = 0; tap < w.taps; ++tap) {
         const float* xr[M];
-        for (int i = 0; i < M; ++i) xr[i] = rows[i * taps + tap];
+        for (int i = 0; i < M; ++i) xr[i] = w.row(i, tap);
         const float* b = bt + tap * cg;
         for (int64_t c = 0; c < cg; c += NR) {
             vec xv[M];
@@ -156,8 +209,10 @@ inline __attribute__((always_inline)) void dot_tile(const float* const* rows, in
             }
         }
     }
+    float sums[M * R + 16];  // + 16: hsums stores whole vectors
+    hsums<M * R>(&acc[0][0], sums);
     for (int i = 0; i < M; ++i)
-        for (int j = 0; j < R; ++j) t[i * ldt + j] = hsum(acc[i][j]);
+        for (int j = 0; j < R; ++j) t[i * ldt + j] = sums[i * R + j];
 }
 
 // Floats of B (1 MB) above which batch-1 layers split ranks across threads; below, one thread
@@ -167,50 +222,49 @@ constexpr int kDotM = 4, kDotN = 6;  // 24 accumulators + 4 x vectors + 1 B vect
 
 // One chunk of r <= kDotN ranks for M pixels.
 template <int M>
-inline __attribute__((always_inline)) void dot_chunk(const float* const* rows, int64_t taps, int64_t cg,
-                                                     const float* bt, int64_t K, int64_t r, float* t, int64_t ldt) {
+inline __attribute__((always_inline)) void dot_chunk(const Windows& w, int64_t cg, const float* bt, int64_t K,
+                                                     int64_t r, float* t, int64_t ldt) {
     switch (r) {
-        case 6: return dot_tile<M, 6>(rows, taps, cg, bt, K, t, ldt);
-        case 5: return dot_tile<M, 5>(rows, taps, cg, bt, K, t, ldt);
-        case 4: return dot_tile<M, 4>(rows, taps, cg, bt, K, t, ldt);
-        case 3: return dot_tile<M, 3>(rows, taps, cg, bt, K, t, ldt);
-        case 2: return dot_tile<M, 2>(rows, taps, cg, bt, K, t, ldt);
-        default: return dot_tile<M, 1>(rows, taps, cg, bt, K, t, ldt);
+        case 6: return dot_tile<M, 6>(w, cg, bt, K, t, ldt);
+        case 5: return dot_tile<M, 5>(w, cg, bt, K, t, ldt);
+        case 4: return dot_tile<M, 4>(w, cg, bt, K, t, ldt);
+        case 3: return dot_tile<M, 3>(w, cg, bt, K, t, ldt);
+        case 2: return dot_tile<M, 2>(w, cg, bt, K, t, ldt);
+        default: return dot_tile<M, 1>(w, cg, bt, K, t, ldt);
     }
 }
 
-// T (m × rank, row stride ldt) for m pixels: rows holds m·taps row pointers. Rank chunks are the
+// T (m × rank, row stride ldt) for the m pixels of `w`. Rank chunks are the
 // outer loop, so a chunk of B (kDotN × K, up to 110 KB at K = 4608) stays in L2 while every
 // pixel of the tile uses it; pixels outer would stream all of B (MBs at r = 128) per 4 pixels.
-BASISRT_SIMD void dot_gemm(const float* const* rows, int64_t m, int64_t taps, int64_t cg, const float* bt,
-                           int64_t rank, float* t, int64_t ldt) {
+BASISRT_SIMD void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
+                           int64_t ldt) {
     static_assert(kDotN == 6, "dot_chunk dispatches chunks of up to 6 ranks");
-    const int64_t K = taps * cg;
+    const int64_t K = w.taps * cg;
     for (int64_t j = 0; j < rank; j += kDotN) {
         const int64_t r = std::min<int64_t>(kDotN, rank - j);
         int64_t i = 0;
         for (; i + kDotM <= m; i += kDotM)
-            dot_chunk<kDotM>(rows + i * taps, taps, cg, bt + j * K, K, r, t + i * ldt + j, ldt);
-        for (; i < m; ++i) dot_chunk<1>(rows + i * taps, taps, cg, bt + j * K, K, r, t + i * ldt + j, ldt);
+            dot_chunk<kDotM>(w.from(i), cg, bt + j * K, K, r, t + i * ldt + j, ldt);
+        for (; i < m; ++i) dot_chunk<1>(w.from(i), cg, bt + j * K, K, r, t + i * ldt + j, ldt);
     }
 }
 
-// Row pointers for pixels [p0, p0+m), group g: rows[t·taps + tap] → x row or the zero row.
-// Walks (n, oy, ox) incrementally and gives pixels whose window lies inside the image their
-// rows as base + tap_off[tap]: index arithmetic per tap costs as much as the FMAs at small r.
-void tap_rows(const float* x, const ConvShape& s, int64_t g, int64_t p0, int64_t m, const float* zero,
-              const int64_t* tap_off, const float** rows) {
+// The windows of pixels [p0, p0+m), group g, into corner[m] and (border windows) rows[m·taps].
+// Walks (n, oy, ox) incrementally.
+Windows tap_windows(const float* x, const ConvShape& s, int64_t g, int64_t p0, int64_t m, const float* zero,
+                    const int64_t* tap_off, const float** corner, const float** rows) {
     const int64_t cg = s.C_in / s.groups, taps = s.kh * s.kw;
     const int64_t span_y = (s.kh - 1) * s.dh, span_x = (s.kw - 1) * s.dw;
     int64_t n = p0 / (s.Ho * s.Wo), oy = p0 / s.Wo % s.Ho, ox = p0 % s.Wo;
-    for (int64_t t = 0; t < m; ++t, rows += taps) {
+    for (int64_t t = 0; t < m; ++t) {
         const float* img = x + n * s.H * s.W * s.C_in + g * cg;
         const int64_t y0 = oy * s.sh - s.ph, x0 = ox * s.sw - s.pw;
         if (y0 >= 0 && y0 + span_y < s.H && x0 >= 0 && x0 + span_x < s.W) {
-            const float* base = img + (y0 * s.W + x0) * s.C_in;
-            for (int64_t tap = 0; tap < taps; ++tap) rows[tap] = base + tap_off[tap];
+            corner[t] = img + (y0 * s.W + x0) * s.C_in;
         } else {
-            const float** r = rows;
+            corner[t] = nullptr;
+            const float** r = rows + t * taps;
             for (int64_t ky = 0, iy = y0; ky < s.kh; ++ky, iy += s.dh) {
                 const bool row_in = iy >= 0 && iy < s.H;
                 for (int64_t kx = 0, ix = x0; kx < s.kw; ++kx, ix += s.dw)
@@ -222,6 +276,7 @@ void tap_rows(const float* x, const ConvShape& s, int64_t g, int64_t p0, int64_t
             if (++oy == s.Ho) oy = 0, ++n;
         }
     }
+    return {corner, rows, tap_off, taps};
 }
 
 inline void copy_floats(float* dst, const float* src, int64_t n) {
@@ -277,14 +332,15 @@ void split_lowrank(const float* x, const float* B, const float* A, const float* 
     std::vector<float> T(P * r_pad);
     for (int64_t g = 0; g < s.groups; ++g) {
         parallel_for(tiles * chunks, num_threads, [&](int64_t task) {
-            thread_local std::vector<const float*> rows;
+            thread_local std::vector<const float*> rows, corner;
             thread_local std::vector<float> zero;
             rows.resize(std::max<size_t>(rows.size(), kTile * taps));
+            corner.resize(std::max<size_t>(corner.size(), kTile));
             zero.resize(std::max<size_t>(zero.size(), cg_in));  // only ever grows: stays all zero
             const int64_t p0 = task / chunks * kTile, m = std::min(kTile, P - p0), j = task % chunks * kDotN;
-            tap_rows(x, s, g, p0, m, zero.data(), tap_off, rows.data());
-            dot_gemm(rows.data(), m, taps, cg_in, B + (g * rank + j) * K, std::min<int64_t>(kDotN, rank - j),
-                     T.data() + p0 * r_pad + j, r_pad);
+            const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off, corner.data(), rows.data());
+            dot_gemm(w, m, cg_in, B + (g * rank + j) * K, std::min<int64_t>(kDotN, rank - j), T.data() + p0 * r_pad + j,
+                     r_pad);
         });
         parallel_for(tiles * blocks, num_threads, [&](int64_t task) {
             const int64_t p0 = task / blocks * kTile, m = std::min(kTile, P - p0), j = task % blocks * NR;
@@ -340,9 +396,10 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     parallel_for(tiles, num_threads, [&](int64_t tile) {
         // Per-thread scratch, sized to the largest layer seen: no growth with the number of calls.
         thread_local std::vector<float> cols, t, zero;
-        thread_local std::vector<const float*> rows;
+        thread_local std::vector<const float*> rows, corner;
         if (dot) {
             rows.resize(std::max<size_t>(rows.size(), kTile * taps));
+            corner.resize(std::max<size_t>(corner.size(), kTile));
             zero.resize(std::max<size_t>(zero.size(), cg_in));  // only ever grows: stays all zero
         }
         cols.resize(std::max<size_t>(cols.size(), direct || dot ? 0 : kTile * K));
@@ -353,8 +410,8 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
             Store out{y + out_off, s.C_out, bias ? bias + g * cg_out : nullptr,
                       residual ? residual + out_off : nullptr, cg_out, act, true};
             if (dot) {  // low-rank without im2col: B is (rank × K) per group
-                tap_rows(x, s, g, p0, m, zero.data(), tap_off.data(), rows.data());
-                dot_gemm(rows.data(), m, taps, cg_in, B + g * rank * K, rank, t.data(), r_pad);
+                const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off.data(), corner.data(), rows.data());
+                dot_gemm(w, m, cg_in, B + g * rank * K, rank, t.data(), r_pad);
                 gemm(t.data(), r_pad, A + g * r_pad * cg_pad, cg_pad, m, cg_pad, rank, out);
                 continue;
             }
