@@ -3,6 +3,7 @@
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -21,21 +22,22 @@ typedef float vec __attribute__((vector_size(NR * sizeof(float)), aligned(4)));
 struct Store {
     float* c;
     int64_t ldc;
-    const float* bias = nullptr;      // at column 0 of this group, or null
+    const float* bias = nullptr;      // at column 0 of this group (zeros when the layer has none)
     const float* residual = nullptr;  // same layout as c, or null
     int64_t ncols = 0;                // columns of c that exist (the rest is packing)
     Activation act = Activation::none;
     bool epilogue = false;
 };
 
-// The epilogue's options are template flags: a runtime branch per row costs as much as the
+// Bias is always added (zeros for a layer without one): one template flag fewer halves the
+// instantiations, and so the build time. The epilogue's other options are template flags: a runtime branch per row costs as much as the
 // r-long second GEMM it follows when r is small.
-template <bool kBias, bool kRes, Activation kAct>
+template <bool kRes, Activation kAct>
 inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int64_t i, int64_t j) {
     float* dst = st.c + i * st.ldc + j;
     const int64_t n = st.ncols - j;
     if (n >= NR) {
-        if (kBias) v += *reinterpret_cast<const vec*>(st.bias + j);
+        v += *reinterpret_cast<const vec*>(st.bias + j);
         if (kRes) v += *reinterpret_cast<const vec*>(st.residual + i * st.ldc + j);
         if (kAct != Activation::none) v = v > 0.f ? v : vec{};
         if (kAct == Activation::relu6) v = v < 6.f ? v : vec{} + 6.f;
@@ -43,33 +45,66 @@ inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int
         return;
     }
     for (int64_t k = 0; k < n; ++k) {  // the last, partial column block of a group
-        float e = v[k] + (kBias ? st.bias[j + k] : 0.f) + (kRes ? st.residual[i * st.ldc + j + k] : 0.f);
+        float e = v[k] + st.bias[j + k] + (kRes ? st.residual[i * st.ldc + j + k] : 0.f);
         if (kAct != Activation::none) e = e > 0.f ? e : 0.f;
         if (kAct == Activation::relu6) e = e < 6.f ? e : 6.f;
         dst[k] = e;
     }
 }
 
-// Rows [0, M) × columns [j, j+V·NR) of A[M×K] · B[K×N]: M×V vector accumulators, so each
-// broadcast of A feeds V FMAs and each vector of B feeds M.
-template <int64_t M, int64_t V, bool kEpi, bool kBias, bool kRes, Activation kAct>
-inline __attribute__((always_inline)) void micro(const float* a, int64_t lda, const float* b, int64_t ldb,
-                                                 int64_t K, const Store& st, int64_t i0, int64_t j) {
+// Where each pixel's input rows are: a window inside the image reads tap `tap` at its corner +
+// tap_off[tap]; a border window has its own row pointers (a zero row for taps in the padding).
+// Only border windows pay for a row table: writing 9 pointers per pixel cost 10 % of a rank-6
+// layer at 64 channels.
+struct Windows {
+    const float* const* corner;  // per pixel: the window's corner in x, or null for a border window
+    const float* const* rows;    // per pixel: taps row pointers (border windows only)
+    const int64_t* tap_off;
+    int64_t taps, width;  // width: channels per tap (of this group)
+
+    Windows from(int64_t i) const { return {corner + i, rows + i * taps, tap_off, taps, width}; }
+    const float* row(int64_t i, int64_t tap) const {
+        return corner[i] ? corner[i] + tap_off[tap] : rows[i * taps + tap];
+    }
+};
+
+// A plain row-major A operand (M × width, row stride lda) in the same interface: one "tap".
+struct PlainRows {
+    const float* a;
+    int64_t lda;
+    static constexpr int64_t taps = 1;
+    int64_t width;
+
+    PlainRows from(int64_t i) const { return {a + i * lda, lda, width}; }
+    const float* row(int64_t i, int64_t) const { return a + i * lda; }
+};
+
+// Rows [0, M) × columns [j, j+V·NR) of A · B, A's rows read through `src` (plain rows, or an
+// implicit im2col: each pixel's conv window, tap by tap, straight from x): M×V vector
+// accumulators, so each broadcast of A feeds V FMAs and each vector of B feeds M.
+template <int64_t M, int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
+inline __attribute__((always_inline)) void micro(const Src& src, const float* b, int64_t ldb, const Store& st,
+                                                 int64_t i0, int64_t j) {
     vec acc[M][V];
     for (int64_t i = 0; i < M; ++i)
         for (int64_t v = 0; v < V; ++v) acc[i][v] = vec{};
-    for (int64_t k = 0; k < K; ++k) {
-        vec bk[V];
-        for (int64_t v = 0; v < V; ++v) bk[v] = *reinterpret_cast<const vec*>(b + k * ldb + j + v * NR);
-        for (int64_t i = 0; i < M; ++i) {
-            const float ak = a[i * lda + k];
-            for (int64_t v = 0; v < V; ++v) acc[i][v] += ak * bk[v];
+    for (int64_t tap = 0; tap < src.taps; ++tap) {
+        const float* xr[M];
+        for (int64_t i = 0; i < M; ++i) xr[i] = src.row(i, tap);
+        const float* bt = b + tap * src.width * ldb + j;
+        for (int64_t c = 0; c < src.width; ++c) {
+            vec bk[V];
+            for (int64_t v = 0; v < V; ++v) bk[v] = *reinterpret_cast<const vec*>(bt + c * ldb + v * NR);
+            for (int64_t i = 0; i < M; ++i) {
+                const float ak = xr[i][c];
+                for (int64_t v = 0; v < V; ++v) acc[i][v] += ak * bk[v];
+            }
         }
     }
     for (int64_t i = 0; i < M; ++i)
         for (int64_t v = 0; v < V; ++v) {
             if (kEpi) {
-                store_row<kBias, kRes, kAct>(acc[i][v], st, i0 + i, j + v * NR);
+                store_row<kRes, kAct>(acc[i][v], st, i0 + i, j + v * NR);
             } else {
                 *reinterpret_cast<vec*>(st.c + (i0 + i) * st.ldc + j + v * NR) = acc[i][v];
             }
@@ -78,48 +113,93 @@ inline __attribute__((always_inline)) void micro(const float* a, int64_t lda, co
 
 // All rows of the column block [j, j+V·NR): 6 rows × 4 vectors (24 accumulators of 32 zmm) at
 // full width, 8 × V for narrower remainders.
-template <int64_t V, bool kEpi, bool kBias, bool kRes, Activation kAct>
-inline __attribute__((always_inline)) void column_block(const float* a, int64_t lda, const float* b, int64_t ldb,
-                                                        int64_t M, int64_t K, const Store& st, int64_t j) {
+template <int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
+inline __attribute__((always_inline)) void column_block(const Src& src, const float* b, int64_t ldb, int64_t M,
+                                                        const Store& st, int64_t j) {
     constexpr int64_t R = V == 4 ? 6 : V == 3 ? 8 : MR;
     int64_t i = 0;
-    for (; i + R <= M; i += R) micro<R, V, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
-    for (; i + 2 <= M; i += 2) micro<2, V, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
-    for (; i < M; ++i) micro<1, V, kEpi, kBias, kRes, kAct>(a + i * lda, lda, b, ldb, K, st, i, j);
+    for (; i + R <= M; i += R) micro<R, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+    for (; i + 2 <= M; i += 2) micro<2, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+    for (; i < M; ++i) micro<1, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
 }
 
-template <bool kEpi, bool kBias, bool kRes, Activation kAct>
-inline __attribute__((always_inline)) void gemm_t(const float* a, int64_t lda, const float* b, int64_t ldb,
-                                                  int64_t M, int64_t N, int64_t K, const Store& st) {
+// kWide: blocks of 4 vectors (6 × 4 accumulators), for AVX-512's 32 registers. Narrower ISAs
+// take 8 × 1 blocks: 24 accumulators of 16 floats would spill there, and compiling them for
+// AVX2 and the portable fallback took minutes.
+template <bool kWide, bool kEpi, bool kRes, Activation kAct, class Src>
+inline __attribute__((always_inline)) void gemm_t(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
+                                                  const Store& st) {
     int64_t j = 0;
-    for (; j + 4 * NR <= N; j += 4 * NR) column_block<4, kEpi, kBias, kRes, kAct>(a, lda, b, ldb, M, K, st, j);
+    if (!kWide) {
+        for (; j < N; j += NR) column_block<1, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        return;
+    }
+    for (; j + 4 * NR <= N; j += 4 * NR) column_block<4, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
     switch ((N - j) / NR) {
-        case 3: return column_block<3, kEpi, kBias, kRes, kAct>(a, lda, b, ldb, M, K, st, j);
-        case 2: return column_block<2, kEpi, kBias, kRes, kAct>(a, lda, b, ldb, M, K, st, j);
-        case 1: return column_block<1, kEpi, kBias, kRes, kAct>(a, lda, b, ldb, M, K, st, j);
+        case 3: return column_block<3, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        case 2: return column_block<2, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        case 1: return column_block<1, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
         default: return;
     }
 }
 
-template <bool kBias, bool kRes>
-inline __attribute__((always_inline)) void gemm_act(const float* a, int64_t lda, const float* b, int64_t ldb,
-                                                    int64_t M, int64_t N, int64_t K, const Store& st) {
+template <bool kWide, bool kRes, class Src>
+inline __attribute__((always_inline)) void gemm_act(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
+                                                    const Store& st) {
     switch (st.act) {
-        case Activation::relu: return gemm_t<true, kBias, kRes, Activation::relu>(a, lda, b, ldb, M, N, K, st);
-        case Activation::relu6: return gemm_t<true, kBias, kRes, Activation::relu6>(a, lda, b, ldb, M, N, K, st);
-        default: return gemm_t<true, kBias, kRes, Activation::none>(a, lda, b, ldb, M, N, K, st);
+        case Activation::relu: return gemm_t<kWide, true, kRes, Activation::relu>(src, b, ldb, M, N, st);
+        case Activation::relu6: return gemm_t<kWide, true, kRes, Activation::relu6>(src, b, ldb, M, N, st);
+        default: return gemm_t<kWide, true, kRes, Activation::none>(src, b, ldb, M, N, st);
     }
 }
 
-// A[M×K] · B[K×N] → st, N a multiple of NR (packed, zero-padded columns).
+template <bool kWide, class Src>
+inline __attribute__((always_inline)) void gemm_any(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
+                                                    const Store& st) {
+    if (!st.epilogue) return gemm_t<kWide, false, false, Activation::none>(src, b, ldb, M, N, st);
+    if (st.residual) return gemm_act<kWide, true>(src, b, ldb, M, N, st);
+    return gemm_act<kWide, false>(src, b, ldb, M, N, st);
+}
+
 #define BASISRT_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
-BASISRT_SIMD void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
-                       const Store& st) {
-    if (!st.epilogue) return gemm_t<false, false, false, Activation::none>(a, lda, b, ldb, M, N, K, st);
-    if (st.bias && st.residual) return gemm_act<true, true>(a, lda, b, ldb, M, N, K, st);
-    if (st.bias) return gemm_act<true, false>(a, lda, b, ldb, M, N, K, st);
-    if (st.residual) return gemm_act<false, true>(a, lda, b, ldb, M, N, K, st);
-    return gemm_act<false, false>(a, lda, b, ldb, M, N, K, st);
+
+template <class Src>
+__attribute__((target("avx512f"))) void gemm_avx512(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
+                                                     const Store& st) {
+    gemm_any<true>(src, b, ldb, M, N, st);
+}
+
+template <class Src>
+void gemm_narrow(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st);
+
+template <>
+__attribute__((target_clones("avx2", "default"))) void gemm_narrow(const PlainRows& src, const float* b, int64_t ldb,
+                                                                  int64_t M, int64_t N, const Store& st) {
+    gemm_any<false>(src, b, ldb, M, N, st);
+}
+
+template <>
+__attribute__((target_clones("avx2", "default"))) void gemm_narrow(const Windows& src, const float* b, int64_t ldb,
+                                                                  int64_t M, int64_t N, const Store& st) {
+    gemm_any<false>(src, b, ldb, M, N, st);
+}
+
+template <class Src>
+void gemm_src(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st) {
+    // BASISRT_NO_AVX512=1 runs the narrow blocks on an AVX-512 machine (to test them).
+    static const bool avx512 = __builtin_cpu_supports("avx512f") && !std::getenv("BASISRT_NO_AVX512");
+    if (avx512) return gemm_avx512(src, b, ldb, M, N, st);
+    gemm_narrow(src, b, ldb, M, N, st);
+}
+
+// A[M×K] · B[K×N] → st, N a multiple of NR (packed, zero-padded columns).
+void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, int64_t N, int64_t K, const Store& st) {
+    gemm_src(PlainRows{a, lda, K}, b, ldb, M, N, st);
+}
+
+// The same with A the im2col of the windows `w` (M pixels), never materialised.
+void gemm_windows(const Windows& w, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st) {
+    gemm_src(w, b, ldb, M, N, st);
 }
 
 // Horizontal sum of a vector (narrowing halves: 4 adds instead of 15).
@@ -170,22 +250,6 @@ inline __attribute__((always_inline)) void hsums(const vec* v, float* out) {
         for (int k = 0; k < N; ++k) out[k] = hsum(v[k]);
     }
 }
-
-// Where each pixel's input rows are: a window inside the image reads tap `tap` at its corner +
-// tap_off[tap]; a border window has its own row pointers (a zero row for taps in the padding).
-// Only border windows pay for a row table: writing 9 pointers per pixel cost 10 % of a rank-6
-// layer at 64 channels.
-struct Windows {
-    const float* const* corner;  // per pixel: the window's corner in x, or null for a border window
-    const float* const* rows;    // per pixel: taps row pointers (border windows only)
-    const int64_t* tap_off;
-    int64_t taps;
-
-    Windows from(int64_t i) const { return {corner + i, rows + i * taps, tap_off, taps}; }
-    const float* row(int64_t i, int64_t tap) const {
-        return corner[i] ? corner[i] + tap_off[tap] : rows[i * taps + tap];
-    }
-};
 
 // Low-rank first GEMM without im2col, vectorised over input channels (no padding of small r):
 //   t[i][j] = Σ_tap Σ_c x_i[tap][c] · bt[j][tap·cg + c]     for M pixels × R ranks. Each x vector feeds R FMAs and each B vector M FMAs, where the
@@ -276,47 +340,7 @@ Windows tap_windows(const float* x, const ConvShape& s, int64_t g, int64_t p0, i
             if (++oy == s.Ho) oy = 0, ++n;
         }
     }
-    return {corner, rows, tap_off, taps};
-}
-
-inline void copy_floats(float* dst, const float* src, int64_t n) {
-    if (n < 32) {  // short rows (a first layer's 3 channels): a library call costs more than the copy
-        for (int64_t c = 0; c < n; ++c) dst[c] = src[c];
-    } else {
-        std::memcpy(dst, src, n * sizeof(float));
-    }
-}
-
-// Gather the im2col rows of pixels [p0, p0+m) for group g into cols (m × K, K = kh·kw·Cg).
-// Walks (n, oy, ox) incrementally; a window inside the image with one group and dilation 1 has
-// each kernel row contiguous in NHWC, so it is one copy of kw·C floats instead of kw copies.
-void im2col_tile(const float* x, const ConvShape& s, int64_t g, int64_t p0, int64_t m, float* cols) {
-    const int64_t cg = s.C_in / s.groups, K = s.kh * s.kw * cg;
-    const int64_t span_y = (s.kh - 1) * s.dh, span_x = (s.kw - 1) * s.dw;
-    const bool rows_contiguous = s.groups == 1 && s.dw == 1;
-    int64_t n = p0 / (s.Ho * s.Wo), oy = p0 / s.Wo % s.Ho, ox = p0 % s.Wo;
-    for (int64_t t = 0; t < m; ++t) {
-        float* row = cols + t * K;
-        const float* img = x + n * s.H * s.W * s.C_in + g * cg;
-        const int64_t y0 = oy * s.sh - s.ph, x0 = ox * s.sw - s.pw;
-        if (rows_contiguous && y0 >= 0 && y0 + span_y < s.H && x0 >= 0 && x0 + span_x < s.W) {
-            for (int64_t ky = 0; ky < s.kh; ++ky, row += s.kw * cg)
-                copy_floats(row, img + ((y0 + ky * s.dh) * s.W + x0) * s.C_in, s.kw * cg);
-        } else {
-            for (int64_t ky = 0, iy = y0; ky < s.kh; ++ky, iy += s.dh)
-                for (int64_t kx = 0, ix = x0; kx < s.kw; ++kx, ix += s.dw, row += cg) {
-                    if (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W) {
-                        copy_floats(row, img + (iy * s.W + ix) * s.C_in, cg);
-                    } else {
-                        std::fill(row, row + cg, 0.f);
-                    }
-                }
-        }
-        if (++ox == s.Wo) {
-            ox = 0;
-            if (++oy == s.Ho) oy = 0, ++n;
-        }
-    }
+    return {corner, rows, tap_off, taps, cg};
 }
 
 // The dot path for layers with fewer pixel tiles than threads (small images at batch 1, where
@@ -345,7 +369,7 @@ void split_lowrank(const float* x, const float* B, const float* A, const float* 
         parallel_for(tiles * blocks, num_threads, [&](int64_t task) {
             const int64_t p0 = task / blocks * kTile, m = std::min(kTile, P - p0), j = task % blocks * NR;
             const int64_t out_off = p0 * s.C_out + g * cg_out + j;
-            Store out{y + out_off, s.C_out, bias ? bias + g * cg_out + j : nullptr,
+            Store out{y + out_off, s.C_out, bias + g * cg_out + j,
                       residual ? residual + out_off : nullptr, cg_out - j, act, true};
             gemm(T.data() + p0 * r_pad, r_pad, A + g * r_pad * cg_pad + j, cg_pad, m, NR, rank, out);
         });
@@ -375,6 +399,11 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                      Activation act, int num_threads) {
     if (s.groups < 1 || s.C_in % s.groups || s.C_out % s.groups)
         throw std::invalid_argument("fused_conv_nhwc: groups must divide C_in and C_out");
+    std::vector<float> no_bias;  // the epilogue always adds one
+    if (!bias) {
+        no_bias.assign(s.C_out, 0.f);
+        bias = no_bias.data();
+    }
     const int64_t cg_in = s.C_in / s.groups, cg_out = s.C_out / s.groups;
     const int64_t K = s.kh * s.kw * cg_in, cg_pad = round_up(cg_out, NR);
     const int64_t r_pad = rank ? round_up(rank, NR) : 0;
@@ -395,41 +424,40 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
 
     parallel_for(tiles, num_threads, [&](int64_t tile) {
         // Per-thread scratch, sized to the largest layer seen: no growth with the number of calls.
-        thread_local std::vector<float> cols, t, zero;
+        thread_local std::vector<float> t, zero;
         thread_local std::vector<const float*> rows, corner;
-        if (dot) {
+        if (!direct) {
             rows.resize(std::max<size_t>(rows.size(), kTile * taps));
             corner.resize(std::max<size_t>(corner.size(), kTile));
             zero.resize(std::max<size_t>(zero.size(), cg_in));  // only ever grows: stays all zero
         }
-        cols.resize(std::max<size_t>(cols.size(), direct || dot ? 0 : kTile * K));
         t.resize(std::max<size_t>(t.size(), kTile * r_pad));
         const int64_t p0 = tile * tile_px, m = std::min(tile_px, P - p0);
         for (int64_t g = 0; g < s.groups; ++g) {
             const int64_t out_off = p0 * s.C_out + g * cg_out;
-            Store out{y + out_off, s.C_out, bias ? bias + g * cg_out : nullptr,
+            Store out{y + out_off, s.C_out, bias + g * cg_out,
                       residual ? residual + out_off : nullptr, cg_out, act, true};
-            if (dot) {  // low-rank without im2col: B is (rank × K) per group
-                const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off.data(), corner.data(), rows.data());
-                dot_gemm(w, m, cg_in, B + g * rank * K, rank, t.data(), r_pad);
-                gemm(t.data(), r_pad, A + g * r_pad * cg_pad, cg_pad, m, cg_pad, rank, out);
+            const float* Bg = B + g * K * (rank ? r_pad : cg_pad);
+            const float* Ag = rank ? A + g * r_pad * cg_pad : nullptr;
+            if (direct && !dot) {
+                const PlainRows a{x + p0 * s.C_in + g * cg_in, s.C_in, cg_in};
+                if (rank) {
+                    gemm(a.a, a.lda, Bg, r_pad, m, r_pad, K, Store{t.data(), r_pad});
+                    gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
+                } else {
+                    gemm(a.a, a.lda, Bg, cg_pad, m, cg_pad, K, out);
+                }
                 continue;
             }
-            const float* a_rows;
-            int64_t lda;
-            if (direct) {
-                a_rows = x + p0 * s.C_in + g * cg_in;
-                lda = s.C_in;
+            const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off.data(), corner.data(), rows.data());
+            if (dot) {  // channel-vectorised: B is (rank × K) per group
+                dot_gemm(w, m, cg_in, B + g * rank * K, rank, t.data(), r_pad);
+                gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
+            } else if (rank) {
+                gemm_windows(w, Bg, r_pad, m, r_pad, Store{t.data(), r_pad});
+                gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
             } else {
-                im2col_tile(x, s, g, p0, m, cols.data());
-                a_rows = cols.data();
-                lda = K;
-            }
-            if (rank) {
-                gemm(a_rows, lda, B + g * K * r_pad, r_pad, m, r_pad, K, Store{t.data(), r_pad});
-                gemm(t.data(), r_pad, A + g * r_pad * cg_pad, cg_pad, m, cg_pad, rank, out);
-            } else {
-                gemm(a_rows, lda, B + g * K * cg_pad, cg_pad, m, cg_pad, K, out);
+                gemm_windows(w, Bg, cg_pad, m, cg_pad, out);
             }
         }
     });

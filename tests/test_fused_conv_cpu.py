@@ -2,7 +2,10 @@
 
 Every case poisons the output with NaN first, so an element the kernel does not write fails.
 """
+import os
 import random
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -31,6 +34,8 @@ def cases(n: int = 220, seed: int = 0, channel_blocks: bool = False):
         groups = rng.choice([1, 1, 1, 2, 3])
         stride, dilation = (rng.choice([1, 2]), rng.choice([1, 2])), (rng.choice([1, 2]), rng.choice([1, 2]))
         padding = (rng.choice([0, 1, 2]), rng.choice([0, 1, 2]))
+        if k == (1, 1) and i % 2:  # the kernel reads these rows straight from x
+            stride, padding = (1, 1), (0, 0)
         need = [d * (kk - 1) + 1 - 2 * p for d, kk, p in zip(dilation, k, padding)]
         h, w = rng.randint(max(need[0], 1), max(need[0], 1) + 12), rng.randint(max(need[1], 1), max(need[1], 1) + 12)
         c_in, c_out = groups * rng.randint(1, 12), groups * rng.randint(1, 24)
@@ -51,6 +56,15 @@ def case_id(c):
 @pytest.mark.parametrize("c", cases(), ids=case_id)
 def test_fused_conv_matches_float64(c):
     check_step(c, FusedConv2d)
+
+
+def test_narrow_gemm_blocks_match_float64():
+    """The GEMM blocks for CPUs without AVX-512 (BASISRT_NO_AVX512=1 picks them here) on the grid."""
+    env = {**os.environ, "BASISRT_NO_AVX512": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          f"{__file__}::test_fused_conv_matches_float64"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "220 passed" in run.stdout
 
 
 @pytest.mark.parametrize("c", cases(70, seed=1, channel_blocks=True), ids=case_id)
