@@ -11,7 +11,7 @@
 namespace basisrt {
 namespace {
 
-constexpr int64_t kTile = 96;  // most output pixels per tile: cols (96×K) and T (96×r) stay in L2
+constexpr int64_t kTile = 96;  // most output pixels per tile: T (96×r) stays in cache
 constexpr int64_t MR = 8, NR = kColBlock;
 
 // One row block of NR floats; GCC lowers it to 1 zmm, 2 ymm or 4 xmm per the target clone.
@@ -408,10 +408,11 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     const int64_t K = s.kh * s.kw * cg_in, cg_pad = round_up(cg_out, NR);
     const int64_t r_pad = rank ? round_up(rank, NR) : 0;
     const int64_t P = s.N * s.Ho * s.Wo, tile_px = tile_pixels(P, num_threads), tiles = (P + tile_px - 1) / tile_px;
-    // A 1×1, stride-1, unpadded conv reads its rows straight from x: no im2col copy.
+    // A 1×1, stride-1, unpadded conv's im2col is x itself: a plain matrix, no windows.
     const bool direct = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
 
     const bool dot = lowrank_dot_path(cg_in, rank);
+    const bool windows = dot || !direct;  // reads x through tap_windows
     const int64_t taps = s.kh * s.kw;
     std::vector<int64_t> tap_off;  // offset of each tap's row from the window's corner
     for (int64_t ky = 0; ky < s.kh; ++ky)
@@ -426,7 +427,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
         // Per-thread scratch, sized to the largest layer seen: no growth with the number of calls.
         thread_local std::vector<float> t, zero;
         thread_local std::vector<const float*> rows, corner;
-        if (!direct) {
+        if (windows) {
             rows.resize(std::max<size_t>(rows.size(), kTile * taps));
             corner.resize(std::max<size_t>(corner.size(), kTile));
             zero.resize(std::max<size_t>(zero.size(), cg_in));  // only ever grows: stays all zero
@@ -439,13 +440,13 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                       residual ? residual + out_off : nullptr, cg_out, act, true};
             const float* Bg = B + g * K * (rank ? r_pad : cg_pad);
             const float* Ag = rank ? A + g * r_pad * cg_pad : nullptr;
-            if (direct && !dot) {
-                const PlainRows a{x + p0 * s.C_in + g * cg_in, s.C_in, cg_in};
+            if (!windows) {
+                const float* a = x + p0 * s.C_in + g * cg_in;
                 if (rank) {
-                    gemm(a.a, a.lda, Bg, r_pad, m, r_pad, K, Store{t.data(), r_pad});
+                    gemm(a, s.C_in, Bg, r_pad, m, r_pad, K, Store{t.data(), r_pad});
                     gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
                 } else {
-                    gemm(a.a, a.lda, Bg, cg_pad, m, cg_pad, K, out);
+                    gemm(a, s.C_in, Bg, cg_pad, m, cg_pad, K, out);
                 }
                 continue;
             }

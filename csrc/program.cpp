@@ -68,12 +68,12 @@ Program::Grouping Program::grouping(int64_t N, int num_threads) const {
     size_t ops = 0;
     for (; ops < ops_.size(); ++ops) {
         const int64_t a = std::max(per_image, activation_floats(ops_[ops]));
-        const int64_t g = std::max<int64_t>(1, kGroupBytes / (a * int64_t(sizeof(float))));
+        const int64_t g = std::max<int64_t>(1, kGroupBytes / (std::max<int64_t>(a, 1) * int64_t(sizeof(float))));
         if (weight_floats(ops_[ops]) > activation_floats(ops_[ops]) * g) break;
         per_image = a;
     }
     if (ops == 0) return {0, N};
-    int64_t g = std::max<int64_t>(1, kGroupBytes / (per_image * int64_t(sizeof(float))));
+    int64_t g = std::max<int64_t>(1, kGroupBytes / (std::max<int64_t>(per_image, 1) * int64_t(sizeof(float))));
     g = std::min(g, std::max<int64_t>(1, N / num_threads));
     const int64_t groups = (N + g - 1) / g;
     // Every thread gets the same number of groups (or enough groups that the last round is small).

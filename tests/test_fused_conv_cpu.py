@@ -58,6 +58,22 @@ def test_fused_conv_matches_float64(c):
     check_step(c, FusedConv2d)
 
 
+def test_first_call_in_a_process_on_the_1x1_dot_path():
+    """Per-thread scratch starts empty: a process whose first layer is a 1×1 channel-vectorised
+    pair must size it before reading windows (a fresh interpreter, one thread)."""
+    code = """
+import torch
+from basisrt.compiler.cpu_kernels import FusedConv2d
+torch.manual_seed(0)
+basis, scale, x = torch.randn(5, 32, 1, 1), torch.randn(8, 5), torch.randn(2, 32, 7, 7)
+step = FusedConv2d(basis, None, scale=scale, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, num_threads=1)
+ref = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x.double(), basis.double()), scale.double()[:, :, None, None])
+assert ((step(x).double() - ref).norm() / ref.norm()).item() < 1e-5
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_narrow_gemm_blocks_match_float64():
     """The GEMM blocks for CPUs without AVX-512 (BASISRT_NO_AVX512=1 picks them here) on the grid."""
     env = {**os.environ, "BASISRT_NO_AVX512": "1"}

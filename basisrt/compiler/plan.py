@@ -117,9 +117,6 @@ class CompiledModel:
             for h in handles:
                 h.remove()
 
-        strategy = {s.name: s.strategy for s in self.plan.steps}
-        return [(n, strategy.get(n, "?"), sorted(t)[len(t) // 2]) for n, t in times.items()]
-
 
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
             num_threads: int | None = None, dense_backend: str = "torch", backend: str = "auto",
