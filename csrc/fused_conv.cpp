@@ -30,8 +30,8 @@ struct Store {
 };
 
 // Bias is always added (zeros for a layer without one): one template flag fewer halves the
-// instantiations, and so the build time. The epilogue's other options are template flags: a runtime branch per row costs as much as the
-// r-long second GEMM it follows when r is small.
+// instantiations, and so the build time. The epilogue's other options are template flags: a
+// runtime branch per row costs as much as the r-long second GEMM it follows when r is small.
 template <bool kRes, Activation kAct>
 inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int64_t i, int64_t j) {
     float* dst = st.c + i * st.ldc + j;
@@ -195,11 +195,6 @@ void gemm_src(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
 // A[M×K] · B[K×N] → st, N a multiple of NR (packed, zero-padded columns).
 void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, int64_t N, int64_t K, const Store& st) {
     gemm_src(PlainRows{a, lda, K}, b, ldb, M, N, st);
-}
-
-// The same with A the im2col of the windows `w` (M pixels), never materialised.
-void gemm_windows(const Windows& w, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st) {
-    gemm_src(w, b, ldb, M, N, st);
 }
 
 // Horizontal sum of a vector (narrowing halves: 4 adds instead of 15).
@@ -399,10 +394,10 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                      Activation act, int num_threads) {
     if (s.groups < 1 || s.C_in % s.groups || s.C_out % s.groups)
         throw std::invalid_argument("fused_conv_nhwc: groups must divide C_in and C_out");
-    std::vector<float> no_bias;  // the epilogue always adds one
-    if (!bias) {
-        no_bias.assign(s.C_out, 0.f);
-        bias = no_bias.data();
+    if (!bias) {  // the epilogue always adds one; zeros that only ever grow, not an allocation per call
+        thread_local std::vector<float> zeros;
+        if (zeros.size() < static_cast<size_t>(s.C_out)) zeros.resize(s.C_out);
+        bias = zeros.data();
     }
     const int64_t cg_in = s.C_in / s.groups, cg_out = s.C_out / s.groups;
     const int64_t K = s.kh * s.kw * cg_in, cg_pad = round_up(cg_out, NR);
@@ -440,25 +435,22 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                       residual ? residual + out_off : nullptr, cg_out, act, true};
             const float* Bg = B + g * K * (rank ? r_pad : cg_pad);
             const float* Ag = rank ? A + g * r_pad * cg_pad : nullptr;
+            // A (plain rows of x, or the implicit im2col of the tile's windows) · B, then · A.
+            auto two_gemms = [&](const auto& src) {
+                if (!rank) return gemm_src(src, Bg, cg_pad, m, cg_pad, out);
+                gemm_src(src, Bg, r_pad, m, r_pad, Store{t.data(), r_pad});
+                gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
+            };
             if (!windows) {
-                const float* a = x + p0 * s.C_in + g * cg_in;
-                if (rank) {
-                    gemm(a, s.C_in, Bg, r_pad, m, r_pad, K, Store{t.data(), r_pad});
-                    gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
-                } else {
-                    gemm(a, s.C_in, Bg, cg_pad, m, cg_pad, K, out);
-                }
+                two_gemms(PlainRows{x + p0 * s.C_in + g * cg_in, s.C_in, cg_in});
                 continue;
             }
             const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off.data(), corner.data(), rows.data());
             if (dot) {  // channel-vectorised: B is (rank × K) per group
                 dot_gemm(w, m, cg_in, B + g * rank * K, rank, t.data(), r_pad);
                 gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
-            } else if (rank) {
-                gemm_windows(w, Bg, r_pad, m, r_pad, Store{t.data(), r_pad});
-                gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
             } else {
-                gemm_windows(w, Bg, cg_pad, m, cg_pad, out);
+                two_gemms(w);
             }
         }
     });

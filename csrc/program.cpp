@@ -62,19 +62,21 @@ int64_t Program::activation_floats(const ProgramOp& op) const {
 }
 
 Program::Grouping Program::grouping(int64_t N, int num_threads) const {
+    // Images whose activations of one op (per_image floats each) fit kGroupBytes.
+    auto fit = [](int64_t per_image) {
+        return std::max<int64_t>(1, kGroupBytes / (std::max<int64_t>(per_image, 1) * int64_t(sizeof(float))));
+    };
     // The prefix of ops whose weights, reread once per group, cost less than the activations
-    // they keep in cache; the group is as many images as fit kGroupBytes for every op in it.
+    // they keep in cache; the group is as many images as fit for every op in it.
     int64_t per_image = 0;
     size_t ops = 0;
     for (; ops < ops_.size(); ++ops) {
-        const int64_t a = std::max(per_image, activation_floats(ops_[ops]));
-        const int64_t g = std::max<int64_t>(1, kGroupBytes / (std::max<int64_t>(a, 1) * int64_t(sizeof(float))));
-        if (weight_floats(ops_[ops]) > activation_floats(ops_[ops]) * g) break;
-        per_image = a;
+        const int64_t a = activation_floats(ops_[ops]);
+        if (weight_floats(ops_[ops]) > a * fit(std::max(per_image, a))) break;
+        per_image = std::max(per_image, a);
     }
     if (ops == 0) return {0, N};
-    int64_t g = std::max<int64_t>(1, kGroupBytes / (std::max<int64_t>(per_image, 1) * int64_t(sizeof(float))));
-    g = std::min(g, std::max<int64_t>(1, N / num_threads));
+    const int64_t g = std::min(fit(per_image), std::max<int64_t>(1, N / num_threads));
     const int64_t groups = (N + g - 1) / g;
     // Every thread gets the same number of groups (or enough groups that the last round is small).
     if (groups < num_threads || (groups % num_threads && groups < 4 * num_threads)) return {0, N};
