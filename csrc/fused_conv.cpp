@@ -246,16 +246,28 @@ inline __attribute__((always_inline)) void hsums(const vec* v, float* out) {
     }
 }
 
+// A layer with fewer pixel tiles than threads (2×2 maps at batch 1: one tile of 4 pixels) splits
+// its ranks across threads when B is above this many floats (256 KB); below, one thread reading B
+// beats two parallel passes. With a tile per thread, each reading all of B, splitting was slower:
+// 4×4 maps at 512 channels, rank 51: 48 µs unsplit, 55 µs split; 2×2: 37 µs unsplit, 22 µs split.
+constexpr int64_t kSplitWeights = 64 * 1024;
+constexpr int kDotM = 4, kDotN = 6;  // 24 accumulators + 4 x vectors + 1 B vector: 29 of 32 zmm
+// Floats per rank in a tap block of B: the block's kDotN ranks (up to 48 KB, 36 KB at 512
+// channels) stay in L1 while the tile's pixels use them; unblocked, K = 2304 or 4608 streamed
+// B from L2 for every 4 pixels (1024: 9 % slower at 128 channels; 2048: 3-8 % faster at 256-512).
+constexpr int64_t kDotBlockFloats = 2048;
+
 // Low-rank first GEMM without im2col, vectorised over input channels (no padding of small r):
-//   t[i][j] = Σ_tap Σ_c x_i[tap][c] · bt[j][tap·cg + c]     for M pixels × R ranks. Each x vector feeds R FMAs and each B vector M FMAs, where the
-// rank-vectorised gemm gets one FMA per broadcast: the gain for r = 6…52.
+//   t[i][j] (+)= Σ_{tap in [tap0, tap1)} Σ_c x_i[tap][c] · bt[j][tap·cg + c]
+// for M pixels × R ranks (t set at tap0 = 0, else added to). Each x vector feeds R FMAs and each
+// B vector M FMAs, where the rank-vectorised gemm gets one FMA per broadcast: the gain for r = 6…52.
 template <int M, int R>
 inline __attribute__((always_inline)) void dot_tile(const Windows& w, int64_t cg, const float* bt, int64_t K,
-                                                    float* t, int64_t ldt) {
+                                                    int64_t tap0, int64_t tap1, float* t, int64_t ldt) {
     vec acc[M][R];
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < R; ++j) acc[i][j] = vec{};
-    for (int64_t tap = 0; tap < w.taps; ++tap) {
+    for (int64_t tap = tap0; tap < tap1; ++tap) {
         const float* xr[M];
         for (int i = 0; i < M; ++i) xr[i] = w.row(i, tap);
         const float* b = bt + tap * cg;
@@ -271,41 +283,42 @@ inline __attribute__((always_inline)) void dot_tile(const Windows& w, int64_t cg
     float sums[M * R + 16];  // + 16: hsums stores whole vectors
     hsums<M * R>(&acc[0][0], sums);
     for (int i = 0; i < M; ++i)
-        for (int j = 0; j < R; ++j) t[i * ldt + j] = sums[i * R + j];
+        for (int j = 0; j < R; ++j) t[i * ldt + j] = (tap0 ? t[i * ldt + j] : 0.f) + sums[i * R + j];
 }
 
-// Floats of B (1 MB) above which batch-1 layers split ranks across threads; below, one thread
-// reading B beats two parallel passes.
-constexpr int64_t kSplitWeights = 256 * 1024;
-constexpr int kDotM = 4, kDotN = 6;  // 24 accumulators + 4 x vectors + 1 B vector: 29 of 32 zmm
-
-// One chunk of r <= kDotN ranks for M pixels.
+// One chunk of r <= kDotN ranks for M pixels, taps [tap0, tap1).
 template <int M>
 inline __attribute__((always_inline)) void dot_chunk(const Windows& w, int64_t cg, const float* bt, int64_t K,
-                                                     int64_t r, float* t, int64_t ldt) {
+                                                     int64_t r, int64_t tap0, int64_t tap1, float* t,
+                                                     int64_t ldt) {
     switch (r) {
-        case 6: return dot_tile<M, 6>(w, cg, bt, K, t, ldt);
-        case 5: return dot_tile<M, 5>(w, cg, bt, K, t, ldt);
-        case 4: return dot_tile<M, 4>(w, cg, bt, K, t, ldt);
-        case 3: return dot_tile<M, 3>(w, cg, bt, K, t, ldt);
-        case 2: return dot_tile<M, 2>(w, cg, bt, K, t, ldt);
-        default: return dot_tile<M, 1>(w, cg, bt, K, t, ldt);
+        case 6: return dot_tile<M, 6>(w, cg, bt, K, tap0, tap1, t, ldt);
+        case 5: return dot_tile<M, 5>(w, cg, bt, K, tap0, tap1, t, ldt);
+        case 4: return dot_tile<M, 4>(w, cg, bt, K, tap0, tap1, t, ldt);
+        case 3: return dot_tile<M, 3>(w, cg, bt, K, tap0, tap1, t, ldt);
+        case 2: return dot_tile<M, 2>(w, cg, bt, K, tap0, tap1, t, ldt);
+        default: return dot_tile<M, 1>(w, cg, bt, K, tap0, tap1, t, ldt);
     }
 }
 
-// T (m × rank, row stride ldt) for the m pixels of `w`. Rank chunks are the
-// outer loop, so a chunk of B (kDotN × K, up to 110 KB at K = 4608) stays in L2 while every
-// pixel of the tile uses it; pixels outer would stream all of B (MBs at r = 128) per 4 pixels.
+// T (m × rank, row stride ldt) for the m pixels of `w`. Rank chunks are the outer loop, so a
+// chunk of B stays in cache while every pixel of the tile uses it; pixels outer would stream
+// all of B (MBs at r = 128) per 4 pixels. Within a chunk, taps are blocked (kDotBlockFloats).
 BASISRT_SIMD void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
                            int64_t ldt) {
     static_assert(kDotN == 6, "dot_chunk dispatches chunks of up to 6 ranks");
     const int64_t K = w.taps * cg;
+    const int64_t blocks = (K + kDotBlockFloats - 1) / kDotBlockFloats;
+    const int64_t tap_block = (w.taps + blocks - 1) / blocks;
     for (int64_t j = 0; j < rank; j += kDotN) {
         const int64_t r = std::min<int64_t>(kDotN, rank - j);
-        int64_t i = 0;
-        for (; i + kDotM <= m; i += kDotM)
-            dot_chunk<kDotM>(w.from(i), cg, bt + j * K, K, r, t + i * ldt + j, ldt);
-        for (; i < m; ++i) dot_chunk<1>(w.from(i), cg, bt + j * K, K, r, t + i * ldt + j, ldt);
+        for (int64_t tap0 = 0; tap0 < w.taps; tap0 += tap_block) {
+            const int64_t tap1 = std::min(w.taps, tap0 + tap_block);
+            int64_t i = 0;
+            for (; i + kDotM <= m; i += kDotM)
+                dot_chunk<kDotM>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
+            for (; i < m; ++i) dot_chunk<1>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
+        }
     }
 }
 
@@ -413,7 +426,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     for (int64_t ky = 0; ky < s.kh; ++ky)
         for (int64_t kx = 0; kx < s.kw; ++kx) tap_off.push_back((ky * s.dh * s.W + kx * s.dw) * s.C_in);
 
-    if (dot && num_threads > 1 && tiles < 2 * num_threads && rank * K > kSplitWeights) {  // split ranks
+    if (dot && num_threads > 1 && tiles < num_threads && rank * K > kSplitWeights) {  // split ranks
         split_lowrank(x, B, A, bias, residual, y, s, rank, act, num_threads, tap_off.data());
         return;
     }

@@ -89,11 +89,14 @@ def test_fused_lowrank_dot_path_matches_float64(c):
     check_step(c, FusedConv2d)
 
 
-# Big basis weights (rank × K above csrc's kSplitWeights) on few pixel tiles: with 2 threads the
-# kernel splits ranks and output columns across threads instead of tiles; 1 thread does not.
+# Big basis weights (rank × K above csrc's kSplitWeights): with 2 threads, a layer of one pixel
+# tile (at most 4 pixels) splits ranks and output columns across threads instead of tiles; 1 thread
+# does not. The (3, 5) and (7, 7) maps have a tile per thread and K = 4608 / 2304 taps-blocked B.
 SPLIT_CASES = [dict(n=n, c_in=c_in, c_out=c_out, hw=hw, k=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
                     groups=1, rank=rank, bias=True, act=act, residual=res)
                for n, c_in, c_out, hw, rank, act, res in [(1, 512, 512, (2, 2), 64, "relu", True),
+                                                         (2, 512, 200, (1, 2), 71, None, False),
+                                                         (1, 256, 96, (1, 3), 130, "relu6", True),
                                                          (2, 512, 200, (3, 5), 71, None, False),
                                                          (1, 256, 96, (7, 7), 130, "relu6", True)]]
 
