@@ -59,10 +59,11 @@ def test_fusions_in_plan():
 def test_dense_fold_when_rank_too_high():
     model = decompose(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())).model  # full rank: never pays
     x = torch.randn(2, 8, 6, 6)
-    compiled = compile(model, x)
+    compiled = compile(model, x, dense_backend="torch")
     assert [s.strategy for s in compiled.plan.steps] == ["dense-fold"]
     assert rel_err(compiled(x), model(x).detach()) < 1e-5
-    assert [s.strategy for s in compile(model, x, prefer_lowrank=False).plan.steps] == ["dense-fold"]
+    assert [s.strategy for s in compile(model, x, prefer_lowrank=False, dense_backend="torch").plan.steps] == [
+        "dense-fold"]
     with pytest.raises(ValueError, match="dense_backend"):
         compile(model, x, dense_backend="cuda")
 
@@ -210,6 +211,28 @@ def test_autotune_charges_torch_steps_the_slowdown_they_cause(slowdown, expected
 
     steps = {"fused": _Timed(0.004, slowed=slowdown), "pair": _Timed(0.002, slows_next=True)}
     assert _pick(steps, torch.zeros(1), 3, ours=("fused",)) == (expected, "fused")
+
+
+@pytest.mark.parametrize("faster", ["ours", "mixed"])
+def test_default_dense_backend_keeps_the_faster_of_oneDNN_and_native_plans(monkeypatch, faster):
+    """dense_backend="auto" (the default): the first conv is a plain dense conv, which the cost
+    model gives to oneDNN; the plan of only our kernels (native) is timed against that one."""
+    from basisrt.compiler import plan
+
+    timed = {"ours": 1.0, "mixed": 2.0} if faster == "ours" else {"ours": 2.0, "mixed": 1.0}
+    monkeypatch.setattr(plan, "median_seconds", lambda candidates, x, repeats: timed)
+    dense = basisrt.models.create("vgg16").eval()
+    first = next(n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d))
+    model = decompose(dense, exclude=[first]).model  # as the benchmark: the first conv stays plain
+    prune_basis(model, "ratio", 0.25)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = compile(model, x)
+    strategies = Counter(s.strategy for s in compiled.plan.steps)
+    assert (compiled.native is not None) == (faster == "ours")
+    assert (strategies["dense-basisrt"], strategies["dense"]) == ((1, 0) if faster == "ours" else (0, 1))
+    assert compile(model, x, dense_backend="torch").native is None  # an explicit backend is kept
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
 
 
 @pytest.mark.parametrize("faster", ["ours", "mixed"])

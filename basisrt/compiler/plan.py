@@ -15,7 +15,7 @@ from ..cost import profile
 from .cpu_kernels import FusedConv2d, PoolStep, TorchConvStep
 from .autotune import MeasuredChooser, median_seconds, layer_inputs
 from .cuda_graph import CUDAGraphRunner, require_cuda_device
-from .fusion import Tracer, cost_model_choice, fuse
+from .fusion import Chooser, Layer, Tracer, cost_model_choice, fuse
 from .program import lower
 from .serialize import load_plan, save_plan
 
@@ -119,7 +119,7 @@ class CompiledModel:
 
 
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
-            num_threads: int | None = None, dense_backend: str = "torch", backend: str = "auto",
+            num_threads: int | None = None, dense_backend: str = "auto", backend: str = "auto",
             cuda_graph: bool = False) -> CompiledModel:
     """Compile `model` for inference into a plan of fused kernels (C++ on the CPU, Triton on CUDA).
 
@@ -137,8 +137,10 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             dense kernel or oneDNN for a plain conv. A PyTorch step is charged the slowdown its
             spinning OpenMP workers cause our next step. Decisions are cached per shape.
         num_threads: kernel threads (default: torch.get_num_threads() at call time).
-        dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, faster today);
-            "basisrt" runs them with our C++ kernel.
+        dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, faster on big dense
+            convs), "basisrt" with our C++ kernel. "auto" (default) starts from "torch", and on the
+            CPU also builds the plan of only our kernels, which runs as one C++ program without a
+            Python round trip per step, and keeps whichever is faster on `example_input`.
         backend: "auto" (CUDA input: "triton", else "cpu"), "cpu" (C++ kernels) or "triton"
             (fused pairs as Triton kernels, other steps through PyTorch; on CPU tensors only
             under TRITON_INTERPRET=1, for testing).
@@ -151,8 +153,10 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     if cuda_graph:
         require_cuda_device(example_input.device)  # before the work of tracing
     backend = _resolve_backend(backend, example_input.device)
-    if dense_backend not in ("torch", "basisrt"):
-        raise ValueError(f"dense_backend must be 'torch' or 'basisrt', got {dense_backend!r}")
+    if dense_backend not in ("auto", "torch", "basisrt"):
+        raise ValueError(f"dense_backend must be 'auto', 'torch' or 'basisrt', got {dense_backend!r}")
+    try_ours = autotune or dense_backend == "auto"
+    dense_backend = "torch" if dense_backend == "auto" else dense_backend
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
@@ -172,15 +176,27 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     else:
         choose = cost_model_choice
     compiled = _build(copy.deepcopy(gm), choose, cost, example_input, num_threads, dense_backend, backend, cuda_graph)
-    if isinstance(choose, MeasuredChooser) and compiled.native is None and backend == "cpu":
-        # Some PyTorch step won its layer, which keeps the whole plan out of the native program;
-        # time the plan of only our kernels against it and keep the faster.
-        choose.ours_only = True
-        ours = _build(gm, choose, cost, example_input, num_threads, dense_backend, backend, cuda_graph)
+    if try_ours and compiled.native is None and backend == "cpu":
+        # Some PyTorch step keeps the whole plan out of the native program; time the plan of
+        # only our kernels against it and keep the faster.
+        ours = _build(gm, _ours_only(choose), cost, example_input, num_threads, dense_backend, backend, cuda_graph)
         if ours.native is not None:
             times = median_seconds({"mixed": compiled, "ours": ours}, example_input, repeats=5)
             compiled = ours if times["ours"] < times["mixed"] else compiled
     return compiled
+
+
+def _ours_only(choose: Chooser | None) -> Chooser:
+    """`choose` restricted to our kernels: the measured chooser picks the fastest of ours; a fixed
+    choice swaps PyTorch's dense conv for ours and the oneDNN pair for the fused kernel."""
+    if isinstance(choose, MeasuredChooser):
+        choose.ours_only = True
+        return choose
+
+    def ours(name: str, fused: Layer | None, dense: Layer, geometry: dict | None) -> str:
+        kind = choose(name, fused, dense, geometry) if choose is not None else "dense"
+        return {"dense": "dense-basisrt", "pair": "fused"}.get(kind, kind)
+    return ours
 
 
 def _build(gm: fx.GraphModule, choose, cost: dict[str, int], example_input: Tensor, num_threads: int | None,
