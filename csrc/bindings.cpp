@@ -20,6 +20,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -388,15 +389,16 @@ void bind_fused(py::module_& m) {
              "(float64, one per op), if given, gets each op's wall time added.")
         .def_property_readonly("ops", [](const PyProgram& p) { return p.program.ops(); }, "Number of ops.")
         .def(
-            "grouping",
+            "segments",
             [](const PyProgram& p, int64_t N, int num_threads) {
-                if (N < 1 || num_threads < 1) value_error("Program.grouping", "N and num_threads must be positive");
-                const auto g = p.program.grouping(N, num_threads);
-                return std::make_pair(g.ops, g.images);
+                if (N < 1 || num_threads < 1) value_error("Program.segments", "N and num_threads must be positive");
+                std::vector<std::tuple<size_t, size_t, int64_t>> out;
+                for (const auto& s : p.program.segments(N, num_threads)) out.emplace_back(s.begin, s.end, s.images);
+                return out;
             },
             py::arg("N"), py::arg("num_threads"),
-            "(ops, images): a batch of N runs its first `ops` ops in groups of `images` images, one group "
-            "per thread.");
+            "[(begin, end, images)]: a batch of N runs ops [begin, end) in groups of `images` images, one "
+            "group per thread (images >= N: the whole batch, threads over output tiles).");
     m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
           py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
           "Max (kind 0) or average (kind 1) pooling on NHWC float32 with implicit padding; writes into `out`.");

@@ -6,7 +6,8 @@
 // would wake PyTorch's OpenMP workers, which then spin on the cores our kernels need).
 // A batch runs its early ops (large activations, small weights) image group by image group,
 // each group on one thread, so activations stay in that core's L2 between ops; the later ops
-// run on the whole batch with threads over output tiles.
+// run in one group of images per thread when the batch splits evenly, else on the whole batch
+// with threads over output tiles.
 // Intermediate buffers live in a per-thread arena, so concurrent calls from several threads
 // are safe and steady-state calls allocate nothing.
 #pragma once
@@ -47,15 +48,18 @@ class Program {
 
     size_t ops() const { return ops_.size(); }
 
-    struct Grouping {
-        size_t ops;      // the first `ops` ops run image group by image group (0: none)
-        int64_t images;  // images per group
+    // Ops [begin, end) run in groups of `images` images, one group per thread at a time (images
+    // >= N: the whole batch at once, threads over output tiles). Consecutive, covering every op.
+    struct Segment {
+        size_t begin, end;
+        int64_t images;
     };
-    Grouping grouping(int64_t N, int num_threads) const;
+    std::vector<Segment> segments(int64_t N, int num_threads) const;
 
     const std::vector<BufferShape>& buffers() const { return buffers_; }
 
   private:
+    Segment cache_groups(int64_t N, int num_threads) const;  // the early ops' groups: {0, 0, N} if none
     int64_t weight_floats(const ProgramOp& op) const;
     int64_t activation_floats(const ProgramOp& op) const;  // per image: input + output + residual
     void run_op(const ProgramOp& op, const float* in, const float* residual, float* out, int64_t N,

@@ -38,13 +38,17 @@ def test_all_basisrt_plans_run_natively_and_match_eager(name):
 
 
 @pytest.mark.parametrize("name,threads", [("vgg16", 2), ("resnet18", 2), ("resnet18", 1)])
-def test_batches_run_their_early_ops_in_image_groups(name, threads):
+def test_batches_run_in_image_groups(name, threads):
     model = pruned(name)
     x = torch.randn(8, 3, 32, 32)
     compiled = compile(model, x, dense_backend="basisrt", num_threads=threads)
-    ops, images = compiled.native.program.grouping(8, threads)
-    assert 0 < ops < compiled.native.program.ops and 1 <= images <= 8 // threads
-    assert compiled.native.program.grouping(1, 2)[0] == 0  # batch 1: threads over tiles instead
+    program = compiled.native.program
+    segments = program.segments(8, threads)
+    assert [s[0] for s in segments] == [0] + [s[1] for s in segments[:-1]] and segments[-1][1] == program.ops
+    (_, early, images), (_, _, later) = segments  # early ops in L2-sized groups, then a group per thread
+    assert 0 < early < program.ops and 1 <= images < 8 // threads and later == 8 // threads
+    assert program.segments(1, 2) == [(0, program.ops, 1)]  # batch 1: threads over tiles instead
+    assert program.segments(7, 2)[-1][2] == 7  # an uneven split: the later ops take the whole batch
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) < 1e-5
     assert torch.equal(compiled(x), compiled.module(x).contiguous())  # per-pixel sums do not depend on the grouping
