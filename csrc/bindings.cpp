@@ -237,12 +237,13 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
 void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
                         const std::optional<py::array>& bias, const std::optional<py::array>& residual,
                         py::array& out, IntPair kernel, IntPair stride, IntPair padding, IntPair dilation,
-                        int64_t groups, int64_t rank, int activation, int num_threads) {
+                        int64_t groups, int64_t rank, int activation, int num_threads, int64_t pool) {
     const std::string fn = "fused_conv_nhwc";
     if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
-    basisrt::ConvShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1), out.shape(2),
+    if (pool != 1 && (pool != 2 || residual)) value_error(fn, "pool is 1 (none) or 2 (2x2 max), without residual");
+    basisrt::ConvShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1) * pool, out.shape(2) * pool,
                          out.shape(3), kernel.first, kernel.second, stride.first, stride.second,
-                         padding.first, padding.second, dilation.first, dilation.second, groups};
+                         padding.first, padding.second, dilation.first, dilation.second, groups, pool};
     if (out.shape(0) != s.N) value_error(fn, "out batch differs from x batch");
     if (groups < 1 || s.C_in % groups || s.C_out % groups) value_error(fn, "groups must divide C_in and C_out");
     if (rank < 0 || activation < 0 || activation > 2 || num_threads < 1) value_error(fn, "bad rank/activation/threads");
@@ -251,8 +252,9 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
     const int64_t ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
     const int64_t wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
     if (ho != s.Ho || wo != s.Wo)
-        value_error(fn, "out spatial size (" + std::to_string(s.Ho) + ", " + std::to_string(s.Wo) +
-                            ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) + ")");
+        value_error(fn, "out spatial size (" + std::to_string(s.Ho / pool) + ", " + std::to_string(s.Wo / pool) +
+                            ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) +
+                            (pool > 1 ? ", then halved by the pool)" : ")"));
     const float* xp = f32_data(fn, x, "x", x.size());
     const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
     const float* resp = residual ? f32_data(fn, *residual, "residual", out.size()) : nullptr;
@@ -302,12 +304,13 @@ struct PyProgram {
 
     void add_conv(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
                   const std::optional<py::array>& bias, int64_t rank, int activation, IntPair kernel, IntPair stride,
-                  IntPair padding, IntPair dilation, int64_t groups) {
+                  IntPair padding, IntPair dilation, int64_t groups, int64_t pool) {
         const std::string fn = "Program.add_conv";
         check_ids(fn, in, out, residual);
+        if (pool != 1 && (pool != 2 || residual >= 0)) value_error(fn, "pool is 1 (none) or 2 (2x2 max), without residual");
         const auto &i = program.buffers()[in], &o = program.buffers()[out];
-        basisrt::ConvShape s{1, i.H, i.W, i.C, o.H, o.W, o.C, kernel.first, kernel.second, stride.first,
-                             stride.second, padding.first, padding.second, dilation.first, dilation.second, groups};
+        basisrt::ConvShape s{1, i.H, i.W, i.C, o.H * pool, o.W * pool, o.C, kernel.first, kernel.second, stride.first,
+                             stride.second, padding.first, padding.second, dilation.first, dilation.second, groups, pool};
         if (groups < 1 || s.C_in % groups || s.C_out % groups) value_error(fn, "groups must divide C_in and C_out");
         if (rank < 0 || activation < 0 || activation > 2) value_error(fn, "bad rank or activation");
         if ((s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1 != s.Ho ||
@@ -318,7 +321,7 @@ struct PyProgram {
         op.B = w.B, op.A = w.A, op.bias = w.bias, op.rank = rank;
         op.act = static_cast<basisrt::Activation>(activation);
         op.kh = s.kh, op.kw = s.kw, op.sh = s.sh, op.sw = s.sw, op.ph = s.ph, op.pw = s.pw, op.dh = s.dh,
-        op.dw = s.dw, op.groups = groups;
+        op.dw = s.dw, op.groups = groups, op.fused_pool = pool;
         program.add_op(op);
         keep_alive.push_back(B);
         if (A) keep_alive.push_back(*A);
@@ -379,8 +382,9 @@ void bind_fused(py::module_& m) {
              "A buffer of per-image shape (H, W, C); buffer 0 is the input. Returns its id.")
         .def("add_conv", &PyProgram::add_conv, py::arg("input"), py::arg("residual"), py::arg("out"), py::arg("B"),
              py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("kernel"),
-             py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
-             "A fused_conv_nhwc op (packed weights as for fused_conv_nhwc; residual -1: none).")
+             py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("pool") = 1,
+             "A fused_conv_nhwc op (packed weights as for fused_conv_nhwc; residual -1: none; pool 2: a 2x2\n"
+             "max pool fused after the epilogue, `out` being the pooled buffer).")
         .def("add_pool", &PyProgram::add_pool, py::arg("input"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
              py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), "A pool_nhwc op.")
         .def("run", &PyProgram::run, py::arg("x"), py::arg("out"), py::arg("output"), py::arg("num_threads"),
@@ -405,8 +409,10 @@ void bind_fused(py::module_& m) {
     m.def("fused_conv_nhwc", &fused_conv_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),
+          py::arg("pool") = 1,
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
-          "bias, residual add and activation (0 none, 1 relu, 2 relu6) fused; writes into `out`.");
+          "bias, residual add, activation (0 none, 1 relu, 2 relu6) and, with pool=2, a 2x2 stride-2 max\n"
+          "pool fused; writes into `out`.");
     m.def("lowrank_dot_path", &basisrt::lowrank_dot_path, py::arg("cg_in"), py::arg("rank"),
           "Whether fused_conv_nhwc expects B packed as (groups, rank, K) (channel-vectorised path)\n"
           "rather than (groups, K, round_up(rank, 16)).");

@@ -1,5 +1,6 @@
 #include "fused_conv.h"
 
+#include "pool.h"
 #include "thread_pool.h"
 
 #include <algorithm>
@@ -323,14 +324,17 @@ BASISRT_SIMD void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float*
 }
 
 // The windows of pixels [p0, p0+m), group g, into corner[m] and (border windows) rows[m·taps].
-// Walks (n, oy, ox) incrementally.
+// Pixels come in pool-cell order: (n, cell row, cell column, then the pool×pool pixels of the
+// cell), which is raster order when pool = 1. Walked incrementally.
 Windows tap_windows(const float* x, const ConvShape& s, int64_t g, int64_t p0, int64_t m, const float* zero,
                     const int64_t* tap_off, const float** corner, const float** rows) {
     const int64_t cg = s.C_in / s.groups, taps = s.kh * s.kw;
     const int64_t span_y = (s.kh - 1) * s.dh, span_x = (s.kw - 1) * s.dw;
-    int64_t n = p0 / (s.Ho * s.Wo), oy = p0 / s.Wo % s.Ho, ox = p0 % s.Wo;
+    const int64_t q = s.pool, Hc = s.Ho / q, Wc = s.Wo / q, cell = p0 / (q * q);
+    int64_t n = cell / (Hc * Wc), cy = cell / Wc % Hc, cx = cell % Wc, dy = p0 % (q * q) / q, dx = p0 % q;
     for (int64_t t = 0; t < m; ++t) {
         const float* img = x + n * s.H * s.W * s.C_in + g * cg;
+        const int64_t oy = cy * q + dy, ox = cx * q + dx;
         const int64_t y0 = oy * s.sh - s.ph, x0 = ox * s.sw - s.pw;
         if (y0 >= 0 && y0 + span_y < s.H && x0 >= 0 && x0 + span_x < s.W) {
             corner[t] = img + (y0 * s.W + x0) * s.C_in;
@@ -343,9 +347,13 @@ Windows tap_windows(const float* x, const ConvShape& s, int64_t g, int64_t p0, i
                     *r++ = row_in && ix >= 0 && ix < s.W ? img + (iy * s.W + ix) * s.C_in : zero;
             }
         }
-        if (++ox == s.Wo) {
-            ox = 0;
-            if (++oy == s.Ho) oy = 0, ++n;
+        if (++dx < q) continue;
+        dx = 0;
+        if (++dy < q) continue;
+        dy = 0;
+        if (++cx == Wc) {
+            cx = 0;
+            if (++cy == Hc) cy = 0, ++n;
         }
     }
     return {corner, rows, tap_off, taps, cg};
@@ -392,6 +400,19 @@ int64_t tile_pixels(int64_t P, int num_threads) {
     return std::min(kTile, round_up((P + tiles - 1) / tiles, 4));
 }
 
+// out[c] = max of the 4 rows (row stride C) of a 2×2 pool cell, rows[·][c]: one store per vector.
+BASISRT_SIMD void max_cell(const float* rows, int64_t C, float* out) {
+    int64_t c = 0;
+    for (; c + NR <= C; c += NR) {
+        const vec* r = reinterpret_cast<const vec*>(rows + c);
+        auto vmax = [](vec a, vec b) { return a > b ? a : b; };
+        const vec a = vmax(r[0], *reinterpret_cast<const vec*>(rows + C + c));
+        const vec b = vmax(*reinterpret_cast<const vec*>(rows + 2 * C + c), *reinterpret_cast<const vec*>(rows + 3 * C + c));
+        *reinterpret_cast<vec*>(out + c) = vmax(a, b);
+    }
+    for (; c < C; ++c) out[c] = std::max(std::max(rows[c], rows[C + c]), std::max(rows[2 * C + c], rows[3 * C + c]));
+}
+
 }  // namespace
 
 bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % kColBlock == 0; }
@@ -407,6 +428,8 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                      Activation act, int num_threads) {
     if (s.groups < 1 || s.C_in % s.groups || s.C_out % s.groups)
         throw std::invalid_argument("fused_conv_nhwc: groups must divide C_in and C_out");
+    if (s.pool != 1 && (s.pool != 2 || residual || s.Ho % 2 || s.Wo % 2))
+        throw std::invalid_argument("fused_conv_nhwc: a fused pool is 2x2 max over an even output, without residual");
     if (!bias) {  // the epilogue always adds one; zeros that only ever grow, not an allocation per call
         thread_local std::vector<float> zeros;
         if (zeros.size() < static_cast<size_t>(s.C_out)) zeros.resize(s.C_out);
@@ -417,7 +440,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     const int64_t r_pad = rank ? round_up(rank, NR) : 0;
     const int64_t P = s.N * s.Ho * s.Wo, tile_px = tile_pixels(P, num_threads), tiles = (P + tile_px - 1) / tile_px;
     // A 1×1, stride-1, unpadded conv's im2col is x itself: a plain matrix, no windows.
-    const bool direct = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
+    const bool direct = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.pool == 1;
 
     const bool dot = lowrank_dot_path(cg_in, rank);
     const bool windows = dot || !direct;  // reads x through tap_windows
@@ -427,13 +450,19 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
         for (int64_t kx = 0; kx < s.kw; ++kx) tap_off.push_back((ky * s.dh * s.W + kx * s.dw) * s.C_in);
 
     if (dot && num_threads > 1 && tiles < num_threads && rank * K > kSplitWeights) {  // split ranks
-        split_lowrank(x, B, A, bias, residual, y, s, rank, act, num_threads, tap_off.data());
-        return;
+        if (s.pool == 1) return split_lowrank(x, B, A, bias, residual, y, s, rank, act, num_threads, tap_off.data());
+        std::vector<float> conv(P * s.C_out);  // a few pixels: pool after the conv
+        ConvShape unpooled = s;
+        unpooled.pool = 1;
+        split_lowrank(x, B, A, bias, residual, conv.data(), unpooled, rank, act, num_threads, tap_off.data());
+        const PoolShape ps{s.N, s.Ho, s.Wo, s.C_out, s.Ho / 2, s.Wo / 2, 2, 2, 2, 2, 0, 0};
+        return pool_nhwc(conv.data(), y, ps, PoolKind::max, true, num_threads);
     }
+    const int64_t cell = s.pool * s.pool;  // a tile of whole pool cells: tile_px is a multiple of 4
 
     parallel_for(tiles, num_threads, [&](int64_t tile) {
         // Per-thread scratch, sized to the largest layer seen: no growth with the number of calls.
-        thread_local std::vector<float> t, zero;
+        thread_local std::vector<float> t, zero, unpooled;
         thread_local std::vector<const float*> rows, corner;
         if (windows) {
             rows.resize(std::max<size_t>(rows.size(), kTile * taps));
@@ -441,11 +470,12 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
             zero.resize(std::max<size_t>(zero.size(), cg_in));  // only ever grows: stays all zero
         }
         t.resize(std::max<size_t>(t.size(), kTile * r_pad));
+        if (cell > 1) unpooled.resize(std::max<size_t>(unpooled.size(), kTile * s.C_out));
         const int64_t p0 = tile * tile_px, m = std::min(tile_px, P - p0);
         for (int64_t g = 0; g < s.groups; ++g) {
             const int64_t out_off = p0 * s.C_out + g * cg_out;
-            Store out{y + out_off, s.C_out, bias + g * cg_out,
-                      residual ? residual + out_off : nullptr, cg_out, act, true};
+            float* dst = cell > 1 ? unpooled.data() + g * cg_out : y + out_off;  // pooled below
+            Store out{dst, s.C_out, bias + g * cg_out, residual ? residual + out_off : nullptr, cg_out, act, true};
             const float* Bg = B + g * K * (rank ? r_pad : cg_pad);
             const float* Ag = rank ? A + g * r_pad * cg_pad : nullptr;
             // A (plain rows of x, or the implicit im2col of the tile's windows) · B, then · A.
@@ -466,6 +496,9 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                 two_gemms(w);
             }
         }
+        if (cell > 1)
+            for (int64_t c = 0; c < m / cell; ++c)  // each cell's pixels are consecutive rows
+                max_cell(unpooled.data() + c * cell * s.C_out, s.C_out, y + (p0 / cell + c) * s.C_out);
     });
 }
 

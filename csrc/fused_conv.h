@@ -3,7 +3,7 @@
 // One output tile of TP pixels at a time (threads over tiles):
 //   cols = im2col(x)[tile]             (TP × K per group, K = kh·kw·C_in/g, NHWC tap order)
 //   T    = cols · B                    (TP × r, stays in a thread-local buffer: never in memory)
-//   y    = T · A + bias (+ residual) (→ activation)      stored as NHWC
+//   y    = T · A + bias (+ residual) (→ activation) (→ 2×2 max pool)      stored as NHWC
 // A dense conv is the same with the second GEMM skipped (B holds the dense weight).
 // Weights are prepacked once (basisrt/compiler/cpu_kernels.py): B as (K × r_pad), or (rank × K)
 // on the channel-vectorised low-rank path (lowrank_dot_path), and A as (r_pad × Cg_pad), columns
@@ -17,8 +17,11 @@ enum class Activation : int { none = 0, relu = 1, relu6 = 2 };
 
 struct ConvShape {
     int64_t N, H, W, C_in;     // input, NHWC
-    int64_t Ho, Wo, C_out;     // output, NHWC
+    int64_t Ho, Wo, C_out;     // conv output, NHWC
     int64_t kh, kw, sh, sw, ph, pw, dh, dw, groups;
+    // 2: a 2×2, stride-2 max pool after the epilogue, so y is (N, Ho/2, Wo/2, C_out) and the
+    // conv's own output never reaches memory. Needs even Ho and Wo and no residual.
+    int64_t pool = 1;
 };
 
 // Column padding of packed weights: one AVX-512 vector of floats.

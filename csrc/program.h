@@ -36,6 +36,7 @@ struct ProgramOp {
     bool count_include_pad = true;
     // geometry (batch filled in at run time)
     int64_t kh, kw, sh, sw, ph, pw, dh = 1, dw = 1, groups = 1;
+    int64_t fused_pool = 1;  // conv: 2 = a 2×2 max pool fused after the epilogue (out is the pooled buffer)
 };
 
 class Program {

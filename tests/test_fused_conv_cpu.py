@@ -8,12 +8,13 @@ import subprocess
 import sys
 import zlib
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from basisrt import _C
-from basisrt.compiler.cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep
+from basisrt.compiler.cpu_kernels import ACTIVATIONS, FusedConv2d, FusedLinear, TorchConvStep
 from nets import linear_on_tokens_case
 
 ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
@@ -107,13 +108,57 @@ def test_fused_lowrank_split_across_threads_matches_float64(c, threads):
     check_step(c, FusedConv2d, num_threads=threads)
 
 
+def with_even_output(c):
+    """Case `c` with a bias and without residual, its input grown (by a stride at a time) until it
+    holds a whole window and the conv output is even and at least 2 in each dimension."""
+    hw = list(c["hw"])
+    for i in range(2):
+        span = c["dilation"][i] * (c["k"][i] - 1) + 1
+        out = lambda n: (n + 2 * c["padding"][i] - span) // c["stride"][i] + 1  # noqa: E731
+        while hw[i] < span or out(hw[i]) < 2 or out(hw[i]) % 2:
+            hw[i] += c["stride"][i]
+    return {**c, "hw": tuple(hw), "bias": True, "residual": False}
+
+
+# The 2×2 max pool fused after the epilogue (VGG's conv → ReLU → pool): pixels run in pool-cell
+# order and never reach memory unpooled. Both packings of B, dense convs, and the batch-1 split.
+POOL_CASES = [with_even_output(c) for c in cases(60, seed=2) + cases(30, seed=3, channel_blocks=True)] + [
+    {**SPLIT_CASES[0], "residual": False}, {**SPLIT_CASES[1], "hw": (2, 2), "residual": False}]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c", POOL_CASES, ids=case_id)
+def test_fused_max_pool_matches_float64(c, threads):
+    x, _, ref, step = reference(c, FusedConv2d, num_threads=threads)
+    ref = F.max_pool2d(ref, 2)
+    assert ref.count_nonzero() > ref.numel() // 4  # not a case the activation zeroes out
+    out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned, NHWC
+    arr = lambda t: None if t is None else t.numpy()  # noqa: E731
+    _C.fused_conv_nhwc(x.float().permute(0, 2, 3, 1).contiguous().numpy(), step.B.numpy(), arr(step.A),
+                       arr(step.bias), None, out.numpy(), step.kernel, step.stride, step.padding, step.dilation,
+                       step.groups, step.rank, ACTIVATIONS[step.activation], threads, pool=2)
+    assert torch.isfinite(out).all()
+    assert rel_err(out.permute(0, 3, 1, 2), ref) < 1e-5
+
+
+def test_fused_pool_rejects_what_it_cannot_fuse():
+    c = {**SPLIT_CASES[0], "hw": (3, 3)}  # an odd conv output
+    x, _, _, step = reference(c, FusedConv2d)
+    out = np.zeros((1, 1, 1, c["c_out"]), np.float32)
+    with pytest.raises(ValueError, match="pool"):
+        _C.fused_conv_nhwc(x.float().permute(0, 2, 3, 1).contiguous().numpy(), step.B.numpy(), step.A.numpy(),
+                           step.bias.numpy(), None, out, step.kernel, step.stride, step.padding, step.dilation,
+                           1, step.rank, 1, 1, pool=2)
+
+
 @pytest.mark.parametrize("c", cases()[::7], ids=case_id)
 def test_torch_step_matches_float64(c):
     """The same steps run as PyTorch convs (what the autotuner may pick instead)."""
     check_step(c, TorchConvStep)
 
 
-def check_step(c, step_cls, **step_kwargs):
+def reference(c, step_cls, **step_kwargs):
+    """(x, residual, float64 reference output, the step) for case `c`."""
     gen = torch.Generator().manual_seed(zlib.crc32(case_id(c).encode()))
     rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
     g = c["groups"]
@@ -131,7 +176,11 @@ def check_step(c, step_cls, **step_kwargs):
     res = rnd(*ref.shape) if c["residual"] else None
     if res is not None:
         ref = ref + res
-    ref = ACTS[c["act"]](ref)
+    return x, res, ACTS[c["act"]](ref), step
+
+
+def check_step(c, step_cls, **step_kwargs):
+    x, res, ref, step = reference(c, step_cls, **step_kwargs)
     res32 = None if res is None else res.float()
     if step_cls is FusedConv2d:
         out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned NHWC

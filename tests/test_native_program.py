@@ -45,8 +45,8 @@ def test_batches_run_in_image_groups(name, threads):
     program = compiled.native.program
     segments = program.segments(8, threads)
     assert [s[0] for s in segments] == [0] + [s[1] for s in segments[:-1]] and segments[-1][1] == program.ops
-    (_, early, images), (_, _, later) = segments  # early ops in L2-sized groups, then a group per thread
-    assert 0 < early < program.ops and 1 <= images < 8 // threads and later == 8 // threads
+    assert segments[-1][2] == 8 // threads  # the later ops: one group per thread
+    assert all(1 <= images < 8 // threads for *_, images in segments[:-1])  # the early ones: L2-sized groups
     assert program.segments(1, 2) == [(0, program.ops, 1)]  # batch 1: threads over tiles instead
     assert program.segments(7, 2)[-1][2] == 7  # an uneven split: the later ops take the whole batch
     with torch.no_grad():
@@ -116,3 +116,20 @@ def test_program_rejects_bad_ops_and_inputs():
     y = torch.full((2, 2, 2, 16), float("nan"))
     p.run(x.numpy(), y.numpy(), b, 2)
     torch.testing.assert_close(y.permute(0, 3, 1, 2), torch.nn.functional.max_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("hw, fused", [((8, 8), 2), ((7, 7), 0), ((6, 10), 1)])
+def test_max_pools_fuse_into_the_conv_before_them_where_they_can(hw, fused):
+    """A 2×2 max pool runs in its conv's epilogue when the conv output is even and the pool is the
+    conv's only user; otherwise it stays a pool op. Either way the program matches eager."""
+    torch.manual_seed(0)
+    model = decompose(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                    nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                    nn.Conv2d(32, 8, 1))).model.eval()
+    x = torch.randn(4, 3, *hw)
+    compiled = compile(model, x, dense_backend="basisrt", num_threads=2)
+    assert len(compiled.native.fused_pools) == fused
+    assert len(compiled.native.op_names) == 5 - fused
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+    assert torch.equal(compiled(x), compiled.module(x).contiguous())  # the max of the same values

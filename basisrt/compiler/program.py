@@ -27,9 +27,10 @@ class NativeProgram:
     """A lowered plan: call it with an NCHW float32 CPU tensor."""
 
     def __init__(self, program: "_C.Program", output: _Buffer, num_threads: int | None,
-                 op_names: list[str]) -> None:
+                 op_names: list[str], fused_pools: dict[str, str]) -> None:
         self.program, self.output, self.num_threads = program, output, num_threads
         self.op_names = op_names  # the plan step each op runs, in order
+        self.fused_pools = fused_pools  # pool step -> the conv step whose op runs it after its epilogue
 
     def __call__(self, x: Tensor, op_seconds: np.ndarray | None = None) -> Tensor:
         """Run the program; `op_seconds` (float64, one per op), if given, gets each op's time added."""
@@ -45,7 +46,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
     """A NativeProgram running `gm` for inputs (N, *input_shape), or None if some step is not ours."""
     if len(input_shape) != 3:
         return None
-    program, buffers, threads, names = _C.Program(), {}, set(), []
+    program, buffers, threads, names, fused_pools = _C.Program(), {}, set(), [], {}
     c, h, w = input_shape
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -56,19 +57,27 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
             out = buffers.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
             if out is None or out.id == 0:
                 return None
-            return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names)
+            return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names, fused_pools)
         elif _is_flatten(gm, node) and node.args[0] in buffers and buffers[node.args[0]].hwc[:2] == (1, 1):
             src = buffers[node.args[0]]  # (N, C, 1, 1) -> (N, C): the same NHWC memory
             buffers[node] = _Buffer(src.id, src.hwc, True)
         elif node.op == "call_module":
+            if node in buffers:  # a pool fused into the conv before it
+                continue
             m = gm.get_submodule(node.target)
             ins = [buffers.get(a) for a in node.args]
             if node.kwargs or None in ins or not isinstance(m, (FusedConv2d, PoolStep)):
                 return None
-            made = _add_pool(program, m, ins[0]) if isinstance(m, PoolStep) else _add_conv(program, m, ins)
+            pool = _fusable_pool(gm, node, m, ins[0])
+            if isinstance(m, PoolStep):
+                made = _add_pool(program, m, ins[0])
+            else:
+                made = _add_conv(program, m, ins, pool is not None)
             if made is None:
                 return None
-            buffers[node] = made
+            buffers[node if pool is None else pool] = made
+            if pool is not None:
+                fused_pools[pool.target] = node.target
             threads.add(m.num_threads)
             names.append(node.target)
         else:
@@ -85,7 +94,22 @@ def _is_flatten(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target == "flatten" and node.args[1:] == (1,) and not node.kwargs
 
 
-def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer]) -> _Buffer | None:
+def _fusable_pool(gm: fx.GraphModule, node: fx.Node, m: nn.Module, x: _Buffer) -> fx.Node | None:
+    """The 2×2, stride-2 max pool that is the only user of conv `node`, if the conv kernel can run
+    it in its epilogue (VGG's conv → ReLU → pool): the unpooled map then never reaches memory."""
+    if type(m) is not FusedConv2d or m.residual or x.flat or len(node.users) != 1:
+        return None
+    (user,) = node.users
+    pool = gm.get_submodule(user.target) if user.op == "call_module" else None
+    if not isinstance(pool, PoolStep) or user.kwargs or len(user.args) != 1:
+        return None
+    h, w = m.output_hw(*x.hwc[:2])
+    fits = pool.kind == "max" and pool.geometry(h, w)[:2] == ((2, 2), (2, 2)) and pool.padding == (0, 0)
+    return user if fits and h % 2 == 0 and w % 2 == 0 else None
+
+
+def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: bool = False) -> _Buffer | None:
+    """The conv op (with a 2×2 max pool after its epilogue if `pool`) and its output buffer."""
     x = ins[0]
     linear = isinstance(m, FusedLinear)
     if x.flat != linear or x.hwc[2] != m.in_channels or len(ins) != 1 + m.residual:
@@ -93,13 +117,15 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer]) -> _Buf
     h, w = m.output_hw(*x.hwc[:2])
     if h < 1 or w < 1:
         return None
+    if pool:
+        h, w = h // 2, w // 2
     out = _Buffer(program.add_buffer(h, w, m.out_channels), (h, w, m.out_channels), linear)
     res = ins[1] if m.residual else None
     if res is not None and (res.hwc != out.hwc or res.flat != out.flat):
         return None
     arr = lambda t: None if t is None else t.numpy()  # noqa: E731
     program.add_conv(x.id, -1 if res is None else res.id, out.id, m.B.numpy(), arr(m.A), arr(m.bias), m.rank,
-                     ACTIVATIONS[m.activation], m.kernel, m.stride, m.padding, m.dilation, m.groups)
+                     ACTIVATIONS[m.activation], m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1)
     return out
 
 
