@@ -222,7 +222,7 @@ def test_default_dense_backend_keeps_the_faster_of_oneDNN_and_native_plans(monke
     from basisrt.compiler import plan
 
     timed = {"ours": 1.0, "mixed": 2.0} if faster == "ours" else {"ours": 2.0, "mixed": 1.0}
-    monkeypatch.setattr(plan, "median_seconds", lambda candidates, x, repeats: timed)
+    monkeypatch.setattr(plan, "paired_seconds", lambda candidates, x, repeats: timed)
     dense = basisrt.models.create("vgg16").eval()
     first = next(n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d))
     model = decompose(dense, exclude=[first]).model  # as the benchmark: the first conv stays plain
@@ -237,23 +237,48 @@ def test_default_dense_backend_keeps_the_faster_of_oneDNN_and_native_plans(monke
         assert rel_err(compiled(x), model(x)) < 1e-5
 
 
-@pytest.mark.parametrize("faster", ["ours", "mixed"])
-def test_autotune_keeps_the_faster_of_mixed_and_all_basisrt_plans(monkeypatch, faster):
+class _DisturbedAtFirst(_Timed):
+    """A step whose first `calls` calls take `first_s` (as if another process held the core)."""
+
+    def __init__(self, seconds: float, first_s: float, calls: int):
+        super().__init__(seconds)
+        self.first_s, self.calls = first_s, calls
+
+    def forward(self, x):
+        self.calls -= 1
+        if self.calls >= 0:
+            import time
+            time.sleep(self.first_s)
+            return x
+        return super().forward(x)
+
+
+def test_autotune_times_again_before_handing_a_layer_to_pytorch():
+    """Our kernel timed in a disturbed block loses to oneDNN at first; timed again side by side,
+    it wins the layer back."""
+    from basisrt.compiler.autotune import _WARMUP, _pick
+
+    steps = {"fused": _DisturbedAtFirst(0.001, first_s=0.004, calls=_WARMUP + 3), "pair": _Timed(0.002)}
+    assert _pick(steps, torch.zeros(1), 3, ours=("fused",)) == ("fused", "fused")
+
+
+@pytest.mark.parametrize("mixed_s, kept", [(2.0, "ours"), (0.5, "mixed"), (0.95, "ours")])
+def test_autotune_keeps_the_faster_of_mixed_and_all_basisrt_plans(monkeypatch, mixed_s, kept):
     """When a PyTorch step wins a layer, the whole plan of only our kernels (which runs natively)
-    is timed against the mixed plan, and the faster one is kept."""
+    is timed against the mixed plan, and the faster one is kept; the mixed one must win clearly."""
     from basisrt.compiler import autotune, plan
 
     autotune.clear_cache()
     monkeypatch.setattr(autotune, "_pick", lambda *a, **k: ("pair", "fused"))  # oneDNN "wins" every layer
-    timed = {"ours": 1.0, "mixed": 2.0} if faster == "ours" else {"ours": 2.0, "mixed": 1.0}
-    monkeypatch.setattr(plan, "median_seconds", lambda candidates, x, repeats: timed)
+    timed = {"ours": 1.0, "mixed": mixed_s}  # 5 % faster is within the margin the native plan gets
+    monkeypatch.setattr(plan, "paired_seconds", lambda candidates, x, repeats: timed)
     _, model = pruned("vgg16", 0.25)
     x = torch.randn(1, 3, 32, 32)
     compiled = compile(model, x, autotune=True)
     strategies = Counter(s.strategy for s in compiled.plan.steps)
-    assert (compiled.native is not None) == (faster == "ours")
+    assert (compiled.native is not None) == (kept == "ours")
     n_basis = sum(isinstance(m, basisrt.layers.BasisLayer) for m in model.modules())
-    assert strategies["pair"] == (0 if faster == "ours" else n_basis)
+    assert strategies["pair"] == (0 if kept == "ours" else n_basis)
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) < 1e-5
     autotune.clear_cache()
