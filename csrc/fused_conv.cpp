@@ -311,8 +311,11 @@ BASISRT_SIMD void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float*
     const int64_t K = w.taps * cg;
     const int64_t blocks = (K + kDotBlockFloats - 1) / kDotBlockFloats;
     const int64_t tap_block = (w.taps + blocks - 1) / blocks;
-    for (int64_t j = 0; j < rank; j += kDotN) {
-        const int64_t r = std::min<int64_t>(kDotN, rank - j);
+    // Chunks of near-equal size (13 ranks: 5 + 4 + 4, not 6 + 6 + 1): a chunk of one or two ranks
+    // loads an x vector per FMA or two, and loads, not FMAs, then set its pace.
+    const int64_t chunks = (rank + kDotN - 1) / kDotN;
+    for (int64_t k = 0, j = 0; k < chunks; ++k) {
+        const int64_t r = rank / chunks + (k < rank % chunks);
         for (int64_t tap0 = 0; tap0 < w.taps; tap0 += tap_block) {
             const int64_t tap1 = std::min(w.taps, tap0 + tap_block);
             int64_t i = 0;
@@ -320,6 +323,7 @@ BASISRT_SIMD void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float*
                 dot_chunk<kDotM>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
             for (; i < m; ++i) dot_chunk<1>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
         }
+        j += r;
     }
 }
 
