@@ -1,6 +1,7 @@
 #include "fused_conv.h"
 
 #include "pool.h"
+#include "simd.h"
 #include "thread_pool.h"
 
 #include <algorithm>
@@ -162,11 +163,8 @@ inline __attribute__((always_inline)) void gemm_any(const Src& src, const float*
     return gemm_act<kWide, false>(src, b, ldb, M, N, st);
 }
 
-#define BASISRT_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
-
 template <class Src>
-__attribute__((target("avx512f"))) void gemm_avx512(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
-                                                     const Store& st) {
+BASISRT_AVX512 void gemm_avx512(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st) {
     gemm_any<true>(src, b, ldb, M, N, st);
 }
 
@@ -174,22 +172,20 @@ template <class Src>
 void gemm_narrow(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st);
 
 template <>
-__attribute__((target_clones("avx2", "default"))) void gemm_narrow(const PlainRows& src, const float* b, int64_t ldb,
-                                                                  int64_t M, int64_t N, const Store& st) {
+BASISRT_NARROW void gemm_narrow(const PlainRows& src, const float* b, int64_t ldb, int64_t M, int64_t N,
+                                const Store& st) {
     gemm_any<false>(src, b, ldb, M, N, st);
 }
 
 template <>
-__attribute__((target_clones("avx2", "default"))) void gemm_narrow(const Windows& src, const float* b, int64_t ldb,
-                                                                  int64_t M, int64_t N, const Store& st) {
+BASISRT_NARROW void gemm_narrow(const Windows& src, const float* b, int64_t ldb, int64_t M, int64_t N,
+                                const Store& st) {
     gemm_any<false>(src, b, ldb, M, N, st);
 }
 
 template <class Src>
 void gemm_src(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st) {
-    // BASISRT_NO_AVX512=1 runs the narrow blocks on an AVX-512 machine (to test them).
-    static const bool avx512 = __builtin_cpu_supports("avx512f") && !std::getenv("BASISRT_NO_AVX512");
-    if (avx512) return gemm_avx512(src, b, ldb, M, N, st);
+    if (use_avx512()) return gemm_avx512(src, b, ldb, M, N, st);
     gemm_narrow(src, b, ldb, M, N, st);
 }
 
@@ -305,8 +301,8 @@ inline __attribute__((always_inline)) void dot_chunk(const Windows& w, int64_t c
 // T (m × rank, row stride ldt) for the m pixels of `w`. Rank chunks are the outer loop, so a
 // chunk of B stays in cache while every pixel of the tile uses it; pixels outer would stream
 // all of B (MBs at r = 128) per 4 pixels. Within a chunk, taps are blocked (kDotBlockFloats).
-BASISRT_SIMD void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
-                           int64_t ldt) {
+inline __attribute__((always_inline)) void dot_gemm_body(const Windows& w, int64_t m, int64_t cg, const float* bt,
+                                                         int64_t rank, float* t, int64_t ldt) {
     static_assert(kDotN == 6, "dot_chunk dispatches chunks of up to 6 ranks");
     const int64_t K = w.taps * cg;
     const int64_t blocks = (K + kDotBlockFloats - 1) / kDotBlockFloats;
@@ -325,6 +321,19 @@ BASISRT_SIMD void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float*
         }
         j += r;
     }
+}
+
+BASISRT_AVX512 void dot_gemm_avx512(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
+                                    int64_t ldt) {
+    dot_gemm_body(w, m, cg, bt, rank, t, ldt);
+}
+BASISRT_NARROW void dot_gemm_narrow(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
+                                    int64_t ldt) {
+    dot_gemm_body(w, m, cg, bt, rank, t, ldt);
+}
+void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t, int64_t ldt) {
+    if (use_avx512()) return dot_gemm_avx512(w, m, cg, bt, rank, t, ldt);
+    dot_gemm_narrow(w, m, cg, bt, rank, t, ldt);
 }
 
 // The windows of pixels [p0, p0+m), group g, into corner[m] and (border windows) rows[m·taps].
@@ -405,7 +414,7 @@ int64_t tile_pixels(int64_t P, int num_threads) {
 }
 
 // out[c] = max of the 4 rows (row stride C) of a 2×2 pool cell, rows[·][c]: one store per vector.
-BASISRT_SIMD void max_cell(const float* rows, int64_t C, float* out) {
+inline __attribute__((always_inline)) void max_cell_body(const float* rows, int64_t C, float* out) {
     int64_t c = 0;
     for (; c + NR <= C; c += NR) {
         const vec* r = reinterpret_cast<const vec*>(rows + c);
@@ -416,13 +425,19 @@ BASISRT_SIMD void max_cell(const float* rows, int64_t C, float* out) {
     }
     for (; c < C; ++c) out[c] = std::max(std::max(rows[c], rows[C + c]), std::max(rows[2 * C + c], rows[3 * C + c]));
 }
+BASISRT_AVX512 void max_cell_avx512(const float* rows, int64_t C, float* out) { max_cell_body(rows, C, out); }
+BASISRT_NARROW void max_cell_narrow(const float* rows, int64_t C, float* out) { max_cell_body(rows, C, out); }
+void max_cell(const float* rows, int64_t C, float* out) {
+    if (use_avx512()) return max_cell_avx512(rows, C, out);
+    max_cell_narrow(rows, C, out);
+}
 
 }  // namespace
 
 bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % kColBlock == 0; }
 
 const char* simd_path() {
-    if (__builtin_cpu_supports("avx512f")) return "avx512f";
+    if (use_avx512()) return "avx512f";
     if (__builtin_cpu_supports("avx2")) return "avx2";
     return "default";
 }

@@ -1,5 +1,6 @@
 #include "pool.h"
 
+#include "simd.h"
 #include "thread_pool.h"
 
 #include <algorithm>
@@ -9,10 +10,9 @@ namespace basisrt {
 namespace {
 
 // One output row (n, oy): for each output pixel, reduce its window channel-wise. The innermost
-// loop runs over contiguous channels, which GCC vectorises in each target clone.
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void pool_row(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad, int64_t n,
-              int64_t oy) {
+// loop runs over contiguous channels, which GCC vectorises in each build (simd.h).
+inline __attribute__((always_inline)) void pool_row_body(const float* x, float* y, const PoolShape& s, PoolKind kind,
+                                                         bool count_include_pad, int64_t n, int64_t oy) {
     const int64_t y0 = oy * s.sh - s.ph, ylo = std::max<int64_t>(y0, 0), yhi = std::min(y0 + s.kh, s.H);
     for (int64_t ox = 0; ox < s.Wo; ++ox) {
         const int64_t x0 = ox * s.sw - s.pw, xlo = std::max<int64_t>(x0, 0), xhi = std::min(x0 + s.kw, s.W);
@@ -34,6 +34,20 @@ void pool_row(const float* x, float* y, const PoolShape& s, PoolKind kind, bool 
             for (int64_t c = 0; c < s.C; ++c) out[c] *= inv;
         }
     }
+}
+
+BASISRT_AVX512 void pool_row_avx512(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
+                                    int64_t n, int64_t oy) {
+    pool_row_body(x, y, s, kind, count_include_pad, n, oy);
+}
+BASISRT_NARROW void pool_row_narrow(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
+                                    int64_t n, int64_t oy) {
+    pool_row_body(x, y, s, kind, count_include_pad, n, oy);
+}
+void pool_row(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad, int64_t n,
+              int64_t oy) {
+    if (use_avx512()) return pool_row_avx512(x, y, s, kind, count_include_pad, n, oy);
+    pool_row_narrow(x, y, s, kind, count_include_pad, n, oy);
 }
 
 }  // namespace

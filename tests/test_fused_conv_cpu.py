@@ -75,13 +75,20 @@ assert ((step(x).double() - ref).norm() / ref.norm()).item() < 1e-5
     assert run.returncode == 0, run.stderr[-3000:]
 
 
-def test_narrow_gemm_blocks_match_float64():
-    """The GEMM blocks for CPUs without AVX-512 (BASISRT_NO_AVX512=1 picks them here) on the grid."""
+def test_narrow_kernels_match_float64():
+    """The AVX2 builds for CPUs without AVX-512 (BASISRT_NO_AVX512=1 picks them here): the GEMM
+    blocks, the channel-vectorised path, the fused pool and pooling, on their grids."""
     env = {**os.environ, "BASISRT_NO_AVX512": "1"}
+    tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
+             "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64"]
+    code = "from basisrt import _C; assert _C.simd_path() == 'avx2', _C.simd_path()"
+    check = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          f"{__file__}::test_fused_conv_matches_float64"], env=env, capture_output=True, text=True)
+                          *[f"{__file__}::{t}" for t in tests], os.path.join(os.path.dirname(__file__), "test_pool_cpu.py")],
+                         env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]
-    assert "220 passed" in run.stdout
+    assert int(run.stdout.split(" passed")[0].split()[-1]) >= 500
 
 
 @pytest.mark.parametrize("c", cases(70, seed=1, channel_blocks=True), ids=case_id)

@@ -1,0 +1,18 @@
+// Run-time choice of instruction set. Each kernel with an AVX-512 build has a `_narrow` build
+// (AVX2 or portable, picked by target_clones) beside it, and one dispatch on use_avx512().
+#pragma once
+#include <cstdlib>
+
+namespace basisrt {
+
+// Whether the AVX-512 builds run. BASISRT_NO_AVX512=1 runs the narrow ones on an AVX-512 machine,
+// so the tests cover them too.
+inline bool use_avx512() {
+    static const bool avx512 = __builtin_cpu_supports("avx512f") && !std::getenv("BASISRT_NO_AVX512");
+    return avx512;
+}
+
+}  // namespace basisrt
+
+#define BASISRT_AVX512 __attribute__((target("avx512f")))
+#define BASISRT_NARROW __attribute__((target_clones("avx2", "default")))
