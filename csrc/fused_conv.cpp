@@ -103,7 +103,27 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
             }
         }
     }
+    if (kEpi && j + V * NR <= st.ncols) {
+        // Whole vectors only: a straight-line epilogue with the bias loaded once per block. Through
+        // store_row's per-vector checks GCC spilled all 24 accumulators to the stack and looped
+        // over them, which made a rank-6 second GEMM 3x slower per MAC than the first.
+        vec bias[V];
+        for (int64_t v = 0; v < V; ++v) bias[v] = *reinterpret_cast<const vec*>(st.bias + j + v * NR);
+        for (int64_t i = 0; i < M; ++i)
+            for (int64_t v = 0; v < V; ++v) {
+                const int64_t off = (i0 + i) * st.ldc + j + v * NR;
+                vec e = acc[i][v] + bias[v];
+                if (kRes) e += *reinterpret_cast<const vec*>(st.residual + off);
+                if (kAct != Activation::none) e = e > 0.f ? e : vec{};
+                if (kAct == Activation::relu6) e = e < 6.f ? e : vec{} + 6.f;
+                *reinterpret_cast<vec*>(st.c + off) = e;
+            }
+        return;
+    }
+    // Unrolled, so that acc stays in registers (indexed by constants) on this path too.
+#pragma GCC unroll 8
     for (int64_t i = 0; i < M; ++i)
+#pragma GCC unroll 4
         for (int64_t v = 0; v < V; ++v) {
             if (kEpi) {
                 store_row<kRes, kAct>(acc[i][v], st, i0 + i, j + v * NR);
