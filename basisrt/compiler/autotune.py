@@ -64,9 +64,10 @@ def median_seconds(steps: dict[str, nn.Module], x: Tensor, repeats: int) -> dict
 
 
 def paired_seconds(candidates: dict[str, nn.Module], x: Tensor, repeats: int) -> dict[str, float]:
-    """Median seconds of each candidate over `repeats` rounds in which every candidate runs once,
+    """Fastest seconds of each candidate over `repeats` rounds in which every candidate runs once,
     one after the other: a disturbance (another process, threads still spinning) hits all of them
-    alike instead of whichever block it fell into. For whole plans, whose calls are long."""
+    alike instead of whichever block it fell into, and the minimum drops it, as a disturbance only
+    ever adds time. For whole plans and second opinions, whose calls are long."""
     samples: dict[str, list[float]] = {k: [] for k in candidates}
     with torch.inference_mode():
         for step in candidates.values():
@@ -78,7 +79,7 @@ def paired_seconds(candidates: dict[str, nn.Module], x: Tensor, repeats: int) ->
                 t = time.perf_counter()
                 step(x)
                 samples[k].append(time.perf_counter() - t)
-    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+    return {k: min(v) for k, v in samples.items()}
 
 
 def _after_seconds(first: nn.Module, then: nn.Module, x: Tensor, repeats: int) -> float:
