@@ -34,16 +34,23 @@ struct Store {
 // Bias is always added (zeros for a layer without one): one template flag fewer halves the
 // instantiations, and so the build time. The epilogue's other options are template flags: a
 // runtime branch per row costs as much as the r-long second GEMM it follows when r is small.
+// One whole vector of the epilogue: + bias (+ residual at `res`), activation.
+template <bool kRes, Activation kAct>
+inline __attribute__((always_inline)) vec epilogue(vec v, vec bias, const float* res) {
+    v += bias;
+    if (kRes) v += *reinterpret_cast<const vec*>(res);
+    if (kAct != Activation::none) v = v > 0.f ? v : vec{};
+    if (kAct == Activation::relu6) v = v < 6.f ? v : vec{} + 6.f;
+    return v;
+}
+
 template <bool kRes, Activation kAct>
 inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int64_t i, int64_t j) {
     float* dst = st.c + i * st.ldc + j;
     const int64_t n = st.ncols - j;
     if (n >= NR) {
-        v += *reinterpret_cast<const vec*>(st.bias + j);
-        if (kRes) v += *reinterpret_cast<const vec*>(st.residual + i * st.ldc + j);
-        if (kAct != Activation::none) v = v > 0.f ? v : vec{};
-        if (kAct == Activation::relu6) v = v < 6.f ? v : vec{} + 6.f;
-        *reinterpret_cast<vec*>(dst) = v;
+        *reinterpret_cast<vec*>(dst) = epilogue<kRes, kAct>(v, *reinterpret_cast<const vec*>(st.bias + j),
+                                                              kRes ? st.residual + i * st.ldc + j : nullptr);
         return;
     }
     for (int64_t k = 0; k < n; ++k) {  // the last, partial column block of a group
@@ -112,11 +119,8 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
         for (int64_t i = 0; i < M; ++i)
             for (int64_t v = 0; v < V; ++v) {
                 const int64_t off = (i0 + i) * st.ldc + j + v * NR;
-                vec e = acc[i][v] + bias[v];
-                if (kRes) e += *reinterpret_cast<const vec*>(st.residual + off);
-                if (kAct != Activation::none) e = e > 0.f ? e : vec{};
-                if (kAct == Activation::relu6) e = e < 6.f ? e : vec{} + 6.f;
-                *reinterpret_cast<vec*>(st.c + off) = e;
+                const float* res = kRes ? st.residual + off : nullptr;
+                *reinterpret_cast<vec*>(st.c + off) = epilogue<kRes, kAct>(acc[i][v], bias[v], res);
             }
         return;
     }
