@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "basis_conv_ref.h"
+#include "channel_affine.h"
 #include "fused_conv.h"
 #include "pool.h"
 #include "program.h"
@@ -213,6 +214,30 @@ const float* f32_data(const std::string& fn, const py::array& a, const char* nam
     return static_cast<const float*>(a.data());
 }
 
+// A 4-D float32 NHWC array with contiguous channels and evenly spaced pixels, used in place: a
+// C-contiguous array, or a channel slice of one (`big[..., a:b]`, as a concatenation's part).
+struct Nhwc {
+    float* data;
+    int64_t ld;  // pixel stride in floats
+};
+
+Nhwc nhwc_data(const std::string& fn, const py::array& a, const char* name) {
+    const std::string what = std::string(name) + " must be a 4-D float32 NHWC array, C-contiguous or a channel slice of one";
+    if (!py::isinstance<py::array_t<float>>(a) || a.ndim() != 4) value_error(fn, what);
+    const int64_t f = sizeof(float), H = a.shape(1), W = a.shape(2), C = a.shape(3);
+    const int64_t per[3] = {H * W, W, 1};  // pixels per step of dims 0..2
+    int64_t ld = C;
+    for (int d = 2; d >= 0; --d)
+        if (a.shape(d) > 1) {
+            ld = a.strides(d) / (f * per[d]);
+            break;
+        }
+    bool ok = ld >= C && (C == 1 || a.strides(3) == f);
+    for (int d = 0; d < 3; ++d) ok = ok && (a.shape(d) == 1 || a.strides(d) == ld * per[d] * f);
+    if (!ok) value_error(fn, what);
+    return {static_cast<float*>(const_cast<void*>(a.data())), ld};
+}
+
 struct PackedWeights {
     const float *B, *A, *bias;
 };
@@ -255,15 +280,19 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
         value_error(fn, "out spatial size (" + std::to_string(s.Ho / pool) + ", " + std::to_string(s.Wo / pool) +
                             ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) +
                             (pool > 1 ? ", then halved by the pool)" : ")"));
-    const float* xp = f32_data(fn, x, "x", x.size());
+    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
-    const float* resp = residual ? f32_data(fn, *residual, "residual", out.size()) : nullptr;
-    f32_data(fn, out, "out", out.size());
+    Nhwc rv{nullptr, 0};
+    if (residual) {
+        for (int d = 0; d < 4; ++d)
+            if (residual->ndim() != 4 || residual->shape(d) != out.shape(d)) value_error(fn, "residual must have out's shape");
+        rv = nhwc_data(fn, *residual, "residual");
+    }
     if (!out.writeable()) value_error(fn, "out must be writeable");
-    float* yp = static_cast<float*>(out.mutable_data());
+    s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     py::gil_scoped_release release;
-    basisrt::fused_conv_nhwc(xp, w.B, w.A, w.bias, resp, yp, s, rank, static_cast<basisrt::Activation>(activation),
-                             num_threads);
+    basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank,
+                             static_cast<basisrt::Activation>(activation), num_threads);
 }
 
 void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding, int kind,
@@ -278,12 +307,27 @@ void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair st
         value_error(fn, "kernel and stride must be positive, padding at most half the kernel");
     if ((s.H + 2 * s.ph - s.kh) / s.sh + 1 != s.Ho || (s.W + 2 * s.pw - s.kw) / s.sw + 1 != s.Wo || s.Ho < 1 || s.Wo < 1)
         value_error(fn, "out spatial size does not match the pooling geometry");
-    const float* xp = f32_data(fn, x, "x", x.size());
-    f32_data(fn, out, "out", out.size());
+    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     if (!out.writeable()) value_error(fn, "out must be writeable");
-    float* yp = static_cast<float*>(out.mutable_data());
+    s.ldx = xv.ld, s.ldy = yv.ld;
     py::gil_scoped_release release;
-    basisrt::pool_nhwc(xp, yp, s, static_cast<basisrt::PoolKind>(kind), count_include_pad, num_threads);
+    basisrt::pool_nhwc(xv.data, yv.data, s, static_cast<basisrt::PoolKind>(kind), count_include_pad, num_threads);
+}
+
+void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
+                            int activation, int num_threads) {
+    const std::string fn = "channel_affine_nhwc";
+    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
+    for (int d = 0; d < 4; ++d)
+        if (out.shape(d) != x.shape(d)) value_error(fn, "out must have x's shape");
+    const int64_t C = x.shape(3);
+    const float* sp = f32_data(fn, scale, "scale", C);
+    const float* tp = f32_data(fn, shift, "shift", C);
+    if (activation < 0 || activation > 2 || num_threads < 1) value_error(fn, "bad activation or thread count");
+    if (!out.writeable()) value_error(fn, "out must be writeable");
+    py::gil_scoped_release release;
+    basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, x.shape(0) * x.shape(1) * x.shape(2), C, xv.ld, yv.ld,
+                                 static_cast<basisrt::Activation>(activation), num_threads);
 }
 
 // basisrt::Program plus references to the numpy weight arrays it points into.
@@ -346,12 +390,27 @@ struct PyProgram {
         program.add_op(op);
     }
 
+    void add_affine(int in, int out, const py::array& scale, const py::array& shift, int activation) {
+        const std::string fn = "Program.add_affine";
+        check_ids(fn, in, out, -1);
+        const auto &i = program.buffers()[in], &o = program.buffers()[out];
+        if (i.H != o.H || i.W != o.W || i.C != o.C) value_error(fn, "the output buffer must have the input's shape");
+        if (activation < 0 || activation > 2) value_error(fn, "bad activation");
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::affine, in, -1, out};
+        op.scale = f32_data(fn, scale, "scale", i.C), op.shift = f32_data(fn, shift, "shift", i.C);
+        op.act = static_cast<basisrt::Activation>(activation);
+        program.add_op(op);
+        keep_alive.push_back(scale);
+        keep_alive.push_back(shift);
+    }
+
     void run(const py::array& x, py::array& out, int output, int num_threads,
              std::optional<py::array> op_seconds) const {
         const std::string fn = "Program.run";
         const auto& bufs = program.buffers();
         if (output < 1 || output >= static_cast<int>(bufs.size()) || num_threads < 1)
             value_error(fn, "bad output buffer id or thread count");
+        if (bufs[output].parent >= 0) value_error(fn, "the output buffer is a view of another buffer");
         const auto &i = bufs[0], &o = bufs[output];
         if (x.ndim() != 4 || x.shape(1) != i.C || x.shape(2) != i.H || x.shape(3) != i.W)
             value_error(fn, "x must be NCHW (N, " + std::to_string(i.C) + ", " + std::to_string(i.H) + ", " +
@@ -387,6 +446,14 @@ void bind_fused(py::module_& m) {
              "max pool fused after the epilogue, `out` being the pooled buffer).")
         .def("add_pool", &PyProgram::add_pool, py::arg("input"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
              py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), "A pool_nhwc op.")
+        .def("add_affine", &PyProgram::add_affine, py::arg("input"), py::arg("out"), py::arg("scale"),
+             py::arg("shift"), py::arg("activation"), "A channel_affine_nhwc op.")
+        .def(
+            "alias",
+            [](PyProgram& p, int buffer, int parent, int64_t offset) { p.program.alias(buffer, parent, offset); },
+            py::arg("buffer"), py::arg("parent"), py::arg("offset"),
+            "Make `buffer` channels [offset, offset + C) of `parent`: its producer writes there and its\n"
+            "readers read there, so concatenating buffers into `parent` costs no copy.")
         .def("run", &PyProgram::run, py::arg("x"), py::arg("out"), py::arg("output"), py::arg("num_threads"),
              py::arg("op_seconds") = py::none(),
              "Run every op on NCHW input x; the output buffer is written NHWC into `out`. op_seconds "
@@ -413,6 +480,9 @@ void bind_fused(py::module_& m) {
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
           "bias, residual add, activation (0 none, 1 relu, 2 relu6) and, with pool=2, a 2x2 stride-2 max\n"
           "pool fused; writes into `out`.");
+    m.def("channel_affine_nhwc", &channel_affine_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
+          py::arg("out"), py::arg("activation"), py::arg("num_threads"),
+          "out = act(x * scale + shift) per channel on NHWC float32 (x / out may be channel slices).");
     m.def("lowrank_dot_path", &basisrt::lowrank_dot_path, py::arg("cg_in"), py::arg("rank"),
           "Whether fused_conv_nhwc expects B packed as (groups, rank, K) (channel-vectorised path)\n"
           "rather than (groups, K, round_up(rank, 16)).");

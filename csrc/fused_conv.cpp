@@ -25,10 +25,11 @@ struct Store {
     float* c;
     int64_t ldc;
     const float* bias = nullptr;      // at column 0 of this group (zeros when the layer has none)
-    const float* residual = nullptr;  // same layout as c, or null
+    const float* residual = nullptr;  // same columns as c (row stride ldr), or null
     int64_t ncols = 0;                // columns of c that exist (the rest is packing)
     Activation act = Activation::none;
     bool epilogue = false;
+    int64_t ldr = 0;
 };
 
 // Bias is always added (zeros for a layer without one): one template flag fewer halves the
@@ -50,11 +51,11 @@ inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int
     const int64_t n = st.ncols - j;
     if (n >= NR) {
         *reinterpret_cast<vec*>(dst) = epilogue<kRes, kAct>(v, *reinterpret_cast<const vec*>(st.bias + j),
-                                                              kRes ? st.residual + i * st.ldc + j : nullptr);
+                                                              kRes ? st.residual + i * st.ldr + j : nullptr);
         return;
     }
     for (int64_t k = 0; k < n; ++k) {  // the last, partial column block of a group
-        float e = v[k] + st.bias[j + k] + (kRes ? st.residual[i * st.ldc + j + k] : 0.f);
+        float e = v[k] + st.bias[j + k] + (kRes ? st.residual[i * st.ldr + j + k] : 0.f);
         if (kAct != Activation::none) e = e > 0.f ? e : 0.f;
         if (kAct == Activation::relu6) e = e < 6.f ? e : 6.f;
         dst[k] = e;
@@ -118,9 +119,9 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
         for (int64_t v = 0; v < V; ++v) bias[v] = *reinterpret_cast<const vec*>(st.bias + j + v * NR);
         for (int64_t i = 0; i < M; ++i)
             for (int64_t v = 0; v < V; ++v) {
-                const int64_t off = (i0 + i) * st.ldc + j + v * NR;
-                const float* res = kRes ? st.residual + off : nullptr;
-                *reinterpret_cast<vec*>(st.c + off) = epilogue<kRes, kAct>(acc[i][v], bias[v], res);
+                const int64_t col = j + v * NR;
+                const float* res = kRes ? st.residual + (i0 + i) * st.ldr + col : nullptr;
+                *reinterpret_cast<vec*>(st.c + (i0 + i) * st.ldc + col) = epilogue<kRes, kAct>(acc[i][v], bias[v], res);
             }
         return;
     }
@@ -370,18 +371,18 @@ Windows tap_windows(const float* x, const ConvShape& s, int64_t g, int64_t p0, i
     const int64_t q = s.pool, Hc = s.Ho / q, Wc = s.Wo / q, cell = p0 / (q * q);
     int64_t n = cell / (Hc * Wc), cy = cell / Wc % Hc, cx = cell % Wc, dy = p0 % (q * q) / q, dx = p0 % q;
     for (int64_t t = 0; t < m; ++t) {
-        const float* img = x + n * s.H * s.W * s.C_in + g * cg;
+        const float* img = x + n * s.H * s.W * s.ldx + g * cg;
         const int64_t oy = cy * q + dy, ox = cx * q + dx;
         const int64_t y0 = oy * s.sh - s.ph, x0 = ox * s.sw - s.pw;
         if (y0 >= 0 && y0 + span_y < s.H && x0 >= 0 && x0 + span_x < s.W) {
-            corner[t] = img + (y0 * s.W + x0) * s.C_in;
+            corner[t] = img + (y0 * s.W + x0) * s.ldx;
         } else {
             corner[t] = nullptr;
             const float** r = rows + t * taps;
             for (int64_t ky = 0, iy = y0; ky < s.kh; ++ky, iy += s.dh) {
                 const bool row_in = iy >= 0 && iy < s.H;
                 for (int64_t kx = 0, ix = x0; kx < s.kw; ++kx, ix += s.dw)
-                    *r++ = row_in && ix >= 0 && ix < s.W ? img + (iy * s.W + ix) * s.C_in : zero;
+                    *r++ = row_in && ix >= 0 && ix < s.W ? img + (iy * s.W + ix) * s.ldx : zero;
             }
         }
         if (++dx < q) continue;
@@ -421,9 +422,9 @@ void split_lowrank(const float* x, const float* B, const float* A, const float* 
         });
         parallel_for(tiles * blocks, num_threads, [&](int64_t task) {
             const int64_t p0 = task / blocks * kTile, m = std::min(kTile, P - p0), j = task % blocks * NR;
-            const int64_t out_off = p0 * s.C_out + g * cg_out + j;
-            Store out{y + out_off, s.C_out, bias + g * cg_out + j,
-                      residual ? residual + out_off : nullptr, cg_out - j, act, true};
+            const int64_t col = g * cg_out + j;
+            Store out{y + p0 * s.ldy + col, s.ldy, bias + col, residual ? residual + p0 * s.ldr + col : nullptr,
+                      cg_out - j, act, true, s.ldr};
             gemm(T.data() + p0 * r_pad, r_pad, A + g * r_pad * cg_pad + j, cg_pad, m, NR, rank, out);
         });
     }
@@ -467,8 +468,14 @@ const char* simd_path() {
 }
 
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
-                     const float* residual, float* y, const ConvShape& s, int64_t rank,
+                     const float* residual, float* y, const ConvShape& shape, int64_t rank,
                      Activation act, int num_threads) {
+    ConvShape s = shape;
+    s.ldx = s.ldx ? s.ldx : s.C_in;
+    s.ldy = s.ldy ? s.ldy : s.C_out;
+    s.ldr = s.ldr ? s.ldr : s.C_out;
+    if (s.ldx < s.C_in || s.ldy < s.C_out || s.ldr < s.C_out)
+        throw std::invalid_argument("fused_conv_nhwc: a pixel stride is smaller than its channels");
     if (s.groups < 1 || s.C_in % s.groups || s.C_out % s.groups)
         throw std::invalid_argument("fused_conv_nhwc: groups must divide C_in and C_out");
     if (s.pool != 1 && (s.pool != 2 || residual || s.Ho % 2 || s.Wo % 2))
@@ -490,15 +497,16 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     const int64_t taps = s.kh * s.kw;
     std::vector<int64_t> tap_off;  // offset of each tap's row from the window's corner
     for (int64_t ky = 0; ky < s.kh; ++ky)
-        for (int64_t kx = 0; kx < s.kw; ++kx) tap_off.push_back((ky * s.dh * s.W + kx * s.dw) * s.C_in);
+        for (int64_t kx = 0; kx < s.kw; ++kx) tap_off.push_back((ky * s.dh * s.W + kx * s.dw) * s.ldx);
 
     if (dot && num_threads > 1 && tiles < num_threads && rank * K > kSplitWeights) {  // split ranks
         if (s.pool == 1) return split_lowrank(x, B, A, bias, residual, y, s, rank, act, num_threads, tap_off.data());
         std::vector<float> conv(P * s.C_out);  // a few pixels: pool after the conv
         ConvShape unpooled = s;
         unpooled.pool = 1;
+        unpooled.ldy = s.C_out;
         split_lowrank(x, B, A, bias, residual, conv.data(), unpooled, rank, act, num_threads, tap_off.data());
-        const PoolShape ps{s.N, s.Ho, s.Wo, s.C_out, s.Ho / 2, s.Wo / 2, 2, 2, 2, 2, 0, 0};
+        const PoolShape ps{s.N, s.Ho, s.Wo, s.C_out, s.Ho / 2, s.Wo / 2, 2, 2, 2, 2, 0, 0, s.C_out, s.ldy};
         return pool_nhwc(conv.data(), y, ps, PoolKind::max, true, num_threads);
     }
     const int64_t cell = s.pool * s.pool;  // a tile of whole pool cells: tile_px is a multiple of 4
@@ -516,9 +524,11 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
         if (cell > 1) unpooled.resize(std::max<size_t>(unpooled.size(), kTile * s.C_out));
         const int64_t p0 = tile * tile_px, m = std::min(tile_px, P - p0);
         for (int64_t g = 0; g < s.groups; ++g) {
-            const int64_t out_off = p0 * s.C_out + g * cg_out;
-            float* dst = cell > 1 ? unpooled.data() + g * cg_out : y + out_off;  // pooled below
-            Store out{dst, s.C_out, bias + g * cg_out, residual ? residual + out_off : nullptr, cg_out, act, true};
+            const int64_t col = g * cg_out;
+            // a pooled tile goes through `unpooled` (dense rows), pooled below
+            Store out = cell > 1 ? Store{unpooled.data() + col, s.C_out, bias + col, nullptr, cg_out, act, true}
+                                 : Store{y + p0 * s.ldy + col, s.ldy, bias + col,
+                                         residual ? residual + p0 * s.ldr + col : nullptr, cg_out, act, true, s.ldr};
             const float* Bg = B + g * K * (rank ? r_pad : cg_pad);
             const float* Ag = rank ? A + g * r_pad * cg_pad : nullptr;
             // A (plain rows of x, or the implicit im2col of the tile's windows) · B, then · A.
@@ -528,7 +538,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                 gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
             };
             if (!windows) {
-                two_gemms(PlainRows{x + p0 * s.C_in + g * cg_in, s.C_in, cg_in});
+                two_gemms(PlainRows{x + p0 * s.ldx + g * cg_in, s.ldx, cg_in});
                 continue;
             }
             const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off.data(), corner.data(), rows.data());
@@ -541,7 +551,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
         }
         if (cell > 1)
             for (int64_t c = 0; c < m / cell; ++c)  // each cell's pixels are consecutive rows
-                max_cell(unpooled.data() + c * cell * s.C_out, s.C_out, y + (p0 / cell + c) * s.C_out);
+                max_cell(unpooled.data() + c * cell * s.C_out, s.C_out, y + (p0 / cell + c) * s.ldy);
     });
 }
 

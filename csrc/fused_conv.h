@@ -22,6 +22,9 @@ struct ConvShape {
     // 2: a 2×2, stride-2 max pool after the epilogue, so y is (N, Ho/2, Wo/2, C_out) and the
     // conv's own output never reaches memory. Needs even Ho and Wo and no residual.
     int64_t pool = 1;
+    // Pixel strides in floats of x, y and the residual: 0 is dense (C_in, C_out, C_out). A larger
+    // stride reads or writes a channel slice of a wider NHWC buffer (a concatenation, in place).
+    int64_t ldx = 0, ldy = 0, ldr = 0;
 };
 
 // Column padding of packed weights: one AVX-512 vector of floats.
@@ -30,7 +33,7 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // rank == 0: dense conv, B packed per group as (K × Cg_pad). Otherwise B is
 // (K × r_pad) per group and A is (r_pad × Cg_pad) per group, Cg = C_out / groups.
-// bias, residual may be null. residual is NHWC with the output's shape.
+// bias, residual may be null. residual is NHWC with the output's shape (pixel stride s.ldr).
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& s, int64_t rank,
                      Activation act, int num_threads);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <stdexcept>
 
 namespace basisrt {
 namespace {
@@ -16,12 +17,12 @@ inline __attribute__((always_inline)) void pool_row_body(const float* x, float* 
     const int64_t y0 = oy * s.sh - s.ph, ylo = std::max<int64_t>(y0, 0), yhi = std::min(y0 + s.kh, s.H);
     for (int64_t ox = 0; ox < s.Wo; ++ox) {
         const int64_t x0 = ox * s.sw - s.pw, xlo = std::max<int64_t>(x0, 0), xhi = std::min(x0 + s.kw, s.W);
-        float* out = y + ((n * s.Ho + oy) * s.Wo + ox) * s.C;
+        float* out = y + ((n * s.Ho + oy) * s.Wo + ox) * s.ldy;
         const bool is_max = kind == PoolKind::max;
         std::fill(out, out + s.C, is_max ? -std::numeric_limits<float>::infinity() : 0.f);
         for (int64_t iy = ylo; iy < yhi; ++iy)
             for (int64_t ix = xlo; ix < xhi; ++ix) {
-                const float* in = x + ((n * s.H + iy) * s.W + ix) * s.C;
+                const float* in = x + ((n * s.H + iy) * s.W + ix) * s.ldx;
                 if (is_max) {
                     for (int64_t c = 0; c < s.C; ++c) out[c] = std::max(out[c], in[c]);
                 } else {
@@ -52,8 +53,12 @@ void pool_row(const float* x, float* y, const PoolShape& s, PoolKind kind, bool 
 
 }  // namespace
 
-void pool_nhwc(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
+void pool_nhwc(const float* x, float* y, const PoolShape& shape, PoolKind kind, bool count_include_pad,
                int num_threads) {
+    PoolShape s = shape;
+    s.ldx = s.ldx ? s.ldx : s.C;
+    s.ldy = s.ldy ? s.ldy : s.C;
+    if (s.ldx < s.C || s.ldy < s.C) throw std::invalid_argument("pool_nhwc: a pixel stride is smaller than C");
     parallel_for(s.N * s.Ho, num_threads, [&](int64_t row) {
         pool_row(x, y, s, kind, count_include_pad, row / s.Ho, row % s.Ho);
     });

@@ -13,6 +13,7 @@ struct PoolShape {
     int64_t N, H, W, C;  // input, NHWC
     int64_t Ho, Wo;      // output
     int64_t kh, kw, sh, sw, ph, pw;
+    int64_t ldx = 0, ldy = 0;  // pixel strides of x and y in floats (0: C); see ConvShape
 };
 
 // Padding is implicit (-inf for max, excluded or counted as zeros for avg per count_include_pad).

@@ -1,5 +1,6 @@
 #include "program.h"
 
+#include "channel_affine.h"
 #include "thread_pool.h"
 
 #include <algorithm>
@@ -44,6 +45,26 @@ int Program::add_buffer(BufferShape s) {
     return static_cast<int>(buffers_.size()) - 1;
 }
 
+void Program::alias(int buffer, int parent, int64_t offset) {
+    const int n = static_cast<int>(buffers_.size());
+    if (buffer <= 0 || buffer >= n || parent <= 0 || parent >= n || buffer == parent)
+        throw std::invalid_argument("Program.alias: buffer id out of range");
+    BufferShape &b = buffers_[buffer], &p = buffers_[parent];
+    if (b.parent >= 0) throw std::invalid_argument("Program.alias: the buffer is already a view");
+    if (b.H != p.H || b.W != p.W || offset < 0 || offset + b.C > p.C)
+        throw std::invalid_argument("Program.alias: the view does not fit in the parent's channels");
+    if (root(parent, nullptr) == buffer) throw std::invalid_argument("Program.alias: a buffer cannot hold itself");
+    b.parent = parent;
+    b.offset = offset;
+}
+
+int Program::root(int id, int64_t* offset) const {
+    int64_t off = 0;
+    for (; buffers_[id].parent >= 0; id = buffers_[id].parent) off += buffers_[id].offset;
+    if (offset) *offset = off;
+    return id;
+}
+
 void Program::add_op(const ProgramOp& op) {
     const int n = static_cast<int>(buffers_.size());
     if (op.in < 0 || op.in >= n || op.out <= 0 || op.out >= n || op.residual >= n || op.out == op.in)
@@ -52,6 +73,7 @@ void Program::add_op(const ProgramOp& op) {
 }
 
 int64_t Program::weight_floats(const ProgramOp& op) const {
+    if (op.kind == ProgramOp::Kind::affine) return 2 * buffers_[op.in].C;
     if (op.kind != ProgramOp::Kind::conv) return 0;
     const int64_t K = op.kh * op.kw * buffers_[op.in].C / op.groups, cg = buffers_[op.out].C / op.groups;
     return op.groups * (op.rank ? op.rank * (K + cg) : K * cg);
@@ -99,24 +121,30 @@ std::vector<Program::Segment> Program::segments(int64_t N, int num_threads) cons
 void Program::run_op(const ProgramOp& op, const float* in, const float* residual, float* out, int64_t N,
                      int num_threads) const {
     const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
+    const int64_t ldx = pixel_stride(op.in), ldy = pixel_stride(op.out);
     if (op.kind == ProgramOp::Kind::conv) {
         const int64_t q = op.fused_pool;  // the conv's own output is q times the (pooled) buffer
         ConvShape s{N, i.H, i.W, i.C, o.H * q, o.W * q, o.C, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw,
-                    op.groups, q};
+                    op.groups, q, ldx, ldy, op.residual >= 0 ? pixel_stride(op.residual) : 0};
         fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads);
-    } else {
-        PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw};
+    } else if (op.kind == ProgramOp::Kind::pool) {
+        PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, ldx, ldy};
         pool_nhwc(in, out, s, op.pool, op.count_include_pad, num_threads);
+    } else {
+        channel_affine_nhwc(in, op.scale, op.shift, out, N * i.H * i.W, i.C, ldx, ldy, op.act, num_threads);
     }
 }
 
 void Program::run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds) const {
     using clock = std::chrono::steady_clock;
     // Per-thread arena, one buffer per program buffer holding the whole batch.
+    if (buffers_[output].parent >= 0) throw std::invalid_argument("Program.run: the output buffer is a view");
     thread_local std::vector<Aligned> arena;
     if (arena.size() < buffers_.size()) arena.resize(buffers_.size());
-    auto data = [&](int id) -> float* {
-        return id == output ? y : arena[id].get(static_cast<size_t>(N * floats(buffers_[id])));
+    auto data = [&](int id) -> float* {  // a view's memory is its root's, at the view's channel offset
+        int64_t off;
+        const int r = root(id, &off);
+        return (r == output ? y : arena[r].get(static_cast<size_t>(N * floats(buffers_[r])))) + off;
     };
     {  // NCHW -> NHWC input
         const BufferShape& s = buffers_[0];
@@ -141,14 +169,15 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
             }
             continue;
         }
-        // Buffers that ops outside the segment use hold the whole batch; the rest are per-group scratch.
+        // Buffers (roots) that ops outside the segment use hold the whole batch; the rest are
+        // per-group scratch.
         std::vector<float*> whole(buffers_.size(), nullptr);
         whole[0] = data(0);
         whole[output] = y;
         for (size_t k = 0; k < ops_.size(); ++k) {
             if (k >= seg.begin && k < seg.end) continue;
             for (int id : {ops_[k].in, ops_[k].out, ops_[k].residual})
-                if (id >= 0) whole[id] = data(id);
+                if (id >= 0) whole[root(id, nullptr)] = data(root(id, nullptr));
         }
         const int64_t groups = (N + seg.images - 1) / seg.images;
         std::mutex mu;
@@ -157,8 +186,10 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
             if (scratch.size() < buffers_.size()) scratch.resize(buffers_.size());
             const int64_t n0 = task * seg.images, n = std::min(seg.images, N - n0);
             auto at = [&](int id) -> float* {
-                const int64_t per = floats(buffers_[id]);
-                return whole[id] ? whole[id] + n0 * per : scratch[id].get(static_cast<size_t>(seg.images * per));
+                int64_t off;
+                const int r = root(id, &off);
+                const int64_t per = floats(buffers_[r]);
+                return (whole[r] ? whole[r] + n0 * per : scratch[r].get(static_cast<size_t>(seg.images * per))) + off;
             };
             std::vector<double> seconds(op_seconds ? seg.end - seg.begin : 0);
             for (size_t k = seg.begin; k < seg.end; ++k) {

@@ -22,15 +22,21 @@ namespace basisrt {
 
 struct BufferShape {
     int64_t H, W, C;  // per image, NHWC
+    // A view: channels [offset, offset + C) of buffer `parent` (-1: none), which the producer
+    // writes and consumers read in place. This is how a concatenation costs no copy.
+    int parent = -1;
+    int64_t offset = 0;
 };
 
 struct ProgramOp {
-    enum class Kind { conv, pool } kind;
+    enum class Kind { conv, pool, affine } kind;
     int in, residual, out;  // buffer ids (residual -1: none)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
     int64_t rank = 0;
     Activation act = Activation::none;
+    // affine: y = act(x · scale + shift) per channel (act above)
+    const float *scale = nullptr, *shift = nullptr;
     // pool
     PoolKind pool = PoolKind::max;
     bool count_include_pad = true;
@@ -42,6 +48,9 @@ struct ProgramOp {
 class Program {
   public:
     int add_buffer(BufferShape s);
+    // Makes `buffer` the view of channels [offset, offset + its C) of `parent` (a concatenation
+    // of buffers that no other concatenation holds). Neither may be the input buffer.
+    void alias(int buffer, int parent, int64_t offset);
     void add_op(const ProgramOp& op);
     // x: NCHW (N, C, H, W) of buffer 0; y: NHWC of the output buffer. op_seconds, if not null,
     // gets each op's wall time added (size: ops()).
@@ -60,6 +69,8 @@ class Program {
     const std::vector<BufferShape>& buffers() const { return buffers_; }
 
   private:
+    int root(int id, int64_t* offset) const;  // the buffer owning id's memory, and id's channel offset in it
+    int64_t pixel_stride(int id) const { return buffers_[root(id, nullptr)].C; }
     Segment cache_groups(int64_t N, int num_threads) const;  // the early ops' groups: {0, 0, N} if none
     int64_t weight_floats(const ProgramOp& op) const;
     int64_t activation_floats(const ProgramOp& op) const;  // per image: input + output + residual

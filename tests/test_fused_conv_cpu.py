@@ -77,7 +77,8 @@ assert ((step(x).double() - ref).norm() / ref.norm()).item() < 1e-5
 
 def test_narrow_kernels_match_float64():
     """The AVX2 builds for CPUs without AVX-512 (BASISRT_NO_AVX512=1 picks them here): the GEMM
-    blocks, the channel-vectorised path, the fused pool and pooling, on their grids."""
+    blocks, the channel-vectorised path, the fused pool, pooling and the channel affine map, on
+    their grids."""
     env = {**os.environ, "BASISRT_NO_AVX512": "1"}
     tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
              "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64"]
@@ -85,7 +86,8 @@ def test_narrow_kernels_match_float64():
     check = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          *[f"{__file__}::{t}" for t in tests], os.path.join(os.path.dirname(__file__), "test_pool_cpu.py")],
+                          *[f"{__file__}::{t}" for t in tests],
+                          *[os.path.join(os.path.dirname(__file__), f) for f in ("test_pool_cpu.py", "test_channel_affine_cpu.py")]],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]
     assert int(run.stdout.split(" passed")[0].split()[-1]) >= 500
@@ -251,3 +253,51 @@ def test_make_step_linear(in_torch, rank):
     step = make_step(layer, None, None, "torch" if in_torch else "basisrt", pair_in_torch=in_torch)
     assert isinstance(step, TorchConvStep if in_torch else FusedLinear)
     assert rel_err(step(x.float(), res.float()), (ref + res).clamp(0, 6)) < 1e-5
+
+
+def channel_slice(t: torch.Tensor, before: int, after: int, fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """(wide, view): an NHWC array with `before` / `after` extra channels filled with `fill` around
+    `t` (NCHW), and the view of t's channels in it, as a concatenation's part is in a plan."""
+    n, c, h, w = t.shape
+    wide = np.full((n, h, w, before + c + after), fill, np.float32)
+    view = wide[..., before:before + c]
+    view[...] = t.float().permute(0, 2, 3, 1).numpy()
+    return wide, view
+
+
+# Channel slices of wider buffers in and out (the zero-copy concatenation): the kernel must read
+# and write only its own channels, whatever the pixel strides. NaN around x and the residual
+# shows any read outside them; a sentinel around y any write outside it.
+STRIDED_CASES = cases()[::9] + cases(70, seed=1, channel_blocks=True)[::5] + SPLIT_CASES[:2]
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+@pytest.mark.parametrize("c", STRIDED_CASES, ids=case_id)
+def test_fused_conv_on_channel_slices_matches_float64(c, pool):
+    if pool == 2:
+        c = with_even_output(c)
+    x, res, ref, step = reference(c, FusedConv2d, num_threads=2)
+    if pool == 2:
+        ref = F.max_pool2d(ref, 2)
+    _, xv = channel_slice(x, 3, 5, float("nan"))
+    _, rv = channel_slice(res, 7, 1, float("nan")) if res is not None else (None, None)
+    sentinel = 12345.0
+    wide, yv = channel_slice(torch.full_like(ref, float("nan")), 2, 9, sentinel)
+    arr = lambda t: None if t is None else t.numpy()  # noqa: E731
+    _C.fused_conv_nhwc(xv, step.B.numpy(), arr(step.A), arr(step.bias), rv, yv, step.kernel, step.stride,
+                       step.padding, step.dilation, step.groups, step.rank, ACTIVATIONS[step.activation], 2, pool=pool)
+    out = torch.from_numpy(np.ascontiguousarray(yv)).permute(0, 3, 1, 2)
+    assert torch.isfinite(out).all() and rel_err(out, ref) < 1e-5
+    assert (wide[..., :2] == sentinel).all() and (wide[..., 2 + ref.shape[1]:] == sentinel).all()
+
+
+def test_kernels_reject_arrays_that_are_not_channel_slices():
+    x = np.zeros((1, 5, 5, 4), np.float32)
+    out = np.zeros((1, 5, 5, 8), np.float32)
+    b = np.zeros((1, 36, 16), np.float32)
+    big = np.zeros((1, 5, 10, 8), np.float32)
+    for bad in (big[:, :, 1:6, :4], big[:, :, :5, ::2], x.transpose(0, 2, 1, 3)):  # rows apart, channels apart
+        with pytest.raises(ValueError, match="channel slice"):
+            _C.fused_conv_nhwc(bad, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
+    with pytest.raises(ValueError, match="channel slice"):
+        _C.pool_nhwc(x, out[..., ::2], (1, 1), (1, 1), (0, 0), 0, True, 1)

@@ -22,7 +22,7 @@ def pruned(name, ratio=0.3):
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["vgg16", "resnet18", "mobilenetv2", "densenet"])
 def test_all_basisrt_plans_run_natively_and_match_eager(name):
     model = pruned(name)
     x = torch.randn(3, 3, 32, 32)
@@ -58,9 +58,8 @@ def test_batches_run_in_image_groups(name, threads):
     assert [n for n, *_ in compiled.step_times(x, 2)] == compiled.native.op_names
 
 
-def test_plans_with_pytorch_steps_or_concat_stay_step_by_step():
+def test_plans_with_pytorch_steps_stay_step_by_step():
     x = torch.randn(2, 3, 32, 32)
-    assert compile(pruned("densenet"), x).native is None  # torch.cat is not a program op
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
     assert compile(model, x, dense_backend="torch").native is None  # oneDNN steps
     native = compile(model, x, dense_backend="basisrt")
@@ -70,9 +69,10 @@ def test_plans_with_pytorch_steps_or_concat_stay_step_by_step():
     assert compiled.native is None and rel_err(compiled(x), flat(x).detach()) < 1e-5
 
 
-def test_native_plan_survives_save_and_load(tmp_path):
+@pytest.mark.parametrize("name", ["resnet18", "densenet"])
+def test_native_plan_survives_save_and_load(tmp_path, name):
     x = torch.randn(2, 3, 32, 32)
-    compiled = compile(pruned("resnet18"), x, dense_backend="basisrt")
+    compiled = compile(pruned(name), x, dense_backend="basisrt")
     compiled.save(tmp_path / "plan.brt")
     loaded = load(tmp_path / "plan.brt")
     assert loaded.native is not None
@@ -133,3 +133,87 @@ def test_max_pools_fuse_into_the_conv_before_them_where_they_can(hw, fused):
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) < 1e-5
     assert torch.equal(compiled(x), compiled.module(x).contiguous())  # the max of the same values
+
+
+
+class Concats(nn.Module):
+    """Channel concatenations whose parts come from each kind of op (a conv with a residual, a
+    pre-activation BN + ReLU, a 1×1 conv, a pool), nested, and read by a conv, a pool and as a
+    residual. Other `case`s hold a concatenation whose parts cannot all be views."""
+
+    def __init__(self, case: str = "views"):
+        super().__init__()
+        self.case = case
+        self.stem, self.a = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.bn, self.b = nn.BatchNorm2d(16), nn.Conv2d(32, 8, 1)
+        self.pool, self.c, self.out_pool = nn.MaxPool2d(3, 1, 1), nn.Conv2d(72, 16, 3, padding=1), nn.AvgPool2d(2)
+
+    def forward(self, x):
+        s = self.stem(x)
+        a = self.a(s) + s
+        if self.case == "input":
+            return torch.cat([x, a], 1)
+        if self.case == "repeated":
+            return torch.cat([a, a], 1)
+        if self.case == "height":
+            return torch.cat([a, s], 2)
+        cat1 = torch.cat([a, torch.relu(self.bn(s))], 1)
+        if self.case == "two_cats":  # `a` cannot be a view in both
+            return torch.cat([torch.cat([a, s], 1), cat1], 1)
+        cat2 = torch.cat(tensors=[cat1, self.b(cat1), self.pool(cat1)], dim=-3)
+        y = self.c(cat2) + a  # reads cat2 from the buffer it writes into, and a view as residual
+        return self.out_pool(torch.cat((y, cat2), 1))
+
+
+def with_bn_statistics(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.3)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.normal_(1, 0.2)
+            m.bias.data.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_concatenations_run_in_place_and_match_eager(threads):
+    torch.manual_seed(0)
+    model = with_bn_statistics(Concats())
+    x = torch.randn(8, 3, 10, 12)
+    compiled = compile(model, x, dense_backend="basisrt", num_threads=threads)
+    assert compiled.native is not None
+    assert [s.strategy for s in compiled.plan.steps].count("affine") == 1
+    if threads == 2:  # views inside image groups too
+        assert all(images < 8 for *_, images in compiled.native.program.segments(8, threads))
+    for batch in (x, x[:1], x[:3]):
+        with torch.no_grad():
+            assert rel_err(compiled(batch), model(batch)) < 1e-5
+        assert torch.equal(compiled(batch), compiled.module(batch).contiguous())  # copies or views: same bits
+
+
+@pytest.mark.parametrize("case", ["input", "repeated", "height", "two_cats"])
+def test_concatenations_that_cannot_be_views_run_step_by_step(case):
+    torch.manual_seed(0)
+    model = with_bn_statistics(Concats(case))
+    x = torch.randn(2, 3, 10, 12)
+    compiled = compile(model, x, dense_backend="basisrt")
+    assert compiled.native is None
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+
+
+def test_program_rejects_bad_views():
+    p = _C.Program()
+    x, a, b, wide, small = (p.add_buffer(4, 4, 8), p.add_buffer(4, 4, 8), p.add_buffer(4, 4, 8),
+                            p.add_buffer(4, 4, 16), p.add_buffer(2, 2, 16))
+    for args, match in [((x, wide, 0), "out of range"), ((a, small, 0), "does not fit"), ((a, wide, 9), "does not fit"),
+                        ((a, a, 0), "out of range")]:
+        with pytest.raises(ValueError, match=match):
+            p.alias(*args)
+    p.alias(a, wide, 0)
+    p.alias(b, wide, 8)
+    with pytest.raises(ValueError, match="already a view"):
+        p.alias(a, wide, 8)
+    p.add_affine(x, a, np.ones(8, np.float32), np.zeros(8, np.float32), 0)
+    with pytest.raises(ValueError, match="output buffer is a view"):
+        p.run(np.zeros((1, 8, 4, 4), np.float32), np.zeros((1, 4, 4, 8), np.float32), a, 1)

@@ -196,6 +196,44 @@ class PoolStep(nn.Module):
 POOL_KINDS = {"max": 0, "avg": 1}
 
 
+class ChannelAffineStep(nn.Module):
+    """y = act(x · scale + shift) per channel, by the C++ kernel: a BatchNorm that no conv before it
+    can absorb (pre-activation networks such as DenseNet: BN → ReLU → conv), with the ReLU after it."""
+
+    def __init__(self, scale: Tensor, shift: Tensor, activation: str | None = None,
+                 num_threads: int | None = None) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        self.register_buffer("scale", scale.detach().float().contiguous())
+        self.register_buffer("shift", shift.detach().float().contiguous())
+        self.activation, self.num_threads = activation, num_threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or x.shape[1] != self.scale.numel():
+            raise ValueError(f"ChannelAffineStep expects a float32 (N, {self.scale.numel()}, H, W) input, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        y = torch.empty(n, h, w, c)
+        _C.channel_affine_nhwc(x.permute(0, 2, 3, 1).numpy(), self.scale.numpy(), self.shift.numpy(), y.numpy(),
+                               ACTIVATIONS[self.activation], self.num_threads or torch.get_num_threads())
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.scale.numel()}, act={self.activation}"
+
+
+def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """(gamma, beta) with bn(x) = gamma·x + beta per channel in eval mode, or None if `bn` is not
+    an eval-foldable BatchNorm2d (no running statistics: it normalises by the batch's)."""
+    if not isinstance(bn, nn.BatchNorm2d) or not bn.track_running_stats or bn.running_var is None:
+        return None
+    gamma = torch.rsqrt(bn.running_var + bn.eps) * (bn.weight.detach() if bn.affine else 1)
+    beta = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * gamma
+    return gamma, beta
+
+
 def pool_step(m: nn.Module, num_threads: int | None) -> PoolStep | None:
     """The PoolStep doing what pooling module `m` does, or None when the kernel cannot
     (ceil_mode, dilation, indices, divisor override, adaptive output other than 1×1)."""
@@ -223,4 +261,5 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     return tuple(conv.padding)
 
 
-__all__ = ["FusedConv2d", "FusedLinear", "PoolStep", "TorchConvStep", "conv_padding", "pool_step"]
+__all__ = ["ChannelAffineStep", "FusedConv2d", "FusedLinear", "PoolStep", "TorchConvStep", "batchnorm_affine",
+           "conv_padding", "pool_step"]

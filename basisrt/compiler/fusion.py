@@ -1,6 +1,7 @@
 """Graph passes over a torch.fx graph: fold BatchNorm, fuse residual add and activation into
 conv/linear steps, drop dropout/identity, and choose per layer between the fused low-rank kernel
-and a dense fold (by the cost model in basisrt.cost)."""
+and a dense fold (by the cost model in basisrt.cost). A BatchNorm no conv absorbs becomes a
+per-channel affine step, with the activation after it."""
 from __future__ import annotations
 
 import operator
@@ -13,7 +14,8 @@ from torch import Tensor, fx, nn
 
 from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
-from .cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep, conv_padding, pool_step
+from .cpu_kernels import (ChannelAffineStep, FusedConv2d, FusedLinear, TorchConvStep, batchnorm_affine,
+                          conv_padding, pool_step)
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
@@ -142,15 +144,22 @@ def _candidates(gm: fx.GraphModule, node: fx.Node, m: nn.Module):
 
 def _fold_bn(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> fx.Node:
     user = _only_user(node)
-    bn = _module(gm, user) if user is not None else None
-    if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_var is not None:
-        inv = torch.rsqrt(bn.running_var + bn.eps)
-        gamma = inv * (bn.weight.detach() if bn.affine else 1)
-        beta = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * gamma
-        layer.scale_output(gamma, beta)
+    affine = batchnorm_affine(_module(gm, user)) if user is not None else None
+    if affine is not None:
+        layer.scale_output(*affine)
         user.replace_all_uses_with(node)
         gm.graph.erase_node(user)
     return node
+
+
+def _take_activation(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """The activation that is `node`'s only user, removed from the graph (fused into node's step)."""
+    user = _only_user(node)
+    act = _activation(gm, user) if user is not None else None
+    if act is not None:
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
+    return act
 
 
 def _fuse_epilogue(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> None:
@@ -168,12 +177,9 @@ def _fuse_epilogue(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> None:
 
 
 def _fuse_activation(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> None:
-    user = _only_user(node)
-    act = _activation(gm, user) if user is not None else None
+    act = _take_activation(gm, node)
     if act is not None:
         layer.activation = act
-        user.replace_all_uses_with(node)
-        gm.graph.erase_node(user)
 
 
 def _is_float32_4d(node: object) -> bool:
@@ -216,6 +222,12 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             source, node.target = node.target, node.target.replace(".", "_") + "_pool"
             gm.add_submodule(node.target, pool)
             strategies[node.target] = ("pool", (source,))
+            continue
+        affine = batchnorm_affine(m) if ours else None
+        if affine is not None:  # a BatchNorm no conv absorbed (pre-activation): ours, with its ReLU
+            source, node.target = node.target, node.target.replace(".", "_") + "_affine"
+            gm.add_submodule(node.target, ChannelAffineStep(*affine, _take_activation(gm, node), num_threads))
+            strategies[node.target] = ("affine", (source,))
             continue
         found = _candidates(gm, node, m) if m is not None else None
         if found is None:

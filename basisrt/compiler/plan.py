@@ -12,7 +12,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..cost import profile
-from .cpu_kernels import FusedConv2d, PoolStep, TorchConvStep
+from .cpu_kernels import ChannelAffineStep, FusedConv2d, PoolStep, TorchConvStep
 from .autotune import MeasuredChooser, layer_inputs, paired_seconds
 from .cuda_graph import CUDAGraphRunner, require_cuda_device
 from .fusion import Chooser, Layer, Tracer, cost_model_choice, fuse
@@ -25,7 +25,9 @@ class Step:
     """One step of the plan as the benchmark and the user see it."""
 
     name: str
-    strategy: str  # "fused" (our low-rank kernel), "pair" (two oneDNN convs), "dense" / "dense-fold", "pool", "torch"
+    # "fused" (our low-rank kernel), "pair" (two oneDNN convs), "dense" / "dense-fold", "pool",
+    # "affine" (a BatchNorm and activation no conv absorbed), "torch"
+    strategy: str
     macs: int = 0
     detail: str = ""
 
@@ -105,7 +107,7 @@ class CompiledModel:
     def _fx_step_times(self, x: Tensor, repeats: int, times: dict[str, list[float]]) -> None:
         handles = []
         for name, m in self.module.named_modules():
-            if isinstance(m, (FusedConv2d, PoolStep, TorchConvStep)):
+            if isinstance(m, (ChannelAffineStep, FusedConv2d, PoolStep, TorchConvStep)):
                 start: dict[str, float] = {}
                 handles.append(m.register_forward_pre_hook(lambda mod, a, n=name, s=start: s.__setitem__(n, time.perf_counter())))
                 handles.append(m.register_forward_hook(

@@ -1,8 +1,12 @@
 """Lower a plan whose every step is a basisrt CPU kernel to one C++ `_C.Program`, so a call runs
 all layers without returning to Python in between (the fx module costs about 11 µs per step).
 
-Plans with any other step (oneDNN pairs, ops PyTorch runs, non-trivial flattens, several inputs
-or outputs) are not lowered and keep running through the fx module.
+A channel concatenation costs no copy: each part becomes a view of the concatenation's buffer,
+which the part's producer writes and its readers read in place (DenseNet's growing blocks).
+
+Plans with any other step (oneDNN pairs, ops PyTorch runs, non-trivial flattens, concatenations
+that cannot be views, several inputs or outputs) are not lowered and keep running through the fx
+module.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from .. import _C
-from .cpu_kernels import ACTIVATIONS, POOL_KINDS, FusedConv2d, FusedLinear, PoolStep
+from .cpu_kernels import ACTIVATIONS, POOL_KINDS, ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep
 
 
 @dataclass
@@ -47,6 +51,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
     if len(input_shape) != 3:
         return None
     program, buffers, threads, names, fused_pools = _C.Program(), {}, set(), [], {}
+    views: set[int] = set()  # buffers that are parts of a concatenation
     c, h, w = input_shape
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -55,22 +60,30 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
             buffers[node] = _Buffer(program.add_buffer(h, w, c), (h, w, c), False)
         elif node.op == "output":
             out = buffers.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-            if out is None or out.id == 0:
+            if out is None or out.id == 0 or out.id in views:
                 return None
             return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names, fused_pools)
         elif _is_flatten(gm, node) and node.args[0] in buffers and buffers[node.args[0]].hwc[:2] == (1, 1):
             src = buffers[node.args[0]]  # (N, C, 1, 1) -> (N, C): the same NHWC memory
             buffers[node] = _Buffer(src.id, src.hwc, True)
+        elif _is_channel_cat(node):
+            parts = node.args[0] if node.args else node.kwargs["tensors"]
+            made = _add_cat(program, [buffers.get(a) for a in parts], views)
+            if made is None:
+                return None
+            buffers[node] = made
         elif node.op == "call_module":
             if node in buffers:  # a pool fused into the conv before it
                 continue
             m = gm.get_submodule(node.target)
             ins = [buffers.get(a) for a in node.args]
-            if node.kwargs or None in ins or not isinstance(m, (FusedConv2d, PoolStep)):
+            if node.kwargs or None in ins or not isinstance(m, (ChannelAffineStep, FusedConv2d, PoolStep)):
                 return None
             pool = _fusable_pool(gm, node, m, ins[0])
             if isinstance(m, PoolStep):
                 made = _add_pool(program, m, ins[0])
+            elif isinstance(m, ChannelAffineStep):
+                made = _add_affine(program, m, ins[0])
             else:
                 made = _add_conv(program, m, ins, pool is not None)
             if made is None:
@@ -92,6 +105,32 @@ def _is_flatten(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function" and node.target is torch.flatten:
         return node.args[1:] == (1,) and not node.kwargs
     return node.op == "call_method" and node.target == "flatten" and node.args[1:] == (1,) and not node.kwargs
+
+
+def _is_channel_cat(node: fx.Node) -> bool:
+    """torch.cat of a list along dim 1 or -3, the channels of the 4-D parts `_add_cat` accepts."""
+    if node.op != "call_function" or node.target not in (torch.cat, torch.concat, torch.concatenate):
+        return False
+    args = dict(zip(("tensors", "dim"), node.args), **node.kwargs)
+    return set(args) <= {"tensors", "dim"} and isinstance(args["tensors"], (list, tuple)) and \
+        args.get("dim", 0) in (1, -3)
+
+
+def _add_cat(program: "_C.Program", parts: list[_Buffer | None], views: set[int]) -> _Buffer | None:
+    """The concatenation's buffer, with each part made a view of its channels; None if a part cannot
+    be one (the plan input, a flattened tensor, a part of another concatenation, a repeated part)."""
+    if not parts or None in parts or any(p.flat or p.id == 0 or p.id in views for p in parts):
+        return None
+    if len({p.id for p in parts}) != len(parts) or len({p.hwc[:2] for p in parts}) != 1:
+        return None
+    hwc = (*parts[0].hwc[:2], sum(p.hwc[2] for p in parts))
+    out = _Buffer(program.add_buffer(*hwc), hwc, False)
+    offset = 0
+    for p in parts:
+        program.alias(p.id, out.id, offset)
+        views.add(p.id)
+        offset += p.hwc[2]
+    return out
 
 
 def _fusable_pool(gm: fx.GraphModule, node: fx.Node, m: nn.Module, x: _Buffer) -> fx.Node | None:
@@ -126,6 +165,14 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
     arr = lambda t: None if t is None else t.numpy()  # noqa: E731
     program.add_conv(x.id, -1 if res is None else res.id, out.id, m.B.numpy(), arr(m.A), arr(m.bias), m.rank,
                      ACTIVATIONS[m.activation], m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1)
+    return out
+
+
+def _add_affine(program: "_C.Program", m: ChannelAffineStep, x: _Buffer) -> _Buffer | None:
+    if x.flat or x.hwc[2] != m.scale.numel():
+        return None
+    out = _Buffer(program.add_buffer(*x.hwc), x.hwc, False)
+    program.add_affine(x.id, out.id, m.scale.numpy(), m.shift.numpy(), ACTIVATIONS[m.activation])
     return out
 
 

@@ -1,0 +1,16 @@
+// Per-channel affine map and activation on NHWC float32: y = act(x · scale + shift), a BatchNorm
+// (and the ReLU after it) that no conv before it can absorb, as in pre-activation networks
+// (DenseNet's BN → ReLU → conv reads a concatenation that several layers share).
+#pragma once
+#include <cstdint>
+
+#include "fused_conv.h"
+
+namespace basisrt {
+
+// P pixels of C channels; ldx / ldy are the pixel strides of x and y in floats (>= C), so x can
+// be a channel slice of a wider buffer (a concatenation, read in place).
+void channel_affine_nhwc(const float* x, const float* scale, const float* shift, float* y, int64_t P, int64_t C,
+                         int64_t ldx, int64_t ldy, Activation act, int num_threads);
+
+}  // namespace basisrt
