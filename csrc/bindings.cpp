@@ -26,6 +26,7 @@
 
 #include "basis_conv_ref.h"
 #include "channel_affine.h"
+#include "depthwise_conv.h"
 #include "fused_conv.h"
 #include "pool.h"
 #include "program.h"
@@ -250,7 +251,9 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
     const int64_t K = s.kh * s.kw * (s.C_in / groups);
     const int64_t b_cols = rank ? basisrt::round_up(rank, basisrt::kColBlock) : cg_pad;
     const bool dot = basisrt::lowrank_dot_path(s.C_in / groups, rank);
-    PackedWeights w{f32_data(fn, B, "B (packed)", groups * K * (dot ? rank : b_cols)), nullptr, nullptr};
+    const int64_t b_size = basisrt::depthwise_path(groups, s.C_in, s.C_out, rank) ? s.kh * s.kw * s.C_in
+                                                                                 : groups * K * (dot ? rank : b_cols);
+    PackedWeights w{f32_data(fn, B, "B (packed)", b_size), nullptr, nullptr};
     if (rank) {
         if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
         w.A = f32_data(fn, *A, "A (packed)", groups * b_cols * cg_pad);
@@ -486,6 +489,8 @@ void bind_fused(py::module_& m) {
     m.def("lowrank_dot_path", &basisrt::lowrank_dot_path, py::arg("cg_in"), py::arg("rank"),
           "Whether fused_conv_nhwc expects B packed as (groups, rank, K) (channel-vectorised path)\n"
           "rather than (groups, K, round_up(rank, 16)).");
+    m.def("depthwise_path", &basisrt::depthwise_path, py::arg("groups"), py::arg("c_in"), py::arg("c_out"),
+          py::arg("rank"), "Whether fused_conv_nhwc runs a depthwise conv, B packed as (kh*kw, C).");
     m.def("simd_path", &basisrt::simd_path, "The SIMD path chosen at run time for this CPU.");
 }
 

@@ -1,5 +1,6 @@
 #include "fused_conv.h"
 
+#include "depthwise_conv.h"
 #include "pool.h"
 #include "simd.h"
 #include "thread_pool.h"
@@ -457,6 +458,18 @@ void max_cell(const float* rows, int64_t C, float* out) {
     max_cell_narrow(rows, C, out);
 }
 
+// For paths without the pool in their epilogue: conv(unpooled shape, dense buffer), then the 2×2
+// max pool of s into y.
+template <class Conv>
+void pooled_after(const ConvShape& s, float* y, int num_threads, const Conv& conv) {
+    ConvShape unpooled = s;
+    unpooled.pool = 1, unpooled.ldy = s.C_out;
+    std::vector<float> buf(s.N * s.Ho * s.Wo * s.C_out);
+    conv(unpooled, buf.data());
+    const PoolShape ps{s.N, s.Ho, s.Wo, s.C_out, s.Ho / 2, s.Wo / 2, 2, 2, 2, 2, 0, 0, s.C_out, s.ldy};
+    pool_nhwc(buf.data(), y, ps, PoolKind::max, true, num_threads);
+}
+
 }  // namespace
 
 bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % kColBlock == 0; }
@@ -485,6 +498,12 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
         if (zeros.size() < static_cast<size_t>(s.C_out)) zeros.resize(s.C_out);
         bias = zeros.data();
     }
+    if (depthwise_path(s.groups, s.C_in, s.C_out, rank)) {
+        auto depthwise = [&](const ConvShape& d, float* out) {
+            depthwise_conv_nhwc(x, B, bias, residual, out, d, act, num_threads);
+        };
+        return s.pool == 1 ? depthwise(s, y) : pooled_after(s, y, num_threads, depthwise);
+    }
     const int64_t cg_in = s.C_in / s.groups, cg_out = s.C_out / s.groups;
     const int64_t K = s.kh * s.kw * cg_in, cg_pad = round_up(cg_out, NR);
     const int64_t r_pad = rank ? round_up(rank, NR) : 0;
@@ -500,14 +519,10 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
         for (int64_t kx = 0; kx < s.kw; ++kx) tap_off.push_back((ky * s.dh * s.W + kx * s.dw) * s.ldx);
 
     if (dot && num_threads > 1 && tiles < num_threads && rank * K > kSplitWeights) {  // split ranks
-        if (s.pool == 1) return split_lowrank(x, B, A, bias, residual, y, s, rank, act, num_threads, tap_off.data());
-        std::vector<float> conv(P * s.C_out);  // a few pixels: pool after the conv
-        ConvShape unpooled = s;
-        unpooled.pool = 1;
-        unpooled.ldy = s.C_out;
-        split_lowrank(x, B, A, bias, residual, conv.data(), unpooled, rank, act, num_threads, tap_off.data());
-        const PoolShape ps{s.N, s.Ho, s.Wo, s.C_out, s.Ho / 2, s.Wo / 2, 2, 2, 2, 2, 0, 0, s.C_out, s.ldy};
-        return pool_nhwc(conv.data(), y, ps, PoolKind::max, true, num_threads);
+        auto split = [&](const ConvShape& d, float* out) {
+            split_lowrank(x, B, A, bias, residual, out, d, rank, act, num_threads, tap_off.data());
+        };
+        return s.pool == 1 ? split(s, y) : pooled_after(s, y, num_threads, split);  // a few pixels
     }
     const int64_t cell = s.pool * s.pool;  // a tile of whole pool cells: tile_px is a multiple of 4
 

@@ -54,6 +54,15 @@ def case_id(c):
     return "n{n}c{c_in}-{c_out}k{k[0]}{k[1]}s{stride[0]}{stride[1]}p{padding[0]}{padding[1]}d{dilation[0]}{dilation[1]}g{groups}r{rank}".format(**c)
 
 
+def depthwise_cases(n: int = 60, seed: int = 4):
+    """Random depthwise convs (groups == C_in == C_out), which run their own channel-vectorised kernel."""
+    out = []
+    for c in cases(n, seed):
+        ch = random.Random(case_id(c)).choice([2, 3, 16, 17, 32, 45, 96])
+        out.append({**c, "c_in": ch, "c_out": ch, "groups": ch, "rank": 0})
+    return out
+
+
 @pytest.mark.parametrize("c", cases(), ids=case_id)
 def test_fused_conv_matches_float64(c):
     check_step(c, FusedConv2d)
@@ -81,7 +90,8 @@ def test_narrow_kernels_match_float64():
     their grids."""
     env = {**os.environ, "BASISRT_NO_AVX512": "1"}
     tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
-             "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64"]
+             "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64",
+             "test_depthwise_conv_matches_float64"]
     code = "from basisrt import _C; assert _C.simd_path() == 'avx2', _C.simd_path()"
     check = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr[-2000:]
@@ -268,7 +278,8 @@ def channel_slice(t: torch.Tensor, before: int, after: int, fill: float) -> tupl
 # Channel slices of wider buffers in and out (the zero-copy concatenation): the kernel must read
 # and write only its own channels, whatever the pixel strides. NaN around x and the residual
 # shows any read outside them; a sentinel around y any write outside it.
-STRIDED_CASES = cases()[::9] + cases(70, seed=1, channel_blocks=True)[::5] + SPLIT_CASES[:2]
+STRIDED_CASES = (cases()[::9] + cases(70, seed=1, channel_blocks=True)[::5] + SPLIT_CASES[:2]
+                 + depthwise_cases(12, seed=5))
 
 
 @pytest.mark.parametrize("pool", [1, 2])
@@ -301,3 +312,10 @@ def test_kernels_reject_arrays_that_are_not_channel_slices():
             _C.fused_conv_nhwc(bad, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
     with pytest.raises(ValueError, match="channel slice"):
         _C.pool_nhwc(x, out[..., ::2], (1, 1), (1, 1), (0, 0), 0, True, 1)
+
+
+@pytest.mark.parametrize("c", depthwise_cases(), ids=case_id)
+def test_depthwise_conv_matches_float64(c):
+    assert _C.depthwise_path(c["groups"], c["c_in"], c["c_out"], 0)
+    check_step(c, FusedConv2d)
+

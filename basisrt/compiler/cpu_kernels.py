@@ -49,7 +49,11 @@ class FusedConv2d(nn.Module):
         self.out_channels = scale.shape[0] if scale is not None else weight.shape[0]
         self.num_threads = num_threads
         cg = self.out_channels // groups
-        if scale is None:  # dense: B = W as (g, K, Cg_pad)
+        if scale is None and _C.depthwise_path(groups, self.in_channels, self.out_channels, 0):
+            self.rank = 0  # depthwise: B = W as (kh·kw, C)
+            self.register_buffer("B", weight.reshape(self.out_channels, -1).t().contiguous())
+            self.A = None
+        elif scale is None:  # dense: B = W as (g, K, Cg_pad)
             self.rank = 0
             self.register_buffer("B", _pad_cols(_taps_last(weight, groups), _round_up(cg)))
             self.A = None
