@@ -438,7 +438,7 @@ struct PyProgram {
 };
 
 void bind_fused(py::module_& m) {
-    py::class_<PyProgram>(m, "Program", "A plan of fused-conv and pooling ops over NHWC buffers, run in one call.")
+    py::class_<PyProgram>(m, "Program", "A plan of conv, pooling and channel-affine ops over NHWC buffers, run in one call.")
         .def(py::init<>())
         .def("add_buffer", &PyProgram::add_buffer, py::arg("H"), py::arg("W"), py::arg("C"),
              "A buffer of per-image shape (H, W, C); buffer 0 is the input. Returns its id.")
