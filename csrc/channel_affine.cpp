@@ -15,12 +15,11 @@ constexpr int64_t kPixelsPerTask = 256;
 inline __attribute__((always_inline)) void affine_rows_body(const float* x, const float* scale, const float* shift,
                                                             float* y, int64_t rows, int64_t C, int64_t ldx,
                                                             int64_t ldy, Activation act) {
-    const float lo = act == Activation::none ? -__builtin_inff() : 0.f;
-    const float hi = act == Activation::relu6 ? 6.f : __builtin_inff();
+    const Clamp k = clamp_of(act);
     for (int64_t p = 0; p < rows; ++p) {
         const float* in = x + p * ldx;
         float* out = y + p * ldy;
-        for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(in[c] * scale[c] + shift[c], lo), hi);
+        for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(in[c] * scale[c] + shift[c], k.lo), k.hi);
     }
 }
 BASISRT_AVX512 void affine_rows_avx512(const float* x, const float* scale, const float* shift, float* y,

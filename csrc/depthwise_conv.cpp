@@ -15,8 +15,7 @@ inline __attribute__((always_inline)) void depthwise_row_body(const float* x, co
                                                               const float* residual, float* y, const ConvShape& s,
                                                               Activation act, int64_t n, int64_t oy) {
     const int64_t C = s.C_in, y0 = oy * s.sh - s.ph;
-    const float lo = act == Activation::none ? -__builtin_inff() : 0.f;
-    const float hi = act == Activation::relu6 ? 6.f : __builtin_inff();
+    const Clamp k = clamp_of(act);
     for (int64_t ox = 0; ox < s.Wo; ++ox) {
         const int64_t p = (n * s.Ho + oy) * s.Wo + ox, x0 = ox * s.sw - s.pw;
         float* out = y + p * s.ldy;
@@ -33,7 +32,7 @@ inline __attribute__((always_inline)) void depthwise_row_body(const float* x, co
             }
         }
         const float* res = residual ? residual + p * s.ldr : nullptr;
-        for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(out[c] + (res ? res[c] : 0.f), lo), hi);
+        for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(out[c] + (res ? res[c] : 0.f), k.lo), k.hi);
     }
 }
 

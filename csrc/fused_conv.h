@@ -15,6 +15,15 @@ namespace basisrt {
 
 enum class Activation : int { none = 0, relu = 1, relu6 = 2 };
 
+// The range an activation clamps to ([-inf, inf] for none), for kernels written as scalar loops
+// that GCC vectorises: y = min(max(v, lo), hi).
+struct Clamp {
+    float lo, hi;
+};
+inline Clamp clamp_of(Activation act) {
+    return {act == Activation::none ? -__builtin_inff() : 0.f, act == Activation::relu6 ? 6.f : __builtin_inff()};
+}
+
 struct ConvShape {
     int64_t N, H, W, C_in;     // input, NHWC
     int64_t Ho, Wo, C_out;     // conv output, NHWC

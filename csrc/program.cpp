@@ -53,16 +53,15 @@ void Program::alias(int buffer, int parent, int64_t offset) {
     if (b.parent >= 0) throw std::invalid_argument("Program.alias: the buffer is already a view");
     if (b.H != p.H || b.W != p.W || offset < 0 || offset + b.C > p.C)
         throw std::invalid_argument("Program.alias: the view does not fit in the parent's channels");
-    if (root(parent, nullptr) == buffer) throw std::invalid_argument("Program.alias: a buffer cannot hold itself");
-    b.parent = parent;
+    if (p.parent == buffer) throw std::invalid_argument("Program.alias: a buffer cannot hold itself");
+    // Views point straight at the buffer owning the memory (a nested concatenation's parts move
+    // into the outer one), so finding a view's memory is one step, not a walk per op.
+    const int owner = p.parent >= 0 ? p.parent : parent;
+    offset += p.parent >= 0 ? p.offset : 0;
+    for (BufferShape& v : buffers_)
+        if (v.parent == buffer) v.parent = owner, v.offset += offset;
+    b.parent = owner;
     b.offset = offset;
-}
-
-int Program::root(int id, int64_t* offset) const {
-    int64_t off = 0;
-    for (; buffers_[id].parent >= 0; id = buffers_[id].parent) off += buffers_[id].offset;
-    if (offset) *offset = off;
-    return id;
 }
 
 void Program::add_op(const ProgramOp& op) {
@@ -142,9 +141,8 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
     thread_local std::vector<Aligned> arena;
     if (arena.size() < buffers_.size()) arena.resize(buffers_.size());
     auto data = [&](int id) -> float* {  // a view's memory is its root's, at the view's channel offset
-        int64_t off;
-        const int r = root(id, &off);
-        return (r == output ? y : arena[r].get(static_cast<size_t>(N * floats(buffers_[r])))) + off;
+        const int r = root(id);
+        return (r == output ? y : arena[r].get(static_cast<size_t>(N * floats(buffers_[r])))) + buffers_[id].offset;
     };
     {  // NCHW -> NHWC input
         const BufferShape& s = buffers_[0];
@@ -177,7 +175,7 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
         for (size_t k = 0; k < ops_.size(); ++k) {
             if (k >= seg.begin && k < seg.end) continue;
             for (int id : {ops_[k].in, ops_[k].out, ops_[k].residual})
-                if (id >= 0) whole[root(id, nullptr)] = data(root(id, nullptr));
+                if (id >= 0) whole[root(id)] = data(root(id));
         }
         const int64_t groups = (N + seg.images - 1) / seg.images;
         std::mutex mu;
@@ -186,10 +184,10 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
             if (scratch.size() < buffers_.size()) scratch.resize(buffers_.size());
             const int64_t n0 = task * seg.images, n = std::min(seg.images, N - n0);
             auto at = [&](int id) -> float* {
-                int64_t off;
-                const int r = root(id, &off);
+                const int r = root(id);
                 const int64_t per = floats(buffers_[r]);
-                return (whole[r] ? whole[r] + n0 * per : scratch[r].get(static_cast<size_t>(seg.images * per))) + off;
+                return (whole[r] ? whole[r] + n0 * per : scratch[r].get(static_cast<size_t>(seg.images * per))) +
+                       buffers_[id].offset;
             };
             std::vector<double> seconds(op_seconds ? seg.end - seg.begin : 0);
             for (size_t k = seg.begin; k < seg.end; ++k) {

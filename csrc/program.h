@@ -24,7 +24,8 @@ namespace basisrt {
 struct BufferShape {
     int64_t H, W, C;  // per image, NHWC
     // A view: channels [offset, offset + C) of buffer `parent` (-1: none), which the producer
-    // writes and consumers read in place. This is how a concatenation costs no copy.
+    // writes and consumers read in place. This is how a concatenation costs no copy. A parent is
+    // never itself a view (Program::alias keeps it so).
     int parent = -1;
     int64_t offset = 0;
 };
@@ -70,8 +71,8 @@ class Program {
     const std::vector<BufferShape>& buffers() const { return buffers_; }
 
   private:
-    int root(int id, int64_t* offset) const;  // the buffer owning id's memory, and id's channel offset in it
-    int64_t pixel_stride(int id) const { return buffers_[root(id, nullptr)].C; }
+    int root(int id) const { return buffers_[id].parent >= 0 ? buffers_[id].parent : id; }  // owns id's memory
+    int64_t pixel_stride(int id) const { return buffers_[root(id)].C; }
     Segment cache_groups(int64_t N, int num_threads) const;  // the early ops' groups: {0, 0, N} if none
     int64_t weight_floats(const ProgramOp& op) const;
     int64_t activation_floats(const ProgramOp& op) const;  // per image: input + output + residual

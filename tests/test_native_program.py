@@ -214,6 +214,10 @@ def test_program_rejects_bad_views():
     p.alias(b, wide, 8)
     with pytest.raises(ValueError, match="already a view"):
         p.alias(a, wide, 8)
+    one, whole = p.add_buffer(4, 4, 8), p.add_buffer(4, 4, 8)  # a concatenation of one part
+    p.alias(one, whole, 0)
+    with pytest.raises(ValueError, match="cannot hold itself"):
+        p.alias(whole, one, 0)
     p.add_affine(x, a, np.ones(8, np.float32), np.zeros(8, np.float32), 0)
     with pytest.raises(ValueError, match="output buffer is a view"):
         p.run(np.zeros((1, 8, 4, 4), np.float32), np.zeros((1, 4, 4, 8), np.float32), a, 1)
