@@ -30,6 +30,7 @@
 #include "fused_conv.h"
 #include "pool.h"
 #include "program.h"
+#include "shape_checks.h"
 
 #ifndef BASISRT_C_VERSION
 #define BASISRT_C_VERSION "0.1.0"
@@ -226,6 +227,7 @@ Nhwc nhwc_data(const std::string& fn, const py::array& a, const char* name) {
     const std::string what = std::string(name) + " must be a 4-D float32 NHWC array, C-contiguous or a channel slice of one";
     if (!py::isinstance<py::array_t<float>>(a) || a.ndim() != 4) value_error(fn, what);
     const int64_t f = sizeof(float), H = a.shape(1), W = a.shape(2), C = a.shape(3);
+    if (a.size() == 0) return {static_cast<float*>(const_cast<void*>(a.data())), C};  // nothing is read: any strides
     const int64_t per[3] = {H * W, W, 1};  // pixels per step of dims 0..2
     int64_t ld = C;
     for (int d = 2; d >= 0; --d)
@@ -251,12 +253,13 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
     const int64_t K = s.kh * s.kw * (s.C_in / groups);
     const int64_t b_cols = rank ? basisrt::round_up(rank, basisrt::kColBlock) : cg_pad;
     const bool dot = basisrt::lowrank_dot_path(s.C_in / groups, rank);
+    // check_conv bounded every factor, so these products fit int64
     const int64_t b_size = basisrt::depthwise_path(groups, s.C_in, s.C_out, rank) ? s.kh * s.kw * s.C_in
                                                                                  : groups * K * (dot ? rank : b_cols);
     PackedWeights w{f32_data(fn, B, "B (packed)", b_size), nullptr, nullptr};
     if (rank) {
         if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
-        w.A = f32_data(fn, *A, "A (packed)", groups * b_cols * cg_pad);
+        w.A = f32_data(fn, *A, "A (packed)", basisrt::checked_elements({groups, b_cols, cg_pad}, fn + ": A"));
     }
     if (bias) w.bias = f32_data(fn, *bias, "bias", s.C_out);
     return w;
@@ -268,21 +271,14 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
                         int64_t groups, int64_t rank, int activation, int num_threads, int64_t pool) {
     const std::string fn = "fused_conv_nhwc";
     if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
-    if (pool != 1 && (pool != 2 || residual)) value_error(fn, "pool is 1 (none) or 2 (2x2 max), without residual");
+    if (pool != 1 && pool != 2) value_error(fn, "pool is 1 (none) or 2 (2x2 max)");
     basisrt::ConvShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1) * pool, out.shape(2) * pool,
                          out.shape(3), kernel.first, kernel.second, stride.first, stride.second,
                          padding.first, padding.second, dilation.first, dilation.second, groups, pool};
     if (out.shape(0) != s.N) value_error(fn, "out batch differs from x batch");
-    if (groups < 1 || s.C_in % groups || s.C_out % groups) value_error(fn, "groups must divide C_in and C_out");
-    if (rank < 0 || activation < 0 || activation > 2 || num_threads < 1) value_error(fn, "bad rank/activation/threads");
-    if (s.kh < 1 || s.kw < 1 || s.sh < 1 || s.sw < 1 || s.dh < 1 || s.dw < 1 || s.ph < 0 || s.pw < 0)
-        value_error(fn, "kernel, stride and dilation must be positive, padding non-negative");
-    const int64_t ho = (s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1;
-    const int64_t wo = (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1;
-    if (ho != s.Ho || wo != s.Wo)
-        value_error(fn, "out spatial size (" + std::to_string(s.Ho / pool) + ", " + std::to_string(s.Wo / pool) +
-                            ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) +
-                            (pool > 1 ? ", then halved by the pool)" : ")"));
+    basisrt::check_conv(fn, s, rank, residual.has_value());
+    const auto act = basisrt::checked_activation(fn, activation);
+    basisrt::check_threads(fn, num_threads);
     const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
     Nhwc rv{nullptr, 0};
@@ -292,10 +288,10 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
         rv = nhwc_data(fn, *residual, "residual");
     }
     if (!out.writeable()) value_error(fn, "out must be writeable");
+    if (s.N == 0) return;  // an empty batch: nothing to write
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     py::gil_scoped_release release;
-    basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank,
-                             static_cast<basisrt::Activation>(activation), num_threads);
+    basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads);
 }
 
 void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding, int kind,
@@ -305,16 +301,15 @@ void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair st
     basisrt::PoolShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1), out.shape(2),
                          kernel.first, kernel.second, stride.first, stride.second, padding.first, padding.second};
     if (out.shape(0) != s.N || out.shape(3) != s.C) value_error(fn, "out batch or channels differ from x");
-    if (kind < 0 || kind > 1 || num_threads < 1) value_error(fn, "kind must be 0 (max) or 1 (avg), threads >= 1");
-    if (s.kh < 1 || s.kw < 1 || s.sh < 1 || s.sw < 1 || s.ph < 0 || s.pw < 0 || 2 * s.ph > s.kh || 2 * s.pw > s.kw)
-        value_error(fn, "kernel and stride must be positive, padding at most half the kernel");
-    if ((s.H + 2 * s.ph - s.kh) / s.sh + 1 != s.Ho || (s.W + 2 * s.pw - s.kw) / s.sw + 1 != s.Wo || s.Ho < 1 || s.Wo < 1)
-        value_error(fn, "out spatial size does not match the pooling geometry");
+    basisrt::check_pool(fn, s);
+    const auto pool_kind = basisrt::checked_pool_kind(fn, kind);
+    basisrt::check_threads(fn, num_threads);
     const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     if (!out.writeable()) value_error(fn, "out must be writeable");
+    if (s.N == 0) return;
     s.ldx = xv.ld, s.ldy = yv.ld;
     py::gil_scoped_release release;
-    basisrt::pool_nhwc(xv.data, yv.data, s, static_cast<basisrt::PoolKind>(kind), count_include_pad, num_threads);
+    basisrt::pool_nhwc(xv.data, yv.data, s, pool_kind, count_include_pad, num_threads);
 }
 
 void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
@@ -326,49 +321,39 @@ void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py
     const int64_t C = x.shape(3);
     const float* sp = f32_data(fn, scale, "scale", C);
     const float* tp = f32_data(fn, shift, "shift", C);
-    if (activation < 0 || activation > 2 || num_threads < 1) value_error(fn, "bad activation or thread count");
+    const auto act = basisrt::checked_activation(fn, activation);
+    basisrt::check_threads(fn, num_threads);
     if (!out.writeable()) value_error(fn, "out must be writeable");
+    const int64_t P = basisrt::checked_elements({x.shape(0), x.shape(1), x.shape(2)}, fn + ": x");
     py::gil_scoped_release release;
-    basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, x.shape(0) * x.shape(1) * x.shape(2), C, xv.ld, yv.ld,
-                                 static_cast<basisrt::Activation>(activation), num_threads);
+    basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, P, C, xv.ld, yv.ld, act, num_threads);
 }
 
 // basisrt::Program plus references to the numpy weight arrays it points into.
+// basisrt::Program plus references to the numpy weight arrays it points into. Program::add_op
+// checks ids and geometry; here only what needs the arrays (their sizes against the geometry).
 struct PyProgram {
     basisrt::Program program;
     std::vector<py::object> keep_alive;
 
-    int add_buffer(int64_t H, int64_t W, int64_t C) {
-        if (H < 1 || W < 1 || C < 1) value_error("Program.add_buffer", "H, W and C must be positive");
-        return program.add_buffer({H, W, C});
-    }
-
-    void check_ids(const std::string& fn, int in, int out, int residual) const {
-        const int n = static_cast<int>(program.buffers().size());
-        if (in < 0 || in >= n || out < 1 || out >= n || residual < -1 || residual >= n || in == out)
-            value_error(fn, "buffer ids out of range");
-    }
+    int add_buffer(int64_t H, int64_t W, int64_t C) { return program.add_buffer({H, W, C}); }
 
     void add_conv(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
                   const std::optional<py::array>& bias, int64_t rank, int activation, IntPair kernel, IntPair stride,
                   IntPair padding, IntPair dilation, int64_t groups, int64_t pool) {
         const std::string fn = "Program.add_conv";
-        check_ids(fn, in, out, residual);
-        if (pool != 1 && (pool != 2 || residual >= 0)) value_error(fn, "pool is 1 (none) or 2 (2x2 max), without residual");
-        const auto &i = program.buffers()[in], &o = program.buffers()[out];
-        basisrt::ConvShape s{1, i.H, i.W, i.C, o.H * pool, o.W * pool, o.C, kernel.first, kernel.second, stride.first,
-                             stride.second, padding.first, padding.second, dilation.first, dilation.second, groups, pool};
-        if (groups < 1 || s.C_in % groups || s.C_out % groups) value_error(fn, "groups must divide C_in and C_out");
-        if (rank < 0 || activation < 0 || activation > 2) value_error(fn, "bad rank or activation");
-        if ((s.H + 2 * s.ph - s.dh * (s.kh - 1) - 1) / s.sh + 1 != s.Ho ||
-            (s.W + 2 * s.pw - s.dw * (s.kw - 1) - 1) / s.sw + 1 != s.Wo)
-            value_error(fn, "output buffer size does not match the conv geometry");
-        const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
+        if (pool != 1 && pool != 2) value_error(fn, "pool is 1 (none) or 2 (2x2 max)");
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
-        op.B = w.B, op.A = w.A, op.bias = w.bias, op.rank = rank;
-        op.act = static_cast<basisrt::Activation>(activation);
-        op.kh = s.kh, op.kw = s.kw, op.sh = s.sh, op.sw = s.sw, op.ph = s.ph, op.pw = s.pw, op.dh = s.dh,
-        op.dw = s.dw, op.groups = groups, op.fused_pool = pool;
+        op.rank = rank, op.act = basisrt::checked_activation(fn, activation);
+        op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
+        op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
+        op.groups = groups, op.fused_pool = pool;
+        program.check(op);  // ids and geometry, before the array sizes computed from them
+        const auto &i = program.buffers()[in], &o = program.buffers()[out];
+        const basisrt::ConvShape s{1, i.H, i.W, i.C, o.H * pool, o.W * pool, o.C, op.kh, op.kw, op.sh, op.sw,
+                                   op.ph, op.pw, op.dh, op.dw, groups, pool};
+        const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
+        op.B = w.B, op.A = w.A, op.bias = w.bias;
         program.add_op(op);
         keep_alive.push_back(B);
         if (A) keep_alive.push_back(*A);
@@ -376,18 +361,8 @@ struct PyProgram {
     }
 
     void add_pool(int in, int out, IntPair kernel, IntPair stride, IntPair padding, int kind, bool count_include_pad) {
-        const std::string fn = "Program.add_pool";
-        check_ids(fn, in, out, -1);
-        const auto &i = program.buffers()[in], &o = program.buffers()[out];
-        if (i.C != o.C || kind < 0 || kind > 1) value_error(fn, "pooling keeps channels; kind is 0 (max) or 1 (avg)");
-        if (kernel.first < 1 || kernel.second < 1 || stride.first < 1 || stride.second < 1 || padding.first < 0 ||
-            padding.second < 0 || 2 * padding.first > kernel.first || 2 * padding.second > kernel.second)
-            value_error(fn, "kernel and stride must be positive, padding at most half the kernel");
-        if ((i.H + 2 * padding.first - kernel.first) / stride.first + 1 != o.H ||
-            (i.W + 2 * padding.second - kernel.second) / stride.second + 1 != o.W)
-            value_error(fn, "output buffer size does not match the pooling geometry");
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pool, in, -1, out};
-        op.pool = static_cast<basisrt::PoolKind>(kind), op.count_include_pad = count_include_pad;
+        op.pool = basisrt::checked_pool_kind("Program.add_pool", kind), op.count_include_pad = count_include_pad;
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second;
         program.add_op(op);
@@ -395,13 +370,11 @@ struct PyProgram {
 
     void add_affine(int in, int out, const py::array& scale, const py::array& shift, int activation) {
         const std::string fn = "Program.add_affine";
-        check_ids(fn, in, out, -1);
-        const auto &i = program.buffers()[in], &o = program.buffers()[out];
-        if (i.H != o.H || i.W != o.W || i.C != o.C) value_error(fn, "the output buffer must have the input's shape");
-        if (activation < 0 || activation > 2) value_error(fn, "bad activation");
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::affine, in, -1, out};
-        op.scale = f32_data(fn, scale, "scale", i.C), op.shift = f32_data(fn, shift, "shift", i.C);
-        op.act = static_cast<basisrt::Activation>(activation);
+        op.act = basisrt::checked_activation(fn, activation);
+        program.check(op);
+        const int64_t C = program.buffers()[in].C;
+        op.scale = f32_data(fn, scale, "scale", C), op.shift = f32_data(fn, shift, "shift", C);
         program.add_op(op);
         keep_alive.push_back(scale);
         keep_alive.push_back(shift);
@@ -411,14 +384,15 @@ struct PyProgram {
              std::optional<py::array> op_seconds) const {
         const std::string fn = "Program.run";
         const auto& bufs = program.buffers();
-        if (output < 1 || output >= static_cast<int>(bufs.size()) || num_threads < 1)
-            value_error(fn, "bad output buffer id or thread count");
+        if (output < 1 || output >= static_cast<int>(bufs.size())) value_error(fn, "bad output buffer id");
+        basisrt::check_threads(fn, num_threads);
         if (bufs[output].parent >= 0) value_error(fn, "the output buffer is a view of another buffer");
         const auto &i = bufs[0], &o = bufs[output];
         if (x.ndim() != 4 || x.shape(1) != i.C || x.shape(2) != i.H || x.shape(3) != i.W)
             value_error(fn, "x must be NCHW (N, " + std::to_string(i.C) + ", " + std::to_string(i.H) + ", " +
                                 std::to_string(i.W) + ")");
         const int64_t N = x.shape(0);
+        if (N > basisrt::kMaxExtent) value_error(fn, "batch size out of range");
         if (out.size() != N * o.H * o.W * o.C) value_error(fn, "out has the wrong number of elements");
         const float* xp = f32_data(fn, x, "x", x.size());
         f32_data(fn, out, "out", out.size());
@@ -465,7 +439,8 @@ void bind_fused(py::module_& m) {
         .def(
             "segments",
             [](const PyProgram& p, int64_t N, int num_threads) {
-                if (N < 1 || num_threads < 1) value_error("Program.segments", "N and num_threads must be positive");
+                if (N < 1 || N > basisrt::kMaxExtent) value_error("Program.segments", "N must be in [1, 2^24]");
+                basisrt::check_threads("Program.segments", num_threads);
                 std::vector<std::tuple<size_t, size_t, int64_t>> out;
                 for (const auto& s : p.program.segments(N, num_threads)) out.emplace_back(s.begin, s.end, s.images);
                 return out;

@@ -483,6 +483,7 @@ const char* simd_path() {
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& shape, int64_t rank,
                      Activation act, int num_threads) {
+    if (shape.N == 0) return;  // an empty batch (the tile sizing below divides by the pixel count)
     ConvShape s = shape;
     s.ldx = s.ldx ? s.ldx : s.C_in;
     s.ldy = s.ldy ? s.ldy : s.C_out;

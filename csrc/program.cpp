@@ -1,6 +1,7 @@
 #include "program.h"
 
 #include "channel_affine.h"
+#include "shape_checks.h"
 #include "thread_pool.h"
 
 #include <algorithm>
@@ -10,6 +11,11 @@
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <string>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace basisrt {
 namespace {
@@ -20,13 +26,15 @@ namespace {
 // 32 takes 1.4 ms on an input still in cache and 2.0 ms inside a chain of such layers).
 constexpr int64_t kGroupBytes = 1 << 20;  // a group's activations of one op (in + out + residual)
 
-// A 64-byte aligned float buffer (as PyTorch's tensors) that only grows.
+// A 64-byte aligned float buffer (as PyTorch's tensors) that only grows, until released.
 struct Aligned {
     std::unique_ptr<float, decltype(&std::free)> p{nullptr, &std::free};
     size_t size = 0;
 
     float* get(size_t need) {
         if (size < need) {
+            p.reset();  // the old block first: a growing buffer never holds two
+            size = 0;
             void* q = std::aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
             if (!q) throw std::bad_alloc();
             p.reset(static_cast<float*>(q));
@@ -36,11 +44,46 @@ struct Aligned {
     }
 };
 
+// Buffers a thread keeps between calls, so steady-state calls allocate nothing. A call that needed
+// more than kKeepBytes (an occasional huge batch behind a server) hands its memory back when it
+// ends, instead of holding it for the life of the process.
+constexpr size_t kKeepBytes = size_t(64) << 20;
+
+struct Arena {
+    std::vector<Aligned> buffers;
+
+    float* get(size_t id, size_t floats) {
+        if (buffers.size() <= id) buffers.resize(id + 1);
+        return buffers[id].get(floats);
+    }
+    // Frees everything if the arena holds more than kKeepBytes; true if it did.
+    bool trim() {
+        size_t bytes = 0;
+        for (const Aligned& b : buffers) bytes += b.size * sizeof(float);
+        if (bytes <= kKeepBytes) return false;
+        buffers.clear();
+        return true;
+    }
+};
+
+// Returns freed heap pages to the system: glibc keeps freed blocks under its (adaptive) mmap
+// threshold in the heap, where the process's resident size would still count them.
+void release_freed_memory() {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}
+
 int64_t floats(const BufferShape& s) { return s.H * s.W * s.C; }
 
 }  // namespace
 
 int Program::add_buffer(BufferShape s) {
+    const std::string fn = "Program.add_buffer";
+    if (s.H < 1 || s.W < 1 || s.C < 1 || s.H > kMaxExtent || s.W > kMaxExtent || s.C > kMaxExtent)
+        throw std::invalid_argument(fn + ": H, W and C must be in [1, " + std::to_string(kMaxExtent) + "]");
+    checked_elements({s.H, s.W, s.C}, fn + ": the buffer");
+    s.parent = -1, s.offset = 0;
     buffers_.push_back(s);
     return static_cast<int>(buffers_.size()) - 1;
 }
@@ -64,10 +107,41 @@ void Program::alias(int buffer, int parent, int64_t offset) {
     b.offset = offset;
 }
 
-void Program::add_op(const ProgramOp& op) {
+void Program::check(const ProgramOp& op) const {
     const int n = static_cast<int>(buffers_.size());
-    if (op.in < 0 || op.in >= n || op.out <= 0 || op.out >= n || op.residual >= n || op.out == op.in)
-        throw std::invalid_argument("Program.add_op: buffer id out of range");
+    const std::string fn = "Program.add_op";
+    if (op.in < 0 || op.in >= n || op.out <= 0 || op.out >= n || op.residual < -1 || op.residual >= n ||
+        op.out == op.in || op.residual == op.out)
+        throw std::invalid_argument(fn + ": buffer id out of range (" + std::to_string(n) + " buffers)");
+    const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
+    if (op.kind == ProgramOp::Kind::conv) {
+        ConvShape s{1, i.H, i.W, i.C, o.H * op.fused_pool, o.W * op.fused_pool, o.C, op.kh, op.kw, op.sh, op.sw,
+                    op.ph, op.pw, op.dh, op.dw, op.groups, op.fused_pool};
+        check_conv(fn, s, op.rank, op.residual >= 0);
+        checked_activation(fn, static_cast<int64_t>(op.act));
+        if (op.residual >= 0) {
+            const BufferShape& r = buffers_[op.residual];
+            if (r.H != o.H || r.W != o.W || r.C != o.C)
+                throw std::invalid_argument(fn + ": the residual buffer must have the output's shape");
+        }
+    } else if (op.kind == ProgramOp::Kind::pool) {
+        if (op.residual >= 0 || i.C != o.C) throw std::invalid_argument(fn + ": pooling keeps channels, no residual");
+        check_pool(fn, PoolShape{1, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw});
+        checked_pool_kind(fn, static_cast<int64_t>(op.pool));
+    } else if (op.kind == ProgramOp::Kind::affine) {
+        if (op.residual >= 0 || i.H != o.H || i.W != o.W || i.C != o.C)
+            throw std::invalid_argument(fn + ": the affine op's output must have the input's shape, no residual");
+        checked_activation(fn, static_cast<int64_t>(op.act));
+    } else {
+        throw std::invalid_argument(fn + ": unknown op kind");
+    }
+}
+
+void Program::add_op(const ProgramOp& op) {
+    check(op);
+    const bool conv = op.kind == ProgramOp::Kind::conv, affine = op.kind == ProgramOp::Kind::affine;
+    if ((conv && (!op.B || (op.rank && !op.A))) || (affine && (!op.scale || !op.shift)))
+        throw std::invalid_argument("Program.add_op: a conv needs B (and A when rank > 0), an affine op scale and shift");
     ops_.push_back(op);
 }
 
@@ -136,13 +210,25 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
 
 void Program::run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds) const {
     using clock = std::chrono::steady_clock;
+    const std::string fn = "Program.run";
+    if (output < 1 || output >= static_cast<int>(buffers_.size()))
+        throw std::invalid_argument(fn + ": output buffer id out of range");
+    if (buffers_[output].parent >= 0) throw std::invalid_argument(fn + ": the output buffer is a view");
+    check_threads(fn, num_threads);
+    if (N < 0 || N > kMaxExtent) throw std::invalid_argument(fn + ": batch size out of range");
+    for (const BufferShape& b : buffers_) checked_elements({N, floats(b)}, fn + ": a buffer of the batch");
+    if (N == 0) return;  // an empty batch: an empty output, as PyTorch gives
     // Per-thread arena, one buffer per program buffer holding the whole batch.
-    if (buffers_[output].parent >= 0) throw std::invalid_argument("Program.run: the output buffer is a view");
-    thread_local std::vector<Aligned> arena;
-    if (arena.size() < buffers_.size()) arena.resize(buffers_.size());
+    thread_local Arena arena;
+    struct Trim {  // on every way out, exceptions included
+        Arena& a;
+        ~Trim() {
+            if (a.trim()) release_freed_memory();
+        }
+    } trim{arena};
     auto data = [&](int id) -> float* {  // a view's memory is its root's, at the view's channel offset
         const int r = root(id);
-        return (r == output ? y : arena[r].get(static_cast<size_t>(N * floats(buffers_[r])))) + buffers_[id].offset;
+        return (r == output ? y : arena.get(r, static_cast<size_t>(N * floats(buffers_[r])))) + buffers_[id].offset;
     };
     {  // NCHW -> NHWC input
         const BufferShape& s = buffers_[0];
@@ -180,13 +266,12 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
         const int64_t groups = (N + seg.images - 1) / seg.images;
         std::mutex mu;
         parallel_for(groups, num_threads, [&](int64_t task) {
-            thread_local std::vector<Aligned> scratch;
-            if (scratch.size() < buffers_.size()) scratch.resize(buffers_.size());
+            thread_local Arena scratch;
             const int64_t n0 = task * seg.images, n = std::min(seg.images, N - n0);
             auto at = [&](int id) -> float* {
                 const int r = root(id);
                 const int64_t per = floats(buffers_[r]);
-                return (whole[r] ? whole[r] + n0 * per : scratch[r].get(static_cast<size_t>(seg.images * per))) +
+                return (whole[r] ? whole[r] + n0 * per : scratch.get(r, static_cast<size_t>(seg.images * per))) +
                        buffers_[id].offset;
             };
             std::vector<double> seconds(op_seconds ? seg.end - seg.begin : 0);
@@ -196,6 +281,7 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
                 run_op(op, at(op.in), op.residual >= 0 ? at(op.residual) : nullptr, at(op.out), n, 1);
                 if (op_seconds) seconds[k - seg.begin] = std::chrono::duration<double>(clock::now() - start).count();
             }
+            if (scratch.trim()) release_freed_memory();
             if (op_seconds) {  // thread time; divided by the threads below to approximate wall time
                 std::lock_guard<std::mutex> lk(mu);
                 for (size_t k = seg.begin; k < seg.end; ++k)

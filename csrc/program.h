@@ -10,7 +10,8 @@
 // run in one group of images per thread when the batch splits evenly, else on the whole batch
 // with threads over output tiles.
 // Intermediate buffers live in a per-thread arena, so concurrent calls from several threads
-// are safe and steady-state calls allocate nothing.
+// are safe and steady-state calls allocate nothing; a thread keeps at most 64 MiB of them
+// between calls (a larger call frees its buffers when it returns).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -53,7 +54,10 @@ class Program {
     // Makes `buffer` the view of channels [offset, offset + its C) of `parent` (a concatenation
     // of buffers that no other concatenation holds). Neither may be the input buffer.
     void alias(int buffer, int parent, int64_t offset);
+    // Checks every id, shape and geometry (std::invalid_argument), then appends the op.
     void add_op(const ProgramOp& op);
+    // add_op's checks of ids and geometry alone (not the weight pointers).
+    void check(const ProgramOp& op) const;
     // x: NCHW (N, C, H, W) of buffer 0; y: NHWC of the output buffer. op_seconds, if not null,
     // gets each op's wall time added (size: ops()).
     void run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds = nullptr) const;

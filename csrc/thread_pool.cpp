@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -17,12 +18,22 @@ struct Job {
     const std::function<void(int64_t)>* fn;
     int64_t n;
     std::atomic<int64_t> next{0}, done{0};
+    // The first exception a task threw (an allocation failing, say): the caller rethrows it once
+    // every claimed task is done. An exception escaping a helper thread would end the process.
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;
 
     // Claim and run tasks until none are left. A helper that picks the job up after the
     // caller returned finds next >= n and never touches fn (which lived on the caller's stack).
     void work() {
         for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
-            (*fn)(i);
+            if (!failed.load(std::memory_order_relaxed)) {
+                try {
+                    (*fn)(i);
+                } catch (...) {
+                    if (!failed.exchange(true)) error = std::current_exception();
+                }
+            }
             done.fetch_add(1, std::memory_order_release);
         }
     }
@@ -53,6 +64,7 @@ class Pool {
         // Wait only for claimed tasks still running elsewhere: spin briefly, then yield the core.
         for (int spin = 0; job->done.load(std::memory_order_acquire) < n; ++spin)
             if (spin > 2000) std::this_thread::yield();
+        if (job->failed.load(std::memory_order_acquire)) std::rethrow_exception(job->error);
     }
 
   private:
@@ -111,6 +123,10 @@ class Pool {
 
 void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn) {
     if (n <= 0) return;
+    // More threads than cores only queue behind each other (and each helper is an OS thread that
+    // lives for the process): the pool never grows past the machine's hardware threads.
+    static const int cores = std::max(1u, std::thread::hardware_concurrency());
+    threads = std::min(threads, cores);
     if (threads <= 1 || n == 1) {
         for (int64_t i = 0; i < n; ++i) fn(i);
         return;

@@ -49,6 +49,15 @@ class Layer:
         self.bias = beta + gamma * (self.bias if self.bias is not None else 0)
 
 
+def _fresh_name(gm: fx.GraphModule, base: str) -> str:
+    """A submodule name not yet in `gm`: a module called more than once becomes one step per call,
+    each with its own fusions (the activation after one call is not the one after the other)."""
+    name, k = base, 1
+    while hasattr(gm, name):
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
 
@@ -219,13 +228,13 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         ours = m is not None and backend == "cpu" and _is_float32_4d(node.args[0])
         pool = pool_step(m, num_threads) if ours else None
         if pool is not None:  # ours, so a plan of fused steps never wakes PyTorch's OpenMP workers
-            source, node.target = node.target, node.target.replace(".", "_") + "_pool"
+            source, node.target = node.target, _fresh_name(gm, node.target.replace(".", "_") + "_pool")
             gm.add_submodule(node.target, pool)
             strategies[node.target] = ("pool", (source,))
             continue
         affine = batchnorm_affine(m) if ours else None
         if affine is not None:  # a BatchNorm no conv absorbed (pre-activation): ours, with its ReLU
-            source, node.target = node.target, node.target.replace(".", "_") + "_affine"
+            source, node.target = node.target, _fresh_name(gm, node.target.replace(".", "_") + "_affine")
             gm.add_submodule(node.target, ChannelAffineStep(*affine, _take_activation(gm, node), num_threads))
             strategies[node.target] = ("affine", (source,))
             continue
@@ -245,7 +254,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         if geometry is not None:
             _fold_bn(gm, node, layer)
         _fuse_epilogue(gm, node, layer)
-        name = node.target.replace(".", "_") + "_step"
+        name = _fresh_name(gm, node.target.replace(".", "_") + "_step")
         step_backend = "basisrt" if kind == "dense-basisrt" else dense_backend
         gm.add_submodule(name, make_step(layer, geometry, num_threads, step_backend, kind == "pair", backend))
         anchor = node if layer.residual is None else _later(node, layer.residual)

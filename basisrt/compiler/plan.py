@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,18 +68,12 @@ class CompiledModel:
         model class, `basisrt.load(path, device=...)` on another device its steps can run on."""
         save_plan(self, path)
 
-    def _check(self, x: object) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
-        if x.device.type != self.device.type:
-            raise ValueError(f"this plan runs on {self.device.type}; the input is on {x.device}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"expected a {self.dtype} input, got {x.dtype}")
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected input of shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+    def _check(self, x: object) -> Tensor:
+        """`x` checked against the plan's signature, as a plain tensor the kernels can read."""
+        return _plain_input(x, self.device, self.dtype, self.input_shape)
 
     def __call__(self, x: Tensor) -> Tensor:
-        self._check(x)
+        x = self._check(x)
         if self.graphs is not None:
             return self.graphs(x)  # already a contiguous clone, not the graph's static output
         if self.native is not None:
@@ -121,6 +116,51 @@ class CompiledModel:
                 h.remove()
 
 
+def _plain_input(x: object, device: torch.device, dtype: torch.dtype, shape: tuple[int, ...] | None) -> Tensor:
+    """`x` as a plain dense tensor (detached, no lazy negation or conjugation), or a clear error
+    naming what does not match the plan: type, layout, device, dtype or shape."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"expected a dense tensor, got a {x.layout} one: call .to_dense() on it first")
+    if x.device.type == "meta":
+        raise ValueError("the input is on the meta device (a shape without data): pass a tensor with values")
+    if x.device.type != device.type:
+        raise ValueError(f"this plan runs on {device.type}; the input is on {x.device}")
+    if x.dtype != dtype:
+        raise TypeError(f"expected a {dtype} input, got {x.dtype}")
+    if shape is not None and tuple(x.shape[1:]) != shape:
+        raise ValueError(f"expected input of shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
+    # inference only: gradients are not tracked (as under torch.no_grad), lazy views are resolved
+    return x.detach().resolve_neg().resolve_conj()
+
+
+def _check_model(model: nn.Module, example_input: Tensor, num_threads: int | None) -> None:
+    """Clear errors (and a warning) for what compile cannot or will not do with `model`."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
+    _plain_input(example_input, example_input.device, example_input.dtype, None)
+    if num_threads is not None and (not isinstance(num_threads, int) or not 1 <= num_threads <= MAX_THREADS):
+        raise ValueError(f"num_threads must be None or an int in [1, {MAX_THREADS}], got {num_threads!r}")
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(f"{type(model).__name__} has parameters on the meta device (shapes without values): load "
+                         "its weights first (model.to_empty(device='cpu'), then load_state_dict)")
+    if model.training:
+        warnings.warn(f"basisrt.compile: {type(model).__name__} is in training mode; the plan runs it as in eval mode "
+                      "(BatchNorm running statistics, no dropout). Call model.eval() first to silence this.",
+                      stacklevel=3)
+
+
+def _check_single_input(model: nn.Module, graph: fx.Graph) -> None:
+    required = [n.target for n in graph.nodes if n.op == "placeholder" and not n.args]
+    if len(required) > 1:
+        raise ValueError(f"basisrt.compile runs models of one tensor input; {type(model).__name__}.forward takes "
+                         f"{len(required)} ({', '.join(map(str, required))})")
+
+
+MAX_THREADS = 1024  # the C++ kernels' cap (csrc/shape_checks.h: kMaxThreads)
+
+
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
             num_threads: int | None = None, dense_backend: str = "auto", backend: str = "auto",
             cuda_graph: bool = False) -> CompiledModel:
@@ -132,7 +172,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     the plan does not own run through PyTorch. The model itself is not modified.
 
     Args:
-        model: a float32 model (plain, decomposed or pruned) in eval mode semantics.
+        model: a float32 model (plain, decomposed or pruned). It is compiled as in eval mode
+            (BatchNorm running statistics, no dropout): a model in training mode gets a warning.
         example_input: an input of the shape the plan will be called with (batch may differ).
         prefer_lowrank: if False, fold every basis pair to a dense conv.
         autotune: choose per layer by timing on `example_input` instead of by the MAC count:
@@ -153,6 +194,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     """
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a torch.Tensor")
+    _check_model(model, example_input, num_threads)
+    example_input = _plain_input(example_input, example_input.device, example_input.dtype, None)
     if cuda_graph:
         require_cuda_device(example_input.device)  # before the work of tracing
     backend = _resolve_backend(backend, example_input.device)
@@ -160,13 +203,12 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         raise ValueError(f"dense_backend must be 'auto', 'torch' or 'basisrt', got {dense_backend!r}")
     try_ours = autotune or dense_backend == "auto"
     dense_backend = "torch" if dense_backend == "auto" else dense_backend
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
     try:
         graph = Tracer().trace(model)
     except Exception as e:  # fx raises many kinds; say what happened and where to look
         raise RuntimeError(f"basisrt.compile could not trace {type(model).__name__} with torch.fx: {e}") from e
+    _check_single_input(model, graph)
     gm = fx.GraphModule(model, graph)
     with torch.no_grad():
         ShapeProp(gm).propagate(example_input)

@@ -1,0 +1,51 @@
+"""What a compiled plan holds between calls: a thread keeps at most 64 MiB of activation buffers,
+so an occasional huge batch does not raise the process's memory for good, and memory does not grow
+with the number of calls."""
+from isolated import run_isolated
+
+MEASURE = """
+import ctypes, resource, torch, basisrt
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+torch.manual_seed(0)
+model = basisrt.decompose(basisrt.models.create("resnet18").eval()).model
+basisrt.prune_basis(model, "ratio", 0.1)
+compiled = basisrt.compile(model.eval(), torch.randn(8, 3, 32, 32), num_threads=2)
+assert compiled.native is not None
+small = torch.randn(8, 3, 32, 32)
+for _ in range(3):
+    compiled(small)
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # what compile freed goes back first: the baseline is the plan's own
+"""
+
+
+def test_a_huge_batch_does_not_stay_resident():
+    out = run_isolated(MEASURE + """
+before, peak_before = rss_mb(), peak_mb()
+big = torch.randn(768, 3, 32, 32)
+y = compiled(big)
+del y, big
+after, peak = rss_mb(), peak_mb()
+for _ in range(3):
+    compiled(small)
+print(before, after, rss_mb(), peak - max(peak_before, before))
+""")
+    before, after, later, grew = map(float, out.split())
+    assert grew > 250, out  # the batch-768 call did need hundreds of MB of activations
+    assert after - before < 40, out  # and handed them back
+    assert later - before < 40, out
+
+
+def test_memory_is_flat_over_many_calls():
+    out = run_isolated(MEASURE + """
+before = rss_mb()
+for _ in range(100):
+    compiled(small)
+print(before, rss_mb())
+""")
+    before, after = map(float, out.split())
+    assert after - before < 8, out
