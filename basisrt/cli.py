@@ -8,12 +8,19 @@ import sys
 import torch
 
 from . import models
+from .argtypes import CLIError, check, fraction, positive_int, seed, writable_dir
+from .bench import engines as bench_engines
 from .cost import profile
 from .decomposition import decompose
 
 
 # Modules that each define `add_subcommand(subparsers)` for their own `basisrt <command>`.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("basisrt.workflow", "basisrt.bench.cli")
+
+
+def _check_demo(args: argparse.Namespace) -> None:
+    if not args.no_bench:  # the benchmark's output directory matters only when it runs
+        check("--out", writable_dir, args.out)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -49,7 +56,11 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"# {args.model}: after basisrt.prune_basis(model, 'ratio', {args.rank:g})\n{cost.table()}\n")
     print(f"nominal speedup {nominal_speedup(dense, cost):.2f}x ({dense.macs / 1e6:.1f}M -> {cost.macs / 1e6:.1f}M MACs)")
     if hasattr(basisrt, "compile"):
-        compiled = basisrt.compile(pruned, x, autotune=True)
+        try:
+            compiled = basisrt.compile(pruned, x, autotune=True)
+        except (RuntimeError, ValueError, TypeError) as e:  # what compile raises for a model it cannot take
+            raise CLIError(f"basisrt.compile cannot compile the pruned {args.model}: {type(e).__name__}: {e}",
+                           code=1) from e
         with torch.no_grad():
             y, y_ref = compiled(x), pruned(x)
         steps = getattr(getattr(compiled, "plan", None), "steps", [])
@@ -68,7 +79,10 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"# benchmark (quick, engines interleaved; batch {args.bench_batch}, 1 thread)")
     results = run(config, progress=not args.no_progress, command=f"basisrt demo --model {args.model}",
                   prepared={args.model: (model, report.model)})
-    written = write_all(results, args.out)
+    try:
+        written = write_all(results, args.out)
+    except OSError as e:
+        raise CLIError(f"cannot write the benchmark results to {args.out}: {e}", code=1) from e
     print(realised_table(results))
     for line in skipped_lines(results):
         print(line)
@@ -82,20 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="decompose, prune, compile and benchmark a built-in reference model")
     demo.add_argument("--model", default="vgg16", choices=sorted(models.REFERENCE_MODELS))
-    demo.add_argument("--batch", type=int, default=1)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--rank", type=float, default=0.1, help="fraction of each layer's rank to keep (default 0.1)")
-    demo.add_argument("--bench-batch", type=int, default=8, help="batch size of the benchmark (default 8)")
-    demo.add_argument("--engines", nargs="+", help="benchmark engines (default: all but torch.compile, "
-                                                   "whose compile takes ~30 s; see basisrt bench --help)")
+    demo.add_argument("--batch", type=positive_int, default=1)
+    demo.add_argument("--seed", type=seed, default=0)
+    demo.add_argument("--rank", type=fraction, default=0.1,
+                      help="fraction of each layer's rank to keep, in (0, 1] (default 0.1)")
+    demo.add_argument("--bench-batch", type=positive_int, default=8, help="batch size of the benchmark (default 8)")
+    demo.add_argument("--engines", nargs="+", choices=bench_engines.ENGINES, metavar="ENGINE",
+                      help="benchmark engines (default: all but torch.compile, whose compile takes ~30 s; "
+                           "see basisrt bench --help)")
     demo.add_argument("--out", default="bench/out", help="where the benchmark writes JSON, Markdown and plot")
     demo.add_argument("--no-bench", action="store_true", help="stop after the cost tables")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, check=_check_demo)
     for module in SUBCOMMAND_MODULES:
         importlib.import_module(module).add_subcommand(sub)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    args = parser.parse_args(argv)  # argparse reports a bad argument value itself (usage, error, exit 2)
+    try:
+        if getattr(args, "check", None):  # checks across arguments, before any work starts
+            args.check(args)
+        return args.run(args)
+    except CLIError as e:  # a user-level failure: one line, no traceback
+        message = " ".join(str(e).split())
+        print(f"basisrt {args.command}: error: {message}", file=sys.stderr)
+        sys.exit(e.code)
 
 
 if __name__ == "__main__":

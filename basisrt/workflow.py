@@ -20,14 +20,17 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from . import data as datasets
 from . import models
+from .argtypes import (CLIError, existing_file, fraction_list, int_range, nonnegative_int, positive_float,
+                       positive_int, removal_fraction, seed, writable_file)
 from .channel_pruning import ChannelPruneReport, channel_prune
 from .cost import profile
-from .decomposition import decompose
+from .decomposition import decompose, why_not
+from .layers import BasisLayer
 from .transfer import (ScheduleReport, evaluate, find_head, iterative_prune, replace_head, seed_everything,
                        setup_basis_transfer, train)
 
@@ -171,52 +174,99 @@ def train_source(model: nn.Module, train_set: TensorDataset, epochs: int, *, lr:
 
 # ------------------------------------------------------------------------------ command line
 
-def _floats(text: str) -> list[float]:
-    return [float(t) for t in text.split(",") if t.strip()]
-
-
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prune", help="basis-scaling transfer learning with basis, channel or double pruning; saves the pruned model",
         description="Transfer a source model to a target data set with basis scaling, pruning basis vectors "
                     "(iterative Taylor schedule), channels (torch-pruning), or both, and save the pruned model.")
     p.add_argument("--model", default="small_vgg", choices=sorted(MODELS), help="architecture (random init)")
-    p.add_argument("--checkpoint", help="a source model saved with torch.save(model); overrides --model")
+    p.add_argument("--checkpoint", type=existing_file,
+                   help="a source model saved with torch.save(model); overrides --model")
     p.add_argument("--source", choices=datasets.DATASETS, help="train the source model on this data set first")
-    p.add_argument("--source-epochs", type=int, default=3)
+    p.add_argument("--source-epochs", type=nonnegative_int, default=3)
     p.add_argument("--target", default="digits", choices=datasets.DATASETS)
-    p.add_argument("--size", type=int, default=16, help="image side (inputs are size×size, 1 channel)")
-    p.add_argument("--limit", type=int, help="use only this many samples of each data set (smoke runs)")
-    p.add_argument("--channel-amount", type=float, default=0.0, help="fraction of channels to remove (0: none)")
+    p.add_argument("--size", type=positive_int, default=16, help="image side (inputs are size×size, 1 channel)")
+    p.add_argument("--limit", type=int_range(2), help="use only this many samples of each data set (smoke runs)")
+    p.add_argument("--channel-amount", type=removal_fraction, default=0.0,
+                   help="fraction of channels to remove, in [0, 1) (0: none)")
     p.add_argument("--channel-finetune", choices=("all", "norm-head"), default="all")
     p.add_argument("--method", choices=("importance", "energy", "ratio"), default="importance")
-    p.add_argument("--schedule", type=_floats, default=[0.99],
-                   help="comma-separated basis pruning amounts, one per iterative step (empty: no basis pruning)")
+    p.add_argument("--schedule", type=fraction_list, default=[0.99],
+                   help="comma-separated basis pruning amounts in (0, 1], one per iterative step "
+                        "(empty: no basis pruning)")
     p.add_argument("--no-basis", action="store_true", help="do not decompose (channel pruning only)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per training phase")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--min-rank", type=int, default=1)
-    p.add_argument("--multiple-of", type=int, help="round kept ranks up to a multiple of this (8, 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=nonnegative_int, default=2, help="epochs per training phase")
+    p.add_argument("--lr", type=positive_float, default=1e-2)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--min-rank", type=positive_int, default=1)
+    p.add_argument("--multiple-of", type=positive_int, help="round kept ranks up to a multiple of this (8, 16)")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", default="pruned.pt", help="where to save the pruned model")
+    p.add_argument("--out", type=writable_file, default="pruned.pt", help="where to save the pruned model")
     p.set_defaults(run=_run_cli)
+
+
+def _load_checkpoint(path: str) -> nn.Module:
+    try:
+        source = torch.load(path, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - unpickling a user's file can fail in any way; all mean "not a model"
+        raise CLIError(f"argument --checkpoint: cannot load {path} with torch.load: {type(e).__name__}: {e}") from e
+    if not isinstance(source, nn.Module):
+        what = "a state_dict" if isinstance(source, dict) else f"a {type(source).__name__}"
+        raise CLIError(f"argument --checkpoint: {path} holds {what}, not a model: save the whole module with "
+                       "torch.save(model, path)")
+    return source
+
+
+def _load_data(name: str, args: argparse.Namespace) -> tuple[TensorDataset, TensorDataset]:
+    try:
+        data = datasets.load(name, args.size)
+    except ImportError as e:  # the data sets ship in optional packages
+        raise CLIError(str(e), code=1) from e
+    return datasets.split(data, 0.25, args.seed, args.limit)  # --limit >= 2 leaves at least one to train on
+
+
+def _check_model(source: nn.Module, example: Tensor, args: argparse.Namespace) -> None:
+    """What would otherwise fail only after training: the model must take the data's inputs, have a
+    classifier head and, for basis pruning, a layer to decompose."""
+    what = f"--checkpoint {args.checkpoint}" if args.checkpoint else f"--model {args.model}"
+    try:
+        head = find_head(source)
+    except ValueError as e:
+        raise CLIError(f"{what}: the model has no nn.Linear layer to replace by the target's classifier head") from e
+    training = source.training
+    try:
+        with torch.no_grad():
+            source.eval()(example)
+    except Exception as e:  # noqa: BLE001 - the model's own forward on the data's input shape
+        shape = "×".join(map(str, example.shape[1:]))
+        raise CLIError(f"{what} does not accept the {shape} inputs of --size {args.size}: "
+                       f"{type(e).__name__}: {e}") from e
+    finally:
+        source.train(training)
+    if not args.no_basis and not any(isinstance(m, BasisLayer) or why_not(m) is None
+                                     for n, m in source.named_modules() if n != head and not n.startswith(head + ".")):
+        raise CLIError(f"{what} has no Conv2d or Linear layer besides the head {head!r} that basis pruning "
+                       "can decompose (use --no-basis)")
 
 
 def _run_cli(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     progress = not args.no_progress
-    target_train, target_test = datasets.split(datasets.load(args.target, args.size), 0.25, args.seed, args.limit)
-    if args.checkpoint:
-        source = torch.load(args.checkpoint, weights_only=False)
-    else:
+    # everything that can be found wrong without training is checked first
+    source = _load_checkpoint(args.checkpoint) if args.checkpoint else None
+    target_train, target_test = _load_data(args.target, args)
+    source_data = None
+    if source is None:  # --checkpoint overrides --model (and --source)
         source = MODELS[args.model](num_classes=10, in_channels=1)
         if args.source:
-            src_train, src_test = datasets.split(datasets.load(args.source, args.size), 0.25, args.seed, args.limit)
-            train_source(source, src_train, args.source_epochs, batch_size=args.batch_size, seed=args.seed,
-                         progress=progress)
-            print(f"source model on {args.source}: accuracy {evaluate(source, datasets.loader(src_test, 256)):.4f}")
+            source_data = _load_data(args.source, args)
+    _check_model(source, target_test.tensors[0][:1], args)
+    if source_data is not None:
+        src_train, src_test = source_data
+        train_source(source, src_train, args.source_epochs, batch_size=args.batch_size, seed=args.seed,
+                     progress=progress)
+        print(f"source model on {args.source}: accuracy {evaluate(source, datasets.loader(src_test, 256)):.4f}")
     num_classes = int(target_train.tensors[1].max()) + 1
     cfg = WorkflowConfig(channel_amount=args.channel_amount, schedule=args.schedule, method=args.method,
                          basis=not args.no_basis, epochs=args.epochs, lr=args.lr,
@@ -228,6 +278,9 @@ def _run_cli(args: argparse.Namespace) -> int:
     if result.channels is not None:
         print(result.channels)
     print(f"{args.target}: {result.summary()}")
-    torch.save(result.model, args.out)
+    try:
+        torch.save(result.model, args.out)
+    except OSError as e:
+        raise CLIError(f"cannot save the pruned model to {args.out}: {e}", code=1) from e
     print(f"saved the pruned model to {args.out}")
     return 0
