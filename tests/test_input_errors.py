@@ -97,3 +97,9 @@ def test_training_mode_warns_and_compiles_as_eval():
 def test_thread_count_out_of_range(threads):
     with pytest.raises(ValueError, match="num_threads"):
         basisrt.compile(nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 6, 6), num_threads=threads)
+
+
+def test_example_input_the_model_cannot_take_is_one_clear_error():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
+    with pytest.raises(ValueError, match=r"Sequential fails on example_input of shape \(1, 3, 9, 9\): RuntimeError"):
+        basisrt.compile(model, torch.randn(1, 3, 9, 9))

@@ -211,7 +211,12 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     _check_single_input(model, graph)
     gm = fx.GraphModule(model, graph)
     with torch.no_grad():
-        ShapeProp(gm).propagate(example_input)
+        try:
+            ShapeProp(gm).propagate(example_input)
+        except Exception as e:  # the model's own error on this input, without fx's long trace
+            cause = e.__cause__ or e
+            raise ValueError(f"basisrt.compile: {type(model).__name__} fails on example_input of shape "
+                             f"{tuple(example_input.shape)}: {type(cause).__name__}: {cause}") from e
     cost = {l.name: l.macs for l in profile(model, example_input).layers}
     if not prefer_lowrank:
         choose = None
