@@ -95,16 +95,27 @@ class FusedConv2d(nn.Module):
 
 
 class FusedLinear(FusedConv2d):
-    """A Linear / BasisLinear step: the same kernel on (rows, 1, 1, C) with a 1×1 kernel."""
+    """A Linear / BasisLinear step: the same kernel on (rows, 1, 1, C) with a 1×1 kernel.
+
+    With `map_chw = (C, H, W)` the input is a flattened (N, C·H·W) map (`x.flatten(1)` in NCHW
+    order) and the step is a conv with an H×W kernel over that map: the native program then reads
+    the unflattened NHWC map in place, with no NCHW copy (a classifier after a 7×7 pool)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, scale: Tensor | None = None,
-                 activation: str | None = None, residual: bool = False, num_threads: int | None = None) -> None:
-        super().__init__(weight[:, :, None, None], bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
-                         scale=scale, activation=activation, residual=residual, num_threads=num_threads)
+                 activation: str | None = None, residual: bool = False, num_threads: int | None = None,
+                 map_chw: tuple[int, int, int] | None = None) -> None:
+        c, h, w = map_chw if map_chw is not None else (weight.shape[1], 1, 1)
+        super().__init__(weight.reshape(weight.shape[0], c, h, w), bias, stride=(1, 1), padding=(0, 0),
+                         dilation=(1, 1), groups=1, scale=scale, activation=activation, residual=residual,
+                         num_threads=num_threads)
+        self.map_chw = None if map_chw is None else tuple(map_chw)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         lead = x.shape[:-1]
-        x4 = x.reshape(-1, 1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # logical NCHW over NHWC memory
+        if self.map_chw is not None:  # (N, C·H·W) in NCHW order: a logical NCHW view of it
+            x4 = x.reshape(-1, *self.map_chw)
+        else:
+            x4 = x.reshape(-1, 1, 1, x.shape[-1]).permute(0, 3, 1, 2)  # logical NCHW over NHWC memory
         r4 = None if residual is None else residual.reshape(-1, 1, 1, self.out_channels).permute(0, 3, 1, 2)
         return super().forward(x4, r4).reshape(*lead, self.out_channels)
 
@@ -238,12 +249,22 @@ def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
     return gamma, beta
 
 
-def pool_step(m: nn.Module, num_threads: int | None) -> PoolStep | None:
-    """The PoolStep doing what pooling module `m` does, or None when the kernel cannot
-    (ceil_mode, dilation, indices, divisor override, adaptive output other than 1×1)."""
+def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | None = None) -> PoolStep | None:
+    """The PoolStep doing what pooling module `m` does on an `in_hw` input, or None when the kernel
+    cannot (ceil_mode, dilation, indices, divisor override, an adaptive pool whose output size does
+    not divide the input's: one of 1×1, or uniform windows when it does)."""
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-    if isinstance(m, nn.AdaptiveAvgPool2d):
-        return PoolStep("avg", None, num_threads=num_threads) if pair(m.output_size) == (1, 1) else None
+    if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        kind = "avg" if isinstance(m, nn.AdaptiveAvgPool2d) else "max"
+        if isinstance(m, nn.AdaptiveMaxPool2d) and m.return_indices:
+            return None
+        out = pair(m.output_size)
+        if out == (1, 1):
+            return PoolStep(kind, None, num_threads=num_threads)
+        if in_hw is None or None in out or any(i % o for i, o in zip(in_hw, out)):
+            return None
+        window = (in_hw[0] // out[0], in_hw[1] // out[1])  # adaptive windows are uniform then
+        return PoolStep(kind, window, window, num_threads=num_threads)
     if isinstance(m, nn.MaxPool2d) and not m.ceil_mode and not m.return_indices and pair(m.dilation) == (1, 1):
         return PoolStep("max", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding),
                         num_threads=num_threads)

@@ -11,11 +11,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
-from .cpu_kernels import (ChannelAffineStep, FusedConv2d, FusedLinear, TorchConvStep, batchnorm_affine,
+from .cpu_kernels import (ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep, TorchConvStep, batchnorm_affine,
                           conv_padding, pool_step)
+from .patterns import flatten_source, pool_module
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
 _ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
@@ -86,8 +88,10 @@ def geometry_of(m: nn.Module) -> dict | None:
 
 
 def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dense_backend: str,
-              pair_in_torch: bool = False, backend: str = "cpu") -> nn.Module:
-    """The one place a plan step module is built from a Layer (geometry None: a linear step).
+              pair_in_torch: bool = False, backend: str = "cpu",
+              map_chw: tuple[int, int, int] | None = None) -> nn.Module:
+    """The one place a plan step module is built from a Layer (geometry None: a linear step, which
+    reads a flattened (C, H, W) map when `map_chw` is given).
     backend "triton": fused pairs run the Triton kernel (groups=1), everything else PyTorch."""
     residual = layer.residual is not None
     if backend == "triton":
@@ -105,7 +109,7 @@ def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dens
     if geometry is not None:
         return FusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale, activation=layer.activation,
                            residual=residual, num_threads=num_threads)
-    return FusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual, num_threads)
+    return FusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual, num_threads, map_chw)
 
 
 _LINEAR_GEOMETRY = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
@@ -191,6 +195,18 @@ def _fuse_activation(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> None:
         layer.activation = act
 
 
+def _flattened_map(gm: fx.GraphModule, node: fx.Node, m: nn.Module) -> tuple[int, int, int] | None:
+    """(C, H, W) when linear `node` reads `x.flatten(1)` (in any spelling) of a float32 map larger
+    than 1×1: its step is then an H×W conv over the map (FusedLinear's map_chw)."""
+    if not isinstance(m, (nn.Linear, BasisLinear)) or len(node.args) != 1 or node.kwargs:
+        return None
+    src = flatten_source(gm, node.args[0]) if isinstance(node.args[0], fx.Node) else None
+    if src is None or not _is_float32_4d(src):
+        return None
+    _, c, h, w = _shape(src)
+    return (c, h, w) if h * w > 1 else None
+
+
 def _is_float32_4d(node: object) -> bool:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return meta is not None and getattr(meta, "dtype", None) == torch.float32 and len(meta.shape) == 4
@@ -217,6 +233,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
     `choose` picks fused vs dense per layer (None: always dense). Returns step name ->
     (strategy, names of the layers it replaced)."""
     strategies: dict[str, tuple[str, tuple[str, ...]]] = {}
+    _pool_modules(gm)
     for node in list(gm.graph.nodes):
         if node not in gm.graph.nodes:  # erased by an earlier fusion (BN, 1×1 partner, add, act)
             continue
@@ -226,7 +243,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             gm.graph.erase_node(node)
             continue
         ours = m is not None and backend == "cpu" and _is_float32_4d(node.args[0])
-        pool = pool_step(m, num_threads) if ours else None
+        pool = pool_step(m, num_threads, _shape(node.args[0])[2:]) if ours else None
         if pool is not None:  # ours, so a plan of fused steps never wakes PyTorch's OpenMP workers
             source, node.target = node.target, _fresh_name(gm, node.target.replace(".", "_") + "_pool")
             gm.add_submodule(node.target, pool)
@@ -256,7 +273,8 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         _fuse_epilogue(gm, node, layer)
         name = _fresh_name(gm, node.target.replace(".", "_") + "_step")
         step_backend = "basisrt" if kind == "dense-basisrt" else dense_backend
-        gm.add_submodule(name, make_step(layer, geometry, num_threads, step_backend, kind == "pair", backend))
+        gm.add_submodule(name, make_step(layer, geometry, num_threads, step_backend, kind == "pair", backend,
+                                         _flattened_map(gm, node, m) if geometry is None else None))
         anchor = node if layer.residual is None else _later(node, layer.residual)
         with gm.graph.inserting_after(anchor):
             args = (node.args[0],) + ((layer.residual,) if layer.residual is not None else ())
@@ -265,7 +283,40 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         strategies[name] = (strategy, sources)
+    _views_read_any_layout(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return strategies
+
+
+def _pool_modules(gm: fx.GraphModule) -> None:
+    """Functional pools and global means (`F.avg_pool2d(x, 4)`, `x.mean((2, 3))`) become calls of
+    the equivalent pooling modules, which fuse() then runs with basisrt's pooling kernel."""
+    for node in list(gm.graph.nodes):
+        found = pool_module(node)
+        if found is None:
+            continue
+        module, flatten = found
+        name = _fresh_name(gm, f"{node.name}_module")
+        gm.add_submodule(name, module)
+        with gm.graph.inserting_before(node):
+            pool = gm.graph.call_module(name, (node.args[0],))
+            out = gm.graph.call_function(torch.flatten, (pool, 1)) if flatten else pool
+        n, c = _shape(node.args[0])[:2]
+        pool.meta = dict(node.meta)
+        if flatten:  # the pool's own output is (N, C, 1, 1); the flatten's is the mean's
+            pool.meta["tensor_meta"] = _extract_tensor_metadata(torch.empty(n, c, 1, 1, device="meta"))
+            out.meta = dict(node.meta)
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+
+
+def _views_read_any_layout(gm: fx.GraphModule) -> None:
+    """`x.view(...)` of a step's output becomes `x.reshape(...)`: steps return NCHW tensors stored
+    channels_last, which `view` cannot flatten (PyTorch raises), and reshape copies only then."""
+    steps = (ChannelAffineStep, FusedConv2d, PoolStep, TorchConvStep)
+    for node in gm.graph.nodes:
+        src = node.args[0] if node.op == "call_method" and node.target == "view" and node.args else None
+        if isinstance(src, fx.Node) and isinstance(_module(gm, src), steps):
+            node.target = "reshape"

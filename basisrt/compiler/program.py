@@ -10,6 +10,7 @@ module.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import Tensor, fx, nn
 
 from .. import _C
 from .cpu_kernels import ACTIVATIONS, POOL_KINDS, ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep
+from .patterns import flatten_source
 
 
 @dataclass
@@ -60,11 +62,15 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
             buffers[node] = _Buffer(program.add_buffer(h, w, c), (h, w, c), False)
         elif node.op == "output":
             out = buffers.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-            if out is None or out.id == 0 or out.id in views:
+            if out is None or out.id == 0 or out.id in views or (out.flat and out.hwc[:2] != (1, 1)):
                 return None
             return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names, fused_pools)
-        elif _is_flatten(gm, node) and node.args[0] in buffers and buffers[node.args[0]].hwc[:2] == (1, 1):
-            src = buffers[node.args[0]]  # (N, C, 1, 1) -> (N, C): the same NHWC memory
+        elif _is_scalar(node):
+            continue  # a size feeding a flatten's shape; any other user of it is not lowered
+        elif flatten_source(gm, node) in buffers and not buffers[flatten_source(gm, node)].flat:
+            # (N, C, H, W) -> (N, C·H·W): the same NHWC memory when H = W = 1; a larger map only
+            # as the input of a linear step that reads it as a conv (FusedLinear.map_chw)
+            src = buffers[flatten_source(gm, node)]
             buffers[node] = _Buffer(src.id, src.hwc, True)
         elif _is_channel_cat(node):
             parts = node.args[0] if node.args else node.kwargs["tensors"]
@@ -98,13 +104,14 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
     return None
 
 
-def _is_flatten(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        m = gm.get_submodule(node.target)
-        return type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1
-    if node.op == "call_function" and node.target is torch.flatten:
-        return node.args[1:] == (1,) and not node.kwargs
-    return node.op == "call_method" and node.target == "flatten" and node.args[1:] == (1,) and not node.kwargs
+def _is_scalar(node: fx.Node) -> bool:
+    """`x.size(...)`, `x.shape` or an item of either: a Python value, not a tensor."""
+    if node.op == "call_method" and node.target == "size":
+        return True
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return True
+    return node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
+        and _is_scalar(node.args[0])
 
 
 def _is_channel_cat(node: fx.Node) -> bool:
@@ -152,6 +159,8 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
     x = ins[0]
     linear = isinstance(m, FusedLinear)
     if x.flat != linear or x.hwc[2] != m.in_channels or len(ins) != 1 + m.residual:
+        return None
+    if x.flat and x.hwc[:2] != m.kernel:  # a flattened map is read whole by the linear's H×W kernel
         return None
     h, w = m.output_hw(*x.hwc[:2])
     if h < 1 or w < 1:

@@ -1,0 +1,107 @@
+"""Recognisers of graph patterns written in the many spellings third-party models use."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+
+def _shape(node: object) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _is_batch_size(node: object, of: fx.Node) -> bool:
+    """Whether `node` is the batch size of tensor `of`: `t.size(0)`, `t.shape[0]` or `t.size()[0]`
+    of `of` or of another activation with the same batch (`F.avg_pool2d(x, 4).view(x.size(0), -1)`)."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_method" and node.target == "size":
+        t, ok = node.args[0], node.args[1:] == (0,) or (len(node.args) == 1 and node.kwargs == {"dim": 0})
+    elif node.op == "call_function" and node.target is operator.getitem and node.args[1:] == (0,) and \
+            isinstance(node.args[0], fx.Node):
+        shape = node.args[0]
+        t = shape.args[0] if shape.args else None
+        ok = (shape.op == "call_function" and shape.target is getattr and shape.args[1:] == ("shape",)) or \
+            (shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1 and not shape.kwargs)
+    else:
+        return False
+    if not ok or not isinstance(t, fx.Node):
+        return False
+    a, b = _shape(t), _shape(of)
+    return t is of or (t.op != "get_attr" and a is not None and b is not None and len(a) == len(b) == 4 and
+                       a[0] == b[0])
+
+
+def flatten_source(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The 4-D tensor `node` flattens from dim 1 on, `(N, C, H, W) -> (N, C·H·W)` for every batch
+    size N, or None. Spellings: `nn.Flatten()`, `torch.flatten(x, 1)`, `x.flatten(1)`, and
+    `x.view` / `x.reshape` / `torch.reshape` with `(x.size(0), -1)`, `(x.shape[0], -1)`,
+    `(-1, C·H·W)` or `(x.size(0), C·H·W)`."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        ok = type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim in (-1, 3)
+        src = node.args[0] if ok and len(node.args) == 1 and not node.kwargs else None
+    elif node.op == "call_function" and node.target is torch.flatten or \
+            node.op == "call_method" and node.target == "flatten":
+        args = dict(zip(("input", "start_dim", "end_dim"), node.args), **node.kwargs)
+        ok = set(args) <= {"input", "start_dim", "end_dim"} and args.get("start_dim", 0) == 1 and \
+            args.get("end_dim", -1) in (-1, 3)
+        src = args["input"] if ok else None
+    elif node.op == "call_method" and node.target in ("view", "reshape") or \
+            node.op == "call_function" and node.target is torch.reshape:
+        if node.kwargs or len(node.args) < 2:
+            return None
+        src, dims = node.args[0], node.args[1:]
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        shape = _shape(src)
+        if shape is None or len(shape) != 4 or len(dims) != 2:
+            return None
+        features = shape[1] * shape[2] * shape[3]
+        first, second = dims
+        if not ((_is_batch_size(first, src) and second in (-1, features)) or (first == -1 and second == features)):
+            return None
+    else:
+        return None
+    shape = _shape(src)
+    return src if isinstance(src, fx.Node) and shape is not None and len(shape) == 4 else None
+
+
+_POOL_ARGS = {  # positional parameters of the functional pools, after the input
+    F.avg_pool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    F.max_pool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    F.adaptive_avg_pool2d: ("output_size",),
+    F.adaptive_max_pool2d: ("output_size", "return_indices"),
+}
+_POOL_MODULES = {F.avg_pool2d: nn.AvgPool2d, F.max_pool2d: nn.MaxPool2d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+                 F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d}
+
+
+def pool_module(node: fx.Node) -> tuple[nn.Module, bool] | None:
+    """(the nn pooling module computing `node`, whether a flatten follows it) for a functional pool
+    (`F.avg_pool2d(x, 2)`, `F.adaptive_avg_pool2d(x, 1)`, ...) or a global mean over H and W
+    (`x.mean((2, 3))`: a 1×1 average pool, then a flatten unless keepdim), or None."""
+    if node.op == "call_function" and node.target in _POOL_ARGS:
+        names = _POOL_ARGS[node.target]
+        if len(node.args) - 1 > len(names) or not set(node.kwargs) <= set(names) or not node.args:
+            return None
+        kw = dict(zip(names, node.args[1:]), **node.kwargs)
+        if any(isinstance(v, fx.Node) for v in kw.values()) or (node.target is F.avg_pool2d and kw.get("stride") == []):
+            return None
+        return _POOL_MODULES[node.target](**kw), False
+    is_mean = node.op == "call_method" and node.target == "mean" or \
+        node.op == "call_function" and node.target is torch.mean
+    if not is_mean or len(node.args) < 1:
+        return None
+    kw = dict(zip(("input", "dim", "keepdim"), node.args), **node.kwargs)
+    shape = _shape(node.args[0])
+    if set(kw) - {"input", "dim", "keepdim"} or shape is None or len(shape) != 4 or \
+            not isinstance(kw.get("dim"), (tuple, list)) or sorted(d % 4 for d in kw["dim"]) != [2, 3]:
+        return None
+    return nn.AdaptiveAvgPool2d(1), not kw.get("keepdim", False)
+
+
+__all__ = ["flatten_source", "pool_module"]
