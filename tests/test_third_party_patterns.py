@@ -106,3 +106,23 @@ def test_flatten_of_a_map_is_not_lowered_without_a_linear_after_it():
     compiled = basisrt.compile(model, x)
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) < 1e-6  # NCHW order, through PyTorch
+
+
+def test_inplace_activations_fuse():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (nn.Conv2d(8, 8, 3, padding=1) for _ in range(3))
+
+        def forward(self, x):
+            x = F.relu(self.a(x), inplace=True)
+            x = torch.relu_(self.b(x))
+            return F.relu6(self.c(x), True)
+
+    torch.manual_seed(0)
+    model, x = InPlace().eval(), torch.randn(2, 8, 6, 6) * 3
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None and [s.strategy for s in compiled.plan.steps] == ["dense"] * 3
+    assert ["act=relu," in s.detail or "act=relu6," in s.detail for s in compiled.plan.steps] == [True] * 3
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5

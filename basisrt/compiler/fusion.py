@@ -20,7 +20,10 @@ from .cpu_kernels import (ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep,
 from .patterns import flatten_source, pool_module
 
 _ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
-_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6"}
+# In-place forms fuse too: the step's output has the activation as its only user, so no one else
+# sees the tensor it would have changed.
+_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", torch.relu_: "relu", F.relu_: "relu"}
+_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
 _ADDS = (operator.add, torch.add, operator.iadd)
 _NOOPS = (nn.Dropout, nn.Identity)
 
@@ -72,10 +75,11 @@ def _activation(gm: fx.GraphModule, node: fx.Node) -> str | None:
     m = _module(gm, node)
     if m is not None:
         return _ACT_MODULES.get(type(m))
-    if node.op == "call_function" and node.target in _ACT_FUNCTIONS and not node.kwargs.get("inplace"):
+    if node.op == "call_function" and node.target in _ACT_FUNCTIONS and len(node.args) <= 2 and \
+            set(node.kwargs) <= {"inplace"}:
         return _ACT_FUNCTIONS[node.target]
-    if node.op == "call_method" and node.target == "relu":
-        return "relu"
+    if node.op == "call_method" and node.target in _ACT_METHODS and len(node.args) == 1 and not node.kwargs:
+        return _ACT_METHODS[node.target]
     return None
 
 
