@@ -5,6 +5,8 @@
 #include "simd.h"
 #include "thread_pool.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -19,6 +21,49 @@ constexpr int64_t MR = 8, NR = kColBlock;
 
 // One row block of NR floats; GCC lowers it to 1 zmm, 2 ymm or 4 xmm per the target clone.
 typedef float vec __attribute__((vector_size(NR * sizeof(float)), aligned(4)));
+typedef float vec8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
+typedef float vec4 __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
+
+// f applied to each 4-float quarter of v (and w). Without AVX-512, GCC lowers a compare-select
+// (?:) on a whole 16-float vector lane by lane, with scalar compares; on quarters it stays one
+// SSE / AVX compare and blend per quarter in both narrow clones (AVX2 and the portable one).
+template <class F>
+inline __attribute__((always_inline)) vec by_quarters(vec v, vec w, F f) {
+#define BASISRT_Q(x, k) __builtin_shufflevector(x, x, 4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3)
+    const vec4 q0 = f(BASISRT_Q(v, 0), BASISRT_Q(w, 0)), q1 = f(BASISRT_Q(v, 1), BASISRT_Q(w, 1));
+    const vec4 q2 = f(BASISRT_Q(v, 2), BASISRT_Q(w, 2)), q3 = f(BASISRT_Q(v, 3), BASISRT_Q(w, 3));
+#undef BASISRT_Q
+    const vec8 lo = __builtin_shufflevector(q0, q1, 0, 1, 2, 3, 4, 5, 6, 7);
+    const vec8 hi = __builtin_shufflevector(q2, q3, 0, 1, 2, 3, 4, 5, 6, 7);
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+// The activation as PyTorch computes it, NaN included: relu(NaN) = relu6(NaN) = NaN, ±inf
+// clamped. Compare-selects whose compare is false for NaN, so NaN passes through (v > 0 ? v : 0
+// turned NaN into 0): a compare and a masked move or blend each, as before.
+template <Activation kAct, class V>
+inline __attribute__((always_inline)) V activate(V v) {
+    if (kAct != Activation::none) v = v < 0.f ? V{} : v;
+    if (kAct == Activation::relu6) v = v > 6.f ? V{} + 6.f : v;
+    return v;
+}
+
+// On a whole vector: kWide (AVX-512) as one, otherwise by quarters.
+template <bool kWide, Activation kAct>
+inline __attribute__((always_inline)) vec activate_vec(vec v) {
+    if (kAct == Activation::none || kWide) return activate<kAct>(v);
+    return by_quarters(v, v, [](vec4 q, vec4) { return activate<kAct>(q); });
+}
+
+// On one float: maxss / minss with v second, which they return when either is NaN (SSE is in
+// every x86-64 build). GCC emits a compare and a blend for the plain v > 6 ? 6 : v.
+template <Activation kAct>
+inline __attribute__((always_inline)) float activate_scalar(float e) {
+    __m128 v = _mm_set_ss(e);
+    if (kAct != Activation::none) v = _mm_max_ss(_mm_setzero_ps(), v);
+    if (kAct == Activation::relu6) v = _mm_min_ss(_mm_set_ss(6.f), v);
+    return _mm_cvtss_f32(v);
+}
 
 // Where a GEMM's result goes: plain rows of c (ldc), or through the conv epilogue straight
 // into y: + bias, + residual, activation, only the `ncols` real columns stored.
@@ -37,30 +82,24 @@ struct Store {
 // instantiations, and so the build time. The epilogue's other options are template flags: a
 // runtime branch per row costs as much as the r-long second GEMM it follows when r is small.
 // One whole vector of the epilogue: + bias (+ residual at `res`), activation.
-template <bool kRes, Activation kAct>
+template <bool kWide, bool kRes, Activation kAct>
 inline __attribute__((always_inline)) vec epilogue(vec v, vec bias, const float* res) {
     v += bias;
     if (kRes) v += *reinterpret_cast<const vec*>(res);
-    if (kAct != Activation::none) v = v > 0.f ? v : vec{};
-    if (kAct == Activation::relu6) v = v < 6.f ? v : vec{} + 6.f;
-    return v;
+    return activate_vec<kWide, kAct>(v);
 }
 
-template <bool kRes, Activation kAct>
+template <bool kWide, bool kRes, Activation kAct>
 inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int64_t i, int64_t j) {
     float* dst = st.c + i * st.ldc + j;
     const int64_t n = st.ncols - j;
     if (n >= NR) {
-        *reinterpret_cast<vec*>(dst) = epilogue<kRes, kAct>(v, *reinterpret_cast<const vec*>(st.bias + j),
-                                                              kRes ? st.residual + i * st.ldr + j : nullptr);
+        *reinterpret_cast<vec*>(dst) = epilogue<kWide, kRes, kAct>(v, *reinterpret_cast<const vec*>(st.bias + j),
+                                                                     kRes ? st.residual + i * st.ldr + j : nullptr);
         return;
     }
-    for (int64_t k = 0; k < n; ++k) {  // the last, partial column block of a group
-        float e = v[k] + st.bias[j + k] + (kRes ? st.residual[i * st.ldr + j + k] : 0.f);
-        if (kAct != Activation::none) e = e > 0.f ? e : 0.f;
-        if (kAct == Activation::relu6) e = e < 6.f ? e : 6.f;
-        dst[k] = e;
-    }
+    for (int64_t k = 0; k < n; ++k)  // the last, partial column block of a group
+        dst[k] = activate_scalar<kAct>(v[k] + st.bias[j + k] + (kRes ? st.residual[i * st.ldr + j + k] : 0.f));
 }
 
 // Where each pixel's input rows are: a window inside the image reads tap `tap` at its corner +
@@ -93,7 +132,7 @@ struct PlainRows {
 // Rows [0, M) × columns [j, j+V·NR) of A · B, A's rows read through `src` (plain rows, or an
 // implicit im2col: each pixel's conv window, tap by tap, straight from x): M×V vector
 // accumulators, so each broadcast of A feeds V FMAs and each vector of B feeds M.
-template <int64_t M, int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
+template <bool kWide, int64_t M, int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
 inline __attribute__((always_inline)) void micro(const Src& src, const float* b, int64_t ldb, const Store& st,
                                                  int64_t i0, int64_t j) {
     vec acc[M][V];
@@ -122,7 +161,7 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
             for (int64_t v = 0; v < V; ++v) {
                 const int64_t col = j + v * NR;
                 const float* res = kRes ? st.residual + (i0 + i) * st.ldr + col : nullptr;
-                *reinterpret_cast<vec*>(st.c + (i0 + i) * st.ldc + col) = epilogue<kRes, kAct>(acc[i][v], bias[v], res);
+                *reinterpret_cast<vec*>(st.c + (i0 + i) * st.ldc + col) = epilogue<kWide, kRes, kAct>(acc[i][v], bias[v], res);
             }
         return;
     }
@@ -132,7 +171,7 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
 #pragma GCC unroll 4
         for (int64_t v = 0; v < V; ++v) {
             if (kEpi) {
-                store_row<kRes, kAct>(acc[i][v], st, i0 + i, j + v * NR);
+                store_row<kWide, kRes, kAct>(acc[i][v], st, i0 + i, j + v * NR);
             } else {
                 *reinterpret_cast<vec*>(st.c + (i0 + i) * st.ldc + j + v * NR) = acc[i][v];
             }
@@ -141,14 +180,14 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
 
 // All rows of the column block [j, j+V·NR): 6 rows × 4 vectors (24 accumulators of 32 zmm) at
 // full width, 8 × V for narrower remainders.
-template <int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
+template <bool kWide, int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
 inline __attribute__((always_inline)) void column_block(const Src& src, const float* b, int64_t ldb, int64_t M,
                                                         const Store& st, int64_t j) {
     constexpr int64_t R = V == 4 ? 6 : V == 3 ? 8 : MR;
     int64_t i = 0;
-    for (; i + R <= M; i += R) micro<R, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
-    for (; i + 2 <= M; i += 2) micro<2, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
-    for (; i < M; ++i) micro<1, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+    for (; i + R <= M; i += R) micro<kWide, R, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+    for (; i + 2 <= M; i += 2) micro<kWide, 2, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+    for (; i < M; ++i) micro<kWide, 1, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
 }
 
 // kWide: blocks of 4 vectors (6 × 4 accumulators), for AVX-512's 32 registers. Narrower ISAs
@@ -159,14 +198,14 @@ inline __attribute__((always_inline)) void gemm_t(const Src& src, const float* b
                                                   const Store& st) {
     int64_t j = 0;
     if (!kWide) {
-        for (; j < N; j += NR) column_block<1, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        for (; j < N; j += NR) column_block<kWide, 1, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
         return;
     }
-    for (; j + 4 * NR <= N; j += 4 * NR) column_block<4, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+    for (; j + 4 * NR <= N; j += 4 * NR) column_block<kWide, 4, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
     switch ((N - j) / NR) {
-        case 3: return column_block<3, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
-        case 2: return column_block<2, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
-        case 1: return column_block<1, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        case 3: return column_block<kWide, 3, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        case 2: return column_block<kWide, 2, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        case 1: return column_block<kWide, 1, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
         default: return;
     }
 }
@@ -221,8 +260,6 @@ void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, i
 }
 
 // Horizontal sum of a vector (narrowing halves: 4 adds instead of 15).
-typedef float vec8 __attribute__((vector_size(8 * sizeof(float)), aligned(4)));
-typedef float vec4 __attribute__((vector_size(4 * sizeof(float)), aligned(4)));
 inline __attribute__((always_inline)) float hsum(vec v) {
     const vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
                    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -439,20 +476,34 @@ int64_t tile_pixels(int64_t P, int num_threads) {
     return std::min(kTile, round_up((P + tiles - 1) / tiles, 4));
 }
 
+// max(a, b), NaN if either is NaN (max_nan in pool.h), on a vector: kWide (AVX-512) whole,
+// otherwise by quarters. On a whole vector, a float compare used as a mask (x != x) is lowered
+// lane by lane, so a's NaN test is on its bits there (exponent all ones, mantissa non-zero).
+template <bool kWide>
+inline __attribute__((always_inline)) vec max_nan_vec(vec a, vec b) {
+    if (!kWide) return by_quarters(a, b, [](vec4 x, vec4 y) { return (y > x) | (y != y) ? y : x; });
+    typedef int32_t ivec __attribute__((vector_size(NR * sizeof(int32_t)), aligned(4)));
+    const ivec a_nan = ((ivec)a & 0x7fffffff) > 0x7f800000;
+    const vec m = a > b ? a : b;  // b when either is NaN
+    return (vec)(((ivec)m & ~a_nan) | ((ivec)a & a_nan));
+}
+
 // out[c] = max of the 4 rows (row stride C) of a 2×2 pool cell, rows[·][c]: one store per vector.
+// NaN if any of the 4 is NaN, as in PyTorch's max pool.
+template <bool kWide>
 inline __attribute__((always_inline)) void max_cell_body(const float* rows, int64_t C, float* out) {
     int64_t c = 0;
     for (; c + NR <= C; c += NR) {
         const vec* r = reinterpret_cast<const vec*>(rows + c);
-        auto vmax = [](vec a, vec b) { return a > b ? a : b; };
-        const vec a = vmax(r[0], *reinterpret_cast<const vec*>(rows + C + c));
-        const vec b = vmax(*reinterpret_cast<const vec*>(rows + 2 * C + c), *reinterpret_cast<const vec*>(rows + 3 * C + c));
-        *reinterpret_cast<vec*>(out + c) = vmax(a, b);
+        const vec a = max_nan_vec<kWide>(r[0], *reinterpret_cast<const vec*>(rows + C + c));
+        const vec b = max_nan_vec<kWide>(*reinterpret_cast<const vec*>(rows + 2 * C + c),
+                                         *reinterpret_cast<const vec*>(rows + 3 * C + c));
+        *reinterpret_cast<vec*>(out + c) = max_nan_vec<kWide>(a, b);
     }
-    for (; c < C; ++c) out[c] = std::max(std::max(rows[c], rows[C + c]), std::max(rows[2 * C + c], rows[3 * C + c]));
+    for (; c < C; ++c) out[c] = max_nan(max_nan(rows[c], rows[C + c]), max_nan(rows[2 * C + c], rows[3 * C + c]));
 }
-BASISRT_AVX512 void max_cell_avx512(const float* rows, int64_t C, float* out) { max_cell_body(rows, C, out); }
-BASISRT_NARROW void max_cell_narrow(const float* rows, int64_t C, float* out) { max_cell_body(rows, C, out); }
+BASISRT_AVX512 void max_cell_avx512(const float* rows, int64_t C, float* out) { max_cell_body<true>(rows, C, out); }
+BASISRT_NARROW void max_cell_narrow(const float* rows, int64_t C, float* out) { max_cell_body<false>(rows, C, out); }
 void max_cell(const float* rows, int64_t C, float* out) {
     if (use_avx512()) return max_cell_avx512(rows, C, out);
     max_cell_narrow(rows, C, out);

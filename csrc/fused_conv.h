@@ -16,7 +16,9 @@ namespace basisrt {
 enum class Activation : int { none = 0, relu = 1, relu6 = 2 };
 
 // The range an activation clamps to ([-inf, inf] for none), for kernels written as scalar loops
-// that GCC vectorises: y = min(max(v, lo), hi).
+// that GCC vectorises: y = std::min(std::max(v, lo), hi), v first in both. That order keeps NaN,
+// as PyTorch does: std::max(v, lo) is (v < lo) ? lo : v, whose compare is false for NaN, and
+// std::min(v, hi) is (hi < v) ? hi : v. Swapped arguments would map NaN to lo or hi.
 struct Clamp {
     float lo, hi;
 };

@@ -24,7 +24,7 @@ inline __attribute__((always_inline)) void pool_row_body(const float* x, float* 
             for (int64_t ix = xlo; ix < xhi; ++ix) {
                 const float* in = x + ((n * s.H + iy) * s.W + ix) * s.ldx;
                 if (is_max) {
-                    for (int64_t c = 0; c < s.C; ++c) out[c] = std::max(out[c], in[c]);
+                    for (int64_t c = 0; c < s.C; ++c) out[c] = max_nan(out[c], in[c]);  // NaN sticks
                 } else {
                     for (int64_t c = 0; c < s.C; ++c) out[c] += in[c];
                 }

@@ -16,6 +16,11 @@ struct PoolShape {
     int64_t ldx = 0, ldy = 0;  // pixel strides of x and y in floats (0: C); see ConvShape
 };
 
+// max(acc, v) as PyTorch's max pool takes it: NaN if either is NaN. std::max and x86's max
+// instructions return one fixed operand when the pair is unordered, so a running max seeded with
+// -inf skipped NaNs. Still branch-free: GCC vectorises it to two compares, an or and a blend.
+inline float max_nan(float acc, float v) { return (v > acc || v != v) ? v : acc; }
+
 // Padding is implicit (-inf for max, excluded or counted as zeros for avg per count_include_pad).
 void pool_nhwc(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
                int num_threads);

@@ -125,6 +125,9 @@ if triton is not None:
                     bt = tl.load(b_ptr + offs_k[:, None] * sbk + offs_r[None, :] * sbn,
                                  mask=k_mask[:, None] & r_mask[None, :], other=0.0)
                     t = tl.dot(xt, bt, t, input_precision=INPUT_PRECISION)
+                # Ranks past R (B loaded as 0) hold 0 · x: NaN where x is ±Inf, which the zero rows
+                # of A would turn into a NaN output where PyTorch gives ±Inf.
+                t = tl.where(r_mask[None, :], t, 0.0)
                 at = tl.load(a_ptr + offs_r[:, None] * sar + offs_n[None, :] * san,
                              mask=r_mask[:, None] & n_mask[None, :], other=0.0)
                 acc = tl.dot(t.to(at.dtype), at, acc, input_precision=INPUT_PRECISION)
@@ -149,10 +152,13 @@ if triton is not None:
         if HAS_RES:
             r_off = (img64 * srn + oh64 * srh + ow64 * srw)[:, None] + offs_n[None, :] * src
             acc = acc + tl.load(res_ptr + r_off, mask=out_mask, other=0.0).to(tl.float32)
+        # Selects that keep NaN as torch.relu / F.relu6 do (NaN compares false); tl.maximum /
+        # tl.minimum return the other operand for a NaN by default, which turned NaN into 0.
         if ACTIVATION == 1:
-            acc = tl.maximum(acc, 0.0)
+            acc = tl.where(acc < 0.0, 0.0, acc)
         elif ACTIVATION == 2:
-            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+            acc = tl.where(acc < 0.0, 0.0, acc)
+            acc = tl.where(acc > 6.0, 6.0, acc)
         y_off = (img64 * syn + oh64 * syh + ow64 * syw)[:, None] + offs_n[None, :] * syc
         tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 

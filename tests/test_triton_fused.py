@@ -210,6 +210,39 @@ def test_fused_linear_on_tokens(rank):
 
 
 @needs_triton
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy (interpreter) on NaN
+@pytest.mark.parametrize("act", [None, "relu", "relu6"])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_nan_and_inf_propagate_like_torch(rank, act):
+    """NaN and ±Inf in x and the residual give what PyTorch gives: relu(NaN) = relu6(NaN) = NaN
+    (tl.maximum returned 0), relu6(inf) = 6. Rank 1 makes every output of an Inf pixel ±Inf in
+    PyTorch, where the padded ranks of T (0 · Inf = NaN) made them NaN. (The C++ kernels'
+    counterpart is tests/test_nan_inf.py.)"""
+    nan, inf = float("nan"), float("inf")
+    gen = torch.Generator().manual_seed(7 + rank)
+    rnd = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    x, bias = rnd(2, 3, 6, 5), rnd(9)
+    x[0, 1, 1, 1], x[1, 2, 4, 3], x[1, 0, 0, 0] = nan, inf, -inf
+    if rank:
+        basis, scale = rnd(rank, 3, 3, 3), rnd(9, rank)
+        ref = F.conv2d(F.conv2d(x, basis, padding=1), scale[:, :, None, None], bias)
+    else:
+        basis, scale = rnd(9, 3, 3, 3), None
+        ref = F.conv2d(x, basis, bias, padding=1)
+    res = rnd(*ref.shape)
+    res[0, 3, 5, 4], res[1, 8, 2, 1], res[0, 0, 3, 0] = nan, inf, -inf
+    ref = ACTS[act](ref + res)
+    assert ref.isnan().any() and torch.isfinite(ref).any() and (ref.isinf().any() or act == "relu6")
+    step = GPUFusedConv2d(basis, bias, scale=scale, activation=act, residual=True, stride=(1, 1), padding=(1, 1),
+                          dilation=(1, 1), groups=1).to(DEV)
+    y = step(x.float().to(DEV), res.float().to(DEV)).double().cpu()
+    for f in (torch.isnan, torch.isposinf, torch.isneginf):
+        assert torch.equal(f(y), f(ref))
+    finite = torch.isfinite(ref)
+    assert rel_err(y[finite], ref[finite]) < 1e-5
+
+
+@needs_triton
 def test_clear_errors():
     x = torch.randn(1, 5, 5, 4, device=DEV)
     b = torch.randn(3, 3, 4, 6, device=DEV)
