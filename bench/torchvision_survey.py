@@ -73,14 +73,18 @@ def build(name: str, size: int):
 
 
 def count_params(name: str, size: int) -> int:
-    """Parameter count without allocating (the model built on the meta device)."""
+    """Parameter count without allocating (the model built on the meta device), at the first
+    candidate size the constructor accepts (ViT-H/14 needs a multiple of 14)."""
     import torch
-    try:
-        with torch.device("meta"):
-            m = build(name, size)
-    except Exception:  # noqa: BLE001 - some init cannot run on meta: build it for real
-        m = build(name, size)
-    return sum(p.numel() for p in m.parameters())
+    error = None
+    for s in candidate_sizes(name, size):
+        try:
+            with torch.device("meta"):
+                m = build(name, s)
+            return sum(p.numel() for p in m.parameters())
+        except Exception as e:  # noqa: BLE001
+            error = error or e
+    raise error
 
 
 # --------------------------------------------------------------------------- blocker analysis
@@ -118,23 +122,43 @@ def _hw(shape) -> str:
     return f"{shape[2]}x{shape[3]}" if shape is not None and len(shape) == 4 else "?"
 
 
+def _flatten_source(gm, node):
+    """The 4-D node that `node` flattens from dim 1 (program.lower's rule; older basisrt: only
+    nn.Flatten / torch.flatten / x.flatten with start_dim=1)."""
+    try:
+        from basisrt.compiler.patterns import flatten_source
+        return flatten_source(gm, node)
+    except ImportError:
+        from basisrt.compiler.program import _is_flatten
+        return node.args[0] if _is_flatten(gm, node) else None
+
+
+def _is_scalar(node) -> bool:
+    try:
+        from basisrt.compiler.program import _is_scalar as is_scalar
+        return is_scalar(node)
+    except ImportError:
+        return False
+
+
 def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
     """Every node of the fx plan `gm` that `basisrt.compiler.program.lower` would refuse, with a
     short kind (to count across models), a detail and the module class it sits in.
 
     The checks are those of program.lower / _add_conv / _add_pool / _add_affine / _add_cat /
-    _fusable_pool (not modified, copied). Unlike lower, it goes on after a refusal: the refused
-    node's output becomes a buffer of its shape (4-D: NHWC map; 2-D: flat), so later nodes are
-    judged as if the refused op were implemented."""
+    _fusable_pool (copied, not modified; its pattern helpers imported). Unlike lower, it goes on
+    after a refusal: the refused node's output becomes a buffer of its shape (4-D: NHWC map;
+    2-D: flat), so later nodes are judged as if the refused op were implemented. The first
+    entry is checked against the node where the real `lower` stops (`first_blocker_by_lower`)."""
     from torch import fx, nn
     from basisrt.compiler.cpu_kernels import ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep, TorchConvStep
-    from basisrt.compiler.program import _is_channel_cat, _is_flatten
+    from basisrt.compiler.program import _is_channel_cat
 
     class Buf:
         _next = 0
 
-        def __init__(self, hwc, flat, ours, id_=None):
-            self.hwc, self.flat, self.ours = hwc, flat, ours
+        def __init__(self, hwc, flat, id_=None):
+            self.hwc, self.flat = hwc, flat
             if id_ is None:
                 id_, Buf._next = Buf._next, Buf._next + 1
             self.id = id_
@@ -150,16 +174,16 @@ def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
     def buf_from_meta(node):
         s = _shape(node)
         if s is not None and len(s) == 4:
-            return Buf((s[2], s[3], s[1]), False, False)
+            return Buf((s[2], s[3], s[1]), False)
         if s is not None and len(s) == 2:
-            return Buf((1, 1, s[1]), True, False)
+            return Buf((1, 1, s[1]), True)
         return None
 
     def label(node) -> str:
         if node.op == "call_module":
             return f"call_module {type(gm.get_submodule(node.target)).__name__}"
         if node.op == "call_function":
-            return f"call_function {_fn_name(node.target)}"
+            return f"call_function {_fn_name(node.target)}" + (" (inplace=True)" if node.kwargs.get("inplace") else "")
         return f"{node.op} {node.target}"
 
     if len(input_shape) != 3:
@@ -171,7 +195,7 @@ def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
             placeholders += 1
             if placeholders > 1:
                 block(node, "a second input")
-            bufs[node] = Buf((h, w, c), False, True)
+            bufs[node] = Buf((h, w, c), False)
             continue
         if node.op == "output":
             arg = node.args[0]
@@ -184,14 +208,15 @@ def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
                 block(node, "output is the input")
             elif out.id in views:
                 block(node, "output is a part of a concatenation")
+            elif out.flat and out.hwc[:2] != (1, 1):
+                block(node, "output is a flattened map larger than 1x1", f"{out.hwc}")
             continue
-        if _is_flatten(gm, node) and node.args[0] in bufs:
-            src = bufs[node.args[0]]
-            if src.hwc[:2] != (1, 1) and not src.flat:
-                block(node, f"{label(node)} (of a map larger than 1x1)",
-                      f"start_dim=1 on a {src.hwc[0]}x{src.hwc[1]} map")
-            bufs[node] = Buf(src.hwc if src.flat else (1, 1, src.hwc[0] * src.hwc[1] * src.hwc[2]), True, True,
-                             src.id)
+        if _is_scalar(node):
+            continue  # sizes feeding a flatten's shape: lower skips them
+        src = _flatten_source(gm, node)
+        if src is not None and src in bufs and not bufs[src].flat:
+            b = bufs[src]
+            bufs[node] = Buf(b.hwc, True, b.id)  # a map larger than 1x1 is fine only for a linear reading it whole
             continue
         if _is_channel_cat(node):
             parts = node.args[0] if node.args else node.kwargs["tensors"]
@@ -211,10 +236,10 @@ def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
                 why = "parts of different sizes"
             if why is not None:
                 block(node, f"call_function torch.cat ({why.split(':')[0]})", why)
-            made = buf_from_meta(node)
-            if why is None and made is not None:
+            else:
                 for p in pb:
                     views.add(p.id)
+            made = buf_from_meta(node)
             if made is not None:
                 bufs[node] = made
             continue
@@ -229,31 +254,31 @@ def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
                 detail = ""
                 if isinstance(m, TorchConvStep):
                     detail = m.extra_repr()
-                elif isinstance(m, nn.AdaptiveAvgPool2d):
+                elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
                     kind += f" (output {m.output_size})"
+                    detail = f"on a {_hw(_shape(node.args[0]))} map"
                 elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and getattr(m, "ceil_mode", False):
                     kind += " (ceil_mode=True)"
-                elif isinstance(m, nn.BatchNorm2d):
-                    detail = "not folded: no running statistics" if not m.track_running_stats else ""
-                block(node, kind, detail or m.extra_repr()[:80])
+                elif isinstance(m, nn.Flatten):
+                    kind += " (of a non-4-D tensor or not from dim 1)"
+                block(node, kind, detail or f"in {_owner(node) or 'top level'}: {m.extra_repr()[:80]}")
                 if made is not None:
                     bufs[node] = made
                 continue
             if node.kwargs:
                 block(node, f"{label(node)} (keyword arguments)", str(node.kwargs))
             elif None in ins:
-                shapes = [str(_shape(a)) if hasattr(a, "meta") else repr(a) for a, b in zip(node.args, ins) if b is None]
-                kind = label(node) + (" on a 3-D (tokens) input" if any(
-                    s is not None and len(s) == 3 for s in (_shape(a) for a in node.args if hasattr(a, "meta")))
-                    else " on an input of unsupported shape")
-                block(node, kind, ", ".join(shapes))
+                shapes = [_shape(a) if isinstance(a, fx.Node) else a for a, b in zip(node.args, ins) if b is None]
+                three_d = any(isinstance(t, tuple) and len(t) == 3 for t in shapes)
+                kind = label(node) + (" on a 3-D (tokens) input" if three_d else " on an input of unsupported shape")
+                block(node, kind, ", ".join(map(str, shapes)))
             else:
                 x = ins[0]
                 why = None
                 if isinstance(m, PoolStep):
                     if x.flat:
                         why = "on a flat input"
-                    elif m.geometry(*x.hwc[:2])[2][0] < 1 or m.geometry(*x.hwc[:2])[2][1] < 1:
+                    elif min(m.geometry(*x.hwc[:2])[2]) < 1:
                         why = "empty output"
                 elif isinstance(m, ChannelAffineStep):
                     if x.flat or x.hwc[2] != m.scale.numel():
@@ -262,30 +287,30 @@ def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
                     linear = isinstance(m, FusedLinear)
                     oh, ow = m.output_hw(*x.hwc[:2])
                     if x.flat != linear:
-                        why = ("on a 4-D input (channels-last linear)" if linear else "on a flat input")
+                        why = "on a 4-D input (a linear over the last dim)" if linear else "on a flat input"
                     elif x.hwc[2] != m.in_channels:
                         why = f"input channels {x.hwc[2]} != {m.in_channels}"
                     elif len(ins) != 1 + m.residual:
                         why = "residual arity"
+                    elif x.flat and x.hwc[:2] != m.kernel:
+                        why = f"on a flattened {x.hwc[0]}x{x.hwc[1]} map it does not read as a conv"
                     elif oh < 1 or ow < 1:
                         why = "empty output"
                     elif m.residual:
                         res = ins[1]
-                        if res.hwc != (*(m.output_hw(*x.hwc[:2])), m.out_channels) or res.flat != linear:
+                        if res.hwc != (oh, ow, m.out_channels) or res.flat != linear:
                             why = "residual shape differs"
                     if why is None and type(m) is FusedConv2d and not m.residual and not x.flat \
-                            and len(node.users) == 1:  # _fusable_pool
+                            and len(node.users) == 1:  # program._fusable_pool
                         (user,) = node.users
                         pool = gm.get_submodule(user.target) if user.op == "call_module" else None
                         if isinstance(pool, PoolStep) and not user.kwargs and len(user.args) == 1 and \
                                 pool.kind == "max" and pool.geometry(oh, ow)[:2] == ((2, 2), (2, 2)) and \
                                 pool.padding == (0, 0) and oh % 2 == 0 and ow % 2 == 0:
                             fused_pool_nodes.add(user)
-                            made = buf_from_meta(user)
-                            bufs[user] = made
-                            continue
+                            bufs[user] = buf_from_meta(user)
                 if why is not None:
-                    block(node, f"{label(node)} ({why.split(' (')[0]})", why)
+                    block(node, f"{label(node)} ({why.split(' (')[0].split(' {')[0]})", why)
             if made is not None:
                 bufs[node] = made
             continue
@@ -294,15 +319,16 @@ def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
         ins_shapes = [_shape(a) for a in node.args if isinstance(a, fx.Node)]
         detail = f"in {_owner(node) or 'top level'}; " + " ".join(str(t) for t in ins_shapes) + f" -> {s}"
         kind = label(node)
-        meta = node.meta.get("tensor_meta")
-        if meta is None:  # x.size(), size[i], h // 2, ...: no tensor; constants in a native program
-            kind = "shape arithmetic (size / getitem / int ops, no tensor)"
+        if node.op == "get_attr":
+            kind = "get_attr (a parameter / buffer read as a tensor)"
+        elif node.meta.get("tensor_meta") is None:  # h // 2, ... on sizes: no tensor
+            kind = "shape arithmetic (no tensor)"
             detail = f"{label(node)} in {_owner(node) or 'top level'}"
-        elif node.op == "call_function" and node.target in (torch_flatten(),) or \
-                (node.op == "call_method" and node.target == "flatten"):
-            kind += " (not start_dim=1 of a NCHW tensor)"
         elif node.op == "call_function" and node.target in (operator.add, operator.iadd) and len(ins_shapes) == 2:
             kind += " (add not fused into a conv)"
+        elif node.op == "call_method" and node.target in ("view", "reshape", "flatten") or \
+                node.op == "call_function" and _fn_name(node.target) in ("torch.flatten", "torch.reshape"):
+            kind += " (not a flatten of an NCHW map from dim 1)"
         block(node, kind, detail)
         made = buf_from_meta(node)
         if made is not None:
@@ -310,9 +336,27 @@ def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
     return found
 
 
-def torch_flatten():
-    import torch
-    return torch.flatten
+def first_blocker_by_lower(gm, input_shape) -> tuple[bool, str | None]:
+    """(whether program.lower lowers `gm`, the name of the node it stopped at): the real lower,
+    watched with sys.settrace (its loop variable `node` when it returns None)."""
+    from basisrt.compiler import program
+    code, seen = program.lower.__code__, {}
+
+    def local(frame, event, arg):
+        if event == "return":
+            seen["node"], seen["ret"] = frame.f_locals.get("node"), arg
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code is code else None
+    old = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        res = program.lower(gm, input_shape)
+    finally:
+        sys.settrace(old)
+    node = seen.get("node")
+    return res is not None, (None if res is not None or node is None else node.name)
 
 
 # --------------------------------------------------------------------------- one model
@@ -336,7 +380,9 @@ def _rel_err(out, ref) -> float:
     refs = ref if isinstance(ref, (tuple, list)) else (ref,)
     num = sum(float(torch.linalg.vector_norm((o.double() - r.double()).flatten())) ** 2 for o, r in zip(outs, refs))
     den = sum(float(torch.linalg.vector_norm(r.double().flatten())) ** 2 for r in refs)
-    return math.sqrt(num) / math.sqrt(den) if den > 0 else math.sqrt(num)
+    if den == 0:
+        return 0.0 if num == 0 else float("inf")
+    return math.sqrt(num) / math.sqrt(den)
 
 
 def first_conv(model, x) -> str | None:
@@ -355,7 +401,67 @@ def first_conv(model, x) -> str | None:
     return order[0] if order else None
 
 
-def survey_model(name: str, size: int, timeout: int) -> dict:
+def calibrate(model, size: int) -> dict:
+    """Make a randomly initialised model numerically meaningful, so the relative error says
+    something: (1) a Conv2d / Linear whose weight is all zeros (ViT's head) gets N(0, 0.02²)
+    weights, else the output is the constant bias; (2) every BatchNorm's running statistics are
+    set to the batch statistics of 8 random images (one train-mode pass, momentum=None), else
+    BN is the identity in eval mode and activations vanish or blow up with depth (GoogLeNet's
+    output underflows to exactly 0). Parameters other than the zero weights are not touched."""
+    import torch
+    from torch import nn
+    done = dict(zero_weights_reinit=[], batchnorms=0)
+    g = torch.Generator().manual_seed(2)
+    for n, m in model.named_modules():
+        if type(m) in (nn.Conv2d, nn.Linear) and not m.weight.detach().any():
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.02)
+            done["zero_weights_reinit"].append(n)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if bns:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: after one batch, that batch's statistics
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(8, 3, size, size, generator=g))
+        model.eval()
+        for m in bns:
+            m.momentum = 0.1
+        done["batchnorms"] = len(bns)
+    return done
+
+
+def weight_readers(model, x) -> list[str]:
+    """Basis layers whose `.weight` the model's own forward reads (Swin's attention passes
+    `self.qkv.weight` to F.linear): found by answering that read with the dense weight."""
+    import torch
+    from basisrt.layers import BasisConv2d, BasisLinear
+    names = {id(m): n for n, m in model.named_modules() if isinstance(m, (BasisConv2d, BasisLinear))}
+    hits: list[str] = []
+    classes = (BasisConv2d, BasisLinear)
+    saved = {c: c.__dict__.get("__getattr__") for c in classes}
+
+    def spy(self, attr):
+        if attr == "weight" and id(self) in names:
+            hits.append(names[id(self)])
+            return self.dense_weight()
+        return torch.nn.Module.__getattr__(self, attr)
+    try:
+        for c in classes:
+            c.__getattr__ = spy
+        with torch.no_grad():
+            model(x)
+    finally:
+        for c in classes:
+            if saved[c] is None:
+                del c.__getattr__
+            else:
+                c.__getattr__ = saved[c]
+    return sorted(set(hits))
+
+
+def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) -> dict:
     import torch
     import basisrt
 
@@ -393,11 +499,27 @@ def survey_model(name: str, size: int, timeout: int) -> dict:
         if errors:
             r["size_note"] = errors[0]
         r["params"] = sum(p.numel() for p in model.parameters())
+        if calibrate_bn:
+            r["calibration"] = calibrate(model, r["size"])
         mark("decompose")
         first = first_conv(model, x)
         r["first_conv"] = first
-        report = basisrt.decompose(model, exclude=(first,) if first else ())
+        exclude = (first,) if first else ()
+        report = basisrt.decompose(model, exclude=exclude)
         pruned = report.model.eval()
+        try:
+            with torch.no_grad():
+                pruned(x)
+        except Exception as e:  # noqa: BLE001 - the decomposed model no longer runs eagerly
+            readers = weight_readers(pruned, x)
+            r["decompose_breaks_forward"] = _exc(e)
+            if not readers:
+                raise
+            # keep those layers as they are, and survey the rest as asked
+            r["also_excluded"] = readers
+            exclude += tuple(readers)
+            report = basisrt.decompose(model, exclude=exclude)
+            pruned = report.model.eval()
         r["decomposed"], r["not_decomposed"] = len(report.decomposed), len(report.skipped)
         r["skipped_reasons"] = dict(Counter(v.split(":")[0] for v in report.skipped.values()))
         mark("prune")
@@ -424,6 +546,7 @@ def survey_model(name: str, size: int, timeout: int) -> dict:
         try:
             out = compiled(x)
             r["rel_err"] = _rel_err(out, ref)
+            r["ref_rms"] = float(ref.double().pow(2).mean().sqrt()) if isinstance(ref, torch.Tensor) else None
         except Timeout:
             raise
         except Exception as e:  # noqa: BLE001
@@ -454,6 +577,10 @@ def survey_model(name: str, size: int, timeout: int) -> dict:
             ours = basisrt.compile(pruned, x, dense_backend="basisrt")
             r["native_ours_only"] = ours.native is not None
             found = blockers(ours.module, tuple(x.shape[1:]))
+            lowered, stop = first_blocker_by_lower(ours.module, tuple(x.shape[1:]))
+            r["lower_stops_at"] = stop
+            if found and stop is not None and found[0]["node"] != stop:
+                r["analysis_warning"] = f"lower() stops at {stop}, the analysis' first blocker is {found[0]['node']}"
             r["blockers"] = found
             r["blocker_kinds"] = dict(Counter(b["kind"] for b in found).most_common())
             if found and ours.native is not None:
@@ -475,12 +602,12 @@ def survey_model(name: str, size: int, timeout: int) -> dict:
 
 # --------------------------------------------------------------------------- driver and report
 
-def run_worker(name: str, size: int, timeout: int) -> dict:
+def run_worker(name: str, size: int, timeout: int, calibrate_bn: bool = True) -> dict:
     """`survey_model` in a fresh interpreter: crashes (a signal in C++) are recorded, not fatal."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
         tmp = f.name
     cmd = [sys.executable, __file__, "--worker", name, "--size", str(size), "--timeout", str(timeout),
-           "--worker-out", tmp]
+           "--worker-out", tmp] + ([] if calibrate_bn else ["--no-calibrate"])
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 120)
         try:
@@ -527,6 +654,8 @@ def markdown(results: list[dict], top: int = 4) -> str:
         err = f"{r['rel_err']:.1e}" if "rel_err" in r else f"run error: {r.get('run_error', '?')}"
         if "rel_err" in r and not r["rel_err"] <= 1e-5:
             err = f"**{err}**"
+        if not r.get("ref_rms") and "rel_err" in r:
+            err += " (ref = 0!)"
         sl = r.get("save_load", "?")
         if sl == "error":
             sl = f"**error**: {r.get('save_load_error', '')[:100]}"
@@ -538,6 +667,16 @@ def markdown(results: list[dict], top: int = 4) -> str:
             blk += f"; +{len(kinds) - top} more kinds"
         if r.get("error"):
             blk = f"error: {r['error'][:120]}" + (f"; {blk}" if blk else "")
+        notes = []
+        if r.get("also_excluded"):
+            notes.append(f"{len(r['also_excluded'])} layers kept undecomposed: the model reads their `.weight` "
+                         f"({r['decompose_breaks_forward']})")
+        if (r.get("calibration") or {}).get("zero_weights_reinit"):
+            notes.append("zero-init weights re-drawn: " + ", ".join(r["calibration"]["zero_weights_reinit"]))
+        if r.get("analysis_warning"):
+            notes.append(r["analysis_warning"])
+        if notes:
+            blk = (blk or "–") + " — *" + "; ".join(notes) + "*"
         lines.append(f"| {r['model']} | {_fmt_params(r.get('params'))} | {r['size']} | yes | {native} | {err} | "
                      f"{sl} | {blk or '–'} |")
     return "\n".join(lines)
@@ -561,8 +700,19 @@ def summary(results: list[dict]) -> str:
            "(\"auto\" timed the mixed plan faster): " + (", ".join(r["model"] for r in ours) or "none"),
            "- errors / timeouts / crashes: " + ("; ".join(f"{r['model']}: {r.get('error')}" for r in errors) or "none"),
            "- rel err > 1e-5: " + ("; ".join(f"{r['model']} {r['rel_err']:.2e}" for r in wrong) or "none"),
-           "- save/load not equal or failing: " + ("; ".join(
-               f"{r['model']}: {r.get('save_load')} {r.get('save_load_error', '')}".strip() for r in sl_bad) or "none")]
+           "- reference output exactly 0 (rel err meaningless): " + (", ".join(
+               r["model"] for r in compiled if "rel_err" in r and not r.get("ref_rms")) or "none"),
+           "- reference output tiny (RMS < 1e-4; float32 rel err still valid): " + (", ".join(
+               f"{r['model']} ({r['ref_rms']:.1e})" for r in compiled
+               if "rel_err" in r and r.get("ref_rms") and r["ref_rms"] < 1e-4) or "none"),
+           "- decomposing breaks the eager model (layers whose `.weight` it reads were kept as they are): "
+           + ("; ".join(f"{r['model']}: {len(r['also_excluded'])} layers ({r['decompose_breaks_forward']})"
+                        for r in done if r.get("also_excluded")) or "none"),
+           "- save/load not equal or failing: " + ("none" if not sl_bad else "")]
+    by_message: dict[str, list[str]] = {}
+    for r in sl_bad:
+        by_message.setdefault(f"{r.get('save_load')}: {r.get('save_load_error', '')}".strip(), []).append(r["model"])
+    out += [f"  - {', '.join(models)}: {msg}" for msg, models in by_message.items()]
     per_kind: dict[str, list[str]] = {}
     occurrences: Counter = Counter()
     for r in compiled:
@@ -576,7 +726,28 @@ def summary(results: list[dict]) -> str:
     for i, (k, models) in enumerate(sorted(per_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])), 1):
         sole = sum(1 for r in compiled if list((r.get("blocker_kinds") or {}).keys()) == [k])
         out.append(f"| {i} | `{k}` | {len(models)} | {sole} | {occurrences[k]} | {', '.join(models)} |")
+    groups: dict[tuple, list[str]] = {}
+    for r in blocked:
+        groups.setdefault(tuple(sorted(r["blocker_kinds"])), []).append(r["model"])
+    out += ["", "Blocked models grouped by the exact set of op kinds blocking them (all of a set must be "
+            "implemented to make those models native):", ""]
+    for kinds, models in sorted(groups.items(), key=lambda kv: (len(kv[0]), -len(kv[1]))):
+        out.append(f"- {len(kinds)} kinds → {', '.join(models)}: " + "; ".join(f"`{_short_kind(k)}`" for k in kinds))
     return "\n".join(out)
+
+
+def _basisrt_version() -> str:
+    """Where basisrt was imported from, and its git commit (or $BASISRT_COMMIT for a copy)."""
+    import basisrt
+    where = Path(basisrt.__file__).resolve().parent.parent
+    commit = os.environ.get("BASISRT_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip() or "?"
+        except (OSError, subprocess.SubprocessError):
+            commit = "?"
+    return f"{where} @ {commit}"
 
 
 def main(argv=None) -> int:
@@ -586,16 +757,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
     ap.add_argument("--markdown", help="also write the table and summary to this Markdown file")
     ap.add_argument("--max-params", type=float, default=100e6, help="skip models with more parameters")
-    ap.add_argument("--timeout", type=int, default=300, help="seconds per model")
+    ap.add_argument("--timeout", type=int, default=900,
+                    help="seconds per model (convnext_base took 628 s on 2 busy cores)")
     ap.add_argument("--resume", action="store_true",
                     help="keep models already in --out (those named by --models run again)")
+    ap.add_argument("--no-calibrate", action="store_true",
+                    help="keep torchvision's init as it is (BatchNorm as identity, zero heads): see calibrate()")
     ap.add_argument("--in-process", action="store_true", help="no subprocess per model (no crash isolation)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        r = survey_model(args.worker, args.size, args.timeout)
+        r = survey_model(args.worker, args.size, args.timeout, not args.no_calibrate)
         with open(args.worker_out, "w") as f:
             json.dump(r, f, default=str)
         return 0
@@ -615,7 +789,8 @@ def main(argv=None) -> int:
     meta = dict(date=datetime.date.today().isoformat(), torch=torch.__version__, torchvision=torchvision.__version__,
                 command=" ".join([Path(sys.executable).name, *sys.argv]), size=args.size,
                 max_params=args.max_params, prune="decompose(exclude=first conv) + prune_basis('ratio', 0.1)",
-                batch=2, threads=torch.get_num_threads())
+                batch=2, threads=torch.get_num_threads(), calibrate=not args.no_calibrate,
+                basisrt=_basisrt_version())
     results = []
     for i, name in enumerate(names, 1):
         if name in previous and name not in rerun and \
@@ -624,7 +799,7 @@ def main(argv=None) -> int:
             print(f"[{i}/{len(names)}] {name}: kept from {out}", flush=True)
             continue
         try:
-            params = count_params(name, candidate_sizes(name, args.size)[0])
+            params = count_params(name, args.size)
         except Exception as e:  # noqa: BLE001
             params = None
             print(f"  could not count parameters of {name}: {_exc(e)}", flush=True)
@@ -632,8 +807,8 @@ def main(argv=None) -> int:
             r = dict(model=name, params=params, skipped=f"{params / 1e6:.0f}M parameters > {args.max_params / 1e6:.0f}M")
         else:
             t = time.perf_counter()
-            r = survey_model(name, args.size, args.timeout) if args.in_process else \
-                run_worker(name, args.size, args.timeout)
+            r = survey_model(name, args.size, args.timeout, not args.no_calibrate) if args.in_process else \
+                run_worker(name, args.size, args.timeout, not args.no_calibrate)
             r.setdefault("params", params)
             r["wall_seconds"] = round(time.perf_counter() - t, 1)
         results.append(r)
