@@ -302,5 +302,9 @@ def load(path: str, device: torch.device | str | None = None, *, cuda_graph: boo
             under TRITON_INTERPRET=1, for testing); PyTorch steps run anywhere.
         cuda_graph: capture CUDA graphs on call (default: as compiled, when the target is CUDA;
             off on the CPU).
+
+    The file is untrusted input: a ValueError naming it says what is wrong with one that is not a
+    valid plan (basisrt/compiler/serialize.py, plan_schema.py), and nothing in it runs before it
+    has been checked.
     """
     return load_plan(path, device, cuda_graph)
