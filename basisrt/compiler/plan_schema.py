@@ -354,8 +354,9 @@ def _divides(groups: int, **channels: int) -> None:
 
 # -- basisrt's steps (layouts: cpu_kernels.py / csrc/fused_conv.h, gpu_kernels.py)
 
-def _conv_geometry(a: Attrs, linear: bool) -> tuple[int, int, int, int, int]:
-    """Checks what the CPU and GPU fused steps share; returns (kh, kw, in, out, groups)."""
+def _conv_geometry(a: Attrs, linear: bool, map_hw: tuple[int, int] = (1, 1)) -> tuple[int, int, int, int, int]:
+    """Checks what the CPU and GPU fused steps share; returns (kh, kw, in, out, groups). A linear
+    step's kernel is `map_hw`: 1×1, or the map it reads flattened (FusedLinear.map_chw)."""
     a.eval_mode()
     kh, kw = a.pair("kernel", 1, MAX_GEOMETRY)
     cin, cout = a.int("in_channels", 1, MAX_CHANNELS), a.int("out_channels", 1, MAX_CHANNELS)
@@ -364,13 +365,22 @@ def _conv_geometry(a: Attrs, linear: bool) -> tuple[int, int, int, int, int]:
     _divides(groups, in_channels=cin, out_channels=cout)
     a.choice("activation", tuple(ACTIVATIONS))
     a.bool("residual")
-    if linear and ((kh, kw), stride, padding, dilation, groups) != ((1, 1), (1, 1), (0, 0), (1, 1), 1):
-        raise PlanError("a linear step has kernel (1, 1), stride (1, 1), padding (0, 0), dilation (1, 1), groups 1")
+    if linear and ((kh, kw), stride, padding, dilation, groups) != (map_hw, (1, 1), (0, 0), (1, 1), 1):
+        raise PlanError(f"a linear step has kernel {map_hw}, stride (1, 1), padding (0, 0), dilation (1, 1), "
+                        "groups 1")
     return kh, kw, cin, cout, groups
 
 
 def _fused_conv(a: Attrs, t: Tensors, linear: bool = False) -> None:
-    kh, kw, cin, cout, groups = _conv_geometry(a, linear)
+    map_hw = (1, 1)
+    if linear:  # None, or the (C, H, W) map it reads flattened, as a conv with an H×W kernel
+        chw = a.get("map_chw")
+        if chw is not None:
+            chw = a.ints("map_chw", 3, 1, MAX_GEOMETRY)
+            if chw[0] != a.values.get("in_channels"):
+                raise a._bad("map_chw", "None or (C, H, W) with C = in_channels")
+            map_hw = chw[1:]
+    kh, kw, cin, cout, groups = _conv_geometry(a, linear, map_hw)
     a.threads()
     rank = a.int("rank", 0, MAX_CHANNELS)
     cg, k = cout // groups, kh * kw * (cin // groups)
@@ -688,8 +698,9 @@ def _run_conv(m: nn.Module, x: Any, residual: Any = None) -> Tensor:
 
 
 def _run_linear(m: nn.Module, x: Any, residual: Any = None) -> Tensor:
-    _need(isinstance(x, Tensor) and x.dim() >= 1 and x.dtype == torch.float32 and x.shape[-1] == m.in_channels,
-          f"passes {_describe(x)} to this linear step, which takes a float32 (..., {m.in_channels}) tensor")
+    features = m.in_channels * m.kernel[0] * m.kernel[1]  # kernel > 1×1: a flattened map (map_chw)
+    _need(isinstance(x, Tensor) and x.dim() >= 1 and x.dtype == torch.float32 and x.shape[-1] == features,
+          f"passes {_describe(x)} to this linear step, which takes a float32 (..., {features}) tensor")
     out = (*x.shape[:-1], m.out_channels)
     _residual(m, residual, out)
     return _meta(*out)
