@@ -112,7 +112,7 @@ void Program::check(const ProgramOp& op) const {
     const std::string fn = "Program.add_op";
     if (op.in < 0 || op.in >= n || op.out <= 0 || op.out >= n || op.residual < -1 || op.residual >= n ||
         op.out == op.in || op.residual == op.out)
-        throw std::invalid_argument(fn + ": buffer id out of range (" + std::to_string(n) + " buffers)");
+        throw std::invalid_argument(fn + ": buffer ids out of range (" + std::to_string(n) + " buffers)");
     const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
     if (op.kind == ProgramOp::Kind::conv) {
         ConvShape s{1, i.H, i.W, i.C, o.H * op.fused_pool, o.W * op.fused_pool, o.C, op.kh, op.kw, op.sh, op.sw,

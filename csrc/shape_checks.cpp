@@ -43,8 +43,9 @@ void check_conv(const std::string& fn, const ConvShape& s, int64_t rank, bool re
     const int64_t ho = window_out(s.H, s.kh, s.sh, s.ph, s.dh), wo = window_out(s.W, s.kw, s.sw, s.pw, s.dw);
     if (ho < 1 || wo < 1) fail(fn, "the dilated kernel does not fit in the padded input");
     if (ho != s.Ho || wo != s.Wo)
-        fail(fn, "output size (" + std::to_string(s.Ho) + ", " + std::to_string(s.Wo) +
-                     ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) + ")");
+        fail(fn, "output size (" + std::to_string(s.Ho / s.pool) + ", " + std::to_string(s.Wo / s.pool) +
+                     ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) +
+                     (s.pool > 1 ? ", then halved by the fused 2x2 pool)" : ")"));
     if (s.pool != 1 && (s.pool != 2 || residual || s.Ho % 2 || s.Wo % 2))
         fail(fn, "a fused pool is 2 (2x2 max, stride 2) over an even-sized output, without residual");
     if (s.ldx < 0 || s.ldy < 0 || s.ldr < 0) fail(fn, "pixel strides must be non-negative");
@@ -61,7 +62,7 @@ void check_pool(const std::string& fn, const PoolShape& s) {
     pair_in_range(fn, s.kh, s.kw, 1, "kernel");
     pair_in_range(fn, s.sh, s.sw, 1, "stride");
     pair_in_range(fn, s.ph, s.pw, 0, "padding");
-    if (2 * s.ph > s.kh || 2 * s.pw > s.kw) fail(fn, "padding must be at most half the kernel");
+    if (2 * s.ph > s.kh || 2 * s.pw > s.kw) fail(fn, "padding at most half the kernel, got more");
     const int64_t ho = window_out(s.H, s.kh, s.sh, s.ph), wo = window_out(s.W, s.kw, s.sw, s.pw);
     if (ho < 1 || wo < 1 || ho != s.Ho || wo != s.Wo) fail(fn, "output size does not match the pooling geometry");
     if (s.ldx < 0 || s.ldy < 0) fail(fn, "pixel strides must be non-negative");

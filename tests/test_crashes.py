@@ -93,7 +93,7 @@ for hwc in ((0, 1, 1), (-1, 4, 4), (2 ** 30, 2 ** 30, 1)):
 """)
     assert "accepted" not in out, out
     assert "kernel must be in [1" in out and "stride must be" in out and "dilation must be" in out
-    assert "padding must be" in out and "buffer id out of range" in out
+    assert "padding must be" in out and "buffer ids out of range" in out
 
 
 def test_thread_counts_are_capped():

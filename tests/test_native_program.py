@@ -64,9 +64,12 @@ def test_plans_with_pytorch_steps_stay_step_by_step():
     assert compile(model, x, dense_backend="torch").native is None  # oneDNN steps
     native = compile(model, x, dense_backend="basisrt")
     assert native.native is not None and rel_err(native(x), model(x).detach()) < 1e-5
-    flat = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 5)).eval()
-    compiled = compile(flat, x, dense_backend="basisrt")  # flattening H×W > 1 reorders NHWC memory
+    flat = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval()
+    compiled = compile(flat, x, dense_backend="basisrt")  # a flattened H×W > 1 output is in NCHW order
     assert compiled.native is None and rel_err(compiled(x), flat(x).detach()) < 1e-5
+    head = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 5)).eval()
+    compiled = compile(head, x, dense_backend="basisrt")  # the linear reads the map as a 30×30 conv
+    assert compiled.native is not None and rel_err(compiled(x), head(x).detach()) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["resnet18", "densenet"])

@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import operator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 
-def _shape(node: object) -> tuple[int, ...] | None:
+def _meta_shape(node: object) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def _is_batch_size(node: object, of: fx.Node) -> bool:
+Shape = Callable[[fx.Node], "tuple[int, ...] | None"]
+
+
+def _is_batch_size(node: object, of: fx.Node, _shape: Shape) -> bool:
     """Whether `node` is the batch size of tensor `of`: `t.size(0)`, `t.shape[0]` or `t.size()[0]`
     of `of` or of another activation with the same batch (`F.avg_pool2d(x, 4).view(x.size(0), -1)`)."""
     if not isinstance(node, fx.Node):
@@ -35,11 +39,13 @@ def _is_batch_size(node: object, of: fx.Node) -> bool:
                        a[0] == b[0])
 
 
-def flatten_source(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+def flatten_source(gm: fx.GraphModule, node: fx.Node, shape: Shape | None = None) -> fx.Node | None:
     """The 4-D tensor `node` flattens from dim 1 on, `(N, C, H, W) -> (N, C·H·W)` for every batch
     size N, or None. Spellings: `nn.Flatten()`, `torch.flatten(x, 1)`, `x.flatten(1)`, and
     `x.view` / `x.reshape` / `torch.reshape` with `(x.size(0), -1)`, `(x.shape[0], -1)`,
-    `(-1, C·H·W)` or `(x.size(0), C·H·W)`."""
+    `(-1, C·H·W)` or `(x.size(0), C·H·W)`. Tensor shapes come from ShapeProp's node.meta unless
+    `shape` says them (a loaded plan has no meta; its program knows each buffer's shape)."""
+    _shape = shape or _meta_shape
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         ok = type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim in (-1, 3)
@@ -62,7 +68,7 @@ def flatten_source(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
             return None
         features = shape[1] * shape[2] * shape[3]
         first, second = dims
-        if not ((_is_batch_size(first, src) and second in (-1, features)) or (first == -1 and second == features)):
+        if not ((_is_batch_size(first, src, _shape) and second in (-1, features)) or (first == -1 and second == features)):
             return None
     else:
         return None
@@ -97,7 +103,7 @@ def pool_module(node: fx.Node) -> tuple[nn.Module, bool] | None:
     if not is_mean or len(node.args) < 1:
         return None
     kw = dict(zip(("input", "dim", "keepdim"), node.args), **node.kwargs)
-    shape = _shape(node.args[0])
+    shape = _meta_shape(node.args[0])
     if set(kw) - {"input", "dim", "keepdim"} or shape is None or len(shape) != 4 or \
             not isinstance(kw.get("dim"), (tuple, list)) or sorted(d % 4 for d in kw["dim"]) != [2, 3]:
         return None

@@ -54,6 +54,10 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
         return None
     program, buffers, threads, names, fused_pools = _C.Program(), {}, set(), [], {}
     views: set[int] = set()  # buffers that are parts of a concatenation
+
+    def shape(node: fx.Node) -> tuple[int, ...] | None:  # every buffer has the batch's N images
+        b = buffers.get(node)
+        return None if b is None or b.flat else (1, b.hwc[2], *b.hwc[:2])
     c, h, w = input_shape
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -67,10 +71,10 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | N
             return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names, fused_pools)
         elif _is_scalar(node):
             continue  # a size feeding a flatten's shape; any other user of it is not lowered
-        elif flatten_source(gm, node) in buffers and not buffers[flatten_source(gm, node)].flat:
+        elif flatten_source(gm, node, shape) in buffers:
             # (N, C, H, W) -> (N, C·H·W): the same NHWC memory when H = W = 1; a larger map only
             # as the input of a linear step that reads it as a conv (FusedLinear.map_chw)
-            src = buffers[flatten_source(gm, node)]
+            src = buffers[flatten_source(gm, node, shape)]
             buffers[node] = _Buffer(src.id, src.hwc, True)
         elif _is_channel_cat(node):
             parts = node.args[0] if node.args else node.kwargs["tensors"]
