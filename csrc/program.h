@@ -10,7 +10,7 @@
 // run in one group of images per thread when the batch splits evenly, else on the whole batch
 // with threads over output tiles.
 // Intermediate buffers live in a per-thread arena, so concurrent calls from several threads
-// are safe and steady-state calls allocate nothing; a thread keeps at most 64 MiB of them
+// are safe and steady-state calls allocate nothing; a thread keeps at most 256 MiB of them
 // between calls (a larger call frees its buffers when it returns).
 #pragma once
 #include <cstddef>

@@ -1,4 +1,4 @@
-"""What a compiled plan holds between calls: a thread keeps at most 64 MiB of activation buffers,
+"""What a compiled plan holds between calls: a thread keeps at most 256 MiB of activation buffers,
 so an occasional huge batch does not raise the process's memory for good, and memory does not grow
 with the number of calls."""
 from isolated import run_isolated
