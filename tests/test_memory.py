@@ -29,7 +29,7 @@ peak, running = [before], [True]
 def sample():  # the native call releases the GIL: sample the resident size while it runs
     while running[0]:
         peak.append(rss_mb())
-big = torch.randn(768, 3, 32, 32)
+big = torch.randn(1536, 3, 32, 32)
 sampler = threading.Thread(target=sample)
 sampler.start()
 y = compiled(big)
@@ -42,7 +42,7 @@ for _ in range(3):
 print(before, after, rss_mb(), max(peak) - before)
 """)
     before, after, later, grew = map(float, out.split())
-    assert grew > 250, out  # the batch-768 call did need hundreds of MB of activations
+    assert grew > 500, out  # the batch-1536 call did need hundreds of MB per thread, over the cap
     assert after - before < 40, out  # and handed them back
     assert later - before < 40, out
 
