@@ -216,8 +216,10 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
         throw std::invalid_argument(fn + ": output buffer id out of range");
     if (buffers_[output].parent >= 0) throw std::invalid_argument(fn + ": the output buffer is a view");
     check_threads(fn, num_threads);
-    if (N < 0 || N > kMaxExtent) throw std::invalid_argument(fn + ": batch size out of range");
-    for (const BufferShape& b : buffers_) checked_elements({N, floats(b)}, fn + ": a buffer of the batch");
+    int64_t largest = 1;  // floats per image of the largest buffer (each is within kMaxElements)
+    for (const BufferShape& b : buffers_) largest = std::max(largest, floats(b));
+    if (N < 0 || N > kMaxExtent || N > kMaxElements / largest)
+        throw std::invalid_argument(fn + ": batch size out of range for this program's buffers");
     if (N == 0) return;  // an empty batch: an empty output, as PyTorch gives
     // Per-thread arena, one buffer per program buffer holding the whole batch.
     thread_local Arena arena;
