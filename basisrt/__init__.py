@@ -6,10 +6,11 @@ Public API:
     BasisConv2d, BasisLinear   the basis layers; scaling_parameters(model) lists their alphas
     compile(model, x)          execution plan of fused kernels, C++ on CPU, Triton on CUDA (CompiledModel);
                                .save(path), load(path, device=None)
+    explain(model, x)          which ops keep a model's plan from running as one native program, and why
     models                     reference architectures (vgg16, resnet18, mobilenetv2, densenet, vit_mlp)
 """
 from . import models
-from .compiler import CompiledModel, compile, load
+from .compiler import CompiledModel, Explanation, compile, explain, load
 from .cost import CostReport, LayerCost, profile
 from .decomposition import DecomposeReport, decompose, decompose_layer
 from .layers import BasisConv2d, BasisLinear, scaling_parameters
@@ -21,7 +22,8 @@ from . import transfer
 __version__ = "0.1.0"
 
 __all__ = [
-    "BasisConv2d", "CompiledModel", "compile", "load", "BasisLinear", "CostReport", "DecomposeReport", "LayerCost",
+    "BasisConv2d", "CompiledModel", "Explanation", "compile", "explain", "load", "BasisLinear", "CostReport",
+    "DecomposeReport", "LayerCost",
     "PruneReport", "decompose", "decompose_layer", "models", "profile", "prune_basis", "scaling_parameters",
     "channel_prune", "double_prune", "energy_importance", "taylor_importance", "transfer",
 ]

@@ -263,8 +263,22 @@ REFERENCE_MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def all_models() -> dict[str, Callable[..., nn.Module]]:
+    """The reference models and the real-model architectures of basisrt.zoo, by name."""
+    from . import zoo
+    return {**REFERENCE_MODELS, **zoo.MODELS}
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    """(C, H, W) of one input of model `name`: 32×32 for the reference (CIFAR) models, the zoo's own."""
+    from . import zoo
+    return zoo.INPUT_SHAPES.get(name, (3, 32, 32))
+
+
 def create(name: str, **kwargs) -> nn.Module:
-    """Build the reference model `name` (a key of REFERENCE_MODELS) with constructor `kwargs`."""
-    if name not in REFERENCE_MODELS:
-        raise ValueError(f"unknown reference model {name!r}; valid names: {', '.join(sorted(REFERENCE_MODELS))}")
-    return REFERENCE_MODELS[name](**kwargs)
+    """Build model `name` (a key of REFERENCE_MODELS or basisrt.zoo.MODELS) with constructor `kwargs`."""
+    from . import zoo
+    found = all_models()
+    if name not in found:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(found))}")
+    return zoo.create(name, **kwargs) if name in zoo.MODELS else found[name](**kwargs)

@@ -27,6 +27,7 @@
 #include "basis_conv_ref.h"
 #include "channel_affine.h"
 #include "depthwise_conv.h"
+#include "eltwise.h"
 #include "fused_conv.h"
 #include "pool.h"
 #include "program.h"
@@ -268,7 +269,7 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
 void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
                         const std::optional<py::array>& bias, const std::optional<py::array>& residual,
                         py::array& out, IntPair kernel, IntPair stride, IntPair padding, IntPair dilation,
-                        int64_t groups, int64_t rank, int activation, int num_threads, int64_t pool) {
+                        int64_t groups, int64_t rank, int activation, int num_threads, int64_t pool, float alpha) {
     const std::string fn = "fused_conv_nhwc";
     if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
     if (pool != 1 && pool != 2) value_error(fn, "pool is 1 (none) or 2 (2x2 max)");
@@ -291,7 +292,7 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
     if (s.N == 0) return;  // an empty batch: nothing to write
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     py::gil_scoped_release release;
-    basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads);
+    basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha);
 }
 
 void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding, int kind,
@@ -313,7 +314,7 @@ void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair st
 }
 
 void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
-                            int activation, int num_threads) {
+                            int activation, int num_threads, float alpha) {
     const std::string fn = "channel_affine_nhwc";
     const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     for (int d = 0; d < 4; ++d)
@@ -326,7 +327,53 @@ void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py
     if (!out.writeable()) value_error(fn, "out must be writeable");
     const int64_t P = basisrt::checked_elements({x.shape(0), x.shape(1), x.shape(2)}, fn + ": x");
     py::gil_scoped_release release;
-    basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, P, C, xv.ld, yv.ld, act, num_threads);
+    basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, P, C, xv.ld, yv.ld, act, num_threads, alpha);
+}
+
+void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, int op, int activation, int num_threads,
+                     float alpha) {
+    const std::string fn = "eltwise_nhwc";
+    const Nhwc av = nhwc_data(fn, a, "a"), bv = nhwc_data(fn, b, "b"), yv = nhwc_data(fn, out, "out");
+    for (int d = 0; d < 4; ++d)
+        if (out.shape(d) != a.shape(d)) value_error(fn, "out must have a's shape");
+    const bool same = b.shape(1) == a.shape(1) && b.shape(2) == a.shape(2);
+    if (b.shape(0) != a.shape(0) || b.shape(3) != a.shape(3) || !(same || (b.shape(1) == 1 && b.shape(2) == 1)))
+        value_error(fn, "b must have a's shape, or one pixel per image (N, 1, 1, C)");
+    const auto binary = basisrt::checked_binary_op(fn, op);
+    const auto act = basisrt::checked_activation(fn, activation);
+    basisrt::check_threads(fn, num_threads);
+    if (!out.writeable()) value_error(fn, "out must be writeable");
+    const int64_t P = basisrt::checked_elements({a.shape(0), a.shape(1), a.shape(2)}, fn + ": a");
+    if (P == 0) return;
+    py::gil_scoped_release release;
+    basisrt::eltwise_nhwc(av.data, bv.data, yv.data, P, a.shape(1) * a.shape(2), a.shape(3), av.ld, bv.ld, yv.ld,
+                          binary, !same, act, alpha, num_threads);
+}
+
+// The channel indices of a gather: int64, one per output channel, each within [0, channels).
+std::vector<int64_t> gather_index(const std::string& fn, const py::array& index, int64_t channels, int64_t C_out) {
+    if (!py::isinstance<py::array_t<int64_t>>(index) || index.ndim() != 1 || index.shape(0) != C_out)
+        value_error(fn, "index must be a 1-D int64 array of one entry per output channel");
+    const auto idx = index.unchecked<int64_t, 1>();
+    std::vector<int64_t> out(C_out);
+    for (int64_t c = 0; c < C_out; ++c) {
+        if (idx(c) < 0 || idx(c) >= channels) value_error(fn, "an index is outside the input's channels");
+        out[c] = idx(c);
+    }
+    return out;
+}
+
+void channel_gather_nhwc_py(const py::array& x, const py::array& index, py::array& out, int num_threads) {
+    const std::string fn = "channel_gather_nhwc";
+    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
+    for (int d = 0; d < 3; ++d)
+        if (out.shape(d) != x.shape(d)) value_error(fn, "out must have x's N, H and W");
+    const std::vector<int64_t> idx = gather_index(fn, index, x.shape(3), out.shape(3));
+    basisrt::check_threads(fn, num_threads);
+    if (!out.writeable()) value_error(fn, "out must be writeable");
+    const int64_t P = basisrt::checked_elements({x.shape(0), x.shape(1), x.shape(2)}, fn + ": x");
+    py::gil_scoped_release release;
+    basisrt::channel_gather_nhwc(xv.data, idx.data(), yv.data, P, out.shape(3), xv.ld, yv.ld, num_threads);
 }
 
 // basisrt::Program plus references to the numpy weight arrays it points into.
@@ -340,11 +387,11 @@ struct PyProgram {
 
     void add_conv(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
                   const std::optional<py::array>& bias, int64_t rank, int activation, IntPair kernel, IntPair stride,
-                  IntPair padding, IntPair dilation, int64_t groups, int64_t pool) {
+                  IntPair padding, IntPair dilation, int64_t groups, int64_t pool, float alpha) {
         const std::string fn = "Program.add_conv";
         if (pool != 1 && pool != 2) value_error(fn, "pool is 1 (none) or 2 (2x2 max)");
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
-        op.rank = rank, op.act = basisrt::checked_activation(fn, activation);
+        op.rank = rank, op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
         op.groups = groups, op.fused_pool = pool;
@@ -368,16 +415,33 @@ struct PyProgram {
         program.add_op(op);
     }
 
-    void add_affine(int in, int out, const py::array& scale, const py::array& shift, int activation) {
+    void add_affine(int in, int out, const py::array& scale, const py::array& shift, int activation, float alpha) {
         const std::string fn = "Program.add_affine";
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::affine, in, -1, out};
-        op.act = basisrt::checked_activation(fn, activation);
+        op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
         program.check(op);
         const int64_t C = program.buffers()[in].C;
         op.scale = f32_data(fn, scale, "scale", C), op.shift = f32_data(fn, shift, "shift", C);
         program.add_op(op);
         keep_alive.push_back(scale);
         keep_alive.push_back(shift);
+    }
+
+    void add_eltwise(int a, int b, int out, int op_kind, int activation, float alpha) {
+        const std::string fn = "Program.add_eltwise";
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::eltwise, a, b, out};
+        op.binary = basisrt::checked_binary_op(fn, op_kind);
+        op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
+        program.add_op(op);
+    }
+
+    void add_gather(int in, int out, const py::array& index) {
+        const std::string fn = "Program.add_gather";
+        const int n = static_cast<int>(program.buffers().size());
+        if (in < 0 || in >= n || out < 0 || out >= n) value_error(fn, "buffer id out of range");
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::gather, in, -1, out};
+        op.index = gather_index(fn, index, program.buffers()[in].C, program.buffers()[out].C);
+        program.add_op(op);
     }
 
     void run(const py::array& x, py::array& out, int output, int num_threads,
@@ -419,12 +483,18 @@ void bind_fused(py::module_& m) {
         .def("add_conv", &PyProgram::add_conv, py::arg("input"), py::arg("residual"), py::arg("out"), py::arg("B"),
              py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("kernel"),
              py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("pool") = 1,
+             py::arg("alpha") = 0.01f,
              "A fused_conv_nhwc op (packed weights as for fused_conv_nhwc; residual -1: none; pool 2: a 2x2\n"
              "max pool fused after the epilogue, `out` being the pooled buffer).")
         .def("add_pool", &PyProgram::add_pool, py::arg("input"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
              py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), "A pool_nhwc op.")
         .def("add_affine", &PyProgram::add_affine, py::arg("input"), py::arg("out"), py::arg("scale"),
-             py::arg("shift"), py::arg("activation"), "A channel_affine_nhwc op.")
+             py::arg("shift"), py::arg("activation"), py::arg("alpha") = 0.01f, "A channel_affine_nhwc op.")
+        .def("add_eltwise", &PyProgram::add_eltwise, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
+             py::arg("activation"), py::arg("alpha") = 0.01f,
+             "An eltwise_nhwc op: out = act(a OP b), b of a's shape or one pixel per image.")
+        .def("add_gather", &PyProgram::add_gather, py::arg("input"), py::arg("out"), py::arg("index"),
+             "A channel_gather_nhwc op: out's channel c is input's channel index[c].")
         .def(
             "alias",
             [](PyProgram& p, int buffer, int parent, int64_t offset) { p.program.alias(buffer, parent, offset); },
@@ -454,13 +524,19 @@ void bind_fused(py::module_& m) {
     m.def("fused_conv_nhwc", &fused_conv_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),
-          py::arg("pool") = 1,
+          py::arg("pool") = 1, py::arg("alpha") = 0.01f,
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
-          "bias, residual add, activation (0 none, 1 relu, 2 relu6) and, with pool=2, a 2x2 stride-2 max\n"
+          "bias, residual add, activation (0 none, 1 relu, 2 relu6, 3 sigmoid, 4 silu, 5 hardsigmoid,\n"
+          "6 hardswish, 7 leaky_relu with slope alpha, 8 gelu, 9 gelu_tanh) and, with pool=2, a 2x2 stride-2 max\n"
           "pool fused; writes into `out`.");
     m.def("channel_affine_nhwc", &channel_affine_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
-          py::arg("out"), py::arg("activation"), py::arg("num_threads"),
+          py::arg("out"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(x * scale + shift) per channel on NHWC float32 (x / out may be channel slices).");
+    m.def("eltwise_nhwc", &eltwise_nhwc_py, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
+          py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
+          "out = act(a OP b) on NHWC float32, op 0 add / 1 mul, b of a's shape or (N, 1, 1, C) broadcast.");
+    m.def("channel_gather_nhwc", &channel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
+          py::arg("num_threads"), "out[..., c] = x[..., index[c]] on NHWC float32 (index: int64).");
     m.def("lowrank_dot_path", &basisrt::lowrank_dot_path, py::arg("cg_in"), py::arg("rank"),
           "Whether fused_conv_nhwc expects B packed as (groups, rank, K) (channel-vectorised path)\n"
           "rather than (groups, K, round_up(rank, 16)).");

@@ -1,5 +1,6 @@
 #include "channel_affine.h"
 
+#include "activation.h"
 #include "simd.h"
 #include "thread_pool.h"
 
@@ -34,13 +35,17 @@ BASISRT_NARROW void affine_rows_narrow(const float* x, const float* scale, const
 }  // namespace
 
 void channel_affine_nhwc(const float* x, const float* scale, const float* shift, float* y, int64_t P, int64_t C,
-                         int64_t ldx, int64_t ldy, Activation act, int num_threads) {
+                         int64_t ldx, int64_t ldy, Activation act, int num_threads, float alpha) {
     if (ldx < C || ldy < C) throw std::invalid_argument("channel_affine_nhwc: a pixel stride is smaller than C");
     const int64_t tasks = (P + kPixelsPerTask - 1) / kPixelsPerTask;
     parallel_for(tasks, num_threads, [&](int64_t t) {
         const int64_t p0 = t * kPixelsPerTask, rows = std::min(kPixelsPerTask, P - p0);
-        if (use_avx512()) return affine_rows_avx512(x + p0 * ldx, scale, shift, y + p0 * ldy, rows, C, ldx, ldy, act);
-        affine_rows_narrow(x + p0 * ldx, scale, shift, y + p0 * ldy, rows, C, ldx, ldy, act);
+        if (use_avx512()) {
+            affine_rows_avx512(x + p0 * ldx, scale, shift, y + p0 * ldy, rows, C, ldx, ldy, act);
+        } else {
+            affine_rows_narrow(x + p0 * ldx, scale, shift, y + p0 * ldy, rows, C, ldx, ldy, act);
+        }
+        activate_rows(y + p0 * ldy, rows, C, ldy, act, alpha);
     });
 }
 

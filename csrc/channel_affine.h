@@ -11,6 +11,6 @@ namespace basisrt {
 // P pixels of C channels; ldx / ldy are the pixel strides of x and y in floats (>= C), so x can
 // be a channel slice of a wider buffer (a concatenation, read in place).
 void channel_affine_nhwc(const float* x, const float* scale, const float* shift, float* y, int64_t P, int64_t C,
-                         int64_t ldx, int64_t ldy, Activation act, int num_threads);
+                         int64_t ldx, int64_t ldy, Activation act, int num_threads, float alpha = 0.01f);
 
 }  // namespace basisrt

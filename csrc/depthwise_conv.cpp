@@ -1,5 +1,6 @@
 #include "depthwise_conv.h"
 
+#include "activation.h"
 #include "simd.h"
 #include "thread_pool.h"
 
@@ -52,12 +53,16 @@ bool depthwise_path(int64_t groups, int64_t c_in, int64_t c_out, int64_t rank) {
 }
 
 void depthwise_conv_nhwc(const float* x, const float* w, const float* bias, const float* residual, float* y,
-                         const ConvShape& s, Activation act, int num_threads) {
+                         const ConvShape& s, Activation act, int num_threads, float alpha) {
     if (!depthwise_path(s.groups, s.C_in, s.C_out, 0) || s.pool != 1 || !s.ldx || !s.ldy || !s.ldr)
         throw std::invalid_argument("depthwise_conv_nhwc: not a depthwise conv with resolved strides");
     parallel_for(s.N * s.Ho, num_threads, [&](int64_t row) {
-        if (use_avx512()) return depthwise_row_avx512(x, w, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
-        depthwise_row_narrow(x, w, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
+        if (use_avx512()) {
+            depthwise_row_avx512(x, w, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
+        } else {
+            depthwise_row_narrow(x, w, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
+        }
+        activate_rows(y + row * s.Wo * s.ldy, s.Wo, s.C_out, s.ldy, act, alpha);  // the row, still in L1
     });
 }
 

@@ -14,6 +14,6 @@ bool depthwise_path(int64_t groups, int64_t c_in, int64_t c_out, int64_t rank);
 // y = act(conv(x, w) + bias (+ residual)), w packed as (kh·kw × C); bias and residual may be null.
 // s.pool must be 1; pixel strides as in ConvShape (already resolved, non-zero).
 void depthwise_conv_nhwc(const float* x, const float* w, const float* bias, const float* residual, float* y,
-                         const ConvShape& s, Activation act, int num_threads);
+                         const ConvShape& s, Activation act, int num_threads, float alpha = 0.01f);
 
 }  // namespace basisrt

@@ -1,5 +1,6 @@
 #include "fused_conv.h"
 
+#include "activation.h"
 #include "depthwise_conv.h"
 #include "pool.h"
 #include "simd.h"
@@ -17,6 +18,7 @@ namespace basisrt {
 namespace {
 
 constexpr int64_t kTile = 96;  // most output pixels per tile: T (96×r) stays in cache
+constexpr int64_t kIm2colBelow = 8;  // input channels per group below which windows are copied into rows
 constexpr int64_t MR = 8, NR = kColBlock;
 
 // One row block of NR floats; GCC lowers it to 1 zmm, 2 ymm or 4 xmm per the target clone.
@@ -183,7 +185,8 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
 template <bool kWide, int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
 inline __attribute__((always_inline)) void column_block(const Src& src, const float* b, int64_t ldb, int64_t M,
                                                         const Store& st, int64_t j) {
-    constexpr int64_t R = V == 4 ? 6 : V == 3 ? 8 : MR;
+    // 16 ymm registers on AVX2: 6 rows × 2 ymm accumulators, as 8 rows would take all 16 and spill
+    constexpr int64_t R = !kWide ? 6 : V == 4 ? 6 : V == 3 ? 8 : MR;
     int64_t i = 0;
     for (; i + R <= M; i += R) micro<kWide, R, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
     for (; i + 2 <= M; i += 2) micro<kWide, 2, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
@@ -249,8 +252,14 @@ BASISRT_NARROW void gemm_narrow(const Windows& src, const float* b, int64_t ldb,
 }
 
 template <class Src>
+BASISRT_AVX2 void gemm_avx2(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st) {
+    gemm_any<false>(src, b, ldb, M, N, st);
+}
+
+template <class Src>
 void gemm_src(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N, const Store& st) {
     if (use_avx512()) return gemm_avx512(src, b, ldb, M, N, st);
+    if (use_avx2_fma()) return gemm_avx2(src, b, ldb, M, N, st);
     gemm_narrow(src, b, ldb, M, N, st);
 }
 
@@ -364,22 +373,25 @@ inline __attribute__((always_inline)) void dot_chunk(const Windows& w, int64_t c
 // T (m × rank, row stride ldt) for the m pixels of `w`. Rank chunks are the outer loop, so a
 // chunk of B stays in cache while every pixel of the tile uses it; pixels outer would stream
 // all of B (MBs at r = 128) per 4 pixels. Within a chunk, taps are blocked (kDotBlockFloats).
+// kWide: 4 pixels × 6 ranks (24 zmm accumulators); narrower ISAs 2 × 2 (8 of AVX2's 16 ymm).
+template <bool kWide>
 inline __attribute__((always_inline)) void dot_gemm_body(const Windows& w, int64_t m, int64_t cg, const float* bt,
                                                          int64_t rank, float* t, int64_t ldt) {
     static_assert(kDotN == 6, "dot_chunk dispatches chunks of up to 6 ranks");
+    constexpr int kM = kWide ? kDotM : 2, kN = kWide ? kDotN : 2;
     const int64_t K = w.taps * cg;
     const int64_t blocks = (K + kDotBlockFloats - 1) / kDotBlockFloats;
     const int64_t tap_block = (w.taps + blocks - 1) / blocks;
     // Chunks of near-equal size (13 ranks: 5 + 4 + 4, not 6 + 6 + 1): a chunk of one or two ranks
     // loads an x vector per FMA or two, and loads, not FMAs, then set its pace.
-    const int64_t chunks = (rank + kDotN - 1) / kDotN;
+    const int64_t chunks = (rank + kN - 1) / kN;
     for (int64_t k = 0, j = 0; k < chunks; ++k) {
         const int64_t r = rank / chunks + (k < rank % chunks);
         for (int64_t tap0 = 0; tap0 < w.taps; tap0 += tap_block) {
             const int64_t tap1 = std::min(w.taps, tap0 + tap_block);
             int64_t i = 0;
-            for (; i + kDotM <= m; i += kDotM)
-                dot_chunk<kDotM>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
+            for (; i + kM <= m; i += kM)
+                dot_chunk<kM>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
             for (; i < m; ++i) dot_chunk<1>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
         }
         j += r;
@@ -388,14 +400,19 @@ inline __attribute__((always_inline)) void dot_gemm_body(const Windows& w, int64
 
 BASISRT_AVX512 void dot_gemm_avx512(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
                                     int64_t ldt) {
-    dot_gemm_body(w, m, cg, bt, rank, t, ldt);
+    dot_gemm_body<true>(w, m, cg, bt, rank, t, ldt);
+}
+BASISRT_AVX2 void dot_gemm_avx2(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
+                                int64_t ldt) {
+    dot_gemm_body<false>(w, m, cg, bt, rank, t, ldt);
 }
 BASISRT_NARROW void dot_gemm_narrow(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
                                     int64_t ldt) {
-    dot_gemm_body(w, m, cg, bt, rank, t, ldt);
+    dot_gemm_body<false>(w, m, cg, bt, rank, t, ldt);
 }
 void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t, int64_t ldt) {
     if (use_avx512()) return dot_gemm_avx512(w, m, cg, bt, rank, t, ldt);
+    if (use_avx2_fma()) return dot_gemm_avx2(w, m, cg, bt, rank, t, ldt);
     dot_gemm_narrow(w, m, cg, bt, rank, t, ldt);
 }
 
@@ -527,13 +544,14 @@ bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % 
 
 const char* simd_path() {
     if (use_avx512()) return "avx512f";
+    if (use_avx2_fma()) return "avx2+fma";
     if (__builtin_cpu_supports("avx2")) return "avx2";
     return "default";
 }
 
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& shape, int64_t rank,
-                     Activation act, int num_threads) {
+                     Activation act, int num_threads, float alpha) {
     if (shape.N == 0) return;  // an empty batch (the tile sizing below divides by the pixel count)
     ConvShape s = shape;
     s.ldx = s.ldx ? s.ldx : s.C_in;
@@ -552,7 +570,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     }
     if (depthwise_path(s.groups, s.C_in, s.C_out, rank)) {
         auto depthwise = [&](const ConvShape& d, float* out) {
-            depthwise_conv_nhwc(x, B, bias, residual, out, d, act, num_threads);
+            depthwise_conv_nhwc(x, B, bias, residual, out, d, act, num_threads, alpha);
         };
         return s.pool == 1 ? depthwise(s, y) : pooled_after(s, y, num_threads, depthwise);
     }
@@ -573,6 +591,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     if (dot && num_threads > 1 && tiles < num_threads && rank * K > kSplitWeights) {  // split ranks
         auto split = [&](const ConvShape& d, float* out) {
             split_lowrank(x, B, A, bias, residual, out, d, rank, act, num_threads, tap_off.data());
+            activate_rows_parallel(out, d.N * d.Ho * d.Wo, d.C_out, d.ldy, act, alpha, num_threads);
         };
         return s.pool == 1 ? split(s, y) : pooled_after(s, y, num_threads, split);  // a few pixels
     }
@@ -580,7 +599,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
 
     parallel_for(tiles, num_threads, [&](int64_t tile) {
         // Per-thread scratch, sized to the largest layer seen: no growth with the number of calls.
-        thread_local std::vector<float> t, zero, unpooled;
+        thread_local std::vector<float> t, zero, unpooled, cols;
         thread_local std::vector<const float*> rows, corner;
         if (windows) {
             rows.resize(std::max<size_t>(rows.size(), kTile * taps));
@@ -612,10 +631,23 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
             if (dot) {  // channel-vectorised: B is (rank × K) per group
                 dot_gemm(w, m, cg_in, B + g * rank * K, rank, t.data(), r_pad);
                 gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
+            } else if (cg_in < kIm2colBelow) {
+                // Few channels per tap (an RGB stem: 3): the GEMM's inner loop over a tap's
+                // channels is too short to pay for its per-tap setup, so the tile's windows are
+                // copied into contiguous rows of K first (ResNet-50's 7×7 stem: 19 ms → see RESULTS)
+                cols.resize(std::max<size_t>(cols.size(), kTile * K));
+                for (int64_t i = 0; i < m; ++i)
+                    for (int64_t tap = 0; tap < taps; ++tap)
+                        std::memcpy(cols.data() + i * K + tap * cg_in, w.row(i, tap), cg_in * sizeof(float));
+                two_gemms(PlainRows{cols.data(), K, K});
             } else {
                 two_gemms(w);
             }
         }
+        // An activation that is not a clamp, on the tile just stored (before its pool: max pool and
+        // act do not commute for SiLU, GELU, hard-swish)
+        if (cell > 1) activate_rows(unpooled.data(), m, s.C_out, s.C_out, act, alpha);
+        else activate_rows(y + p0 * s.ldy, m, s.C_out, s.ldy, act, alpha);
         if (cell > 1)
             for (int64_t c = 0; c < m / cell; ++c)  // each cell's pixels are consecutive rows
                 max_cell(unpooled.data() + c * cell * s.C_out, s.C_out, y + (p0 / cell + c) * s.ldy);

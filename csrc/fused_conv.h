@@ -13,9 +13,16 @@
 
 namespace basisrt {
 
-enum class Activation : int { none = 0, relu = 1, relu6 = 2 };
+// 0-2 are clamps, applied in the kernels' epilogues; the others by activate_rows (activation.h)
+// after them. The numbers are the Python side's (basisrt/compiler/cpu_kernels.py: ACTIVATIONS).
+enum class Activation : int {
+    none = 0, relu = 1, relu6 = 2, sigmoid = 3, silu = 4, hardsigmoid = 5, hardswish = 6, leaky_relu = 7,
+    gelu = 8, gelu_tanh = 9
+};
+constexpr int kActivations = 10;
 
-// The range an activation clamps to ([-inf, inf] for none), for kernels written as scalar loops
+// The range a clamp activation clamps to ([-inf, inf] for none and for every activation that is
+// not a clamp: the epilogue leaves those to activate_rows), for kernels written as scalar loops
 // that GCC vectorises: y = std::min(std::max(v, lo), hi), v first in both. That order keeps NaN,
 // as PyTorch does: std::max(v, lo) is (v < lo) ? lo : v, whose compare is false for NaN, and
 // std::min(v, hi) is (hi < v) ? hi : v. Swapped arguments would map NaN to lo or hi.
@@ -23,7 +30,8 @@ struct Clamp {
     float lo, hi;
 };
 inline Clamp clamp_of(Activation act) {
-    return {act == Activation::none ? -__builtin_inff() : 0.f, act == Activation::relu6 ? 6.f : __builtin_inff()};
+    const bool clamp = act == Activation::relu || act == Activation::relu6;
+    return {clamp ? 0.f : -__builtin_inff(), act == Activation::relu6 ? 6.f : __builtin_inff()};
 }
 
 struct ConvShape {
@@ -45,15 +53,16 @@ inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // rank == 0: dense conv, B packed per group as (K × Cg_pad). Otherwise B is
 // (K × r_pad) per group and A is (r_pad × Cg_pad) per group, Cg = C_out / groups.
 // bias, residual may be null. residual is NHWC with the output's shape (pixel stride s.ldr).
+// alpha: leaky ReLU's negative slope (other activations ignore it).
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& s, int64_t rank,
-                     Activation act, int num_threads);
+                     Activation act, int num_threads, float alpha = 0.01f);
 
 // Whether a basis pair with these per-group input channels packs B as (rank × K) per group for
 // the channel-vectorised path (no im2col, no rank padding) instead of (K × r_pad).
 bool lowrank_dot_path(int64_t cg_in, int64_t rank);
 
-// Which SIMD path the run-time dispatch picked ("avx512f", "avx2" or "default").
+// Which SIMD path the run-time dispatch picked ("avx512f", "avx2+fma", "avx2" or "default").
 const char* simd_path();
 
 }  // namespace basisrt

@@ -133,6 +133,19 @@ void Program::check(const ProgramOp& op) const {
         if (op.residual >= 0 || i.H != o.H || i.W != o.W || i.C != o.C)
             throw std::invalid_argument(fn + ": the affine op's output must have the input's shape, no residual");
         checked_activation(fn, static_cast<int64_t>(op.act));
+    } else if (op.kind == ProgramOp::Kind::eltwise) {
+        if (op.residual < 0 || i.H != o.H || i.W != o.W || i.C != o.C)
+            throw std::invalid_argument(fn + ": an eltwise op needs a second operand and an output of the input's shape");
+        const BufferShape& b = buffers_[op.residual];
+        if (b.C != i.C || !((b.H == i.H && b.W == i.W) || (b.H == 1 && b.W == 1)))
+            throw std::invalid_argument(fn + ": the second operand must have the input's shape or one pixel per image");
+        checked_activation(fn, static_cast<int64_t>(op.act));
+        checked_binary_op(fn, static_cast<int64_t>(op.binary));
+    } else if (op.kind == ProgramOp::Kind::gather) {
+        if (op.residual >= 0 || i.H != o.H || i.W != o.W || static_cast<int64_t>(op.index.size()) != o.C)
+            throw std::invalid_argument(fn + ": a gather keeps H and W and has one index per output channel");
+        for (int64_t c : op.index)
+            if (c < 0 || c >= i.C) throw std::invalid_argument(fn + ": a gather index is outside the input's channels");
     } else {
         throw std::invalid_argument(fn + ": unknown op kind");
     }
@@ -200,12 +213,19 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
         const int64_t q = op.fused_pool;  // the conv's own output is q times the (pooled) buffer
         ConvShape s{N, i.H, i.W, i.C, o.H * q, o.W * q, o.C, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw,
                     op.groups, q, ldx, ldy, op.residual >= 0 ? pixel_stride(op.residual) : 0};
-        fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads);
+        fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
     } else if (op.kind == ProgramOp::Kind::pool) {
         PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, ldx, ldy};
         pool_nhwc(in, out, s, op.pool, op.count_include_pad, num_threads);
+    } else if (op.kind == ProgramOp::Kind::affine) {
+        channel_affine_nhwc(in, op.scale, op.shift, out, N * i.H * i.W, i.C, ldx, ldy, op.act, num_threads, op.alpha);
+    } else if (op.kind == ProgramOp::Kind::eltwise) {
+        const BufferShape& b = buffers_[op.residual];
+        const bool per_image = b.H * b.W != i.H * i.W;
+        eltwise_nhwc(in, residual, out, N * i.H * i.W, i.H * i.W, i.C, ldx, pixel_stride(op.residual), ldy, op.binary,
+                     per_image, op.act, op.alpha, num_threads);
     } else {
-        channel_affine_nhwc(in, op.scale, op.shift, out, N * i.H * i.W, i.C, ldx, ldy, op.act, num_threads);
+        channel_gather_nhwc(in, op.index.data(), out, N * i.H * i.W, o.C, ldx, ldy, num_threads);
     }
 }
 

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "eltwise.h"
 #include "fused_conv.h"
 #include "pool.h"
 
@@ -32,14 +33,19 @@ struct BufferShape {
 };
 
 struct ProgramOp {
-    enum class Kind { conv, pool, affine } kind;
-    int in, residual, out;  // buffer ids (residual -1: none)
+    enum class Kind { conv, pool, affine, eltwise, gather } kind;
+    int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
     int64_t rank = 0;
     Activation act = Activation::none;
+    float alpha = 0.01f;  // leaky ReLU's negative slope
     // affine: y = act(x · scale + shift) per channel (act above)
     const float *scale = nullptr, *shift = nullptr;
+    // eltwise: out = act(in OP residual), residual of in's shape or one pixel per image (broadcast)
+    BinaryOp binary = BinaryOp::add;
+    // gather: out's channel c is in's channel index[c]
+    std::vector<int64_t> index;
     // pool
     PoolKind pool = PoolKind::max;
     bool count_include_pad = true;

@@ -64,15 +64,23 @@ void check_pool(const std::string& fn, const PoolShape& s) {
     pair_in_range(fn, s.ph, s.pw, 0, "padding");
     if (2 * s.ph > s.kh || 2 * s.pw > s.kw) fail(fn, "padding at most half the kernel, got more");
     const int64_t ho = window_out(s.H, s.kh, s.sh, s.ph), wo = window_out(s.W, s.kw, s.sw, s.pw);
-    if (ho < 1 || wo < 1 || ho != s.Ho || wo != s.Wo) fail(fn, "output size does not match the pooling geometry");
+    const int64_t ho_ceil = window_out_ceil(s.H, s.kh, s.sh, s.ph), wo_ceil = window_out_ceil(s.W, s.kw, s.sw, s.pw);
+    if (ho < 1 || wo < 1 || (s.Ho != ho && s.Ho != ho_ceil) || (s.Wo != wo && s.Wo != wo_ceil))
+        fail(fn, "output size does not match the pooling geometry (floor or ceil mode)");
     if (s.ldx < 0 || s.ldy < 0) fail(fn, "pixel strides must be non-negative");
     checked_elements({s.N, s.H, s.W, s.ldx ? s.ldx : s.C}, "the input");
     checked_elements({s.N, s.Ho, s.Wo, s.ldy ? s.ldy : s.C}, "the output");
 }
 
 Activation checked_activation(const std::string& fn, int64_t act) {
-    if (act < 0 || act > 2) fail(fn, "activation must be 0 (none), 1 (relu) or 2 (relu6), got " + std::to_string(act));
+    if (act < 0 || act >= kActivations)
+        fail(fn, "activation must be in [0, " + std::to_string(kActivations - 1) + "], got " + std::to_string(act));
     return static_cast<Activation>(act);
+}
+
+BinaryOp checked_binary_op(const std::string& fn, int64_t op) {
+    if (op < 0 || op >= kBinaryOps) fail(fn, "binary op must be 0 (add) or 1 (mul), got " + std::to_string(op));
+    return static_cast<BinaryOp>(op);
 }
 
 PoolKind checked_pool_kind(const std::string& fn, int64_t kind) {

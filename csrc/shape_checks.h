@@ -6,6 +6,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "eltwise.h"
 #include "fused_conv.h"
 #include "pool.h"
 
@@ -27,12 +28,23 @@ inline int64_t window_out(int64_t in, int64_t k, int64_t stride, int64_t pad, in
     return span < 0 ? 0 : span / stride + 1;
 }
 
+// The same in PyTorch's ceil mode (pools): rounded up, but the last window starts inside the
+// input or its left padding.
+inline int64_t window_out_ceil(int64_t in, int64_t k, int64_t stride, int64_t pad) {
+    const int64_t span = in + 2 * pad - k;
+    if (span < 0) return 0;
+    const int64_t out = (span + stride - 1) / stride + 1;
+    return (out - 1) * stride >= in + pad ? out - 1 : out;
+}
+
 // A conv of shape s (Ho, Wo: the conv's own output, before a fused pool), `rank` 0 for dense.
 void check_conv(const std::string& fn, const ConvShape& s, int64_t rank, bool residual);
+// A pool of shape s, its output in floor or in ceil mode.
 void check_pool(const std::string& fn, const PoolShape& s);
 // An activation / pool kind / thread count arriving as a plain int.
 Activation checked_activation(const std::string& fn, int64_t act);
 PoolKind checked_pool_kind(const std::string& fn, int64_t kind);
+BinaryOp checked_binary_op(const std::string& fn, int64_t op);
 void check_threads(const std::string& fn, int64_t num_threads);
 
 }  // namespace basisrt

@@ -12,7 +12,17 @@ inline bool use_avx512() {
     return avx512;
 }
 
+// Whether the AVX2 + FMA builds of the GEMM kernels run (target_clones' "avx2" clone has no FMA:
+// every multiply-add is then two instructions). BASISRT_NO_FMA=1 runs the target_clones builds
+// instead, so the tests cover them too.
+inline bool use_avx2_fma() {
+    static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                             !std::getenv("BASISRT_NO_FMA");
+    return avx2;
+}
+
 }  // namespace basisrt
 
 #define BASISRT_AVX512 __attribute__((target("avx512f")))
 #define BASISRT_NARROW __attribute__((target_clones("avx2", "default")))
+#define BASISRT_AVX2 __attribute__((target("avx2,fma")))

@@ -115,6 +115,25 @@ def fuzz_affine(rng):
     _C.channel_affine_nhwc(**mutate(rng, a, set(), {"x", "scale", "shift", "out"}, {"activation", "num_threads"}))
 
 
+def fuzz_eltwise(rng):
+    c, hw = rng.choice([1, 5, 16]), rng.choice([1, 3])
+    g = np.random.default_rng(6)
+    a = dict(a=g.standard_normal((2, 3, 3, c)).astype(np.float32), b=g.standard_normal((2, hw, hw, c)).astype(np.float32),
+             out=np.zeros((2, 3, 3, c), np.float32), op=rng.choice([0, 1]), activation=rng.randrange(10),
+             num_threads=2, alpha=0.1)
+    _C.eltwise_nhwc(**mutate(rng, a, set(), {"a", "b", "out"}, {"op", "activation", "num_threads"}))
+
+
+def fuzz_gather(rng):
+    c = rng.choice([1, 5, 16])
+    a = dict(x=np.random.default_rng(7).standard_normal((2, 3, 3, c)).astype(np.float32),
+             index=np.arange(c, dtype=np.int64)[::-1].copy(), out=np.zeros((2, 3, 3, c), np.float32), num_threads=2)
+    if rng.random() < 0.3:  # an index array of another kind: wrong dtype, out of range, wrong length
+        a["index"] = rng.choice([a["index"].astype(np.int32), a["index"] + c, -a["index"] - 1, a["index"][:-1],
+                                 np.full(c, 2 ** 62, np.int64)])
+    _C.channel_gather_nhwc(**mutate(rng, a, set(), {"x", "out"}, {"num_threads"}))
+
+
 def fuzz_program(rng):
     """A small valid program (conv -> pool -> affine), one of its construction calls or its run
     mutated."""
@@ -129,10 +148,16 @@ def fuzz_program(rng):
              ("add_affine", {"input": 1, "out": 2, "scale": np.ones(c_out, np.float32),
                              "shift": np.zeros(c_out, np.float32), "activation": 2}),
              ("add_buffer", dict(H=oh, W=ow, C=2 * c_out)),
-             ("alias", dict(buffer=2, parent=3, offset=0))]
+             ("alias", dict(buffer=2, parent=3, offset=0)),
+             ("add_buffer", dict(H=oh, W=ow, C=c_out)),
+             ("add_eltwise", dict(a=1, b=2, out=4, op=1, activation=4)),
+             ("add_buffer", dict(H=oh, W=ow, C=c_out)),
+             ("add_gather", dict(input=4, out=5, index=np.arange(c_out, dtype=np.int64))),
+             ("alias", dict(buffer=5, parent=3, offset=c_out))]
     bad = rng.randrange(len(calls) + 2)
-    pairs, arrays = {"kernel", "stride", "padding", "dilation"}, {"B", "A", "bias", "scale", "shift"}
-    ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset"}
+    pairs, arrays = {"kernel", "stride", "padding", "dilation"}, {"B", "A", "bias", "scale", "shift", "index"}
+    ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset", "a",
+            "b", "op"}
     for i, (name, kw) in enumerate(calls):
         getattr(p, name)(**(mutate(rng, kw, pairs, arrays, ints) if i == bad else kw))
     run = dict(x=np.random.default_rng(4).standard_normal((n, c_in, h, h)).astype(np.float32),
@@ -162,7 +187,7 @@ def main(seed: int, calls: int) -> None:
     limit = 6 << 30  # an absurd allocation fails here instead of swapping the machine
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rng = random.Random(seed)
-    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_program, fuzz_ref, fuzz_paths]
+    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_eltwise, fuzz_gather, fuzz_program, fuzz_ref, fuzz_paths]
     outcomes = {e.__name__: {"ok": 0, "refused": 0} for e in entries}
     unexpected = []
     for i in range(calls):

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from basisrt import _C
-from basisrt.compiler.cpu_kernels import ACTIVATIONS, ChannelAffineStep, batchnorm_affine
+from basisrt.compiler import activations
+from basisrt.compiler.cpu_kernels import ChannelAffineStep, batchnorm_affine
 
 ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
 
@@ -24,7 +25,7 @@ def test_channel_affine_matches_float64_on_channel_slices(n, c, h, w, act, threa
     wide_y = np.full((n, h, w, c + 3), 7.0, np.float32)  # a sentinel around y: a write outside shows
     wide_y[..., 1:1 + c] = np.nan
     _C.channel_affine_nhwc(wide_x[..., 2:2 + c], scale.float().numpy(), shift.float().numpy(), wide_y[..., 1:1 + c],
-                           ACTIVATIONS[act], threads)
+                           activations.code(act)[0], threads)
     out = torch.from_numpy(np.ascontiguousarray(wide_y[..., 1:1 + c])).permute(0, 3, 1, 2)
     assert torch.isfinite(out).all()
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-6

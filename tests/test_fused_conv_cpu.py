@@ -14,10 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from basisrt import _C
-from basisrt.compiler.cpu_kernels import ACTIVATIONS, FusedConv2d, FusedLinear, TorchConvStep
+from basisrt.compiler import activations
+from basisrt.compiler.cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep
 from nets import linear_on_tokens_case
 
-ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
+# Every activation the kernels fuse: the clamps in the epilogue, the rest in the pass over each tile
+ACT_CHOICES = [None, "relu", "relu6", "sigmoid", "silu", "hardsigmoid", "hardswish", "leaky_relu(0.2)", "gelu",
+               "gelu_tanh"]
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -45,7 +48,7 @@ def cases(n: int = 220, seed: int = 0, channel_blocks: bool = False):
             c_in, rank = groups * 16 * rng.randint(1, 3), rng.choice([1, rng.randint(2, 40)])
         out.append(dict(n=rng.randint(1, 8) if i % 4 else 1, c_in=c_in, c_out=c_out, hw=(h, w), k=k,
                         stride=stride, padding=padding, dilation=dilation, groups=groups, rank=rank,
-                        bias=rng.random() < 0.7, act=rng.choice([None, "relu", "relu6"]),
+                        bias=rng.random() < 0.7, act=rng.choice(ACT_CHOICES),
                         residual=rng.random() < 0.4))
     return out
 
@@ -84,15 +87,17 @@ assert ((step(x).double() - ref).norm() / ref.norm()).item() < 1e-5
     assert run.returncode == 0, run.stderr[-3000:]
 
 
-def test_narrow_kernels_match_float64():
-    """The AVX2 builds for CPUs without AVX-512 (BASISRT_NO_AVX512=1 picks them here): the GEMM
-    blocks, the channel-vectorised path, the fused pool, pooling and the channel affine map, on
-    their grids."""
-    env = {**os.environ, "BASISRT_NO_AVX512": "1"}
+@pytest.mark.parametrize("no_fma", [False, True], ids=["avx2+fma", "avx2"])
+def test_narrow_kernels_match_float64(no_fma):
+    """The builds for CPUs without AVX-512 (BASISRT_NO_AVX512=1 picks them on one): the AVX2 + FMA
+    GEMMs, and with BASISRT_NO_FMA=1 the target_clones ones; the GEMM blocks, the
+    channel-vectorised path, the fused pool, pooling and the channel affine map, on their grids."""
+    env = {**os.environ, "BASISRT_NO_AVX512": "1", **({"BASISRT_NO_FMA": "1"} if no_fma else {})}
     tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
              "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64",
              "test_depthwise_conv_matches_float64"]
-    code = "from basisrt import _C; assert _C.simd_path() == 'avx2', _C.simd_path()"
+    want = "avx2" if no_fma else "avx2+fma"
+    code = f"from basisrt import _C; assert _C.simd_path() == {want!r}, _C.simd_path()"
     check = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
@@ -155,7 +160,8 @@ def test_fused_max_pool_matches_float64(c, threads):
     arr = lambda t: None if t is None else t.numpy()  # noqa: E731
     _C.fused_conv_nhwc(x.float().permute(0, 2, 3, 1).contiguous().numpy(), step.B.numpy(), arr(step.A),
                        arr(step.bias), None, out.numpy(), step.kernel, step.stride, step.padding, step.dilation,
-                       step.groups, step.rank, ACTIVATIONS[step.activation], threads, pool=2)
+                       step.groups, step.rank, activations.code(step.activation)[0], threads, pool=2,
+                       alpha=activations.code(step.activation)[1])
     assert torch.isfinite(out).all()
     assert rel_err(out.permute(0, 3, 1, 2), ref) < 1e-5
 
@@ -195,7 +201,7 @@ def reference(c, step_cls, **step_kwargs):
     res = rnd(*ref.shape) if c["residual"] else None
     if res is not None:
         ref = ref + res
-    return x, res, ACTS[c["act"]](ref), step
+    return x, res, activations.apply(ref.clone(), c["act"]), step
 
 
 def check_step(c, step_cls, **step_kwargs):
@@ -241,7 +247,7 @@ def test_kernel_rejects_bad_buffers():
         _C.fused_conv_nhwc(x, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 4, 0, 1)
     with pytest.raises(ValueError, match="B \\(packed\\) has"):
         _C.fused_conv_nhwc(x, b[:, :10], None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
-    assert _C.simd_path() in ("avx512f", "avx2", "default")
+    assert _C.simd_path() in ("avx512f", "avx2+fma", "avx2", "default")
 
 
 @pytest.mark.parametrize("in_torch", [False, True])
@@ -296,7 +302,8 @@ def test_fused_conv_on_channel_slices_matches_float64(c, pool):
     wide, yv = channel_slice(torch.full_like(ref, float("nan")), 2, 9, sentinel)
     arr = lambda t: None if t is None else t.numpy()  # noqa: E731
     _C.fused_conv_nhwc(xv, step.B.numpy(), arr(step.A), arr(step.bias), rv, yv, step.kernel, step.stride,
-                       step.padding, step.dilation, step.groups, step.rank, ACTIVATIONS[step.activation], 2, pool=pool)
+                       step.padding, step.dilation, step.groups, step.rank, activations.code(step.activation)[0], 2,
+                       pool=pool, alpha=activations.code(step.activation)[1])
     out = torch.from_numpy(np.ascontiguousarray(yv)).permute(0, 3, 1, 2)
     assert torch.isfinite(out).all() and rel_err(out, ref) < 1e-5
     assert (wide[..., :2] == sentinel).all() and (wide[..., 2 + ref.shape[1]:] == sentinel).all()

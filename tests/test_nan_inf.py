@@ -23,7 +23,8 @@ from torch import nn
 
 import basisrt
 from basisrt import _C, compile, decompose, prune_basis
-from basisrt.compiler.cpu_kernels import ACTIVATIONS, ChannelAffineStep, FusedConv2d, PoolStep
+from basisrt.compiler import activations
+from basisrt.compiler.cpu_kernels import ChannelAffineStep, FusedConv2d, PoolStep
 
 ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": F.relu6}
 SPECIALS = {"nan": [float("nan")] * 3, "inf": [float("inf"), float("inf"), -float("inf"), -float("inf")],
@@ -139,7 +140,7 @@ def test_fused_max_pool_propagates_like_torch(name, act, kind):
     out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), 7.0)
     arr = lambda t: None if t is None else t.numpy()  # noqa: E731
     _C.fused_conv_nhwc(nhwc(x), step.B.numpy(), arr(step.A), arr(step.bias), None, out.numpy(), step.kernel,
-                       step.stride, step.padding, step.dilation, step.groups, step.rank, ACTIVATIONS[act],
+                       step.stride, step.padding, step.dilation, step.groups, step.rank, activations.code(act)[0],
                        step.num_threads, pool=2)
     assert_same(out.permute(0, 3, 1, 2), ref)
 
@@ -160,7 +161,7 @@ def test_fused_max_pool_nan_at_each_cell_position(groups):
     for threads in (1, 2):
         out = torch.full((1, 3, 4, c_out), 7.0)
         _C.fused_conv_nhwc(nhwc(x), step.B.numpy(), None, None, None, out.numpy(), (1, 1), (1, 1), (0, 0), (1, 1),
-                           groups, 0, ACTIVATIONS["relu"], threads, pool=2)
+                           groups, 0, activations.code("relu")[0], threads, pool=2)
         assert_same(out.permute(0, 3, 1, 2), ref)
 
 
@@ -296,9 +297,9 @@ def test_whole_model_nan_pixel(name):
 # ---- the other ISA build ---------------------------------------------------------------------
 
 def test_narrow_kernels():
-    """The kernel tests above on the AVX2 builds (BASISRT_NO_AVX512=1 picks them on an AVX-512
-    machine; elsewhere they are what already ran)."""
-    env = {**os.environ, "BASISRT_NO_AVX512": "1"}
+    """The kernel tests above on the AVX2 builds without FMA (BASISRT_NO_AVX512=1 and
+    BASISRT_NO_FMA=1 pick them; the AVX2 + FMA GEMMs are what already ran on an AVX2 machine)."""
+    env = {**os.environ, "BASISRT_NO_AVX512": "1", "BASISRT_NO_FMA": "1"}
     check = subprocess.run([sys.executable, "-c", "from basisrt import _C; print(_C.simd_path())"], env=env,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr[-2000:]

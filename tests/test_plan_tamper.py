@@ -59,13 +59,14 @@ class Native(nn.Module):
 
 class Mixed(nn.Module):
     """PyTorch steps: oneDNN convs and linear (TorchConvStep), a parameter read with get_attr and
-    added with broadcasting, a ceil-mode pool, LayerNorm, GELU, tensor methods, softmax, x.shape."""
+    added with broadcasting, a pool with a divisor override, LayerNorm, GELU, tensor methods,
+    softmax, x.shape."""
 
     def __init__(self):
         super().__init__()
         self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
         self.conv = nn.Conv2d(16, 16, 3, padding=1)
-        self.pool = nn.AvgPool2d(2, ceil_mode=True)
+        self.pool = nn.AvgPool2d(2, ceil_mode=True, divisor_override=3)
         self.pos = nn.Parameter(torch.randn(1, 16, 1, 1) * 0.1)
         self.norm, self.act, self.head = nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 5)
 
@@ -258,7 +259,7 @@ def _mutations(base: dict, workdir: Path, rng: random.Random) -> list[tuple[str,
                     continue
                 bad = {"stride": {"tuple": [0, 0]}, "kernel": {"tuple": [-1, -1]}, "padding": {"tuple": [-1, 0]},
                        "dilation": {"tuple": [0, 1]}, "groups": 0, "num_threads": 10 ** 6, "rank": -1,
-                       "activation": "gelu", "in_channels": 0, "out_channels": 1 << 30, "kind": "min",
+                       "activation": "gelu_erf", "in_channels": 0, "out_channels": 1 << 30, "kind": "min",
                        "training": True, "eps": 0.0, "normalized_shape": {"tuple": [0]}}[attr_name]
 
                 def geometry(plan, tensors, leaf=leaf, attr_name=attr_name, bad=bad):
@@ -534,8 +535,11 @@ def test_a_file_that_is_not_a_plan(tmp_path, content):
 @pytest.mark.parametrize("change, message", [
     (_set_attr("PoolStep", "stride", {"tuple": [0, 0]}, kind="max"),
      r"module 'pool_pool' \(PoolStep\): attribute 'stride' must be a tuple of 2 ints in \[1, 65536\], got \(0, 0\)"),
-    (_set_attr("FusedConv2d", "activation", "gelu"),
-     r"module '\w+' \(FusedConv2d\): attribute 'activation' must be one of \[None, 'relu', 'relu6'\], got 'gelu'"),
+    (_set_attr("FusedConv2d", "activation", "gelu_erf"),
+     r"module '\w+' \(FusedConv2d\): attribute 'activation' must be one of \[None, 'relu', 'relu6', 'sigmoid', .*"
+     r"'leaky_relu\(<slope>\)', got 'gelu_erf'"),
+    (_set_attr("FusedConv2d", "activation", "leaky_relu(nan)"),
+     r"module '\w+' \(FusedConv2d\): attribute 'activation' must be one of .* got 'leaky_relu\(nan\)'"),
     (lambda plan, tensors: plan["steps"][0].update(evil=1),
      r"steps\[0\] must be an object of exactly name \(str\), strategy \(str\), macs \(int >= 0\) and detail \(str\)"),
     (_set_attr("FusedConv2d", "kernel", {"tuple": [-1, -1]}), r"attribute 'kernel' must be a tuple of 2 ints in \[1,"),
@@ -570,7 +574,7 @@ def test_a_file_that_is_not_a_plan(tmp_path, content):
      r"tensor 'stem_step.B' of module 'stem_step' \(FusedConv2d\) is not in the file"),
     (lambda plan, tensors: plan["input"].update(shape=[4, 10, 10]),
      r"node 'stem_step' passes a float32 tensor of shape \(1, 4, 10, 10\) to this conv step, which takes 3 channels"),
-], ids=["pool stride 0", "activation gelu", "step field", "kernel -1", "stride 0", "dilation 0", "padding -1",
+], ids=["pool stride 0", "activation gelu_erf", "activation leaky nan", "step field", "kernel -1", "stride 0", "dilation 0", "padding -1",
         "threads 1e6", "groups 3", "rank 20", "kernel 5", "pool kernel 64", "pool padding", "training", "residual",
         "out channels", "exec", "numpy", "class Popen", "float64 weights", "extra tensor", "missing tensor",
         "input channels"])

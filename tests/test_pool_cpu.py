@@ -19,18 +19,19 @@ def cases(n: int = 60, seed: int = 0):
         stride = (rng.randint(1, 3), rng.randint(1, 3))
         hw = (rng.randint(max(k[0] - 2 * pad[0], 1), 11), rng.randint(max(k[1] - 2 * pad[1], 1), 11))
         out.append(dict(kind=("max", "avg")[i % 2], k=k, pad=pad, stride=stride, hw=hw, n=rng.randint(1, 4),
-                        c=rng.choice([1, 3, 16, 17, 40]), include=rng.random() < 0.5))
+                        c=rng.choice([1, 3, 16, 17, 40]), include=rng.random() < 0.5, ceil=i % 4 >= 2))
     return out
 
 
 def reference(c, x):
     if c["kind"] == "max":
-        return F.max_pool2d(x, c["k"], c["stride"], c["pad"])
-    return F.avg_pool2d(x, c["k"], c["stride"], c["pad"], count_include_pad=c["include"])
+        return F.max_pool2d(x, c["k"], c["stride"], c["pad"], ceil_mode=c["ceil"])
+    return F.avg_pool2d(x, c["k"], c["stride"], c["pad"], count_include_pad=c["include"], ceil_mode=c["ceil"])
 
 
-@pytest.mark.parametrize("c", cases(), ids=lambda c: "{kind}k{k}s{stride}p{pad}hw{hw}c{c}".format(**c))
+@pytest.mark.parametrize("c", cases(), ids=lambda c: "{kind}k{k}s{stride}p{pad}hw{hw}c{c}ceil{ceil}".format(**c))
 def test_pool_matches_float64(c):
+    """Floor and ceil mode (the output size decides which: the kernel clips the last windows)."""
     x = torch.randn(c["n"], c["c"], *c["hw"], dtype=torch.float64)
     ref = reference(c, x)
     out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned NHWC
@@ -39,6 +40,11 @@ def test_pool_matches_float64(c):
     y = out.permute(0, 3, 1, 2)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+    step = pool_step((nn.MaxPool2d if c["kind"] == "max" else nn.AvgPool2d)(
+        c["k"], c["stride"], c["pad"], ceil_mode=c["ceil"], **({} if c["kind"] == "max" else
+                                                                {"count_include_pad": c["include"]})), 2)
+    assert step.geometry(*c["hw"])[2] == tuple(ref.shape[2:])
+    torch.testing.assert_close(step(x.float()).double(), ref, rtol=1e-6, atol=1e-6)
 
 
 def test_global_average_and_module_mapping():
@@ -46,7 +52,7 @@ def test_global_average_and_module_mapping():
     y = PoolStep("avg", None)(x)
     torch.testing.assert_close(y, F.adaptive_avg_pool2d(x, 1))
     assert pool_step(nn.AdaptiveAvgPool2d((2, 2)), None) is None  # only the 1×1 adaptive pool is ours
-    assert pool_step(nn.MaxPool2d(2, ceil_mode=True), None) is None
+    assert pool_step(nn.MaxPool2d(2, ceil_mode=True), None).ceil_mode
     assert pool_step(nn.MaxPool2d(3, 2, 1), None).stride == (2, 2)
     assert pool_step(nn.AvgPool2d(2, divisor_override=3), None) is None
 

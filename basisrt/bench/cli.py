@@ -38,8 +38,10 @@ def add_subcommand(subparsers) -> None:
                     "results.json, results.md and speedup.png into --out.")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: vgg16, r10, batch 8, 1 thread, few passes (under a minute)")
-    p.add_argument("--models", nargs="+", choices=sorted(models.REFERENCE_MODELS), metavar="MODEL",
-                   help=f"reference models (default: all; quick: vgg16): {', '.join(sorted(models.REFERENCE_MODELS))}")
+    p.add_argument("--models", nargs="+", choices=sorted(models.all_models()), metavar="MODEL",
+                   help=f"reference models (default: all of them; quick: vgg16): "
+                        f"{', '.join(sorted(models.REFERENCE_MODELS))}; or real-model architectures written as "
+                        f"their libraries write them (basisrt.zoo): {', '.join(sorted(models.all_models().keys() - models.REFERENCE_MODELS.keys()))}")
     p.add_argument("--levels", nargs="+", type=level, metavar="LEVEL",
                    help="pruning levels (default: r50 r25 r10 paper double; quick: r10): "
                         "r50, r25, r10, ratio:F, energy:F (F in (0, 1]), paper, double")

@@ -218,8 +218,8 @@ def run(config: BenchConfig, *, progress: bool = True, command: str = "",
     if unknown:
         raise ValueError(f"unknown engines {unknown}; valid: {', '.join(eng.ENGINES)}")
     for m in config.models:
-        if m not in model_zoo.REFERENCE_MODELS and m not in (prepared or {}):
-            raise ValueError(f"unknown model {m!r}; valid: {', '.join(sorted(model_zoo.REFERENCE_MODELS))}")
+        if m not in model_zoo.all_models() and m not in (prepared or {}):
+            raise ValueError(f"unknown model {m!r}; valid: {', '.join(sorted(model_zoo.all_models()))}")
     for spec in config.levels:
         parse_level(spec)
     engines = [e for e in eng.ENGINES if e in config.engines]
@@ -243,7 +243,7 @@ def run(config: BenchConfig, *, progress: bool = True, command: str = "",
                 bar.status(f"roofline, {threads} threads")
                 results["rooflines"][str(threads)] = measure(threads, repeats=config.roofline_repeats).to_dict()
             for model_name in config.models:
-                shape = (3, 32, 32)
+                shape = model_zoo.input_shape(model_name)
                 if prepared and model_name in prepared:
                     dense, decomposed = (m.eval() for m in prepared[model_name])
                 else:
@@ -270,7 +270,7 @@ def run(config: BenchConfig, *, progress: bool = True, command: str = "",
                     torch.set_num_threads(threads)
                     for batch in config.batches:
                         _run_shape(results, config, engines, model_name, dense, pruned, threads, batch,
-                                   layer_batch, layer_threads, bar, say)
+                                   layer_batch, layer_threads, bar, say, shape)
                 if any(eng.kind_of(e).endswith("inductor") for e in engines):
                     torch._dynamo.reset()  # free the compiled graphs of this model
     finally:
@@ -303,9 +303,9 @@ def _build(results: dict, name: str, model: nn.Module, x: torch.Tensor, threads:
 
 
 def _run_shape(results, config, engines, model_name, dense, pruned, threads, batch, layer_batch,
-               layer_threads, bar, say) -> None:
+               layer_threads, bar, say, shape=(3, 32, 32)) -> None:
     g = torch.Generator().manual_seed(config.seed + batch)
-    x = torch.randn(batch, 3, 32, 32, generator=g)
+    x = torch.randn(batch, *shape, generator=g)
     dense_cost = profile(dense, x)
     with torch.no_grad():
         dense_ref = dense(x)

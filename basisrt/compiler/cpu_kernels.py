@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _C
+from . import activations
 
 COL_BLOCK = 16  # kernel's packed column block (csrc/fused_conv.h: kColBlock)
-ACTIVATIONS = {None: 0, "relu": 1, "relu6": 2}
 
 
 def _round_up(v: int, m: int = COL_BLOCK) -> int:
@@ -45,6 +45,7 @@ class FusedConv2d(nn.Module):
         self.kernel = tuple(weight.shape[2:])
         self.in_channels = weight.shape[1] * groups
         self.stride, self.padding, self.dilation = tuple(stride), tuple(padding), tuple(dilation)
+        activations.code(activation)  # a clear error for an unknown one
         self.groups, self.activation, self.residual = groups, activation, residual
         self.out_channels = scale.shape[0] if scale is not None else weight.shape[0]
         self.num_threads = num_threads
@@ -81,11 +82,12 @@ class FusedConv2d(nn.Module):
         res = None
         if residual is not None:
             res = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
+        act, alpha = activations.code(self.activation)
         _C.fused_conv_nhwc(
             x.permute(0, 2, 3, 1).numpy(), self.B.numpy(), None if self.A is None else self.A.numpy(),
             None if self.bias is None else self.bias.numpy(), res, y.numpy(), self.kernel, self.stride,
-            self.padding, self.dilation, self.groups, self.rank, ACTIVATIONS[self.activation],
-            self.num_threads or torch.get_num_threads())
+            self.padding, self.dilation, self.groups, self.rank, act, self.num_threads or torch.get_num_threads(),
+            alpha=alpha)
         return y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
@@ -134,6 +136,7 @@ class TorchConvStep(nn.Module):
         self.register_buffer("scale", None if scale is None else scale.detach().float().contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self.conv_args = dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation), groups=groups)
+        activations.code(activation)
         self.activation, self.residual, self.linear = activation, residual, linear
         self.rank = 0 if scale is None else scale.shape[1]
         self.after_load()
@@ -151,7 +154,10 @@ class TorchConvStep(nn.Module):
             if self.scale is not None:
                 y = F.linear(y, self.scale, self.bias)
         else:
-            x = x.contiguous(memory_format=torch.channels_last)
+            # torch 2.13's channels_last conv segfaults on a 1-wide map with a dilated 1×1 kernel,
+            # padding and bias; on so small a map the layout costs nothing, so those stay NCHW
+            degenerate = min(x.shape[-2:]) == 1
+            x = x.contiguous() if degenerate else x.contiguous(memory_format=torch.channels_last)
             if self.scale is None:
                 y = F.conv2d(x, self.weight, self.bias, **self.conv_args)
             else:
@@ -159,11 +165,7 @@ class TorchConvStep(nn.Module):
                 y = F.conv2d(t, self.scale, self.bias, groups=self.conv_args["groups"])
         if residual is not None:
             y += residual
-        if self.activation == "relu":
-            y.relu_()
-        elif self.activation == "relu6":
-            y.clamp_(0, 6)
-        return y
+        return activations.apply(y, self.activation)
 
     def extra_repr(self) -> str:
         kind = f"basis pair rank {self.rank} (torch)" if self.rank else "dense (torch)"
@@ -178,19 +180,19 @@ class PoolStep(nn.Module):
 
     def __init__(self, kind: str, kernel: tuple[int, int] | None, stride: tuple[int, int] | None = None,
                  padding: tuple[int, int] = (0, 0), count_include_pad: bool = True,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, ceil_mode: bool = False) -> None:
         super().__init__()
         if kind not in POOL_KINDS:
             raise ValueError(f"kind must be one of {list(POOL_KINDS)}, got {kind!r}")
         self.kind, self.kernel, self.padding = kind, kernel, tuple(padding)
         self.stride = tuple(stride) if stride is not None else kernel
-        self.count_include_pad, self.num_threads = count_include_pad, num_threads
+        self.count_include_pad, self.num_threads, self.ceil_mode = count_include_pad, num_threads, ceil_mode
 
     def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """(kernel, stride, output (OH, OW)) on an h×w input (a global pool covers all of it)."""
         (kh, kw), (sh, sw) = (self.kernel, self.stride) if self.kernel is not None else ((h, w), (h, w))
         (ph, pw) = self.padding
-        return (kh, kw), (sh, sw), ((h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+        return (kh, kw), (sh, sw), (_pool_out(h, kh, sh, ph, self.ceil_mode), _pool_out(w, kw, sw, pw, self.ceil_mode))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.dtype != torch.float32:
@@ -205,10 +207,20 @@ class PoolStep(nn.Module):
 
     def extra_repr(self) -> str:
         where = "global" if self.kernel is None else f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
-        return f"{self.kind}, {where}"
+        return f"{self.kind}, {where}" + (", ceil_mode" if self.ceil_mode else "")
 
 
 POOL_KINDS = {"max": 0, "avg": 1}
+
+
+def _pool_out(size: int, k: int, stride: int, pad: int, ceil_mode: bool) -> int:
+    """PyTorch's pooled size (csrc/shape_checks.h: window_out_ceil): in ceil mode the last window
+    must start inside the input or its left padding."""
+    span = size + 2 * pad - k
+    if not ceil_mode or span < 0:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pad else out
 
 
 class ChannelAffineStep(nn.Module):
@@ -218,8 +230,7 @@ class ChannelAffineStep(nn.Module):
     def __init__(self, scale: Tensor, shift: Tensor, activation: str | None = None,
                  num_threads: int | None = None) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        activations.code(activation)
         self.register_buffer("scale", scale.detach().float().contiguous())
         self.register_buffer("shift", shift.detach().float().contiguous())
         self.activation, self.num_threads = activation, num_threads
@@ -231,12 +242,69 @@ class ChannelAffineStep(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)
         n, c, h, w = x.shape
         y = torch.empty(n, h, w, c)
+        act, alpha = activations.code(self.activation)
         _C.channel_affine_nhwc(x.permute(0, 2, 3, 1).numpy(), self.scale.numpy(), self.shift.numpy(), y.numpy(),
-                               ACTIVATIONS[self.activation], self.num_threads or torch.get_num_threads())
+                               act, self.num_threads or torch.get_num_threads(), alpha=alpha)
         return y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f"channels={self.scale.numel()}, act={self.activation}"
+
+
+BINARY_OPS = {"add": 0, "mul": 1}
+
+
+class EltwiseStep(nn.Module):
+    """y = act(a OP b), OP add or mul, by the C++ kernel: an add no conv epilogue absorbs (a
+    residual after a stochastic-depth no-op, two branches summed), or a squeeze-excitation gate,
+    b of a's shape or (N, C, 1, 1) broadcast over the map."""
+
+    def __init__(self, op: str, activation: str | None = None, num_threads: int | None = None) -> None:
+        super().__init__()
+        if op not in BINARY_OPS:
+            raise ValueError(f"op must be one of {list(BINARY_OPS)}, got {op!r}")
+        activations.code(activation)
+        self.op, self.activation, self.num_threads = op, activation, num_threads
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        ok = a.dim() == 4 and b.dim() == 4 and a.dtype == b.dtype == torch.float32 and a.shape[:2] == b.shape[:2]
+        if not ok or b.shape[2:] not in (a.shape[2:], (1, 1)):
+            raise ValueError(f"EltwiseStep expects float32 (N, C, H, W) and (N, C, H, W) or (N, C, 1, 1) inputs, "
+                             f"got {a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
+        a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
+        n, c, h, w = a.shape
+        y = torch.empty(n, h, w, c)
+        act, alpha = activations.code(self.activation)
+        _C.eltwise_nhwc(a.permute(0, 2, 3, 1).numpy(), b.permute(0, 2, 3, 1).numpy(), y.numpy(), BINARY_OPS[self.op],
+                        act, self.num_threads or torch.get_num_threads(), alpha=alpha)
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, act={self.activation}"
+
+
+class ChannelGatherStep(nn.Module):
+    """y[:, c] = x[:, index[c]] by the C++ kernel: a channel shuffle or a channel slice (chunk,
+    split, x[:, a:b]), so the plan stays native where the model rearranges channels."""
+
+    def __init__(self, index: Tensor, num_threads: int | None = None) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.as_tensor(index, dtype=torch.int64).contiguous())
+        self.num_threads = num_threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or int(self.index.max()) >= x.shape[1]:
+            raise ValueError(f"ChannelGatherStep expects a float32 (N, C, H, W) input with C > {int(self.index.max())}, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, _, h, w = x.shape
+        y = torch.empty(n, h, w, self.index.numel())
+        _C.channel_gather_nhwc(x.permute(0, 2, 3, 1).numpy(), self.index.numpy(), y.numpy(),
+                               self.num_threads or torch.get_num_threads())
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.index.numel()}"
 
 
 def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
@@ -251,7 +319,7 @@ def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
 
 def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | None = None) -> PoolStep | None:
     """The PoolStep doing what pooling module `m` does on an `in_hw` input, or None when the kernel
-    cannot (ceil_mode, dilation, indices, divisor override, an adaptive pool whose output size does
+    cannot (dilation, indices, divisor override, an adaptive pool whose output size does
     not divide the input's: one of 1×1, or uniform windows when it does)."""
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
@@ -265,12 +333,12 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
             return None
         window = (in_hw[0] // out[0], in_hw[1] // out[1])  # adaptive windows are uniform then
         return PoolStep(kind, window, window, num_threads=num_threads)
-    if isinstance(m, nn.MaxPool2d) and not m.ceil_mode and not m.return_indices and pair(m.dilation) == (1, 1):
+    if isinstance(m, nn.MaxPool2d) and not m.return_indices and pair(m.dilation) == (1, 1):
         return PoolStep("max", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding),
-                        num_threads=num_threads)
-    if isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.divisor_override is None:
+                        num_threads=num_threads, ceil_mode=m.ceil_mode)
+    if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
         return PoolStep("avg", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding),
-                        m.count_include_pad, num_threads)
+                        m.count_include_pad, num_threads, m.ceil_mode)
     return None
 
 
@@ -286,5 +354,5 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     return tuple(conv.padding)
 
 
-__all__ = ["ChannelAffineStep", "FusedConv2d", "FusedLinear", "PoolStep", "TorchConvStep", "batchnorm_affine",
+__all__ = ["BINARY_OPS", "ChannelAffineStep", "ChannelGatherStep", "EltwiseStep", "FusedConv2d", "FusedLinear", "PoolStep", "TorchConvStep", "batchnorm_affine",
            "conv_padding", "pool_step"]

@@ -1,9 +1,12 @@
 """Graph passes over a torch.fx graph: fold BatchNorm, fuse residual add and activation into
-conv/linear steps, drop dropout/identity, and choose per layer between the fused low-rank kernel
-and a dense fold (by the cost model in basisrt.cost). A BatchNorm no conv absorbs becomes a
-per-channel affine step, with the activation after it."""
+conv/linear steps, drop what is the identity in eval mode (dropout, stochastic depth), and choose
+per layer between the fused low-rank kernel and a dense fold (by the cost model in basisrt.cost).
+What no conv absorbs still becomes a basisrt step where a kernel can run it: a BatchNorm, a scalar
+add / mul or a lone activation a per-channel affine step; an add or a squeeze-excitation gate's
+mul an eltwise step; a channel shuffle or slice a gather step."""
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Callable
@@ -15,17 +18,14 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
-from .cpu_kernels import (ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep, TorchConvStep, batchnorm_affine,
-                          conv_padding, pool_step)
-from .patterns import flatten_source, pool_module
+from . import activations
+from .cpu_kernels import (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, FusedLinear, PoolStep,
+                          TorchConvStep, batchnorm_affine, conv_padding, pool_step)
+from .patterns import channel_index, flatten_source, is_eval_identity, pool_module
 
-_ACT_MODULES = {nn.ReLU: "relu", nn.ReLU6: "relu6"}
-# In-place forms fuse too: the step's output has the activation as its only user, so no one else
-# sees the tensor it would have changed.
-_ACT_FUNCTIONS = {F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", torch.relu_: "relu", F.relu_: "relu"}
-_ACT_METHODS = {"relu": "relu", "relu_": "relu"}
 _ADDS = (operator.add, torch.add, operator.iadd)
-_NOOPS = (nn.Dropout, nn.Identity)
+_MULS = (operator.mul, torch.mul, operator.imul)
+_NOOPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 class Tracer(fx.Tracer):
@@ -71,18 +71,6 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
-def _activation(gm: fx.GraphModule, node: fx.Node) -> str | None:
-    m = _module(gm, node)
-    if m is not None:
-        return _ACT_MODULES.get(type(m))
-    if node.op == "call_function" and node.target in _ACT_FUNCTIONS and len(node.args) <= 2 and \
-            set(node.kwargs) <= {"inplace"}:
-        return _ACT_FUNCTIONS[node.target]
-    if node.op == "call_method" and node.target in _ACT_METHODS and len(node.args) == 1 and not node.kwargs:
-        return _ACT_METHODS[node.target]
-    return None
-
-
 def geometry_of(m: nn.Module) -> dict | None:
     """Conv geometry of a conv / basis conv step (None for a linear step)."""
     conv = m.basis if isinstance(m, BasisConv2d) else m
@@ -99,7 +87,8 @@ def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dens
     backend "triton": fused pairs run the Triton kernel (groups=1), everything else PyTorch."""
     residual = layer.residual is not None
     if backend == "triton":
-        if layer.scale is not None and not pair_in_torch and (geometry is None or geometry["groups"] == 1):
+        triton_act = layer.activation in (None, "relu", "relu6")  # kernels/fused_basis_conv.py's epilogue
+        if layer.scale is not None and not pair_in_torch and triton_act and (geometry is None or geometry["groups"] == 1):
             from .gpu_kernels import GPUFusedConv2d, GPUFusedLinear
             if geometry is None:
                 return GPUFusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual)
@@ -172,7 +161,7 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> fx.Node:
 def _take_activation(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """The activation that is `node`'s only user, removed from the graph (fused into node's step)."""
     user = _only_user(node)
-    act = _activation(gm, user) if user is not None else None
+    act = activations.of_node(gm, user) if user is not None else None
     if act is not None:
         user.replace_all_uses_with(node)
         gm.graph.erase_node(user)
@@ -237,15 +226,14 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
     `choose` picks fused vs dense per layer (None: always dense). Returns step name ->
     (strategy, names of the layers it replaced)."""
     strategies: dict[str, tuple[str, tuple[str, ...]]] = {}
+    _drop_eval_identities(gm)
     _pool_modules(gm)
+    if backend == "cpu":
+        _channel_gathers(gm, num_threads, strategies)
     for node in list(gm.graph.nodes):
         if node not in gm.graph.nodes:  # erased by an earlier fusion (BN, 1×1 partner, add, act)
             continue
         m = _module(gm, node)
-        if isinstance(m, _NOOPS) or (isinstance(m, nn.Dropout) and not m.training):
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-            continue
         ours = m is not None and backend == "cpu" and _is_float32_4d(node.args[0])
         pool = pool_step(m, num_threads, _shape(node.args[0])[2:]) if ours else None
         if pool is not None:  # ours, so a plan of fused steps never wakes PyTorch's OpenMP workers
@@ -287,11 +275,116 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
         strategies[name] = (strategy, sources)
+    if backend == "cpu":
+        _elementwise_steps(gm, num_threads, strategies)
     _views_read_any_layout(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
     return strategies
+
+
+def _drop_eval_identities(gm: fx.GraphModule) -> None:
+    """Dropout, Identity and stochastic depth in eval mode go, before any fusion: a residual add
+    after them then fuses into the conv before them."""
+    for node in list(gm.graph.nodes):
+        m = _module(gm, node)
+        if (isinstance(m, _NOOPS) and not (isinstance(m, (nn.Dropout, nn.Dropout2d)) and m.training)) or \
+                is_eval_identity(node):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+
+
+def _channel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
+    """Channel shuffles and channel slices (patterns.channel_index) become gather steps."""
+    for node in list(gm.graph.nodes):
+        found = channel_index(node) if node in gm.graph.nodes else None
+        if found is None:
+            continue
+        src, index = found
+        if index == list(range(_shape(src)[1])):
+            node.replace_all_uses_with(src)
+        else:
+            name = _fresh_name(gm, f"{node.name}_gather")
+            gm.add_submodule(name, ChannelGatherStep(torch.tensor(index), num_threads))
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(name, (src,))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            strategies[name] = ("gather", ())
+        gm.graph.eliminate_dead_code()
+
+
+def _elementwise_steps(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
+    """What no conv absorbed, on float32 maps: an add or mul of two maps (or of a map and a
+    (N, C, 1, 1) gate) becomes an eltwise step, a map plus / times / minus / divided by a number or
+    a lone activation a per-channel affine step; each takes the activation after it."""
+    for node in list(gm.graph.nodes):
+        if node not in gm.graph.nodes or node.op != "call_function" or not _is_float32_4d(node):
+            continue
+        step = _elementwise_step(gm, node, num_threads)
+        if step is None:
+            continue
+        module, args = step
+        act = _take_activation(gm, node)
+        if act is not None:
+            module.activation = act
+        kind = "eltwise" if isinstance(module, EltwiseStep) else "affine"
+        name = _fresh_name(gm, f"{node.name}_{kind}")
+        gm.add_submodule(name, module)
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, args)
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        strategies[name] = (kind, ())
+    for node in list(gm.graph.nodes):  # activations left alone (after a pool, a concatenation, the input)
+        act = activations.of_node(gm, node)
+        if act is None or not node.args or not _is_float32_4d(node.args[0]) or not _is_float32_4d(node):
+            continue
+        c = _shape(node)[1]
+        name = _fresh_name(gm, f"{node.name}_affine")
+        gm.add_submodule(name, ChannelAffineStep(torch.ones(c), torch.zeros(c), act, num_threads))
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, (node.args[0],))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        strategies[name] = ("affine", ())
+
+
+def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None):
+    """(step module, its args) for an add / sub / mul / div call `node` a basisrt kernel can run."""
+    binary = "add" if node.target in _ADDS else "mul" if node.target in _MULS else None
+    scalar_ops = (*_ADDS, *_MULS, operator.sub, torch.sub, operator.truediv, torch.div)
+    if node.kwargs or len(node.args) != 2 or node.target not in scalar_ops:
+        return None
+    a, b = node.args
+    if binary is not None and _is_float32_4d(a) and _is_float32_4d(b):
+        sa, sb = _shape(a), _shape(b)
+        if sa != sb and sa[:2] == sb[:2] and sa[2:] == (1, 1):  # the gate first: (N, C, 1, 1) * map
+            a, b, sa, sb = b, a, sb, sa
+        if sa[:2] != sb[:2] or sb[2:] not in (sa[2:], (1, 1)) or sa != _shape(node):
+            return None
+        return EltwiseStep(binary, None, num_threads), (a, b)
+    number = b if isinstance(a, fx.Node) else a
+    x = a if isinstance(a, fx.Node) else b
+    if not isinstance(number, (int, float)) or isinstance(number, bool) or not _is_float32_4d(x) or \
+            _shape(x) != _shape(node):
+        return None
+    c = _shape(x)[1]
+    scale, shift = 1.0, 0.0
+    if binary == "add":
+        shift = number
+    elif binary == "mul":
+        scale = number
+    elif node.target in (operator.sub, torch.sub):
+        scale, shift = (1.0, -number) if x is a else (-1.0, number)
+    elif x is a and number != 0 and math.isfinite(1.0 / number):  # x / number (number / x is not affine)
+        scale = 1.0 / number  # x · (1 / number): within an ulp of x / number, exact for powers of two
+    else:
+        return None
+    return ChannelAffineStep(torch.full((c,), float(scale)), torch.full((c,), float(shift)), None, num_threads), (x,)
 
 
 def _pool_modules(gm: fx.GraphModule) -> None:

@@ -76,6 +76,34 @@ def flatten_source(gm: fx.GraphModule, node: fx.Node, shape: Shape | None = None
     return src if isinstance(src, fx.Node) and shape is not None and len(shape) == 4 else None
 
 
+_DYNAMIC = object()
+
+
+def _static_sizes(v: object) -> object:
+    """`v` with each `x.size(d)` / `x.shape[d]` / `x.size()[d]` of a spatial dim d (2, 3, -2, -1)
+    of a 4-D tensor replaced by its ShapeProp value (`F.avg_pool2d(out, out.size(2))`: a plan is
+    for one input size, so H and W are constants; the batch is not), or _DYNAMIC if something is
+    left that is not a constant."""
+    if isinstance(v, (list, tuple)):
+        items = [_static_sizes(a) for a in v]
+        return _DYNAMIC if any(a is _DYNAMIC for a in items) else type(v)(items)
+    if not isinstance(v, fx.Node):
+        return v
+    if v.op == "call_method" and v.target == "size" and len(v.args) == 2 and not v.kwargs:
+        t, d = v.args
+    elif v.op == "call_function" and v.target is operator.getitem and isinstance(v.args[0], fx.Node):
+        whole, d = v.args
+        is_shape = (whole.op == "call_function" and whole.target is getattr and whole.args[1:] == ("shape",)) or \
+            (whole.op == "call_method" and whole.target == "size" and len(whole.args) == 1 and not whole.kwargs)
+        t = whole.args[0] if is_shape else None
+    else:
+        return _DYNAMIC
+    shape = _meta_shape(t)
+    if shape is None or len(shape) != 4 or d not in (2, 3, -2, -1):
+        return _DYNAMIC
+    return shape[d]
+
+
 _POOL_ARGS = {  # positional parameters of the functional pools, after the input
     F.avg_pool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
     F.max_pool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
@@ -94,8 +122,8 @@ def pool_module(node: fx.Node) -> tuple[nn.Module, bool] | None:
         names = _POOL_ARGS[node.target]
         if len(node.args) - 1 > len(names) or not set(node.kwargs) <= set(names) or not node.args:
             return None
-        kw = dict(zip(names, node.args[1:]), **node.kwargs)
-        if any(isinstance(v, fx.Node) for v in kw.values()) or (node.target is F.avg_pool2d and kw.get("stride") == []):
+        kw = {k: _static_sizes(v) for k, v in dict(zip(names, node.args[1:]), **node.kwargs).items()}
+        if any(v is _DYNAMIC for v in kw.values()) or (node.target is F.avg_pool2d and kw.get("stride") == []):
             return None
         return _POOL_MODULES[node.target](**kw), False
     is_mean = node.op == "call_method" and node.target == "mean" or \
@@ -111,3 +139,82 @@ def pool_module(node: fx.Node) -> tuple[nn.Module, bool] | None:
 
 
 __all__ = ["flatten_source", "pool_module"]
+
+
+def is_eval_identity(node: fx.Node) -> bool:
+    """Whether `node` is the identity in eval mode as called: torchvision's
+    `stochastic_depth(x, p, mode, training=False)` (a `torch.fx.wrap`ped function, so a node of its
+    own), or one with p = 0."""
+    fn = node.target if node.op == "call_function" else None
+    if getattr(fn, "__name__", None) != "stochastic_depth" or \
+            getattr(fn, "__module__", "") != "torchvision.ops.stochastic_depth":
+        return False
+    args = dict(zip(("input", "p", "mode", "training"), node.args), **node.kwargs)
+    return set(args) <= {"input", "p", "mode", "training"} and isinstance(args.get("input"), fx.Node) and \
+        (args.get("training", True) is False or args.get("p") == 0)
+
+
+_REARRANGE_METHODS = {"view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten", "chunk",
+                      "split", "narrow", "swapaxes"}
+_REARRANGE_FUNCTIONS = {torch.transpose, torch.reshape, torch.flatten, torch.permute, torch.chunk, torch.split,
+                        torch.narrow, torch.swapaxes, torch.unflatten, operator.getitem}
+_SCALAR_FUNCTIONS = {operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, getattr}
+
+
+def _rearranges(node: fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in _REARRANGE_METHODS) or \
+        (node.op == "call_function" and node.target in _REARRANGE_FUNCTIONS)
+
+
+def channel_index(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
+    """(x, index) when `node` is x's channels in the order `index`, x a 4-D map of the same N, H, W,
+    reached through view / reshape / transpose / permute / flatten / chunk / split / getitem
+    (`x[:, a:b]`, `x.chunk(2, dim=1)[1]`, a channel shuffle's view → transpose → view). Found by
+    running those ops on a probe tensor whose every element is its own index, or None."""
+    out = _meta_shape(node)
+    if out is None or len(out) != 4 or not _rearranges(node) or not node.args:
+        return None
+    src = node.args[0]
+    while isinstance(src, fx.Node) and _rearranges(src) and src.args:
+        src = src.args[0]
+    shape = _meta_shape(src)
+    if not isinstance(src, fx.Node) or shape is None or len(shape) != 4 or \
+            (shape[0], shape[2], shape[3]) != (out[0], out[2], out[3]) or \
+            src.meta["tensor_meta"].dtype != torch.float32:
+        return None
+    n, c, h, w = shape
+    probe = torch.arange(n * c * h * w, dtype=torch.float64).reshape(n, c, h, w)
+    values: dict[fx.Node, object] = {src: probe}
+
+    def value(arg: object) -> object:
+        if isinstance(arg, dict):
+            return {k: value(v) for k, v in arg.items()}
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(value(a) for a in arg)
+        if isinstance(arg, slice):
+            return slice(value(arg.start), value(arg.stop), value(arg.step))
+        if not isinstance(arg, fx.Node):
+            return arg
+        if arg not in values:
+            scalar = arg.op == "call_method" and arg.target == "size" or \
+                arg.op == "call_function" and arg.target in _SCALAR_FUNCTIONS
+            if not (_rearranges(arg) or scalar):
+                raise LookupError(arg.name)  # depends on a tensor other than the probe
+            args, kwargs = value(arg.args), value(arg.kwargs)
+            fn = getattr(args[0], arg.target) if arg.op == "call_method" else arg.target
+            values[arg] = fn(*(args[1:] if arg.op == "call_method" else args), **kwargs)
+        return values[arg]
+    try:
+        y = value(node)
+    except (LookupError, RuntimeError, TypeError, ValueError, IndexError):
+        return None
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != out:
+        return None
+    first = y[0, :, 0, 0].long()
+    index = (first // (h * w)).tolist()
+    if (first % (h * w)).any() or min(index, default=-1) < 0 or not torch.equal(y, probe[:, index]):
+        return None
+    return src, index
+
+
+__all__ += ["channel_index", "is_eval_identity"]

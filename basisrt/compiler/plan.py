@@ -27,7 +27,8 @@ class Step:
 
     name: str
     # "fused" (our low-rank kernel), "pair" (two oneDNN convs), "dense" / "dense-fold", "pool",
-    # "affine" (a BatchNorm and activation no conv absorbed), "torch"
+    # "affine" (a BatchNorm, a scalar op or an activation no conv absorbed), "eltwise" (an add or
+    # gate mul of two maps), "gather" (a channel shuffle or slice), "torch"
     strategy: str
     macs: int = 0
     detail: str = ""
@@ -36,9 +37,16 @@ class Step:
 @dataclass
 class Plan:
     steps: list[Step] = field(default_factory=list)
+    # (node, why) for each op that kept the plan from running as one native program (CPU float32
+    # plans; empty when it is native, or on other devices): what to change in the model
+    not_native: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return "\n".join(f"  {s.name:<40} {s.strategy:<10} {s.macs / 1e6:>9.2f} MMACs  {s.detail}" for s in self.steps)
+        lines = [f"  {s.name:<40} {s.strategy:<10} {s.macs / 1e6:>9.2f} MMACs  {s.detail}" for s in self.steps]
+        if self.not_native:
+            lines.append(f"  not one native program ({len(self.not_native)} ops run step by step):")
+            lines += [f"    {node}: {why}" for node, why in self.not_native]
+        return "\n".join(lines)
 
 
 class CompiledModel:
@@ -56,6 +64,9 @@ class CompiledModel:
         # every step ours: the whole plan runs in one C++ call (None: step by step through fx)
         self.native = (lower(module, self.input_shape) if self.device.type == "cpu" and dtype == torch.float32
                        else None)
+        if self.native is None and self.device.type == "cpu" and dtype == torch.float32:
+            plan.not_native = []
+            lower(module, self.input_shape, plan.not_native)
 
     @property
     def cuda_graph(self) -> bool:
@@ -167,9 +178,14 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     """Compile `model` for inference into a plan of fused kernels (C++ on the CPU, Triton on CUDA).
 
     Traces with torch.fx (basis layers stay whole), folds BatchNorm into the preceding conv,
-    fuses residual adds and ReLU/ReLU6 into the conv epilogue, drops dropout/identity, and picks
-    per layer the fused low-rank kernel or a dense fold, whichever needs fewer MACs. Operations
-    the plan does not own run through PyTorch. The model itself is not modified.
+    fuses residual adds and activations (ReLU, ReLU6, SiLU, sigmoid, hard-swish, hard-sigmoid,
+    leaky ReLU, GELU) into the conv epilogue, drops what is the identity in eval mode (dropout,
+    stochastic depth), and picks per layer the fused low-rank kernel or a dense fold, whichever
+    needs fewer MACs. Pools, squeeze-excitation gates, unfused adds, channel shuffles and slices
+    and concatenations run in basisrt's kernels too; when every op does, the plan is one native
+    C++ program (`.native`), else `.plan.not_native` (and `basisrt.explain`) says which ops kept
+    it from being one. Operations the plan does not own run through PyTorch. The model itself is
+    not modified.
 
     Args:
         model: a float32 model (plain, decomposed or pruned). It is compiled as in eval mode
@@ -308,3 +324,25 @@ def load(path: str, device: torch.device | str | None = None, *, cuda_graph: boo
     has been checked.
     """
     return load_plan(path, device, cuda_graph)
+
+
+@dataclass
+class Explanation:
+    """What basisrt.compile makes of a model (basisrt.explain)."""
+
+    native: bool  # the whole plan runs as one C++ program
+    not_native: list[tuple[str, str]]  # (node, why) for each op that keeps it from being one
+    plan: Plan
+
+    def __str__(self) -> str:
+        head = ("native: the whole plan runs as one C++ program" if self.native else
+                f"not native: {len(self.not_native)} ops keep the plan from running as one C++ program "
+                "(each runs through PyTorch, between steps that return to Python)")
+        return f"{head}\n{self.plan}"
+
+
+def explain(model: nn.Module, example_input: Tensor, **compile_options) -> Explanation:
+    """Compile `model` (options as for basisrt.compile) and say which ops kept the plan from
+    running as one native program, and why: what to change in the model, or to ask basisrt for."""
+    compiled = compile(model, example_input, **compile_options)
+    return Explanation(compiled.native is not None, list(compiled.plan.not_native), compiled.plan)

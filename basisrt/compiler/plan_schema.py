@@ -31,8 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import _C
-from .cpu_kernels import (ACTIVATIONS, POOL_KINDS, ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep, TorchConvStep,
-                          _round_up)
+from . import activations
+from .cpu_kernels import (BINARY_OPS, POOL_KINDS, ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d,
+                          FusedLinear, PoolStep, TorchConvStep, _round_up)
 from .gpu_kernels import GPUFusedConv2d, GPUFusedLinear
 
 
@@ -288,6 +289,15 @@ class Attrs:
             raise self._bad(name, f"None or an int in [1, {MAX_THREADS}]")
         return v
 
+    def activation(self, name: str = "activation") -> None:
+        """A name in activations.NAMES or 'leaky_relu(<slope>)' (activations.code)."""
+        v = self.get(name)
+        try:
+            activations.code(v)
+        except (TypeError, ValueError):
+            raise self._bad(name, f"one of {[n for n in activations.NAMES if n != 'leaky_relu']} or "
+                                  "'leaky_relu(<slope>)'") from None
+
     def none(self, name: str) -> None:
         if self.get(name) is not None:
             raise self._bad(name, "None")
@@ -363,7 +373,7 @@ def _conv_geometry(a: Attrs, linear: bool, map_hw: tuple[int, int] = (1, 1)) -> 
     stride, padding = a.pair("stride", 1, MAX_GEOMETRY), a.pair("padding", 0, MAX_GEOMETRY)
     dilation, groups = a.pair("dilation", 1, MAX_GEOMETRY), a.int("groups", 1, MAX_CHANNELS)
     _divides(groups, in_channels=cin, out_channels=cout)
-    a.choice("activation", tuple(ACTIVATIONS))
+    a.activation()
     a.bool("residual")
     if linear and ((kh, kw), stride, padding, dilation, groups) != (map_hw, (1, 1), (0, 0), (1, 1), 1):
         raise PlanError(f"a linear step has kernel {map_hw}, stride (1, 1), padding (0, 0), dilation (1, 1), "
@@ -432,7 +442,7 @@ _LINEAR_ARGS = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
 
 def _torch_conv(a: Attrs, t: Tensors) -> None:
     a.eval_mode()
-    a.choice("activation", tuple(ACTIVATIONS))
+    a.activation()
     a.bool("residual")
     linear = a.bool("linear")
     rank = a.int("rank", 0, MAX_CHANNELS)
@@ -477,15 +487,29 @@ def _pool_step(a: Attrs, t: Tensors) -> None:
         if 2 * ph > kh or 2 * pw > kw:
             raise a._bad("padding", f"at most half the kernel {(kh, kw)}")
     a.bool("count_include_pad")
+    a.bool("ceil_mode")
     a.threads()
 
 
 def _channel_affine(a: Attrs, t: Tensors) -> None:
     a.eval_mode()
-    a.choice("activation", tuple(ACTIVATIONS))
+    a.activation()
     a.threads()
     scale = t.buffer("scale", ndim=1)
     t.buffer("shift", scale.shape)
+
+
+def _eltwise(a: Attrs, t: Tensors) -> None:
+    a.eval_mode()
+    a.choice("op", tuple(BINARY_OPS))
+    a.activation()
+    a.threads()
+
+
+def _channel_gather(a: Attrs, t: Tensors) -> None:
+    a.eval_mode()
+    a.threads()
+    t.buffer("index", ndim=1, dtypes=(torch.int64,))
 
 
 # -- torch.nn modules (their own constructor arguments; forward runs on meta tensors at load)
@@ -719,6 +743,21 @@ def _run_affine(m: ChannelAffineStep, x: Any) -> Tensor:
     return _meta(*_image(x, m.scale.numel(), "this channel affine step"))
 
 
+def _run_eltwise(m: EltwiseStep, a: Any, b: Any) -> Tensor:
+    n, c, h, w = _image(a, a.shape[1] if isinstance(a, Tensor) and a.dim() == 4 else 1, "this eltwise step")
+    _need(isinstance(b, Tensor) and b.dtype == torch.float32 and tuple(b.shape) in ((n, c, h, w), (n, c, 1, 1)),
+          f"passes {_describe(b)} as the second operand of this eltwise step, which takes ({n}, {c}, {h}, {w}) "
+          f"or ({n}, {c}, 1, 1)")
+    return _meta(n, c, h, w)
+
+
+def _run_gather(m: ChannelGatherStep, x: Any) -> Tensor:
+    n, c, h, w = _image(x, x.shape[1] if isinstance(x, Tensor) and x.dim() == 4 else 1, "this gather step")
+    _need(m.index.device.type == "meta" or bool(((m.index >= 0) & (m.index < c)).all()),
+          f"gathers channels outside the {c} of its input")
+    return _meta(n, m.index.numel(), h, w)
+
+
 def _run_forward(m: nn.Module, *args: Any) -> Any:
     return m(*args)
 
@@ -743,6 +782,8 @@ _SPECS = (
     _spec(TorchConvStep, _torch_conv, _run_forward, _with_residual),
     _spec(PoolStep, _pool_step, _run_pool),
     _spec(ChannelAffineStep, _channel_affine, _run_affine),
+    _spec(EltwiseStep, _eltwise, _run_eltwise, lambda m: 2),
+    _spec(ChannelGatherStep, _channel_gather, _run_gather),
     _spec(GPUFusedConv2d, _gpu_conv, _run_conv, _with_residual),
     _spec(GPUFusedLinear, lambda a, t: _gpu_conv(a, t, linear=True), _run_linear, _with_residual),
     _spec(nn.ReLU, _inplace), _spec(nn.ReLU6, _relu6), _spec(nn.GELU, _gelu), _spec(nn.SiLU, _inplace),

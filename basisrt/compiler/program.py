@@ -2,7 +2,9 @@
 all layers without returning to Python in between (the fx module costs about 11 µs per step).
 
 A channel concatenation costs no copy: each part becomes a view of the concatenation's buffer,
-which the part's producer writes and its readers read in place (DenseNet's growing blocks).
+which the part's producer writes and its readers read in place (DenseNet's growing blocks). A part
+that cannot be a view (the input, a part of another concatenation: torchvision's DenseNet
+concatenates all earlier features in every layer) is copied in by a gather op.
 
 Plans with any other step (oneDNN pairs, ops PyTorch runs, non-trivial flattens, concatenations
 that cannot be views, several inputs or outputs) are not lowered and keep running through the fx
@@ -18,7 +20,9 @@ import torch
 from torch import Tensor, fx, nn
 
 from .. import _C
-from .cpu_kernels import ACTIVATIONS, POOL_KINDS, ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep
+from . import activations
+from .cpu_kernels import (BINARY_OPS, POOL_KINDS, ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d,
+                          FusedLinear, PoolStep, TorchConvStep)
 from .patterns import flatten_source
 
 
@@ -48,64 +52,122 @@ class NativeProgram:
         return y.reshape(x.shape[0], c) if self.output.flat else y.permute(0, 3, 1, 2).contiguous()
 
 
-def lower(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> NativeProgram | None:
-    """A NativeProgram running `gm` for inputs (N, *input_shape), or None if some step is not ours."""
+def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
+          refusals: list[tuple[str, str]] | None = None) -> NativeProgram | None:
+    """A NativeProgram running `gm` for inputs (N, *input_shape), or None if some step is not ours.
+    With a `refusals` list, it gets (node, why) for *every* node that kept the plan from lowering
+    (what basisrt.explain reports): a refused node's output then stands in as a buffer of its
+    ShapeProp shape, so the nodes after it are judged too."""
     if len(input_shape) != 3:
+        if refusals is not None:
+            refusals.append(("input", f"the input is {len(input_shape) + 1}-D; a native program takes (N, C, H, W)"))
         return None
     program, buffers, threads, names, fused_pools = _C.Program(), {}, set(), [], {}
     views: set[int] = set()  # buffers that are parts of a concatenation
+
+    class Refused(Exception):
+        pass
+
+    def refuse(node: fx.Node, why: str) -> None:
+        if refusals is None:
+            raise Refused
+        refusals.append((node.name, why))
+        meta = node.meta.get("tensor_meta")
+        dims = tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else ()
+        if len(dims) == 4 and min(dims) > 0:
+            buffers[node] = _Buffer(program.add_buffer(dims[2], dims[3], dims[1]), (dims[2], dims[3], dims[1]), False)
+        elif len(dims) == 2 and min(dims) > 0:
+            buffers[node] = _Buffer(program.add_buffer(1, 1, dims[1]), (1, 1, dims[1]), True)
 
     def shape(node: fx.Node) -> tuple[int, ...] | None:  # every buffer has the batch's N images
         b = buffers.get(node)
         return None if b is None or b.flat else (1, b.hwc[2], *b.hwc[:2])
     c, h, w = input_shape
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            if buffers:
-                return None  # one input only
-            buffers[node] = _Buffer(program.add_buffer(h, w, c), (h, w, c), False)
-        elif node.op == "output":
-            out = buffers.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-            if out is None or out.id == 0 or out.id in views or (out.flat and out.hwc[:2] != (1, 1)):
-                return None
-            return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names, fused_pools)
-        elif _is_scalar(node):
-            continue  # a size feeding a flatten's shape; any other user of it is not lowered
-        elif flatten_source(gm, node, shape) in buffers:
-            # (N, C, H, W) -> (N, C·H·W): the same NHWC memory when H = W = 1; a larger map only
-            # as the input of a linear step that reads it as a conv (FusedLinear.map_chw)
-            src = buffers[flatten_source(gm, node, shape)]
-            buffers[node] = _Buffer(src.id, src.hwc, True)
-        elif _is_channel_cat(node):
-            parts = node.args[0] if node.args else node.kwargs["tensors"]
-            made = _add_cat(program, [buffers.get(a) for a in parts], views)
-            if made is None:
-                return None
-            buffers[node] = made
-        elif node.op == "call_module":
-            if node in buffers:  # a pool fused into the conv before it
-                continue
-            m = gm.get_submodule(node.target)
-            ins = [buffers.get(a) for a in node.args]
-            if node.kwargs or None in ins or not isinstance(m, (ChannelAffineStep, FusedConv2d, PoolStep)):
-                return None
-            pool = _fusable_pool(gm, node, m, ins[0])
-            if isinstance(m, PoolStep):
-                made = _add_pool(program, m, ins[0])
-            elif isinstance(m, ChannelAffineStep):
-                made = _add_affine(program, m, ins[0])
+    try:
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                if buffers:
+                    refuse(node, "a second input (a native program has one)")
+                    continue
+                buffers[node] = _Buffer(program.add_buffer(h, w, c), (h, w, c), False)
+            elif node.op == "output":
+                out = buffers.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+                if out is None or out.id == 0 or out.id in views or (out.flat and out.hwc[:2] != (1, 1)):
+                    refuse(node, "the output is not one tensor made by a lowered op (a tuple, the input, a "
+                                 "concatenation's part or a flattened map)")
+                if refusals:
+                    return None
+                return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names,
+                                     fused_pools)
+            elif _is_scalar(node):
+                continue  # a size feeding a flatten's shape; any other user of it is not lowered
+            elif flatten_source(gm, node, shape) in buffers:
+                # (N, C, H, W) -> (N, C·H·W): the same NHWC memory when H = W = 1; a larger map only
+                # as the input of a linear step that reads it as a conv (FusedLinear.map_chw)
+                src = buffers[flatten_source(gm, node, shape)]
+                buffers[node] = _Buffer(src.id, src.hwc, True)
+            elif _is_channel_cat(node):
+                parts = node.args[0] if node.args else node.kwargs["tensors"]
+                made = _add_cat(program, [buffers.get(a) for a in parts], views)
+                if made is None:
+                    refuse(node, "a concatenation of parts of different sizes, or of flattened tensors")
+                else:
+                    buffers[node] = made
+            elif node.op == "call_module":
+                if node in buffers:  # a pool fused into the conv before it
+                    continue
+                m = gm.get_submodule(node.target)
+                ins = [buffers.get(a) for a in node.args]
+                if not isinstance(m, _LOWERED):
+                    refuse(node, f"{type(m).__name__} runs in PyTorch: {_module_reason(m)}")
+                    continue
+                if node.kwargs or None in ins:
+                    refuse(node, "reads a value that is not a lowered tensor")
+                    continue
+                pool = _fusable_pool(gm, node, m, ins[0])
+                if isinstance(m, PoolStep):
+                    made = _add_pool(program, m, ins[0])
+                elif isinstance(m, ChannelAffineStep):
+                    made = _add_affine(program, m, ins[0])
+                elif isinstance(m, EltwiseStep):
+                    made = _add_eltwise(program, m, ins)
+                elif isinstance(m, ChannelGatherStep):
+                    made = _add_gather(program, m.index.numpy(), ins[0])
+                else:
+                    made = _add_conv(program, m, ins, pool is not None)
+                if made is None:
+                    refuse(node, f"{type(m).__name__} on an input it cannot read natively "
+                                 f"({'a flattened' if ins[0].flat else 'an unflattened'} tensor of shape "
+                                 f"{ins[0].hwc})")
+                    continue
+                buffers[node if pool is None else pool] = made
+                if pool is not None:
+                    fused_pools[pool.target] = node.target
+                threads.add(m.num_threads)
+                names.append(node.target)
             else:
-                made = _add_conv(program, m, ins, pool is not None)
-            if made is None:
-                return None
-            buffers[node if pool is None else pool] = made
-            if pool is not None:
-                fused_pools[pool.target] = node.target
-            threads.add(m.num_threads)
-            names.append(node.target)
-        else:
-            return None
+                refuse(node, _function_reason(node))
+    except Refused:
+        return None
     return None
+
+
+def _module_reason(m: nn.Module) -> str:
+    if isinstance(m, TorchConvStep):
+        return "the plan chose oneDNN for this layer (dense_backend='torch' or 'auto' timing)"
+    return "no basisrt kernel for this module (or for its settings)"
+
+
+def _function_reason(node: fx.Node) -> str:
+    target = node.target if isinstance(node.target, str) else \
+        f"{getattr(node.target, '__module__', '') or ''}.{getattr(node.target, '__name__', node.target)}".lstrip(".")
+    what = f"{node.op} {target}"
+    if node.op == "get_attr":
+        return f"{what}: a parameter or buffer read as a tensor"
+    return f"{what}: no basisrt kernel for this op (or its arguments / shapes)"
+
+
+_LOWERED = (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, PoolStep)
 
 
 def _is_scalar(node: fx.Node) -> bool:
@@ -128,18 +190,24 @@ def _is_channel_cat(node: fx.Node) -> bool:
 
 
 def _add_cat(program: "_C.Program", parts: list[_Buffer | None], views: set[int]) -> _Buffer | None:
-    """The concatenation's buffer, with each part made a view of its channels; None if a part cannot
-    be one (the plan input, a flattened tensor, a part of another concatenation, a repeated part)."""
-    if not parts or None in parts or any(p.flat or p.id == 0 or p.id in views for p in parts):
-        return None
-    if len({p.id for p in parts}) != len(parts) or len({p.hwc[:2] for p in parts}) != 1:
+    """The concatenation's buffer, with each part made a view of its channels, or copied in when it
+    cannot be one (the plan input, a part of another concatenation, a repeated part); None for a
+    flattened part or parts of different sizes."""
+    if not parts or None in parts or any(p.flat for p in parts) or len({p.hwc[:2] for p in parts}) != 1:
         return None
     hwc = (*parts[0].hwc[:2], sum(p.hwc[2] for p in parts))
     out = _Buffer(program.add_buffer(*hwc), hwc, False)
-    offset = 0
+    offset, seen = 0, set()
     for p in parts:
-        program.alias(p.id, out.id, offset)
-        views.add(p.id)
+        if p.id == 0 or p.id in views or p.id in seen:
+            # a view of these channels of `out`, written by a copy of the part
+            slot = program.add_buffer(*p.hwc)
+            program.alias(slot, out.id, offset)
+            program.add_gather(p.id, slot, np.arange(p.hwc[2], dtype=np.int64))
+        else:
+            program.alias(p.id, out.id, offset)
+            views.add(p.id)
+        seen.add(p.id)
         offset += p.hwc[2]
     return out
 
@@ -176,8 +244,9 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
     if res is not None and (res.hwc != out.hwc or res.flat != out.flat):
         return None
     arr = lambda t: None if t is None else t.numpy()  # noqa: E731
+    act, alpha = activations.code(m.activation)
     program.add_conv(x.id, -1 if res is None else res.id, out.id, m.B.numpy(), arr(m.A), arr(m.bias), m.rank,
-                     ACTIVATIONS[m.activation], m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1)
+                     act, m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1, alpha=alpha)
     return out
 
 
@@ -185,7 +254,29 @@ def _add_affine(program: "_C.Program", m: ChannelAffineStep, x: _Buffer) -> _Buf
     if x.flat or x.hwc[2] != m.scale.numel():
         return None
     out = _Buffer(program.add_buffer(*x.hwc), x.hwc, False)
-    program.add_affine(x.id, out.id, m.scale.numpy(), m.shift.numpy(), ACTIVATIONS[m.activation])
+    act, alpha = activations.code(m.activation)
+    program.add_affine(x.id, out.id, m.scale.numpy(), m.shift.numpy(), act, alpha=alpha)
+    return out
+
+
+def _add_eltwise(program: "_C.Program", m: EltwiseStep, ins: list[_Buffer]) -> _Buffer | None:
+    if len(ins) != 2 or any(b.flat for b in ins):
+        return None
+    a, b = ins
+    if a.hwc[2] != b.hwc[2] or b.hwc[:2] not in (a.hwc[:2], (1, 1)):
+        return None
+    out = _Buffer(program.add_buffer(*a.hwc), a.hwc, False)
+    act, alpha = activations.code(m.activation)
+    program.add_eltwise(a.id, b.id, out.id, BINARY_OPS[m.op], act, alpha=alpha)
+    return out
+
+
+def _add_gather(program: "_C.Program", index: np.ndarray, x: _Buffer) -> _Buffer | None:
+    if x.flat or index.size == 0 or int(index.max()) >= x.hwc[2]:
+        return None
+    hwc = (*x.hwc[:2], int(index.size))
+    out = _Buffer(program.add_buffer(*hwc), hwc, False)
+    program.add_gather(x.id, out.id, np.ascontiguousarray(index, dtype=np.int64))
     return out
 
 

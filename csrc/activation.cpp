@@ -1,0 +1,120 @@
+#include "activation.h"
+
+#include "simd.h"
+#include "thread_pool.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace basisrt {
+namespace {
+
+// Scalar code over contiguous channels that GCC vectorises in each build (simd.h): no library
+// calls (expf does not vectorise without -ffast-math), selects and min / max only.
+
+inline float bits_to_float(int32_t i) {
+    float f;
+    std::memcpy(&f, &i, sizeof f);
+    return f;
+}
+
+// e^x to about 1 ulp (Cephes' expf polynomial on x - n ln 2, times 2^n built from its exponent
+// bits). Overflow gives inf, deep underflow 0, NaN stays NaN, as expf does.
+inline __attribute__((always_inline)) float exp_approx(float x) {
+    const float c = std::min(std::max(x, -87.3f), 88.3f);  // 2^n stays a normal float
+    const float n = (c * 1.44269504f + 12582912.f) - 12582912.f;  // round to nearest, no floor call
+    const float r = (c - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    const float e = p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+    const float big = x > 88.72f ? __builtin_inff() : e;
+    const float out = x < -87.3f ? 0.f : big;
+    return x != x ? x : out;
+}
+
+inline __attribute__((always_inline)) float sigmoid(float x) { return 1.f / (1.f + exp_approx(-x)); }
+
+// erf(x) as ATen's vectorised CPU kernels compute it (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7).
+inline __attribute__((always_inline)) float erf_approx(float x) {
+    const float a = std::fabs(x);
+    const float t = 1.f / (0.3275911f * a + 1.f);
+    float r = 1.061405429f;
+    r = r * t - 1.453152027f;
+    r = r * t + 1.421413741f;
+    r = r * t - 0.284496736f;
+    r = r * t + 0.254829592f;
+    const float v = 1.f - r * t * exp_approx(-x * x);
+    return x < 0.f ? -v : v;
+}
+
+template <Activation kAct>
+inline __attribute__((always_inline)) float activate_one(float v, float alpha) {
+    switch (kAct) {
+        case Activation::sigmoid: return sigmoid(v);
+        case Activation::silu: return v / (1.f + exp_approx(-v));  // as PyTorch: -inf gives NaN
+        case Activation::hardsigmoid: return std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+        case Activation::hardswish: return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+        case Activation::leaky_relu: return v > 0.f ? v : v * alpha;
+        case Activation::gelu: return 0.5f * v * (1.f + erf_approx(v * 0.70710678118654752f));
+        case Activation::gelu_tanh: {
+            const float u = 0.79788456080286536f * (v + 0.044715f * v * v * v);
+            return 0.5f * v * (2.f - 2.f / (1.f + exp_approx(2.f * u)));  // 1 + tanh(u)
+        }
+        default: return v;
+    }
+}
+
+template <Activation kAct>
+inline __attribute__((always_inline)) void rows_body(float* y, int64_t rows, int64_t C, int64_t ldy, float alpha) {
+    for (int64_t p = 0; p < rows; ++p) {
+        float* row = y + p * ldy;
+        for (int64_t c = 0; c < C; ++c) row[c] = activate_one<kAct>(row[c], alpha);
+    }
+}
+
+inline __attribute__((always_inline)) void dispatch(float* y, int64_t rows, int64_t C, int64_t ldy, Activation act,
+                                                    float alpha) {
+    switch (act) {
+        case Activation::sigmoid: return rows_body<Activation::sigmoid>(y, rows, C, ldy, alpha);
+        case Activation::silu: return rows_body<Activation::silu>(y, rows, C, ldy, alpha);
+        case Activation::hardsigmoid: return rows_body<Activation::hardsigmoid>(y, rows, C, ldy, alpha);
+        case Activation::hardswish: return rows_body<Activation::hardswish>(y, rows, C, ldy, alpha);
+        case Activation::leaky_relu: return rows_body<Activation::leaky_relu>(y, rows, C, ldy, alpha);
+        case Activation::gelu: return rows_body<Activation::gelu>(y, rows, C, ldy, alpha);
+        case Activation::gelu_tanh: return rows_body<Activation::gelu_tanh>(y, rows, C, ldy, alpha);
+        default: return;
+    }
+}
+
+BASISRT_AVX512 void activate_avx512(float* y, int64_t rows, int64_t C, int64_t ldy, Activation act, float alpha) {
+    dispatch(y, rows, C, ldy, act, alpha);
+}
+BASISRT_NARROW void activate_narrow(float* y, int64_t rows, int64_t C, int64_t ldy, Activation act, float alpha) {
+    dispatch(y, rows, C, ldy, act, alpha);
+}
+
+}  // namespace
+
+void activate_rows(float* y, int64_t rows, int64_t C, int64_t ldy, Activation act, float alpha) {
+    if (is_clamp(act) || rows <= 0) return;
+    if (use_avx512()) return activate_avx512(y, rows, C, ldy, act, alpha);
+    activate_narrow(y, rows, C, ldy, act, alpha);
+}
+
+void activate_rows_parallel(float* y, int64_t rows, int64_t C, int64_t ldy, Activation act, float alpha,
+                            int num_threads) {
+    constexpr int64_t kRowsPerTask = 256;
+    if (is_clamp(act) || rows <= 0) return;
+    parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, num_threads, [&](int64_t t) {
+        const int64_t r0 = t * kRowsPerTask;
+        activate_rows(y + r0 * ldy, std::min(kRowsPerTask, rows - r0), C, ldy, act, alpha);
+    });
+}
+
+}  // namespace basisrt

@@ -1,0 +1,88 @@
+#include "eltwise.h"
+
+#include "activation.h"
+#include "simd.h"
+#include "thread_pool.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+namespace basisrt {
+namespace {
+
+constexpr int64_t kPixelsPerTask = 256;
+
+// Contiguous, branch-free channel loops: GCC vectorises them in each build (simd.h).
+inline __attribute__((always_inline)) void eltwise_rows_body(const float* a, const float* b, float* y, int64_t p0,
+                                                             int64_t rows, int64_t hw, int64_t C, int64_t lda,
+                                                             int64_t ldb, int64_t ldy, BinaryOp op, bool per_image,
+                                                             Activation act) {
+    const Clamp k = clamp_of(act);
+    for (int64_t p = p0; p < p0 + rows; ++p) {
+        const float* x = a + p * lda;
+        const float* z = b + (per_image ? p / hw : p) * ldb;
+        float* out = y + p * ldy;
+        if (op == BinaryOp::add) {
+            for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] + z[c], k.lo), k.hi);
+        } else {
+            for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] * z[c], k.lo), k.hi);
+        }
+    }
+}
+BASISRT_AVX512 void eltwise_rows_avx512(const float* a, const float* b, float* y, int64_t p0, int64_t rows, int64_t hw,
+                                        int64_t C, int64_t lda, int64_t ldb, int64_t ldy, BinaryOp op, bool per_image,
+                                        Activation act) {
+    eltwise_rows_body(a, b, y, p0, rows, hw, C, lda, ldb, ldy, op, per_image, act);
+}
+BASISRT_NARROW void eltwise_rows_narrow(const float* a, const float* b, float* y, int64_t p0, int64_t rows, int64_t hw,
+                                        int64_t C, int64_t lda, int64_t ldb, int64_t ldy, BinaryOp op, bool per_image,
+                                        Activation act) {
+    eltwise_rows_body(a, b, y, p0, rows, hw, C, lda, ldb, ldy, op, per_image, act);
+}
+
+}  // namespace
+
+void eltwise_nhwc(const float* a, const float* b, float* y, int64_t P, int64_t hw, int64_t C, int64_t lda,
+                  int64_t ldb, int64_t ldy, BinaryOp op, bool b_per_image, Activation act, float alpha,
+                  int num_threads) {
+    if (lda < C || ldb < C || ldy < C || hw < 1 || (b_per_image && P % hw))
+        throw std::invalid_argument("eltwise_nhwc: bad pixel strides or pixels per image");
+    const int64_t tasks = (P + kPixelsPerTask - 1) / kPixelsPerTask;
+    parallel_for(tasks, num_threads, [&](int64_t t) {
+        const int64_t p0 = t * kPixelsPerTask, rows = std::min(kPixelsPerTask, P - p0);
+        if (use_avx512()) {
+            eltwise_rows_avx512(a, b, y, p0, rows, hw, C, lda, ldb, ldy, op, b_per_image, act);
+        } else {
+            eltwise_rows_narrow(a, b, y, p0, rows, hw, C, lda, ldb, ldy, op, b_per_image, act);
+        }
+        activate_rows(y + p0 * ldy, rows, C, ldy, act, alpha);
+    });
+}
+
+void channel_gather_nhwc(const float* x, const int64_t* index, float* y, int64_t P, int64_t C_out, int64_t ldx,
+                         int64_t ldy, int num_threads) {
+    // Runs of consecutive source channels copy as one block (a slice is one run, a shuffle of
+    // g groups C / g runs of one channel each).
+    std::vector<std::pair<int64_t, int64_t>> runs;  // (first output channel, run length)
+    for (int64_t c = 0; c < C_out; ++c)
+        if (c > 0 && index[c] == index[c - 1] + 1) ++runs.back().second;
+        else runs.emplace_back(c, 1);
+    const int64_t tasks = (P + kPixelsPerTask - 1) / kPixelsPerTask;
+    parallel_for(tasks, num_threads, [&](int64_t t) {
+        const int64_t p0 = t * kPixelsPerTask, p1 = std::min(P, p0 + kPixelsPerTask);
+        for (int64_t p = p0; p < p1; ++p) {
+            const float* in = x + p * ldx;
+            float* out = y + p * ldy;
+            if (runs.size() * 4 > static_cast<size_t>(C_out)) {  // short runs: one channel at a time
+                for (int64_t c = 0; c < C_out; ++c) out[c] = in[index[c]];
+            } else {
+                for (const auto& [c, n] : runs) std::memcpy(out + c, in + index[c], n * sizeof(float));
+            }
+        }
+    });
+}
+
+}  // namespace basisrt

@@ -1,0 +1,28 @@
+// Elementwise ops between NHWC maps that no conv epilogue absorbs, and channel copies:
+//  - eltwise_nhwc: y = act(a OP b), OP add or mul, b of a's shape or one pixel per image broadcast
+//    over the map (a squeeze-excitation gate, (N, C, 1, 1) in PyTorch);
+//  - channel_gather_nhwc: y[..., c] = x[..., index[c]] (a channel shuffle, a channel slice, a
+//    concatenation's part that cannot be written in place).
+// Pixel strides (lda, ldb, ldx, ldy >= channels) let any operand be a channel slice of a wider
+// buffer, as in the other kernels.
+#pragma once
+#include <cstdint>
+
+#include "fused_conv.h"
+
+namespace basisrt {
+
+enum class BinaryOp : int { add = 0, mul = 1 };
+constexpr int kBinaryOps = 2;
+
+// P pixels of C channels, `hw` pixels per image (b_per_image: b has one pixel per image, read for
+// each of its hw pixels; P a multiple of hw then).
+void eltwise_nhwc(const float* a, const float* b, float* y, int64_t P, int64_t hw, int64_t C, int64_t lda,
+                  int64_t ldb, int64_t ldy, BinaryOp op, bool b_per_image, Activation act, float alpha,
+                  int num_threads);
+
+// P pixels; y gets C_out channels, index[c] in [0, x's channels).
+void channel_gather_nhwc(const float* x, const int64_t* index, float* y, int64_t P, int64_t C_out, int64_t ldx,
+                         int64_t ldy, int num_threads);
+
+}  // namespace basisrt

@@ -1,0 +1,256 @@
+"""Blocks of the CNN families users bring, written the way their libraries write them (torchvision,
+timm, pytorch-cifar), and the whole real-model architectures of basisrt.zoo: each must compile to
+a fully native program, match eager, and save and load. torchvision itself is not a dependency;
+basisrt.zoo copies its building blocks (stochastic_depth under its module name, as
+`torch.fx.wrap` leaves it in the graph)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import basisrt
+from basisrt import zoo
+from basisrt.zoo import SqueezeExcitation, StochasticDepth, channel_shuffle
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def conv_bn_act(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
+    layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, *([act(inplace=True) if act in (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish)
+                                     else act()] if act else []))
+
+
+class TimmSE(nn.Module):
+    """timm's SqueezeExcite: a mean with keepdim, and the gate as a function."""
+
+    def __init__(self, c, squeeze):
+        super().__init__()
+        self.conv_reduce, self.conv_expand = nn.Conv2d(c, squeeze, 1), nn.Conv2d(squeeze, c, 1)
+
+    def forward(self, x):
+        x_se = x.mean((2, 3), keepdim=True)
+        x_se = F.relu(self.conv_reduce(x_se), inplace=True)
+        return x * self.conv_expand(x_se).sigmoid()
+
+
+class MBConv(nn.Module):
+    """torchvision's EfficientNet MBConv: SiLU, SE, stochastic depth before the residual add."""
+
+    def __init__(self, c, expand=4):
+        super().__init__()
+        e = c * expand
+        self.block = nn.Sequential(conv_bn_act(c, e, 1, act=nn.SiLU), conv_bn_act(e, e, 3, groups=e, act=nn.SiLU),
+                                   SqueezeExcitation(e, c // 4, activation=nn.SiLU), conv_bn_act(e, c, 1, act=None))
+        self.stochastic_depth = StochasticDepth(0.2, "row")
+
+    def forward(self, input):
+        result = self.block(input)
+        result = self.stochastic_depth(result)
+        result += input
+        return result
+
+
+def hard_sigmoid(x, inplace: bool = False):  # timm's older spelling, written out
+    return F.relu6(x + 3.) / 6.
+
+
+class MobileNetV3Block(nn.Module):
+    """torchvision's InvertedResidual (Hardswish, SE with Hardsigmoid); `written_out` spells the
+    hard activations as timm's older code did."""
+
+    def __init__(self, c, written_out=False):
+        super().__init__()
+        self.written_out = written_out
+        act = None if written_out else nn.Hardswish
+        self.expand, self.dw = conv_bn_act(c, 3 * c, 1, act=act), conv_bn_act(3 * c, 3 * c, 5, groups=3 * c, act=act)
+        self.se = SqueezeExcitation(3 * c, c, scale_activation=nn.Hardsigmoid)
+        self.project = conv_bn_act(3 * c, c, 1, act=None)
+
+    def forward(self, x):
+        y = self.expand(x)
+        if self.written_out:
+            y = y * hard_sigmoid(y)
+        y = self.dw(y)
+        if self.written_out:
+            y = y * F.relu6(y + 3.) / 6.
+        return self.project(self.se(y)) + x
+
+
+class ShuffleBlock(nn.Module):
+    """torchvision's ShuffleNetV2 InvertedResidual: chunk, branch, cat, shuffle."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.stride, b = stride, cout // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(conv_bn_act(cin, cin, 3, stride, groups=cin, act=None),
+                                         conv_bn_act(cin, b, 1))
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(conv_bn_act(cin if stride > 1 else b, b, 1),
+                                     conv_bn_act(b, b, 3, stride, groups=b, act=None), conv_bn_act(b, b, 1))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class DenseLayer(nn.Module):
+    """torchvision's _DenseLayer: every layer concatenates all earlier features."""
+
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.norm1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(cin, 2 * growth, 1, bias=False)
+        self.norm2, self.relu2 = nn.BatchNorm2d(2 * growth), nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, inputs):
+        concated_features = torch.cat(inputs, 1)
+        bottleneck_output = self.conv1(self.relu1(self.norm1(concated_features)))
+        return self.conv2(self.relu2(self.norm2(bottleneck_output)))
+
+
+class DenseBlock(nn.ModuleDict):
+    def __init__(self, c, growth, layers=3):
+        super().__init__({f"denselayer{i + 1}": DenseLayer(c + i * growth, growth) for i in range(layers)})
+
+    def forward(self, init_features):
+        features = [init_features]
+        for name, layer in self.items():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class Fire(nn.Module):
+    """torchvision's SqueezeNet Fire module, after a ceil-mode max pool (as SqueezeNet and GoogLeNet)."""
+
+    def __init__(self, cin, squeeze, expand):
+        super().__init__()
+        self.pool = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.squeeze, self.squeeze_activation = nn.Conv2d(cin, squeeze, 1), nn.ReLU(inplace=True)
+        self.expand1x1, self.expand3x3 = nn.Conv2d(squeeze, expand, 1), nn.Conv2d(squeeze, expand, 3, padding=1)
+        self.expand1x1_activation, self.expand3x3_activation = nn.ReLU(inplace=True), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_activation(self.squeeze(self.pool(x)))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)), self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class Activations(nn.Module):
+    """Activations as epilogues, and elementwise ops no conv absorbs: two activated branches summed,
+    a map scaled and shifted by numbers, SiLU written out."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 1)
+        self.leaky, self.gelu = nn.LeakyReLU(0.1), nn.GELU()
+        self.c = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        y = self.leaky(self.a(x)) + self.gelu(self.b(x))
+        y = F.gelu(self.c(y), approximate="tanh") * 0.5 - 1.0
+        return y * torch.sigmoid(y) + F.leaky_relu(x, 0.2)
+
+
+class Net(nn.Module):
+    """stem → blocks → global pool → linear, as classification models are."""
+
+    def __init__(self, c, blocks, cout=None, stem_act=nn.ReLU):
+        super().__init__()
+        self.stem = conv_bn_act(3, c, 3, act=stem_act)
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cout or c, 10)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+MODELS = {
+    "se_torchvision": lambda: Net(16, [conv_bn_act(16, 32, 3, 2), SqueezeExcitation(32, 8)], 32),
+    "se_timm": lambda: Net(16, [conv_bn_act(16, 32, 3, 2), TimmSE(32, 8)], 32),
+    "efficientnet_mbconv": lambda: Net(16, [MBConv(16), MBConv(16)], stem_act=nn.SiLU),
+    "mobilenetv3": lambda: Net(16, [MobileNetV3Block(16)], stem_act=nn.Hardswish),
+    "mobilenetv3_written_out": lambda: Net(16, [MobileNetV3Block(16, written_out=True)]),
+    "shufflenetv2": lambda: Net(24, [ShuffleBlock(24, 48, 2), ShuffleBlock(48, 48, 1), ShuffleBlock(48, 48, 1)], 48),
+    "densenet": lambda: Net(16, [DenseBlock(16, 8)], 40),
+    "squeezenet_ceil_mode": lambda: Net(16, [Fire(16, 8, 16), Fire(32, 8, 16)], 32),
+    "activations": lambda: Net(16, [Activations(16)]),
+}
+
+
+def calibrated(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("decomposed", [False, True], ids=["plain", "pruned"])
+@pytest.mark.parametrize("name", MODELS)
+def test_block_runs_native_matches_eager_and_round_trips(name, decomposed, tmp_path):
+    torch.manual_seed(0)
+    model = calibrated(MODELS[name]())
+    if decomposed:
+        model = basisrt.decompose(model).model.eval()
+        basisrt.prune_basis(model, "ratio", 0.5)
+    x = torch.randn(3, 3, 15, 17)  # odd sizes: ceil-mode windows past the edge, odd shuffles
+    with torch.no_grad():
+        ref = model(x)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan
+    for batch in (x, x[:1], torch.randn(4, 3, 15, 17)):
+        with torch.no_grad():
+            assert rel_err(compiled(batch), model(batch)) < 1e-5
+    assert rel_err(compiled.module(x), ref) < 1e-5  # the same steps through fx
+    compiled.save(tmp_path / "p.basisrt")
+    assert torch.equal(basisrt.load(tmp_path / "p.basisrt")(x), compiled(x))
+
+
+def test_explain_names_each_op_that_keeps_the_plan_from_being_native():
+    class Blocked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8)
+
+        def forward(self, x):
+            y = self.norm(self.conv(x))
+            return torch.tanh(y) + F.interpolate(y, scale_factor=1.0)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    report = basisrt.explain(Blocked().eval(), x, dense_backend="basisrt")
+    assert not report.native
+    assert [node for node, _ in report.not_native] == ["norm", "tanh", "interpolate"]
+    assert "GroupNorm" in report.not_native[0][1] and "tanh" in report.not_native[1][1]
+    assert "not native: 3 ops" in str(report) and "norm" in str(report.plan)
+    native = basisrt.explain(MODELS["se_torchvision"]().eval(), torch.randn(2, 3, 8, 8), dense_backend="basisrt")
+    assert native.native and native.not_native == [] and str(native).startswith("native")
+
+
+@pytest.mark.parametrize("name", zoo.MODELS)
+def test_zoo_model_pruned_runs_native_and_round_trips(name, tmp_path):
+    """Every conv but the stem at rank 10 % (as `basisrt bench` prunes), on small inputs."""
+    torch.manual_seed(0)
+    shape = (3, 32, 32) if name == "se_resnet18" else (3, 64, 64)
+    model = zoo.with_bn_statistics(zoo.MODELS[name](num_classes=10), shape)
+    stem = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    model = basisrt.decompose(model, exclude=[stem]).model.eval()
+    basisrt.prune_basis(model, "ratio", 0.1)
+    x = torch.randn(2, *shape)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+        assert rel_err(compiled(x[:1]), model(x[:1])) < 1e-5
+    compiled.save(tmp_path / "p.basisrt")
+    assert torch.equal(basisrt.load(tmp_path / "p.basisrt")(x), compiled(x))
