@@ -180,6 +180,41 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
         }
 }
 
+// The narrow (AVX2 / portable) build of micro for one column block (V = 1): the accumulators as
+// two 8-float halves each. GCC keeps 16-float vectors of an 8-float ISA on the stack (every FMA
+// then read and wrote memory: 4 GMAC/s per core); 8-float vectors stay in ymm registers. 6 rows ×
+// 2 halves = 12 of the 16 ymm, plus 2 for B and one broadcast.
+template <int64_t M, bool kEpi, bool kRes, Activation kAct, class Src>
+inline __attribute__((always_inline)) void micro_narrow(const Src& src, const float* b, int64_t ldb, const Store& st,
+                                                        int64_t i0, int64_t j) {
+    vec8 lo[M], hi[M];
+    for (int64_t i = 0; i < M; ++i) lo[i] = hi[i] = vec8{};
+    for (int64_t tap = 0; tap < src.taps; ++tap) {
+        const float* xr[M];
+        for (int64_t i = 0; i < M; ++i) xr[i] = src.row(i, tap);
+        const float* bt = b + tap * src.width * ldb + j;
+        for (int64_t c = 0; c < src.width; ++c) {
+            const vec8 b0 = *reinterpret_cast<const vec8*>(bt + c * ldb);
+            const vec8 b1 = *reinterpret_cast<const vec8*>(bt + c * ldb + 8);
+            for (int64_t i = 0; i < M; ++i) {
+                const float ak = xr[i][c];
+                lo[i] += ak * b0;
+                hi[i] += ak * b1;
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int64_t i = 0; i < M; ++i) {
+        const vec v = __builtin_shufflevector(lo[i], hi[i], 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        if (kEpi) {
+            store_row<false, kRes, kAct>(v, st, i0 + i, j);
+        } else {
+            *reinterpret_cast<vec8*>(st.c + (i0 + i) * st.ldc + j) = lo[i];
+            *reinterpret_cast<vec8*>(st.c + (i0 + i) * st.ldc + j + 8) = hi[i];
+        }
+    }
+}
+
 // All rows of the column block [j, j+V·NR): 6 rows × 4 vectors (24 accumulators of 32 zmm) at
 // full width, 8 × V for narrower remainders.
 template <bool kWide, int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
@@ -188,6 +223,12 @@ inline __attribute__((always_inline)) void column_block(const Src& src, const fl
     // 16 ymm registers on AVX2: 6 rows × 2 ymm accumulators, as 8 rows would take all 16 and spill
     constexpr int64_t R = !kWide ? 6 : V == 4 ? 6 : V == 3 ? 8 : MR;
     int64_t i = 0;
+    if constexpr (!kWide) {
+        for (; i + R <= M; i += R) micro_narrow<R, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+        for (; i + 2 <= M; i += 2) micro_narrow<2, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+        for (; i < M; ++i) micro_narrow<1, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+        return;
+    }
     for (; i + R <= M; i += R) micro<kWide, R, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
     for (; i + 2 <= M; i += 2) micro<kWide, 2, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
     for (; i < M; ++i) micro<kWide, 1, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
@@ -355,11 +396,48 @@ inline __attribute__((always_inline)) void dot_tile(const Windows& w, int64_t cg
         for (int j = 0; j < R; ++j) t[i * ldt + j] = (tap0 ? t[i * ldt + j] : 0.f) + sums[i * R + j];
 }
 
+// dot_tile on 8-float vectors, for the narrow builds (see micro_narrow): each 16-channel block as
+// two halves into the same accumulators, reduced lane by lane at the end.
+template <int M, int R>
+inline __attribute__((always_inline)) void dot_tile_narrow(const Windows& w, int64_t cg, const float* bt, int64_t K,
+                                                           int64_t tap0, int64_t tap1, float* t, int64_t ldt) {
+    vec8 acc[M][R];
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < R; ++j) acc[i][j] = vec8{};
+    for (int64_t tap = tap0; tap < tap1; ++tap) {
+        const float* xr[M];
+        for (int i = 0; i < M; ++i) xr[i] = w.row(i, tap);
+        const float* b = bt + tap * cg;
+        for (int64_t c = 0; c < cg; c += 8) {
+            vec8 xv[M];
+            for (int i = 0; i < M; ++i) xv[i] = *reinterpret_cast<const vec8*>(xr[i] + c);
+            for (int j = 0; j < R; ++j) {
+                const vec8 bv = *reinterpret_cast<const vec8*>(b + j * K + c);
+                for (int i = 0; i < M; ++i) acc[i][j] += xv[i] * bv;
+            }
+        }
+    }
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < R; ++j) {
+            const vec8 a = acc[i][j];
+            const float sum = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+            t[i * ldt + j] = (tap0 ? t[i * ldt + j] : 0.f) + sum;
+        }
+}
+
 // One chunk of r <= kDotN ranks for M pixels, taps [tap0, tap1).
-template <int M>
+template <bool kWide, int M>
 inline __attribute__((always_inline)) void dot_chunk(const Windows& w, int64_t cg, const float* bt, int64_t K,
                                                      int64_t r, int64_t tap0, int64_t tap1, float* t,
                                                      int64_t ldt) {
+    if constexpr (!kWide) {
+        switch (r) {
+            case 4: return dot_tile_narrow<M, 4>(w, cg, bt, K, tap0, tap1, t, ldt);
+            case 3: return dot_tile_narrow<M, 3>(w, cg, bt, K, tap0, tap1, t, ldt);
+            case 2: return dot_tile_narrow<M, 2>(w, cg, bt, K, tap0, tap1, t, ldt);
+            default: return dot_tile_narrow<M, 1>(w, cg, bt, K, tap0, tap1, t, ldt);
+        }
+    }
     switch (r) {
         case 6: return dot_tile<M, 6>(w, cg, bt, K, tap0, tap1, t, ldt);
         case 5: return dot_tile<M, 5>(w, cg, bt, K, tap0, tap1, t, ldt);
@@ -373,12 +451,13 @@ inline __attribute__((always_inline)) void dot_chunk(const Windows& w, int64_t c
 // T (m × rank, row stride ldt) for the m pixels of `w`. Rank chunks are the outer loop, so a
 // chunk of B stays in cache while every pixel of the tile uses it; pixels outer would stream
 // all of B (MBs at r = 128) per 4 pixels. Within a chunk, taps are blocked (kDotBlockFloats).
-// kWide: 4 pixels × 6 ranks (24 zmm accumulators); narrower ISAs 2 × 2 (8 of AVX2's 16 ymm).
+// kWide: 4 pixels × 6 ranks (24 zmm accumulators); narrower ISAs 2 × 4 (8 of AVX2's 16 ymm, 2 for
+// x and one for B: 6 loads per 8 FMAs).
 template <bool kWide>
 inline __attribute__((always_inline)) void dot_gemm_body(const Windows& w, int64_t m, int64_t cg, const float* bt,
                                                          int64_t rank, float* t, int64_t ldt) {
     static_assert(kDotN == 6, "dot_chunk dispatches chunks of up to 6 ranks");
-    constexpr int kM = kWide ? kDotM : 2, kN = kWide ? kDotN : 2;
+    constexpr int kM = kWide ? kDotM : 2, kN = kWide ? kDotN : 4;
     const int64_t K = w.taps * cg;
     const int64_t blocks = (K + kDotBlockFloats - 1) / kDotBlockFloats;
     const int64_t tap_block = (w.taps + blocks - 1) / blocks;
@@ -391,8 +470,8 @@ inline __attribute__((always_inline)) void dot_gemm_body(const Windows& w, int64
             const int64_t tap1 = std::min(w.taps, tap0 + tap_block);
             int64_t i = 0;
             for (; i + kM <= m; i += kM)
-                dot_chunk<kM>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
-            for (; i < m; ++i) dot_chunk<1>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
+                dot_chunk<kWide, kM>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
+            for (; i < m; ++i) dot_chunk<kWide, 1>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
         }
         j += r;
     }
@@ -634,11 +713,14 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
             } else if (cg_in < kIm2colBelow) {
                 // Few channels per tap (an RGB stem: 3): the GEMM's inner loop over a tap's
                 // channels is too short to pay for its per-tap setup, so the tile's windows are
-                // copied into contiguous rows of K first (ResNet-50's 7×7 stem: 19 ms → see RESULTS)
+                // copied into contiguous rows of K first
                 cols.resize(std::max<size_t>(cols.size(), kTile * K));
                 for (int64_t i = 0; i < m; ++i)
-                    for (int64_t tap = 0; tap < taps; ++tap)
-                        std::memcpy(cols.data() + i * K + tap * cg_in, w.row(i, tap), cg_in * sizeof(float));
+                    for (int64_t tap = 0; tap < taps; ++tap) {  // a plain loop: a memcpy call per 3 floats
+                        const float* src = w.row(i, tap);      // cost more than the GEMM (6 ms of ResNet's 7)
+                        float* dst = cols.data() + i * K + tap * cg_in;
+                        for (int64_t c = 0; c < cg_in; ++c) dst[c] = src[c];
+                    }
                 two_gemms(PlainRows{cols.data(), K, K});
             } else {
                 two_gemms(w);
