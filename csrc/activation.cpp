@@ -10,8 +10,7 @@
 namespace basisrt {
 namespace {
 
-// Scalar code over contiguous channels that GCC vectorises in each build (simd.h): no library
-// calls (expf does not vectorise without -ffast-math), selects and min / max only.
+// Scalar forms (for the last C % 8 channels), then 8-float vector forms of the same formulas.
 
 inline float bits_to_float(int32_t i) {
     float f;
@@ -70,11 +69,71 @@ inline __attribute__((always_inline)) float activate_one(float v, float alpha) {
     }
 }
 
+// The same on 8 floats at once, with GCC's vector extensions: the scalar code does not vectorise
+// (the bit cast and the selects kept it scalar: 7 ns per SiLU, 13x a rank-2 conv's own time).
+// 8-float vectors are one ymm register in the AVX2 build, two xmm in the portable one.
+typedef float f8 __attribute__((vector_size(32), aligned(4)));
+typedef int32_t i8 __attribute__((vector_size(32), aligned(4)));
+
+inline __attribute__((always_inline)) f8 vmax(f8 v, float lo) { return v < lo ? f8{} + lo : v; }  // NaN stays
+inline __attribute__((always_inline)) f8 vmin(f8 v, float hi) { return v > hi ? f8{} + hi : v; }
+
+inline __attribute__((always_inline)) f8 exp8(f8 x) {
+    const f8 c = vmin(vmax(x, -87.3f), 88.3f);
+    const f8 n = (c * 1.44269504f + 12582912.f) - 12582912.f;
+    const f8 r = (c - n * 0.693359375f) + n * 2.12194440e-4f;
+    f8 p = f8{} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    f8 e = p * (f8)((__builtin_convertvector(n, i8) + 127) << 23);
+    e = x > 88.72f ? f8{} + __builtin_inff() : e;
+    e = x < -87.3f ? f8{} : e;
+    return x != x ? x : e;
+}
+
+inline __attribute__((always_inline)) f8 erf8(f8 x) {
+    const f8 a = (f8)((i8)x & 0x7fffffff);
+    const f8 t = 1.f / (0.3275911f * a + 1.f);
+    f8 r = f8{} + 1.061405429f;
+    r = r * t - 1.453152027f;
+    r = r * t + 1.421413741f;
+    r = r * t - 0.284496736f;
+    r = r * t + 0.254829592f;
+    const f8 v = 1.f - r * t * exp8(-x * x);
+    return x < 0.f ? -v : v;
+}
+
+template <Activation kAct>
+inline __attribute__((always_inline)) f8 activate8(f8 v, float alpha) {
+    switch (kAct) {
+        case Activation::sigmoid: return 1.f / (1.f + exp8(-v));
+        case Activation::silu: return v / (1.f + exp8(-v));
+        case Activation::hardsigmoid: return vmin(vmax(v + 3.f, 0.f), 6.f) / 6.f;
+        case Activation::hardswish: return v * vmin(vmax(v + 3.f, 0.f), 6.f) / 6.f;
+        case Activation::leaky_relu: return v > 0.f ? v : v * alpha;
+        case Activation::gelu: return 0.5f * v * (1.f + erf8(v * 0.70710678118654752f));
+        case Activation::gelu_tanh: {
+            const f8 u = 0.79788456080286536f * (v + 0.044715f * v * v * v);
+            return 0.5f * v * (2.f - 2.f / (1.f + exp8(2.f * u)));
+        }
+        default: return v;
+    }
+}
+
 template <Activation kAct>
 inline __attribute__((always_inline)) void rows_body(float* y, int64_t rows, int64_t C, int64_t ldy, float alpha) {
     for (int64_t p = 0; p < rows; ++p) {
         float* row = y + p * ldy;
-        for (int64_t c = 0; c < C; ++c) row[c] = activate_one<kAct>(row[c], alpha);
+        int64_t c = 0;
+        for (; c + 8 <= C; c += 8) {
+            f8* v = reinterpret_cast<f8*>(row + c);
+            *v = activate8<kAct>(*v, alpha);
+        }
+        for (; c < C; ++c) row[c] = activate_one<kAct>(row[c], alpha);
     }
 }
 

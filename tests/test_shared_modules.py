@@ -133,3 +133,26 @@ def test_every_call_of_a_shared_conv_is_its_own_step():
     steps = [s for s in compiled.plan.steps if s.strategy.startswith("dense")]
     assert len(steps) == 2 and len({s.name for s in steps}) == 2
     assert ["act=relu" in s.detail for s in steps] == [True, False]
+
+
+def test_autotune_reads_layer_inputs_without_changing_them():
+    """A module called twice (torchvision's Bottleneck calls one ReLU three times) gets each call's
+    own input while the autotuner records the first (a pre-hook's return value would replace it)."""
+    from basisrt.compiler.autotune import layer_inputs
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.b(self.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    model, x = Shared().eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    inputs = layer_inputs(model, x)
+    assert inputs["relu"].shape == (2, 8, 8, 8) and inputs["b"].shape == (2, 8, 8, 8)
+    compiled = basisrt.compile(model, x, autotune=True)
+    assert torch.allclose(compiled(x), ref, atol=1e-5)

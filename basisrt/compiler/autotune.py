@@ -22,7 +22,10 @@ _DECISIONS: dict[tuple, tuple[str, str]] = {}
 def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
     """The input each submodule sees on its first call with `example_input`, by module name."""
     seen: dict[str, Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: seen.setdefault(n, args[0]))
+
+    def keep(name: str, args: tuple) -> None:  # None: a pre-hook that returns a value replaces the input
+        seen.setdefault(name, args[0])
+    handles = [m.register_forward_pre_hook(lambda mod, args, n=name: keep(n, args))
                for name, m in model.named_modules() if name]
     try:
         with torch.no_grad():

@@ -1,0 +1,32 @@
+"""The activations the kernels apply after a tile is stored (csrc/activation.cpp: 8-float vectors
+plus a scalar tail) against PyTorch's own, on random values and on the special ones."""
+import pytest
+import torch
+
+from basisrt.compiler import activations
+from basisrt.compiler.cpu_kernels import ChannelAffineStep, EltwiseStep
+
+NAMES = ["sigmoid", "silu", "hardsigmoid", "hardswish", "leaky_relu(0.2)", "leaky_relu(-1.5)", "gelu", "gelu_tanh"]
+SPECIALS = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 88.0, -88.0, 89.0, -89.0,
+            100.0, -100.0, 1e30, -1e30, 6.0, -6.0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_activation_matches_pytorch_on_random_and_special_values(name):
+    torch.manual_seed(0)
+    c = 19  # two 8-float vectors and a scalar tail per pixel
+    x = torch.randn(3, c, 5, 7) * 4
+    x.view(-1)[: len(SPECIALS) * 13: 13] = torch.tensor(SPECIALS)  # spread over vector lanes and the tail
+    step = ChannelAffineStep(torch.ones(c), torch.zeros(c), name, num_threads=2)
+    out, ref = step(x), activations.apply(x.clone(), name)
+    torch.testing.assert_close(out, ref, rtol=2e-6, atol=1e-6, equal_nan=True)
+    gate = torch.rand(3, c, 1, 1) + 0.5  # the same pass after an eltwise op
+    torch.testing.assert_close(EltwiseStep("mul", name, 2)(x, gate), activations.apply(x * gate, name),
+                               rtol=2e-6, atol=1e-6, equal_nan=True)
+
+
+def test_activation_names():
+    assert activations.code("leaky_relu(0.25)") == (activations.CODES["leaky_relu"], 0.25)
+    for bad in ["leaky_relu", "leaky_relu(nan)", "leaky_relu(x)", "tanh", 3, "RELU"]:
+        with pytest.raises(ValueError, match="activation must be one of|bad leaky"):
+            activations.code(bad)
