@@ -10,30 +10,55 @@
 namespace basisrt {
 namespace {
 
-// One output row (n, oy). Each pixel's C accumulators stay in L1 while the window's taps stream
-// through; the channel loops are contiguous and branch-free, which GCC vectorises in each build.
+typedef float f8 __attribute__((vector_size(32), aligned(4)));
+
+// One output row (n, oy). Per pixel, 16 channels at a time accumulate in two 8-float vectors
+// (registers) over the window's taps, then bias, residual and the clamp, one store each; the last
+// C % 16 channels in a scalar loop. Accumulating in the output row instead (a load and a store per
+// tap and channel, and 16-float vectors GCC spills on AVX2) ran 4 GMAC/s on two cores.
 inline __attribute__((always_inline)) void depthwise_row_body(const float* x, const float* w, const float* bias,
                                                               const float* residual, float* y, const ConvShape& s,
                                                               Activation act, int64_t n, int64_t oy) {
     const int64_t C = s.C_in, y0 = oy * s.sh - s.ph;
     const Clamp k = clamp_of(act);
+    const int64_t ky0 = std::max<int64_t>(0, (-y0 + s.dh - 1) / s.dh);
+    const int64_t ky1 = std::min<int64_t>(s.kh, (s.H - y0 + s.dh - 1) / s.dh);  // taps with 0 <= iy < H
     for (int64_t ox = 0; ox < s.Wo; ++ox) {
         const int64_t p = (n * s.Ho + oy) * s.Wo + ox, x0 = ox * s.sw - s.pw;
+        const int64_t kx0 = std::max<int64_t>(0, (-x0 + s.dw - 1) / s.dw);
+        const int64_t kx1 = std::min<int64_t>(s.kw, (s.W - x0 + s.dw - 1) / s.dw);
         float* out = y + p * s.ldy;
-        for (int64_t c = 0; c < C; ++c) out[c] = bias ? bias[c] : 0.f;
-        for (int64_t ky = 0; ky < s.kh; ++ky) {
-            const int64_t iy = y0 + ky * s.dh;
-            if (iy < 0 || iy >= s.H) continue;
-            for (int64_t kx = 0; kx < s.kw; ++kx) {
-                const int64_t ix = x0 + kx * s.dw;
-                if (ix < 0 || ix >= s.W) continue;
-                const float* in = x + ((n * s.H + iy) * s.W + ix) * s.ldx;
-                const float* wt = w + (ky * s.kw + kx) * C;
-                for (int64_t c = 0; c < C; ++c) out[c] += in[c] * wt[c];
-            }
-        }
         const float* res = residual ? residual + p * s.ldr : nullptr;
-        for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(out[c] + (res ? res[c] : 0.f), k.lo), k.hi);
+        const int64_t corner = ((n * s.H + y0) * s.W + x0) * s.ldx;  // the window's corner (maybe outside)
+        int64_t c = 0;
+        for (; c + 16 <= C; c += 16) {
+            f8 a0 = bias ? *reinterpret_cast<const f8*>(bias + c) : f8{};
+            f8 a1 = bias ? *reinterpret_cast<const f8*>(bias + c + 8) : f8{};
+            for (int64_t ky = ky0; ky < ky1; ++ky)
+                for (int64_t kx = kx0; kx < kx1; ++kx) {
+                    const float* in = x + (corner + (ky * s.dh * s.W + kx * s.dw) * s.ldx + c);
+                    const float* wt = w + (ky * s.kw + kx) * C + c;
+                    a0 += *reinterpret_cast<const f8*>(in) * *reinterpret_cast<const f8*>(wt);
+                    a1 += *reinterpret_cast<const f8*>(in + 8) * *reinterpret_cast<const f8*>(wt + 8);
+                }
+            if (res) {
+                a0 += *reinterpret_cast<const f8*>(res + c);
+                a1 += *reinterpret_cast<const f8*>(res + c + 8);
+            }
+            a0 = a0 < k.lo ? f8{} + k.lo : a0;  // compares false for NaN: NaN stays, as in PyTorch
+            a1 = a1 < k.lo ? f8{} + k.lo : a1;
+            a0 = a0 > k.hi ? f8{} + k.hi : a0;
+            a1 = a1 > k.hi ? f8{} + k.hi : a1;
+            *reinterpret_cast<f8*>(out + c) = a0;
+            *reinterpret_cast<f8*>(out + c + 8) = a1;
+        }
+        for (; c < C; ++c) {
+            float a = bias ? bias[c] : 0.f;
+            for (int64_t ky = ky0; ky < ky1; ++ky)
+                for (int64_t kx = kx0; kx < kx1; ++kx)
+                    a += x[corner + (ky * s.dh * s.W + kx * s.dw) * s.ldx + c] * w[(ky * s.kw + kx) * C + c];
+            out[c] = std::min(std::max(a + (res ? res[c] : 0.f), k.lo), k.hi);
+        }
     }
 }
 

@@ -3,6 +3,8 @@ timm, pytorch-cifar), and the whole real-model architectures of basisrt.zoo: eac
 a fully native program, match eager, and save and load. torchvision itself is not a dependency;
 basisrt.zoo copies its building blocks (stochastic_depth under its module name, as
 `torch.fx.wrap` leaves it in the graph)."""
+from collections import OrderedDict
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -252,5 +254,17 @@ def test_zoo_model_pruned_runs_native_and_round_trips(name, tmp_path):
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) < 1e-5
         assert rel_err(compiled(x[:1]), model(x[:1])) < 1e-5
+    compiled.save(tmp_path / "p.basisrt")
+    assert torch.equal(basisrt.load(tmp_path / "p.basisrt")(x), compiled(x))
+
+
+def test_module_names_a_plan_file_cannot_hold_are_renamed(tmp_path):
+    """torchvision's RegNet names its blocks "block1-0": the steps made from them save and load."""
+    torch.manual_seed(0)
+    model = calibrated(nn.Sequential(OrderedDict([("block1-0", conv_bn_act(3, 8)), ("pool", nn.AdaptiveAvgPool2d(1)),
+                                                  ("flat", nn.Flatten()), ("fc", nn.Linear(8, 4))])))
+    x = torch.randn(2, 3, 9, 9)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None
     compiled.save(tmp_path / "p.basisrt")
     assert torch.equal(basisrt.load(tmp_path / "p.basisrt")(x), compiled(x))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -56,7 +57,9 @@ class Layer:
 
 def _fresh_name(gm: fx.GraphModule, base: str) -> str:
     """A submodule name not yet in `gm`: a module called more than once becomes one step per call,
-    each with its own fusions (the activation after one call is not the one after the other)."""
+    each with its own fusions (the activation after one call is not the one after the other).
+    Characters a plan file's names may not hold become "_" (torchvision's RegNet names a block "block1-0")."""
+    base = re.sub(r"[^A-Za-z0-9_]", "_", base)
     name, k = base, 1
     while hasattr(gm, name):
         name, k = f"{base}_{k}", k + 1
