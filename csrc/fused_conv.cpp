@@ -203,6 +203,24 @@ inline __attribute__((always_inline)) void micro_narrow(const Src& src, const fl
             }
         }
     }
+    if (kEpi && j + NR <= st.ncols) {
+        // Whole blocks: the epilogue on the 8-float halves, in registers (through store_row's 16-float
+        // vector it went via the stack, which dominated pairs of small rank, where K = rank is 1-10).
+        const vec8 b0 = *reinterpret_cast<const vec8*>(st.bias + j), b1 = *reinterpret_cast<const vec8*>(st.bias + j + 8);
+#pragma GCC unroll 8
+        for (int64_t i = 0; i < M; ++i) {
+            vec8 v0 = lo[i] + b0, v1 = hi[i] + b1;
+            if (kRes) {
+                const float* r = st.residual + (i0 + i) * st.ldr + j;
+                v0 += *reinterpret_cast<const vec8*>(r);
+                v1 += *reinterpret_cast<const vec8*>(r + 8);
+            }
+            float* dst = st.c + (i0 + i) * st.ldc + j;
+            *reinterpret_cast<vec8*>(dst) = activate<kAct>(v0);
+            *reinterpret_cast<vec8*>(dst + 8) = activate<kAct>(v1);
+        }
+        return;
+    }
 #pragma GCC unroll 8
     for (int64_t i = 0; i < M; ++i) {
         const vec v = __builtin_shufflevector(lo[i], hi[i], 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
