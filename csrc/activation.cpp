@@ -4,74 +4,16 @@
 #include "thread_pool.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 namespace basisrt {
 namespace {
 
-// Scalar forms (for the last C % 8 channels), then 8-float vector forms of the same formulas.
-
-inline float bits_to_float(int32_t i) {
-    float f;
-    std::memcpy(&f, &i, sizeof f);
-    return f;
-}
-
-// e^x to about 1 ulp (Cephes' expf polynomial on x - n ln 2, times 2^n built from its exponent
-// bits). Overflow gives inf, deep underflow 0, NaN stays NaN, as expf does.
-inline __attribute__((always_inline)) float exp_approx(float x) {
-    const float c = std::min(std::max(x, -87.3f), 88.3f);  // 2^n stays a normal float
-    const float n = (c * 1.44269504f + 12582912.f) - 12582912.f;  // round to nearest, no floor call
-    const float r = (c - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.f;
-    const float e = p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
-    const float big = x > 88.72f ? __builtin_inff() : e;
-    const float out = x < -87.3f ? 0.f : big;
-    return x != x ? x : out;
-}
-
-inline __attribute__((always_inline)) float sigmoid(float x) { return 1.f / (1.f + exp_approx(-x)); }
-
-// erf(x) as ATen's vectorised CPU kernels compute it (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7).
-inline __attribute__((always_inline)) float erf_approx(float x) {
-    const float a = std::fabs(x);
-    const float t = 1.f / (0.3275911f * a + 1.f);
-    float r = 1.061405429f;
-    r = r * t - 1.453152027f;
-    r = r * t + 1.421413741f;
-    r = r * t - 0.284496736f;
-    r = r * t + 0.254829592f;
-    const float v = 1.f - r * t * exp_approx(-x * x);
-    return x < 0.f ? -v : v;
-}
-
-template <Activation kAct>
-inline __attribute__((always_inline)) float activate_one(float v, float alpha) {
-    switch (kAct) {
-        case Activation::sigmoid: return sigmoid(v);
-        case Activation::silu: return v / (1.f + exp_approx(-v));  // as PyTorch: -inf gives NaN
-        case Activation::hardsigmoid: return std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
-        case Activation::hardswish: return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
-        case Activation::leaky_relu: return v > 0.f ? v : v * alpha;
-        case Activation::gelu: return 0.5f * v * (1.f + erf_approx(v * 0.70710678118654752f));
-        case Activation::gelu_tanh: {
-            const float u = 0.79788456080286536f * (v + 0.044715f * v * v * v);
-            return 0.5f * v * (2.f - 2.f / (1.f + exp_approx(2.f * u)));  // 1 + tanh(u)
-        }
-        default: return v;
-    }
-}
-
-// The same on 8 floats at once, with GCC's vector extensions: the scalar code does not vectorise
-// (the bit cast and the selects kept it scalar: 7 ns per SiLU, 13x a rank-2 conv's own time).
-// 8-float vectors are one ymm register in the AVX2 build, two xmm in the portable one.
+// 8 floats at once, with GCC's vector extensions: a scalar loop does not vectorise (the bit cast and
+// the selects kept it scalar: 7 ns per SiLU, 13x a rank-2 conv's own time). 8-float vectors are one
+// ymm register in the AVX2 build, two xmm in the portable one. The formulas are PyTorch's; exp is
+// Cephes' expf polynomial (about 1 ulp; overflow gives inf, deep underflow 0, NaN stays NaN), erf
+// ATen's (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7).
 typedef float f8 __attribute__((vector_size(32), aligned(4)));
 typedef int32_t i8 __attribute__((vector_size(32), aligned(4)));
 
@@ -133,7 +75,12 @@ inline __attribute__((always_inline)) void rows_body(float* y, int64_t rows, int
             f8* v = reinterpret_cast<f8*>(row + c);
             *v = activate8<kAct>(*v, alpha);
         }
-        for (; c < C; ++c) row[c] = activate_one<kAct>(row[c], alpha);
+        if (c < C) {  // the last C % 8 channels, through a zero-padded vector
+            float tail[8] = {};
+            std::memcpy(tail, row + c, (C - c) * sizeof(float));
+            const f8 v = activate8<kAct>(*reinterpret_cast<const f8*>(tail), alpha);
+            std::memcpy(row + c, &v, (C - c) * sizeof(float));
+        }
     }
 }
 
