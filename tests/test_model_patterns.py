@@ -268,3 +268,20 @@ def test_module_names_a_plan_file_cannot_hold_are_renamed(tmp_path):
     assert compiled.native is not None
     compiled.save(tmp_path / "p.basisrt")
     assert torch.equal(basisrt.load(tmp_path / "p.basisrt")(x), compiled(x))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_block_empty_batch_and_nan_as_eager(name):
+    """An empty batch gives an empty output; a NaN pixel reaches exactly the outputs it reaches
+    eagerly (through SE gates, shuffles, gathers and the new activations)."""
+    torch.manual_seed(0)
+    model = calibrated(MODELS[name]())
+    x = torch.randn(2, 3, 15, 17)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled(x[:0]).shape == (0, 10)
+    x[0, 0, 3, 3] = float("nan")
+    with torch.no_grad():
+        ref = model(x)
+    out = compiled(x)
+    assert torch.isnan(out).any() and torch.equal(torch.isnan(out), torch.isnan(ref))
+    assert rel_err(out[1], ref[1]) < 1e-5
