@@ -298,24 +298,33 @@ def _drop_eval_identities(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(node)
 
 
+def _replace_with_step(gm: fx.GraphModule, node: fx.Node, kind: str, module: nn.Module, args: tuple,
+                       strategies: dict) -> None:
+    """`node` becomes a call of step `module` on `args` (same shape metadata), recorded as `kind`."""
+    name = _fresh_name(gm, f"{node.name}_{kind}")
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, args)
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    strategies[name] = (kind, ())
+
+
 def _channel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
-    """Channel shuffles and channel slices (patterns.channel_index) become gather steps."""
+    """Channel shuffles and channel slices (patterns.channel_index) become gather steps; the ops
+    they replace go with the dead code after."""
     for node in list(gm.graph.nodes):
-        found = channel_index(node) if node in gm.graph.nodes else None
+        found = channel_index(node)
         if found is None:
             continue
         src, index = found
         if index == list(range(_shape(src)[1])):
             node.replace_all_uses_with(src)
         else:
-            name = _fresh_name(gm, f"{node.name}_gather")
-            gm.add_submodule(name, ChannelGatherStep(torch.tensor(index), num_threads))
-            with gm.graph.inserting_before(node):
-                new = gm.graph.call_module(name, (src,))
-            new.meta = dict(node.meta)
-            node.replace_all_uses_with(new)
-            strategies[name] = ("gather", ())
-        gm.graph.eliminate_dead_code()
+            _replace_with_step(gm, node, "gather", ChannelGatherStep(torch.tensor(index), num_threads), (src,),
+                               strategies)
+    gm.graph.eliminate_dead_code()
 
 
 def _elementwise_steps(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
@@ -332,28 +341,15 @@ def _elementwise_steps(gm: fx.GraphModule, num_threads: int | None, strategies: 
         act = _take_activation(gm, node)
         if act is not None:
             module.activation = act
-        kind = "eltwise" if isinstance(module, EltwiseStep) else "affine"
-        name = _fresh_name(gm, f"{node.name}_{kind}")
-        gm.add_submodule(name, module)
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_module(name, args)
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        strategies[name] = (kind, ())
+        _replace_with_step(gm, node, "eltwise" if isinstance(module, EltwiseStep) else "affine", module, args,
+                           strategies)
     for node in list(gm.graph.nodes):  # activations left alone (after a pool, a concatenation, the input)
         act = activations.of_node(gm, node)
         if act is None or not node.args or not _is_float32_4d(node.args[0]) or not _is_float32_4d(node):
             continue
         c = _shape(node)[1]
-        name = _fresh_name(gm, f"{node.name}_affine")
-        gm.add_submodule(name, ChannelAffineStep(torch.ones(c), torch.zeros(c), act, num_threads))
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_module(name, (node.args[0],))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
-        strategies[name] = ("affine", ())
+        _replace_with_step(gm, node, "affine", ChannelAffineStep(torch.ones(c), torch.zeros(c), act, num_threads),
+                           (node.args[0],), strategies)
 
 
 def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None):

@@ -62,11 +62,10 @@ class CompiledModel:
         # replays a CUDA graph per input shape instead of launching step by step (None: eager)
         self.graphs = CUDAGraphRunner(module, self.device) if cuda_graph else None
         # every step ours: the whole plan runs in one C++ call (None: step by step through fx)
-        self.native = (lower(module, self.input_shape) if self.device.type == "cpu" and dtype == torch.float32
-                       else None)
-        if self.native is None and self.device.type == "cpu" and dtype == torch.float32:
-            plan.not_native = []
-            lower(module, self.input_shape, plan.not_native)
+        # (plan.not_native gets every op that keeps it from being one)
+        plan.not_native = []
+        self.native = (lower(module, self.input_shape, plan.not_native)
+                       if self.device.type == "cpu" and dtype == torch.float32 else None)
 
     @property
     def cuda_graph(self) -> bool:
