@@ -7,10 +7,12 @@ Public API:
     compile(model, x)          execution plan of fused kernels, C++ on CPU, Triton on CUDA (CompiledModel);
                                .save(path), load(path, device=None)
     explain(model, x)          which ops keep a model's plan from running as one native program, and why
+    dynamo_backend             the torch.compile backend: torch.compile(model, backend="basisrt") (installed
+                               package) or backend=basisrt.dynamo_backend: Dynamo splits, basisrt plans each graph
     models                     reference architectures (vgg16, resnet18, mobilenetv2, densenet, vit_mlp)
 """
 from . import models
-from .compiler import CompiledModel, Explanation, compile, explain, load
+from .compiler import CompiledModel, Explanation, compile, dynamo_backend, explain, load
 from .cost import CostReport, LayerCost, profile
 from .decomposition import DecomposeReport, decompose, decompose_layer
 from .layers import BasisConv2d, BasisLinear, scaling_parameters
@@ -22,7 +24,7 @@ from . import transfer
 __version__ = "0.1.0"
 
 __all__ = [
-    "BasisConv2d", "CompiledModel", "Explanation", "compile", "explain", "load", "BasisLinear", "CostReport",
+    "BasisConv2d", "CompiledModel", "Explanation", "compile", "dynamo_backend", "explain", "load", "BasisLinear", "CostReport",
     "DecomposeReport", "LayerCost",
     "PruneReport", "decompose", "decompose_layer", "models", "profile", "prune_basis", "scaling_parameters",
     "channel_prune", "double_prune", "energy_importance", "taylor_importance", "transfer",

@@ -67,7 +67,7 @@ class Mixed(nn.Module):
         self.stem, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
         self.conv = nn.Conv2d(16, 16, 3, padding=1)
         self.pool = nn.AvgPool2d(2, ceil_mode=True, divisor_override=3)
-        self.pos = nn.Parameter(torch.randn(1, 16, 1, 1) * 0.1)
+        self.pos = nn.Parameter(torch.randn(1, 16, 10, 10) * 0.1)  # a map, not per channel: stays an add
         self.norm, self.act, self.head = nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 5)
 
     def forward(self, x):

@@ -141,11 +141,19 @@ def pool_module(node: fx.Node) -> tuple[nn.Module, bool] | None:
 __all__ = ["flatten_source", "pool_module"]
 
 
+_DROPOUTS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
+
+
 def is_eval_identity(node: fx.Node) -> bool:
-    """Whether `node` is the identity in eval mode as called: torchvision's
+    """Whether `node` is the identity in eval mode as called: a functional dropout with
+    training=False (timm's `F.dropout(x, p, training=self.training)`), torchvision's
     `stochastic_depth(x, p, mode, training=False)` (a `torch.fx.wrap`ped function, so a node of its
     own), or one with p = 0."""
     fn = node.target if node.op == "call_function" else None
+    if fn in _DROPOUTS:  # F.dropout(x, p, training=False): training defaults to True
+        args = dict(zip(("input", "p", "training", "inplace"), node.args), **node.kwargs)
+        return set(args) <= {"input", "p", "training", "inplace"} and isinstance(args.get("input"), fx.Node) and \
+            (args.get("training", True) is False or args.get("p") == 0)
     if getattr(fn, "__name__", None) != "stochastic_depth" or \
             getattr(fn, "__module__", "") != "torchvision.ops.stochastic_depth":
         return False
@@ -195,6 +203,13 @@ def channel_index(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
             return slice(value(arg.start), value(arg.stop), value(arg.step))
         if not isinstance(arg, fx.Node):
             return arg
+        if arg not in values and arg.op == "call_method" and arg.target == "size" and \
+                isinstance(arg.args[0], fx.Node) and arg.args[0] not in values:
+            # the size of another tensor (a Dynamo graph's `x.size(0)` of the plan input): from its meta
+            size = _meta_shape(arg.args[0])
+            if size is None:
+                raise LookupError(arg.name)
+            values[arg.args[0]] = torch.empty(size, device="meta")
         if arg not in values:
             scalar = arg.op == "call_method" and arg.target == "size" or \
                 arg.op == "call_function" and arg.target in _SCALAR_FUNCTIONS

@@ -16,7 +16,9 @@ from ..cost import profile
 from .cpu_kernels import ChannelAffineStep, FusedConv2d, PoolStep, TorchConvStep
 from .autotune import MeasuredChooser, layer_inputs, paired_seconds
 from .cuda_graph import CUDAGraphRunner, require_cuda_device
-from .fusion import Chooser, Layer, Tracer, cost_model_choice, fuse
+from .capture import capture as capture_graph
+from .fusion import Chooser, Layer, cost_model_choice, fuse
+from .normalize import normalize
 from .program import lower
 from .serialize import load_plan, save_plan
 
@@ -173,10 +175,10 @@ MAX_THREADS = 1024  # the C++ kernels' cap (csrc/shape_checks.h: kMaxThreads)
 
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
             num_threads: int | None = None, dense_backend: str = "auto", backend: str = "auto",
-            cuda_graph: bool = False) -> CompiledModel:
+            cuda_graph: bool = False, capture: str = "auto") -> CompiledModel:
     """Compile `model` for inference into a plan of fused kernels (C++ on the CPU, Triton on CUDA).
 
-    Traces with torch.fx (basis layers stay whole), folds BatchNorm into the preceding conv,
+    Traces with torch.fx (basis layers stay whole; TorchDynamo where fx cannot), folds BatchNorm into the preceding conv,
     fuses residual adds and activations (ReLU, ReLU6, SiLU, sigmoid, hard-swish, hard-sigmoid,
     leaky ReLU, GELU) into the conv epilogue, drops what is the identity in eval mode (dropout,
     stochastic depth), and picks per layer the fused low-rank kernel or a dense fold, whichever
@@ -206,6 +208,10 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         cuda_graph: capture the plan as a CUDA graph on the first call with each input shape and
             replay it afterwards (saves the per-step launch cost; CUDA plans only). Outputs are
             fresh tensors, never the graph's static buffers.
+        capture: how the model becomes a graph (basisrt.compiler.capture): "fx" (torch.fx
+            tracing), "dynamo" (TorchDynamo runs the model's Python: sizes used as ints, `if`s
+            on shapes; one graph, valid for any batch size), "auto" (default): fx, and Dynamo
+            with a warning where fx cannot trace the model.
     """
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a torch.Tensor")
@@ -219,12 +225,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     try_ours = autotune or dense_backend == "auto"
     dense_backend = "torch" if dense_backend == "auto" else dense_backend
     model = copy.deepcopy(model).eval()
-    try:
-        graph = Tracer().trace(model)
-    except Exception as e:  # fx raises many kinds; say what happened and where to look
-        raise RuntimeError(f"basisrt.compile could not trace {type(model).__name__} with torch.fx: {e}") from e
-    _check_single_input(model, graph)
-    gm = fx.GraphModule(model, graph)
+    gm = capture_graph(model, example_input, capture)
+    _check_single_input(model, gm.graph)
     with torch.no_grad():
         try:
             ShapeProp(gm).propagate(example_input)
@@ -232,12 +234,13 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             cause = e.__cause__ or e
             raise ValueError(f"basisrt.compile: {type(model).__name__} fails on example_input of shape "
                              f"{tuple(example_input.shape)}: {type(cause).__name__}: {cause}") from e
+    normalize(gm)
     cost = {l.name: l.macs for l in profile(model, example_input).layers}
     if not prefer_lowrank:
         choose = None
     elif autotune:
         choose = MeasuredChooser(layer_inputs(model, example_input), num_threads, dense_backend, backend=backend,
-                                 steps=sum(n.op in ("call_module", "call_function", "call_method") for n in graph.nodes))
+                                 steps=sum(n.op in ("call_module", "call_function", "call_method") for n in gm.graph.nodes))
     else:
         choose = cost_model_choice
     compiled = _build(copy.deepcopy(gm), choose, cost, example_input, num_threads, dense_backend, backend, cuda_graph)

@@ -1,28 +1,34 @@
-"""Survey: which torchvision classification architectures basisrt compiles into a fully native plan
+"""Survey: which third-party CNN architectures basisrt compiles into a fully native plan
 (`compiled.native`, one C++ call), and which ops block the others.
 
-For every model of `torchvision.models.list_models(module=torchvision.models)` (weights=None,
-torch.manual_seed(0), eval mode): decompose every conv / linear but the first conv, prune every
-basis layer to 10 % of its rank ("ratio", 0.1), `basisrt.compile(model, x)` with
-x = randn(2, 3, S, S), and record
+Models are named `SOURCE:NAME`:
+  * `tv:resnet18` (or plain `resnet18`): torchvision.models.get_model(name, weights=None);
+    `tv:all` = every torchvision classification model;
+  * `timm:resnet18`: timm.create_model(name, pretrained=False, num_classes=10);
+  * `cifar:ResNet18`: kuangliu/pytorch-cifar's `models.ResNet18()` (32x32 inputs), from a checkout
+    at $PYTORCH_CIFAR (git clone of github.com/kuangliu/pytorch-cifar; not part of this repo);
+    `cifar:all` = the constructors listed in CIFAR_MODELS.
+
+For every model (torch.manual_seed(0), eval mode, BatchNorm statistics calibrated, see
+calibrate()): decompose every conv / linear but the first conv, prune every basis layer to 10 % of
+its rank ("ratio", 0.1), `basisrt.compile(model, x)` with x = randn(2, 3, S, S), and record
 
   * whether it compiled (or the exception), whether the plan is native, the relative error
     ||compiled(x) - model(x)|| / ||model(x)|| against the eager pruned model,
   * a save / load round trip (`basisrt.load(path)(x)` against `compiled(x)`),
   * for a plan that is not native: its PyTorch steps, and every op that keeps the plan of only
     basisrt kernels (`compile(..., dense_backend="basisrt")`, no timing involved) out of the
-    native program. `basisrt.compiler.program.lower` stops at the first such op; `blockers`
-    below repeats its checks over the whole graph (treating each blocked op's output as if
-    it were a basisrt buffer of its shape) so it lists all of them.
+    native program: that plan's `plan.not_native` (what `basisrt.explain` reports).
 
 Each model runs in its own subprocess (a crash or a runaway model cannot stop the survey; memory is
 returned after each model), with a signal.alarm timeout inside and a hard timeout outside.
 Models above --max-params parameters are skipped (slow to decompose on a small machine) and
-listed as skipped. Writes JSON (default bench/out/torchvision_survey.json, rewritten after each
+listed as skipped. Writes JSON (default bench/out/model_survey.json, rewritten after each
 model; --resume keeps models already in it) and prints a Markdown table and a summary.
 
-    PYTHONPATH=. python bench/torchvision_survey.py [--models resnet18 mobilenet_v2 ...] [--size 64]
-        [--out FILE] [--max-params 100e6] [--timeout 300] [--resume] [--markdown FILE]
+    PYTHONPATH=. PYTORCH_CIFAR=/path/to/pytorch-cifar python bench/model_survey.py
+        [--models tv:all cifar:all timm:resnet18 ...] [--size 64] [--out FILE] [--max-params 100e6]
+        [--timeout 300] [--resume] [--markdown FILE]
 """
 from __future__ import annotations
 
@@ -30,7 +36,6 @@ import argparse
 import datetime
 import json
 import math
-import operator
 import os
 import signal
 import subprocess
@@ -42,15 +47,27 @@ from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "out" / "torchvision_survey.json"
+DEFAULT_OUT = HERE / "out" / "model_survey.json"
 FALLBACK_SIZES = (75, 96, 128, 160, 192, 224)  # tried in order when a model rejects --size
 
 
 # --------------------------------------------------------------------------- model construction
 
+# pytorch-cifar's constructors (models/__init__.py), one per architecture family and size
+CIFAR_MODELS = ("VGG('VGG11')", "VGG('VGG16')", "ResNet18()", "ResNet50()", "PreActResNet18()", "GoogLeNet()",
+                "DenseNet121()", "ResNeXt29_2x64d()", "MobileNet()", "MobileNetV2()", "DPN26()", "ShuffleNetG2()",
+                "SENet18()", "ShuffleNetV2(1)", "EfficientNetB0()", "RegNetX_200MF()", "RegNetY_400MF()",
+                "SimpleDLA()", "DLA()", "PNASNetA()", "LeNet()")
+
+
+def split_name(name: str) -> tuple[str, str]:
+    source, _, rest = name.partition(":")
+    return (source, rest) if rest else ("tv", name)
+
+
 def model_kwargs(name: str, size: int) -> dict:
-    """Constructor arguments: no aux heads, explicit init (no warning), the input size where the
-    architecture bakes it in (ViT's position embedding, MaxViT's attention grid)."""
+    """torchvision constructor arguments: no aux heads, explicit init (no warning), the input size
+    where the architecture bakes it in (ViT's position embedding, MaxViT's attention grid)."""
     if name in ("inception_v3", "googlenet"):
         return dict(aux_logits=False, init_weights=True)
     if name.startswith("vit_"):
@@ -61,15 +78,46 @@ def model_kwargs(name: str, size: int) -> dict:
 
 
 def candidate_sizes(name: str, size: int) -> list[int]:
-    first = max(size, 75) if name == "inception_v3" else size
+    source, short = split_name(name)
+    if source == "cifar":
+        return [32]
+    first = max(size, 75) if short == "inception_v3" else size
     return [first] + [s for s in FALLBACK_SIZES if s > first]
 
 
 def build(name: str, size: int):
     import torch
-    import torchvision
     torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None, **model_kwargs(name, size)).eval()
+    source, short = split_name(name)
+    if source == "tv":
+        import torchvision
+        return torchvision.models.get_model(short, weights=None, **model_kwargs(short, size)).eval()
+    if source == "timm":
+        import timm
+        return timm.create_model(short, pretrained=False, num_classes=10).eval()
+    if source == "cifar":
+        root = os.environ.get("PYTORCH_CIFAR")
+        if not root:
+            raise RuntimeError("set PYTORCH_CIFAR to a checkout of github.com/kuangliu/pytorch-cifar")
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        import models as cifar  # noqa: F401 - pytorch-cifar's package, evaluated below
+        return eval(f"cifar.{short}", {"cifar": cifar}).eval()
+    raise ValueError(f"unknown model source {source!r} in {name!r} (tv, timm, cifar)")
+
+
+def expand(names: list[str]) -> list[str]:
+    """`tv:all` and `cifar:all` to their model lists."""
+    out: list[str] = []
+    for n in names:
+        if n == "tv:all":
+            import torchvision
+            out += torchvision.models.list_models(module=torchvision.models)
+        elif n == "cifar:all":
+            out += [f"cifar:{c}" for c in CIFAR_MODELS]
+        else:
+            out.append(n)
+    return out
 
 
 def count_params(name: str, size: int) -> int:
@@ -85,278 +133,6 @@ def count_params(name: str, size: int) -> int:
         except Exception as e:  # noqa: BLE001
             error = error or e
     raise error
-
-
-# --------------------------------------------------------------------------- blocker analysis
-
-def _fn_name(fn) -> str:
-    import torch
-    import torch.nn.functional as F
-    mod, name = getattr(fn, "__module__", None) or "", getattr(fn, "__name__", str(fn))
-    if mod in ("_operator", "operator"):
-        return f"operator.{name}"
-    if getattr(F, name, None) is fn:
-        return f"F.{name}"
-    if getattr(torch, name, None) is fn:
-        return f"torch.{name}"
-    if mod == "builtins":
-        return name
-    return f"{mod}.{name}"
-
-
-def _owner(node) -> str:
-    """Class of the innermost module whose forward made `node` (from fx's nn_module_stack)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path, cls = list(stack.values())[-1]
-    return getattr(cls, "__name__", str(cls))
-
-
-def _shape(node):
-    meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-def _hw(shape) -> str:
-    return f"{shape[2]}x{shape[3]}" if shape is not None and len(shape) == 4 else "?"
-
-
-def _flatten_source(gm, node):
-    """The 4-D node that `node` flattens from dim 1 (program.lower's rule; older basisrt: only
-    nn.Flatten / torch.flatten / x.flatten with start_dim=1)."""
-    try:
-        from basisrt.compiler.patterns import flatten_source
-        return flatten_source(gm, node)
-    except ImportError:
-        from basisrt.compiler.program import _is_flatten
-        return node.args[0] if _is_flatten(gm, node) else None
-
-
-def _is_scalar(node) -> bool:
-    try:
-        from basisrt.compiler.program import _is_scalar as is_scalar
-        return is_scalar(node)
-    except ImportError:
-        return False
-
-
-def blockers(gm, input_shape: tuple[int, ...]) -> list[dict]:
-    """Every node of the fx plan `gm` that `basisrt.compiler.program.lower` would refuse, with a
-    short kind (to count across models), a detail and the module class it sits in.
-
-    The checks are those of program.lower / _add_conv / _add_pool / _add_affine / _add_cat /
-    _fusable_pool (copied, not modified; its pattern helpers imported). Unlike lower, it goes on
-    after a refusal: the refused node's output becomes a buffer of its shape (4-D: NHWC map;
-    2-D: flat), so later nodes are judged as if the refused op were implemented. The first
-    entry is checked against the node where the real `lower` stops (`first_blocker_by_lower`)."""
-    from torch import fx, nn
-    from basisrt.compiler.cpu_kernels import ChannelAffineStep, FusedConv2d, FusedLinear, PoolStep, TorchConvStep
-    from basisrt.compiler.program import _is_channel_cat
-
-    class Buf:
-        _next = 0
-
-        def __init__(self, hwc, flat, id_=None):
-            self.hwc, self.flat = hwc, flat
-            if id_ is None:
-                id_, Buf._next = Buf._next, Buf._next + 1
-            self.id = id_
-
-    found: list[dict] = []
-    bufs: dict = {}  # node -> Buf (tensors of a shape the program can hold: 4-D NCHW or 2-D)
-    views: set[int] = set()
-    fused_pool_nodes: set = set()
-
-    def block(node, kind: str, detail: str = "") -> None:
-        found.append(dict(kind=kind, detail=detail, node=node.name, target=str(node.target), owner=_owner(node)))
-
-    def buf_from_meta(node):
-        s = _shape(node)
-        if s is not None and len(s) == 4:
-            return Buf((s[2], s[3], s[1]), False)
-        if s is not None and len(s) == 2:
-            return Buf((1, 1, s[1]), True)
-        return None
-
-    def label(node) -> str:
-        if node.op == "call_module":
-            return f"call_module {type(gm.get_submodule(node.target)).__name__}"
-        if node.op == "call_function":
-            return f"call_function {_fn_name(node.target)}" + (" (inplace=True)" if node.kwargs.get("inplace") else "")
-        return f"{node.op} {node.target}"
-
-    if len(input_shape) != 3:
-        return [dict(kind="input not (C, H, W)", detail=str(input_shape), node="x", target="", owner="")]
-    c, h, w = input_shape
-    placeholders = 0
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            placeholders += 1
-            if placeholders > 1:
-                block(node, "a second input")
-            bufs[node] = Buf((h, w, c), False)
-            continue
-        if node.op == "output":
-            arg = node.args[0]
-            out = bufs.get(arg) if isinstance(arg, fx.Node) else None
-            if not isinstance(arg, fx.Node):
-                block(node, "output not a single tensor", type(arg).__name__)
-            elif out is None:
-                block(node, "output of unsupported shape", str(_shape(arg)))
-            elif out.id == 0:
-                block(node, "output is the input")
-            elif out.id in views:
-                block(node, "output is a part of a concatenation")
-            elif out.flat and out.hwc[:2] != (1, 1):
-                block(node, "output is a flattened map larger than 1x1", f"{out.hwc}")
-            continue
-        if _is_scalar(node):
-            continue  # sizes feeding a flatten's shape: lower skips them
-        src = _flatten_source(gm, node)
-        if src is not None and src in bufs and not bufs[src].flat:
-            b = bufs[src]
-            bufs[node] = Buf(b.hwc, True, b.id)  # a map larger than 1x1 is fine only for a linear reading it whole
-            continue
-        if _is_channel_cat(node):
-            parts = node.args[0] if node.args else node.kwargs["tensors"]
-            pb = [bufs.get(a) for a in parts]
-            why = None
-            if not parts or None in pb:
-                why = "a part not 4-D / 2-D: " + ", ".join(str(_shape(a)) for a in parts if bufs.get(a) is None)
-            elif any(p.flat for p in pb):
-                why = "of flat (N, C) parts"
-            elif any(p.id == 0 for p in pb):
-                why = "with the plan input as a part"
-            elif any(p.id in views for p in pb):
-                why = "a part already in another concatenation"
-            elif len({p.id for p in pb}) != len(pb):
-                why = "a repeated part"
-            elif len({p.hwc[:2] for p in pb}) != 1:
-                why = "parts of different sizes"
-            if why is not None:
-                block(node, f"call_function torch.cat ({why.split(':')[0]})", why)
-            else:
-                for p in pb:
-                    views.add(p.id)
-            made = buf_from_meta(node)
-            if made is not None:
-                bufs[node] = made
-            continue
-        if node.op == "call_module":
-            if node in fused_pool_nodes:
-                continue
-            m = gm.get_submodule(node.target)
-            ins = [bufs.get(a) for a in node.args]
-            made = buf_from_meta(node)
-            if not isinstance(m, (ChannelAffineStep, FusedConv2d, PoolStep)):
-                kind = label(node)
-                detail = ""
-                if isinstance(m, TorchConvStep):
-                    detail = m.extra_repr()
-                elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-                    kind += f" (output {m.output_size})"
-                    detail = f"on a {_hw(_shape(node.args[0]))} map"
-                elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and getattr(m, "ceil_mode", False):
-                    kind += " (ceil_mode=True)"
-                elif isinstance(m, nn.Flatten):
-                    kind += " (of a non-4-D tensor or not from dim 1)"
-                block(node, kind, detail or f"in {_owner(node) or 'top level'}: {m.extra_repr()[:80]}")
-                if made is not None:
-                    bufs[node] = made
-                continue
-            if node.kwargs:
-                block(node, f"{label(node)} (keyword arguments)", str(node.kwargs))
-            elif None in ins:
-                shapes = [_shape(a) if isinstance(a, fx.Node) else a for a, b in zip(node.args, ins) if b is None]
-                three_d = any(isinstance(t, tuple) and len(t) == 3 for t in shapes)
-                kind = label(node) + (" on a 3-D (tokens) input" if three_d else " on an input of unsupported shape")
-                block(node, kind, ", ".join(map(str, shapes)))
-            else:
-                x = ins[0]
-                why = None
-                if isinstance(m, PoolStep):
-                    if x.flat:
-                        why = "on a flat input"
-                    elif min(m.geometry(*x.hwc[:2])[2]) < 1:
-                        why = "empty output"
-                elif isinstance(m, ChannelAffineStep):
-                    if x.flat or x.hwc[2] != m.scale.numel():
-                        why = "on a flat input or wrong channels"
-                else:
-                    linear = isinstance(m, FusedLinear)
-                    oh, ow = m.output_hw(*x.hwc[:2])
-                    if x.flat != linear:
-                        why = "on a 4-D input (a linear over the last dim)" if linear else "on a flat input"
-                    elif x.hwc[2] != m.in_channels:
-                        why = f"input channels {x.hwc[2]} != {m.in_channels}"
-                    elif len(ins) != 1 + m.residual:
-                        why = "residual arity"
-                    elif x.flat and x.hwc[:2] != m.kernel:
-                        why = f"on a flattened {x.hwc[0]}x{x.hwc[1]} map it does not read as a conv"
-                    elif oh < 1 or ow < 1:
-                        why = "empty output"
-                    elif m.residual:
-                        res = ins[1]
-                        if res.hwc != (oh, ow, m.out_channels) or res.flat != linear:
-                            why = "residual shape differs"
-                    if why is None and type(m) is FusedConv2d and not m.residual and not x.flat \
-                            and len(node.users) == 1:  # program._fusable_pool
-                        (user,) = node.users
-                        pool = gm.get_submodule(user.target) if user.op == "call_module" else None
-                        if isinstance(pool, PoolStep) and not user.kwargs and len(user.args) == 1 and \
-                                pool.kind == "max" and pool.geometry(oh, ow)[:2] == ((2, 2), (2, 2)) and \
-                                pool.padding == (0, 0) and oh % 2 == 0 and ow % 2 == 0:
-                            fused_pool_nodes.add(user)
-                            bufs[user] = buf_from_meta(user)
-                if why is not None:
-                    block(node, f"{label(node)} ({why.split(' (')[0].split(' {')[0]})", why)
-            if made is not None:
-                bufs[node] = made
-            continue
-        # call_function / call_method / get_attr: nothing of these runs natively
-        s = _shape(node)
-        ins_shapes = [_shape(a) for a in node.args if isinstance(a, fx.Node)]
-        detail = f"in {_owner(node) or 'top level'}; " + " ".join(str(t) for t in ins_shapes) + f" -> {s}"
-        kind = label(node)
-        if node.op == "get_attr":
-            kind = "get_attr (a parameter / buffer read as a tensor)"
-        elif node.meta.get("tensor_meta") is None:  # h // 2, ... on sizes: no tensor
-            kind = "shape arithmetic (no tensor)"
-            detail = f"{label(node)} in {_owner(node) or 'top level'}"
-        elif node.op == "call_function" and node.target in (operator.add, operator.iadd) and len(ins_shapes) == 2:
-            kind += " (add not fused into a conv)"
-        elif node.op == "call_method" and node.target in ("view", "reshape", "flatten") or \
-                node.op == "call_function" and _fn_name(node.target) in ("torch.flatten", "torch.reshape"):
-            kind += " (not a flatten of an NCHW map from dim 1)"
-        block(node, kind, detail)
-        made = buf_from_meta(node)
-        if made is not None:
-            bufs[node] = made
-    return found
-
-
-def first_blocker_by_lower(gm, input_shape) -> tuple[bool, str | None]:
-    """(whether program.lower lowers `gm`, the name of the node it stopped at): the real lower,
-    watched with sys.settrace (its loop variable `node` when it returns None)."""
-    from basisrt.compiler import program
-    code, seen = program.lower.__code__, {}
-
-    def local(frame, event, arg):
-        if event == "return":
-            seen["node"], seen["ret"] = frame.f_locals.get("node"), arg
-        return local
-
-    def tracer(frame, event, arg):
-        return local if frame.f_code is code else None
-    old = sys.gettrace()
-    sys.settrace(tracer)
-    try:
-        res = program.lower(gm, input_shape)
-    finally:
-        sys.settrace(old)
-    node = seen.get("node")
-    return res is not None, (None if res is not None or node is None else node.name)
 
 
 # --------------------------------------------------------------------------- one model
@@ -555,7 +331,7 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) 
         mark("save_load")
         try:
             with tempfile.TemporaryDirectory() as d:
-                path = os.path.join(d, f"{name}.basisrt")
+                path = os.path.join(d, "model.basisrt")
                 compiled.save(path)
                 r["plan_bytes"] = os.path.getsize(path)
                 loaded = basisrt.load(path)
@@ -576,17 +352,9 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) 
             mark("blockers")
             ours = basisrt.compile(pruned, x, dense_backend="basisrt")
             r["native_ours_only"] = ours.native is not None
-            found = blockers(ours.module, tuple(x.shape[1:]))
-            lowered, stop = first_blocker_by_lower(ours.module, tuple(x.shape[1:]))
-            r["lower_stops_at"] = stop
-            if found and stop is not None and found[0]["node"] != stop:
-                r["analysis_warning"] = f"lower() stops at {stop}, the analysis' first blocker is {found[0]['node']}"
+            found = [dict(node=node, why=why) for node, why in ours.plan.not_native]
             r["blockers"] = found
-            r["blocker_kinds"] = dict(Counter(b["kind"] for b in found).most_common())
-            if found and ours.native is not None:
-                r["analysis_warning"] = "ours-only plan lowered, yet the analysis found blockers"
-            if not found and ours.native is None:
-                r["analysis_warning"] = "ours-only plan did not lower, but the analysis found no blocker"
+            r["blocker_kinds"] = dict(Counter(b["why"].split(":")[0] for b in found).most_common())
         mark("done")
     except Timeout:
         r["error"] = f"timeout after {timeout} s in stage {r['stage']}"
@@ -673,8 +441,6 @@ def markdown(results: list[dict], top: int = 4) -> str:
                          f"({r['decompose_breaks_forward']})")
         if (r.get("calibration") or {}).get("zero_weights_reinit"):
             notes.append("zero-init weights re-drawn: " + ", ".join(r["calibration"]["zero_weights_reinit"]))
-        if r.get("analysis_warning"):
-            notes.append(r["analysis_warning"])
         if notes:
             blk = (blk or "–") + " — *" + "; ".join(notes) + "*"
         lines.append(f"| {r['model']} | {_fmt_params(r.get('params'))} | {r['size']} | yes | {native} | {err} | "
@@ -736,6 +502,17 @@ def summary(results: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _versions() -> dict:
+    import importlib
+    out = {}
+    for m in ("torchvision", "timm"):
+        try:
+            out[m] = importlib.import_module(m).__version__
+        except ImportError:
+            pass
+    return out
+
+
 def _basisrt_version() -> str:
     """Where basisrt was imported from, and its git commit (or $BASISRT_COMMIT for a copy)."""
     import basisrt
@@ -752,7 +529,7 @@ def _basisrt_version() -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", help="model names (default: all torchvision classification models)")
+    ap.add_argument("--models", nargs="*", help="SOURCE:NAME model names (default: tv:all)")
     ap.add_argument("--size", type=int, default=64, help="input size S (larger where a model needs it)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results file")
     ap.add_argument("--markdown", help="also write the table and summary to this Markdown file")
@@ -775,8 +552,7 @@ def main(argv=None) -> int:
         return 0
 
     import torch
-    import torchvision
-    names = args.models or torchvision.models.list_models(module=torchvision.models)
+    names = expand(args.models or ["tv:all"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     previous, rerun = {}, set(args.models or ())
@@ -784,9 +560,7 @@ def main(argv=None) -> int:
         previous = {r["model"]: r for r in json.loads(out.read_text())["results"]}
         # --resume --models A B: run A and B again, keep every other model of the file
         names = [n for n in previous if n not in rerun] + [n for n in names if n not in previous or n in rerun]
-        order = torchvision.models.list_models(module=torchvision.models)
-        names.sort(key=lambda n: order.index(n) if n in order else len(order))
-    meta = dict(date=datetime.date.today().isoformat(), torch=torch.__version__, torchvision=torchvision.__version__,
+    meta = dict(date=datetime.date.today().isoformat(), torch=torch.__version__, versions=_versions(),
                 command=" ".join([Path(sys.executable).name, *sys.argv]), size=args.size,
                 max_params=args.max_params, prune="decompose(exclude=first conv) + prune_basis('ratio', 0.1)",
                 batch=2, threads=torch.get_num_threads(), calibrate=not args.no_calibrate,

@@ -1,0 +1,452 @@
+"""Bring a traced graph to the one form the fusion passes read, whatever the capture (torch.fx or
+TorchDynamo) and however the model spells its layers:
+
+* an in-place op (`out.mul_(gain)`, `F.relu(x, inplace=True)`, `x += y`) becomes its out-of-place
+  form, and the reads of the tensor it modified that follow it read its result: the passes after
+  this one may give each op a fresh output, so a side effect would be lost (timm's NFNets read
+  `out` after `out.mul_(skipinit_gain)`);
+* shape checks that hold for every batch size (timm's `_assert(x.ndim == 4, ...)`) are dropped;
+* values computed from parameters alone (a basis pair's scaling weight, a standardised conv
+  weight, a layer scale reshaped) become constants of the plan: an inference plan's weights are
+  frozen;
+* functional layers on constant weights (`F.conv2d(x, self.weight, ...)`, `F.linear`, timm's
+  `F.batch_norm` inside BatchNormAct2d, every layer of a Dynamo graph) become the nn modules
+  they compute;
+* a map times / plus / minus a per-channel constant (a layer scale, `x * self.gamma.view(1, -1, 1, 1)`)
+  becomes an eval-mode BatchNorm2d computing exactly that, which the fusion passes fold into the
+  conv before it;
+* explicit zero padding (`F.pad`, `nn.ZeroPad2d`), the same on both sides, whose only reader is
+  a conv: added to that conv's padding;
+* a conv with no bias whose only reader is a 1×1 conv (and a linear into a linear) becomes a
+  basis pair: the fusion passes then run it fused or folded, whichever the cost model picks.
+  Exact: the composition is one linear map, and the first conv's zero padding is the pair's.
+
+Every pass rewrites `gm` in place and needs ShapeProp's node.meta."""
+from __future__ import annotations
+
+import operator
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from ..layers import BasisConv2d, BasisLinear
+
+
+def normalize(gm: fx.GraphModule) -> None:
+    """Run every pass of this module over `gm` (in place)."""
+    _out_of_place(gm)
+    _methods_as_functions(gm)
+    _drop_static_asserts(gm)
+    _fold_parameter_expressions(gm)
+    _functional_layers(gm)
+    _channel_constants(gm)
+    _fold_padding(gm)
+    _basis_pairs(gm)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+# --------------------------------------------------------------------------- in-place ops
+
+_INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                      operator.itruediv: operator.truediv}
+_VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "transpose", "permute", "narrow", "expand", "expand_as",
+                 "squeeze", "unsqueeze", "flatten", "unflatten", "chunk", "split", "t", "as_strided", "unfold",
+                 "select", "diagonal", "swapaxes", "movedim", "__getitem__"}
+_VIEW_FUNCTIONS = {operator.getitem, torch.reshape, torch.transpose, torch.permute, torch.narrow, torch.squeeze,
+                   torch.unsqueeze, torch.flatten, torch.chunk, torch.split, torch.select, torch.movedim}
+
+
+def _mutates(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether `node` writes into its first argument."""
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_function":
+        return node.target in _INPLACE_FUNCTIONS or node.kwargs.get("inplace") is True or \
+            getattr(node.target, "__name__", "").endswith("_") and not node.target.__name__.startswith("_") \
+            and getattr(node.target, "__module__", "") in ("torch", "torch.nn.functional")
+    if node.op == "call_module":
+        return getattr(gm.get_submodule(node.target), "inplace", False) is True
+    return False
+
+
+def _is_view(node: object) -> bool:
+    return isinstance(node, fx.Node) and (node.op == "call_method" and node.target in _VIEW_METHODS or
+                                          node.op == "call_function" and node.target in _VIEW_FUNCTIONS)
+
+
+def _out_of_place(gm: fx.GraphModule) -> None:
+    """In-place ops as their out-of-place forms, the later reads of their target redirected to
+    their result (a write into the model's input no longer reaches the caller's tensor; the
+    output is the same). Refused (ValueError naming the op) where that is not the same
+    computation: writing into a parameter, or into a view of a tensor read again later."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        if not _mutates(gm, node) or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        target = node.args[0]
+        what = f"{node.op} {getattr(node.target, '__name__', node.target)} ({node.name})"
+        if target.op == "get_attr":
+            raise ValueError(f"basisrt.compile: {what} writes in place into the parameter or buffer "
+                             f"{target.target!r}; a plan's weights are constants")
+        chain = [target]
+        while _is_view(chain[-1]) and chain[-1].args and isinstance(chain[-1].args[0], fx.Node):
+            chain.append(chain[-1].args[0])
+        if len(chain) > 1 and any(order[u] > order[node] for c in chain[1:] for u in c.users if u not in chain):
+            raise ValueError(f"basisrt.compile: {what} writes in place into a view of {chain[-1].name}, which "
+                             "is read again later; write it out of place (y = x * g, not x.mul_(g))")
+        if node.op == "call_method":
+            node.target = node.target[:-1]
+        elif node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
+            node.target = _INPLACE_FUNCTIONS[node.target]
+        elif node.op == "call_function" and "inplace" in node.kwargs:
+            node.kwargs = {**node.kwargs, "inplace": False}
+        elif node.op == "call_function":
+            node.target = getattr(torch, node.target.__name__[:-1])
+        else:  # a module with inplace=True: a copy of it, out of place (the module may be called elsewhere)
+            import copy
+            m = copy.copy(gm.get_submodule(node.target))
+            m.inplace = False
+            name = node.target.replace(".", "_") + "_out_of_place"
+            while hasattr(gm, name):
+                name += "_"
+            gm.add_submodule(name, m)
+            node.target = name
+        for user in list(target.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(target, node)
+
+
+_ARITHMETIC_METHODS = {"mul": operator.mul, "add": operator.add, "sub": operator.sub, "div": operator.truediv}
+
+
+def _methods_as_functions(gm: fx.GraphModule) -> None:
+    """`x.mul(y)` as `x * y` (and add, sub, div without keywords): one spelling for the fusion passes."""
+    for node in gm.graph.nodes:
+        if node.op == "call_method" and node.target in _ARITHMETIC_METHODS and len(node.args) == 2 and \
+                not node.kwargs:
+            node.op, node.target = "call_function", _ARITHMETIC_METHODS[node.target]
+
+
+# --------------------------------------------------------------------------- shape checks
+
+_COMPARE = {operator.eq: operator.eq, operator.ne: operator.ne, operator.lt: operator.lt, operator.le: operator.le,
+            operator.gt: operator.gt, operator.ge: operator.ge, operator.and_: operator.and_,
+            operator.or_: operator.or_, operator.not_: operator.not_}
+_UNKNOWN = object()
+
+
+def _static_value(v: object) -> object:
+    """The value of `v` if it is the same for every batch size (a rank, a non-batch dimension,
+    a comparison of such), else _UNKNOWN."""
+    if not isinstance(v, fx.Node):
+        return v if isinstance(v, (int, float, bool, str, type(None))) else _UNKNOWN
+    meta = v.meta.get("tensor_meta")
+    if v.op == "call_function" and v.target is getattr and len(v.args) == 2:
+        shape = _tensor_shape(v.args[0])
+        if shape is not None and v.args[1] == "ndim":
+            return len(shape)
+        return _UNKNOWN
+    if v.op == "call_function" and v.target is operator.getitem and len(v.args) == 2 and \
+            isinstance(v.args[1], int) and isinstance(v.args[0], fx.Node):
+        whole = v.args[0]  # x.shape[i] / x.size()[i]
+        if whole.op == "call_function" and whole.target is getattr and whole.args[1:] == ("shape",) or \
+                whole.op == "call_method" and whole.target == "size" and len(whole.args) == 1:
+            shape = _tensor_shape(whole.args[0])
+            if shape is not None and -len(shape) <= v.args[1] < len(shape) and v.args[1] % len(shape) != 0:
+                return shape[v.args[1]]
+        return _UNKNOWN
+    if v.op == "call_method" and v.target in ("dim", "ndimension") and len(v.args) == 1:
+        shape = _tensor_shape(v.args[0])
+        return len(shape) if shape is not None else _UNKNOWN
+    if v.op == "call_method" and v.target == "size" and len(v.args) == 2 and isinstance(v.args[1], int):
+        shape = _tensor_shape(v.args[0])
+        if shape is not None and -len(shape) <= v.args[1] < len(shape) and v.args[1] % len(shape) != 0:
+            return shape[v.args[1]]
+        return _UNKNOWN
+    if v.op == "call_function" and v.target in _COMPARE and meta is None:
+        args = [_static_value(a) for a in v.args]
+        return _UNKNOWN if _UNKNOWN in args or v.kwargs else _COMPARE[v.target](*args)
+    return _UNKNOWN
+
+
+def _tensor_shape(node: object) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _drop_static_asserts(gm: fx.GraphModule) -> None:
+    """`torch._assert(cond, msg)` whose cond holds for every batch size: nothing to run."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target in (torch._assert, torch._assert_async) and \
+                node.args and _static_value(node.args[0]) is True and not node.users:
+            gm.graph.erase_node(node)
+
+
+# --------------------------------------------------------------------------- constant folding
+
+_IMPURE = re.compile(r"rand|normal|bernoulli|dropout|uniform|empty|_$")  # random or in-place
+
+
+def _fold_parameter_expressions(gm: fx.GraphModule) -> None:
+    """Nodes whose tensor inputs are all parameters / buffers (get_attr) are computed now and
+    read as constants (`_const_k` buffers of `gm`)."""
+    constant: dict[fx.Node, Tensor] = {}
+    k = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr":
+            value = _attr(gm, node.target)
+            if isinstance(value, Tensor):
+                constant[node] = value
+            continue
+        if node.op not in ("call_function", "call_method") or node.users == {}:
+            continue
+        inputs = node.all_input_nodes
+        name = getattr(node.target, "__name__", str(node.target))
+        if not inputs or any(i not in constant for i in inputs) or _IMPURE.search(name) or \
+                node.target in (torch._assert, torch._assert_async, getattr):
+            continue
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: constant[n])
+        with torch.no_grad():
+            fn = getattr(args[0], node.target) if node.op == "call_method" else node.target
+            value = fn(*(args[1:] if node.op == "call_method" else args), **kwargs)
+        if not isinstance(value, Tensor):
+            continue
+        while hasattr(gm, f"_const_{k}"):
+            k += 1
+        gm.register_buffer(f"_const_{k}", value.detach().clone())
+        with gm.graph.inserting_before(node):
+            new = gm.graph.get_attr(f"_const_{k}")
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        constant[new] = value
+
+
+def _attr(gm: fx.GraphModule, target: str) -> object:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# --------------------------------------------------------------------------- functional layers
+
+_CONVS = (F.conv2d, torch.conv2d)
+_LINEARS = (F.linear, torch._C._nn.linear)
+_BATCH_NORMS = (F.batch_norm, torch.batch_norm)
+
+
+def _const(gm: fx.GraphModule, v: object) -> Tensor | None:
+    """The tensor of a get_attr node (None for anything else)."""
+    if isinstance(v, fx.Node) and v.op == "get_attr":
+        value = _attr(gm, v.target)
+        return value if isinstance(value, Tensor) else None
+    return None
+
+
+def _args(node: fx.Node, names: tuple[str, ...]) -> dict | None:
+    if len(node.args) > len(names) or not set(node.kwargs) <= set(names):
+        return None
+    return dict(zip(names, node.args), **node.kwargs)
+
+
+def _conv_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    a = _args(node, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"))
+    if a is None:
+        return None
+    w, b = _const(gm, a.get("weight")), _const(gm, a.get("bias"))
+    if w is None or w.dim() != 4 or (a.get("bias") is not None and b is None) or \
+            not isinstance(a.get("padding", 0), (int, tuple, list)):
+        return None
+    groups = a.get("groups", 1)
+    conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), a.get("stride", 1), a.get("padding", 0),
+                     a.get("dilation", 1), groups, bias=b is not None, dtype=w.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        if b is not None:
+            conv.bias.copy_(b)
+    return conv
+
+
+def _linear_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    a = _args(node, ("input", "weight", "bias"))
+    if a is None:
+        return None
+    w, b = _const(gm, a.get("weight")), _const(gm, a.get("bias"))
+    if w is None or w.dim() != 2 or (a.get("bias") is not None and b is None):
+        return None
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if b is not None:
+            lin.bias.copy_(b)
+    return lin
+
+
+def _batch_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    a = _args(node, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
+    shape = _tensor_shape(a.get("input")) if a is not None else None
+    if a is None or a.get("training", False) is not False or shape is None or len(shape) != 4:
+        return None
+    mean, var = _const(gm, a.get("running_mean")), _const(gm, a.get("running_var"))
+    w, b = _const(gm, a.get("weight")), _const(gm, a.get("bias"))
+    if mean is None or var is None or (a.get("weight") is not None and w is None) or \
+            (a.get("bias") is not None and b is None):
+        return None
+    bn = nn.BatchNorm2d(shape[1], eps=a.get("eps", 1e-5), dtype=mean.dtype).eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_(w if w is not None else torch.ones_like(mean))
+        bn.bias.copy_(b if b is not None else torch.zeros_like(mean))
+    return bn
+
+
+_FUNCTIONAL = [(_CONVS, _conv_module), (_LINEARS, _linear_module), (_BATCH_NORMS, _batch_norm_module)]
+
+
+def _functional_layers(gm: fx.GraphModule) -> None:
+    """`F.conv2d` / `F.linear` / `F.batch_norm` (eval) on constant weights: the module each computes."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        for targets, make in _FUNCTIONAL:
+            if node.target in targets:
+                m = make(gm, node)
+                if m is not None:
+                    _call_module_instead(gm, node, m, "bn" if isinstance(m, nn.BatchNorm2d) else "layer")
+                break
+
+
+def _call_module_instead(gm: fx.GraphModule, node: fx.Node, m: nn.Module, base: str) -> fx.Node:
+    name, k = base, 0
+    while hasattr(gm, name):
+        k += 1
+        name = f"{base}_{k}"
+    gm.add_submodule(name, m)
+    x = node.args[0] if node.args else node.kwargs["input"]
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, (x,))
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return new
+
+
+# --------------------------------------------------------------------------- per-channel constants
+
+_AFFINE_OPS = {operator.mul: "mul", torch.mul: "mul", operator.add: "add", torch.add: "add",
+               operator.sub: "sub", torch.sub: "sub", operator.truediv: "div", torch.div: "div"}
+
+
+def _channel_constants(gm: fx.GraphModule) -> None:
+    """`x ∘ c` for ∘ in + - * / with x a 4-D float32 map and c a constant of shape (C, 1, 1),
+    (1, C, 1, 1) or one element: a BatchNorm2d (eps 0, running mean 0, var 1) that computes x·γ + β exactly."""
+    for node in list(gm.graph.nodes):
+        op = _AFFINE_OPS.get(node.target) if node.op == "call_function" else None
+        if op is None or len(node.args) != 2 or node.kwargs:
+            continue
+        a, b = node.args
+        x, c = (a, _const(gm, b)) if _const(gm, a) is None else (b, _const(gm, a))
+        shape = _tensor_shape(x)
+        if c is None or shape is None or len(shape) != 4 or _tensor_shape(node) != shape or \
+                x.meta["tensor_meta"].dtype != torch.float32 or c.dtype != torch.float32 or \
+                (tuple(c.shape) not in ((shape[1], 1, 1), (1, shape[1], 1, 1)) and c.numel() != 1):
+            continue
+        c = c.detach().flatten().expand(shape[1]).clone()  # a scalar tensor (a gain) for every channel
+        one, zero = torch.ones_like(c), torch.zeros_like(c)
+        x_first = x is a
+        if op == "div" and not x_first:
+            continue  # c / x is not affine
+        gamma, beta = {"mul": (c, zero), "add": (one, c), "div": (1.0 / c, zero),
+                       "sub": (one, -c) if x_first else (-one, c)}[op]
+        bn = nn.BatchNorm2d(shape[1], eps=0.0).eval()
+        with torch.no_grad():
+            bn.weight.copy_(gamma)
+            bn.bias.copy_(beta)
+        node.args = (x,)
+        _call_module_instead(gm, node, bn, "channel_affine")
+
+
+# --------------------------------------------------------------------------- explicit padding
+
+_PADS = (F.pad, torch._C._nn.pad)
+
+
+def _zero_pad(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int] | None:
+    """(top, left) of a zero pad the same on both sides of H and W, or None."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if type(m) is not nn.ZeroPad2d or len(node.args) != 1 or node.kwargs:
+            return None
+        pads = tuple(m.padding)
+    elif node.op == "call_function" and node.target in _PADS:
+        a = _args(node, ("input", "pad", "mode", "value"))
+        if a is None or a.get("mode", "constant") != "constant" or a.get("value", 0) not in (0, None):
+            return None
+        pads = tuple(a.get("pad", ()))
+    else:
+        return None
+    if len(pads) != 4 or not all(type(p) is int and p >= 0 for p in pads) or pads[0] != pads[1] or \
+            pads[2] != pads[3] or len(_tensor_shape(node) or ()) != 4:
+        return None
+    return pads[2], pads[0]
+
+
+def _fold_padding(gm: fx.GraphModule) -> None:
+    """A symmetric zero pad read only by a conv: part of the conv's own padding."""
+    import copy
+    for node in list(gm.graph.nodes):
+        pad = _zero_pad(gm, node)
+        if pad is None or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        m = gm.get_submodule(user.target) if user.op == "call_module" else None
+        conv = m.basis if isinstance(m, BasisConv2d) else m
+        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str) or \
+                user.args != (node,) or user.kwargs:
+            continue
+        m = copy.deepcopy(m)  # the module may be called elsewhere without the pad
+        conv = m.basis if isinstance(m, BasisConv2d) else m
+        conv.padding = (conv.padding[0] + pad[0], conv.padding[1] + pad[1])
+        name = user.target.replace(".", "_") + "_padded"
+        while hasattr(gm, name):
+            name += "_"
+        gm.add_submodule(name, m)
+        user.target = name
+        user.args = (node.args[0],)
+        gm.graph.erase_node(node)
+
+
+# --------------------------------------------------------------------------- basis pairs
+
+def _basis_pairs(gm: fx.GraphModule) -> None:
+    """conv (no bias) -> 1×1 conv, and linear (no bias) -> linear, as basis pairs (BasisConv2d /
+    BasisLinear with alpha = 1): each node's only reader is the second layer."""
+    for node in list(gm.graph.nodes):
+        first = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if type(first) not in (nn.Conv2d, nn.Linear) or first.bias is not None or len(node.users) != 1 \
+                or node.kwargs:
+            continue
+        (user,) = node.users
+        second = gm.get_submodule(user.target) if user.op == "call_module" else None
+        if type(second) is not type(first) or user.args != (node,) or user.kwargs:
+            continue
+        if isinstance(first, nn.Conv2d):
+            if second.kernel_size != (1, 1) or second.stride != (1, 1) or second.padding not in ((0, 0), "valid") \
+                    or second.groups != first.groups or first.padding_mode != "zeros" or \
+                    isinstance(first.padding, str) and first.padding != "valid":
+                continue
+            coeff = second.weight.detach().reshape(second.out_channels, -1)
+            pair = BasisConv2d(first.requires_grad_(False), coeff, torch.ones(first.out_channels), second.bias)
+        else:
+            pair = BasisLinear(first.requires_grad_(False), second.weight.detach(), torch.ones(second.in_features),
+                               second.bias)
+        user.target = node.target
+        gm.add_submodule(node.target, pair)  # replaces the first layer under its name
+        user.args = node.args
+        gm.graph.erase_node(node)
