@@ -15,7 +15,7 @@ from .decomposition import decompose
 
 
 # Modules that each define `add_subcommand(subparsers)` for their own `basisrt <command>`.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("basisrt.workflow", "basisrt.bench.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("basisrt.workflow", "basisrt.bench.cli", "basisrt.serve.cli")
 
 
 def _check_demo(args: argparse.Namespace) -> None:

@@ -15,9 +15,9 @@ basisrt.compile; the others run as captured.
 """
 from __future__ import annotations
 
+import operator
 import warnings
 
-import torch
 from torch import Tensor, fx, nn
 
 from .fusion import Tracer
@@ -92,7 +92,7 @@ def _generalise_batch(a: fx.GraphModule, b: fx.GraphModule, batches: tuple[int, 
         if k == 1:
             return batch_node[0]
         with a.graph.inserting_after(batch_node[0]):
-            return a.graph.call_function(__import__("operator").mul, (batch_node[0], k))
+            return a.graph.call_function(operator.mul, (batch_node[0], k))
 
     def merge(u: object, v: object, where: fx.Node) -> object:
         if isinstance(u, fx.Node):

@@ -1,0 +1,322 @@
+"""`basisrt serve`'s ASGI app (Starlette): saved plans behind the Open Inference Protocol v2, with
+dynamic batching (basisrt.serve.batcher), Prometheus metrics and a draining state for graceful
+shutdown. Run it under uvicorn (basisrt.serve.server)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .batcher import Batcher, BatchStats, DeadlineExceeded, ModelFailed, QueueFull
+from .protocol import HEADER_LENGTH, ProtocolError, encode_infer, model_metadata, parse_infer
+
+RETRY_AFTER_S = "1"
+
+
+@dataclass
+class ServeConfig:
+    """Settings of `basisrt serve` (the command's flags)."""
+
+    models: dict[str, str]  # model name -> plan path
+    max_batch_size: int = 32
+    max_delay_ms: float = 2.0
+    max_queue: int = 256
+    timeout_ms: float = 10000.0
+    max_body_mb: float = 64.0
+    threads: int | None = None
+    grace_s: float = 20.0
+
+
+def model_names(paths: list[str]) -> dict[str, str]:
+    """`NAME=PATH` or `PATH` (name = the file's stem) -> {name: path}; a ValueError for a repeated name."""
+    out: dict[str, str] = {}
+    for item in paths:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).stem, item
+        if not name or name in out:
+            raise ValueError(f"model name {name!r} is empty or given twice")
+        out[name] = path
+    return out
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("basisrt_requests", "Inference requests by final HTTP status", ["model", "status"],
+                                registry=r)
+        self.failures = Counter("basisrt_failures", "Failed inference requests by reason", ["model", "reason"],
+                                registry=r)
+        self.rows = Counter("basisrt_rows", "Rows (images) inferred", ["model"], registry=r)
+        self.batches = Counter("basisrt_batches", "Batches executed", ["model"], registry=r)
+        buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+        self.request_s = Histogram("basisrt_request_seconds", "Request time in the server", ["model"],
+                                   buckets=buckets, registry=r)
+        self.queue_s = Histogram("basisrt_queue_seconds", "Time from arrival to the start of its batch", ["model"],
+                                 buckets=buckets, registry=r)
+        self.compute_s = Histogram("basisrt_compute_seconds", "Time to run one batch", ["model"], buckets=buckets,
+                                   registry=r)
+        self.batch_size = Histogram("basisrt_batch_size", "Rows per executed batch", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.queue_depth = Gauge("basisrt_queue_depth", "Request parts waiting to run", ["model"], registry=r)
+        self.in_flight = Gauge("basisrt_in_flight", "Inference requests being handled", registry=r)
+
+    def batch(self, model: str, s: BatchStats) -> None:
+        self.batches.labels(model).inc()
+        self.batch_size.labels(model).observe(s.rows)
+        self.compute_s.labels(model).observe(s.compute_s)
+        for q in s.queue_s:
+            self.queue_s.labels(model).observe(q)
+        if not s.failed:
+            self.rows.labels(model).inc(s.rows)
+
+
+@dataclass
+class _Model:
+    name: str
+    plan: object
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...] = ()
+    batcher: Batcher | None = None
+    ready: bool = False
+
+
+@dataclass
+class ServerState:
+    config: ServeConfig
+    metrics: Metrics = field(default_factory=Metrics)
+    models: dict[str, _Model] = field(default_factory=dict)
+    ready: bool = False
+    draining: bool = False
+    in_flight: int = 0  # inference requests being handled (until their response is built)
+
+    async def drain(self) -> None:
+        """Readiness off at once; wait (up to grace_s) until queued and running work is done."""
+        self.draining = True
+        deadline = time.monotonic() + self.config.grace_s
+        for m in self.models.values():
+            if m.batcher is not None:
+                await m.batcher.drain(max(deadline - time.monotonic(), 0.0))
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # responses being encoded and sent
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _unavailable(why: str) -> JSONResponse:
+    return _error(503, why, {"Retry-After": RETRY_AFTER_S})
+
+
+def _load(name: str, path: str) -> _Model:
+    import basisrt
+    plan = basisrt.load(path)
+    if plan.dtype != torch.float32:
+        raise ValueError(f"model {name}: the plan runs {plan.dtype}; the server takes FP32 inputs")
+    return _Model(name, plan, tuple(plan.input_shape))
+
+
+def _warm_up(m: _Model) -> None:
+    """One batch through the plan: its output shape for the metadata, and first-call costs paid."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, *m.input_shape), generator=g)
+    with torch.no_grad():
+        y = m.plan(x)
+    if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != 2:
+        raise ValueError(f"model {m.name}: the plan returns {type(y).__name__}; the server serves plans "
+                         "with one tensor output of one row per input row")
+    m.output_shape = tuple(y.shape[1:])
+
+
+def batcher_runner(m: "_Model", config: ServeConfig, metrics: Metrics) -> Batcher:
+    """The default way a model's requests run: basisrt.serve.batcher's dynamic batching."""
+    def run(x: torch.Tensor, plan=m.plan) -> torch.Tensor:
+        with torch.no_grad():
+            return plan(x)
+    return Batcher(run, config.max_batch_size, config.max_delay_ms / 1000, config.max_queue,
+                   on_batch=lambda s: metrics.batch(m.name, s),
+                   on_drop=lambda reason: metrics.failures.labels(m.name, reason).inc())
+
+
+def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
+    """The ASGI app serving `config.models`. Models load and warm up in the app's startup; readiness
+    is 200 once all of them have. `runner(model, config, metrics)` makes what runs a model's
+    requests: an object with `infer(x, deadline)`, `depth`, `drain(timeout_s)` and `close()`
+    (basisrt.serve.ray passes Ray Serve's batching)."""
+    state = ServerState(config)
+    metrics = state.metrics
+    max_body = int(config.max_body_mb * 1024 * 1024)
+
+    async def startup() -> None:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        for name, path in config.models.items():
+            m = await run_in_threadpool(_load, name, path)
+            await run_in_threadpool(_warm_up, m)
+            m.batcher = runner(m, config, metrics)
+            m.ready = True
+            state.models[name] = m
+        state.ready = True
+
+    async def shutdown() -> None:
+        for m in state.models.values():
+            if m.batcher is not None:
+                await m.batcher.close()
+
+    async def server_metadata(request: Request) -> Response:
+        from .. import __version__
+        return JSONResponse({"name": "basisrt", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        if state.draining:
+            return _unavailable("the server is shutting down")
+        if not state.ready:
+            return _unavailable("models are loading")
+        return JSONResponse({"ready": True})
+
+    def find(request: Request) -> _Model | Response:
+        name = request.path_params["name"]
+        m = state.models.get(name)
+        if m is None:
+            if not state.ready and name in config.models:
+                return _unavailable(f"model {name!r} is loading")
+            return _error(404, f"unknown model {name!r}; served: {', '.join(sorted(config.models))}")
+        return m
+
+    async def metadata(request: Request) -> Response:
+        m = find(request)
+        if isinstance(m, Response):
+            return m
+        return JSONResponse(model_metadata(m.name, m.input_shape, m.output_shape))
+
+    async def model_ready(request: Request) -> Response:
+        m = find(request)
+        if isinstance(m, Response):
+            return m
+        if state.draining:
+            return _unavailable("the server is shutting down")
+        return JSONResponse({"name": m.name, "ready": m.ready})
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            raise ProtocolError(413, f"the body ({int(length)} bytes) is over the limit ({max_body} bytes, "
+                                     "--max-body-mb)")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body:
+                raise ProtocolError(413, f"the body is over the limit ({max_body} bytes, --max-body-mb)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def infer(request: Request) -> Response:
+        start = time.monotonic()
+        name = request.path_params["name"]
+        status = 500
+        metrics.in_flight.inc()
+        state.in_flight += 1
+        try:
+            response = await _infer(request, name, start)
+            status = response.status_code
+            return response
+        finally:
+            metrics.in_flight.dec()
+            state.in_flight -= 1
+            if name in state.models:  # no label per unknown name a client makes up
+                metrics.requests.labels(name, str(status)).inc()
+                metrics.request_s.labels(name).observe(time.monotonic() - start)
+
+    async def _infer(request: Request, name: str, start: float) -> Response:
+        if state.draining:
+            return _unavailable("the server is shutting down")
+        m = find(request)
+        if isinstance(m, Response):
+            return m
+        try:
+            body = await read_body(request)
+            req = await run_in_threadpool(parse_infer, body, request.headers.get(HEADER_LENGTH), m.input_shape)
+        except ProtocolError as e:
+            metrics.failures.labels(name, "bad_request" if e.status == 400 else "too_large").inc()
+            return _error(e.status, e.message, e.headers)
+        except ClientDisconnect:
+            metrics.failures.labels(name, "disconnected").inc()
+            return _error(499, "the client disconnected")
+        timeout_s = config.timeout_ms / 1000
+        if req.timeout_s is not None:
+            timeout_s = min(timeout_s, req.timeout_s)
+        metrics.queue_depth.labels(name).set(m.batcher.depth)
+        work = asyncio.ensure_future(m.batcher.infer(req.tensor, start + timeout_s))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not work.done():  # the client went away: its rows are dropped before they run
+            work.cancel()
+            metrics.failures.labels(name, "disconnected").inc()
+            return _error(499, "the client disconnected")
+        metrics.queue_depth.labels(name).set(m.batcher.depth)
+        try:
+            out = work.result()
+        except QueueFull as e:
+            metrics.failures.labels(name, "queue_full").inc()
+            return _unavailable(f"the queue is full: {e}")
+        except DeadlineExceeded as e:
+            return _error(504, f"{e} ({timeout_s * 1000:.0f} ms)")
+        except ModelFailed as e:
+            metrics.failures.labels(name, "model_error").inc()
+            return _error(500, f"the model failed on this batch: {e}")
+        body, headers = await run_in_threadpool(encode_infer, name, req, out)
+        return Response(body, headers=headers)
+
+    async def prometheus(request: Request) -> Response:
+        for n, m in state.models.items():
+            if m.batcher is not None:
+                metrics.queue_depth.labels(n).set(m.batcher.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/v2", server_metadata),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2/models/{name}", metadata),
+        Route("/v2/models/{name}/ready", model_ready),
+        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/metrics", prometheus),
+    ]
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        await startup()
+        try:
+            yield
+        finally:
+            await shutdown()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.basisrt = state
+    return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

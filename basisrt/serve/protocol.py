@@ -1,0 +1,144 @@
+"""The Open Inference Protocol v2 (KServe v2, Triton's HTTP/REST protocol) for one-input,
+one-output float32 models: requests parsed and checked into tensors, responses encoded, with the
+binary tensor extension both ways (a JSON header of `Inference-Header-Content-Length` bytes, then
+each binary tensor's raw little-endian bytes in order)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+INPUT_NAME = "input__0"
+OUTPUT_NAME = "output__0"
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class ProtocolError(Exception):
+    """A request the server answers with `status` and {"error": message}."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass
+class InferRequest:
+    tensor: torch.Tensor  # (N, C, H, W) float32, N >= 1
+    id: str | None = None
+    timeout_s: float | None = None  # parameters.timeout (microseconds in the protocol)
+    binary_output: bool = False
+    output_names: list[str] = field(default_factory=lambda: [OUTPUT_NAME])
+
+
+def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, ...]) -> InferRequest:
+    """One inference request for a model whose input is (-1, *input_shape) FP32: a ProtocolError(400)
+    naming what is wrong otherwise (bad JSON, name, shape, datatype, element count)."""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ProtocolError(400, f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
+        if not 0 < n <= len(body):
+            raise ProtocolError(400, f"Inference-Header-Content-Length {n} is outside the body ({len(body)} bytes)")
+        head, binary = body[:n], body[n:]
+    else:
+        head, binary = body, b""
+    try:
+        req = json.loads(head)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(400, f"the request is not valid JSON: {e}") from None
+    if not isinstance(req, dict):
+        raise ProtocolError(400, "the request must be a JSON object")
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError(400, f"'inputs' must list exactly one tensor ({INPUT_NAME})")
+    inp = inputs[0]
+    if inp.get("name") != INPUT_NAME:
+        raise ProtocolError(400, f"unknown input {inp.get('name')!r}; the model's input is {INPUT_NAME!r}")
+    if inp.get("datatype") != "FP32":
+        raise ProtocolError(400, f"input datatype {inp.get('datatype')!r} is not supported; send FP32")
+    shape = inp.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+        raise ProtocolError(400, "'shape' must be a list of integers")
+    if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != tuple(input_shape) or shape[0] < 1:
+        raise ProtocolError(400, f"input shape {shape} does not match the model's [-1, "
+                                 f"{', '.join(map(str, input_shape))}] (with at least one row)")
+    count = int(np.prod(shape))
+    params = inp.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError(400, "input 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size != count * 4:
+            raise ProtocolError(400, f"binary_data_size {size!r} is not {count} FP32 elements ({count * 4} bytes)")
+        if len(binary) != size:
+            raise ProtocolError(400, f"the body holds {len(binary)} bytes of binary data; binary_data_size says {size}")
+        array = np.frombuffer(binary, dtype="<f4").reshape(shape)
+    else:
+        if binary:
+            raise ProtocolError(400, "binary data after the JSON header, but no input has binary_data_size")
+        data = inp.get("data")
+        if not isinstance(data, list):
+            raise ProtocolError(400, "input 'data' must be a list of numbers (or send binary_data_size)")
+        try:
+            array = np.asarray(data, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ProtocolError(400, "input 'data' must hold only numbers") from None
+        if array.dtype == object or array.size != count:
+            raise ProtocolError(400, f"input 'data' holds {array.size} elements; shape {shape} needs {count}")
+        array = array.reshape(shape)
+    req_params = req.get("parameters") or {}
+    if not isinstance(req_params, dict):
+        raise ProtocolError(400, "request 'parameters' must be an object")
+    timeout = req_params.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise ProtocolError(400, "parameters.timeout must be a positive number of microseconds")
+    binary_output = bool(req_params.get("binary_data_output", False))
+    names = [OUTPUT_NAME]
+    outputs = req.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise ProtocolError(400, "'outputs' must be a list of objects")
+        names = []
+        for o in outputs:
+            if o.get("name") != OUTPUT_NAME:
+                raise ProtocolError(400, f"unknown output {o.get('name')!r}; the model's output is {OUTPUT_NAME!r}")
+            names.append(OUTPUT_NAME)
+            if (o.get("parameters") or {}).get("binary_data"):
+                binary_output = True
+    rid = req.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise ProtocolError(400, "'id' must be a string")
+    tensor = torch.from_numpy(array.astype(np.float32, copy=True))
+    return InferRequest(tensor, rid, None if timeout is None else timeout / 1e6, binary_output, names)
+
+
+def encode_infer(model: str, request: InferRequest, output: torch.Tensor) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of the response to `request`."""
+    out = output.detach().to(torch.float32).contiguous().numpy()
+    head: dict = {"model_name": model, "model_version": "1"}
+    if request.id is not None:
+        head["id"] = request.id
+    entries, binary = [], b""
+    for name in request.output_names:
+        entry = {"name": name, "datatype": "FP32", "shape": list(out.shape)}
+        if request.binary_output:
+            raw = out.astype("<f4", copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            binary += raw
+        else:
+            entry["data"] = out.reshape(-1).tolist()
+        entries.append(entry)
+    head["outputs"] = entries
+    text = json.dumps(head).encode()
+    if not request.binary_output:
+        return text, {"content-type": "application/json"}
+    return text + binary, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+
+
+def model_metadata(name: str, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> dict:
+    return {"name": name, "versions": ["1"], "platform": "basisrt",
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}],
+            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, *output_shape]}]}
