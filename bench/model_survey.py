@@ -354,7 +354,7 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) 
             r["native_ours_only"] = ours.native is not None
             found = [dict(node=node, why=why) for node, why in ours.plan.not_native]
             r["blockers"] = found
-            r["blocker_kinds"] = dict(Counter(b["why"].split(":")[0] for b in found).most_common())
+            r["blocker_kinds"] = dict(Counter(_kind(b["why"]) for b in found).most_common())
         mark("done")
     except Timeout:
         r["error"] = f"timeout after {timeout} s in stage {r['stage']}"
@@ -369,6 +369,12 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) 
 
 
 # --------------------------------------------------------------------------- driver and report
+
+def _kind(why: str) -> str:
+    """A refusal's kind, to count across models: "get_attr <name>" counts as one kind."""
+    kind = why.split(":")[0]
+    return "get_attr" if kind.startswith("get_attr ") else kind
+
 
 def run_worker(name: str, size: int, timeout: int, calibrate_bn: bool = True) -> dict:
     """`survey_model` in a fresh interpreter: crashes (a signal in C++) are recorded, not fatal."""

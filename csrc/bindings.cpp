@@ -376,6 +376,33 @@ void channel_gather_nhwc_py(const py::array& x, const py::array& index, py::arra
     basisrt::channel_gather_nhwc(xv.data, idx.data(), yv.data, P, out.shape(3), xv.ld, yv.ld, num_threads);
 }
 
+// The source pixels of a pixel gather: int64, one per output pixel, each -1 or within [0, P_in).
+std::vector<int64_t> pixel_index(const std::string& fn, const py::array& index, int64_t P_in, int64_t P_out) {
+    if (!py::isinstance<py::array_t<int64_t>>(index) || index.ndim() != 1 || index.shape(0) != P_out)
+        value_error(fn, "index must be a 1-D int64 array of one entry per output pixel");
+    const auto idx = index.unchecked<int64_t, 1>();
+    std::vector<int64_t> out(P_out);
+    for (int64_t q = 0; q < P_out; ++q) {
+        if (idx(q) < -1 || idx(q) >= P_in) value_error(fn, "an index is outside the input's pixels (or -1)");
+        out[q] = idx(q);
+    }
+    return out;
+}
+
+void pixel_gather_nhwc_py(const py::array& x, const py::array& index, py::array& out, int num_threads) {
+    const std::string fn = "pixel_gather_nhwc";
+    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
+    if (out.shape(0) != x.shape(0) || out.shape(3) != x.shape(3)) value_error(fn, "out must have x's N and C");
+    const int64_t P_in = basisrt::checked_elements({x.shape(1), x.shape(2)}, fn + ": x");
+    const int64_t P_out = basisrt::checked_elements({out.shape(1), out.shape(2)}, fn + ": out");
+    const std::vector<int64_t> idx = pixel_index(fn, index, P_in, P_out);
+    basisrt::check_threads(fn, num_threads);
+    if (!out.writeable()) value_error(fn, "out must be writeable");
+    py::gil_scoped_release release;
+    basisrt::pixel_gather_nhwc(xv.data, idx.data(), yv.data, x.shape(0), P_in, P_out, x.shape(3), xv.ld, yv.ld,
+                               num_threads);
+}
+
 // basisrt::Program plus references to the numpy weight arrays it points into.
 // basisrt::Program plus references to the numpy weight arrays it points into. Program::add_op
 // checks ids and geometry; here only what needs the arrays (their sizes against the geometry).
@@ -444,6 +471,16 @@ struct PyProgram {
         program.add_op(op);
     }
 
+    void add_pixel_gather(int in, int out, const py::array& index) {
+        const std::string fn = "Program.add_pixel_gather";
+        const int n = static_cast<int>(program.buffers().size());
+        if (in < 0 || in >= n || out < 0 || out >= n) value_error(fn, "buffer id out of range");
+        const auto& bufs = program.buffers();
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pixel_gather, in, -1, out};
+        op.index = pixel_index(fn, index, bufs[in].H * bufs[in].W, bufs[out].H * bufs[out].W);
+        program.add_op(op);
+    }
+
     void run(const py::array& x, py::array& out, int output, int num_threads,
              std::optional<py::array> op_seconds) const {
         const std::string fn = "Program.run";
@@ -495,6 +532,8 @@ void bind_fused(py::module_& m) {
              "An eltwise_nhwc op: out = act(a OP b), b of a's shape or one pixel per image.")
         .def("add_gather", &PyProgram::add_gather, py::arg("input"), py::arg("out"), py::arg("index"),
              "A channel_gather_nhwc op: out's channel c is input's channel index[c].")
+        .def("add_pixel_gather", &PyProgram::add_pixel_gather, py::arg("input"), py::arg("out"), py::arg("index"),
+             "A pixel_gather_nhwc op: out's pixel q is input's pixel index[q] (-1: zeros).")
         .def(
             "alias",
             [](PyProgram& p, int buffer, int parent, int64_t offset) { p.program.alias(buffer, parent, offset); },
@@ -537,6 +576,9 @@ void bind_fused(py::module_& m) {
           "out = act(a OP b) on NHWC float32, op 0 add / 1 mul, b of a's shape or (N, 1, 1, C) broadcast.");
     m.def("channel_gather_nhwc", &channel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
           py::arg("num_threads"), "out[..., c] = x[..., index[c]] on NHWC float32 (index: int64).");
+    m.def("pixel_gather_nhwc", &pixel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
+          py::arg("num_threads"),
+          "out[n, q] = x[n, index[q]] over the flattened H*W pixels of NHWC float32 (index int64, -1: zeros).");
     m.def("lowrank_dot_path", &basisrt::lowrank_dot_path, py::arg("cg_in"), py::arg("rank"),
           "Whether fused_conv_nhwc expects B packed as (groups, rank, K) (channel-vectorised path)\n"
           "rather than (groups, K, round_up(rank, 16)).");

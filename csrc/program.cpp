@@ -146,6 +146,12 @@ void Program::check(const ProgramOp& op) const {
             throw std::invalid_argument(fn + ": a gather keeps H and W and has one index per output channel");
         for (int64_t c : op.index)
             if (c < 0 || c >= i.C) throw std::invalid_argument(fn + ": a gather index is outside the input's channels");
+    } else if (op.kind == ProgramOp::Kind::pixel_gather) {
+        if (op.residual >= 0 || i.C != o.C || static_cast<int64_t>(op.index.size()) != o.H * o.W)
+            throw std::invalid_argument(fn + ": a pixel gather keeps the channels and has one index per output pixel");
+        for (int64_t q : op.index)
+            if (q < -1 || q >= i.H * i.W)
+                throw std::invalid_argument(fn + ": a pixel gather index is outside the input's pixels (or -1)");
     } else {
         throw std::invalid_argument(fn + ": unknown op kind");
     }
@@ -224,8 +230,10 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
         const bool per_image = b.H * b.W != i.H * i.W;
         eltwise_nhwc(in, residual, out, N * i.H * i.W, i.H * i.W, i.C, ldx, pixel_stride(op.residual), ldy, op.binary,
                      per_image, op.act, op.alpha, num_threads);
-    } else {
+    } else if (op.kind == ProgramOp::Kind::gather) {
         channel_gather_nhwc(in, op.index.data(), out, N * i.H * i.W, o.C, ldx, ldy, num_threads);
+    } else {
+        pixel_gather_nhwc(in, op.index.data(), out, N, i.H * i.W, o.H * o.W, i.C, ldx, ldy, num_threads);
     }
 }
 

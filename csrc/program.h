@@ -33,7 +33,7 @@ struct BufferShape {
 };
 
 struct ProgramOp {
-    enum class Kind { conv, pool, affine, eltwise, gather } kind;
+    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather } kind;
     int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
@@ -44,7 +44,8 @@ struct ProgramOp {
     const float *scale = nullptr, *shift = nullptr;
     // eltwise: out = act(in OP residual), residual of in's shape or one pixel per image (broadcast)
     BinaryOp binary = BinaryOp::add;
-    // gather: out's channel c is in's channel index[c]
+    // gather: out's channel c is in's channel index[c]; pixel_gather: out's pixel q (of each image) is
+    // in's pixel index[q], or zeros where index[q] is -1
     std::vector<int64_t> index;
     // pool
     PoolKind pool = PoolKind::max;

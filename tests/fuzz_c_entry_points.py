@@ -134,6 +134,18 @@ def fuzz_gather(rng):
     _C.channel_gather_nhwc(**mutate(rng, a, set(), {"x", "out"}, {"num_threads"}))
 
 
+def fuzz_pixel_gather(rng):
+    c = rng.choice([1, 5, 16])
+    index = np.arange(16, dtype=np.int64).reshape(4, 4)[::-1].copy().reshape(-1)  # 4x4 out of a 4x4 map
+    index[::5] = -1
+    a = dict(x=np.random.default_rng(8).standard_normal((2, 4, 4, c)).astype(np.float32), index=index,
+             out=np.zeros((2, 4, 4, c), np.float32), num_threads=2)
+    if rng.random() < 0.3:  # wrong dtype, out of range (16, -2), wrong length, huge
+        a["index"] = rng.choice([index.astype(np.int32), index + 17, index - 2, index[:-1],
+                                 np.full(16, 2 ** 62, np.int64)])
+    _C.pixel_gather_nhwc(**mutate(rng, a, set(), {"x", "out"}, {"num_threads"}))
+
+
 def fuzz_program(rng):
     """A small valid program (conv -> pool -> affine), one of its construction calls or its run
     mutated."""
@@ -187,7 +199,8 @@ def main(seed: int, calls: int) -> None:
     limit = 6 << 30  # an absurd allocation fails here instead of swapping the machine
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rng = random.Random(seed)
-    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_eltwise, fuzz_gather, fuzz_program, fuzz_ref, fuzz_paths]
+    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_eltwise, fuzz_gather, fuzz_pixel_gather, fuzz_program, fuzz_ref,
+               fuzz_paths]
     outcomes = {e.__name__: {"ok": 0, "refused": 0} for e in entries}
     unexpected = []
     for i in range(calls):

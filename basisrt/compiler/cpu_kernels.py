@@ -307,6 +307,33 @@ class ChannelGatherStep(nn.Module):
         return f"channels={self.index.numel()}"
 
 
+class PixelGatherStep(nn.Module):
+    """Each output pixel a copy of one input pixel of its image, or zeros, by the C++ kernel:
+    nearest upsampling (`F.interpolate(mode="nearest")`, `nn.Upsample`), zero padding that no conv
+    absorbs (TensorFlow's "same" padding, more on one side), cropping. `index[q]` is the source pixel
+    (row-major over H×W) of output pixel q, -1 for zeros; `in_hw` and `out_hw` the map sizes."""
+
+    def __init__(self, index: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int],
+                 num_threads: int | None = None) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.as_tensor(index, dtype=torch.int64).contiguous())
+        self.in_hw, self.out_hw, self.num_threads = tuple(in_hw), tuple(out_hw), num_threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or tuple(x.shape[2:]) != self.in_hw:
+            raise ValueError(f"PixelGatherStep expects a float32 (N, C, {self.in_hw[0]}, {self.in_hw[1]}) input, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, c = x.shape[:2]
+        y = torch.empty(n, *self.out_hw, c)
+        _C.pixel_gather_nhwc(x.permute(0, 2, 3, 1).numpy(), self.index.numpy(), y.numpy(),
+                             self.num_threads or torch.get_num_threads())
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_hw} -> {self.out_hw}"
+
+
 def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
     """(gamma, beta) with bn(x) = gamma·x + beta per channel in eval mode, or None if `bn` is not
     an eval-foldable BatchNorm2d (no running statistics: it normalises by the batch's)."""
@@ -354,5 +381,6 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
     return tuple(conv.padding)
 
 
-__all__ = ["BINARY_OPS", "ChannelAffineStep", "ChannelGatherStep", "EltwiseStep", "FusedConv2d", "FusedLinear", "PoolStep", "TorchConvStep", "batchnorm_affine",
+__all__ = ["BINARY_OPS", "ChannelAffineStep", "ChannelGatherStep", "EltwiseStep", "FusedConv2d", "FusedLinear",
+           "PixelGatherStep", "PoolStep", "TorchConvStep", "batchnorm_affine",
            "conv_padding", "pool_step"]

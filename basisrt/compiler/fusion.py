@@ -20,9 +20,9 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
 from . import activations
-from .cpu_kernels import (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, FusedLinear, PoolStep,
-                          TorchConvStep, batchnorm_affine, conv_padding, pool_step)
-from .patterns import channel_index, flatten_source, is_eval_identity, pool_module
+from .cpu_kernels import (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, FusedLinear,
+                          PixelGatherStep, PoolStep, TorchConvStep, batchnorm_affine, conv_padding, pool_step)
+from .patterns import channel_index, flatten_source, is_eval_identity, pixel_index, pool_module
 
 _ADDS = (operator.add, torch.add, operator.iadd)
 _MULS = (operator.mul, torch.mul, operator.imul)
@@ -233,6 +233,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
     _pool_modules(gm)
     if backend == "cpu":
         _channel_gathers(gm, num_threads, strategies)
+        _pixel_gathers(gm, num_threads, strategies)
     for node in list(gm.graph.nodes):
         if node not in gm.graph.nodes:  # erased by an earlier fusion (BN, 1×1 partner, add, act)
             continue
@@ -324,6 +325,19 @@ def _channel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: di
         else:
             _replace_with_step(gm, node, "gather", ChannelGatherStep(torch.tensor(index), num_threads), (src,),
                                strategies)
+    gm.graph.eliminate_dead_code()
+
+
+def _pixel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
+    """Nearest upsampling and zero pads no conv absorbed (patterns.pixel_index) become pixel gather steps."""
+    for node in list(gm.graph.nodes):
+        found = pixel_index(gm, node)
+        if found is None:
+            continue
+        src, index = found
+        in_hw, out_hw = _shape(src)[2:], _shape(node)[2:]
+        _replace_with_step(gm, node, "pixel_gather", PixelGatherStep(torch.tensor(index), in_hw, out_hw, num_threads),
+                           (src,), strategies)
     gm.graph.eliminate_dead_code()
 
 

@@ -24,6 +24,7 @@ TorchDynamo) and however the model spells its layers:
 Every pass rewrites `gm` in place and needs ShapeProp's node.meta."""
 from __future__ import annotations
 
+import copy
 import operator
 import re
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..layers import BasisConv2d, BasisLinear
+from .fusion import _fresh_name
 
 
 def normalize(gm: fx.GraphModule) -> None:
@@ -107,12 +109,9 @@ def _out_of_place(gm: fx.GraphModule) -> None:
         elif node.op == "call_function":
             node.target = getattr(torch, node.target.__name__[:-1])
         else:  # a module with inplace=True: a copy of it, out of place (the module may be called elsewhere)
-            import copy
             m = copy.copy(gm.get_submodule(node.target))
             m.inplace = False
-            name = node.target.replace(".", "_") + "_out_of_place"
-            while hasattr(gm, name):
-                name += "_"
+            name = _fresh_name(gm, node.target + "_out_of_place")
             gm.add_submodule(name, m)
             node.target = name
         for user in list(target.users):
@@ -263,13 +262,9 @@ def _conv_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
             not isinstance(a.get("padding", 0), (int, tuple, list)):
         return None
     groups = a.get("groups", 1)
-    conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), a.get("stride", 1), a.get("padding", 0),
-                     a.get("dilation", 1), groups, bias=b is not None, dtype=w.dtype)
-    with torch.no_grad():
-        conv.weight.copy_(w)
-        if b is not None:
-            conv.bias.copy_(b)
-    return conv
+    return _with_weights(nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), a.get("stride", 1),
+                                   a.get("padding", 0), a.get("dilation", 1), groups, bias=b is not None,
+                                   dtype=w.dtype), w, b)
 
 
 def _linear_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -279,12 +274,15 @@ def _linear_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     w, b = _const(gm, a.get("weight")), _const(gm, a.get("bias"))
     if w is None or w.dim() != 2 or (a.get("bias") is not None and b is None):
         return None
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype)
+    return _with_weights(nn.Linear(w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype), w, b)
+
+
+def _with_weights(layer: nn.Module, w: Tensor, b: Tensor | None) -> nn.Module:
     with torch.no_grad():
-        lin.weight.copy_(w)
+        layer.weight.copy_(w)
         if b is not None:
-            lin.bias.copy_(b)
-    return lin
+            layer.bias.copy_(b)
+    return layer
 
 
 def _batch_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -323,10 +321,7 @@ def _functional_layers(gm: fx.GraphModule) -> None:
 
 
 def _call_module_instead(gm: fx.GraphModule, node: fx.Node, m: nn.Module, base: str) -> fx.Node:
-    name, k = base, 0
-    while hasattr(gm, name):
-        k += 1
-        name = f"{base}_{k}"
+    name = _fresh_name(gm, base)
     gm.add_submodule(name, m)
     x = node.args[0] if node.args else node.kwargs["input"]
     with gm.graph.inserting_before(node):
@@ -399,7 +394,6 @@ def _zero_pad(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int] | None:
 
 def _fold_padding(gm: fx.GraphModule) -> None:
     """A symmetric zero pad read only by a conv: part of the conv's own padding."""
-    import copy
     for node in list(gm.graph.nodes):
         pad = _zero_pad(gm, node)
         if pad is None or len(node.users) != 1:
@@ -413,9 +407,7 @@ def _fold_padding(gm: fx.GraphModule) -> None:
         m = copy.deepcopy(m)  # the module may be called elsewhere without the pad
         conv = m.basis if isinstance(m, BasisConv2d) else m
         conv.padding = (conv.padding[0] + pad[0], conv.padding[1] + pad[1])
-        name = user.target.replace(".", "_") + "_padded"
-        while hasattr(gm, name):
-            name += "_"
+        name = _fresh_name(gm, user.target + "_padded")
         gm.add_submodule(name, m)
         user.target = name
         user.args = (node.args[0],)

@@ -99,6 +99,9 @@ def _static_sizes(v: object) -> object:
     else:
         return _DYNAMIC
     shape = _meta_shape(t)
+    if isinstance(d, slice) and shape is not None and len(shape) == 4:  # x.shape[-2:], x.shape[2:]
+        dims = range(4)[d]
+        return tuple(shape[i] for i in dims) if dims and min(dims) >= 2 else _DYNAMIC
     if shape is None or len(shape) != 4 or d not in (2, 3, -2, -1):
         return _DYNAMIC
     return shape[d]
@@ -233,3 +236,64 @@ def channel_index(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
 
 
 __all__ += ["channel_index", "is_eval_identity"]
+
+
+_NEAREST = ("nearest", "nearest-exact")
+_PAD_FUNCTIONS = (F.pad, torch._C._nn.pad)
+
+
+def _pixel_op(gm: fx.GraphModule, node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The op of `node` as a function of its first argument, if it moves whole pixels: nearest
+    upsampling or a zero pad; None for anything else."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if len(node.args) != 1 or node.kwargs:
+            return None
+        if type(m) is nn.Upsample and m.mode in _NEAREST:
+            return m
+        if type(m) in (nn.ZeroPad2d, nn.ConstantPad2d) and getattr(m, "value", 0.0) == 0:
+            return m
+        return None
+    if node.op != "call_function" or not node.args:
+        return None
+    if node.target is F.interpolate:
+        a = dict(zip(("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
+                      "antialias"), node.args), **node.kwargs)
+        kw = {k: _static_sizes(v) for k, v in a.items() if k != "input"}  # size=y.shape[-2:]: a constant here
+        if kw.get("mode", "nearest") not in _NEAREST or any(v is _DYNAMIC for v in kw.values()):
+            return None
+        return lambda t: F.interpolate(t, **kw)
+    if node.target in _PAD_FUNCTIONS:
+        a = dict(zip(("input", "pad", "mode", "value"), node.args), **node.kwargs)
+        pad = a.get("pad")
+        if a.get("mode", "constant") != "constant" or a.get("value", 0) not in (0, None) or \
+                not isinstance(pad, (tuple, list)) or len(pad) != 4 or not all(type(p) is int for p in pad):
+            return None
+        return lambda t: F.pad(t, list(pad))
+    return None
+
+
+def pixel_index(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, list[int]] | None:
+    """(x, index) when `node` is a 4-D float32 map x with every output pixel a copy of input pixel
+    index[q] of the same image (row-major over H×W), or zeros where index[q] is -1: nearest
+    upsampling, zero padding, cropping by a negative pad. Found by running the op on a probe whose
+    every pixel holds its own index + 1."""
+    op = _pixel_op(gm, node)
+    x = node.args[0] if op is not None else None
+    shape, out = _meta_shape(x), _meta_shape(node)
+    if op is None or shape is None or out is None or len(shape) != 4 or len(out) != 4 or \
+            out[:2] != shape[:2] or x.meta["tensor_meta"].dtype != torch.float32:
+        return None
+    h, w = shape[2:]
+    probe = torch.arange(1, h * w + 1, dtype=torch.float64).reshape(1, 1, h, w)
+    try:
+        y = op(probe)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    if tuple(y.shape[2:]) != tuple(out[2:]) or not torch.equal(y, y.round()):
+        return None
+    return x, (y.flatten().long() - 1).tolist()
+
+
+__all__ += ["pixel_index"]
+

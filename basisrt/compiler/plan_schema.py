@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .. import _C
 from . import activations
 from .cpu_kernels import (BINARY_OPS, POOL_KINDS, ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d,
-                          FusedLinear, PoolStep, TorchConvStep, _round_up)
+                          FusedLinear, PixelGatherStep, PoolStep, TorchConvStep, _round_up)
 from .gpu_kernels import GPUFusedConv2d, GPUFusedLinear
 
 
@@ -512,6 +512,14 @@ def _channel_gather(a: Attrs, t: Tensors) -> None:
     t.buffer("index", ndim=1, dtypes=(torch.int64,))
 
 
+def _pixel_gather(a: Attrs, t: Tensors) -> None:
+    a.eval_mode()
+    a.threads()
+    a.pair("in_hw", 1, MAX_GEOMETRY)
+    oh, ow = a.pair("out_hw", 1, MAX_GEOMETRY)
+    t.buffer("index", (oh * ow,), dtypes=(torch.int64,))  # its values: checked by the kernel's binding
+
+
 # -- torch.nn modules (their own constructor arguments; forward runs on meta tensors at load)
 
 def _only_training(a: Attrs, t: Tensors) -> None:
@@ -758,6 +766,12 @@ def _run_gather(m: ChannelGatherStep, x: Any) -> Tensor:
     return _meta(n, m.index.numel(), h, w)
 
 
+def _run_pixel_gather(m: PixelGatherStep, x: Any) -> Tensor:
+    n, c, h, w = _image(x, x.shape[1] if isinstance(x, Tensor) and x.dim() == 4 else 1, "this pixel gather step")
+    _need((h, w) == tuple(m.in_hw), f"passes a {h}x{w} map to a pixel gather of {m.in_hw[0]}x{m.in_hw[1]} maps")
+    return _meta(n, c, *m.out_hw)
+
+
 def _run_forward(m: nn.Module, *args: Any) -> Any:
     return m(*args)
 
@@ -784,6 +798,7 @@ _SPECS = (
     _spec(ChannelAffineStep, _channel_affine, _run_affine),
     _spec(EltwiseStep, _eltwise, _run_eltwise, lambda m: 2),
     _spec(ChannelGatherStep, _channel_gather, _run_gather),
+    _spec(PixelGatherStep, _pixel_gather, _run_pixel_gather),
     _spec(GPUFusedConv2d, _gpu_conv, _run_conv, _with_residual),
     _spec(GPUFusedLinear, lambda a, t: _gpu_conv(a, t, linear=True), _run_linear, _with_residual),
     _spec(nn.ReLU, _inplace), _spec(nn.ReLU6, _relu6), _spec(nn.GELU, _gelu), _spec(nn.SiLU, _inplace),

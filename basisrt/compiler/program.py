@@ -22,7 +22,7 @@ from torch import Tensor, fx, nn
 from .. import _C
 from . import activations
 from .cpu_kernels import (BINARY_OPS, POOL_KINDS, ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d,
-                          FusedLinear, PoolStep, TorchConvStep)
+                          FusedLinear, PixelGatherStep, PoolStep, TorchConvStep)
 from .patterns import flatten_source
 
 
@@ -133,6 +133,8 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                     made = _add_eltwise(program, m, ins)
                 elif isinstance(m, ChannelGatherStep):
                     made = _add_gather(program, m.index.numpy(), ins[0])
+                elif isinstance(m, PixelGatherStep):
+                    made = _add_pixel_gather(program, m, ins[0])
                 else:
                     made = _add_conv(program, m, ins, pool is not None)
                 if made is None:
@@ -167,7 +169,7 @@ def _function_reason(node: fx.Node) -> str:
     return f"{what}: no basisrt kernel for this op (or its arguments / shapes)"
 
 
-_LOWERED = (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, PoolStep)
+_LOWERED = (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, PixelGatherStep, PoolStep)
 
 
 def _is_scalar(node: fx.Node) -> bool:
@@ -277,6 +279,15 @@ def _add_gather(program: "_C.Program", index: np.ndarray, x: _Buffer) -> _Buffer
     hwc = (*x.hwc[:2], int(index.size))
     out = _Buffer(program.add_buffer(*hwc), hwc, False)
     program.add_gather(x.id, out.id, np.ascontiguousarray(index, dtype=np.int64))
+    return out
+
+
+def _add_pixel_gather(program: "_C.Program", m: PixelGatherStep, x: _Buffer) -> _Buffer | None:
+    if x.flat or x.hwc[:2] != m.in_hw:
+        return None
+    hwc = (*m.out_hw, x.hwc[2])
+    out = _Buffer(program.add_buffer(*hwc), hwc, False)
+    program.add_pixel_gather(x.id, out.id, np.ascontiguousarray(m.index.numpy(), dtype=np.int64))
     return out
 
 

@@ -1,0 +1,114 @@
+"""Pixel gathers: nearest upsampling and zero padding as one C++ copy kernel, in plans and native
+programs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import basisrt
+from basisrt import _C
+from basisrt.compiler.cpu_kernels import PixelGatherStep
+
+
+def _reference(x: np.ndarray, index: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    n, h, w, c = x.shape
+    flat = np.concatenate([x.reshape(n, h * w, c), np.zeros((n, 1, c), x.dtype)], axis=1)  # -1: the zero row
+    return flat[:, index, :].reshape(n, *out_hw, c)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kernel_against_reference_on_random_shapes(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, h, w, c = (int(v) for v in rng.integers(1, 9, 4))
+    c = int(rng.choice([c, 17, 33]))
+    oh, ow = (int(v) for v in rng.integers(1, 12, 2))
+    index = rng.integers(-1, h * w, oh * ow).astype(np.int64)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    out = np.full((n, oh, ow, c), np.nan, np.float32)  # poisoned: every element must be written
+    _C.pixel_gather_nhwc(x, index, out, 2)
+    np.testing.assert_array_equal(out, _reference(x, index, (oh, ow)))
+
+
+def test_kernel_reads_and_writes_channel_slices() -> None:
+    rng = np.random.default_rng(1)
+    wide = rng.standard_normal((2, 3, 4, 12)).astype(np.float32)
+    out_wide = np.full((2, 2, 2, 9), np.nan, np.float32)
+    index = np.array([0, 5, -1, 11], np.int64)
+    _C.pixel_gather_nhwc(wide[..., 2:7], index, out_wide[..., 3:8], 1)
+    np.testing.assert_array_equal(out_wide[..., 3:8], _reference(np.ascontiguousarray(wide[..., 2:7]), index, (2, 2)))
+    assert np.isnan(out_wide[..., :3]).all() and np.isnan(out_wide[..., 8:]).all()  # outside the slice: untouched
+
+
+@pytest.mark.parametrize("index, message", [
+    (np.array([0, 1, 2], np.int64), "one entry per output pixel"),
+    (np.array([0, 1, 2, 12], np.int64), "outside the input's pixels"),
+    (np.array([0, 1, 2, -2], np.int64), "outside the input's pixels"),
+    (np.array([0, 1, 2, 3], np.int32), "int64"),
+])
+def test_kernel_refuses_bad_indices(index: np.ndarray, message: str) -> None:
+    x = np.ones((1, 3, 4, 2), np.float32)
+    with pytest.raises(ValueError, match=message):
+        _C.pixel_gather_nhwc(x, index, np.zeros((1, 2, 2, 2), np.float32), 1)
+
+
+class UpsampleNet(nn.Module):
+    """The ways models write it: nn.Upsample, F.interpolate with a size read off another map or a
+    fractional scale, TensorFlow's "same" padding (one more row and column after), ZeroPad2d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 8, 3, stride=2)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.pad = nn.ZeroPad2d((1, 0, 2, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.a(x))
+        z = self.down(F.pad(y, (0, 1, 0, 1)))
+        z = self.up(z) + F.interpolate(z, size=y.shape[-2:], mode="nearest")
+        z = F.interpolate(self.c(z), scale_factor=1.5, mode="nearest")
+        return self.pad(z).mean((2, 3))
+
+
+def test_upsampling_and_padding_run_native(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = UpsampleNet().eval()
+    x = torch.randn(2, 3, 10, 10)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    assert sum(s.strategy == "pixel_gather" for s in compiled.plan.steps) == 5
+    for batch in (1, 2, 5):
+        xb = torch.randn(batch, 3, 10, 10)
+        with torch.no_grad():
+            ref = model(xb)
+        assert float((compiled(xb) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    compiled.save(str(tmp_path / "up.basisrt"))
+    loaded = basisrt.load(str(tmp_path / "up.basisrt"))
+    assert loaded.native is not None and torch.equal(loaded(x), compiled(x))
+
+
+def test_step_refuses_a_map_of_another_size() -> None:
+    step = PixelGatherStep(torch.arange(4), (2, 2), (2, 2))
+    with pytest.raises(ValueError, match=r"expects a float32 \(N, C, 2, 2\) input"):
+        step(torch.randn(1, 3, 3, 3))
+
+
+def test_bilinear_is_not_a_gather() -> None:
+    class Bilinear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear")
+    x = torch.randn(1, 3, 5, 5)
+    model = Bilinear().eval()
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is None
+    assert any("interpolate" in why for _, why in compiled.plan.not_native)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), atol=1e-6)
