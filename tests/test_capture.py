@@ -156,8 +156,8 @@ def test_torch_compile_backend_plans_each_graph() -> None:
     plan_module.compile = spy
     try:
         compiled = torch.compile(pm, backend=basisrt.dynamo_backend)
-        for batch in (2, 5):
-            x = torch.randn(batch, 3, 10, 10)
+        for batch, size in ((2, 10), (5, 10), (3, 12), (2, 14)):  # new sizes: Dynamo's dynamic shapes
+            x = torch.randn(batch, 3, size, size)
             with warnings.catch_warnings():
                 warnings.simplefilter("error", UserWarning)  # no graph left to run as captured
                 y = compiled(x)

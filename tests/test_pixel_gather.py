@@ -112,3 +112,17 @@ def test_bilinear_is_not_a_gather() -> None:
     assert any("interpolate" in why for _, why in compiled.plan.not_native)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-6)
+
+
+def test_empty_batch_and_nan_as_eager() -> None:
+    torch.manual_seed(0)
+    model = UpsampleNet().eval()
+    compiled = basisrt.compile(model, torch.randn(2, 3, 10, 10), dense_backend="basisrt")
+    assert compiled.native is not None
+    assert compiled(torch.randn(0, 3, 10, 10)).shape == (0, 8)
+    x = torch.randn(2, 3, 10, 10)
+    x[1, 0, 4, 4] = float("nan")
+    with torch.no_grad():
+        ref = model(x)
+    y = compiled(x)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.isnan(y[1]).any() and not torch.isnan(y[0]).any()

@@ -150,20 +150,21 @@ def backend(gm: fx.GraphModule, example_inputs: list) -> object:
                       "captured", stacklevel=2)
         return gm.forward
     tuple_out = graph.meta.get("tuple_output", False)
-    # planned on the first call: Dynamo's example inputs may be fake tensors of symbolic shape
-    plan: list = []
+    # Planned on the first call with each image size (a plan is for one; a dynamic graph serves
+    # several): Dynamo's example inputs may be fake tensors of symbolic shape.
+    plans: dict[tuple, object] = {}
 
     def run(*args: object) -> object:
-        if not plan:
+        key = tuple(args[xi].shape[1:])
+        if key not in plans:
             try:
-                plan.append(basisrt_compile(graph, args[xi], capture="fx"))
+                plans[key] = basisrt_compile(graph, args[xi], capture="fx")
             except Exception as e:  # noqa: BLE001 - the graph still runs, as captured
                 warnings.warn(f"basisrt backend: a graph runs as captured: {e}", stacklevel=2)
-                plan.append(gm.forward)
-                return gm.forward(*args)
-        if plan[0] is gm.forward:
+                plans[key] = None
+        if plans[key] is None:
             return gm.forward(*args)
-        y = plan[0](args[xi])
+        y = plans[key](args[xi])
         return (y,) if tuple_out else y
     return run
 
