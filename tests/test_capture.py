@@ -321,3 +321,32 @@ def test_inplace_writes_that_cannot_be_made_pure_are_refused() -> None:
         basisrt.compile(IntoParameter().eval(), torch.randn(1, 3, 4, 4))
     with pytest.raises(ValueError, match="writes in place into a view of"):
         basisrt.compile(IntoView().eval(), torch.randn(1, 3, 4, 4))
+
+
+class EcaBlock(nn.Module):
+    """timm's EcaModule: a Conv1d over the pooled channels, a sigmoid gate, expand_as, multiply."""
+
+    def __init__(self, k: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2 * dilation, dilation=dilation, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        y = self.conv(y)
+        y = y.sigmoid().view(x.shape[0], -1, 1, 1)
+        return x * y.expand_as(x)
+
+
+def test_efficient_channel_attention_runs_native(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), EcaBlock(5), nn.Conv2d(16, 9, 3),
+                          EcaBlock(3, dilation=2), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.randn(2, 3, 10, 10)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 10, 10)
+        with torch.no_grad():
+            assert _rel_err(compiled(xb), model(xb)) < 1e-5
+    compiled.save(str(tmp_path / "eca.basisrt"))
+    assert torch.equal(basisrt.load(str(tmp_path / "eca.basisrt"))(x), compiled(x))

@@ -12,6 +12,10 @@ TorchDynamo) and however the model spells its layers:
 * functional layers on constant weights (`F.conv2d(x, self.weight, ...)`, `F.linear`, timm's
   `F.batch_norm` inside BatchNormAct2d, every layer of a Dynamo graph) become the nn modules
   they compute;
+* efficient channel attention (ECA: a Conv1d sliding over the globally pooled channels, viewed as
+  (N, 1, C), then a gate viewed back to (N, C, 1, 1)) becomes a 1×1 conv with the banded C×C
+  weight that computes the same, on the pooled map kept 4-D; `y.expand_as(x)` read only by a
+  broadcasting add / mul is dropped;
 * a map times / plus / minus a per-channel constant (a layer scale, `x * self.gamma.view(1, -1, 1, 1)`)
   becomes an eval-mode BatchNorm2d computing exactly that, which the fusion passes fold into the
   conv before it;
@@ -33,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..layers import BasisConv2d, BasisLinear
+from . import activations
 from .fusion import _fresh_name
 
 
@@ -43,6 +48,8 @@ def normalize(gm: fx.GraphModule) -> None:
     _drop_static_asserts(gm)
     _fold_parameter_expressions(gm)
     _functional_layers(gm)
+    _channel_conv1d(gm)
+    _drop_broadcast_expands(gm)
     _channel_constants(gm)
     _fold_padding(gm)
     _basis_pairs(gm)
@@ -330,6 +337,100 @@ def _call_module_instead(gm: fx.GraphModule, node: fx.Node, m: nn.Module, base: 
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
+
+
+# --------------------------------------------------------------------------- channel attention
+
+_VIEWS = ("view", "reshape")
+
+
+def _is_view_to(node: object, shape: tuple) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_method" and node.target in _VIEWS and \
+        _tensor_shape(node) == shape
+
+
+def _pooled_4d(gm: fx.GraphModule, t: fx.Node, before: fx.Node) -> fx.Node | None:
+    """`t`, a global mean (N, C) or (N, C, 1, 1) of a map, as an (N, C, 1, 1) node."""
+    shape = _tensor_shape(t)
+    if shape is not None and len(shape) == 4 and shape[2:] == (1, 1):
+        return t
+    is_mean = t.op == "call_method" and t.target == "mean" or t.op == "call_function" and t.target is torch.mean
+    args = dict(zip(("input", "dim", "keepdim"), t.args), **t.kwargs) if is_mean else {}
+    src = args.get("input")
+    dims = args.get("dim")
+    if not is_mean or args.get("keepdim", False) or not isinstance(dims, (tuple, list)) or \
+            len(_tensor_shape(src) or ()) != 4 or sorted(d % 4 for d in dims) != [2, 3]:
+        return None
+    with gm.graph.inserting_before(before):
+        pooled = gm.graph.call_method("mean", (src, (2, 3)), {"keepdim": True})
+    n, c = shape
+    meta = t.meta["tensor_meta"]
+    pooled.meta = {"tensor_meta": meta._replace(shape=torch.Size((n, c, 1, 1)), stride=(c, 1, 1, 1))}
+    return pooled
+
+
+def _channel_conv1d(gm: fx.GraphModule) -> None:
+    """ECA: pooled (N, C) -> view (N, 1, C) -> Conv1d(1, 1, k) -> activations -> view (N, C, 1, 1)
+    as pooled (N, C, 1, 1) -> 1×1 Conv2d(C, C) with the banded weight -> the same activations."""
+    for node in list(gm.graph.nodes):
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if type(m) is not nn.Conv1d or (m.in_channels, m.out_channels, m.groups, m.stride) != (1, 1, 1, (1,)) or \
+                m.padding_mode != "zeros" or isinstance(m.padding, str) or len(node.args) != 1 or node.kwargs:
+            continue
+        v = node.args[0]
+        shape = _tensor_shape(v)
+        if shape is None or len(shape) != 3 or shape[1] != 1 or not _is_view_to(v, shape) or \
+                not isinstance(v.args[0], fx.Node):
+            continue
+        n, _, c = shape
+        chain, cur = [], node
+        while len(cur.users) == 1 and activations.of_node(gm, next(iter(cur.users))) is not None:
+            cur = next(iter(cur.users))
+            chain.append(cur)
+        back = next(iter(cur.users)) if len(cur.users) == 1 else None
+        if not _is_view_to(back, (n, c, 1, 1)):
+            continue
+        pooled = _pooled_4d(gm, v.args[0], node)
+        if pooled is None:
+            continue
+        w, (k,), (p,), (d,) = m.weight.detach().reshape(-1), m.kernel_size, m.padding, m.dilation
+        band = torch.zeros(c, c, dtype=w.dtype)
+        out = torch.arange(c)
+        for j in range(k):  # output channel o reads input channel o + j·d - p
+            src = out + j * d - p
+            ok = (src >= 0) & (src < c)
+            band[out[ok], src[ok]] = w[j]
+        conv = nn.Conv2d(c, c, 1, bias=m.bias is not None, dtype=w.dtype)
+        _with_weights(conv, band.view(c, c, 1, 1), None if m.bias is None else m.bias.detach().expand(c))
+        name = _fresh_name(gm, node.target + "_as_conv2d")
+        gm.add_submodule(name, conv)
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, (pooled,))
+        new.meta = dict(back.meta)
+        first_user = chain[0] if chain else back
+        first_user.replace_input_with(node, new)
+        for a in chain:
+            a.meta = dict(back.meta)
+        back.replace_all_uses_with(chain[-1] if chain else new)
+        gm.graph.erase_node(back)
+        gm.graph.erase_node(node)
+
+
+def _drop_broadcast_expands(gm: fx.GraphModule) -> None:
+    """`y.expand_as(x)` whose every reader is a broadcasting add / sub / mul / div of x and it:
+    those broadcast y themselves."""
+    binary = (*_AFFINE_OPS,)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_method" or node.target != "expand_as" or len(node.args) != 2 or node.kwargs:
+            continue
+        y, x = node.args
+        ys, xs = _tensor_shape(y), _tensor_shape(x)
+        if ys is None or xs is None or len(ys) != len(xs) or \
+                any(a != b and a != 1 for a, b in zip(ys, xs)) or \
+                not all(u.op == "call_function" and u.target in binary and x in u.args for u in node.users):
+            continue  # kept where a reader needs the expanded shape itself
+        node.replace_all_uses_with(y)
+        gm.graph.erase_node(node)
 
 
 # --------------------------------------------------------------------------- per-channel constants
