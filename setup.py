@@ -20,7 +20,8 @@ ext = Pybind11Extension(
 )
 
 setup(
-    packages=["basisrt", "basisrt.kernels"],
+    # every subpackage by name: a non-editable install gets only the packages listed here
+    packages=["basisrt", "basisrt.bench", "basisrt.compiler", "basisrt.serve", "basisrt.kernels"],
     package_dir={"basisrt": "basisrt", "basisrt.kernels": "kernels"},
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
