@@ -39,6 +39,7 @@ from torch import Tensor, fx, nn
 from ..layers import BasisConv2d, BasisLinear
 from . import activations
 from .fusion import _fresh_name
+from .patterns import _PAD_FUNCTIONS, _meta_shape
 
 
 def normalize(gm: fx.GraphModule) -> None:
@@ -139,9 +140,8 @@ def _methods_as_functions(gm: fx.GraphModule) -> None:
 
 # --------------------------------------------------------------------------- shape checks
 
-_COMPARE = {operator.eq: operator.eq, operator.ne: operator.ne, operator.lt: operator.lt, operator.le: operator.le,
-            operator.gt: operator.gt, operator.ge: operator.ge, operator.and_: operator.and_,
-            operator.or_: operator.or_, operator.not_: operator.not_}
+_COMPARE = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.and_,
+            operator.or_, operator.not_}
 _UNKNOWN = object()
 
 
@@ -152,7 +152,7 @@ def _static_value(v: object) -> object:
         return v if isinstance(v, (int, float, bool, str, type(None))) else _UNKNOWN
     meta = v.meta.get("tensor_meta")
     if v.op == "call_function" and v.target is getattr and len(v.args) == 2:
-        shape = _tensor_shape(v.args[0])
+        shape = _meta_shape(v.args[0])
         if shape is not None and v.args[1] == "ndim":
             return len(shape)
         return _UNKNOWN
@@ -161,27 +161,22 @@ def _static_value(v: object) -> object:
         whole = v.args[0]  # x.shape[i] / x.size()[i]
         if whole.op == "call_function" and whole.target is getattr and whole.args[1:] == ("shape",) or \
                 whole.op == "call_method" and whole.target == "size" and len(whole.args) == 1:
-            shape = _tensor_shape(whole.args[0])
+            shape = _meta_shape(whole.args[0])
             if shape is not None and -len(shape) <= v.args[1] < len(shape) and v.args[1] % len(shape) != 0:
                 return shape[v.args[1]]
         return _UNKNOWN
     if v.op == "call_method" and v.target in ("dim", "ndimension") and len(v.args) == 1:
-        shape = _tensor_shape(v.args[0])
+        shape = _meta_shape(v.args[0])
         return len(shape) if shape is not None else _UNKNOWN
     if v.op == "call_method" and v.target == "size" and len(v.args) == 2 and isinstance(v.args[1], int):
-        shape = _tensor_shape(v.args[0])
+        shape = _meta_shape(v.args[0])
         if shape is not None and -len(shape) <= v.args[1] < len(shape) and v.args[1] % len(shape) != 0:
             return shape[v.args[1]]
         return _UNKNOWN
     if v.op == "call_function" and v.target in _COMPARE and meta is None:
         args = [_static_value(a) for a in v.args]
-        return _UNKNOWN if _UNKNOWN in args or v.kwargs else _COMPARE[v.target](*args)
+        return _UNKNOWN if _UNKNOWN in args or v.kwargs else v.target(*args)
     return _UNKNOWN
-
-
-def _tensor_shape(node: object) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
 def _drop_static_asserts(gm: fx.GraphModule) -> None:
@@ -294,7 +289,7 @@ def _with_weights(layer: nn.Module, w: Tensor, b: Tensor | None) -> nn.Module:
 
 def _batch_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     a = _args(node, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"))
-    shape = _tensor_shape(a.get("input")) if a is not None else None
+    shape = _meta_shape(a.get("input")) if a is not None else None
     if a is None or a.get("training", False) is not False or shape is None or len(shape) != 4:
         return None
     mean, var = _const(gm, a.get("running_mean")), _const(gm, a.get("running_var"))
@@ -346,12 +341,12 @@ _VIEWS = ("view", "reshape")
 
 def _is_view_to(node: object, shape: tuple) -> bool:
     return isinstance(node, fx.Node) and node.op == "call_method" and node.target in _VIEWS and \
-        _tensor_shape(node) == shape
+        _meta_shape(node) == shape
 
 
 def _pooled_4d(gm: fx.GraphModule, t: fx.Node, before: fx.Node) -> fx.Node | None:
     """`t`, a global mean (N, C) or (N, C, 1, 1) of a map, as an (N, C, 1, 1) node."""
-    shape = _tensor_shape(t)
+    shape = _meta_shape(t)
     if shape is not None and len(shape) == 4 and shape[2:] == (1, 1):
         return t
     is_mean = t.op == "call_method" and t.target == "mean" or t.op == "call_function" and t.target is torch.mean
@@ -359,7 +354,7 @@ def _pooled_4d(gm: fx.GraphModule, t: fx.Node, before: fx.Node) -> fx.Node | Non
     src = args.get("input")
     dims = args.get("dim")
     if not is_mean or args.get("keepdim", False) or not isinstance(dims, (tuple, list)) or \
-            len(_tensor_shape(src) or ()) != 4 or sorted(d % 4 for d in dims) != [2, 3]:
+            len(_meta_shape(src) or ()) != 4 or sorted(d % 4 for d in dims) != [2, 3]:
         return None
     with gm.graph.inserting_before(before):
         pooled = gm.graph.call_method("mean", (src, (2, 3)), {"keepdim": True})
@@ -378,7 +373,7 @@ def _channel_conv1d(gm: fx.GraphModule) -> None:
                 m.padding_mode != "zeros" or isinstance(m.padding, str) or len(node.args) != 1 or node.kwargs:
             continue
         v = node.args[0]
-        shape = _tensor_shape(v)
+        shape = _meta_shape(v)
         if shape is None or len(shape) != 3 or shape[1] != 1 or not _is_view_to(v, shape) or \
                 not isinstance(v.args[0], fx.Node):
             continue
@@ -424,7 +419,7 @@ def _drop_broadcast_expands(gm: fx.GraphModule) -> None:
         if node.op != "call_method" or node.target != "expand_as" or len(node.args) != 2 or node.kwargs:
             continue
         y, x = node.args
-        ys, xs = _tensor_shape(y), _tensor_shape(x)
+        ys, xs = _meta_shape(y), _meta_shape(x)
         if ys is None or xs is None or len(ys) != len(xs) or \
                 any(a != b and a != 1 for a, b in zip(ys, xs)) or \
                 not all(u.op == "call_function" and u.target in binary and x in u.args for u in node.users):
@@ -448,8 +443,8 @@ def _channel_constants(gm: fx.GraphModule) -> None:
             continue
         a, b = node.args
         x, c = (a, _const(gm, b)) if _const(gm, a) is None else (b, _const(gm, a))
-        shape = _tensor_shape(x)
-        if c is None or shape is None or len(shape) != 4 or _tensor_shape(node) != shape or \
+        shape = _meta_shape(x)
+        if c is None or shape is None or len(shape) != 4 or _meta_shape(node) != shape or \
                 x.meta["tensor_meta"].dtype != torch.float32 or c.dtype != torch.float32 or \
                 (tuple(c.shape) not in ((shape[1], 1, 1), (1, shape[1], 1, 1)) and c.numel() != 1):
             continue
@@ -470,9 +465,6 @@ def _channel_constants(gm: fx.GraphModule) -> None:
 
 # --------------------------------------------------------------------------- explicit padding
 
-_PADS = (F.pad, torch._C._nn.pad)
-
-
 def _zero_pad(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int] | None:
     """(top, left) of a zero pad the same on both sides of H and W, or None."""
     if node.op == "call_module":
@@ -480,7 +472,7 @@ def _zero_pad(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int] | None:
         if type(m) is not nn.ZeroPad2d or len(node.args) != 1 or node.kwargs:
             return None
         pads = tuple(m.padding)
-    elif node.op == "call_function" and node.target in _PADS:
+    elif node.op == "call_function" and node.target in _PAD_FUNCTIONS:
         a = _args(node, ("input", "pad", "mode", "value"))
         if a is None or a.get("mode", "constant") != "constant" or a.get("value", 0) not in (0, None):
             return None
@@ -488,7 +480,7 @@ def _zero_pad(gm: fx.GraphModule, node: fx.Node) -> tuple[int, int] | None:
     else:
         return None
     if len(pads) != 4 or not all(type(p) is int and p >= 0 for p in pads) or pads[0] != pads[1] or \
-            pads[2] != pads[3] or len(_tensor_shape(node) or ()) != 4:
+            pads[2] != pads[3] or len(_meta_shape(node) or ()) != 4:
         return None
     return pads[2], pads[0]
 
