@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from basisrt import _C
-from basisrt.compiler.cpu_kernels import FusedConv2d
+from basisrt.compiler.cpu_steps import FusedConv2d
 
 
 def ms(fn, reps: int = 30) -> float:

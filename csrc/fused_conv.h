@@ -5,7 +5,7 @@
 //   T    = cols · B                    (TP × r, stays in a thread-local buffer: never in memory)
 //   y    = T · A + bias (+ residual) (→ activation) (→ 2×2 max pool)      stored as NHWC
 // A dense conv is the same with the second GEMM skipped (B holds the dense weight).
-// Weights are prepacked once (basisrt/compiler/cpu_kernels.py): B as (K × r_pad), or (rank × K)
+// Weights are prepacked once (basisrt/compiler/cpu_steps.py): B as (K × r_pad), or (rank × K)
 // on the channel-vectorised low-rank path (lowrank_dot_path), and A as (r_pad × Cg_pad), columns
 // zero-padded to the vector block (16 floats).
 #pragma once
@@ -14,7 +14,7 @@
 namespace basisrt {
 
 // 0-2 are clamps, applied in the kernels' epilogues; the others by activate_rows (activation.h)
-// after them. The numbers are the Python side's (basisrt/compiler/cpu_kernels.py: ACTIVATIONS).
+// after them. The numbers are the Python side's (basisrt/compiler/cpu_steps.py: ACTIVATIONS).
 enum class Activation : int {
     none = 0, relu = 1, relu6 = 2, sigmoid = 3, silu = 4, hardsigmoid = 5, hardswish = 6, leaky_relu = 7,
     gelu = 8, gelu_tanh = 9

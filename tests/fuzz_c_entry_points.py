@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from basisrt import _C
-from basisrt.compiler.cpu_kernels import FusedConv2d
+from basisrt.compiler.cpu_steps import FusedConv2d
 
 ALLOWED = (ValueError, TypeError, MemoryError, OverflowError)
 INTS = [-2 ** 63, -2 ** 31, -7, -1, 0, 1, 2, 3, 5, 16, 17, 2 ** 24, 2 ** 24 + 1, 2 ** 31, 2 ** 62]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from basisrt.compiler import activations
-from basisrt.compiler.cpu_kernels import ChannelAffineStep, EltwiseStep
+from basisrt.compiler.cpu_steps import ChannelAffineStep, EltwiseStep
 
 NAMES = ["sigmoid", "silu", "hardsigmoid", "hardswish", "leaky_relu(0.2)", "leaky_relu(-1.5)", "gelu", "gelu_tanh"]
 SPECIALS = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 88.0, -88.0, 89.0, -89.0,

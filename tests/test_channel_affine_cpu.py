@@ -6,7 +6,7 @@ from torch import nn
 
 from basisrt import _C
 from basisrt.compiler import activations
-from basisrt.compiler.cpu_kernels import ChannelAffineStep, batchnorm_affine
+from basisrt.compiler.cpu_steps import ChannelAffineStep, batchnorm_affine
 
 ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
 

@@ -50,7 +50,7 @@ def test_kernel_entry_points_accept_an_empty_batch():
     run_isolated("""
 import numpy as np, torch
 from basisrt import _C
-from basisrt.compiler.cpu_kernels import ChannelAffineStep, FusedConv2d, PoolStep
+from basisrt.compiler.cpu_steps import ChannelAffineStep, FusedConv2d, PoolStep
 torch.manual_seed(0)
 x = torch.randn(0, 16, 5, 5)
 for step in (FusedConv2d(torch.randn(4, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,

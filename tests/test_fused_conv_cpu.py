@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from basisrt import _C
 from basisrt.compiler import activations
-from basisrt.compiler.cpu_kernels import FusedConv2d, FusedLinear, TorchConvStep
+from basisrt.compiler.cpu_steps import FusedConv2d, FusedLinear, TorchConvStep
 from nets import linear_on_tokens_case
 
 # Every activation the kernels fuse: the clamps in the epilogue, the rest in the pass over each tile
@@ -76,7 +76,7 @@ def test_first_call_in_a_process_on_the_1x1_dot_path():
     pair must size it before reading windows (a fresh interpreter, one thread)."""
     code = """
 import torch
-from basisrt.compiler.cpu_kernels import FusedConv2d
+from basisrt.compiler.cpu_steps import FusedConv2d
 torch.manual_seed(0)
 basis, scale, x = torch.randn(5, 32, 1, 1), torch.randn(8, 5), torch.randn(2, 32, 7, 7)
 step = FusedConv2d(basis, None, scale=scale, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, num_threads=1)

@@ -24,7 +24,7 @@ from torch import nn
 import basisrt
 from basisrt import _C, compile, decompose, prune_basis
 from basisrt.compiler import activations
-from basisrt.compiler.cpu_kernels import ChannelAffineStep, FusedConv2d, PoolStep
+from basisrt.compiler.cpu_steps import ChannelAffineStep, FusedConv2d, PoolStep
 
 ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": F.relu6}
 SPECIALS = {"nan": [float("nan")] * 3, "inf": [float("inf"), float("inf"), -float("inf"), -float("inf")],

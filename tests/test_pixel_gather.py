@@ -10,7 +10,7 @@ from torch import nn
 
 import basisrt
 from basisrt import _C
-from basisrt.compiler.cpu_kernels import PixelGatherStep
+from basisrt.compiler.cpu_steps import PixelGatherStep
 
 
 def _reference(x: np.ndarray, index: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:

@@ -169,9 +169,9 @@ _SWAP_CLASSES = [
     "torch.nn.parallel.DistributedDataParallel", "basisrt.layers.BasisConv2d",
     "basisrt.compiler.autotune.MeasuredChooser",
     "subprocess.Popen", "os.system", "builtins.object", "torch.nn.modules.conv.Conv2d",
-    "torch.nn.modules.activation.GELU", "basisrt.compiler.cpu_kernels.PoolStep",
-    "basisrt.compiler.cpu_kernels.ChannelAffineStep", "basisrt.compiler.gpu_kernels.GPUFusedConv2d",
-    "torch.nn.modules.normalization.LayerNorm", "basisrt.compiler.cpu_kernels.TorchConvStep",
+    "torch.nn.modules.activation.GELU", "basisrt.compiler.cpu_steps.PoolStep",
+    "basisrt.compiler.cpu_steps.ChannelAffineStep", "basisrt.compiler.gpu_steps.GPUFusedConv2d",
+    "torch.nn.modules.normalization.LayerNorm", "basisrt.compiler.cpu_steps.TorchConvStep",
     "torch.nn.modules.activation.PReLU", "torch.nn.ReLU",
 ]
 

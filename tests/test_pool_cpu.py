@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from basisrt import _C
-from basisrt.compiler.cpu_kernels import PoolStep, pool_step
+from basisrt.compiler.cpu_steps import PoolStep, pool_step
 
 
 def cases(n: int = 60, seed: int = 0):

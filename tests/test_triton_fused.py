@@ -40,7 +40,7 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _prev_env
 
-from basisrt.compiler.gpu_kernels import TRITON_NEEDED, GPUFusedConv2d, GPUFusedLinear  # noqa: E402
+from basisrt.compiler.gpu_steps import TRITON_NEEDED, GPUFusedConv2d, GPUFusedLinear  # noqa: E402
 
 DEV = "cpu" if INTERPRET else "cuda"
 
@@ -305,7 +305,7 @@ def test_import_without_triton():
     """`import basisrt` and the kernel module import with triton absent; the wrapper then says why it fails."""
     code = (
         "import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
-        "import basisrt, basisrt.kernels, basisrt.compiler.gpu_kernels\n"
+        "import basisrt, basisrt.kernels, basisrt.compiler.gpu_steps\n"
         "from basisrt.kernels import fused_basis_conv as f\n"
         "assert f.triton is None\n"
         "try:\n    f.fused_basis_conv2d(None, None, None)\nexcept RuntimeError as e:\n    print('OK', e)\n"

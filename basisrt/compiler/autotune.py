@@ -12,7 +12,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from .cpu_kernels import TorchConvStep
+from .cpu_steps import TorchConvStep
 from .fusion import Layer, make_step
 
 # shape key -> (the choice, the best of our kernels): "fused", "pair", "dense" or "dense-basisrt"

@@ -20,7 +20,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
 from . import activations
-from .cpu_kernels import (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, FusedLinear,
+from .cpu_steps import (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, FusedLinear,
                           PixelGatherStep, PoolStep, TorchConvStep, batchnorm_affine, conv_padding, pool_step)
 from .patterns import channel_index, flatten_source, is_eval_identity, pixel_index, pool_module
 
@@ -92,7 +92,7 @@ def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dens
     if backend == "triton":
         triton_act = layer.activation in (None, "relu", "relu6")  # kernels/fused_basis_conv.py's epilogue
         if layer.scale is not None and not pair_in_torch and triton_act and (geometry is None or geometry["groups"] == 1):
-            from .gpu_kernels import GPUFusedConv2d, GPUFusedLinear
+            from .gpu_steps import GPUFusedConv2d, GPUFusedLinear
             if geometry is None:
                 return GPUFusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual)
             return GPUFusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale,

@@ -13,7 +13,7 @@ from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..cost import profile
-from .cpu_kernels import ChannelAffineStep, FusedConv2d, PoolStep, TorchConvStep
+from .cpu_steps import ChannelAffineStep, FusedConv2d, PoolStep, TorchConvStep
 from .autotune import MeasuredChooser, layer_inputs, paired_seconds
 from .cuda_graph import CUDAGraphRunner, require_cuda_device
 from .capture import capture as capture_graph
@@ -305,7 +305,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"the Triton backend runs on CUDA devices, got {device}")
         if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("backend='triton' on CPU tensors runs only under TRITON_INTERPRET=1 (for testing)")
-        from .gpu_kernels import _kernel_module
+        from .gpu_steps import _kernel_module
         _kernel_module()  # a clear RuntimeError now if triton is missing, not deep in a step
     return backend
 

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from .. import _C
 from . import activations
-from .cpu_kernels import (BINARY_OPS, POOL_KINDS, ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d,
+from .cpu_steps import (BINARY_OPS, POOL_KINDS, ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d,
                           FusedLinear, PixelGatherStep, PoolStep, TorchConvStep, _round_up)
-from .gpu_kernels import GPUFusedConv2d, GPUFusedLinear
+from .gpu_steps import GPUFusedConv2d, GPUFusedLinear
 
 
 class PlanError(ValueError):
@@ -362,7 +362,7 @@ def _divides(groups: int, **channels: int) -> None:
             raise PlanError(f"groups={groups} does not divide {what}={c}")
 
 
-# -- basisrt's steps (layouts: cpu_kernels.py / csrc/fused_conv.h, gpu_kernels.py)
+# -- basisrt's steps (layouts: cpu_steps.py / csrc/fused_conv.h, gpu_steps.py)
 
 def _conv_geometry(a: Attrs, linear: bool, map_hw: tuple[int, int] = (1, 1)) -> tuple[int, int, int, int, int]:
     """Checks what the CPU and GPU fused steps share; returns (kh, kw, in, out, groups). A linear
@@ -822,6 +822,9 @@ def class_path(cls: type) -> str:
 
 
 CLASSES: dict[str, ModuleSpec] = {class_path(s.cls): s for s in _SPECS}
+# The names plans written before the step modules' files were renamed give them (tests/data/plan_v1*)
+CLASSES.update({path.replace(f".{new}.", f".{old}."): s for path, s in list(CLASSES.items())
+                for new, old in (("cpu_steps", "cpu_kernels"), ("gpu_steps", "gpu_kernels")) if f".{new}." in path})
 _BY_CLASS = {s.cls: s for s in _SPECS}
 
 

@@ -578,8 +578,8 @@ def _shape_pass(checked: _Checked, tensors: dict[str, TensorInfo]) -> None:
 def _target_device(checked: _Checked, device: torch.device | str | None, path: Path) -> torch.device:
     """Where the loaded plan runs: `device`, or the one it was saved from; a clear error when its
     steps cannot run there or the device is not on this machine."""
-    from .cpu_kernels import FusedConv2d
-    from .gpu_kernels import GPUFusedConv2d
+    from .cpu_steps import FusedConv2d
+    from .gpu_steps import GPUFusedConv2d
     from .plan import _resolve_backend
 
     saved = checked.device
