@@ -3,15 +3,21 @@
 Plain pybind11 + the C++ standard library: no libtorch at build time. The Triton kernels in
 kernels/ install inside the package as basisrt.kernels (no top-level `kernels` module).
 """
+import re
 from glob import glob
+from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
+
+# the package's one version string, compiled into basisrt._C too
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path("basisrt/__init__.py").read_text(), re.M).group(1)
 
 ext = Pybind11Extension(
     "basisrt._C",
     sorted(glob("csrc/*.cpp")),
     include_dirs=["csrc"],
+    define_macros=[("BASISRT_C_VERSION", f'"{VERSION}"')],
     cxx_std=17,
     # Threads come from csrc/thread_pool.cpp (no OpenMP: its barriers stall behind a busy
     # neighbour, and torch bundles its own libgomp).

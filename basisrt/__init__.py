@@ -11,20 +11,20 @@ Public API:
                                package) or backend=basisrt.dynamo_backend: Dynamo splits, basisrt plans each graph
     models                     reference architectures (vgg16, resnet18, mobilenetv2, densenet, vit_mlp)
 """
-from . import models
+from . import models, transfer
+from .channel_pruning import channel_prune, double_prune
 from .compiler import CompiledModel, Explanation, compile, dynamo_backend, explain, load
 from .cost import CostReport, LayerCost, profile
 from .decomposition import DecomposeReport, decompose, decompose_layer
+from .importance import energy_importance, taylor_importance
 from .layers import BasisConv2d, BasisLinear, scaling_parameters
 from .pruning import PruneReport, prune_basis
-from .importance import energy_importance, taylor_importance
-from .channel_pruning import channel_prune, double_prune
-from . import transfer
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BasisConv2d", "CompiledModel", "Explanation", "compile", "dynamo_backend", "explain", "load", "BasisLinear", "CostReport",
+    "BasisConv2d", "CompiledModel", "Explanation", "compile", "dynamo_backend", "explain", "load", "BasisLinear",
+    "CostReport",
     "DecomposeReport", "LayerCost",
     "PruneReport", "decompose", "decompose_layer", "models", "profile", "prune_basis", "scaling_parameters",
     "channel_prune", "double_prune", "energy_importance", "taylor_importance", "transfer",

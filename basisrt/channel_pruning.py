@@ -17,7 +17,6 @@ import copy
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

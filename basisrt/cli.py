@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections import Counter
 
 import torch
 
@@ -12,7 +13,6 @@ from .argtypes import CLIError, check, fraction, positive_int, seed, writable_di
 from .bench import engines as bench_engines
 from .cost import profile
 from .decomposition import decompose
-
 
 # Modules that each define `add_subcommand(subparsers)` for their own `basisrt <command>`.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("basisrt.workflow", "basisrt.bench.cli", "basisrt.serve.cli")
@@ -44,6 +44,7 @@ def _demo(args: argparse.Namespace) -> int:
     import copy
 
     import basisrt
+
     from .bench.report import realised_table, skipped_lines, write_all
     from .bench.runner import BenchConfig, run
     from .cost import nominal_speedup
@@ -54,23 +55,19 @@ def _demo(args: argparse.Namespace) -> int:
     prune_basis(pruned, "ratio", args.rank)
     cost = profile(pruned, x)
     print(f"# {args.model}: after basisrt.prune_basis(model, 'ratio', {args.rank:g})\n{cost.table()}\n")
-    print(f"nominal speedup {nominal_speedup(dense, cost):.2f}x ({dense.macs / 1e6:.1f}M -> {cost.macs / 1e6:.1f}M MACs)")
-    if hasattr(basisrt, "compile"):
-        try:
-            compiled = basisrt.compile(pruned, x, autotune=True)
-        except (RuntimeError, ValueError, TypeError) as e:  # what compile raises for a model it cannot take
-            raise CLIError(f"basisrt.compile cannot compile the pruned {args.model}: {type(e).__name__}: {e}",
-                           code=1) from e
-        with torch.no_grad():
-            y, y_ref = compiled(x), pruned(x)
-        steps = getattr(getattr(compiled, "plan", None), "steps", [])
-        chosen = {}
-        for step in steps:
-            chosen[step.strategy] = chosen.get(step.strategy, 0) + 1
-        print(f"basisrt.compile: {len(steps)} steps {chosen}; ‖out−pruned‖/‖pruned‖ = "
-              f"{((y - y_ref).norm() / y_ref.norm()).item():.2e}\n")
-    else:
-        print("basisrt.compile: not available (the benchmark reports the basisrt engine as skipped)\n")
+    print(f"nominal speedup {nominal_speedup(dense, cost):.2f}x "
+          f"({dense.macs / 1e6:.1f}M -> {cost.macs / 1e6:.1f}M MACs)")
+    try:
+        compiled = basisrt.compile(pruned, x, autotune=True)
+    except (RuntimeError, ValueError, TypeError) as e:  # what compile raises for a model it cannot take
+        raise CLIError(f"basisrt.compile cannot compile the pruned {args.model}: {type(e).__name__}: {e}",
+                       code=1) from e
+    with torch.no_grad():
+        y, y_ref = compiled(x), pruned(x)
+    steps = compiled.plan.steps
+    chosen = dict(Counter(str(step.strategy) for step in steps))
+    print(f"basisrt.compile: {len(steps)} steps {chosen}; ‖out−pruned‖/‖pruned‖ = "
+          f"{((y - y_ref).norm() / y_ref.norm()).item():.2e}\n")
     engines = args.engines or ["eager_dense", "eager_dense_cl", "ort_dense", "basisrt_dense", "eager_pruned",
                                "eager_pruned_cl", "ort_pruned", "basisrt"]
     config = BenchConfig.quick_config(models=[args.model], levels=[level], batches=[args.bench_batch],

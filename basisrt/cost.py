@@ -1,4 +1,5 @@
-"""Cost accounting in one place: MACs and bytes of dense and basis layers, and `profile`.
+"""Cost accounting in one place: MACs and bytes of dense and basis layers, and `profile`
+(the compiler's choices built on these counts: basisrt.compiler.cost_model).
 
 MACs of a dense conv/linear with K = (C_in/groups)·kh·kw inputs per output, at P output pixels
 (or tokens): P·K·C_out. A basis pair of rank r per group: P·r·groups·K (basis conv) +
@@ -23,11 +24,6 @@ def dense_macs(pixels: int, k: int, c_out: int) -> int:
 def basis_macs(pixels: int, k: int, c_out: int, rank: int, groups: int = 1) -> int:
     """MACs of a basis pair with `rank` vectors per group: P·r·(groups·K + C_out)."""
     return pixels * rank * (groups * k + c_out)
-
-
-def lowrank_pays(k: int, c_out: int, rank: int, groups: int = 1) -> bool:
-    """True when the basis pair needs fewer MACs than the dense layer it came from."""
-    return basis_macs(1, k, c_out, rank, groups) < dense_macs(1, k, c_out)
 
 
 @dataclass
@@ -71,7 +67,8 @@ class CostReport:
         for l in rows:
             mb = (l.weight_bytes + l.act_bytes + l.intermediate_bytes) / 1e6
             out.append(f"{l.name:<{w}}  {l.kind:<12} {l.rank:>9} {l.params:>10,} {l.macs / 1e6:>9.2f} {mb:>9.2f}")
-        out.append(f"{'total':<{w}}  {'':<12} {'':>9} {self.params:>10,} {self.macs / 1e6:>9.2f} {self.bytes / 1e6:>9.2f}")
+        out.append(f"{'total':<{w}}  {'':<12} {'':>9} {self.params:>10,} {self.macs / 1e6:>9.2f} "
+                   f"{self.bytes / 1e6:>9.2f}")
         return "\n".join(out)
 
     def __str__(self) -> str:

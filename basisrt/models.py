@@ -89,7 +89,8 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(*_conv_bn(in_channels, 64), nn.ReLU(inplace=False))
         stages, c = [], 64
         for i, (n, w) in enumerate(zip(blocks, (64, 128, 256, 512))):
-            stages.append(nn.Sequential(*[BasicBlock(c if j == 0 else w, w, 2 if i and j == 0 else 1) for j in range(n)]))
+            blocks = [BasicBlock(c if j == 0 else w, w, 2 if i and j == 0 else 1) for j in range(n)]
+            stages.append(nn.Sequential(*blocks))
             c = w
         self.layers = nn.Sequential(*stages)
         self.pool, self.flatten, self.fc = nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(c, num_classes)

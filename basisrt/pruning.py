@@ -18,7 +18,7 @@ from typing import Literal, Mapping
 import torch
 from torch import Tensor, nn
 
-from .layers import BasisConv2d, BasisLinear, BasisLayer
+from .layers import BasisConv2d, BasisLayer, BasisLinear
 
 Method = Literal["importance", "energy", "ratio"]
 

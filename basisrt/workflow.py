@@ -19,20 +19,37 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from . import data as datasets
 from . import models
-from .argtypes import (CLIError, existing_file, fraction_list, int_range, nonnegative_int, positive_float,
-                       positive_int, removal_fraction, seed, writable_file)
+from .argtypes import (
+    CLIError,
+    existing_file,
+    fraction_list,
+    int_range,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    removal_fraction,
+    seed,
+    writable_file,
+)
 from .channel_pruning import ChannelPruneReport, channel_prune
 from .cost import profile
 from .decomposition import decompose, why_not
 from .layers import BasisLayer
-from .transfer import (ScheduleReport, evaluate, find_head, iterative_prune, replace_head, seed_everything,
-                       setup_basis_transfer, train)
+from .transfer import (
+    ScheduleReport,
+    evaluate,
+    find_head,
+    iterative_prune,
+    replace_head,
+    seed_everything,
+    setup_basis_transfer,
+    train,
+)
 
 
 def small_vgg(num_classes: int = 10, in_channels: int = 1,

@@ -265,7 +265,8 @@ class MBConv(nn.Module):
         if expanded != input_channels:
             layers.append(Conv2dNormActivation(input_channels, expanded, 1, activation_layer=nn.SiLU))
         layers.append(Conv2dNormActivation(expanded, expanded, kernel, stride, expanded, activation_layer=nn.SiLU))
-        layers.append(SqueezeExcitation(expanded, max(1, input_channels // 4), activation=partial(nn.SiLU, inplace=True)))
+        layers.append(SqueezeExcitation(expanded, max(1, input_channels // 4),
+                                        activation=partial(nn.SiLU, inplace=True)))
         layers.append(Conv2dNormActivation(expanded, out_channels, 1, activation_layer=None))
         self.block = nn.Sequential(*layers)
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob, "row")
@@ -467,5 +468,5 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 INPUT_SHAPES = {name: (3, 224, 224) for name in MODELS} | {"se_resnet18": (3, 32, 32)}
 
-__all__ = ["INPUT_SHAPES", "MODELS", "channel_shuffle", "create", "with_bn_statistics", "efficientnet_b0", "regnet_y_400mf", "resnet50", "se_resnet18",
-           "shufflenet_v2_x1_0", "stochastic_depth"]
+__all__ = ["INPUT_SHAPES", "MODELS", "channel_shuffle", "create", "with_bn_statistics", "efficientnet_b0",
+           "regnet_y_400mf", "resnet50", "se_resnet18", "shufflenet_v2_x1_0", "stochastic_depth"]

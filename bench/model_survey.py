@@ -212,6 +212,7 @@ def weight_readers(model, x) -> list[str]:
     """Basis layers whose `.weight` the model's own forward reads (Swin's attention passes
     `self.qkv.weight` to F.linear): found by answering that read with the dense weight."""
     import torch
+
     from basisrt.layers import BasisConv2d, BasisLinear
     names = {id(m): n for n, m in model.named_modules() if isinstance(m, (BasisConv2d, BasisLinear))}
     hits: list[str] = []
@@ -239,6 +240,7 @@ def weight_readers(model, x) -> list[str]:
 
 def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) -> dict:
     import torch
+
     import basisrt
 
     r: dict = dict(model=name, stage="build")
@@ -316,7 +318,8 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) 
         r["compiled"] = True
         r["native"] = compiled.native is not None
         r["strategies"] = dict(Counter(s.strategy for s in compiled.plan.steps))
-        r["torch_steps"] = [f"{s.name}: {s.detail}"[:120] for s in compiled.plan.steps if s.strategy == "torch"]
+        r["torch_steps"] = [f"{s.name}: {s.detail}"[:120] for s in compiled.plan.steps
+                            if s.strategy == basisrt.compiler.Strategy.TORCH]
         r["onednn_steps"] = sum("(torch)" in s.detail for s in compiled.plan.steps)  # TorchConvStep
         mark("run")
         try:
@@ -494,7 +497,8 @@ def summary(results: list[dict]) -> str:
     blocked = [r for r in compiled if r.get("blocker_kinds")]
     out += ["", f"Blocking op kinds, ranked by the number of models each blocks ({len(blocked)} models blocked; "
             "\"sole\" = models this kind alone blocks):", "",
-            "| # | op kind | models | sole | occurrences | models blocked |", "| ---: | --- | ---: | ---: | ---: | --- |"]
+            "| # | op kind | models | sole | occurrences | models blocked |",
+            "| ---: | --- | ---: | ---: | ---: | --- |"]
     for i, (k, models) in enumerate(sorted(per_kind.items(), key=lambda kv: (-len(kv[1]), kv[0])), 1):
         sole = sum(1 for r in compiled if list((r.get("blocker_kinds") or {}).keys()) == [k])
         out.append(f"| {i} | `{k}` | {len(models)} | {sole} | {occurrences[k]} | {', '.join(models)} |")
@@ -584,7 +588,8 @@ def main(argv=None) -> int:
             params = None
             print(f"  could not count parameters of {name}: {_exc(e)}", flush=True)
         if params is not None and params > args.max_params:
-            r = dict(model=name, params=params, skipped=f"{params / 1e6:.0f}M parameters > {args.max_params / 1e6:.0f}M")
+            why = f"{params / 1e6:.0f}M parameters > {args.max_params / 1e6:.0f}M"
+            r = dict(model=name, params=params, skipped=why)
         else:
             t = time.perf_counter()
             r = survey_model(name, args.size, args.timeout, not args.no_calibrate) if args.in_process else \

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per training phase on the target")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).with_name("PAPER_RESULTS.md")))
-    ap.add_argument("--limit", type=int, help="use only this many samples of each data set (default: all; 300 with --smoke)")
+    ap.add_argument("--limit", type=int,
+                    help="use only this many samples of each data set (default: all; 300 with --smoke)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     limit = args.limit or (300 if args.smoke else None)
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| variant | setting | accuracy | Δ accuracy (pts) | params | params removed | MACs | MACs removed |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     d = rows[0]
-    lines.append(f"| dense source model, new head | — | — | — | {d['dense_params']:,} | 0 % | {d['dense_macs']:,} | 0 % |")
+    lines.append(f"| dense source model, new head | — | — | — | {d['dense_params']:,} | 0 % "
+                 f"| {d['dense_macs']:,} | 0 % |")
     for r in rows:
         lines.append(f"| {r['kind']} | {r['setting']} | {100 * r['accuracy']:.2f} % | "
                      f"{100 * (r['accuracy'] - base):+.2f} | {r['params']:,} | {100 * r['params_removed']:.1f} % | "
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"(paper: {100 * PAPER_PARAMS_REMOVED:.1f} % on MNIST).")
     command = "python bench/paper_experiment.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     machine = (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-               f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}")
+               f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+               f"Python {platform.python_version()}")
     text = "\n".join([
         "# Paper workflow results (basis scaling transfer, basis / channel / double pruning)", "",
         f"Command: `{command}` (seed {args.seed}, {time.time() - t0:.0f} s wall clock)  ",
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         *lines, "", verdict, ""])
     if not args.smoke or args.out != ap.get_default("out"):
         Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(dict(source_accuracy=source_acc, rows=rows), indent=1))
+        summary = json.dumps(dict(source_accuracy=source_acc, rows=rows), indent=1)
+        Path(args.out).with_suffix(".json").write_text(summary)
     print(text)
     return 0
 

@@ -3,7 +3,8 @@ as JSON, to compare the plans two versions of basisrt make (no timing):
 
     PYTHONPATH=<checkout A> python bench/plan_dump.py a.json
     PYTHONPATH=<checkout B> python bench/plan_dump.py b.json
-    python -c "import json; a, b = (json.load(open(f)) for f in ('a.json', 'b.json')); print({k: a[k] == b[k] for k in a})"
+    python -c "import json; a, b = (json.load(open(f)) for f in ('a.json', 'b.json'));
+               print({k: a[k] == b[k] for k in a})"
 """
 import json
 import sys

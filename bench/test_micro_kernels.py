@@ -54,8 +54,6 @@ def test_eager_basis_conv(benchmark, c_in, c_out, hw, batch, rank):
 @pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("c_in,c_out,hw,batch", SHAPES)
 def test_basisrt_fused_conv(benchmark, c_in, c_out, hw, batch, rank):
-    if not hasattr(basisrt, "compile"):
-        pytest.skip("basisrt.compile not available")
     _, basis = _layers(c_in, c_out, rank)
     x = torch.randn(batch, c_in, hw, hw)
     compiled = basisrt.compile(torch.nn.Sequential(basis), x)

@@ -44,6 +44,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..compiler.geometry import ConvGeometry
+
 try:  # keep `import basisrt.kernels.fused_basis_conv` working without triton
     import triton
     import triton.language as tl
@@ -311,8 +313,7 @@ def fused_basis_conv2d(
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
         raise ValueError(f"need stride >= 1, dilation >= 1, padding >= 0; got {(sh, sw)}, {(dh, dw)}, {(ph, pw)}")
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = ConvGeometry((kh, kw), (sh, sw), (ph, pw), (dh, dw)).output_hw(h, w)
     if oh < 1 or ow < 1:
         raise ValueError(f"input {h}x{w} with padding {(ph, pw)} is smaller than the dilated {kh}x{kw} kernel")
     if activation not in ACTIVATIONS:

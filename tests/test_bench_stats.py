@@ -9,7 +9,14 @@ from basisrt.bench import engines as eng
 from basisrt.bench.report import flags, skipped_lines
 from basisrt.bench.roofline import Roofline
 from basisrt.bench.runner import parse_level
-from basisrt.bench.timing import Timing, flag_disturbed, interleaved, paired_ratios, percentile, summarize
+from basisrt.bench.timing import (
+    Timing,
+    flag_disturbed,
+    interleaved,
+    paired_ratios,
+    percentile,
+    summarize,
+)
 
 
 @pytest.mark.parametrize("q", [0, 10, 25, 50, 90, 100])
@@ -104,10 +111,11 @@ def test_report_flags_and_skips():
              "speedups": {"e": {"vs_eager_dense": {"spread": 0.6}}}, "load": {"foreign_cores": 1.2}}
     f = " ".join(flags(group, "e"))
     assert "disturbed 2/10" in f and "noisy" in f and "busy" in f and "WRONG OUTPUT" in f
-    results = {"engine_status": {"basisrt": {"k": "skipped: basisrt.compile not available"}, "eager_dense": {"k": "ok"}},
-               "config": {"engines": ["eager_dense", "basisrt", "ort_pruned"]}, "skipped_levels": {"m": {"paper": "why"}}}
+    results = {"engine_status": {"gpu_basisrt": {"k": "skipped: no CUDA device"}, "eager_dense": {"k": "ok"}},
+               "config": {"engines": ["eager_dense", "gpu_basisrt", "ort_pruned"]},
+               "skipped_levels": {"m": {"paper": "why"}}}
     lines = "\n".join(skipped_lines(results))
-    assert "`basisrt`: skipped: basisrt.compile not available" in lines
+    assert "`gpu_basisrt`: skipped: no CUDA device" in lines
     assert "`ort_pruned`: not run" in lines and "`paper` on m: why" in lines and "eager_dense" not in lines
     assert not math.isnan(1.0)
 

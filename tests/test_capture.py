@@ -112,8 +112,9 @@ def test_capture_fx_says_what_to_try() -> None:
 
 
 def test_dynamo_capture_refuses_sizes_it_cannot_generalise() -> None:
-    from basisrt.compiler.capture import _generalise_batch
     from torch import fx
+
+    from basisrt.compiler.capture import _generalise_batch
 
     def graph(batch: int, other: int) -> fx.GraphModule:
         g = fx.Graph()
@@ -143,17 +144,17 @@ class Breaky(nn.Module):
 
 
 def test_torch_compile_backend_plans_each_graph() -> None:
-    import basisrt.compiler.plan as plan_module
+    import basisrt.compiler.torch_compile_backend as plan_module
     torch.manual_seed(0)
     pm = _pruned(Breaky())
     planned: list[basisrt.CompiledModel] = []
-    original = plan_module.compile
+    original = plan_module.basisrt_compile
 
     def spy(*args, **kwargs):
         planned.append(original(*args, **kwargs))
         return planned[-1]
     torch._dynamo.reset()
-    plan_module.compile = spy
+    plan_module.basisrt_compile = spy
     try:
         compiled = torch.compile(pm, backend=basisrt.dynamo_backend)
         for batch, size in ((2, 10), (5, 10), (3, 12), (2, 14)):  # new sizes: Dynamo's dynamic shapes
@@ -164,7 +165,7 @@ def test_torch_compile_backend_plans_each_graph() -> None:
             with torch.no_grad():
                 assert _rel_err(y, pm(x)) < 1e-5
     finally:
-        plan_module.compile = original
+        plan_module.basisrt_compile = original
         torch._dynamo.reset()
     assert len(planned) >= 2  # the graph before the branch and the one after it
     assert any(p.native is not None for p in planned)  # the one after it: convs, pool, linear

@@ -17,7 +17,8 @@ ACTS = {None: lambda t: t, "relu": torch.relu, "relu6": lambda t: t.clamp(0, 6)}
 def test_channel_affine_matches_float64_on_channel_slices(n, c, h, w, act, threads):
     gen = torch.Generator().manual_seed(n * 1000 + c * 10 + h)
     x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * 4
-    scale, shift = torch.randn(c, generator=gen, dtype=torch.float64), torch.randn(c, generator=gen, dtype=torch.float64)
+    scale = torch.randn(c, generator=gen, dtype=torch.float64)
+    shift = torch.randn(c, generator=gen, dtype=torch.float64)
     shift[0] = 30.0  # channel 0 stays positive: no case the activation zeroes out
     ref = ACTS[act](x * scale[:, None, None] + shift[:, None, None])
     wide_x = np.full((n, h, w, c + 5), np.nan, np.float32)  # NaN around x: a read outside shows

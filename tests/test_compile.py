@@ -106,7 +106,8 @@ def test_untraceable_model_gets_clear_message():
 
     # fx cannot trace it, nor Dynamo capture it as one graph: the message says what is left
     with pytest.warns(UserWarning, match="torch.fx cannot trace DataDependent"), \
-            pytest.raises(RuntimeError, match="could not capture DataDependent .* torch.compile\\(model, backend='basisrt'\\)"):
+            pytest.raises(RuntimeError,
+                          match="could not capture DataDependent .* torch.compile\\(model, backend='basisrt'\\)"):
         compile(DataDependent(), torch.randn(1, 3))
 
 
@@ -221,7 +222,7 @@ def test_autotune_charges_torch_steps_the_slowdown_they_cause(slowdown, expected
 def test_default_dense_backend_keeps_the_faster_of_oneDNN_and_native_plans(monkeypatch, faster):
     """dense_backend="auto" (the default): the first conv is a plain dense conv, which the cost
     model gives to oneDNN; the plan of only our kernels (native) is timed against that one."""
-    from basisrt.compiler import plan
+    from basisrt.compiler import entry as plan
 
     timed = {"ours": 1.0, "mixed": 2.0} if faster == "ours" else {"ours": 2.0, "mixed": 1.0}
     monkeypatch.setattr(plan, "paired_seconds", lambda candidates, x, repeats: timed)
@@ -268,7 +269,8 @@ def test_autotune_times_again_before_handing_a_layer_to_pytorch():
 def test_autotune_keeps_the_faster_of_mixed_and_all_basisrt_plans(monkeypatch, mixed_s, kept):
     """When a PyTorch step wins a layer, the whole plan of only our kernels (which runs natively)
     is timed against the mixed plan, and the faster one is kept; the mixed one must win clearly."""
-    from basisrt.compiler import autotune, plan
+    from basisrt.compiler import autotune
+    from basisrt.compiler import entry as plan
 
     autotune.clear_cache()
     monkeypatch.setattr(autotune, "_pick", lambda *a, **k: ("pair", "fused"))  # oneDNN "wins" every layer

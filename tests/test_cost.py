@@ -6,7 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import basisrt
 from basisrt import decompose, profile
-from basisrt.cost import basis_macs, dense_macs, lowrank_pays
+from basisrt.compiler.cost_model import lowrank_pays
+from basisrt.cost import basis_macs, dense_macs
 
 
 def flops_per_module(model: nn.Module, x: torch.Tensor) -> dict[str, int]:

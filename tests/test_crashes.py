@@ -4,7 +4,6 @@ point. Each case runs in a child process (tests/isolated.py), so a crash fails i
 import json
 
 import pytest
-
 from isolated import ROOT, run_isolated
 
 PRUNED = """

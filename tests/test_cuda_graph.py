@@ -1,9 +1,9 @@
 """compile(..., cuda_graph=True): a plan captured as CUDA graphs (one per input shape) equals eager."""
 import pytest
 import torch
+from nets import pruned_net
 
 import basisrt
-from nets import pruned_net
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

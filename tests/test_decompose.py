@@ -1,14 +1,17 @@
 """Full-rank exactness of basis layers, gradient flow, and decompose()'s choices and errors."""
-import itertools
 import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import basisrt
-from basisrt import BasisConv2d, BasisLinear, decompose, decompose_layer, scaling_parameters
+from basisrt import (
+    BasisConv2d,
+    BasisLinear,
+    decompose,
+    decompose_layer,
+    scaling_parameters,
+)
 from basisrt.decomposition import why_not
 
 
@@ -36,7 +39,11 @@ def conv_cases(n: int = 60, seed: int = 0):
     return cases
 
 
-@pytest.mark.parametrize("case", conv_cases(), ids=lambda c: "c{c_in}-{c_out}k{k[0]}x{k[1]}s{stride}p{padding}d{dilation}g{groups}".format(**c))
+def _conv_case_id(c: dict) -> str:
+    return "c{c_in}-{c_out}k{k[0]}x{k[1]}s{stride}p{padding}d{dilation}g{groups}".format(**c)
+
+
+@pytest.mark.parametrize("case", conv_cases(), ids=_conv_case_id)
 def test_conv_full_rank_exact(case):
     torch.manual_seed(0)
     conv = nn.Conv2d(case["c_in"], case["c_out"], case["k"], case["stride"], case["padding"], case["dilation"],

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import linear_on_tokens_case
 
 from basisrt import _C
 from basisrt.compiler import activations
 from basisrt.compiler.cpu_steps import FusedConv2d, FusedLinear, TorchConvStep
-from nets import linear_on_tokens_case
 
 # Every activation the kernels fuse: the clamps in the epilogue, the rest in the pass over each tile
 ACT_CHOICES = [None, "relu", "relu6", "sigmoid", "silu", "hardsigmoid", "hardswish", "leaky_relu(0.2)", "gelu",
@@ -54,7 +54,8 @@ def cases(n: int = 220, seed: int = 0, channel_blocks: bool = False):
 
 
 def case_id(c):
-    return "n{n}c{c_in}-{c_out}k{k[0]}{k[1]}s{stride[0]}{stride[1]}p{padding[0]}{padding[1]}d{dilation[0]}{dilation[1]}g{groups}r{rank}".format(**c)
+    return ("n{n}c{c_in}-{c_out}k{k[0]}{k[1]}s{stride[0]}{stride[1]}p{padding[0]}{padding[1]}"
+            "d{dilation[0]}{dilation[1]}g{groups}r{rank}").format(**c)
 
 
 def depthwise_cases(n: int = 60, seed: int = 4):
@@ -80,7 +81,8 @@ from basisrt.compiler.cpu_steps import FusedConv2d
 torch.manual_seed(0)
 basis, scale, x = torch.randn(5, 32, 1, 1), torch.randn(8, 5), torch.randn(2, 32, 7, 7)
 step = FusedConv2d(basis, None, scale=scale, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, num_threads=1)
-ref = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x.double(), basis.double()), scale.double()[:, :, None, None])
+t = torch.nn.functional.conv2d(x.double(), basis.double())
+ref = torch.nn.functional.conv2d(t, scale.double()[:, :, None, None])
 assert ((step(x).double() - ref).norm() / ref.norm()).item() < 1e-5
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -102,7 +104,8 @@ def test_narrow_kernels_match_float64(no_fma):
     assert check.returncode == 0, check.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           *[f"{__file__}::{t}" for t in tests],
-                          *[os.path.join(os.path.dirname(__file__), f) for f in ("test_pool_cpu.py", "test_channel_affine_cpu.py")]],
+                          *[os.path.join(os.path.dirname(__file__), f)
+                            for f in ("test_pool_cpu.py", "test_channel_affine_cpu.py")]],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]
     assert int(run.stdout.split(" passed")[0].split()[-1]) >= 500
@@ -234,8 +237,9 @@ def test_input_layouts_accepted():
 
 
 def test_kernel_rejects_bad_buffers():
-    from basisrt import _C
     import numpy as np
+
+    from basisrt import _C
     x = np.zeros((1, 5, 5, 4), np.float32)
     out = np.zeros((1, 5, 5, 8), np.float32)
     b = np.zeros((1, 36, 16), np.float32)
@@ -254,7 +258,7 @@ def test_kernel_rejects_bad_buffers():
 @pytest.mark.parametrize("rank", [0, 7])
 def test_make_step_linear(in_torch, rank):
     """Every linear step `make_step` can build (our kernel or PyTorch, pair or dense) is right."""
-    from basisrt.compiler.fusion import Layer, make_step
+    from basisrt.compiler.strategy import Layer, Strategy, make_step
 
     torch.manual_seed(2)
     x, res = torch.randn(2, 5, 24, dtype=torch.float64), torch.randn(2, 5, 12, dtype=torch.float64)
@@ -266,7 +270,9 @@ def test_make_step_linear(in_torch, rank):
         weight = torch.randn(12, 24, dtype=torch.float64)
         layer, ref = Layer(weight, bias, None, "relu6"), x @ weight.T + bias
     layer.residual = object()  # any non-None marks a fused residual
-    step = make_step(layer, None, None, "torch" if in_torch else "basisrt", pair_in_torch=in_torch)
+    strategy = (Strategy.PAIR if in_torch else Strategy.FUSED) if rank else \
+        (Strategy.DENSE if in_torch else Strategy.DENSE_BASISRT)
+    step = make_step(strategy, layer, None, dense_backend="torch")
     assert isinstance(step, TorchConvStep if in_torch else FusedLinear)
     assert rel_err(step(x.float(), res.float()), (ref + res).clamp(0, 6)) < 1e-5
 

@@ -4,10 +4,10 @@ import warnings
 
 import pytest
 import torch
+from nets import pruned_net
 from torch import nn
 
 import basisrt
-from nets import pruned_net
 
 
 @pytest.fixture(scope="module")

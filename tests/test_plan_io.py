@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import torch
-from torch import fx, nn
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import fx, nn
 
 import basisrt
 from basisrt import compile, decompose, load, prune_basis

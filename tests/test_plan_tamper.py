@@ -230,7 +230,7 @@ def _mutations(base: dict, workdir: Path, rng: random.Random) -> list[tuple[str,
 
         def inject_module(plan, tensors):
             j = next(k for k, n in enumerate(plan["graph"]) if n["op"] == "call_module")
-            plan["graph"][j]["target"] = f"__class__.__init__.__globals__"
+            plan["graph"][j]["target"] = "__class__.__init__.__globals__"
         mutate("module target injection", inject_module)
 
         # module classes swapped
@@ -302,7 +302,6 @@ def _mutations(base: dict, workdir: Path, rng: random.Random) -> list[tuple[str,
         mutate("tensor declared absent", declared_absent)
 
         # graph structure
-        g = plan0["graph"]
         for label, fn in (
             ("nodes swapped", lambda gr: gr.__setitem__(slice(inner[0], inner[0] + 2),
                                                          gr[inner[0]:inner[0] + 2][::-1])),
@@ -574,10 +573,10 @@ def test_a_file_that_is_not_a_plan(tmp_path, content):
      r"tensor 'stem_step.B' of module 'stem_step' \(FusedConv2d\) is not in the file"),
     (lambda plan, tensors: plan["input"].update(shape=[4, 10, 10]),
      r"node 'stem_step' passes a float32 tensor of shape \(1, 4, 10, 10\) to this conv step, which takes 3 channels"),
-], ids=["pool stride 0", "activation gelu_erf", "activation leaky nan", "step field", "kernel -1", "stride 0", "dilation 0", "padding -1",
-        "threads 1e6", "groups 3", "rank 20", "kernel 5", "pool kernel 64", "pool padding", "training", "residual",
-        "out channels", "exec", "numpy", "class Popen", "float64 weights", "extra tensor", "missing tensor",
-        "input channels"])
+], ids=["pool stride 0", "activation gelu_erf", "activation leaky nan", "step field", "kernel -1", "stride 0",
+        "dilation 0", "padding -1", "threads 1e6", "groups 3", "rank 20", "kernel 5", "pool kernel 64", "pool padding",
+        "training", "residual", "out channels", "exec", "numpy", "class Popen", "float64 weights", "extra tensor",
+        "missing tensor", "input channels"])
 def test_bad_plans_are_one_clear_value_error(base_plans, tmp_path, change, message):
     bad = _tampered(base_plans["native"][0], tmp_path / "bad.basisrt", change)
     with pytest.raises(ValueError, match=message) as e:

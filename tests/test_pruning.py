@@ -3,7 +3,6 @@ import pytest
 import torch
 from torch import nn
 
-import basisrt
 from basisrt import decompose, profile, prune_basis
 from basisrt.pruning import keep_count
 

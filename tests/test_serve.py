@@ -304,6 +304,7 @@ def test_sigterm_under_load_drains_and_exits_0(plan_path) -> None:
 def test_model_failure_is_500_for_that_batch_only(plan_path) -> None:
     """In process (Starlette's test client): a plan that raises on some inputs."""
     from starlette.testclient import TestClient
+
     import basisrt.serve.app as app_module
 
     real_load = app_module._load

@@ -126,3 +126,28 @@ def test_inplace_activations_fuse():
     assert ["act=relu," in s.detail or "act=relu6," in s.detail for s in compiled.plan.steps] == [True] * 3
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) < 1e-5
+
+
+class _ViewAfterEltwise(nn.Module):
+    """A tanh (no basisrt kernel: the plan runs step by step), then an add of two pools and a
+    `.view(N, -1)`: the view reads an eltwise step's channels_last output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.conv(x))
+        x = F.max_pool2d(x, 2) + F.avg_pool2d(x, 2)
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_view_of_any_step_output_runs_step_by_step() -> None:
+    torch.manual_seed(0)
+    model = _ViewAfterEltwise().eval()
+    x = torch.randn(2, 3, 8, 8)
+    compiled = basisrt.compile(model, x)
+    assert compiled.native is None  # the case: fx runs the steps, and the view sees their layout
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)

@@ -3,10 +3,17 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from basisrt import BasisConv2d, decompose
 from basisrt import data as datasets
-from basisrt.transfer import (evaluate, find_head, iterative_prune, replace_head, seed_everything,
-                              setup_basis_transfer, train)
+from basisrt import decompose
+from basisrt.transfer import (
+    evaluate,
+    find_head,
+    iterative_prune,
+    replace_head,
+    seed_everything,
+    setup_basis_transfer,
+    train,
+)
 
 
 def source():

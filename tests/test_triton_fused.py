@@ -401,10 +401,10 @@ def test_gpu_autotune_then_cuda_graph():
 def test_plan_dispatches_fused_pairs_to_triton():
     """compile(backend="triton"): basis pairs (groups=1) become Triton steps, grouped pairs and
     everything else run through PyTorch, and the whole plan matches eager."""
-    import basisrt
+    from nets import pruned_net
     from torch import nn
 
-    from nets import pruned_net
+    import basisrt
 
     model = pruned_net(tail=nn.Conv2d(16, 16, 3, padding=1, groups=2))
     x = torch.randn(2, 3, 7, 9, device=DEV)
@@ -422,8 +422,9 @@ def test_plan_dispatches_fused_pairs_to_triton():
 
 @needs_triton
 def test_triton_backend_errors(monkeypatch):
-    import basisrt
     from torch import nn
+
+    import basisrt
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

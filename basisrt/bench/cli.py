@@ -6,8 +6,17 @@ import shlex
 import sys
 
 from .. import models
-from ..argtypes import (ArgumentTypeError, CLIError, fraction, nonnegative_float, nonnegative_int, positive_int,
-                        seed, writable_dir, writable_file)
+from ..argtypes import (
+    ArgumentTypeError,
+    CLIError,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    seed,
+    writable_dir,
+    writable_file,
+)
 from . import engines as eng
 
 
@@ -41,7 +50,8 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--models", nargs="+", choices=sorted(models.all_models()), metavar="MODEL",
                    help=f"reference models (default: all of them; quick: vgg16): "
                         f"{', '.join(sorted(models.REFERENCE_MODELS))}; or real-model architectures written as "
-                        f"their libraries write them (basisrt.zoo): {', '.join(sorted(models.all_models().keys() - models.REFERENCE_MODELS.keys()))}")
+                        "their libraries write them (basisrt.zoo): "
+                        f"{', '.join(sorted(models.all_models().keys() - models.REFERENCE_MODELS.keys()))}")
     p.add_argument("--levels", nargs="+", type=level, metavar="LEVEL",
                    help="pruning levels (default: r50 r25 r10 paper double; quick: r10): "
                         "r50, r25, r10, ratio:F, energy:F (F in (0, 1]), paper, double")

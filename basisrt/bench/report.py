@@ -74,7 +74,8 @@ def timings_table(results: dict) -> str:
             err = e.get("info", {}).get("rel_err", math.nan)
             lines.append(f"| {g['model']} | {g['level']} | {g['batch']} | {g['threads']} | {name} "
                          f"| {1e3 * st['median']:.3f} | {1e3 * st['p10']:.3f} | {1e3 * st['p90']:.3f} "
-                         f"| {e['passes']} × {e['inner']} | {e['disturbed']} | {e.get('cpu_util', 0):.2f} | {err:.1e} |")
+                         f"| {e['passes']} × {e['inner']} | {e['disturbed']} | {e.get('cpu_util', 0):.2f} "
+                         f"| {err:.1e} |")
     return "\n".join(lines)
 
 
@@ -113,7 +114,8 @@ def layers_table(results: dict, model: str, level: str) -> str:
     rows = [r for r in results["layers"] if r["model"] == model and r["level"] == level]
     if not rows:
         return ""
-    lines = ["| layer | engine | kind | rank | MMACs | median µs | GFLOP/s | roofline GFLOP/s | % of bound | plan strategy |",
+    lines = ["| layer | engine | kind | rank | MMACs | median µs | GFLOP/s | roofline GFLOP/s | % of bound "
+             "| plan strategy |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     order = {n: i for i, n in enumerate(dict.fromkeys(r["layer"] for r in rows))}
     for r in sorted(rows, key=lambda r: (order[r["layer"]], r["engine"])):

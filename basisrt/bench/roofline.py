@@ -61,7 +61,7 @@ def measure(threads: int, *, matmul_n: int = 2048, copy_mb: float = 128.0, repea
             a = torch.randn(n, n, generator=g)
             b = torch.randn(n, n, generator=g)
             c = torch.empty(n, n)
-            peak = max(peak, 2 * n ** 3 / _best(lambda: torch.mm(a, b, out=c), repeats) / 1e9)
+            peak = max(peak, 2 * n ** 3 / _best(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), repeats) / 1e9)
             del a, b, c
         n = int(copy_mb * 2 ** 20 / 4)
         src = torch.randn(n, generator=g)

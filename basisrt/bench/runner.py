@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import models as model_zoo
+from ..compiler import Strategy
 from ..cost import CostReport, nominal_speedup, profile
 from ..decomposition import decompose
 from ..pruning import prune_basis
@@ -298,7 +299,8 @@ def _build(results: dict, name: str, model: nn.Module, x: torch.Tensor, threads:
     except Exception as e:  # noqa: BLE001
         run.info["rel_err"] = math.nan
         run.info["output_error"] = f"{type(e).__name__}: {e}"
-    status.setdefault(name, {})[key] = "ok" if run.info["rel_err"] < 1e-3 else f"wrong output: rel err {run.info['rel_err']:.2e}"
+    err = run.info["rel_err"]
+    status.setdefault(name, {})[key] = "ok" if err < 1e-3 else f"wrong output: rel err {err:.2e}"
     return run
 
 
@@ -393,10 +395,11 @@ def _per_layer(results, config, model_name, spec, dense, pm, x, dense_cost: Cost
             macs = plan[name].macs if name in plan else (l.macs if l else 0)
             nbytes = 0
             if l is not None:  # a fused step never writes the rank-r intermediate to memory
-                nbytes = l.weight_bytes + l.act_bytes + (0 if strategy == "fused" else l.intermediate_bytes)
+                nbytes = l.weight_bytes + l.act_bytes + (0 if strategy == Strategy.FUSED else l.intermediate_bytes)
             s = summarize([seconds])
-            results["layers"].append(_layer_row(model_name, spec, x.shape[0], threads, "basisrt", name,
-                                                l.kind if l else "", l.rank if l else "", macs, nbytes, s, roof, strategy))
+            kind, rank = (l.kind, l.rank) if l else ("", "")
+            results["layers"].append(_layer_row(model_name, spec, x.shape[0], threads, "basisrt", name, kind, rank,
+                                                macs, nbytes, s, roof, strategy))
 
 
 def _layer_name(step: str, cost: CostReport) -> str:

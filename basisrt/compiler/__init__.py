@@ -1,5 +1,7 @@
-"""basisrt.compile: execution plans of fused kernels (DESIGN §2)."""
-from .capture import backend as dynamo_backend
-from .plan import CompiledModel, Explanation, Plan, Step, compile, explain, load
+"""basisrt.compile: execution plans of fused kernels (docs/DESIGN.md §2)."""
+from .compiled import CompiledModel, Explanation, Plan, Step, load
+from .entry import compile, explain
+from .strategy import Strategy
+from .torch_compile_backend import backend as dynamo_backend
 
-__all__ = ["CompiledModel", "Explanation", "Plan", "Step", "compile", "dynamo_backend", "explain", "load"]
+__all__ = ["CompiledModel", "Explanation", "Plan", "Step", "Strategy", "compile", "dynamo_backend", "explain", "load"]

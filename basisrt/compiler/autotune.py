@@ -12,11 +12,13 @@ import time
 import torch
 from torch import Tensor, nn
 
+from .cost_model import cost_model_choice, torch_wins
 from .cpu_steps import TorchConvStep
-from .fusion import Layer, make_step
+from .geometry import ConvGeometry
+from .strategy import Layer, Strategy, make_step
 
-# shape key -> (the choice, the best of our kernels): "fused", "pair", "dense" or "dense-basisrt"
-_DECISIONS: dict[tuple, tuple[str, str]] = {}
+# shape key -> (the choice, the best of our kernels)
+_DECISIONS: dict[tuple, tuple[Strategy, Strategy]] = {}
 
 
 def layer_inputs(model: nn.Module, example_input: Tensor) -> dict[str, Tensor]:
@@ -97,8 +99,8 @@ def _after_seconds(first: nn.Module, then: nn.Module, x: Tensor, repeats: int) -
     return sorted(samples)[len(samples) // 2]
 
 
-def _pick(steps: dict[str, nn.Module], x: Tensor, repeats: int, ours: tuple[str, ...],
-          native_loss_s: float = 0.0) -> tuple[str, str]:
+def _pick(steps: dict[Strategy, nn.Module], x: Tensor, repeats: int, ours: tuple[Strategy, ...],
+          native_loss_s: float = 0.0) -> tuple[Strategy, Strategy]:
     """(the fastest candidate, our fastest), where a PyTorch candidate is charged the slowdown it
     causes our next step and `native_loss_s`, what the plan loses by running step by step."""
     times = median_seconds(steps, x, repeats)
@@ -106,20 +108,20 @@ def _pick(steps: dict[str, nn.Module], x: Tensor, repeats: int, ours: tuple[str,
     best = min(times, key=times.get)
     if best in ours or x.is_cuda:
         return best, best_ours
-    if times[best] + native_loss_s >= times[best_ours]:
+    if not torch_wins(times[best], times[best_ours], native_loss_s):
         return best_ours, best_ours
     # PyTorch wins: time the two again, side by side, and keep each one's better figure, so that
     # one disturbed block of ours does not hand the layer (and the plan's native run) away.
     again = paired_seconds({k: steps[k] for k in (best_ours, best)}, x, repeats)
     times = {k: min(times[k], again[k]) for k in (best_ours, best)}
-    if times[best] + native_loss_s >= times[best_ours]:
+    if not torch_wins(times[best], times[best_ours], native_loss_s):
         return best_ours, best_ours
     penalty = _after_seconds(steps[best], steps[best_ours], x, repeats) - times[best_ours]
-    return (best if times[best] + native_loss_s + max(penalty, 0.0) < times[best_ours] else best_ours), best_ours
+    return (best if torch_wins(times[best], times[best_ours], native_loss_s, penalty) else best_ours), best_ours
 
 
 class MeasuredChooser:
-    """A `fusion.Chooser` that times the candidates on the captured layer inputs."""
+    """A `strategy.Chooser` that times the candidates on the captured layer inputs."""
 
     def __init__(self, inputs: dict[str, Tensor], num_threads: int | None, dense_backend: str, repeats: int = 9,
                  backend: str = "cpu", steps: int = 0):
@@ -130,9 +132,7 @@ class MeasuredChooser:
         self.measured = 0  # decisions timed by this chooser (the rest came from the cache)
         self.ours_only = False  # pick only among our kernels (from the same measurements)
 
-    def __call__(self, name: str, fused: Layer | None, dense: Layer, geometry: dict | None) -> str:
-        from .fusion import cost_model_choice
-
+    def __call__(self, name: str, fused: Layer | None, dense: Layer, geometry: ConvGeometry | None) -> Strategy:
         x = self.inputs.get(name)
         if x is None or (fused is None and self.backend != "cpu"):
             return cost_model_choice(name, fused, dense, geometry)
@@ -140,16 +140,15 @@ class MeasuredChooser:
             x = x.contiguous(memory_format=torch.channels_last)
         threads = self.num_threads or torch.get_num_threads()
         key = (self.native_loss_s, None if fused is None else (tuple(fused.weight.shape), tuple(fused.scale.shape)),
-               tuple(dense.weight.shape), tuple(sorted((geometry or {}).items())), tuple(x.shape), threads,
+               tuple(dense.weight.shape), geometry, tuple(x.shape), threads,
                self.dense_backend, self.backend)
         if key not in _DECISIONS:
             # Ours first: the torch candidates' spinning workers must not be timed into our kernels.
-            kinds = {"dense-basisrt": (dense, "basisrt", False), "dense": (dense, self.dense_backend, False)}
-            if fused is not None:
-                kinds = {"fused": (fused, self.dense_backend, False), "pair": (fused, self.dense_backend, True),
-                         **kinds}
-            steps = {kind: make_step(layer, geometry, self.num_threads, dense_backend, pair, self.backend)
-                     for kind, (layer, dense_backend, pair) in kinds.items()}
+            kinds = [Strategy.FUSED, Strategy.PAIR] if fused is not None else []
+            kinds += [Strategy.DENSE_BASISRT, Strategy.DENSE]
+            steps = {kind: make_step(kind, dense if kind.dense else fused, geometry, backend=self.backend,
+                                     dense_backend=self.dense_backend, num_threads=self.num_threads)
+                     for kind in kinds}
             ours = tuple(k for k, m in steps.items() if not isinstance(m, TorchConvStep)) or tuple(steps)
             _DECISIONS[key] = _pick(steps, x, self.repeats, ours, self.native_loss_s)
             self.measured += 1

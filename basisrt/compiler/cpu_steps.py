@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .. import _C
 from . import activations
+from .geometry import ConvGeometry, window_out
 
 COL_BLOCK = 16  # kernel's packed column block (csrc/fused_conv.h: kColBlock)
 
@@ -70,9 +71,12 @@ class FusedConv2d(nn.Module):
             self.register_buffer("A", _pad_cols(a, _round_up(cg), r_pad))
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
+    @property
+    def geometry(self) -> ConvGeometry:
+        return ConvGeometry(self.kernel, self.stride, self.padding, self.dilation, self.groups)
+
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return self.geometry.output_hw(h, w)
 
     def forward(self, x: Tensor, residual: Tensor | None = None, out: Tensor | None = None) -> Tensor:
         """x: (N, C, H, W) float32, any memory format; `out`: optional NHWC buffer to write into."""
@@ -141,6 +145,19 @@ class TorchConvStep(nn.Module):
         self.rank = 0 if scale is None else scale.shape[1]
         self.after_load()
 
+    @property
+    def geometry(self) -> ConvGeometry:
+        kernel = (1, 1) if self.linear else tuple(self.weight.shape[2:])
+        return ConvGeometry(kernel, **self.conv_args)
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.conv_args["groups"]
+
+    @property
+    def out_channels(self) -> int:
+        return (self.weight if self.scale is None else self.scale).shape[0]
+
     def after_load(self) -> None:
         """oneDNN wants conv weights channels_last (saved tensors come back contiguous)."""
         if not self.linear:
@@ -192,7 +209,8 @@ class PoolStep(nn.Module):
         """(kernel, stride, output (OH, OW)) on an h×w input (a global pool covers all of it)."""
         (kh, kw), (sh, sw) = (self.kernel, self.stride) if self.kernel is not None else ((h, w), (h, w))
         (ph, pw) = self.padding
-        return (kh, kw), (sh, sw), (_pool_out(h, kh, sh, ph, self.ceil_mode), _pool_out(w, kw, sw, pw, self.ceil_mode))
+        return (kh, kw), (sh, sw), (window_out(h, kh, sh, ph, ceil_mode=self.ceil_mode),
+                                   window_out(w, kw, sw, pw, ceil_mode=self.ceil_mode))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.dtype != torch.float32:
@@ -206,21 +224,12 @@ class PoolStep(nn.Module):
         return y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
-        where = "global" if self.kernel is None else f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}"
+        where = ("global" if self.kernel is None else
+                 f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}")
         return f"{self.kind}, {where}" + (", ceil_mode" if self.ceil_mode else "")
 
 
 POOL_KINDS = {"max": 0, "avg": 1}
-
-
-def _pool_out(size: int, k: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    """PyTorch's pooled size (csrc/shape_checks.h: window_out_ceil): in ceil mode the last window
-    must start inside the input or its left padding."""
-    span = size + 2 * pad - k
-    if not ceil_mode or span < 0:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    return out - 1 if (out - 1) * stride >= size + pad else out
 
 
 class ChannelAffineStep(nn.Module):
@@ -294,7 +303,8 @@ class ChannelGatherStep(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.dtype != torch.float32 or int(self.index.max()) >= x.shape[1]:
-            raise ValueError(f"ChannelGatherStep expects a float32 (N, C, H, W) input with C > {int(self.index.max())}, "
+            raise ValueError("ChannelGatherStep expects a float32 (N, C, H, W) input with "
+                             f"C > {int(self.index.max())}, "
                              f"got {x.dtype} {tuple(x.shape)}")
         x = x.contiguous(memory_format=torch.channels_last)
         n, _, h, w = x.shape
@@ -369,18 +379,9 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
     return None
 
 
-def conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
-    """Symmetric zero padding of `conv` as (ph, pw), or None if the kernel cannot do it."""
-    if conv.padding_mode != "zeros":
-        return None
-    if conv.padding == "valid":
-        return (0, 0)
-    if conv.padding == "same":
-        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-        return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
-    return tuple(conv.padding)
+# Every CPU step module: each returns logical NCHW maps stored channels_last (or, a linear step, rows)
+STEPS = (FusedConv2d, TorchConvStep, PoolStep, ChannelAffineStep, EltwiseStep, ChannelGatherStep, PixelGatherStep)
 
-
-__all__ = ["BINARY_OPS", "ChannelAffineStep", "ChannelGatherStep", "EltwiseStep", "FusedConv2d", "FusedLinear",
+__all__ = ["BINARY_OPS", "STEPS", "ChannelAffineStep", "ChannelGatherStep", "EltwiseStep", "FusedConv2d", "FusedLinear",
            "PixelGatherStep", "PoolStep", "TorchConvStep", "batchnorm_affine",
-           "conv_padding", "pool_step"]
+           "pool_step"]

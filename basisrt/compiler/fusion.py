@@ -9,20 +9,32 @@ from __future__ import annotations
 import math
 import operator
 import re
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import fx, nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from ..cost import lowrank_pays
 from ..layers import BasisConv2d, BasisLinear
 from . import activations
-from .cpu_steps import (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, FusedLinear,
-                          PixelGatherStep, PoolStep, TorchConvStep, batchnorm_affine, conv_padding, pool_step)
-from .patterns import channel_index, flatten_source, is_eval_identity, pixel_index, pool_module
+from .cost_model import cost_model_choice
+from .cpu_steps import (
+    STEPS,
+    ChannelAffineStep,
+    ChannelGatherStep,
+    EltwiseStep,
+    PixelGatherStep,
+    batchnorm_affine,
+    pool_step,
+)
+from .geometry import ConvGeometry, conv_padding
+from .patterns import (
+    channel_index,
+    flatten_source,
+    is_eval_identity,
+    pixel_index,
+    pool_module,
+)
+from .strategy import Chooser, Layer, Strategy, make_step
 
 _ADDS = (operator.add, torch.add, operator.iadd)
 _MULS = (operator.mul, torch.mul, operator.imul)
@@ -34,25 +46,6 @@ class Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (BasisConv2d, BasisLinear)) or super().is_leaf_module(m, qualname)
-
-
-@dataclass
-class Layer:
-    """A conv/linear being turned into a step: weights in float32, fusions accumulated."""
-
-    weight: Tensor  # dense weight, or basis weight when scale is not None
-    bias: Tensor | None
-    scale: Tensor | None = None  # (C_out, r) scaling weight of a basis pair
-    activation: str | None = None
-    residual: fx.Node | None = None
-
-    def scale_output(self, gamma: Tensor, beta: Tensor) -> None:
-        """y ← gamma·y + beta per output channel (a folded BatchNorm)."""
-        if self.scale is not None:
-            self.scale = self.scale * gamma[:, None]
-        else:
-            self.weight = self.weight * gamma.view(-1, *[1] * (self.weight.dim() - 1))
-        self.bias = beta + gamma * (self.bias if self.bias is not None else 0)
 
 
 def _fresh_name(gm: fx.GraphModule, base: str) -> str:
@@ -74,55 +67,10 @@ def _only_user(node: fx.Node) -> fx.Node | None:
     return next(iter(node.users)) if len(node.users) == 1 else None
 
 
-def geometry_of(m: nn.Module) -> dict | None:
+def geometry_of(m: nn.Module) -> ConvGeometry | None:
     """Conv geometry of a conv / basis conv step (None for a linear step)."""
     conv = m.basis if isinstance(m, BasisConv2d) else m
-    if not isinstance(conv, nn.Conv2d):
-        return None
-    return dict(stride=conv.stride, padding=conv_padding(conv), dilation=conv.dilation, groups=conv.groups)
-
-
-def make_step(layer: Layer, geometry: dict | None, num_threads: int | None, dense_backend: str,
-              pair_in_torch: bool = False, backend: str = "cpu",
-              map_chw: tuple[int, int, int] | None = None) -> nn.Module:
-    """The one place a plan step module is built from a Layer (geometry None: a linear step, which
-    reads a flattened (C, H, W) map when `map_chw` is given).
-    backend "triton": fused pairs run the Triton kernel (groups=1), everything else PyTorch."""
-    residual = layer.residual is not None
-    if backend == "triton":
-        triton_act = layer.activation in (None, "relu", "relu6")  # kernels/fused_basis_conv.py's epilogue
-        if layer.scale is not None and not pair_in_torch and triton_act and (geometry is None or geometry["groups"] == 1):
-            from .gpu_steps import GPUFusedConv2d, GPUFusedLinear
-            if geometry is None:
-                return GPUFusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual)
-            return GPUFusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale,
-                                  activation=layer.activation, residual=residual)
-        pair_in_torch, dense_backend = True, "torch"  # our C++ kernels are CPU-only
-    in_torch = pair_in_torch if layer.scale is not None else dense_backend == "torch"
-    if in_torch:
-        return TorchConvStep(layer.weight, layer.bias, **(geometry or _LINEAR_GEOMETRY), scale=layer.scale,
-                             activation=layer.activation, residual=residual, linear=geometry is None)
-    if geometry is not None:
-        return FusedConv2d(layer.weight, layer.bias, **geometry, scale=layer.scale, activation=layer.activation,
-                           residual=residual, num_threads=num_threads)
-    return FusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual, num_threads, map_chw)
-
-
-_LINEAR_GEOMETRY = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
-
-# Picks how a layer runs: "fused" (our low-rank kernel), "pair" (two oneDNN convs), "dense" (one
-# dense conv: the pair folded, or a plain layer, with the plan's dense_backend) or "dense-basisrt"
-# (one dense conv by our kernel). `fused` is None for a plain layer, which can only run dense.
-Chooser = Callable[[str, "Layer | None", Layer, "dict | None"], str]
-
-
-def cost_model_choice(name: str, fused: Layer | None, dense: Layer, geometry: dict | None) -> str:
-    """Fused low-rank when it needs fewer MACs than the dense fold (basisrt.cost)."""
-    if fused is None:
-        return "dense"
-    groups = geometry["groups"] if geometry else 1
-    pays = lowrank_pays(fused.weight[0].numel(), fused.scale.shape[0], fused.scale.shape[1], groups)
-    return "fused" if pays else "dense"
+    return ConvGeometry.of(conv) if isinstance(conv, nn.Conv2d) else None
 
 
 def _candidates(gm: fx.GraphModule, node: fx.Node, m: nn.Module):
@@ -175,7 +123,8 @@ def _fuse_epilogue(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> None:
     """Residual add (conv output + another tensor), then activation, into the step."""
     user = _only_user(node)
     if (user is not None and user.op == "call_function" and user.target in _ADDS and len(user.args) == 2
-            and not user.kwargs and all(isinstance(a, fx.Node) for a in user.args) and user.args[0] is not user.args[1]):
+            and not user.kwargs and all(isinstance(a, fx.Node) for a in user.args)
+            and user.args[0] is not user.args[1]):
         other = user.args[1] if user.args[0] is node else user.args[0]
         if _shape(other) is None or _shape(other) != _shape(node):  # broadcasting adds stay in torch
             return _fuse_activation(gm, node, layer)
@@ -224,11 +173,11 @@ def _later(a: fx.Node, b: fx.Node) -> fx.Node:
 
 
 def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_threads: int | None = None,
-         dense_backend: str = "torch", backend: str = "cpu") -> dict[str, tuple[str, tuple[str, ...]]]:
+         dense_backend: str = "torch", backend: str = "cpu") -> dict[str, Strategy]:
     """Rewrite `gm` in place into plan steps (node shapes from ShapeProp must be in node.meta).
-    `choose` picks fused vs dense per layer (None: always dense). Returns step name ->
-    (strategy, names of the layers it replaced)."""
-    strategies: dict[str, tuple[str, tuple[str, ...]]] = {}
+    `choose` picks fused vs dense per layer (None: always dense). Returns each step's Strategy by
+    step name."""
+    strategies: dict[str, Strategy] = {}
     _drop_eval_identities(gm)
     _pool_modules(gm)
     if backend == "cpu":
@@ -241,36 +190,35 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         ours = m is not None and backend == "cpu" and _is_float32_4d(node.args[0])
         pool = pool_step(m, num_threads, _shape(node.args[0])[2:]) if ours else None
         if pool is not None:  # ours, so a plan of fused steps never wakes PyTorch's OpenMP workers
-            source, node.target = node.target, _fresh_name(gm, node.target.replace(".", "_") + "_pool")
+            node.target = _fresh_name(gm, node.target.replace(".", "_") + "_pool")
             gm.add_submodule(node.target, pool)
-            strategies[node.target] = ("pool", (source,))
+            strategies[node.target] = Strategy.POOL
             continue
         affine = batchnorm_affine(m) if ours else None
         if affine is not None:  # a BatchNorm no conv absorbed (pre-activation): ours, with its ReLU
-            source, node.target = node.target, _fresh_name(gm, node.target.replace(".", "_") + "_affine")
+            node.target = _fresh_name(gm, node.target.replace(".", "_") + "_affine")
             gm.add_submodule(node.target, ChannelAffineStep(*affine, _take_activation(gm, node), num_threads))
-            strategies[node.target] = ("affine", (source,))
+            strategies[node.target] = Strategy.AFFINE
             continue
         found = _candidates(gm, node, m) if m is not None else None
         if found is None:
             continue
         fused, dense, second = found
         geometry = geometry_of(m)
-        sources = (node.target,)
         if second is not None:  # the 1×1 conv's node stands for the pair from here on
-            sources += (second.target,)
             second.replace_all_uses_with(node)
             gm.graph.erase_node(second)
-        kind = choose(node.target, fused, dense, geometry) if choose is not None else "dense"
-        layer = dense if kind.startswith("dense") else fused
-        strategy = "dense-fold" if kind == "dense" and fused is not None else kind
+        strategy = Strategy(choose(node.target, fused, dense, geometry)) if choose is not None else Strategy.DENSE
+        if strategy is Strategy.DENSE and fused is not None:
+            strategy = Strategy.DENSE_FOLD
+        layer = dense if strategy.dense else fused
         if geometry is not None:
             _fold_bn(gm, node, layer)
         _fuse_epilogue(gm, node, layer)
         name = _fresh_name(gm, node.target.replace(".", "_") + "_step")
-        step_backend = "basisrt" if kind == "dense-basisrt" else dense_backend
-        gm.add_submodule(name, make_step(layer, geometry, num_threads, step_backend, kind == "pair", backend,
-                                         _flattened_map(gm, node, m) if geometry is None else None))
+        gm.add_submodule(name, make_step(strategy, layer, geometry, backend=backend, dense_backend=dense_backend,
+                                         num_threads=num_threads,
+                                         map_chw=_flattened_map(gm, node, m) if geometry is None else None))
         anchor = node if layer.residual is None else _later(node, layer.residual)
         with gm.graph.inserting_after(anchor):
             args = (node.args[0],) + ((layer.residual,) if layer.residual is not None else ())
@@ -278,7 +226,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         new.meta = dict(node.meta)  # keeps the shape, so later adds onto this step can fuse
         node.replace_all_uses_with(new)
         gm.graph.erase_node(node)
-        strategies[name] = (strategy, sources)
+        strategies[name] = strategy
     if backend == "cpu":
         _elementwise_steps(gm, num_threads, strategies)
     _views_read_any_layout(gm)
@@ -299,7 +247,7 @@ def _drop_eval_identities(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(node)
 
 
-def _replace_with_step(gm: fx.GraphModule, node: fx.Node, kind: str, module: nn.Module, args: tuple,
+def _replace_with_step(gm: fx.GraphModule, node: fx.Node, kind: Strategy, module: nn.Module, args: tuple,
                        strategies: dict) -> None:
     """`node` becomes a call of step `module` on `args` (same shape metadata), recorded as `kind`."""
     name = _fresh_name(gm, f"{node.name}_{kind}")
@@ -309,7 +257,7 @@ def _replace_with_step(gm: fx.GraphModule, node: fx.Node, kind: str, module: nn.
     new.meta = dict(node.meta)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
-    strategies[name] = (kind, ())
+    strategies[name] = kind
 
 
 def _channel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
@@ -323,7 +271,7 @@ def _channel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: di
         if index == list(range(_shape(src)[1])):
             node.replace_all_uses_with(src)
         else:
-            _replace_with_step(gm, node, "gather", ChannelGatherStep(torch.tensor(index), num_threads), (src,),
+            _replace_with_step(gm, node, Strategy.GATHER, ChannelGatherStep(torch.tensor(index), num_threads), (src,),
                                strategies)
     gm.graph.eliminate_dead_code()
 
@@ -336,8 +284,8 @@ def _pixel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: dict
             continue
         src, index = found
         in_hw, out_hw = _shape(src)[2:], _shape(node)[2:]
-        _replace_with_step(gm, node, "pixel_gather", PixelGatherStep(torch.tensor(index), in_hw, out_hw, num_threads),
-                           (src,), strategies)
+        step = PixelGatherStep(torch.tensor(index), in_hw, out_hw, num_threads)
+        _replace_with_step(gm, node, Strategy.PIXEL_GATHER, step, (src,), strategies)
     gm.graph.eliminate_dead_code()
 
 
@@ -355,15 +303,15 @@ def _elementwise_steps(gm: fx.GraphModule, num_threads: int | None, strategies: 
         act = _take_activation(gm, node)
         if act is not None:
             module.activation = act
-        _replace_with_step(gm, node, "eltwise" if isinstance(module, EltwiseStep) else "affine", module, args,
-                           strategies)
+        kind = Strategy.ELTWISE if isinstance(module, EltwiseStep) else Strategy.AFFINE
+        _replace_with_step(gm, node, kind, module, args, strategies)
     for node in list(gm.graph.nodes):  # activations left alone (after a pool, a concatenation, the input)
         act = activations.of_node(gm, node)
         if act is None or not node.args or not _is_float32_4d(node.args[0]) or not _is_float32_4d(node):
             continue
         c = _shape(node)[1]
-        _replace_with_step(gm, node, "affine", ChannelAffineStep(torch.ones(c), torch.zeros(c), act, num_threads),
-                           (node.args[0],), strategies)
+        step = ChannelAffineStep(torch.ones(c), torch.zeros(c), act, num_threads)
+        _replace_with_step(gm, node, Strategy.AFFINE, step, (node.args[0],), strategies)
 
 
 def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None):
@@ -425,8 +373,7 @@ def _pool_modules(gm: fx.GraphModule) -> None:
 def _views_read_any_layout(gm: fx.GraphModule) -> None:
     """`x.view(...)` of a step's output becomes `x.reshape(...)`: steps return NCHW tensors stored
     channels_last, which `view` cannot flatten (PyTorch raises), and reshape copies only then."""
-    steps = (ChannelAffineStep, FusedConv2d, PoolStep, TorchConvStep)
     for node in gm.graph.nodes:
         src = node.args[0] if node.op == "call_method" and node.target == "view" and node.args else None
-        if isinstance(src, fx.Node) and isinstance(_module(gm, src), steps):
+        if isinstance(src, fx.Node) and isinstance(_module(gm, src), STEPS):
             node.target = "reshape"

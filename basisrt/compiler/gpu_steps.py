@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 
-import torch
 from torch import Tensor, nn
+
+from .geometry import ConvGeometry
 
 TRITON_NEEDED = "compiling a CUDA model needs triton: pip install triton"
 
@@ -34,7 +35,9 @@ def _kernel_module():
 
 
 def _kernels():
-    from ..kernels import fused_basis_conv  # already imported by the constructor: a dict lookup
+    from ..kernels import (
+        fused_basis_conv,  # already imported by the constructor: a dict lookup
+    )
     return fused_basis_conv
 
 
@@ -95,9 +98,12 @@ class GPUFusedConv2d(nn.Module):
         if self.residual and residual is None:
             raise ValueError("this step was built with residual=True: pass the residual tensor")
 
+    @property
+    def geometry(self) -> ConvGeometry:
+        return ConvGeometry(self.kernel, self.stride, self.padding, self.dilation, self.groups)
+
     def output_hw(self, h: int, w: int) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
-        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        return self.geometry.output_hw(h, w)
 
     def forward(self, x: Tensor, residual: Tensor | None = None, out: Tensor | None = None) -> Tensor:
         """x: (N, C_in, H, W) on the weights' device and dtype, any memory format.

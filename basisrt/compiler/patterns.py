@@ -68,7 +68,8 @@ def flatten_source(gm: fx.GraphModule, node: fx.Node, shape: Shape | None = None
             return None
         features = shape[1] * shape[2] * shape[3]
         first, second = dims
-        if not ((_is_batch_size(first, src, _shape) and second in (-1, features)) or (first == -1 and second == features)):
+        by_batch = _is_batch_size(first, src, _shape) and second in (-1, features)
+        if not (by_batch or (first == -1 and second == features)):
             return None
     else:
         return None

@@ -32,8 +32,19 @@ from torch import Tensor, nn
 
 from .. import _C
 from . import activations
-from .cpu_steps import (BINARY_OPS, POOL_KINDS, ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d,
-                          FusedLinear, PixelGatherStep, PoolStep, TorchConvStep, _round_up)
+from .cpu_steps import (
+    BINARY_OPS,
+    POOL_KINDS,
+    ChannelAffineStep,
+    ChannelGatherStep,
+    EltwiseStep,
+    FusedConv2d,
+    FusedLinear,
+    PixelGatherStep,
+    PoolStep,
+    TorchConvStep,
+    _round_up,
+)
 from .gpu_steps import GPUFusedConv2d, GPUFusedLinear
 
 

@@ -21,8 +21,18 @@ from torch import Tensor, fx, nn
 
 from .. import _C
 from . import activations
-from .cpu_steps import (BINARY_OPS, POOL_KINDS, ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d,
-                          FusedLinear, PixelGatherStep, PoolStep, TorchConvStep)
+from .cpu_steps import (
+    BINARY_OPS,
+    POOL_KINDS,
+    ChannelAffineStep,
+    ChannelGatherStep,
+    EltwiseStep,
+    FusedConv2d,
+    FusedLinear,
+    PixelGatherStep,
+    PoolStep,
+    TorchConvStep,
+)
 from .patterns import flatten_source
 
 

@@ -29,12 +29,17 @@ import torch
 from torch import fx, nn
 
 from . import plan_schema as schema
+from .backends import resolve_backend
+from .cpu_steps import FusedConv2d
+from .gpu_steps import GPUFusedConv2d
 from .plan_schema import PlanError, TensorInfo
+from .strategy import Strategy
 
 FORMAT = "basisrt-plan/1"
 PLAN_KEY, DIGEST_KEY = "basisrt_plan", "basisrt_sha256"  # safetensors metadata entries
 _PLAN_FIELDS = {"format", "input", "device", "cuda_graph", "modules", "graph", "steps"}
 _OPTIONAL_FIELDS = {"device", "cuda_graph"}  # plans written before devices were recorded lack them
+_STRATEGIES = {s.value for s in Strategy}
 _STEP_FIELDS = {"name": str, "strategy": str, "macs": int, "detail": str}
 _NODE_FIELDS = {"op", "name", "target", "args", "kwargs"}
 _NODE_OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
@@ -108,8 +113,9 @@ def _module_entry(name: str, m: nn.Module, leaf: bool) -> dict:
     return entry
 
 
-def save_plan(compiled, path: str | Path) -> None:
-    """Write `compiled` (a CompiledModel) to one safetensors file at `path`. The plan is checked
+def save_plan(compiled: Any, path: str | Path) -> None:
+    """Write `compiled` (a CompiledModel: module, plan, input_shape, dtype, device, cuda_graph) to
+    one safetensors file at `path`. The plan is checked
     as `load_plan` checks it, so what saves loads; a ValueError says what cannot be saved."""
     gm: fx.GraphModule = compiled.module
     leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
@@ -122,7 +128,7 @@ def save_plan(compiled, path: str | Path) -> None:
         "cuda_graph": compiled.cuda_graph,
         "modules": {name: _module_entry(name, m, name in leaves) for name, m in gm.named_modules()},
         "graph": nodes,
-        "steps": [vars(s) for s in compiled.plan.steps],
+        "steps": [{**vars(s), "strategy": str(s.strategy)} for s in compiled.plan.steps],
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in gm.state_dict().items()}
     for k, v in tensors.items():
@@ -403,6 +409,8 @@ def _check_steps(steps: Any) -> list[dict]:
                 and 0 <= s["macs"] <= schema.MAX_INT):
             raise PlanError(f"steps[{i}] must be an object of exactly name (str), strategy (str), macs (int >= 0) "
                             f"and detail (str), got {schema._text(s)}")
+        if s["strategy"] not in _STRATEGIES:
+            raise PlanError(f"steps[{i}] has strategy {schema._text(s['strategy'])}, not one of {sorted(_STRATEGIES)}")
     return steps
 
 
@@ -578,10 +586,6 @@ def _shape_pass(checked: _Checked, tensors: dict[str, TensorInfo]) -> None:
 def _target_device(checked: _Checked, device: torch.device | str | None, path: Path) -> torch.device:
     """Where the loaded plan runs: `device`, or the one it was saved from; a clear error when its
     steps cannot run there or the device is not on this machine."""
-    from .cpu_steps import FusedConv2d
-    from .gpu_steps import GPUFusedConv2d
-    from .plan import _resolve_backend
-
     saved = checked.device
     target = torch.device(saved if device is None else device)
     classes = [m.spec.cls for m in checked.modules if m.spec is not None]
@@ -591,7 +595,7 @@ def _target_device(checked: _Checked, device: torch.device | str | None, path: P
     has_triton = any(issubclass(c, GPUFusedConv2d) for c in classes)
     if has_triton:
         try:  # CUDA, or the CPU under TRITON_INTERPRET=1; triton installed
-            _resolve_backend("triton", target)
+            resolve_backend("triton", target)
         except ValueError as e:
             raise ValueError(f"{path}: this plan's fused steps are Triton kernels and cannot run on {target} here: "
                              f"{e}") from e
@@ -608,13 +612,24 @@ def _target_device(checked: _Checked, device: torch.device | str | None, path: P
     return target
 
 
-def load_plan(path: str | Path, device: torch.device | str | None = None, cuda_graph: bool | None = None):
-    """Read a plan written by `save_plan` onto `device` (default: the one it was saved from);
-    returns a CompiledModel ready to call. `cuda_graph` None: as saved when the target is CUDA.
-    A file that is not a valid plan is a ValueError naming it and the problem."""
-    from safetensors.torch import load_file
+@dataclass
+class LoadedPlan:
+    """What a plan file holds, checked and on its target device (compiled.load wraps it)."""
 
-    from .plan import CompiledModel, Plan, Step
+    module: fx.GraphModule
+    steps: list[dict]  # Step fields
+    input_shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+    cuda_graph: bool
+
+
+def load_plan(path: str | Path, device: torch.device | str | None = None,
+              cuda_graph: bool | None = None) -> LoadedPlan:
+    """Read a plan written by `save_plan` onto `device` (default: the one it was saved from).
+    `cuda_graph` None: as saved when the target is CUDA. A file that is not a valid plan is a
+    ValueError naming it and the problem."""
+    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
@@ -642,5 +657,4 @@ def load_plan(path: str | Path, device: torch.device | str | None = None, cuda_g
         graph, _ = _graph(checked.graph, root, checked)
         gm = fx.GraphModule(root, graph)
         gm.eval()
-        plan = Plan([Step(**s) for s in checked.steps])
-    return CompiledModel(gm, plan, checked.input_shape, checked.dtype, target, cuda_graph)
+    return LoadedPlan(gm, checked.steps, checked.input_shape, checked.dtype, target, cuda_graph)

@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..argtypes import CLIError, int_range, nonnegative_float, positive_float, positive_int
+from ..argtypes import (
+    CLIError,
+    int_range,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+)
 
 
 def _run(args: argparse.Namespace) -> int:

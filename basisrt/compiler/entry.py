@@ -1,0 +1,169 @@
+"""`basisrt.compile` and `basisrt.explain`: capture, normalise, fuse, and wrap the result as a
+drop-in callable; on the CPU, the race between the mixed plan and the all-native one."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .autotune import MeasuredChooser, layer_inputs, paired_seconds
+from .backends import resolve_backend
+from .capture import capture as capture_graph
+from .compiled import CompiledModel, Explanation, Plan, Step, check_input
+from .cost_model import cost_model_choice, keep_mixed, step_macs
+from .cuda_graph import require_cuda_device
+from .fusion import fuse
+from .geometry import ConvGeometry
+from .normalize import normalize
+from .strategy import Chooser, Layer, Strategy
+
+
+def _check_model(model: nn.Module, example_input: Tensor, num_threads: int | None) -> None:
+    """Clear errors (and a warning) for what compile cannot or will not do with `model`."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"compile expects an nn.Module, got {type(model).__name__}")
+    check_input(example_input, example_input.device, example_input.dtype, None)
+    if num_threads is not None and (not isinstance(num_threads, int) or not 1 <= num_threads <= MAX_THREADS):
+        raise ValueError(f"num_threads must be None or an int in [1, {MAX_THREADS}], got {num_threads!r}")
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(f"{type(model).__name__} has parameters on the meta device (shapes without values): load "
+                         "its weights first (model.to_empty(device='cpu'), then load_state_dict)")
+    if model.training:
+        warnings.warn(f"basisrt.compile: {type(model).__name__} is in training mode; the plan runs it as in eval mode "
+                      "(BatchNorm running statistics, no dropout). Call model.eval() first to silence this.",
+                      stacklevel=3)
+
+
+def _check_single_input(model: nn.Module, graph: fx.Graph) -> None:
+    required = [n.target for n in graph.nodes if n.op == "placeholder" and not n.args]
+    if len(required) > 1:
+        raise ValueError(f"basisrt.compile runs models of one tensor input; {type(model).__name__}.forward takes "
+                         f"{len(required)} ({', '.join(map(str, required))})")
+
+
+MAX_THREADS = 1024  # the C++ kernels' cap (csrc/shape_checks.h: kMaxThreads)
+
+
+def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
+            num_threads: int | None = None, dense_backend: str = "auto", backend: str = "auto",
+            cuda_graph: bool = False, capture: str = "auto") -> CompiledModel:
+    """Compile `model` for inference into a plan of fused kernels (C++ on the CPU, Triton on CUDA).
+
+    Traces with torch.fx (basis layers stay whole; TorchDynamo where fx cannot), folds BatchNorm
+    into the preceding conv, fuses residual adds and activations (ReLU, ReLU6, SiLU, sigmoid,
+    hard-swish, hard-sigmoid, leaky ReLU, GELU) into the conv epilogue, drops what is the identity
+    in eval mode (dropout, stochastic depth), and picks per layer the fused low-rank kernel or a
+    dense fold, whichever needs fewer MACs. Pools, squeeze-excitation gates, unfused adds, channel
+    shuffles and slices and concatenations run in basisrt's kernels too; when every op does, the
+    plan is one native C++ program (`.native`), else `.plan.not_native` (and `basisrt.explain`) says
+    which ops kept it from being one. Operations the plan does not own run through PyTorch. The
+    model itself is not modified.
+
+    Args:
+        model: a float32 model (plain, decomposed or pruned). It is compiled as in eval mode
+            (BatchNorm running statistics, no dropout): a model in training mode gets a warning.
+        example_input: an input of the shape the plan will be called with (batch may differ).
+        prefer_lowrank: if False, fold every basis pair to a dense conv.
+        autotune: choose per layer by timing on `example_input` instead of by the MAC count:
+            our fused kernel, the pair as two oneDNN convs or the dense fold for a basis pair, our
+            dense kernel or oneDNN for a plain conv. A PyTorch step is charged the slowdown its
+            spinning OpenMP workers cause our next step. Decisions are cached per shape.
+        num_threads: kernel threads (default: torch.get_num_threads() at call time).
+        dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, faster on big dense
+            convs), "basisrt" with our C++ kernel. "auto" (default) starts from "torch", and on the
+            CPU also builds the plan of only our kernels, which runs as one C++ program without a
+            Python round trip per step, and keeps whichever is faster on `example_input`.
+        backend: "auto" (CUDA input: "triton", else "cpu"), "cpu" (C++ kernels) or "triton"
+            (fused pairs as Triton kernels, other steps through PyTorch; on CPU tensors only
+            under TRITON_INTERPRET=1, for testing).
+        cuda_graph: capture the plan as a CUDA graph on the first call with each input shape and
+            replay it afterwards (saves the per-step launch cost; CUDA plans only). Outputs are
+            fresh tensors, never the graph's static buffers.
+        capture: how the model becomes a graph (basisrt.compiler.capture): "fx" (torch.fx
+            tracing), "dynamo" (TorchDynamo runs the model's Python: sizes used as ints, `if`s
+            on shapes; one graph, valid for any batch size), "auto" (default): fx, and Dynamo
+            with a warning where fx cannot trace the model.
+    """
+    if not isinstance(example_input, Tensor):
+        raise TypeError("example_input must be a torch.Tensor")
+    _check_model(model, example_input, num_threads)
+    example_input = check_input(example_input, example_input.device, example_input.dtype, None)
+    if cuda_graph:
+        require_cuda_device(example_input.device)  # before the work of tracing
+    backend = resolve_backend(backend, example_input.device)
+    if dense_backend not in ("auto", "torch", "basisrt"):
+        raise ValueError(f"dense_backend must be 'auto', 'torch' or 'basisrt', got {dense_backend!r}")
+    try_ours = autotune or dense_backend == "auto"
+    dense_backend = "torch" if dense_backend == "auto" else dense_backend
+    model = copy.deepcopy(model).eval()
+    gm = capture_graph(model, example_input, capture)
+    _check_single_input(model, gm.graph)
+    with torch.no_grad():
+        try:
+            ShapeProp(gm).propagate(example_input)
+        except Exception as e:  # the model's own error on this input, without fx's long trace
+            cause = e.__cause__ or e
+            raise ValueError(f"basisrt.compile: {type(model).__name__} fails on example_input of shape "
+                             f"{tuple(example_input.shape)}: {type(cause).__name__}: {cause}") from e
+    normalize(gm)
+    if not prefer_lowrank:
+        choose = None
+    elif autotune:
+        steps = sum(n.op in ("call_module", "call_function", "call_method") for n in gm.graph.nodes)
+        choose = MeasuredChooser(layer_inputs(model, example_input), num_threads, dense_backend, backend=backend,
+                                 steps=steps)
+    else:
+        choose = cost_model_choice
+    compiled = _build(copy.deepcopy(gm), choose, example_input, num_threads, dense_backend, backend, cuda_graph)
+    if try_ours and compiled.native is None and backend == "cpu":
+        # Some PyTorch step keeps the whole plan out of the native program; time the plan of
+        # only our kernels against it and keep the faster.
+        ours = _build(gm, _ours_only(choose), example_input, num_threads, dense_backend, backend, cuda_graph)
+        if ours.native is not None:
+            times = paired_seconds({"mixed": compiled, "ours": ours}, example_input, repeats=7)
+            compiled = compiled if keep_mixed(times["mixed"], times["ours"]) else ours
+    return compiled
+
+
+def _ours_only(choose: Chooser | None) -> Chooser:
+    """`choose` restricted to our kernels: the measured chooser picks the fastest of ours; a fixed
+    choice swaps PyTorch's dense conv for ours and the oneDNN pair for the fused kernel."""
+    if isinstance(choose, MeasuredChooser):
+        choose.ours_only = True
+        return choose
+
+    def ours(name: str, fused: Layer | None, dense: Layer, geometry: ConvGeometry | None) -> Strategy:
+        return Strategy(choose(name, fused, dense, geometry) if choose is not None else Strategy.DENSE).ours()
+    return ours
+
+
+def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, num_threads: int | None,
+           dense_backend: str, backend: str, cuda_graph: bool) -> CompiledModel:
+    """Fuse `gm` (in place) into plan steps and wrap it with its Plan."""
+    strategies = fuse(gm, choose, num_threads, dense_backend, backend)
+    gm.eval()  # an inference plan: the step modules fuse() adds start in training mode
+    plan = Plan()
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            strategy = strategies.get(node.target, Strategy.TORCH)
+            m = gm.get_submodule(node.target)
+            plan.steps.append(Step(node.target, strategy, step_macs(m, _out_shape(node)), m.extra_repr()))
+        elif node.op in ("call_function", "call_method"):
+            plan.steps.append(Step(node.name, Strategy.TORCH, 0, str(getattr(node.target, "__name__", node.target))))
+    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype, example_input.device,
+                         cuda_graph)
+
+
+def _out_shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def explain(model: nn.Module, example_input: Tensor, **compile_options) -> Explanation:
+    """Compile `model` (options as for basisrt.compile) and say which ops kept the plan from
+    running as one native program, and why: what to change in the model, or to ask basisrt for."""
+    compiled = compile(model, example_input, **compile_options)
+    return Explanation(compiled.native is not None, list(compiled.plan.not_native), compiled.plan)
