@@ -1,20 +1,22 @@
 """Importance of basis vectors (DESIGN §1): first-order Taylor over target data, or data-free energy.
 
-The accumulation rule lives in one place, `TaylorAccumulator`:
+The first-order Taylor expansion of the loss around the current scaling factors says that
+removing basis vector `j` (setting `α_j = 0`) changes the loss `L_b` of batch `b` (a mean over
+the batch for the usual losses) by about `-t_bj`, `t_bj = α_j · ∂L_b/∂α_j`. How the per-batch
+terms become one score is the accumulation rule, in one place (`TaylorAccumulator`):
 
-    I_j = ( Σ_batches  α_j · ∂L_b/∂α_j )²
-
-where `L_b` is the loss of batch `b` as `loss_fn` returns it (a mean over the batch for the
-usual losses) and `α_j` is the scaling factor of basis vector `j`. The first-order Taylor
-expansion of the loss around the current `α` says that removing vector `j` (setting `α_j = 0`)
-changes the loss of batch `b` by about `-α_j · ∂L_b/∂α_j`; summing those signed changes over
-the data first and squaring after (Molchanov et al. 2019) gives the squared estimated change of
-the loss over the whole data set. Summing before squaring lets opposite-signed batch
-contributions cancel, as they do in the loss itself.
+* `"per_batch"` (default): `I_j = mean_b t_bj²`, squared per mini-batch, then averaged, as
+  Molchanov et al. (2019)'s reference code does. Every batch adds evidence of the same kind, so
+  the scores' shares (what `prune_basis(method="importance", amount=p)` keeps) do not depend on
+  how many batches the data set has.
+* `"squared_sum"`: `I_j = (Σ_b t_bj)²`, the squared estimated change of the whole data set's loss.
+  A vector whose per-batch effect keeps one sign gains about a factor of the number of batches
+  over one whose effect varies in sign, so `p` means something different for every data-set size:
+  kept for comparison (it was basisrt's rule before).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,22 +25,31 @@ from torch import Tensor, nn
 from .layers import BasisLayer
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Rule = Literal["per_batch", "squared_sum"]
+RULES: tuple[str, ...] = ("per_batch", "squared_sum")
 
 
 class TaylorAccumulator:
-    """Holds the accumulation rule: add `α · ∂L/∂α` per batch, square the sums at the end."""
+    """Holds the accumulation rule (module docstring): `add` one batch's terms, `result` the scores."""
 
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.batches = 0
+    def __init__(self, rule: Rule = "per_batch") -> None:
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        self.rule = rule
+        self.sums: dict[str, Tensor] = {}  # float64: Σ_b t_bj² ("per_batch") or Σ_b t_bj ("squared_sum")
+        self.batches = 0  # counted by the caller, once per batch
 
     def add(self, name: str, alpha: Tensor, grad: Tensor) -> None:
-        """Add one batch's first-order term `α_j · ∂L_b/∂α_j` for every vector of layer `name`."""
+        """Add one batch's first-order terms `t_bj = α_j · ∂L_b/∂α_j` for every vector of layer `name`."""
         term = (alpha.detach() * grad.detach()).double()
+        if self.rule == "per_batch":
+            term = term.square()
         self.sums[name] = self.sums[name] + term if name in self.sums else term
 
     def result(self) -> dict[str, Tensor]:
-        """`I_j = (Σ_b α_j · ∂L_b/∂α_j)²` per layer, as float32 tensors of shape (groups · rank,)."""
+        """Per layer, float32 scores of shape (groups · rank,)."""
+        if self.rule == "per_batch":
+            return {n: (s / max(self.batches, 1)).float() for n, s in self.sums.items()}
         return {n: s.square().float() for n, s in self.sums.items()}
 
 
@@ -55,12 +66,13 @@ def taylor_importance(
     max_batches: int | None = None,
     train_mode: bool = False,
     progress: bool = False,
+    rule: Rule = "per_batch",
 ) -> dict[str, Tensor]:
     """First-order Taylor importance of every basis scaling factor, accumulated over `loader`.
 
     For every batch `(inputs, targets)` of `loader` the loss `loss_fn(model(inputs), targets)` is
     differentiated with respect to the `α` of every basis layer only (no `.grad` of the model is
-    written or changed), and `TaylorAccumulator` applies `I_j = (Σ_batches α_j · ∂L/∂α_j)²`.
+    written or changed), and `TaylorAccumulator` combines the terms `α_j · ∂L_b/∂α_j` by `rule`.
 
     Args:
         model: a model decomposed by `basisrt.decompose`.
@@ -71,6 +83,8 @@ def taylor_importance(
             by default eval mode, so BatchNorm statistics are not touched. The model's modes
             are restored afterwards.
         progress: show a tqdm progress bar.
+        rule: "per_batch" (default, `mean_b (α_j · ∂L_b/∂α_j)²`) or "squared_sum"
+            (`(Σ_b α_j · ∂L_b/∂α_j)²`); the module docstring says why the default is per batch.
     Returns:
         basis layer name -> importance tensor of shape `(groups · rank,)`, the key format
         `basisrt.prune_basis(..., scores=...)` takes.
@@ -80,7 +94,7 @@ def taylor_importance(
         raise ValueError("the model has no basis layers: run basisrt.decompose first")
     modes = {m: m.training for m in model.modules()}
     flags = {n: m.alpha.requires_grad for n, m in layers.items()}
-    acc = TaylorAccumulator()
+    acc = TaylorAccumulator(rule)
     batches = loader
     if progress:
         from tqdm.auto import tqdm
