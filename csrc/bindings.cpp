@@ -5,8 +5,8 @@
 // bind_<family>(py::module_&) next to the others, and call it from PYBIND11_MODULE.
 //
 // Conventions for all bindings:
-//   * arrays come in as FloatArray (float32, C-contiguous; other dtypes / strides are copied
-//     and converted by pybind11, so a float64 or non-contiguous array is accepted);
+//   * arrays are used in place, never copied: float32, C-contiguous or a channel slice of a
+//     C-contiguous NHWC array (the plan passes torch tensors' numpy views and `out` is written);
 //   * shapes are checked here, with ValueError messages naming the argument and its layout;
 //     kernel-level parameter checks throw std::invalid_argument, which pybind11 also turns
 //     into ValueError;
@@ -16,7 +16,6 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -24,7 +23,6 @@
 #include <utility>
 #include <vector>
 
-#include "basis_conv_ref.h"
 #include "channel_affine.h"
 #include "depthwise_conv.h"
 #include "eltwise.h"
@@ -41,170 +39,11 @@ namespace py = pybind11;
 
 namespace {
 
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IntPair = std::pair<int64_t, int64_t>;
-
-// ---------------------------------------------------------------------------------------
-// Shared helpers
-// ---------------------------------------------------------------------------------------
-
-std::string shape_str(const FloatArray& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-        if (i) s += ", ";
-        s += std::to_string(a.shape(i));
-    }
-    if (a.ndim() == 1) s += ",";
-    return s + ")";
-}
 
 [[noreturn]] void value_error(const std::string& fn, const std::string& msg) {
     throw py::value_error(fn + ": " + msg);
 }
-
-void require_ndim(const std::string& fn, const FloatArray& a, const char* name, py::ssize_t ndim,
-                  const char* layout) {
-    if (a.ndim() != ndim)
-        value_error(fn, std::string(name) + " must be " + std::to_string(ndim) + "-D " + layout +
-                            ", got shape " + shape_str(a));
-}
-
-// A new C-contiguous float32 array filled with NaN, so any element a kernel fails to write
-// shows up in the tests (DESIGN §4: poison output buffers).
-FloatArray poisoned_output(std::initializer_list<py::ssize_t> shape) {
-    FloatArray out{std::vector<py::ssize_t>(shape)};
-    float* p = out.mutable_data();
-    const float nan = std::numeric_limits<float>::quiet_NaN();
-    for (py::ssize_t i = 0; i < out.size(); ++i) p[i] = nan;
-    return out;
-}
-
-// ---------------------------------------------------------------------------------------
-// Reference kernels (csrc/basis_conv_ref.*)
-// ---------------------------------------------------------------------------------------
-
-FloatArray basis_conv2d_ref_py(const FloatArray& x, const FloatArray& basis,
-                               const FloatArray& scale, const std::optional<FloatArray>& bias,
-                               IntPair stride, IntPair padding, IntPair dilation, int64_t groups,
-                               std::optional<IntPair> padding_bottom_right,
-                               std::optional<IntPair> output_size) {
-    const std::string fn = "basis_conv2d_ref";
-    if (groups < 1) value_error(fn, "groups must be >= 1, got " + std::to_string(groups));
-    require_ndim(fn, x, "x", 4, "(N, C_in, H, W)");
-    require_ndim(fn, basis, "basis", 4, "(groups*r, C_in/groups, kh, kw)");
-    if (scale.ndim() == 4) {  // accept the 1x1 conv weight (C_out, r, 1, 1) too
-        if (scale.shape(2) != 1 || scale.shape(3) != 1)
-            value_error(fn, "a 4-D scale must be a 1x1 conv weight (C_out, r, 1, 1), got shape " +
-                                shape_str(scale));
-    } else {
-        require_ndim(fn, scale, "scale", 2, "(C_out, r)");
-    }
-
-    const int64_t C_in = x.shape(1);
-    const int64_t C_out = scale.shape(0);
-    if (C_in % groups != 0)
-        value_error(fn, "groups (" + std::to_string(groups) + ") must divide C_in (" +
-                            std::to_string(C_in) + ") of x " + shape_str(x));
-    if (C_out % groups != 0)
-        value_error(fn, "groups (" + std::to_string(groups) + ") must divide C_out (" +
-                            std::to_string(C_out) + ") = scale.shape[0]");
-    if (basis.shape(0) % groups != 0)
-        value_error(fn, "basis.shape[0] (" + std::to_string(basis.shape(0)) +
-                            ") must be groups*r, a multiple of groups (" + std::to_string(groups) +
-                            ")");
-    const int64_t r = basis.shape(0) / groups;
-    if (basis.shape(1) != C_in / groups)
-        value_error(fn, "basis.shape[1] (" + std::to_string(basis.shape(1)) +
-                            ") must equal C_in/groups (" + std::to_string(C_in) + "/" +
-                            std::to_string(groups) + " = " + std::to_string(C_in / groups) +
-                            "); x is " + shape_str(x) + ", basis is " + shape_str(basis));
-    if (scale.shape(1) != r)
-        value_error(fn, "scale.shape[1] (" + std::to_string(scale.shape(1)) +
-                            ") must equal r = basis.shape[0]/groups (" +
-                            std::to_string(basis.shape(0)) + "/" + std::to_string(groups) + " = " +
-                            std::to_string(r) + ")");
-    const float* bias_ptr = nullptr;
-    if (bias) {
-        if (bias->ndim() != 1 || bias->shape(0) != C_out)
-            value_error(fn, "bias must be 1-D of length C_out (" + std::to_string(C_out) +
-                                "), got shape " + shape_str(*bias));
-        bias_ptr = bias->data();
-    }
-
-    basisrt::BasisConvParams p;
-    p.N = x.shape(0);
-    p.C_in = C_in;
-    p.H = x.shape(2);
-    p.W = x.shape(3);
-    p.C_out = C_out;
-    p.groups = groups;
-    p.r = r;
-    p.kh = basis.shape(2);
-    p.kw = basis.shape(3);
-    p.stride_h = stride.first;
-    p.stride_w = stride.second;
-    p.pad_top = padding.first;
-    p.pad_left = padding.second;
-    if (padding_bottom_right) {
-        p.pad_bottom = padding_bottom_right->first;
-        p.pad_right = padding_bottom_right->second;
-        if (p.pad_bottom < 0 || p.pad_right < 0)
-            value_error(fn, "padding_bottom_right must be >= 0");
-    }
-    p.dil_h = dilation.first;
-    p.dil_w = dilation.second;
-    if (output_size) {
-        if (output_size->first < 1 || output_size->second < 1)
-            value_error(fn, "output_size must be >= 1 in both dimensions, got (" +
-                                std::to_string(output_size->first) + ", " +
-                                std::to_string(output_size->second) + ")");
-        p.H_out = output_size->first;
-        p.W_out = output_size->second;
-    }
-    p = basisrt::resolve_basis_conv_params(p);  // throws std::invalid_argument -> ValueError
-
-    FloatArray y = poisoned_output({p.N, p.C_out, p.H_out, p.W_out});
-    const float* xp = x.data();
-    const float* bp = basis.data();
-    const float* sp = scale.data();
-    float* yp = y.mutable_data();
-    {
-        py::gil_scoped_release release;
-        basisrt::basis_conv2d_ref(xp, bp, sp, bias_ptr, yp, p);
-    }
-    return y;
-}
-
-void bind_reference(py::module_& m) {
-    m.def("basis_conv2d_ref", &basis_conv2d_ref_py, py::arg("x"), py::arg("basis"),
-          py::arg("scale"), py::arg("bias") = py::none(), py::arg("stride") = IntPair{1, 1},
-          py::arg("padding") = IntPair{0, 0}, py::arg("dilation") = IntPair{1, 1},
-          py::arg("groups") = 1, py::kw_only(), py::arg("padding_bottom_right") = py::none(),
-          py::arg("output_size") = py::none(),
-          R"doc(Reference fused basis conv (plain loops, double accumulation): the test oracle.
-
-y[n,o,p] = bias[o] + sum_{k<r} scale[o,k] * T[n, grp(o)*r + k, p],  T = conv2d(x, basis)
-
-x      (N, C_in, H, W)
-basis  (groups*r, C_in/groups, kh, kw)   same stride / padding / dilation / groups as the layer
-scale  (C_out, r) or (C_out, r, 1, 1)   output channel o of group j = o // (C_out/groups)
-                                        reads basis channels j*r .. j*r + r - 1
-bias   (C_out,) or None
-stride, padding, dilation: (h, w). padding is zero padding on top / left, and also on
-bottom / right unless padding_bottom_right=(bottom, right) is given (asymmetric padding).
-output_size=(H_out, W_out) overrides the computed size; it may crop but not exceed it.
-
-Arrays are float32 C-contiguous (others are converted). Returns a new float32 array
-(N, C_out, H_out, W_out). Raises ValueError on wrong shapes or parameters.)doc");
-}
-
-}  // namespace
-
-// ---------------------------------------------------------------------------------------
-// Fused NHWC conv kernels (csrc/fused_conv.*): zero-copy, called from the compiled plan
-// ---------------------------------------------------------------------------------------
-
-namespace {
 
 // Zero-copy view of a float32 C-contiguous array; anything else is a clear error, never a copy
 // (the plan passes torch tensors' numpy views and must write into `out` in place).
@@ -592,7 +431,6 @@ void bind_fused(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
     m.doc() = "basisrt C++ CPU kernels (pybind11, no libtorch)";
     m.attr("__version__") = BASISRT_C_VERSION;
-    bind_reference(m);
     bind_fused(m);
     // Future kernel families register here: bind_<family>(m);
 }

@@ -248,6 +248,7 @@ def test_kernel_rejects_bad_buffers():
     with pytest.raises(ValueError, match="B \\(packed\\) has"):
         _C.fused_conv_nhwc(x, b[:, :10], None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
     assert _C.simd_path() in ("avx512f", "avx2+fma", "avx2", "default")
+    assert isinstance(_C.__version__, str) and _C.__version__
 
 
 @pytest.mark.parametrize("in_torch", [False, True])
