@@ -46,12 +46,12 @@ struct ProgramOp {
     BinaryOp binary = BinaryOp::add;
     // gather: out's channel c is in's channel index[c]; pixel_gather: out's pixel q (of each image) is
     // in's pixel index[q], or zeros where index[q] is -1
-    std::vector<int64_t> index;
+    std::vector<int64_t> index{};
     // pool
     PoolKind pool = PoolKind::max;
     bool count_include_pad = true;
     // geometry (batch filled in at run time)
-    int64_t kh, kw, sh, sw, ph, pw, dh = 1, dw = 1, groups = 1;
+    int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
     int64_t fused_pool = 1;  // conv: 2 = a 2×2 max pool fused after the epilogue (out is the pooled buffer)
 };
 
