@@ -108,7 +108,7 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
 void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
                         const std::optional<py::array>& bias, const std::optional<py::array>& residual,
                         py::array& out, IntPair kernel, IntPair stride, IntPair padding, IntPair dilation,
-                        int64_t groups, int64_t rank, int activation, int num_threads, int64_t pool, float alpha) {
+                        int64_t groups, int64_t rank, basisrt::Activation act, int num_threads, int64_t pool, float alpha) {
     const std::string fn = "fused_conv_nhwc";
     if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
     if (pool != 1 && pool != 2) value_error(fn, "pool is 1 (none) or 2 (2x2 max)");
@@ -117,7 +117,7 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
                          padding.first, padding.second, dilation.first, dilation.second, groups, pool};
     if (out.shape(0) != s.N) value_error(fn, "out batch differs from x batch");
     basisrt::check_conv(fn, s, rank, residual.has_value());
-    const auto act = basisrt::checked_activation(fn, activation);
+    basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
     const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
@@ -134,26 +134,26 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
     basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha);
 }
 
-void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding, int kind,
-                  bool count_include_pad, int num_threads) {
+void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding,
+                  basisrt::PoolKind kind, bool count_include_pad, int num_threads) {
     const std::string fn = "pool_nhwc";
     if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
     basisrt::PoolShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1), out.shape(2),
                          kernel.first, kernel.second, stride.first, stride.second, padding.first, padding.second};
     if (out.shape(0) != s.N || out.shape(3) != s.C) value_error(fn, "out batch or channels differ from x");
     basisrt::check_pool(fn, s);
-    const auto pool_kind = basisrt::checked_pool_kind(fn, kind);
+    basisrt::check_pool_kind(fn, kind);
     basisrt::check_threads(fn, num_threads);
     const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     if (!out.writeable()) value_error(fn, "out must be writeable");
     if (s.N == 0) return;
     s.ldx = xv.ld, s.ldy = yv.ld;
     py::gil_scoped_release release;
-    basisrt::pool_nhwc(xv.data, yv.data, s, pool_kind, count_include_pad, num_threads);
+    basisrt::pool_nhwc(xv.data, yv.data, s, kind, count_include_pad, num_threads);
 }
 
 void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
-                            int activation, int num_threads, float alpha) {
+                            basisrt::Activation act, int num_threads, float alpha) {
     const std::string fn = "channel_affine_nhwc";
     const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     for (int d = 0; d < 4; ++d)
@@ -161,7 +161,7 @@ void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py
     const int64_t C = x.shape(3);
     const float* sp = f32_data(fn, scale, "scale", C);
     const float* tp = f32_data(fn, shift, "shift", C);
-    const auto act = basisrt::checked_activation(fn, activation);
+    basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
     if (!out.writeable()) value_error(fn, "out must be writeable");
     const int64_t P = basisrt::checked_elements({x.shape(0), x.shape(1), x.shape(2)}, fn + ": x");
@@ -169,8 +169,8 @@ void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py
     basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, P, C, xv.ld, yv.ld, act, num_threads, alpha);
 }
 
-void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, int op, int activation, int num_threads,
-                     float alpha) {
+void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, basisrt::BinaryOp op,
+                     basisrt::Activation act, int num_threads, float alpha) {
     const std::string fn = "eltwise_nhwc";
     const Nhwc av = nhwc_data(fn, a, "a"), bv = nhwc_data(fn, b, "b"), yv = nhwc_data(fn, out, "out");
     for (int d = 0; d < 4; ++d)
@@ -178,15 +178,15 @@ void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, int
     const bool same = b.shape(1) == a.shape(1) && b.shape(2) == a.shape(2);
     if (b.shape(0) != a.shape(0) || b.shape(3) != a.shape(3) || !(same || (b.shape(1) == 1 && b.shape(2) == 1)))
         value_error(fn, "b must have a's shape, or one pixel per image (N, 1, 1, C)");
-    const auto binary = basisrt::checked_binary_op(fn, op);
-    const auto act = basisrt::checked_activation(fn, activation);
+    basisrt::check_binary_op(fn, op);
+    basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
     if (!out.writeable()) value_error(fn, "out must be writeable");
     const int64_t P = basisrt::checked_elements({a.shape(0), a.shape(1), a.shape(2)}, fn + ": a");
     if (P == 0) return;
     py::gil_scoped_release release;
     basisrt::eltwise_nhwc(av.data, bv.data, yv.data, P, a.shape(1) * a.shape(2), a.shape(3), av.ld, bv.ld, yv.ld,
-                          binary, !same, act, alpha, num_threads);
+                          op, !same, act, alpha, num_threads);
 }
 
 // The channel indices of a gather: int64, one per output channel, each within [0, channels).
@@ -252,12 +252,12 @@ struct PyProgram {
     int add_buffer(int64_t H, int64_t W, int64_t C) { return program.add_buffer({H, W, C}); }
 
     void add_conv(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
-                  const std::optional<py::array>& bias, int64_t rank, int activation, IntPair kernel, IntPair stride,
+                  const std::optional<py::array>& bias, int64_t rank, basisrt::Activation act, IntPair kernel, IntPair stride,
                   IntPair padding, IntPair dilation, int64_t groups, int64_t pool, float alpha) {
         const std::string fn = "Program.add_conv";
         if (pool != 1 && pool != 2) value_error(fn, "pool is 1 (none) or 2 (2x2 max)");
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
-        op.rank = rank, op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
+        op.rank = rank, op.act = act, op.alpha = alpha;
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
         op.groups = groups, op.fused_pool = pool;
@@ -273,18 +273,20 @@ struct PyProgram {
         if (bias) keep_alive.push_back(*bias);
     }
 
-    void add_pool(int in, int out, IntPair kernel, IntPair stride, IntPair padding, int kind, bool count_include_pad) {
+    void add_pool(int in, int out, IntPair kernel, IntPair stride, IntPair padding, basisrt::PoolKind kind,
+                  bool count_include_pad) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pool, in, -1, out};
-        op.pool = basisrt::checked_pool_kind("Program.add_pool", kind), op.count_include_pad = count_include_pad;
+        op.pool = kind, op.count_include_pad = count_include_pad;
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second;
         program.add_op(op);
     }
 
-    void add_affine(int in, int out, const py::array& scale, const py::array& shift, int activation, float alpha) {
+    void add_affine(int in, int out, const py::array& scale, const py::array& shift, basisrt::Activation act,
+                    float alpha) {
         const std::string fn = "Program.add_affine";
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::affine, in, -1, out};
-        op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
+        op.act = act, op.alpha = alpha;
         program.check(op);
         const int64_t C = program.buffers()[in].C;
         op.scale = f32_data(fn, scale, "scale", C), op.shift = f32_data(fn, shift, "shift", C);
@@ -293,11 +295,10 @@ struct PyProgram {
         keep_alive.push_back(shift);
     }
 
-    void add_eltwise(int a, int b, int out, int op_kind, int activation, float alpha) {
+    void add_eltwise(int a, int b, int out, basisrt::BinaryOp binary, basisrt::Activation act, float alpha) {
         const std::string fn = "Program.add_eltwise";
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::eltwise, a, b, out};
-        op.binary = basisrt::checked_binary_op(fn, op_kind);
-        op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
+        op.binary = binary, op.act = act, op.alpha = alpha;
         program.add_op(op);
     }
 
@@ -352,6 +353,27 @@ struct PyProgram {
 };
 
 void bind_fused(py::module_& m) {
+    // Registered first, so the signatures below name them.
+    py::enum_<basisrt::Activation>(m, "Activation",
+                                   "An activation the kernels fuse after a conv, affine or eltwise op "
+                                   "(leaky_relu: negative slope `alpha`).")
+        .value("none", basisrt::Activation::none)
+        .value("relu", basisrt::Activation::relu)
+        .value("relu6", basisrt::Activation::relu6)
+        .value("sigmoid", basisrt::Activation::sigmoid)
+        .value("silu", basisrt::Activation::silu)
+        .value("hardsigmoid", basisrt::Activation::hardsigmoid)
+        .value("hardswish", basisrt::Activation::hardswish)
+        .value("leaky_relu", basisrt::Activation::leaky_relu)
+        .value("gelu", basisrt::Activation::gelu)
+        .value("gelu_tanh", basisrt::Activation::gelu_tanh);
+    py::enum_<basisrt::PoolKind>(m, "PoolKind", "Max or average pooling.")
+        .value("max", basisrt::PoolKind::max)
+        .value("avg", basisrt::PoolKind::avg);
+    py::enum_<basisrt::BinaryOp>(m, "BinaryOp", "The op of eltwise_nhwc: out = act(a OP b).")
+        .value("add", basisrt::BinaryOp::add)
+        .value("mul", basisrt::BinaryOp::mul);
+
     py::class_<PyProgram>(m, "Program", "A plan of conv, pooling and channel-affine ops over NHWC buffers, run in one call.")
         .def(py::init<>())
         .def("add_buffer", &PyProgram::add_buffer, py::arg("H"), py::arg("W"), py::arg("C"),
@@ -398,21 +420,20 @@ void bind_fused(py::module_& m) {
             "group per thread (images >= N: the whole batch, threads over output tiles).");
     m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
           py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
-          "Max (kind 0) or average (kind 1) pooling on NHWC float32 with implicit padding; writes into `out`.");
+          "Max or average pooling (kind: PoolKind) on NHWC float32 with implicit padding; writes into `out`.");
     m.def("fused_conv_nhwc", &fused_conv_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),
           py::arg("pool") = 1, py::arg("alpha") = 0.01f,
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
-          "bias, residual add, activation (0 none, 1 relu, 2 relu6, 3 sigmoid, 4 silu, 5 hardsigmoid,\n"
-          "6 hardswish, 7 leaky_relu with slope alpha, 8 gelu, 9 gelu_tanh) and, with pool=2, a 2x2 stride-2 max\n"
-          "pool fused; writes into `out`.");
+          "bias, residual add, activation (an Activation; leaky_relu's slope is alpha) and, with pool=2, a\n"
+          "2x2 stride-2 max pool fused; writes into `out`.");
     m.def("channel_affine_nhwc", &channel_affine_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
           py::arg("out"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(x * scale + shift) per channel on NHWC float32 (x / out may be channel slices).");
     m.def("eltwise_nhwc", &eltwise_nhwc_py, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
           py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
-          "out = act(a OP b) on NHWC float32, op 0 add / 1 mul, b of a's shape or (N, 1, 1, C) broadcast.");
+          "out = act(a OP b) on NHWC float32 (op: BinaryOp), b of a's shape or (N, 1, 1, C) broadcast.");
     m.def("channel_gather_nhwc", &channel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
           py::arg("num_threads"), "out[..., c] = x[..., index[c]] on NHWC float32 (index: int64).");
     m.def("pixel_gather_nhwc", &pixel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),

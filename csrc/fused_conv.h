@@ -14,7 +14,7 @@
 namespace basisrt {
 
 // 0-2 are clamps, applied in the kernels' epilogues; the others by activate_rows (activation.h)
-// after them. The numbers are the Python side's (basisrt/compiler/cpu_steps.py: ACTIVATIONS).
+// after them. Python names them _C.Activation.<name> (bindings.cpp); plans store the names.
 enum class Activation : int {
     none = 0, relu = 1, relu6 = 2, sigmoid = 3, silu = 4, hardsigmoid = 5, hardswish = 6, leaky_relu = 7,
     gelu = 8, gelu_tanh = 9

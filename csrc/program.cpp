@@ -119,7 +119,7 @@ void Program::check(const ProgramOp& op) const {
         ConvShape s{1, i.H, i.W, i.C, o.H * op.fused_pool, o.W * op.fused_pool, o.C, op.kh, op.kw, op.sh, op.sw,
                     op.ph, op.pw, op.dh, op.dw, op.groups, op.fused_pool};
         check_conv(fn, s, op.rank, op.residual >= 0);
-        checked_activation(fn, static_cast<int64_t>(op.act));
+        check_activation(fn, op.act);
         if (op.residual >= 0) {
             const BufferShape& r = buffers_[op.residual];
             if (r.H != o.H || r.W != o.W || r.C != o.C)
@@ -128,19 +128,19 @@ void Program::check(const ProgramOp& op) const {
     } else if (op.kind == ProgramOp::Kind::pool) {
         if (op.residual >= 0 || i.C != o.C) throw std::invalid_argument(fn + ": pooling keeps channels, no residual");
         check_pool(fn, PoolShape{1, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw});
-        checked_pool_kind(fn, static_cast<int64_t>(op.pool));
+        check_pool_kind(fn, op.pool);
     } else if (op.kind == ProgramOp::Kind::affine) {
         if (op.residual >= 0 || i.H != o.H || i.W != o.W || i.C != o.C)
             throw std::invalid_argument(fn + ": the affine op's output must have the input's shape, no residual");
-        checked_activation(fn, static_cast<int64_t>(op.act));
+        check_activation(fn, op.act);
     } else if (op.kind == ProgramOp::Kind::eltwise) {
         if (op.residual < 0 || i.H != o.H || i.W != o.W || i.C != o.C)
             throw std::invalid_argument(fn + ": an eltwise op needs a second operand and an output of the input's shape");
         const BufferShape& b = buffers_[op.residual];
         if (b.C != i.C || !((b.H == i.H && b.W == i.W) || (b.H == 1 && b.W == 1)))
             throw std::invalid_argument(fn + ": the second operand must have the input's shape or one pixel per image");
-        checked_activation(fn, static_cast<int64_t>(op.act));
-        checked_binary_op(fn, static_cast<int64_t>(op.binary));
+        check_activation(fn, op.act);
+        check_binary_op(fn, op.binary);
     } else if (op.kind == ProgramOp::Kind::gather) {
         if (op.residual >= 0 || i.H != o.H || i.W != o.W || static_cast<int64_t>(op.index.size()) != o.C)
             throw std::invalid_argument(fn + ": a gather keeps H and W and has one index per output channel");

@@ -72,20 +72,20 @@ void check_pool(const std::string& fn, const PoolShape& s) {
     checked_elements({s.N, s.Ho, s.Wo, s.ldy ? s.ldy : s.C}, "the output");
 }
 
-Activation checked_activation(const std::string& fn, int64_t act) {
-    if (act < 0 || act >= kActivations)
-        fail(fn, "activation must be in [0, " + std::to_string(kActivations - 1) + "], got " + std::to_string(act));
-    return static_cast<Activation>(act);
+void check_activation(const std::string& fn, Activation act) {
+    const int v = static_cast<int>(act);
+    if (v < 0 || v >= kActivations)
+        fail(fn, "activation must be in [0, " + std::to_string(kActivations - 1) + "], got " + std::to_string(v));
 }
 
-BinaryOp checked_binary_op(const std::string& fn, int64_t op) {
-    if (op < 0 || op >= kBinaryOps) fail(fn, "binary op must be 0 (add) or 1 (mul), got " + std::to_string(op));
-    return static_cast<BinaryOp>(op);
+void check_binary_op(const std::string& fn, BinaryOp op) {
+    const int v = static_cast<int>(op);
+    if (v < 0 || v >= kBinaryOps) fail(fn, "binary op must be 0 (add) or 1 (mul), got " + std::to_string(v));
 }
 
-PoolKind checked_pool_kind(const std::string& fn, int64_t kind) {
-    if (kind < 0 || kind > 1) fail(fn, "pool kind must be 0 (max) or 1 (avg), got " + std::to_string(kind));
-    return static_cast<PoolKind>(kind);
+void check_pool_kind(const std::string& fn, PoolKind kind) {
+    const int v = static_cast<int>(kind);
+    if (v < 0 || v > 1) fail(fn, "pool kind must be 0 (max) or 1 (avg), got " + std::to_string(v));
 }
 
 void check_threads(const std::string& fn, int64_t num_threads) {

@@ -41,10 +41,10 @@ inline int64_t window_out_ceil(int64_t in, int64_t k, int64_t stride, int64_t pa
 void check_conv(const std::string& fn, const ConvShape& s, int64_t rank, bool residual);
 // A pool of shape s, its output in floor or in ceil mode.
 void check_pool(const std::string& fn, const PoolShape& s);
-// An activation / pool kind / thread count arriving as a plain int.
-Activation checked_activation(const std::string& fn, int64_t act);
-PoolKind checked_pool_kind(const std::string& fn, int64_t kind);
-BinaryOp checked_binary_op(const std::string& fn, int64_t op);
+// An enum value the kernels know: a caller can cast any int to one (Python too: _C.Activation(42)).
+void check_activation(const std::string& fn, Activation act);
+void check_pool_kind(const std::string& fn, PoolKind kind);
+void check_binary_op(const std::string& fn, BinaryOp op);
 void check_threads(const std::string& fn, int64_t num_threads);
 
 }  // namespace basisrt
