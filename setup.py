@@ -21,7 +21,9 @@ ext = Pybind11Extension(
     cxx_std=17,
     # Threads come from csrc/thread_pool.cpp (no OpenMP: its barriers stall behind a busy
     # neighbour, and torch bundles its own libgomp).
-    extra_compile_args=["-O3", "-pthread"],
+    # -Wno-psabi: GCC notes that passing a 32- or 64-byte vector by value has another ABI without
+    # AVX / AVX-512; our vector helpers are file-local and always inlined, so no such call exists.
+    extra_compile_args=["-O3", "-pthread", "-Wall", "-Wextra", "-Wno-psabi"],
     extra_link_args=["-pthread"],
 )
 

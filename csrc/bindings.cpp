@@ -1,30 +1,30 @@
 // The single pybind11 module of basisrt's C++ kernels: basisrt._C.
 //
-// Every kernel family registers here through its own bind_*() function (one per family,
-// called from PYBIND11_MODULE at the bottom). To add a kernel: include its header, write a
-// bind_<family>(py::module_&) next to the others, and call it from PYBIND11_MODULE.
+// Bindings only convert: a numpy array into the pointer, shape and pixel stride a kernel takes, an
+// optional argument into a null pointer. Every rule about the arguments (geometry, layouts, enum
+// values, thread counts, index ranges, packed weight sizes) lives in the C++ core, where C++
+// callers get it too: csrc/shape_checks.h, packed_layout (fused_conv.h) and Program::add_op /
+// Program::run. What stays here is what only an array has: its dtype, its strides, whether it is
+// writeable, and that arrays passed side by side agree on the sizes the core takes once (out's
+// batch is x's).
 //
-// Conventions for all bindings:
-//   * arrays come in as FloatArray (float32, C-contiguous; other dtypes / strides are copied
-//     and converted by pybind11, so a float64 or non-contiguous array is accepted);
-//   * shapes are checked here, with ValueError messages naming the argument and its layout;
-//     kernel-level parameter checks throw std::invalid_argument, which pybind11 also turns
-//     into ValueError;
+// Conventions:
+//   * arrays are used in place, never copied: float32, C-contiguous or a channel slice of a
+//     C-contiguous NHWC array (the plan passes torch tensors' numpy views and `out` is written);
+//   * every error is a ValueError naming the entry point and the argument (the core throws
+//     std::invalid_argument, which pybind11 turns into ValueError);
 //   * the GIL is released while a kernel runs (kernels touch no Python objects).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <limits>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
-#include "basis_conv_ref.h"
 #include "channel_affine.h"
 #include "depthwise_conv.h"
 #include "eltwise.h"
@@ -41,174 +41,14 @@ namespace py = pybind11;
 
 namespace {
 
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IntPair = std::pair<int64_t, int64_t>;
-
-// ---------------------------------------------------------------------------------------
-// Shared helpers
-// ---------------------------------------------------------------------------------------
-
-std::string shape_str(const FloatArray& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-        if (i) s += ", ";
-        s += std::to_string(a.shape(i));
-    }
-    if (a.ndim() == 1) s += ",";
-    return s + ")";
-}
 
 [[noreturn]] void value_error(const std::string& fn, const std::string& msg) {
     throw py::value_error(fn + ": " + msg);
 }
 
-void require_ndim(const std::string& fn, const FloatArray& a, const char* name, py::ssize_t ndim,
-                  const char* layout) {
-    if (a.ndim() != ndim)
-        value_error(fn, std::string(name) + " must be " + std::to_string(ndim) + "-D " + layout +
-                            ", got shape " + shape_str(a));
-}
-
-// A new C-contiguous float32 array filled with NaN, so any element a kernel fails to write
-// shows up in the tests (DESIGN §4: poison output buffers).
-FloatArray poisoned_output(std::initializer_list<py::ssize_t> shape) {
-    FloatArray out{std::vector<py::ssize_t>(shape)};
-    float* p = out.mutable_data();
-    const float nan = std::numeric_limits<float>::quiet_NaN();
-    for (py::ssize_t i = 0; i < out.size(); ++i) p[i] = nan;
-    return out;
-}
-
-// ---------------------------------------------------------------------------------------
-// Reference kernels (csrc/basis_conv_ref.*)
-// ---------------------------------------------------------------------------------------
-
-FloatArray basis_conv2d_ref_py(const FloatArray& x, const FloatArray& basis,
-                               const FloatArray& scale, const std::optional<FloatArray>& bias,
-                               IntPair stride, IntPair padding, IntPair dilation, int64_t groups,
-                               std::optional<IntPair> padding_bottom_right,
-                               std::optional<IntPair> output_size) {
-    const std::string fn = "basis_conv2d_ref";
-    if (groups < 1) value_error(fn, "groups must be >= 1, got " + std::to_string(groups));
-    require_ndim(fn, x, "x", 4, "(N, C_in, H, W)");
-    require_ndim(fn, basis, "basis", 4, "(groups*r, C_in/groups, kh, kw)");
-    if (scale.ndim() == 4) {  // accept the 1x1 conv weight (C_out, r, 1, 1) too
-        if (scale.shape(2) != 1 || scale.shape(3) != 1)
-            value_error(fn, "a 4-D scale must be a 1x1 conv weight (C_out, r, 1, 1), got shape " +
-                                shape_str(scale));
-    } else {
-        require_ndim(fn, scale, "scale", 2, "(C_out, r)");
-    }
-
-    const int64_t C_in = x.shape(1);
-    const int64_t C_out = scale.shape(0);
-    if (C_in % groups != 0)
-        value_error(fn, "groups (" + std::to_string(groups) + ") must divide C_in (" +
-                            std::to_string(C_in) + ") of x " + shape_str(x));
-    if (C_out % groups != 0)
-        value_error(fn, "groups (" + std::to_string(groups) + ") must divide C_out (" +
-                            std::to_string(C_out) + ") = scale.shape[0]");
-    if (basis.shape(0) % groups != 0)
-        value_error(fn, "basis.shape[0] (" + std::to_string(basis.shape(0)) +
-                            ") must be groups*r, a multiple of groups (" + std::to_string(groups) +
-                            ")");
-    const int64_t r = basis.shape(0) / groups;
-    if (basis.shape(1) != C_in / groups)
-        value_error(fn, "basis.shape[1] (" + std::to_string(basis.shape(1)) +
-                            ") must equal C_in/groups (" + std::to_string(C_in) + "/" +
-                            std::to_string(groups) + " = " + std::to_string(C_in / groups) +
-                            "); x is " + shape_str(x) + ", basis is " + shape_str(basis));
-    if (scale.shape(1) != r)
-        value_error(fn, "scale.shape[1] (" + std::to_string(scale.shape(1)) +
-                            ") must equal r = basis.shape[0]/groups (" +
-                            std::to_string(basis.shape(0)) + "/" + std::to_string(groups) + " = " +
-                            std::to_string(r) + ")");
-    const float* bias_ptr = nullptr;
-    if (bias) {
-        if (bias->ndim() != 1 || bias->shape(0) != C_out)
-            value_error(fn, "bias must be 1-D of length C_out (" + std::to_string(C_out) +
-                                "), got shape " + shape_str(*bias));
-        bias_ptr = bias->data();
-    }
-
-    basisrt::BasisConvParams p;
-    p.N = x.shape(0);
-    p.C_in = C_in;
-    p.H = x.shape(2);
-    p.W = x.shape(3);
-    p.C_out = C_out;
-    p.groups = groups;
-    p.r = r;
-    p.kh = basis.shape(2);
-    p.kw = basis.shape(3);
-    p.stride_h = stride.first;
-    p.stride_w = stride.second;
-    p.pad_top = padding.first;
-    p.pad_left = padding.second;
-    if (padding_bottom_right) {
-        p.pad_bottom = padding_bottom_right->first;
-        p.pad_right = padding_bottom_right->second;
-        if (p.pad_bottom < 0 || p.pad_right < 0)
-            value_error(fn, "padding_bottom_right must be >= 0");
-    }
-    p.dil_h = dilation.first;
-    p.dil_w = dilation.second;
-    if (output_size) {
-        if (output_size->first < 1 || output_size->second < 1)
-            value_error(fn, "output_size must be >= 1 in both dimensions, got (" +
-                                std::to_string(output_size->first) + ", " +
-                                std::to_string(output_size->second) + ")");
-        p.H_out = output_size->first;
-        p.W_out = output_size->second;
-    }
-    p = basisrt::resolve_basis_conv_params(p);  // throws std::invalid_argument -> ValueError
-
-    FloatArray y = poisoned_output({p.N, p.C_out, p.H_out, p.W_out});
-    const float* xp = x.data();
-    const float* bp = basis.data();
-    const float* sp = scale.data();
-    float* yp = y.mutable_data();
-    {
-        py::gil_scoped_release release;
-        basisrt::basis_conv2d_ref(xp, bp, sp, bias_ptr, yp, p);
-    }
-    return y;
-}
-
-void bind_reference(py::module_& m) {
-    m.def("basis_conv2d_ref", &basis_conv2d_ref_py, py::arg("x"), py::arg("basis"),
-          py::arg("scale"), py::arg("bias") = py::none(), py::arg("stride") = IntPair{1, 1},
-          py::arg("padding") = IntPair{0, 0}, py::arg("dilation") = IntPair{1, 1},
-          py::arg("groups") = 1, py::kw_only(), py::arg("padding_bottom_right") = py::none(),
-          py::arg("output_size") = py::none(),
-          R"doc(Reference fused basis conv (plain loops, double accumulation): the test oracle.
-
-y[n,o,p] = bias[o] + sum_{k<r} scale[o,k] * T[n, grp(o)*r + k, p],  T = conv2d(x, basis)
-
-x      (N, C_in, H, W)
-basis  (groups*r, C_in/groups, kh, kw)   same stride / padding / dilation / groups as the layer
-scale  (C_out, r) or (C_out, r, 1, 1)   output channel o of group j = o // (C_out/groups)
-                                        reads basis channels j*r .. j*r + r - 1
-bias   (C_out,) or None
-stride, padding, dilation: (h, w). padding is zero padding on top / left, and also on
-bottom / right unless padding_bottom_right=(bottom, right) is given (asymmetric padding).
-output_size=(H_out, W_out) overrides the computed size; it may crop but not exceed it.
-
-Arrays are float32 C-contiguous (others are converted). Returns a new float32 array
-(N, C_out, H_out, W_out). Raises ValueError on wrong shapes or parameters.)doc");
-}
-
-}  // namespace
-
-// ---------------------------------------------------------------------------------------
-// Fused NHWC conv kernels (csrc/fused_conv.*): zero-copy, called from the compiled plan
-// ---------------------------------------------------------------------------------------
-
-namespace {
-
-// Zero-copy view of a float32 C-contiguous array; anything else is a clear error, never a copy
-// (the plan passes torch tensors' numpy views and must write into `out` in place).
-const float* f32_data(const std::string& fn, const py::array& a, const char* name, py::ssize_t numel) {
+// The data of a C-contiguous float32 array of `numel` elements, used in place.
+const float* f32_data(const std::string& fn, const py::array& a, const char* name, int64_t numel) {
     if (!py::isinstance<py::array_t<float>>(a) || !(a.flags() & py::array::c_style))
         value_error(fn, std::string(name) + " must be a C-contiguous float32 array");
     if (a.size() != numel)
@@ -217,50 +57,48 @@ const float* f32_data(const std::string& fn, const py::array& a, const char* nam
     return static_cast<const float*>(a.data());
 }
 
-// A 4-D float32 NHWC array with contiguous channels and evenly spaced pixels, used in place: a
-// C-contiguous array, or a channel slice of one (`big[..., a:b]`, as a concatenation's part).
+// A 4-D float32 NHWC array used in place; its layout is checked by nhwc_pixel_stride.
 struct Nhwc {
     float* data;
+    int64_t N, H, W, C;
     int64_t ld;  // pixel stride in floats
 };
 
-Nhwc nhwc_data(const std::string& fn, const py::array& a, const char* name) {
-    const std::string what = std::string(name) + " must be a 4-D float32 NHWC array, C-contiguous or a channel slice of one";
-    if (!py::isinstance<py::array_t<float>>(a) || a.ndim() != 4) value_error(fn, what);
-    const int64_t f = sizeof(float), H = a.shape(1), W = a.shape(2), C = a.shape(3);
-    if (a.size() == 0) return {static_cast<float*>(const_cast<void*>(a.data())), C};  // nothing is read: any strides
-    const int64_t per[3] = {H * W, W, 1};  // pixels per step of dims 0..2
-    int64_t ld = C;
-    for (int d = 2; d >= 0; --d)
-        if (a.shape(d) > 1) {
-            ld = a.strides(d) / (f * per[d]);
-            break;
-        }
-    bool ok = ld >= C && (C == 1 || a.strides(3) == f);
-    for (int d = 0; d < 3; ++d) ok = ok && (a.shape(d) == 1 || a.strides(d) == ld * per[d] * f);
-    if (!ok) value_error(fn, what);
-    return {static_cast<float*>(const_cast<void*>(a.data())), ld};
+Nhwc nhwc(const std::string& fn, const py::array& a, const char* name) {
+    if (!py::isinstance<py::array_t<float>>(a) || a.ndim() != 4)
+        value_error(fn, std::string(name) + " must be a 4-D float32 NHWC array");
+    const int64_t shape[4] = {a.shape(0), a.shape(1), a.shape(2), a.shape(3)};
+    const int64_t strides[4] = {a.strides(0), a.strides(1), a.strides(2), a.strides(3)};
+    const int64_t ld = basisrt::nhwc_pixel_stride(fn, name, shape, strides);
+    return {static_cast<float*>(const_cast<void*>(a.data())), shape[0], shape[1], shape[2], shape[3], ld};
+}
+
+void require_writeable(const std::string& fn, const py::array& out) {
+    if (!out.writeable()) value_error(fn, "out must be writeable");
+}
+
+// A 1-D int64 array as a vector (the gathers' indices, which the core checks against the shapes).
+std::vector<int64_t> int64_vector(const std::string& fn, const py::array& a, const char* name) {
+    if (!py::isinstance<py::array_t<int64_t>>(a) || a.ndim() != 1)
+        value_error(fn, std::string(name) + " must be a 1-D int64 array");
+    const auto v = a.unchecked<int64_t, 1>();
+    std::vector<int64_t> out(v.shape(0));
+    for (py::ssize_t i = 0; i < v.shape(0); ++i) out[i] = v(i);
+    return out;
 }
 
 struct PackedWeights {
     const float *B, *A, *bias;
 };
 
-// The packed weights of a conv of shape s, checked against the sizes the kernel will read.
+// The packed weights of a conv of shape s (already checked), sized as the kernel reads them.
 PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s, const py::array& B,
                              const std::optional<py::array>& A, const std::optional<py::array>& bias, int64_t rank) {
-    const int64_t groups = s.groups;
-    const int64_t cg_pad = basisrt::round_up(s.C_out / groups, basisrt::kColBlock);
-    const int64_t K = s.kh * s.kw * (s.C_in / groups);
-    const int64_t b_cols = rank ? basisrt::round_up(rank, basisrt::kColBlock) : cg_pad;
-    const bool dot = basisrt::lowrank_dot_path(s.C_in / groups, rank);
-    // check_conv bounded every factor, so these products fit int64
-    const int64_t b_size = basisrt::depthwise_path(groups, s.C_in, s.C_out, rank) ? s.kh * s.kw * s.C_in
-                                                                                 : groups * K * (dot ? rank : b_cols);
-    PackedWeights w{f32_data(fn, B, "B (packed)", b_size), nullptr, nullptr};
+    const basisrt::PackedLayout layout = basisrt::packed_layout(s, rank);
+    PackedWeights w{f32_data(fn, B, "B (packed)", layout.b_floats()), nullptr, nullptr};
     if (rank) {
         if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
-        w.A = f32_data(fn, *A, "A (packed)", basisrt::checked_elements({groups, b_cols, cg_pad}, fn + ": A"));
+        w.A = f32_data(fn, *A, "A (packed)", layout.a_floats());
     }
     if (bias) w.bias = f32_data(fn, *bias, "bias", s.C_out);
     return w;
@@ -269,143 +107,111 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
 void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
                         const std::optional<py::array>& bias, const std::optional<py::array>& residual,
                         py::array& out, IntPair kernel, IntPair stride, IntPair padding, IntPair dilation,
-                        int64_t groups, int64_t rank, int activation, int num_threads, int64_t pool, float alpha) {
+                        int64_t groups, int64_t rank, basisrt::Activation act, int num_threads, int64_t pool,
+                        float alpha) {
     const std::string fn = "fused_conv_nhwc";
-    if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
-    if (pool != 1 && pool != 2) value_error(fn, "pool is 1 (none) or 2 (2x2 max)");
-    basisrt::ConvShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1) * pool, out.shape(2) * pool,
-                         out.shape(3), kernel.first, kernel.second, stride.first, stride.second,
-                         padding.first, padding.second, dilation.first, dilation.second, groups, pool};
-    if (out.shape(0) != s.N) value_error(fn, "out batch differs from x batch");
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N) value_error(fn, "out batch differs from x batch");
+    basisrt::check_fused_pool(fn, pool);  // before the conv's own output, pool times out's, is computed
+    basisrt::ConvShape s{xv.N, xv.H, xv.W, xv.C, yv.H * pool, yv.W * pool, yv.C, kernel.first, kernel.second,
+                         stride.first, stride.second, padding.first, padding.second, dilation.first, dilation.second,
+                         groups, pool};
     basisrt::check_conv(fn, s, rank, residual.has_value());
-    const auto act = basisrt::checked_activation(fn, activation);
+    basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
-    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
     const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
-    Nhwc rv{nullptr, 0};
+    Nhwc rv{nullptr, 0, 0, 0, 0, 0};
     if (residual) {
-        for (int d = 0; d < 4; ++d)
-            if (residual->ndim() != 4 || residual->shape(d) != out.shape(d)) value_error(fn, "residual must have out's shape");
-        rv = nhwc_data(fn, *residual, "residual");
+        rv = nhwc(fn, *residual, "residual");
+        if (rv.N != yv.N || rv.H != yv.H || rv.W != yv.W || rv.C != yv.C)
+            value_error(fn, "residual must have out's shape");
     }
-    if (!out.writeable()) value_error(fn, "out must be writeable");
+    require_writeable(fn, out);
     if (s.N == 0) return;  // an empty batch: nothing to write
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     py::gil_scoped_release release;
     basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha);
 }
 
-void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding, int kind,
-                  bool count_include_pad, int num_threads) {
+void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding,
+                  basisrt::PoolKind kind, bool count_include_pad, int num_threads) {
     const std::string fn = "pool_nhwc";
-    if (x.ndim() != 4 || out.ndim() != 4) value_error(fn, "x and out must be 4-D NHWC arrays");
-    basisrt::PoolShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), out.shape(1), out.shape(2),
-                         kernel.first, kernel.second, stride.first, stride.second, padding.first, padding.second};
-    if (out.shape(0) != s.N || out.shape(3) != s.C) value_error(fn, "out batch or channels differ from x");
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N || yv.C != xv.C) value_error(fn, "out batch or channels differ from x");
+    basisrt::PoolShape s{xv.N, xv.H, xv.W, xv.C, yv.H, yv.W, kernel.first, kernel.second, stride.first, stride.second,
+                         padding.first, padding.second};
     basisrt::check_pool(fn, s);
-    const auto pool_kind = basisrt::checked_pool_kind(fn, kind);
+    basisrt::check_pool_kind(fn, kind);
     basisrt::check_threads(fn, num_threads);
-    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
-    if (!out.writeable()) value_error(fn, "out must be writeable");
+    require_writeable(fn, out);
     if (s.N == 0) return;
     s.ldx = xv.ld, s.ldy = yv.ld;
     py::gil_scoped_release release;
-    basisrt::pool_nhwc(xv.data, yv.data, s, pool_kind, count_include_pad, num_threads);
+    basisrt::pool_nhwc(xv.data, yv.data, s, kind, count_include_pad, num_threads);
 }
 
 void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
-                            int activation, int num_threads, float alpha) {
+                            basisrt::Activation act, int num_threads, float alpha) {
     const std::string fn = "channel_affine_nhwc";
-    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
-    for (int d = 0; d < 4; ++d)
-        if (out.shape(d) != x.shape(d)) value_error(fn, "out must have x's shape");
-    const int64_t C = x.shape(3);
-    const float* sp = f32_data(fn, scale, "scale", C);
-    const float* tp = f32_data(fn, shift, "shift", C);
-    const auto act = basisrt::checked_activation(fn, activation);
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N || yv.H != xv.H || yv.W != xv.W || yv.C != xv.C) value_error(fn, "out must have x's shape");
+    const float* sp = f32_data(fn, scale, "scale", xv.C);
+    const float* tp = f32_data(fn, shift, "shift", xv.C);
+    basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
-    if (!out.writeable()) value_error(fn, "out must be writeable");
-    const int64_t P = basisrt::checked_elements({x.shape(0), x.shape(1), x.shape(2)}, fn + ": x");
+    require_writeable(fn, out);
+    const int64_t P = basisrt::checked_elements({xv.N, xv.H, xv.W}, fn + ": x");
     py::gil_scoped_release release;
-    basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, P, C, xv.ld, yv.ld, act, num_threads, alpha);
+    basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, P, xv.C, xv.ld, yv.ld, act, num_threads, alpha);
 }
 
-void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, int op, int activation, int num_threads,
-                     float alpha) {
+void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, basisrt::BinaryOp op,
+                     basisrt::Activation act, int num_threads, float alpha) {
     const std::string fn = "eltwise_nhwc";
-    const Nhwc av = nhwc_data(fn, a, "a"), bv = nhwc_data(fn, b, "b"), yv = nhwc_data(fn, out, "out");
-    for (int d = 0; d < 4; ++d)
-        if (out.shape(d) != a.shape(d)) value_error(fn, "out must have a's shape");
-    const bool same = b.shape(1) == a.shape(1) && b.shape(2) == a.shape(2);
-    if (b.shape(0) != a.shape(0) || b.shape(3) != a.shape(3) || !(same || (b.shape(1) == 1 && b.shape(2) == 1)))
-        value_error(fn, "b must have a's shape, or one pixel per image (N, 1, 1, C)");
-    const auto binary = basisrt::checked_binary_op(fn, op);
-    const auto act = basisrt::checked_activation(fn, activation);
+    const Nhwc av = nhwc(fn, a, "a"), bv = nhwc(fn, b, "b"), yv = nhwc(fn, out, "out");
+    if (yv.N != av.N || yv.H != av.H || yv.W != av.W || yv.C != av.C) value_error(fn, "out must have a's shape");
+    if (bv.N != av.N) value_error(fn, "b must have a's batch");
+    const bool per_image = basisrt::eltwise_per_image(fn, av.H, av.W, av.C, bv.H, bv.W, bv.C);
+    basisrt::check_binary_op(fn, op);
+    basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
-    if (!out.writeable()) value_error(fn, "out must be writeable");
-    const int64_t P = basisrt::checked_elements({a.shape(0), a.shape(1), a.shape(2)}, fn + ": a");
+    require_writeable(fn, out);
+    const int64_t P = basisrt::checked_elements({av.N, av.H, av.W}, fn + ": a");
     if (P == 0) return;
     py::gil_scoped_release release;
-    basisrt::eltwise_nhwc(av.data, bv.data, yv.data, P, a.shape(1) * a.shape(2), a.shape(3), av.ld, bv.ld, yv.ld,
-                          binary, !same, act, alpha, num_threads);
-}
-
-// The channel indices of a gather: int64, one per output channel, each within [0, channels).
-std::vector<int64_t> gather_index(const std::string& fn, const py::array& index, int64_t channels, int64_t C_out) {
-    if (!py::isinstance<py::array_t<int64_t>>(index) || index.ndim() != 1 || index.shape(0) != C_out)
-        value_error(fn, "index must be a 1-D int64 array of one entry per output channel");
-    const auto idx = index.unchecked<int64_t, 1>();
-    std::vector<int64_t> out(C_out);
-    for (int64_t c = 0; c < C_out; ++c) {
-        if (idx(c) < 0 || idx(c) >= channels) value_error(fn, "an index is outside the input's channels");
-        out[c] = idx(c);
-    }
-    return out;
+    basisrt::eltwise_nhwc(av.data, bv.data, yv.data, P, av.H * av.W, av.C, av.ld, bv.ld, yv.ld, op, per_image, act,
+                          alpha, num_threads);
 }
 
 void channel_gather_nhwc_py(const py::array& x, const py::array& index, py::array& out, int num_threads) {
     const std::string fn = "channel_gather_nhwc";
-    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
-    for (int d = 0; d < 3; ++d)
-        if (out.shape(d) != x.shape(d)) value_error(fn, "out must have x's N, H and W");
-    const std::vector<int64_t> idx = gather_index(fn, index, x.shape(3), out.shape(3));
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N || yv.H != xv.H || yv.W != xv.W) value_error(fn, "out must have x's N, H and W");
+    const std::vector<int64_t> idx = int64_vector(fn, index, "index");
+    basisrt::check_channel_index(fn, idx, yv.C, xv.C);
     basisrt::check_threads(fn, num_threads);
-    if (!out.writeable()) value_error(fn, "out must be writeable");
-    const int64_t P = basisrt::checked_elements({x.shape(0), x.shape(1), x.shape(2)}, fn + ": x");
+    require_writeable(fn, out);
+    const int64_t P = basisrt::checked_elements({xv.N, xv.H, xv.W}, fn + ": x");
     py::gil_scoped_release release;
-    basisrt::channel_gather_nhwc(xv.data, idx.data(), yv.data, P, out.shape(3), xv.ld, yv.ld, num_threads);
-}
-
-// The source pixels of a pixel gather: int64, one per output pixel, each -1 or within [0, P_in).
-std::vector<int64_t> pixel_index(const std::string& fn, const py::array& index, int64_t P_in, int64_t P_out) {
-    if (!py::isinstance<py::array_t<int64_t>>(index) || index.ndim() != 1 || index.shape(0) != P_out)
-        value_error(fn, "index must be a 1-D int64 array of one entry per output pixel");
-    const auto idx = index.unchecked<int64_t, 1>();
-    std::vector<int64_t> out(P_out);
-    for (int64_t q = 0; q < P_out; ++q) {
-        if (idx(q) < -1 || idx(q) >= P_in) value_error(fn, "an index is outside the input's pixels (or -1)");
-        out[q] = idx(q);
-    }
-    return out;
+    basisrt::channel_gather_nhwc(xv.data, idx.data(), yv.data, P, yv.C, xv.ld, yv.ld, num_threads);
 }
 
 void pixel_gather_nhwc_py(const py::array& x, const py::array& index, py::array& out, int num_threads) {
     const std::string fn = "pixel_gather_nhwc";
-    const Nhwc xv = nhwc_data(fn, x, "x"), yv = nhwc_data(fn, out, "out");
-    if (out.shape(0) != x.shape(0) || out.shape(3) != x.shape(3)) value_error(fn, "out must have x's N and C");
-    const int64_t P_in = basisrt::checked_elements({x.shape(1), x.shape(2)}, fn + ": x");
-    const int64_t P_out = basisrt::checked_elements({out.shape(1), out.shape(2)}, fn + ": out");
-    const std::vector<int64_t> idx = pixel_index(fn, index, P_in, P_out);
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N || yv.C != xv.C) value_error(fn, "out must have x's N and C");
+    const int64_t P_in = basisrt::checked_elements({xv.H, xv.W}, fn + ": x");
+    const int64_t P_out = basisrt::checked_elements({yv.H, yv.W}, fn + ": out");
+    const std::vector<int64_t> idx = int64_vector(fn, index, "index");
+    basisrt::check_pixel_index(fn, idx, P_out, P_in);
     basisrt::check_threads(fn, num_threads);
-    if (!out.writeable()) value_error(fn, "out must be writeable");
+    require_writeable(fn, out);
     py::gil_scoped_release release;
-    basisrt::pixel_gather_nhwc(xv.data, idx.data(), yv.data, x.shape(0), P_in, P_out, x.shape(3), xv.ld, yv.ld,
-                               num_threads);
+    basisrt::pixel_gather_nhwc(xv.data, idx.data(), yv.data, xv.N, P_in, P_out, xv.C, xv.ld, yv.ld, num_threads);
 }
 
-// basisrt::Program plus references to the numpy weight arrays it points into.
-// basisrt::Program plus references to the numpy weight arrays it points into. Program::add_op
-// checks ids and geometry; here only what needs the arrays (their sizes against the geometry).
+// basisrt::Program plus references to the numpy arrays it points into. Program::add_op checks ids,
+// geometry and enum values; here only what needs the arrays (their sizes, from the checked geometry).
 struct PyProgram {
     basisrt::Program program;
     std::vector<py::object> keep_alive;
@@ -413,20 +219,15 @@ struct PyProgram {
     int add_buffer(int64_t H, int64_t W, int64_t C) { return program.add_buffer({H, W, C}); }
 
     void add_conv(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
-                  const std::optional<py::array>& bias, int64_t rank, int activation, IntPair kernel, IntPair stride,
-                  IntPair padding, IntPair dilation, int64_t groups, int64_t pool, float alpha) {
-        const std::string fn = "Program.add_conv";
-        if (pool != 1 && pool != 2) value_error(fn, "pool is 1 (none) or 2 (2x2 max)");
+                  const std::optional<py::array>& bias, int64_t rank, basisrt::Activation act, IntPair kernel,
+                  IntPair stride, IntPair padding, IntPair dilation, int64_t groups, int64_t pool, float alpha) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
-        op.rank = rank, op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
+        op.rank = rank, op.act = act, op.alpha = alpha;
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
         op.groups = groups, op.fused_pool = pool;
-        program.check(op);  // ids and geometry, before the array sizes computed from them
-        const auto &i = program.buffers()[in], &o = program.buffers()[out];
-        const basisrt::ConvShape s{1, i.H, i.W, i.C, o.H * pool, o.W * pool, o.C, op.kh, op.kw, op.sh, op.sw,
-                                   op.ph, op.pw, op.dh, op.dw, groups, pool};
-        const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
+        program.check(op);  // ids and geometry, before the array sizes that follow from them
+        const PackedWeights w = packed_weights("Program.add_conv", program.conv_shape(op), B, A, bias, rank);
         op.B = w.B, op.A = w.A, op.bias = w.bias;
         program.add_op(op);
         keep_alive.push_back(B);
@@ -434,19 +235,21 @@ struct PyProgram {
         if (bias) keep_alive.push_back(*bias);
     }
 
-    void add_pool(int in, int out, IntPair kernel, IntPair stride, IntPair padding, int kind, bool count_include_pad) {
+    void add_pool(int in, int out, IntPair kernel, IntPair stride, IntPair padding, basisrt::PoolKind kind,
+                  bool count_include_pad) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pool, in, -1, out};
-        op.pool = basisrt::checked_pool_kind("Program.add_pool", kind), op.count_include_pad = count_include_pad;
+        op.pool = kind, op.count_include_pad = count_include_pad;
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second;
         program.add_op(op);
     }
 
-    void add_affine(int in, int out, const py::array& scale, const py::array& shift, int activation, float alpha) {
+    void add_affine(int in, int out, const py::array& scale, const py::array& shift, basisrt::Activation act,
+                    float alpha) {
         const std::string fn = "Program.add_affine";
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::affine, in, -1, out};
-        op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
-        program.check(op);
+        op.act = act, op.alpha = alpha;
+        program.check(op);  // ids, before the buffer's channels size scale and shift
         const int64_t C = program.buffers()[in].C;
         op.scale = f32_data(fn, scale, "scale", C), op.shift = f32_data(fn, shift, "shift", C);
         program.add_op(op);
@@ -454,50 +257,36 @@ struct PyProgram {
         keep_alive.push_back(shift);
     }
 
-    void add_eltwise(int a, int b, int out, int op_kind, int activation, float alpha) {
-        const std::string fn = "Program.add_eltwise";
+    void add_eltwise(int a, int b, int out, basisrt::BinaryOp binary, basisrt::Activation act, float alpha) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::eltwise, a, b, out};
-        op.binary = basisrt::checked_binary_op(fn, op_kind);
-        op.act = basisrt::checked_activation(fn, activation), op.alpha = alpha;
+        op.binary = binary, op.act = act, op.alpha = alpha;
         program.add_op(op);
     }
 
     void add_gather(int in, int out, const py::array& index) {
-        const std::string fn = "Program.add_gather";
-        const int n = static_cast<int>(program.buffers().size());
-        if (in < 0 || in >= n || out < 0 || out >= n) value_error(fn, "buffer id out of range");
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::gather, in, -1, out};
-        op.index = gather_index(fn, index, program.buffers()[in].C, program.buffers()[out].C);
+        op.index = int64_vector("Program.add_gather", index, "index");
         program.add_op(op);
     }
 
     void add_pixel_gather(int in, int out, const py::array& index) {
-        const std::string fn = "Program.add_pixel_gather";
-        const int n = static_cast<int>(program.buffers().size());
-        if (in < 0 || in >= n || out < 0 || out >= n) value_error(fn, "buffer id out of range");
-        const auto& bufs = program.buffers();
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pixel_gather, in, -1, out};
-        op.index = pixel_index(fn, index, bufs[in].H * bufs[in].W, bufs[out].H * bufs[out].W);
+        op.index = int64_vector("Program.add_pixel_gather", index, "index");
         program.add_op(op);
     }
 
     void run(const py::array& x, py::array& out, int output, int num_threads,
              std::optional<py::array> op_seconds) const {
         const std::string fn = "Program.run";
-        const auto& bufs = program.buffers();
-        if (output < 1 || output >= static_cast<int>(bufs.size())) value_error(fn, "bad output buffer id");
-        basisrt::check_threads(fn, num_threads);
-        if (bufs[output].parent >= 0) value_error(fn, "the output buffer is a view of another buffer");
-        const auto &i = bufs[0], &o = bufs[output];
+        const int64_t N = x.ndim() == 4 ? x.shape(0) : 0;  // a wrong x fails below, once buffer 0 is known to exist
+        program.check_run(N, output, num_threads);
+        const auto &i = program.buffers()[0], &o = program.buffers()[output];
         if (x.ndim() != 4 || x.shape(1) != i.C || x.shape(2) != i.H || x.shape(3) != i.W)
             value_error(fn, "x must be NCHW (N, " + std::to_string(i.C) + ", " + std::to_string(i.H) + ", " +
                                 std::to_string(i.W) + ")");
-        const int64_t N = x.shape(0);
-        if (N > basisrt::kMaxExtent) value_error(fn, "batch size out of range");
-        if (out.size() != N * o.H * o.W * o.C) value_error(fn, "out has the wrong number of elements");
         const float* xp = f32_data(fn, x, "x", x.size());
-        f32_data(fn, out, "out", out.size());
-        if (!out.writeable()) value_error(fn, "out must be writeable");
+        f32_data(fn, out, "out", N * o.H * o.W * o.C);
+        require_writeable(fn, out);
         float* yp = static_cast<float*>(out.mutable_data());
         double* times = nullptr;
         if (op_seconds) {
@@ -513,6 +302,27 @@ struct PyProgram {
 };
 
 void bind_fused(py::module_& m) {
+    // Registered first, so the signatures below name them.
+    py::enum_<basisrt::Activation>(m, "Activation",
+                                   "An activation the kernels fuse after a conv, affine or eltwise op "
+                                   "(leaky_relu: negative slope `alpha`).")
+        .value("none", basisrt::Activation::none)
+        .value("relu", basisrt::Activation::relu)
+        .value("relu6", basisrt::Activation::relu6)
+        .value("sigmoid", basisrt::Activation::sigmoid)
+        .value("silu", basisrt::Activation::silu)
+        .value("hardsigmoid", basisrt::Activation::hardsigmoid)
+        .value("hardswish", basisrt::Activation::hardswish)
+        .value("leaky_relu", basisrt::Activation::leaky_relu)
+        .value("gelu", basisrt::Activation::gelu)
+        .value("gelu_tanh", basisrt::Activation::gelu_tanh);
+    py::enum_<basisrt::PoolKind>(m, "PoolKind", "Max or average pooling.")
+        .value("max", basisrt::PoolKind::max)
+        .value("avg", basisrt::PoolKind::avg);
+    py::enum_<basisrt::BinaryOp>(m, "BinaryOp", "The op of eltwise_nhwc: out = act(a OP b).")
+        .value("add", basisrt::BinaryOp::add)
+        .value("mul", basisrt::BinaryOp::mul);
+
     py::class_<PyProgram>(m, "Program", "A plan of conv, pooling and channel-affine ops over NHWC buffers, run in one call.")
         .def(py::init<>())
         .def("add_buffer", &PyProgram::add_buffer, py::arg("H"), py::arg("W"), py::arg("C"),
@@ -548,8 +358,6 @@ void bind_fused(py::module_& m) {
         .def(
             "segments",
             [](const PyProgram& p, int64_t N, int num_threads) {
-                if (N < 1 || N > basisrt::kMaxExtent) value_error("Program.segments", "N must be in [1, 2^24]");
-                basisrt::check_threads("Program.segments", num_threads);
                 std::vector<std::tuple<size_t, size_t, int64_t>> out;
                 for (const auto& s : p.program.segments(N, num_threads)) out.emplace_back(s.begin, s.end, s.images);
                 return out;
@@ -559,21 +367,20 @@ void bind_fused(py::module_& m) {
             "group per thread (images >= N: the whole batch, threads over output tiles).");
     m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
           py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
-          "Max (kind 0) or average (kind 1) pooling on NHWC float32 with implicit padding; writes into `out`.");
+          "Max or average pooling (kind: PoolKind) on NHWC float32 with implicit padding; writes into `out`.");
     m.def("fused_conv_nhwc", &fused_conv_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),
           py::arg("pool") = 1, py::arg("alpha") = 0.01f,
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
-          "bias, residual add, activation (0 none, 1 relu, 2 relu6, 3 sigmoid, 4 silu, 5 hardsigmoid,\n"
-          "6 hardswish, 7 leaky_relu with slope alpha, 8 gelu, 9 gelu_tanh) and, with pool=2, a 2x2 stride-2 max\n"
-          "pool fused; writes into `out`.");
+          "bias, residual add, activation (an Activation; leaky_relu's slope is alpha) and, with pool=2, a\n"
+          "2x2 stride-2 max pool fused; writes into `out`.");
     m.def("channel_affine_nhwc", &channel_affine_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
           py::arg("out"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(x * scale + shift) per channel on NHWC float32 (x / out may be channel slices).");
     m.def("eltwise_nhwc", &eltwise_nhwc_py, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
           py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
-          "out = act(a OP b) on NHWC float32, op 0 add / 1 mul, b of a's shape or (N, 1, 1, C) broadcast.");
+          "out = act(a OP b) on NHWC float32 (op: BinaryOp), b of a's shape or (N, 1, 1, C) broadcast.");
     m.def("channel_gather_nhwc", &channel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
           py::arg("num_threads"), "out[..., c] = x[..., index[c]] on NHWC float32 (index: int64).");
     m.def("pixel_gather_nhwc", &pixel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
@@ -592,7 +399,6 @@ void bind_fused(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
     m.doc() = "basisrt C++ CPU kernels (pybind11, no libtorch)";
     m.attr("__version__") = BASISRT_C_VERSION;
-    bind_reference(m);
     bind_fused(m);
     // Future kernel families register here: bind_<family>(m);
 }

@@ -559,6 +559,7 @@ void split_lowrank(const float* x, const float* B, const float* A, const float* 
     const int64_t K = taps * cg_in, cg_pad = round_up(cg_out, NR), r_pad = round_up(rank, NR);
     const int64_t P = s.N * s.Ho * s.Wo, tiles = (P + kTile - 1) / kTile;
     const int64_t chunks = (rank + kDotN - 1) / kDotN, blocks = cg_pad / NR;
+    const PackedLayout packed = packed_layout(s, rank);
     std::vector<float> T(P * r_pad);
     for (int64_t g = 0; g < s.groups; ++g) {
         parallel_for(tiles * chunks, num_threads, [&](int64_t task) {
@@ -569,15 +570,15 @@ void split_lowrank(const float* x, const float* B, const float* A, const float* 
             zero.resize(std::max<size_t>(zero.size(), cg_in));  // only ever grows: stays all zero
             const int64_t p0 = task / chunks * kTile, m = std::min(kTile, P - p0), j = task % chunks * kDotN;
             const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off, corner.data(), rows.data());
-            dot_gemm(w, m, cg_in, B + (g * rank + j) * K, std::min<int64_t>(kDotN, rank - j), T.data() + p0 * r_pad + j,
-                     r_pad);
+            dot_gemm(w, m, cg_in, B + g * packed.b_group + j * K, std::min<int64_t>(kDotN, rank - j),
+                     T.data() + p0 * r_pad + j, r_pad);
         });
         parallel_for(tiles * blocks, num_threads, [&](int64_t task) {
             const int64_t p0 = task / blocks * kTile, m = std::min(kTile, P - p0), j = task % blocks * NR;
             const int64_t col = g * cg_out + j;
             Store out{y + p0 * s.ldy + col, s.ldy, bias + col, residual ? residual + p0 * s.ldr + col : nullptr,
                       cg_out - j, act, true, s.ldr};
-            gemm(T.data() + p0 * r_pad, r_pad, A + g * r_pad * cg_pad + j, cg_pad, m, NR, rank, out);
+            gemm(T.data() + p0 * r_pad, r_pad, A + g * packed.a_group + j, cg_pad, m, NR, rank, out);
         });
     }
 }
@@ -639,6 +640,14 @@ void pooled_after(const ConvShape& s, float* y, int num_threads, const Conv& con
 
 bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % kColBlock == 0; }
 
+PackedLayout packed_layout(const ConvShape& s, int64_t rank) {
+    if (depthwise_path(s.groups, s.C_in, s.C_out, rank)) return {1, s.kh * s.kw * s.C_in, 0};
+    const int64_t K = s.kh * s.kw * (s.C_in / s.groups), cg_pad = round_up(s.C_out / s.groups, kColBlock);
+    if (!rank) return {s.groups, K * cg_pad, 0};
+    const int64_t r_pad = round_up(rank, kColBlock);
+    return {s.groups, lowrank_dot_path(s.C_in / s.groups, rank) ? rank * K : K * r_pad, r_pad * cg_pad};
+}
+
 const char* simd_path() {
     if (use_avx512()) return "avx512f";
     if (use_avx2_fma()) return "avx2+fma";
@@ -680,6 +689,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
 
     const bool dot = lowrank_dot_path(cg_in, rank);
     const bool windows = dot || !direct;  // reads x through tap_windows
+    const PackedLayout packed = packed_layout(s, rank);
     const int64_t taps = s.kh * s.kw;
     std::vector<int64_t> tap_off;  // offset of each tap's row from the window's corner
     for (int64_t ky = 0; ky < s.kh; ++ky)
@@ -712,8 +722,8 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
             Store out = cell > 1 ? Store{unpooled.data() + col, s.C_out, bias + col, nullptr, cg_out, act, true}
                                  : Store{y + p0 * s.ldy + col, s.ldy, bias + col,
                                          residual ? residual + p0 * s.ldr + col : nullptr, cg_out, act, true, s.ldr};
-            const float* Bg = B + g * K * (rank ? r_pad : cg_pad);
-            const float* Ag = rank ? A + g * r_pad * cg_pad : nullptr;
+            const float* Bg = B + g * packed.b_group;
+            const float* Ag = rank ? A + g * packed.a_group : nullptr;
             // A (plain rows of x, or the implicit im2col of the tile's windows) · B, then · A.
             auto two_gemms = [&](const auto& src) {
                 if (!rank) return gemm_src(src, Bg, cg_pad, m, cg_pad, out);
@@ -726,7 +736,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
             }
             const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off.data(), corner.data(), rows.data());
             if (dot) {  // channel-vectorised: B is (rank × K) per group
-                dot_gemm(w, m, cg_in, B + g * rank * K, rank, t.data(), r_pad);
+                dot_gemm(w, m, cg_in, Bg, rank, t.data(), r_pad);
                 gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
             } else if (cg_in < kIm2colBelow) {
                 // Few channels per tap (an RGB stem: 3): the GEMM's inner loop over a tap's

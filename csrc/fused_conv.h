@@ -14,7 +14,7 @@
 namespace basisrt {
 
 // 0-2 are clamps, applied in the kernels' epilogues; the others by activate_rows (activation.h)
-// after them. The numbers are the Python side's (basisrt/compiler/cpu_steps.py: ACTIVATIONS).
+// after them. Python names them _C.Activation.<name> (bindings.cpp); plans store the names.
 enum class Activation : int {
     none = 0, relu = 1, relu6 = 2, sigmoid = 3, silu = 4, hardsigmoid = 5, hardswish = 6, leaky_relu = 7,
     gelu = 8, gelu_tanh = 9
@@ -50,10 +50,23 @@ struct ConvShape {
 constexpr int64_t kColBlock = 16;
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// rank == 0: dense conv, B packed per group as (K × Cg_pad). Otherwise B is
-// (K × r_pad) per group and A is (r_pad × Cg_pad) per group, Cg = C_out / groups.
-// bias, residual may be null. residual is NHWC with the output's shape (pixel stride s.ldr).
-// alpha: leaky ReLU's negative slope (other activations ignore it).
+// Where fused_conv_nhwc reads the packed weights of a conv of shape s: group g's B at B + g·b_group
+// and A at A + g·a_group, for `groups` groups. Per group, a dense conv (rank 0) has B as
+// (K × Cg_pad) and no A (a_group 0); a basis pair has B as (K × r_pad), or (rank × K) on the
+// lowrank_dot_path, and A as (r_pad × Cg_pad). A depthwise conv (depthwise_path) is one group, B
+// being (kh·kw × C). K = kh·kw·C_in / groups, Cg = C_out / groups, _pad: rounded up to kColBlock.
+// The bindings size the weight arrays from it; basisrt/compiler/cpu_steps.py packs them.
+struct PackedLayout {
+    int64_t groups, b_group, a_group;
+    int64_t b_floats() const { return groups * b_group; }
+    int64_t a_floats() const { return groups * a_group; }
+};
+// For a geometry check_conv accepted (its bounds keep these sizes within int64).
+PackedLayout packed_layout(const ConvShape& s, int64_t rank);
+
+// B and A packed as packed_layout(s, rank) says. bias, residual may be null. residual is NHWC with
+// the output's shape (pixel stride s.ldr). alpha: leaky ReLU's negative slope (other activations
+// ignore it).
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& s, int64_t rank,
                      Activation act, int num_threads, float alpha = 0.01f);

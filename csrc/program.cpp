@@ -116,10 +116,9 @@ void Program::check(const ProgramOp& op) const {
         throw std::invalid_argument(fn + ": buffer ids out of range (" + std::to_string(n) + " buffers)");
     const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
     if (op.kind == ProgramOp::Kind::conv) {
-        ConvShape s{1, i.H, i.W, i.C, o.H * op.fused_pool, o.W * op.fused_pool, o.C, op.kh, op.kw, op.sh, op.sw,
-                    op.ph, op.pw, op.dh, op.dw, op.groups, op.fused_pool};
-        check_conv(fn, s, op.rank, op.residual >= 0);
-        checked_activation(fn, static_cast<int64_t>(op.act));
+        check_fused_pool(fn, op.fused_pool);  // before conv_shape multiplies by it
+        check_conv(fn, conv_shape(op), op.rank, op.residual >= 0);
+        check_activation(fn, op.act);
         if (op.residual >= 0) {
             const BufferShape& r = buffers_[op.residual];
             if (r.H != o.H || r.W != o.W || r.C != o.C)
@@ -128,33 +127,36 @@ void Program::check(const ProgramOp& op) const {
     } else if (op.kind == ProgramOp::Kind::pool) {
         if (op.residual >= 0 || i.C != o.C) throw std::invalid_argument(fn + ": pooling keeps channels, no residual");
         check_pool(fn, PoolShape{1, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw});
-        checked_pool_kind(fn, static_cast<int64_t>(op.pool));
+        check_pool_kind(fn, op.pool);
     } else if (op.kind == ProgramOp::Kind::affine) {
         if (op.residual >= 0 || i.H != o.H || i.W != o.W || i.C != o.C)
             throw std::invalid_argument(fn + ": the affine op's output must have the input's shape, no residual");
-        checked_activation(fn, static_cast<int64_t>(op.act));
+        check_activation(fn, op.act);
     } else if (op.kind == ProgramOp::Kind::eltwise) {
         if (op.residual < 0 || i.H != o.H || i.W != o.W || i.C != o.C)
             throw std::invalid_argument(fn + ": an eltwise op needs a second operand and an output of the input's shape");
         const BufferShape& b = buffers_[op.residual];
-        if (b.C != i.C || !((b.H == i.H && b.W == i.W) || (b.H == 1 && b.W == 1)))
-            throw std::invalid_argument(fn + ": the second operand must have the input's shape or one pixel per image");
-        checked_activation(fn, static_cast<int64_t>(op.act));
-        checked_binary_op(fn, static_cast<int64_t>(op.binary));
+        eltwise_per_image(fn, i.H, i.W, i.C, b.H, b.W, b.C);
+        check_activation(fn, op.act);
+        check_binary_op(fn, op.binary);
     } else if (op.kind == ProgramOp::Kind::gather) {
-        if (op.residual >= 0 || i.H != o.H || i.W != o.W || static_cast<int64_t>(op.index.size()) != o.C)
-            throw std::invalid_argument(fn + ": a gather keeps H and W and has one index per output channel");
-        for (int64_t c : op.index)
-            if (c < 0 || c >= i.C) throw std::invalid_argument(fn + ": a gather index is outside the input's channels");
+        if (op.residual >= 0 || i.H != o.H || i.W != o.W)
+            throw std::invalid_argument(fn + ": a gather keeps H and W, no residual");
+        check_channel_index(fn, op.index, o.C, i.C);
     } else if (op.kind == ProgramOp::Kind::pixel_gather) {
-        if (op.residual >= 0 || i.C != o.C || static_cast<int64_t>(op.index.size()) != o.H * o.W)
-            throw std::invalid_argument(fn + ": a pixel gather keeps the channels and has one index per output pixel");
-        for (int64_t q : op.index)
-            if (q < -1 || q >= i.H * i.W)
-                throw std::invalid_argument(fn + ": a pixel gather index is outside the input's pixels (or -1)");
+        if (op.residual >= 0 || i.C != o.C)
+            throw std::invalid_argument(fn + ": a pixel gather keeps the channels, no residual");
+        check_pixel_index(fn, op.index, o.H * o.W, i.H * i.W);
     } else {
         throw std::invalid_argument(fn + ": unknown op kind");
     }
+}
+
+ConvShape Program::conv_shape(const ProgramOp& op, int64_t N) const {
+    const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
+    const int64_t q = op.fused_pool;  // the conv's own output is q times the (pooled) buffer
+    return {N, i.H, i.W, i.C, o.H * q, o.W * q, o.C, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw,
+            op.groups, q};
 }
 
 void Program::add_op(const ProgramOp& op) {
@@ -199,6 +201,9 @@ Program::Segment Program::cache_groups(int64_t N, int num_threads) const {
 }
 
 std::vector<Program::Segment> Program::segments(int64_t N, int num_threads) const {
+    if (N < 1 || N > kMaxExtent)
+        throw std::invalid_argument("Program.segments: N must be in [1, " + std::to_string(kMaxExtent) + "]");
+    check_threads("Program.segments", num_threads);
     std::vector<Segment> out;
     const Segment first = cache_groups(N, num_threads);
     if (first.end > 0) out.push_back(first);
@@ -216,9 +221,8 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
     const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
     const int64_t ldx = pixel_stride(op.in), ldy = pixel_stride(op.out);
     if (op.kind == ProgramOp::Kind::conv) {
-        const int64_t q = op.fused_pool;  // the conv's own output is q times the (pooled) buffer
-        ConvShape s{N, i.H, i.W, i.C, o.H * q, o.W * q, o.C, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw,
-                    op.groups, q, ldx, ldy, op.residual >= 0 ? pixel_stride(op.residual) : 0};
+        ConvShape s = conv_shape(op, N);
+        s.ldx = ldx, s.ldy = ldy, s.ldr = op.residual >= 0 ? pixel_stride(op.residual) : 0;
         fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
     } else if (op.kind == ProgramOp::Kind::pool) {
         PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, ldx, ldy};
@@ -237,8 +241,7 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
     }
 }
 
-void Program::run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds) const {
-    using clock = std::chrono::steady_clock;
+void Program::check_run(int64_t N, int output, int num_threads) const {
     const std::string fn = "Program.run";
     if (output < 1 || output >= static_cast<int>(buffers_.size()))
         throw std::invalid_argument(fn + ": output buffer id out of range");
@@ -248,6 +251,11 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
     for (const BufferShape& b : buffers_) largest = std::max(largest, floats(b));
     if (N < 0 || N > kMaxExtent || N > kMaxElements / largest)
         throw std::invalid_argument(fn + ": batch size out of range for this program's buffers");
+}
+
+void Program::run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds) const {
+    using clock = std::chrono::steady_clock;
+    check_run(N, output, num_threads);
     if (N == 0) return;  // an empty batch: an empty output, as PyTorch gives
     // Per-thread arena, one buffer per program buffer holding the whole batch.
     thread_local Arena arena;

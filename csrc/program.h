@@ -46,12 +46,12 @@ struct ProgramOp {
     BinaryOp binary = BinaryOp::add;
     // gather: out's channel c is in's channel index[c]; pixel_gather: out's pixel q (of each image) is
     // in's pixel index[q], or zeros where index[q] is -1
-    std::vector<int64_t> index;
+    std::vector<int64_t> index{};
     // pool
     PoolKind pool = PoolKind::max;
     bool count_include_pad = true;
     // geometry (batch filled in at run time)
-    int64_t kh, kw, sh, sw, ph, pw, dh = 1, dw = 1, groups = 1;
+    int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
     int64_t fused_pool = 1;  // conv: 2 = a 2×2 max pool fused after the epilogue (out is the pooled buffer)
 };
 
@@ -65,14 +65,20 @@ class Program {
     void add_op(const ProgramOp& op);
     // add_op's checks of ids and geometry alone (not the weight pointers).
     void check(const ProgramOp& op) const;
+    // The conv of a conv op that passed check(): its own output, before a fused pool; batch N,
+    // dense pixel strides. The sizes of its packed weights follow from it (packed_layout).
+    ConvShape conv_shape(const ProgramOp& op, int64_t N = 1) const;
     // x: NCHW (N, C, H, W) of buffer 0; y: NHWC of the output buffer. op_seconds, if not null,
     // gets each op's wall time added (size: ops()).
     void run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds = nullptr) const;
+    // run's checks of N, output and num_threads, for a caller that sizes x and y from buffers() first.
+    void check_run(int64_t N, int output, int num_threads) const;
 
     size_t ops() const { return ops_.size(); }
 
     // Ops [begin, end) run in groups of `images` images, one group per thread at a time (images
     // >= N: the whole batch at once, threads over output tiles). Consecutive, covering every op.
+    // N in [1, kMaxExtent].
     struct Segment {
         size_t begin, end;
         int64_t images;

@@ -28,7 +28,30 @@ int64_t checked_elements(std::initializer_list<int64_t> dims, const std::string&
     return n;
 }
 
+int64_t nhwc_pixel_stride(const std::string& fn, const std::string& name, const int64_t (&shape)[4],
+                          const int64_t (&strides)[4]) {
+    const int64_t f = sizeof(float), H = shape[1], W = shape[2], C = shape[3];
+    if (shape[0] == 0 || H == 0 || W == 0 || C == 0) return C;  // nothing is read or written: any strides
+    const int64_t per[3] = {H * W, W, 1};  // pixels per step of dims 0..2
+    // The stride of the outermost dimension that moves decides; dimensions of size 1 have any stride.
+    int64_t ld = C;
+    for (int d = 2; d >= 0; --d)
+        if (shape[d] > 1) {
+            ld = strides[d] / (f * per[d]);
+            break;
+        }
+    bool ok = ld >= C && (C == 1 || strides[3] == f);
+    for (int d = 0; d < 3; ++d) ok = ok && (shape[d] == 1 || strides[d] == ld * per[d] * f);
+    if (!ok) fail(fn, name + " must be NHWC, C-contiguous or a channel slice of a C-contiguous array");
+    return ld;
+}
+
+void check_fused_pool(const std::string& fn, int64_t pool) {
+    if (pool != 1 && pool != 2) fail(fn, "pool is 1 (none) or 2 (2x2 max), got " + std::to_string(pool));
+}
+
 void check_conv(const std::string& fn, const ConvShape& s, int64_t rank, bool residual) {
+    check_fused_pool(fn, s.pool);
     in_range(fn, s.N, 0, "the batch N");
     pair_in_range(fn, s.H, s.W, 1, "the input's H and W");
     in_range(fn, s.C_in, 1, "C_in");
@@ -46,7 +69,7 @@ void check_conv(const std::string& fn, const ConvShape& s, int64_t rank, bool re
         fail(fn, "output size (" + std::to_string(s.Ho / s.pool) + ", " + std::to_string(s.Wo / s.pool) +
                      ") does not match the conv geometry (" + std::to_string(ho) + ", " + std::to_string(wo) +
                      (s.pool > 1 ? ", then halved by the fused 2x2 pool)" : ")"));
-    if (s.pool != 1 && (s.pool != 2 || residual || s.Ho % 2 || s.Wo % 2))
+    if (s.pool == 2 && (residual || s.Ho % 2 || s.Wo % 2))
         fail(fn, "a fused pool is 2 (2x2 max, stride 2) over an even-sized output, without residual");
     if (s.ldx < 0 || s.ldy < 0 || s.ldr < 0) fail(fn, "pixel strides must be non-negative");
     checked_elements({s.N, s.H, s.W, s.ldx ? s.ldx : s.C_in}, "the input");
@@ -72,25 +95,53 @@ void check_pool(const std::string& fn, const PoolShape& s) {
     checked_elements({s.N, s.Ho, s.Wo, s.ldy ? s.ldy : s.C}, "the output");
 }
 
-Activation checked_activation(const std::string& fn, int64_t act) {
-    if (act < 0 || act >= kActivations)
-        fail(fn, "activation must be in [0, " + std::to_string(kActivations - 1) + "], got " + std::to_string(act));
-    return static_cast<Activation>(act);
+void check_activation(const std::string& fn, Activation act) {
+    const int v = static_cast<int>(act);
+    if (v < 0 || v >= kActivations)
+        fail(fn, "activation must be in [0, " + std::to_string(kActivations - 1) + "], got " + std::to_string(v));
 }
 
-BinaryOp checked_binary_op(const std::string& fn, int64_t op) {
-    if (op < 0 || op >= kBinaryOps) fail(fn, "binary op must be 0 (add) or 1 (mul), got " + std::to_string(op));
-    return static_cast<BinaryOp>(op);
+void check_binary_op(const std::string& fn, BinaryOp op) {
+    const int v = static_cast<int>(op);
+    if (v < 0 || v >= kBinaryOps) fail(fn, "binary op must be 0 (add) or 1 (mul), got " + std::to_string(v));
 }
 
-PoolKind checked_pool_kind(const std::string& fn, int64_t kind) {
-    if (kind < 0 || kind > 1) fail(fn, "pool kind must be 0 (max) or 1 (avg), got " + std::to_string(kind));
-    return static_cast<PoolKind>(kind);
+void check_pool_kind(const std::string& fn, PoolKind kind) {
+    const int v = static_cast<int>(kind);
+    if (v < 0 || v > 1) fail(fn, "pool kind must be 0 (max) or 1 (avg), got " + std::to_string(v));
 }
 
 void check_threads(const std::string& fn, int64_t num_threads) {
     if (num_threads < 1 || num_threads > kMaxThreads)
         fail(fn, "num_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " + std::to_string(num_threads));
+}
+
+bool eltwise_per_image(const std::string& fn, int64_t Ha, int64_t Wa, int64_t Ca, int64_t Hb, int64_t Wb,
+                       int64_t Cb) {
+    const bool same = Hb == Ha && Wb == Wa;
+    if (Cb != Ca || !(same || (Hb == 1 && Wb == 1)))
+        fail(fn, "b must have a's shape, or one pixel per image (N, 1, 1, C)");
+    return !same;
+}
+
+void check_channel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t C_out, int64_t C_in) {
+    if (static_cast<int64_t>(index.size()) != C_out)
+        fail(fn, "index must have one entry per output channel (" + std::to_string(C_out) + "), got " +
+                     std::to_string(index.size()));
+    for (size_t c = 0; c < index.size(); ++c)
+        if (index[c] < 0 || index[c] >= C_in)
+            fail(fn, "index[" + std::to_string(c) + "] = " + std::to_string(index[c]) +
+                         " is outside the input's channels [0, " + std::to_string(C_in) + ")");
+}
+
+void check_pixel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t P_out, int64_t P_in) {
+    if (static_cast<int64_t>(index.size()) != P_out)
+        fail(fn, "index must have one entry per output pixel (" + std::to_string(P_out) + "), got " +
+                     std::to_string(index.size()));
+    for (size_t q = 0; q < index.size(); ++q)
+        if (index[q] < -1 || index[q] >= P_in)
+            fail(fn, "index[" + std::to_string(q) + "] = " + std::to_string(index[q]) +
+                         " is outside the input's pixels [0, " + std::to_string(P_in) + ") (or -1 for zeros)");
 }
 
 }  // namespace basisrt

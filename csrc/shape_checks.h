@@ -1,10 +1,12 @@
-// Argument checks shared by the bindings and Program::add_op. Every geometry that reaches a kernel
-// passes here first, so no argument combination reachable from Python divides by zero, overflows
-// an index or reads outside a buffer: it throws std::invalid_argument (ValueError in Python).
+// Argument checks of the kernels, for every caller: the bindings and Program::add_op use them. Every
+// geometry that reaches a kernel passes here first, so no argument combination reachable from Python
+// divides by zero, overflows an index or reads outside a buffer: it throws std::invalid_argument
+// (ValueError in Python), its message starting with `fn`, the entry point called.
 #pragma once
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "eltwise.h"
 #include "fused_conv.h"
@@ -37,14 +39,33 @@ inline int64_t window_out_ceil(int64_t in, int64_t k, int64_t stride, int64_t pa
     return (out - 1) * stride >= in + pad ? out - 1 : out;
 }
 
+// The pixel stride in floats of a 4-D NHWC float array read or written in place, from its shape and
+// its strides in bytes: C-contiguous, or a channel slice of a C-contiguous array (`big[..., a:b]`, a
+// concatenation's part). Any other layout throws, naming the array `name`. An empty array: C.
+int64_t nhwc_pixel_stride(const std::string& fn, const std::string& name, const int64_t (&shape)[4],
+                          const int64_t (&strides)[4]);
+
+// A conv's fused pool: 1 (none) or 2 (2x2 max, stride 2). Checked before the conv's own output
+// size (`pool` times the pooled one) is computed.
+void check_fused_pool(const std::string& fn, int64_t pool);
 // A conv of shape s (Ho, Wo: the conv's own output, before a fused pool), `rank` 0 for dense.
 void check_conv(const std::string& fn, const ConvShape& s, int64_t rank, bool residual);
 // A pool of shape s, its output in floor or in ceil mode.
 void check_pool(const std::string& fn, const PoolShape& s);
-// An activation / pool kind / thread count arriving as a plain int.
-Activation checked_activation(const std::string& fn, int64_t act);
-PoolKind checked_pool_kind(const std::string& fn, int64_t kind);
-BinaryOp checked_binary_op(const std::string& fn, int64_t op);
+// An enum value the kernels know: a caller can cast any int to one (Python too: _C.Activation(42)).
+void check_activation(const std::string& fn, Activation act);
+void check_pool_kind(const std::string& fn, PoolKind kind);
+void check_binary_op(const std::string& fn, BinaryOp op);
 void check_threads(const std::string& fn, int64_t num_threads);
+
+// Whether eltwise's second operand b (Hb x Wb x Cb per image) is one pixel per image, broadcast over
+// a's Ha x Wa map; if not, it has a's shape. Throws if it is neither.
+bool eltwise_per_image(const std::string& fn, int64_t Ha, int64_t Wa, int64_t Ca, int64_t Hb, int64_t Wb,
+                       int64_t Cb);
+// A channel gather's index: one entry per output channel (C_out), each an input channel in [0, C_in).
+void check_channel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t C_out, int64_t C_in);
+// A pixel gather's index: one entry per output pixel (P_out), each an input pixel in [0, P_in) or -1
+// (zeros).
+void check_pixel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t P_out, int64_t P_in);
 
 }  // namespace basisrt

@@ -69,17 +69,18 @@ p = _C.Program()
 a, b = p.add_buffer(8, 8, 16), p.add_buffer(8, 8, 16)
 w = np.random.default_rng(0).standard_normal(16 * 16).astype(np.float32)
 good = dict(kernel=(1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1))
+relu = _C.Activation.relu
 for bad in (dict(kernel=(-1, -1)), dict(stride=(0, 0)), dict(dilation=(0, 1)), dict(padding=(-1, 0)),
             dict(kernel=(2 ** 40, 1)), dict(stride=(2 ** 62, 1))):
     args = {**good, **bad}
     try:
-        p.add_conv(a, -1, b, w, None, None, 0, 1, args["kernel"], args["stride"], args["padding"], args["dilation"], 1)
+        p.add_conv(a, -1, b, w, None, None, 0, relu, args["kernel"], args["stride"], args["padding"], args["dilation"], 1)
         print("accepted", bad)
     except (ValueError, TypeError) as e:
         print("refused", e)
 for ids in ((a, 5, b), (7, -1, b), (a, -1, 0), (a, -1, a), (a, b, b)):
     try:
-        p.add_conv(ids[0], ids[1], ids[2], w, None, None, 0, 1, (1, 1), (1, 1), (0, 0), (1, 1), 1)
+        p.add_conv(ids[0], ids[1], ids[2], w, None, None, 0, relu, (1, 1), (1, 1), (0, 0), (1, 1), 1)
         print("accepted", ids)
     except ValueError as e:
         print("refused", e)

@@ -176,7 +176,7 @@ def test_fused_pool_rejects_what_it_cannot_fuse():
     with pytest.raises(ValueError, match="pool"):
         _C.fused_conv_nhwc(x.float().permute(0, 2, 3, 1).contiguous().numpy(), step.B.numpy(), step.A.numpy(),
                            step.bias.numpy(), None, out, step.kernel, step.stride, step.padding, step.dilation,
-                           1, step.rank, 1, 1, pool=2)
+                           1, step.rank, _C.Activation.relu, 1, pool=2)
 
 
 @pytest.mark.parametrize("c", cases()[::7], ids=case_id)
@@ -243,15 +243,17 @@ def test_kernel_rejects_bad_buffers():
     x = np.zeros((1, 5, 5, 4), np.float32)
     out = np.zeros((1, 5, 5, 8), np.float32)
     b = np.zeros((1, 36, 16), np.float32)
+    none = _C.Activation.none
     with pytest.raises(ValueError, match="float32"):
-        _C.fused_conv_nhwc(x.astype(np.float64), b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
+        _C.fused_conv_nhwc(x.astype(np.float64), b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, none, 1)
     with pytest.raises(ValueError, match="does not match the conv geometry"):
-        _C.fused_conv_nhwc(x, b, None, None, None, out, (3, 3), (1, 1), (0, 0), (1, 1), 1, 0, 0, 1)
+        _C.fused_conv_nhwc(x, b, None, None, None, out, (3, 3), (1, 1), (0, 0), (1, 1), 1, 0, none, 1)
     with pytest.raises(ValueError, match="needs A"):
-        _C.fused_conv_nhwc(x, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 4, 0, 1)
+        _C.fused_conv_nhwc(x, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 4, none, 1)
     with pytest.raises(ValueError, match="B \\(packed\\) has"):
-        _C.fused_conv_nhwc(x, b[:, :10], None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
+        _C.fused_conv_nhwc(x, b[:, :10], None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, none, 1)
     assert _C.simd_path() in ("avx512f", "avx2+fma", "avx2", "default")
+    assert isinstance(_C.__version__, str) and _C.__version__
 
 
 @pytest.mark.parametrize("in_torch", [False, True])
@@ -322,9 +324,9 @@ def test_kernels_reject_arrays_that_are_not_channel_slices():
     big = np.zeros((1, 5, 10, 8), np.float32)
     for bad in (big[:, :, 1:6, :4], big[:, :, :5, ::2], x.transpose(0, 2, 1, 3)):  # rows apart, channels apart
         with pytest.raises(ValueError, match="channel slice"):
-            _C.fused_conv_nhwc(bad, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, 0, 1)
+            _C.fused_conv_nhwc(bad, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, _C.Activation.none, 1)
     with pytest.raises(ValueError, match="channel slice"):
-        _C.pool_nhwc(x, out[..., ::2], (1, 1), (1, 1), (0, 0), 0, True, 1)
+        _C.pool_nhwc(x, out[..., ::2], (1, 1), (1, 1), (0, 0), _C.PoolKind.max, True, 1)
 
 
 @pytest.mark.parametrize("c", depthwise_cases(), ids=case_id)

@@ -183,7 +183,7 @@ def test_pool_propagates_like_torch(pool, c, kind):
     x = poison(randn(gen, 2, c, 7, 9), gen, kind)
     ref = F.max_pool2d(x, k, s, p) if how == "max" else F.avg_pool2d(x, k, s, p, count_include_pad=include)
     out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), 7.0)
-    _C.pool_nhwc(nhwc(x), out.numpy(), k, s, p, {"max": 0, "avg": 1}[how], include, 2)
+    _C.pool_nhwc(nhwc(x), out.numpy(), k, s, p, getattr(_C.PoolKind, how), include, 2)
     assert_same(out.permute(0, 3, 1, 2), ref, rtol=1e-5)
 
 
@@ -193,7 +193,7 @@ def test_global_pools_propagate_like_torch(kind):
     x = poison(randn(gen, 3, 20, 5, 7), gen, kind)
     assert_same(PoolStep("avg", None, num_threads=2)(x.float()), F.adaptive_avg_pool2d(x, 1), rtol=1e-5)
     out = torch.full((3, 1, 1, 20), 7.0)
-    _C.pool_nhwc(nhwc(x), out.numpy(), (5, 7), (5, 7), (0, 0), 0, True, 2)
+    _C.pool_nhwc(nhwc(x), out.numpy(), (5, 7), (5, 7), (0, 0), _C.PoolKind.max, True, 2)
     assert_same(out.permute(0, 3, 1, 2), F.adaptive_max_pool2d(x, 1), rtol=1e-5)
 
 
@@ -205,7 +205,7 @@ def test_max_pool_nan_at_each_window_position():
     for k, s in (((2, 2), (2, 2)), ((3, 3), (1, 1))):
         ref = F.max_pool2d(x, k, s)
         out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), 7.0)
-        _C.pool_nhwc(nhwc(x), out.numpy(), k, s, (0, 0), 0, True, 1)
+        _C.pool_nhwc(nhwc(x), out.numpy(), k, s, (0, 0), _C.PoolKind.max, True, 1)
         assert_same(out.permute(0, 3, 1, 2), ref, rtol=1e-6)
 
 

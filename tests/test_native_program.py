@@ -107,12 +107,13 @@ def test_program_rejects_bad_ops_and_inputs():
     p = _C.Program()
     a, b = p.add_buffer(4, 4, 16), p.add_buffer(2, 2, 16)
     with pytest.raises(ValueError, match="buffer ids"):
-        p.add_pool(a, 7, (2, 2), (2, 2), (0, 0), 0, True)
+        p.add_pool(a, 7, (2, 2), (2, 2), (0, 0), _C.PoolKind.max, True)
     with pytest.raises(ValueError, match="does not match"):
-        p.add_pool(a, b, (2, 2), (1, 1), (0, 0), 0, True)
+        p.add_pool(a, b, (2, 2), (1, 1), (0, 0), _C.PoolKind.max, True)
     with pytest.raises(ValueError, match="B \\(packed\\)"):
-        p.add_conv(a, -1, b, torch.zeros(3).numpy(), None, None, 0, 0, (2, 2), (2, 2), (0, 0), (1, 1), 1)
-    p.add_pool(a, b, (2, 2), (2, 2), (0, 0), 0, True)
+        p.add_conv(a, -1, b, torch.zeros(3).numpy(), None, None, 0, _C.Activation.none, (2, 2), (2, 2), (0, 0), (1, 1),
+                   1)
+    p.add_pool(a, b, (2, 2), (2, 2), (0, 0), _C.PoolKind.max, True)
     with pytest.raises(ValueError, match="NCHW"):
         p.run(torch.zeros(1, 4, 4, 16).numpy(), torch.zeros(1, 2, 2, 16).numpy(), b, 1)
     x = torch.randn(2, 16, 4, 4)
@@ -225,6 +226,6 @@ def test_program_rejects_bad_views():
     p.alias(one, whole, 0)
     with pytest.raises(ValueError, match="cannot hold itself"):
         p.alias(whole, one, 0)
-    p.add_affine(x, a, np.ones(8, np.float32), np.zeros(8, np.float32), 0)
+    p.add_affine(x, a, np.ones(8, np.float32), np.zeros(8, np.float32), _C.Activation.none)
     with pytest.raises(ValueError, match="output buffer is a view"):
         p.run(np.zeros((1, 8, 4, 4), np.float32), np.zeros((1, 4, 4, 8), np.float32), a, 1)

@@ -36,7 +36,7 @@ def test_pool_matches_float64(c):
     ref = reference(c, x)
     out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned NHWC
     _C.pool_nhwc(x.float().permute(0, 2, 3, 1).contiguous().numpy(), out.numpy(), c["k"], c["stride"], c["pad"],
-                 {"max": 0, "avg": 1}[c["kind"]], c["include"], 2)
+                 getattr(_C.PoolKind, c["kind"]), c["include"], 2)
     y = out.permute(0, 3, 1, 2)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
@@ -60,8 +60,8 @@ def test_global_average_and_module_mapping():
 def test_bad_pool_geometry_is_a_clear_error():
     x = torch.randn(1, 2, 4, 4).permute(0, 2, 3, 1).contiguous()
     with pytest.raises(ValueError, match="padding at most half"):
-        _C.pool_nhwc(x.numpy(), torch.empty(1, 4, 4, 2).numpy(), (2, 2), (1, 1), (2, 2), 0, True, 1)
+        _C.pool_nhwc(x.numpy(), torch.empty(1, 4, 4, 2).numpy(), (2, 2), (1, 1), (2, 2), _C.PoolKind.max, True, 1)
     with pytest.raises(ValueError, match="does not match"):
-        _C.pool_nhwc(x.numpy(), torch.empty(1, 3, 3, 2).numpy(), (2, 2), (2, 2), (0, 0), 0, True, 1)
+        _C.pool_nhwc(x.numpy(), torch.empty(1, 3, 3, 2).numpy(), (2, 2), (2, 2), (0, 0), _C.PoolKind.max, True, 1)
     with pytest.raises(ValueError, match="4-D float32"):
         PoolStep("max", (2, 2))(torch.randn(2, 4, 4, dtype=torch.float64))

@@ -13,16 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-# name -> the C++ code; 1-2 are clamps done in the kernels' epilogues, the rest in a pass over each
-# stored tile (csrc/activation.h)
-CODES = {None: 0, "relu": 1, "relu6": 2, "sigmoid": 3, "silu": 4, "hardsigmoid": 5, "hardswish": 6,
-         "leaky_relu": 7, "gelu": 8, "gelu_tanh": 9}
+from .. import _C
+
+# name (as plans store it) -> the C++ kernels' _C.Activation; relu and relu6 are clamps done in the
+# kernels' epilogues, the rest a pass over each stored tile (csrc/activation.h)
+CODES = {name: getattr(_C.Activation, name or "none") for name in (
+    None, "relu", "relu6", "sigmoid", "silu", "hardsigmoid", "hardswish", "leaky_relu", "gelu", "gelu_tanh")}
 NAMES = tuple(CODES)
 _LEAKY = re.compile(r"leaky_relu\((.+)\)")
 
 
-def code(name: str | None) -> tuple[int, float]:
-    """(C++ activation code, leaky ReLU slope) of an activation name; ValueError if unknown."""
+def code(name: str | None) -> tuple[_C.Activation, float]:
+    """(_C.Activation, leaky ReLU slope) of an activation name; ValueError if unknown."""
     m = _LEAKY.fullmatch(name) if isinstance(name, str) else None
     if m is not None:
         try:

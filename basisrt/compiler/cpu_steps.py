@@ -229,7 +229,7 @@ class PoolStep(nn.Module):
         return f"{self.kind}, {where}" + (", ceil_mode" if self.ceil_mode else "")
 
 
-POOL_KINDS = {"max": 0, "avg": 1}
+POOL_KINDS = {"max": _C.PoolKind.max, "avg": _C.PoolKind.avg}
 
 
 class ChannelAffineStep(nn.Module):
@@ -260,7 +260,7 @@ class ChannelAffineStep(nn.Module):
         return f"channels={self.scale.numel()}, act={self.activation}"
 
 
-BINARY_OPS = {"add": 0, "mul": 1}
+BINARY_OPS = {"add": _C.BinaryOp.add, "mul": _C.BinaryOp.mul}
 
 
 class EltwiseStep(nn.Module):
