@@ -33,8 +33,8 @@
 #include "program.h"
 #include "shape_checks.h"
 
-#ifndef BASISRT_C_VERSION
-#define BASISRT_C_VERSION "0.1.0"
+#ifndef BASISRT_C_VERSION  // setup.py passes basisrt.__version__, the one version string
+#error "BASISRT_C_VERSION is not defined: build through setup.py"
 #endif
 
 namespace py = pybind11;
@@ -323,7 +323,9 @@ void bind_fused(py::module_& m) {
         .value("add", basisrt::BinaryOp::add)
         .value("mul", basisrt::BinaryOp::mul);
 
-    py::class_<PyProgram>(m, "Program", "A plan of conv, pooling and channel-affine ops over NHWC buffers, run in one call.")
+    py::class_<PyProgram>(m, "Program",
+                          "A plan of conv, pool, affine, eltwise, gather and pixel gather ops over NHWC buffers, run "
+                          "in one call.")
         .def(py::init<>())
         .def("add_buffer", &PyProgram::add_buffer, py::arg("H"), py::arg("W"), py::arg("C"),
              "A buffer of per-image shape (H, W, C); buffer 0 is the input. Returns its id.")

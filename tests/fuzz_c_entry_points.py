@@ -43,7 +43,8 @@ def nasty_pair(rng, v):
 def nasty_array(rng, a):
     """A variant of array `a` that a kernel must refuse or handle."""
     if not isinstance(a, np.ndarray):
-        return np.random.default_rng(rng.randrange(1 << 30)).standard_normal(rng.choice([1, 7, 4096])).astype(np.float32)
+        values = np.random.default_rng(rng.randrange(1 << 30)).standard_normal(rng.choice([1, 7, 4096]))
+        return values.astype(np.float32)
     choices = [
         lambda: a.astype(np.float64),
         lambda: a.astype(np.int32),
@@ -78,7 +79,8 @@ def conv_case(rng):
     return dict(x=np.random.default_rng(1).standard_normal((n, h, h, c_in)).astype(np.float32),
                 B=step.B.numpy(), A=None if step.A is None else step.A.numpy(), bias=step.bias.numpy(),
                 residual=None, out=np.zeros((n, oh, ow, c_out), np.float32), kernel=(k, k), stride=(s, s),
-                padding=(p, p), dilation=(1, 1), groups=groups, rank=step.rank, activation=rng.choice([_C.Activation.none, _C.Activation.relu, _C.Activation.relu6]),
+                padding=(p, p), dilation=(1, 1), groups=groups, rank=step.rank,
+                activation=rng.choice([_C.Activation.none, _C.Activation.relu, _C.Activation.relu6]),
                 num_threads=rng.choice([1, 2]), pool=1)
 
 
@@ -127,7 +129,8 @@ def fuzz_affine(rng):
 def fuzz_eltwise(rng):
     c, hw = rng.choice([1, 5, 16]), rng.choice([1, 3])
     g = np.random.default_rng(6)
-    a = dict(a=g.standard_normal((2, 3, 3, c)).astype(np.float32), b=g.standard_normal((2, hw, hw, c)).astype(np.float32),
+    a = dict(a=g.standard_normal((2, 3, 3, c)).astype(np.float32),
+             b=g.standard_normal((2, hw, hw, c)).astype(np.float32),
              out=np.zeros((2, 3, 3, c), np.float32), op=rng.choice([_C.BinaryOp.add, _C.BinaryOp.mul]),
              activation=_C.Activation(rng.randrange(10)),
              num_threads=2, alpha=0.1)
@@ -178,8 +181,8 @@ def fuzz_program(rng):
              ("alias", dict(buffer=5, parent=3, offset=c_out))]
     bad = rng.randrange(len(calls) + 2)
     pairs, arrays = {"kernel", "stride", "padding", "dilation"}, {"B", "A", "bias", "scale", "shift", "index"}
-    ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset", "a",
-            "b", "op"}
+    ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset",
+            "a", "b", "op"}
     for i, (name, kw) in enumerate(calls):
         getattr(p, name)(**(mutate(rng, kw, pairs, arrays, ints) if i == bad else kw))
     run = dict(x=np.random.default_rng(4).standard_normal((n, c_in, h, h)).astype(np.float32),
@@ -201,7 +204,8 @@ def main(seed: int, calls: int) -> None:
     limit = 6 << 30  # an absurd allocation fails here instead of swapping the machine
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rng = random.Random(seed)
-    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_eltwise, fuzz_gather, fuzz_pixel_gather, fuzz_program, fuzz_paths]
+    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_eltwise, fuzz_gather, fuzz_pixel_gather, fuzz_program,
+               fuzz_paths]
     outcomes = {e.__name__: {"ok": 0, "refused": 0} for e in entries}
     unexpected = []
     for i in range(calls):

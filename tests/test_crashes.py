@@ -74,7 +74,8 @@ for bad in (dict(kernel=(-1, -1)), dict(stride=(0, 0)), dict(dilation=(0, 1)), d
             dict(kernel=(2 ** 40, 1)), dict(stride=(2 ** 62, 1))):
     args = {**good, **bad}
     try:
-        p.add_conv(a, -1, b, w, None, None, 0, relu, args["kernel"], args["stride"], args["padding"], args["dilation"], 1)
+        p.add_conv(a, -1, b, w, None, None, 0, relu, args["kernel"], args["stride"], args["padding"],
+                   args["dilation"], 1)
         print("accepted", bad)
     except (ValueError, TypeError) as e:
         print("refused", e)

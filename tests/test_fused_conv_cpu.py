@@ -245,7 +245,8 @@ def test_kernel_rejects_bad_buffers():
     b = np.zeros((1, 36, 16), np.float32)
     none = _C.Activation.none
     with pytest.raises(ValueError, match="float32"):
-        _C.fused_conv_nhwc(x.astype(np.float64), b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, none, 1)
+        _C.fused_conv_nhwc(x.astype(np.float64), b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, none,
+                           1)
     with pytest.raises(ValueError, match="does not match the conv geometry"):
         _C.fused_conv_nhwc(x, b, None, None, None, out, (3, 3), (1, 1), (0, 0), (1, 1), 1, 0, none, 1)
     with pytest.raises(ValueError, match="needs A"):
@@ -324,7 +325,8 @@ def test_kernels_reject_arrays_that_are_not_channel_slices():
     big = np.zeros((1, 5, 10, 8), np.float32)
     for bad in (big[:, :, 1:6, :4], big[:, :, :5, ::2], x.transpose(0, 2, 1, 3)):  # rows apart, channels apart
         with pytest.raises(ValueError, match="channel slice"):
-            _C.fused_conv_nhwc(bad, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0, _C.Activation.none, 1)
+            _C.fused_conv_nhwc(bad, b, None, None, None, out, (3, 3), (1, 1), (1, 1), (1, 1), 1, 0,
+                               _C.Activation.none, 1)
     with pytest.raises(ValueError, match="channel slice"):
         _C.pool_nhwc(x, out[..., ::2], (1, 1), (1, 1), (0, 0), _C.PoolKind.max, True, 1)
 

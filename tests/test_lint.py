@@ -78,3 +78,22 @@ def test_no_import_cycle_between_basisrt_modules() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m)
+
+
+def test_cpp_compiles_without_warnings() -> None:
+    """csrc/ is clean under the build's warning flags (setup.py: -Wall -Wextra), as errors here."""
+    import sysconfig
+
+    import pybind11
+
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    flags = ["-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Wno-psabi", "-Werror", "-DBASISRT_C_VERSION=\"0\"",
+             f"-I{ROOT / 'csrc'}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    failures = []
+    for src in sorted((ROOT / "csrc").glob("*.cpp")):
+        done = subprocess.run([cxx, *flags, str(src)], capture_output=True, text=True)
+        if done.returncode:
+            failures.append(done.stderr[-2000:])
+    assert not failures, "\n".join(failures)
