@@ -12,6 +12,16 @@
    request body, prepared here and checked once against the plan) and reads the server's
    /metrics before and after for the mean batch size. Non-2xx answers are counted by wrk.
 
+4. `--soak S`: wrk at concurrency 64 for S seconds, binary, every answer checked in wrk's Lua
+   (status 200 and the body byte for byte the one the plan gives: a row's answer does not depend
+   on the batch it ran in), the server's resident memory before and after.
+5. `--overload S`: S seconds of arrivals at twice the measured capacity (the binary concurrency-64
+   throughput): 4096 wrk connections (more than the server's queue of 256 holds), each waiting an
+   exponential gap after every answer, so that while the server answers quickly (a 503) the arrivals
+   keep their rate, as open-loop arrivals would. Reports the share of 503s, the accepted requests'
+   p99 from the server's histogram (status 200), memory before, during and after, and then
+   concurrency 1 again: p50 and errors once the load drops.
+
 wrk and the server share the machine's cores: on 2 cores that costs the server part of one.
 """
 from __future__ import annotations
@@ -20,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -27,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -110,14 +122,55 @@ f:close()
 {headers}
 """
 
+# Checks every answer: counts by outcome in each thread's Lua state, summed in done()
+_CHECK_LUA = _LUA + """
+local e = io.open("{expected}", "rb")
+local expected = e:read("*all")
+e:close()
+ok, bad_body, s503, s504, other = 0, 0, 0, 0, 0
+function response(status, headers, body)
+  if status == 200 then
+    if body == expected then ok = ok + 1 else bad_body = bad_body + 1 end
+  elseif status == 503 then s503 = s503 + 1
+  elseif status == 504 then s504 = s504 + 1
+  else other = other + 1 end
+end
+local threads = {{}}
+function setup(thread) table.insert(threads, thread) end
+function done(summary, latency, requests)
+  local n = {{ok = 0, bad_body = 0, s503 = 0, s504 = 0, other = 0}}
+  for _, t in ipairs(threads) do
+    for k, _ in pairs(n) do n[k] = n[k] + t:get(k) end
+  end
+  io.write(string.format("CHECKED ok=%d bad_body=%d s503=%d s504=%d other=%d\\n",
+                         n.ok, n.bad_body, n.s503, n.s504, n.other))
+end
+{delay}
+"""
 
-def run_wrk(url: str, body_path: str, headers: dict[str, str], concurrency: int, duration: float) -> dict:
+# Exponential gaps after each answer, mean `mean_ms`, per connection
+_DELAY_LUA = """
+math.randomseed(os.time())
+function delay() return -math.log(1 - math.random()) * {mean_ms} end
+"""
+
+
+def run_wrk(url: str, body_path: str, headers: dict[str, str], concurrency: int, duration: float,
+            expected_path: str | None = None, mean_gap_ms: float | None = None) -> dict:
+    """wrk -t1 at `concurrency`; with `expected_path` every answer is checked against that body,
+    with `mean_gap_ms` each connection waits an exponential gap after each answer."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(_LUA.format(body=body_path, headers="\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())))
+        lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+        if expected_path is None:
+            f.write(_LUA.format(body=body_path, headers=lines))
+        else:
+            delay = _DELAY_LUA.format(mean_ms=mean_gap_ms) if mean_gap_ms else ""
+            f.write(_CHECK_LUA.format(body=body_path, headers=lines, expected=expected_path, delay=delay))
         script = f.name
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{int(round(duration))}s", "--latency", "--timeout", "30s", "-s", script,
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{int(round(duration))}s", "--latency", "--timeout", "30s",
+           "-s", script,
            url + "/v2/models/r18/infer"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, preexec_fn=_more_files).stdout
     os.unlink(script)
 
     def ms(label: str) -> float | None:
@@ -129,10 +182,73 @@ def run_wrk(url: str, body_path: str, headers: dict[str, str], concurrency: int,
     total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
+    checked = re.search(r"CHECKED (.*)", out)
     return dict(concurrency=concurrency, requests=int(total.group(1)) if total else 0,
                 rows_per_s=float(rps.group(1)) if rps else 0.0, p50_ms=ms("50"), p90_ms=ms("90"), p99_ms=ms("99"),
                 non_2xx=int(non2xx.group(1)) if non2xx else 0, socket_errors=errors.group(1) if errors else "",
+                checked={k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", checked.group(1))} if checked else None,
                 raw=out)
+
+
+def _more_files() -> None:
+    """Lets wrk open a socket per connection (4096 for --overload)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _p99_accepted_ms(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Upper bucket bound (ms) holding 99 % of the requests answered 200 between two /metrics reads."""
+    buckets = []
+    for k, v in after.items():
+        m = re.match(r'basisrt_request_seconds_bucket\{le="([^"]+)",model="r18",status="200"\}', k)
+        if m:
+            buckets.append((float(m.group(1)), v - before.get(k, 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    return next(le for le, n in buckets if n >= 0.99 * total) * 1e3
+
+
+def soak(url: str, server_pid: int, body_path: str, headers: dict, expected_path: str, seconds: float) -> dict:
+    rss0 = _rss_mb(server_pid)
+    r = run_wrk(url, body_path, headers, 64, seconds, expected_path)
+    r.update(kind="soak", rss_before_mb=rss0, rss_after_mb=_rss_mb(server_pid))
+    return r
+
+
+def overload(url: str, server_pid: int, body_path: str, headers: dict, expected_path: str, capacity: float,
+             seconds: float = 20.0, connections: int = 4096) -> dict:
+    """Arrivals at twice `capacity` (requests/s), then concurrency 1 again (recovery)."""
+    rate = 2 * capacity
+    gap_ms = 1e3 * connections / rate  # each connection's mean gap, answers taken as instant
+    rss0 = _rss_mb(server_pid)
+    before = _metrics(url)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(r=run_wrk(url, body_path, headers, connections, seconds,
+                                                                 expected_path, gap_ms)))
+    t.start()
+    time.sleep(seconds * 0.75)
+    rss_during = _rss_mb(server_pid)
+    t.join()
+    after = _metrics(url)
+    r = box["r"]
+    c = r["checked"] or {}
+    answered = sum(c.values())
+    recovery = run_wrk(url, body_path, headers, 1, 5, expected_path)
+    r.update(kind="overload", target_rate=rate, offered_rate=answered / seconds,
+             accepted_rate=c.get("ok", 0) / seconds, share_503=c.get("s503", 0) / answered if answered else 0.0,
+             p99_accepted_ms=_p99_accepted_ms(before, after), rss_before_mb=rss0, rss_during_mb=rss_during,
+             rss_after_mb=_rss_mb(server_pid), recovery=recovery)
+    return r
 
 
 def main(argv=None) -> int:
@@ -144,6 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-delay-ms", type=float, default=2.0)
     ap.add_argument("--out", default=str(HERE / "out" / "serve_load.json"))
     ap.add_argument("--markdown", help="write the tables to this Markdown file")
+    ap.add_argument("--soak", type=float, default=0.0, help="seconds of the checked concurrency-64 run (0: none)")
+    ap.add_argument("--overload", type=float, default=0.0, help="seconds of arrivals at twice the measured capacity")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
@@ -155,9 +273,9 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "basisrt.cli", "serve", f"r18={work / 'r18.basisrt'}", "--port",
                                str(port), "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
-                               "--max-delay-ms", str(args.max_delay_ms), "--max-queue", "1024"],
+                               "--max-delay-ms", str(args.max_delay_ms)],  # --max-queue: its default, 256
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    results = []
+    results, extra = [], []
     try:
         client = Client(url)
         for _ in range(300):
@@ -185,6 +303,27 @@ def main(argv=None) -> int:
                 print(f"{r['encoding']:>6} c={c:>3}: {r['rows_per_s']:8.0f} rows/s  p50 {r['p50_ms']} ms  "
                       f"p99 {r['p99_ms']} ms  mean batch {r['mean_batch']:.1f}  non-2xx {r['non_2xx']}", flush=True)
                 results.append(r)
+        if args.soak or args.overload:
+            body, headers, x = request_body(True)
+            path, expected = work / "body.bin", work / "expected.bin"
+            path.write_bytes(body)
+            req = urllib.request.Request(url + "/v2/models/r18/infer", data=body, headers=headers)
+            expected.write_bytes(urllib.request.urlopen(req, timeout=30).read())  # checked above to equal the plan's
+        if args.soak:
+            r = soak(url, server.pid, str(path), headers, str(expected), args.soak)
+            print(f"soak {args.soak:.0f} s c=64: {r['checked']}, {r['rows_per_s']:.0f} rows/s, p99 {r['p99_ms']} ms, "
+                  f"RSS {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} MB", flush=True)
+            extra.append(r)
+        if args.overload:
+            capacity = next((r["rows_per_s"] for r in results if r["encoding"] == "binary" and r["concurrency"] == 64),
+                            None) or run_wrk(url, str(path), headers, 64, 5)["rows_per_s"]
+            r = overload(url, server.pid, str(path), headers, str(expected), capacity, args.overload)
+            rec = r["recovery"]
+            print(f"overload at {r['target_rate']:.0f}/s: offered {r['offered_rate']:.0f}/s, accepted "
+                  f"{r['accepted_rate']:.0f}/s, 503 share {r['share_503']:.2f}, {r['checked']}, accepted p99 <= "
+                  f"{r['p99_accepted_ms']} ms, RSS {r['rss_before_mb']:.0f}/{r['rss_during_mb']:.0f}/"
+                  f"{r['rss_after_mb']:.0f} MB; then c=1: p50 {rec['p50_ms']} ms, {rec['checked']}", flush=True)
+            extra.append(r)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(60)
@@ -192,7 +331,7 @@ def main(argv=None) -> int:
                 max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, server_exit=code,
                 command=" ".join([Path(sys.executable).name, *sys.argv]), cpus=os.cpu_count())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(meta=meta, direct=ceiling, server=results), indent=1))
+    Path(args.out).write_text(json.dumps(dict(meta=meta, direct=ceiling, server=results, load=extra), indent=1))
     lines = ["| direct batch | p50 ms | rows/s |", "| ---: | ---: | ---: |"]
     lines += [f"| {d['batch']} | {d['p50_ms']:.2f} | {d['rows_per_s']:.0f} |" for d in ceiling]
     lines += ["", "| encoding | concurrency | rows/s | p50 ms | p90 ms | p99 ms | mean batch | non-2xx |",

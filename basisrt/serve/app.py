@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -18,7 +25,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .batcher import Batcher, BatchStats, DeadlineExceeded, ModelFailed, QueueFull
-from .protocol import HEADER_LENGTH, ProtocolError, encode_infer, model_metadata, parse_infer
+from .protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    encode_infer,
+    model_metadata,
+    parse_infer,
+)
 
 RETRY_AFTER_S = "1"
 
@@ -62,8 +75,9 @@ class Metrics:
         self.rows = Counter("basisrt_rows", "Rows (images) inferred", ["model"], registry=r)
         self.batches = Counter("basisrt_batches", "Batches executed", ["model"], registry=r)
         buckets = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
-        self.request_s = Histogram("basisrt_request_seconds", "Request time in the server", ["model"],
-                                   buckets=buckets, registry=r)
+        # by status: under overload the fast 503s must not hide what accepted requests wait
+        self.request_s = Histogram("basisrt_request_seconds", "Request time in the server by final HTTP status",
+                                   ["model", "status"], buckets=buckets, registry=r)
         self.queue_s = Histogram("basisrt_queue_seconds", "Time from arrival to the start of its batch", ["model"],
                                  buckets=buckets, registry=r)
         self.compute_s = Histogram("basisrt_compute_seconds", "Time to run one batch", ["model"], buckets=buckets,
@@ -241,7 +255,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
             state.in_flight -= 1
             if name in state.models:  # no label per unknown name a client makes up
                 metrics.requests.labels(name, str(status)).inc()
-                metrics.request_s.labels(name).observe(time.monotonic() - start)
+                metrics.request_s.labels(name, str(status)).observe(time.monotonic() - start)
 
     async def _infer(request: Request, name: str, start: float) -> Response:
         if state.draining:
