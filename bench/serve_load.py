@@ -273,7 +273,9 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "basisrt.cli", "serve", f"r18={work / 'r18.basisrt'}", "--port",
                                str(port), "--threads", str(args.threads), "--max-batch-size", str(args.max_batch_size),
-                               "--max-delay-ms", str(args.max_delay_ms)],  # --max-queue: its default, 256
+                               "--max-delay-ms", str(args.max_delay_ms),  # --max-queue: its default, 256
+                               # --overload's connections pause up to seconds between requests
+                               "--keep-alive-s", "120"],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results, extra = [], []
     try:

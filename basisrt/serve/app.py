@@ -48,6 +48,7 @@ class ServeConfig:
     max_body_mb: float = 64.0
     threads: int | None = None
     grace_s: float = 20.0
+    keep_alive_s: float = 5.0  # an idle client connection is closed after this (uvicorn's default)
 
 
 def model_names(paths: list[str]) -> dict[str, str]:

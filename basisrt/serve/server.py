@@ -34,7 +34,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, log_le
     """Serve until SIGTERM / SIGINT; returns the exit code (0)."""
     app = create_app(config)
     uv = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                        timeout_graceful_shutdown=max(int(config.grace_s), 1))
+                        timeout_graceful_shutdown=max(int(config.grace_s), 1),
+                        timeout_keep_alive=max(int(config.keep_alive_s), 1))
     server = _DrainingServer(uv, app.state.basisrt)
     server.run()
     return 0 if server.started else 1  # not started: a model failed to load (uvicorn logged why)
