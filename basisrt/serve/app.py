@@ -169,7 +169,7 @@ def batcher_runner(m: "_Model", config: ServeConfig, metrics: Metrics) -> Batche
 def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
     """The ASGI app serving `config.models`. Models load and warm up in the app's startup; readiness
     is 200 once all of them have. `runner(model, config, metrics)` makes what runs a model's
-    requests: an object with `infer(x, deadline)`, `depth`, `drain(timeout_s)` and `close()`
+    requests: an object with `infer(x, deadline)`, `depth`, `full`, `drain(timeout_s)` and `close()`
     (basisrt.serve.ray passes Ray Serve's batching)."""
     state = ServerState(config)
     metrics = state.metrics
@@ -264,6 +264,10 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
         m = find(request)
         if isinstance(m, Response):
             return m
+        if m.batcher.full:  # before reading and parsing the body: under overload a 503 must cost little
+            metrics.failures.labels(name, "queue_full").inc()
+            return _unavailable(f"the queue is full ({m.batcher.depth} requests queued, --max-queue "
+                                f"{config.max_queue})")
         try:
             body = await read_body(request)
             req = await run_in_threadpool(parse_infer, body, request.headers.get(HEADER_LENGTH), m.input_shape)

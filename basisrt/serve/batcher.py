@@ -72,6 +72,11 @@ class Batcher:
         """Parts waiting to run."""
         return len(self.pending)
 
+    @property
+    def full(self) -> bool:
+        """No request could be queued now (`infer` would raise QueueFull)."""
+        return len(self.pending) >= self.max_queue
+
     async def infer(self, x: Tensor, deadline: float) -> Tensor:
         """x's output rows, batched with other requests. Raises QueueFull (nothing queued),
         DeadlineExceeded (not started by `deadline`, time.monotonic()), ModelFailed."""

@@ -28,6 +28,7 @@ class RayRunner:
     def __init__(self, m: _Model, config: ServeConfig, metrics: Metrics) -> None:
         self.max_batch = config.max_batch_size
         self.depth = 0
+        self.full = False  # Ray's proxy keeps the queue (max_queued_requests) and answers 503 itself
         executor = ThreadPoolExecutor(1, thread_name_prefix="basisrt-model")
         self._executor = executor
 
