@@ -401,6 +401,7 @@ void bind_fused(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
     m.doc() = "basisrt C++ CPU kernels (pybind11, no libtorch)";
     m.attr("__version__") = BASISRT_C_VERSION;
+    m.attr("COL_BLOCK") = basisrt::kColBlock;  // packed weights' column block (cpu_steps.packed_shapes)
     bind_fused(m);
     // Future kernel families register here: bind_<family>(m);
 }

@@ -336,3 +336,20 @@ def test_depthwise_conv_matches_float64(c):
     assert _C.depthwise_path(c["groups"], c["c_in"], c["c_out"], 0)
     check_step(c, FusedConv2d)
 
+
+
+@pytest.mark.parametrize("cin, rank", [(8, 8), (16, 16), (16, 5), (3, 3)])
+def test_packed_shapes_are_what_the_step_stores(cin, rank):
+    """cpu_steps.packed_shapes is the one Python statement of the packed layouts: the step stores
+    exactly those shapes (also where the basis rank equals K, on and off the channel-dot path) and
+    computes the pair right."""
+    from basisrt.compiler.cpu_steps import packed_shapes
+
+    torch.manual_seed(cin + rank)
+    basis, scale = torch.randn(rank, cin, 1, 1), torch.randn(16, rank)
+    step = FusedConv2d(basis, None, scale=scale, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    b_shape, a_shape = packed_shapes((1, 1), cin, 16, 1, rank)
+    assert tuple(step.B.shape) == b_shape and tuple(step.A.shape) == a_shape
+    x = torch.randn(2, cin, 5, 3)
+    ref = F.conv2d(F.conv2d(x.double(), basis.double()), scale.double()[:, :, None, None])
+    assert rel_err(step(x), ref) < 1e-5

@@ -14,11 +14,26 @@ from .. import _C
 from . import activations
 from .geometry import ConvGeometry, window_out
 
-COL_BLOCK = 16  # kernel's packed column block (csrc/fused_conv.h: kColBlock)
+COL_BLOCK = _C.COL_BLOCK  # the kernel's packed column block (csrc/fused_conv.h: kColBlock)
 
 
 def _round_up(v: int, m: int = COL_BLOCK) -> int:
     return -(-v // m) * m
+
+
+def packed_shapes(kernel: tuple[int, int], in_channels: int, out_channels: int, groups: int,
+                  rank: int) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Shapes of a conv step's packed B and A (None: no A) as FusedConv2d stores them, in the
+    layouts whose sizes csrc/fused_conv.h's packed_layout gives; the plan-file checks use them too.
+    Depthwise: B (kh·kw, C). Dense: B (g, K, Cg_pad). Basis pair: B (g, K, r_pad), or (g, r, K) on
+    the channel-dot path, and A (g, r_pad, Cg_pad)."""
+    k, cg = kernel[0] * kernel[1] * (in_channels // groups), out_channels // groups
+    if rank == 0:
+        if _C.depthwise_path(groups, in_channels, out_channels, 0):
+            return (kernel[0] * kernel[1], out_channels), None
+        return (groups, k, _round_up(cg)), None
+    dot = _C.lowrank_dot_path(in_channels // groups, rank)
+    return (groups, rank, k) if dot else (groups, k, _round_up(rank)), (groups, _round_up(rank), _round_up(cg))
 
 
 def _taps_last(w: Tensor, groups: int) -> Tensor:
@@ -51,24 +66,20 @@ class FusedConv2d(nn.Module):
         self.out_channels = scale.shape[0] if scale is not None else weight.shape[0]
         self.num_threads = num_threads
         cg = self.out_channels // groups
-        if scale is None and _C.depthwise_path(groups, self.in_channels, self.out_channels, 0):
-            self.rank = 0  # depthwise: B = W as (kh·kw, C)
+        self.rank = 0 if scale is None else scale.shape[1]
+        b_shape, a_shape = packed_shapes(self.kernel, self.in_channels, self.out_channels, groups, self.rank)
+        if len(b_shape) == 2:  # depthwise: W as (kh·kw, C)
             self.register_buffer("B", weight.reshape(self.out_channels, -1).t().contiguous())
+        elif self.rank and _C.lowrank_dot_path(weight.shape[1], self.rank):  # basis, channel-dot path: (g, r, K)
+            self.register_buffer("B", _taps_last(weight, groups).transpose(1, 2).contiguous())
+        else:  # (g, K, n_pad): the dense weight, or the basis padded
+            self.register_buffer("B", _pad_cols(_taps_last(weight, groups), b_shape[2]))
+        if a_shape is None:
             self.A = None
-        elif scale is None:  # dense: B = W as (g, K, Cg_pad)
-            self.rank = 0
-            self.register_buffer("B", _pad_cols(_taps_last(weight, groups), _round_up(cg)))
-            self.A = None
-        else:  # basis pair: B = basis (g, K, r_pad) or (g, r, K) on the dot path, A = scale (g, r_pad, Cg_pad)
-            self.rank = scale.shape[1]
-            r_pad = _round_up(self.rank)
-            taps_last = _taps_last(weight, groups)
-            if _C.lowrank_dot_path(weight.shape[1], self.rank):
-                self.register_buffer("B", taps_last.transpose(1, 2).contiguous())
-            else:
-                self.register_buffer("B", _pad_cols(taps_last, r_pad))
+        else:  # the scaling weight as (g, r_pad, Cg_pad)
             a = scale.detach().float().reshape(groups, cg, self.rank).transpose(1, 2)
-            self.register_buffer("A", _pad_cols(a, _round_up(cg), r_pad))
+            self.register_buffer("A", _pad_cols(a, a_shape[2], a_shape[1]))
+        assert tuple(self.B.shape) == b_shape
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
 
     @property

@@ -30,7 +30,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .. import _C
 from . import activations
 from .cpu_steps import (
     BINARY_OPS,
@@ -43,7 +42,7 @@ from .cpu_steps import (
     PixelGatherStep,
     PoolStep,
     TorchConvStep,
-    _round_up,
+    packed_shapes,
 )
 from .gpu_steps import GPUFusedConv2d, GPUFusedLinear
 
@@ -404,19 +403,12 @@ def _fused_conv(a: Attrs, t: Tensors, linear: bool = False) -> None:
     kh, kw, cin, cout, groups = _conv_geometry(a, linear, map_hw)
     a.threads()
     rank = a.int("rank", 0, MAX_CHANNELS)
-    cg, k = cout // groups, kh * kw * (cin // groups)
-    if rank == 0:
+    b_shape, a_shape = packed_shapes((kh, kw), cin, cout, groups, rank)
+    t.buffer("B", b_shape)
+    if a_shape is None:
         a.none("A")  # a dense step keeps A as a plain None attribute
-        if _C.depthwise_path(groups, cin, cout, 0):
-            t.buffer("B", (kh * kw, cout))
-        else:
-            t.buffer("B", (groups, k, _round_up(cg)))
     else:
-        if _C.lowrank_dot_path(cin // groups, rank):
-            t.buffer("B", (groups, rank, k))
-        else:
-            t.buffer("B", (groups, k, _round_up(rank)))
-        t.buffer("A", (groups, _round_up(rank), _round_up(cg)))
+        t.buffer("A", a_shape)
     t.buffer("bias", (cout,), present=None)
 
 
