@@ -5,8 +5,6 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "cpu", "triton")
-
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Which step kernels a plan on `device` uses; clear errors for what cannot work."""

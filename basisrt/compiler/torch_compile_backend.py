@@ -103,10 +103,3 @@ def _with_constants(gm: fx.GraphModule, constants: dict[int, Tensor], xi: int,
         node.args = (node.args[0][0],)
         out.recompile()
     return out
-
-
-def register() -> None:
-    """Make "basisrt" a torch.compile backend name (idempotent)."""
-    from torch._dynamo import list_backends, register_backend
-    if "basisrt" not in list_backends(exclude_tags=()):
-        register_backend(name="basisrt")(backend)
