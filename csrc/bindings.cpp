@@ -357,6 +357,14 @@ void bind_fused(py::module_& m) {
              "Run every op on NCHW input x; the output buffer is written NHWC into `out`. op_seconds "
              "(float64, one per op), if given, gets each op's wall time added.")
         .def_property_readonly("ops", [](const PyProgram& p) { return p.program.ops(); }, "Number of ops.")
+        .def_property_readonly(
+            "buffers",
+            [](const PyProgram& p) {
+                std::vector<std::tuple<int64_t, int64_t, int64_t, int>> out;
+                for (const auto& b : p.program.buffers()) out.emplace_back(b.H, b.W, b.C, b.parent);
+                return out;
+            },
+            "[(H, W, C, parent)] per buffer id, per image (parent -1: not a view).")
         .def(
             "segments",
             [](const PyProgram& p, int64_t N, int num_threads) {
@@ -366,7 +374,16 @@ void bind_fused(py::module_& m) {
             },
             py::arg("N"), py::arg("num_threads"),
             "[(begin, end, images)]: a batch of N runs ops [begin, end) in groups of `images` images, one "
-            "group per thread (images >= N: the whole batch, threads over output tiles).");
+            "group per thread (images >= N: the whole batch, threads over output tiles).")
+        .def(
+            "arena_floats",
+            [](const PyProgram& p, int64_t N, int output, int num_threads) {
+                p.program.check_run(N, output, num_threads);
+                return p.program.layout(p.program.segments(N, num_threads), N, output)->floats;
+            },
+            py::arg("N"), py::arg("output"), py::arg("num_threads"),
+            "Floats per image of the arena a batch of N runs in (buffers whose lifetimes do not overlap "
+            "share memory; the output buffer is the caller's).");
     m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
           py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
           "Max or average pooling (kind: PoolKind) on NHWC float32 with implicit padding; writes into `out`.");

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -76,6 +77,14 @@ void release_freed_memory() {
 }
 
 int64_t floats(const BufferShape& s) { return s.H * s.W * s.C; }
+
+// BASISRT_POISON_ARENA=1 (the test suite sets it) fills the arena with NaN at every call, so an op
+// that reads memory no op of this call wrote (stale data of a buffer that shared it) shows NaN.
+float* poisoned(float* block, size_t floats) {
+    static const bool poison = std::getenv("BASISRT_POISON_ARENA") != nullptr;
+    if (poison) std::fill(block, block + floats, std::numeric_limits<float>::quiet_NaN());
+    return block;
+}
 
 }  // namespace
 
@@ -161,6 +170,10 @@ ConvShape Program::conv_shape(const ProgramOp& op, int64_t N) const {
 
 void Program::add_op(const ProgramOp& op) {
     check(op);
+    {
+        std::lock_guard<std::mutex> lk(layouts_mu_);
+        layouts_.clear();
+    }
     const bool conv = op.kind == ProgramOp::Kind::conv, affine = op.kind == ProgramOp::Kind::affine;
     if ((conv && (!op.B || (op.rank && !op.A))) || (affine && (!op.scale || !op.shift)))
         throw std::invalid_argument("Program.add_op: a conv needs B (and A when rank > 0), an affine op scale and shift");
@@ -216,6 +229,62 @@ std::vector<Program::Segment> Program::segments(int64_t N, int num_threads) cons
     return out;
 }
 
+std::shared_ptr<const Program::Layout> Program::layout(const std::vector<Segment>& segments, int64_t N,
+                                                       int output) const {
+    std::vector<int64_t> key{output};
+    for (const Segment& seg : segments)
+        if (seg.images < N) key.insert(key.end(), {int64_t(seg.begin), int64_t(seg.end)});
+    std::lock_guard<std::mutex> lk(layouts_mu_);
+    for (const auto& [k, l] : layouts_)
+        if (k == key) return l;
+
+    // Lifetimes in op indices: [first, last] over the ops that touch the root (the input from -1,
+    // its conversion from NCHW).
+    const int n = static_cast<int>(buffers_.size());
+    constexpr int64_t kUnused = std::numeric_limits<int64_t>::max();
+    std::vector<int64_t> first(n, kUnused), last(n, -1);
+    auto touch = [&](int id, int64_t k) {
+        if (id < 0) return;
+        const int r = root(id);
+        first[r] = std::min(first[r], k), last[r] = std::max(last[r], k);
+    };
+    touch(0, -1);
+    for (size_t k = 0; k < ops_.size(); ++k)
+        for (int id : {ops_[k].in, ops_[k].residual, ops_[k].out}) touch(id, int64_t(k));
+    for (size_t i = 1; i < key.size(); i += 2) {  // grouped segments: whole-batch roots live throughout
+        const int64_t b = key[i], e = key[i + 1];
+        for (int r = 0; r < n; ++r)
+            if (first[r] != kUnused && first[r] < e && last[r] >= b && (first[r] < b || last[r] >= e))
+                first[r] = std::min(first[r], b), last[r] = std::max(last[r], e - 1);
+    }
+    // Greedy by size: largest first, each at the lowest offset clear of every placed root that is
+    // live at the same time.
+    auto layout = std::make_shared<Layout>();
+    layout->offset.assign(n, -1);
+    std::vector<int> order;
+    for (int r = 0; r < n; ++r)
+        if (r != output && buffers_[r].parent < 0 && first[r] != kUnused) order.push_back(r);
+    auto size = [&](int r) { return round_up(floats(buffers_[r]), kColBlock); };
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return size(a) > size(b); });
+    std::vector<int> placed;
+    for (int r : order) {
+        std::vector<std::pair<int64_t, int64_t>> busy;  // [begin, end) of live placed roots
+        for (int q : placed)
+            if (first[q] <= last[r] && first[r] <= last[q]) busy.push_back({layout->offset[q], layout->offset[q] + size(q)});
+        std::sort(busy.begin(), busy.end());
+        int64_t at = 0;
+        for (const auto& [b, e] : busy) {
+            if (at + size(r) <= b) break;
+            at = std::max(at, e);
+        }
+        layout->offset[r] = at;
+        layout->floats = std::max(layout->floats, at + size(r));
+        placed.push_back(r);
+    }
+    layouts_.push_back({key, layout});
+    return layout;
+}
+
 void Program::run_op(const ProgramOp& op, const float* in, const float* residual, float* out, int64_t N,
                      int num_threads) const {
     const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
@@ -257,7 +326,9 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
     using clock = std::chrono::steady_clock;
     check_run(N, output, num_threads);
     if (N == 0) return;  // an empty batch: an empty output, as PyTorch gives
-    // Per-thread arena, one buffer per program buffer holding the whole batch.
+    const std::vector<Segment> segs = segments(N, num_threads);
+    const std::shared_ptr<const Layout> layout = this->layout(segs, N, output);
+    // Per-thread arena: one block, each root of the whole batch at its planned offset.
     thread_local Arena arena;
     struct Trim {  // on every way out, exceptions included
         Arena& a;
@@ -265,9 +336,10 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
             if (a.trim()) release_freed_memory();
         }
     } trim{arena};
+    float* const block = poisoned(arena.get(0, static_cast<size_t>(N * layout->floats)), N * layout->floats);
     auto data = [&](int id) -> float* {  // a view's memory is its root's, at the view's channel offset
         const int r = root(id);
-        return (r == output ? y : arena.get(r, static_cast<size_t>(N * floats(buffers_[r])))) + buffers_[id].offset;
+        return (r == output ? y : block + N * layout->offset[r]) + buffers_[id].offset;
     };
     {  // NCHW -> NHWC input
         const BufferShape& s = buffers_[0];
@@ -282,7 +354,7 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
         });
     }
 
-    for (const Segment& seg : segments(N, num_threads)) {
+    for (const Segment& seg : segs) {
         if (seg.images >= N) {
             for (size_t k = seg.begin; k < seg.end; ++k) {
                 const ProgramOp& op = ops_[k];
@@ -306,11 +378,12 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
         std::mutex mu;
         parallel_for(groups, num_threads, [&](int64_t task) {
             thread_local Arena scratch;
+            float* const group_block =
+                poisoned(scratch.get(0, static_cast<size_t>(seg.images * layout->floats)), seg.images * layout->floats);
             const int64_t n0 = task * seg.images, n = std::min(seg.images, N - n0);
             auto at = [&](int id) -> float* {
                 const int r = root(id);
-                const int64_t per = floats(buffers_[r]);
-                return (whole[r] ? whole[r] + n0 * per : scratch.get(r, static_cast<size_t>(seg.images * per))) +
+                return (whole[r] ? whole[r] + n0 * floats(buffers_[r]) : group_block + seg.images * layout->offset[r]) +
                        buffers_[id].offset;
             };
             std::vector<double> seconds(op_seconds ? seg.end - seg.begin : 0);

@@ -179,7 +179,7 @@ def fuzz_program(rng):
              ("add_buffer", dict(H=oh, W=ow, C=c_out)),
              ("add_gather", dict(input=4, out=5, index=np.arange(c_out, dtype=np.int64))),
              ("alias", dict(buffer=5, parent=3, offset=c_out))]
-    bad = rng.randrange(len(calls) + 2)
+    bad = rng.randrange(len(calls) + 3)
     pairs, arrays = {"kernel", "stride", "padding", "dilation"}, {"B", "A", "bias", "scale", "shift", "index"}
     ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset",
             "a", "b", "op"}
@@ -191,6 +191,8 @@ def fuzz_program(rng):
         run = mutate(rng, run, set(), {"x", "out", "op_seconds"}, {"output", "num_threads"})
     elif bad == len(calls) + 1:
         p.segments(nasty_int(rng), nasty_int(rng))
+    elif bad == len(calls) + 2:
+        p.arena_floats(nasty_int(rng), nasty_int(rng), nasty_int(rng))
     p.run(**run)
 
 

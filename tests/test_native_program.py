@@ -1,4 +1,5 @@
 """Plans whose every step is a basisrt kernel run as one C++ program (no Python between layers)."""
+import os
 import threading
 
 import numpy as np
@@ -56,6 +57,26 @@ def test_batches_run_in_image_groups(name, threads):
     compiled.native(x, seconds)
     assert (seconds > 0).all()
     assert [n for n, *_ in compiled.step_times(x, 2)] == compiled.native.op_names
+
+
+@pytest.mark.parametrize("name,batch,threads", [("resnet18", 1, 2), ("resnet18", 8, 2), ("densenet", 8, 1),
+                                                ("mobilenetv2", 4, 2)])
+def test_buffers_share_arena_memory_when_their_lifetimes_do_not_overlap(name, batch, threads):
+    # conftest sets BASISRT_POISON_ARENA=1: the arena is all NaN before each call, so an op reading
+    # memory that another buffer left behind (instead of what this call wrote there) fails below
+    assert os.environ.get("BASISRT_POISON_ARENA") == "1"
+    model = pruned(name)
+    x = torch.randn(batch, 3, 32, 32)
+    compiled = compile(model, x, dense_backend="basisrt", num_threads=threads)
+    program, output = compiled.native.program, compiled.native.output.id
+    planned = program.arena_floats(batch, output, threads)
+    every = sum(h * w * c for h, w, c, parent in program.buffers if parent < 0) - np.prod(compiled.native.output.hwc)
+    assert 0 < planned < every / 2  # chains and residual blocks reuse most of their memory
+    for _ in range(2):  # the second call runs in memory the first left full of values
+        with torch.no_grad():
+            assert rel_err(compiled(x), model(x)) < 1e-5
+    with pytest.raises(ValueError, match="N must be"):
+        program.arena_floats(0, output, threads)
 
 
 def test_plans_with_pytorch_steps_stay_step_by_step():
