@@ -36,6 +36,7 @@ if __name__ == "__main__":
     torch.set_num_threads(2)
     print("simd path:", _C.simd_path())
     case(3, 64, 7, 2, 224)                      # ResNet stem
+    case(3, 32, 3, 2, 224)                      # MobileNet / EfficientNet stem
     case(64, 64, 3, 1, 56)                      # dense 3x3
     case(64, 256, 1, 1, 56)                     # dense 1x1
     case(64, 64, 3, 1, 56, rank=6)              # low-rank pair

@@ -549,6 +549,30 @@ Windows tap_windows(const float* x, const ConvShape& s, int64_t g, int64_t p0, i
     return {corner, rows, tap_off, taps, cg};
 }
 
+// The m windows of `w` as contiguous rows of K floats (an im2col tile), for few channels per tap
+// (an RGB stem: 3). An inside window's kernel row is kw adjacent pixels, kw·C contiguous floats in
+// a dense, ungrouped x: one copy per kernel row (7 of 21 floats for ResNet's stem) instead of one
+// per tap; a border window copies tap by tap (zero rows in the padding).
+void copy_windows(const Windows& w, int64_t m, const ConvShape& s, float* __restrict cols, int64_t K) {
+    const int64_t cg = w.width;
+    const bool row_copies = s.groups == 1 && s.ldx == s.C_in && s.dw == 1;
+    for (int64_t i = 0; i < m; ++i) {
+        float* __restrict dst = cols + i * K;
+        if (row_copies && w.corner[i]) {
+            const int64_t n = s.kw * cg;
+            for (int64_t ky = 0; ky < s.kh; ++ky) {
+                const float* __restrict src = w.corner[i] + w.tap_off[ky * s.kw];
+                for (int64_t c = 0; c < n; ++c) dst[ky * n + c] = src[c];
+            }
+            continue;
+        }
+        for (int64_t tap = 0; tap < w.taps; ++tap) {  // a plain loop: a memcpy call per 3 floats
+            const float* src = w.row(i, tap);         // cost more than the GEMM (6 ms of ResNet's 7)
+            for (int64_t c = 0; c < cg; ++c) dst[tap * cg + c] = src[c];
+        }
+    }
+}
+
 // The dot path for layers with fewer pixel tiles than threads (small images at batch 1, where
 // the weights dominate): threads share out (tile, rank chunk) pairs for T, then (tile, column
 // block) pairs for y, so each thread reads part of B and A instead of one thread reading all.
@@ -743,12 +767,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                 // channels is too short to pay for its per-tap setup, so the tile's windows are
                 // copied into contiguous rows of K first
                 cols.resize(std::max<size_t>(cols.size(), kTile * K));
-                for (int64_t i = 0; i < m; ++i)
-                    for (int64_t tap = 0; tap < taps; ++tap) {  // a plain loop: a memcpy call per 3 floats
-                        const float* src = w.row(i, tap);      // cost more than the GEMM (6 ms of ResNet's 7)
-                        float* dst = cols.data() + i * K + tap * cg_in;
-                        for (int64_t c = 0; c < cg_in; ++c) dst[c] = src[c];
-                    }
+                copy_windows(w, m, s, cols.data(), K);
                 two_gemms(PlainRows{cols.data(), K, K});
             } else {
                 two_gemms(w);
