@@ -23,3 +23,14 @@ def test_one_version_string() -> None:
     from basisrt import _C
 
     assert version("basisrt") == basisrt.__version__ == _C.__version__
+
+
+def test_serving_extras_bring_uvicorns_fast_loop_and_parser() -> None:
+    """uvicorn runs on uvloop and httptools only when they are installed (asyncio + h11 otherwise,
+    slower per request): every extra that serves installs uvicorn[standard], as SERVING.md measured."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name in ("serve", "ray", "test"):
+        uvicorn = [d for d in extras[name] if d.startswith("uvicorn")]
+        assert uvicorn and all(d.startswith("uvicorn[standard]") for d in uvicorn), (name, uvicorn)
