@@ -2,7 +2,8 @@
 
 Each round runs every cell (model, batch) once per tree, in alternating order, each in a fresh
 process that imports basisrt from that tree (two builds of one package cannot share a process).
-A process compiles the r10 model (`compile` defaults, native plan), warms up, and reports the
+A process compiles the r10 model (every conv but the stem at 10 % of its rank, at the model's
+input size, as `basisrt bench` prunes it; `compile` defaults, native plan), warms up, and reports the
 median of its timed calls; the report gives, per cell, the median over rounds of each tree and
 of the per-round ratio new / old. Run it alone on the machine.
 
