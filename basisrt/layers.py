@@ -7,6 +7,9 @@
     (`coeff = U·S`, shape (C_out, r)) and the original bias.
 Only `alpha` (the basis scaling factors, initialised to 1) is trainable; at alpha = 1 the pair
 computes the original layer. `BasisLinear` is the same with K = in_features.
+
+`ChannelLayerNorm` is LayerNorm over each pixel's channels of an NCHW map, which compile makes of
+the channels-last LayerNorms ConvNeXt writes.
 """
 from __future__ import annotations
 
@@ -174,6 +177,17 @@ class BasisLinear(_BasisLayer):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"rank={self.rank}/{self.full_rank}, bias={self.bias is not None}")
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of an (N, C, H, W) map (ConvNeXt's LayerNorm2d):
+    what compile makes of `permute(0, 2, 3, 1) → LayerNorm(C) → permute(0, 3, 1, 2)`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"ChannelLayerNorm expects an (N, C, H, W) input, got shape {tuple(x.shape)}")
+        return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                            self.eps).permute(0, 3, 1, 2)
 
 
 BasisLayer = (BasisConv2d, BasisLinear)

@@ -18,6 +18,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -165,6 +166,23 @@ void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py
     basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, P, xv.C, xv.ld, yv.ld, act, num_threads, alpha);
 }
 
+void channel_norm_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
+                          float eps, basisrt::Activation act, int num_threads, float alpha) {
+    const std::string fn = "channel_norm_nhwc";
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N || yv.H != xv.H || yv.W != xv.W || yv.C != xv.C) value_error(fn, "out must have x's shape");
+    if (xv.C < 1) value_error(fn, "x has no channels");
+    if (!(eps >= 0.0f && std::isfinite(eps))) value_error(fn, "eps must be finite and >= 0");
+    const float* sp = f32_data(fn, scale, "scale", xv.C);
+    const float* tp = f32_data(fn, shift, "shift", xv.C);
+    basisrt::check_activation(fn, act);
+    basisrt::check_threads(fn, num_threads);
+    require_writeable(fn, out);
+    const int64_t P = basisrt::checked_elements({xv.N, xv.H, xv.W}, fn + ": x");
+    py::gil_scoped_release release;
+    basisrt::channel_norm_nhwc(xv.data, sp, tp, yv.data, P, xv.C, xv.ld, yv.ld, eps, act, num_threads, alpha);
+}
+
 void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, basisrt::BinaryOp op,
                      basisrt::Activation act, int num_threads, float alpha) {
     const std::string fn = "eltwise_nhwc";
@@ -257,6 +275,19 @@ struct PyProgram {
         keep_alive.push_back(shift);
     }
 
+    void add_norm(int in, int out, const py::array& scale, const py::array& shift, float eps, basisrt::Activation act,
+                  float alpha) {
+        const std::string fn = "Program.add_norm";
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::norm, in, -1, out};
+        op.eps = eps, op.act = act, op.alpha = alpha;
+        program.check(op);  // ids, before the buffer's channels size scale and shift
+        const int64_t C = program.buffers()[in].C;
+        op.scale = f32_data(fn, scale, "scale", C), op.shift = f32_data(fn, shift, "shift", C);
+        program.add_op(op);
+        keep_alive.push_back(scale);
+        keep_alive.push_back(shift);
+    }
+
     void add_eltwise(int a, int b, int out, basisrt::BinaryOp binary, basisrt::Activation act, float alpha) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::eltwise, a, b, out};
         op.binary = binary, op.act = act, op.alpha = alpha;
@@ -339,6 +370,8 @@ void bind_fused(py::module_& m) {
              py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), "A pool_nhwc op.")
         .def("add_affine", &PyProgram::add_affine, py::arg("input"), py::arg("out"), py::arg("scale"),
              py::arg("shift"), py::arg("activation"), py::arg("alpha") = 0.01f, "A channel_affine_nhwc op.")
+        .def("add_norm", &PyProgram::add_norm, py::arg("input"), py::arg("out"), py::arg("scale"), py::arg("shift"),
+             py::arg("eps"), py::arg("activation"), py::arg("alpha") = 0.01f, "A channel_norm_nhwc op.")
         .def("add_eltwise", &PyProgram::add_eltwise, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
              py::arg("activation"), py::arg("alpha") = 0.01f,
              "An eltwise_nhwc op: out = act(a OP b), b of a's shape or one pixel per image.")
@@ -397,6 +430,9 @@ void bind_fused(py::module_& m) {
     m.def("channel_affine_nhwc", &channel_affine_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
           py::arg("out"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(x * scale + shift) per channel on NHWC float32 (x / out may be channel slices).");
+    m.def("channel_norm_nhwc", &channel_norm_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
+          py::arg("out"), py::arg("eps"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
+          "out = act(layer_norm(x) * scale + shift), the norm over each pixel's channels, on NHWC float32.");
     m.def("eltwise_nhwc", &eltwise_nhwc_py, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
           py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(a OP b) on NHWC float32 (op: BinaryOp), b of a's shape or (N, 1, 1, C) broadcast.");

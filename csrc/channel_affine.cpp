@@ -5,6 +5,7 @@
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 namespace basisrt {
@@ -32,7 +33,69 @@ BASISRT_NARROW void affine_rows_narrow(const float* x, const float* scale, const
     affine_rows_body(x, scale, shift, y, rows, C, ldx, ldy, act);
 }
 
+// Two passes over each pixel (mean, then the squared deviations: no cancellation), each summed in
+// kLanes partial sums that GCC keeps in vector registers.
+constexpr int kLanes = 16;
+inline __attribute__((always_inline)) float lane_sum(const float* in, int64_t C, float mean, bool centred) {
+    float acc[kLanes] = {};
+    int64_t c = 0;
+    for (; c + kLanes <= C; c += kLanes)
+        for (int j = 0; j < kLanes; ++j) {
+            const float d = centred ? in[c + j] - mean : in[c + j];
+            acc[j] += centred ? d * d : d;
+        }
+    float s = 0.0f;
+    for (int j = 0; j < kLanes; ++j) s += acc[j];
+    for (; c < C; ++c) {
+        const float d = centred ? in[c] - mean : in[c];
+        s += centred ? d * d : d;
+    }
+    return s;
+}
+inline __attribute__((always_inline)) void norm_rows_body(const float* x, const float* scale, const float* shift,
+                                                          float* y, int64_t rows, int64_t C, int64_t ldx,
+                                                          int64_t ldy, float eps) {
+    const float inv_c = 1.0f / static_cast<float>(C);
+    for (int64_t p = 0; p < rows; ++p) {
+        const float* in = x + p * ldx;
+        float* out = y + p * ldy;
+        const float mean = lane_sum(in, C, 0.0f, false) * inv_c;
+        const float rstd = 1.0f / std::sqrt(lane_sum(in, C, mean, true) * inv_c + eps);
+        for (int64_t c = 0; c < C; ++c) out[c] = (in[c] - mean) * rstd * scale[c] + shift[c];
+    }
+}
+BASISRT_AVX512 void norm_rows_avx512(const float* x, const float* scale, const float* shift, float* y, int64_t rows,
+                                     int64_t C, int64_t ldx, int64_t ldy, float eps) {
+    norm_rows_body(x, scale, shift, y, rows, C, ldx, ldy, eps);
+}
+BASISRT_AVX2 void norm_rows_avx2(const float* x, const float* scale, const float* shift, float* y, int64_t rows,
+                                 int64_t C, int64_t ldx, int64_t ldy, float eps) {
+    norm_rows_body(x, scale, shift, y, rows, C, ldx, ldy, eps);
+}
+BASISRT_NARROW void norm_rows_narrow(const float* x, const float* scale, const float* shift, float* y, int64_t rows,
+                                     int64_t C, int64_t ldx, int64_t ldy, float eps) {
+    norm_rows_body(x, scale, shift, y, rows, C, ldx, ldy, eps);
+}
+
 }  // namespace
+
+void channel_norm_nhwc(const float* x, const float* scale, const float* shift, float* y, int64_t P, int64_t C,
+                       int64_t ldx, int64_t ldy, float eps, Activation act, int num_threads, float alpha) {
+    if (ldx < C || ldy < C || C < 1) throw std::invalid_argument("channel_norm_nhwc: C < 1 or a pixel stride < C");
+    const int64_t per_task = std::max<int64_t>(1, kPixelsPerTask * 64 / std::max<int64_t>(C, 64));
+    const int64_t tasks = (P + per_task - 1) / per_task;
+    parallel_for(tasks, num_threads, [&](int64_t t) {
+        const int64_t p0 = t * per_task, rows = std::min(per_task, P - p0);
+        if (use_avx512()) {
+            norm_rows_avx512(x + p0 * ldx, scale, shift, y + p0 * ldy, rows, C, ldx, ldy, eps);
+        } else if (use_avx2_fma()) {
+            norm_rows_avx2(x + p0 * ldx, scale, shift, y + p0 * ldy, rows, C, ldx, ldy, eps);
+        } else {
+            norm_rows_narrow(x + p0 * ldx, scale, shift, y + p0 * ldy, rows, C, ldx, ldy, eps);
+        }
+        activate_rows(y + p0 * ldy, rows, C, ldy, act, alpha);
+    });
+}
 
 void channel_affine_nhwc(const float* x, const float* scale, const float* shift, float* y, int64_t P, int64_t C,
                          int64_t ldx, int64_t ldy, Activation act, int num_threads, float alpha) {

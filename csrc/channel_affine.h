@@ -1,6 +1,7 @@
 // Per-channel affine map and activation on NHWC float32: y = act(x · scale + shift), a BatchNorm
 // (and the ReLU after it) that no conv before it can absorb, as in pre-activation networks
-// (DenseNet's BN → ReLU → conv reads a concatenation that several layers share).
+// (DenseNet's BN → ReLU → conv reads a concatenation that several layers share). And the same
+// after a layer norm over each pixel's channels (ConvNeXt's LayerNorm2d).
 #pragma once
 #include <cstdint>
 
@@ -12,5 +13,11 @@ namespace basisrt {
 // be a channel slice of a wider buffer (a concatenation, read in place).
 void channel_affine_nhwc(const float* x, const float* scale, const float* shift, float* y, int64_t P, int64_t C,
                          int64_t ldx, int64_t ldy, Activation act, int num_threads, float alpha = 0.01f);
+
+// y = act((x - mean) / sqrt(var + eps) · scale + shift), mean and (biased) var over each pixel's C
+// channels: F.layer_norm over the last dim of the NHWC map. A NaN or inf in a pixel makes that
+// pixel NaN, as in PyTorch. x may be y.
+void channel_norm_nhwc(const float* x, const float* scale, const float* shift, float* y, int64_t P, int64_t C,
+                       int64_t ldx, int64_t ldy, float eps, Activation act, int num_threads, float alpha = 0.01f);
 
 }  // namespace basisrt

@@ -14,9 +14,14 @@ namespace {
 // loop runs over contiguous channels, which GCC vectorises in each build (simd.h).
 inline __attribute__((always_inline)) void pool_row_body(const float* x, float* y, const PoolShape& s, PoolKind kind,
                                                          bool count_include_pad, int64_t n, int64_t oy) {
-    const int64_t y0 = oy * s.sh - s.ph, ylo = std::max<int64_t>(y0, 0), yhi = std::min(y0 + s.kh, s.H);
+    const bool adaptive = s.kh == 0;
+    const int64_t y0 = oy * s.sh - s.ph;
+    const int64_t ylo = adaptive ? oy * s.H / s.Ho : std::max<int64_t>(y0, 0);
+    const int64_t yhi = adaptive ? ((oy + 1) * s.H + s.Ho - 1) / s.Ho : std::min(y0 + s.kh, s.H);
     for (int64_t ox = 0; ox < s.Wo; ++ox) {
-        const int64_t x0 = ox * s.sw - s.pw, xlo = std::max<int64_t>(x0, 0), xhi = std::min(x0 + s.kw, s.W);
+        const int64_t x0 = ox * s.sw - s.pw;
+        const int64_t xlo = adaptive ? ox * s.W / s.Wo : std::max<int64_t>(x0, 0);
+        const int64_t xhi = adaptive ? ((ox + 1) * s.W + s.Wo - 1) / s.Wo : std::min(x0 + s.kw, s.W);
         float* out = y + ((n * s.Ho + oy) * s.Wo + ox) * s.ldy;
         const bool is_max = kind == PoolKind::max;
         std::fill(out, out + s.C, is_max ? -std::numeric_limits<float>::infinity() : 0.f);
@@ -31,7 +36,8 @@ inline __attribute__((always_inline)) void pool_row_body(const float* x, float* 
             }
         if (!is_max) {  // PyTorch's divisor: the window clipped to the padded image, or to the image
             const int64_t hp = std::min(y0 + s.kh, s.H + s.ph) - y0, wp = std::min(x0 + s.kw, s.W + s.pw) - x0;
-            const float inv = 1.f / static_cast<float>(count_include_pad ? hp * wp : (yhi - ylo) * (xhi - xlo));
+            const float inv =
+                1.f / static_cast<float>(count_include_pad && !adaptive ? hp * wp : (yhi - ylo) * (xhi - xlo));
             for (int64_t c = 0; c < s.C; ++c) out[c] *= inv;
         }
     }

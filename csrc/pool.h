@@ -12,7 +12,7 @@ enum class PoolKind : int { max = 0, avg = 1 };
 struct PoolShape {
     int64_t N, H, W, C;  // input, NHWC
     int64_t Ho, Wo;      // output
-    int64_t kh, kw, sh, sw, ph, pw;
+    int64_t kh, kw, sh, sw, ph, pw;  // kh = kw = 0: adaptive windows (no stride, no padding)
     int64_t ldx = 0, ldy = 0;  // pixel strides of x and y in floats (0: C); see ConvShape
 };
 
@@ -22,6 +22,8 @@ struct PoolShape {
 inline float max_nan(float acc, float v) { return (v > acc || v != v) ? v : acc; }
 
 // Padding is implicit (-inf for max, excluded or counted as zeros for avg per count_include_pad).
+// Adaptive pooling (kh = kw = 0) reduces output row oy over input rows [floor(oy·H/Ho),
+// ceil((oy+1)·H/Ho)), and the same over columns, as PyTorch's adaptive pools do.
 void pool_nhwc(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
                int num_threads);
 

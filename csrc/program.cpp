@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <memory>
@@ -137,9 +138,11 @@ void Program::check(const ProgramOp& op) const {
         if (op.residual >= 0 || i.C != o.C) throw std::invalid_argument(fn + ": pooling keeps channels, no residual");
         check_pool(fn, PoolShape{1, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw});
         check_pool_kind(fn, op.pool);
-    } else if (op.kind == ProgramOp::Kind::affine) {
+    } else if (op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm) {
         if (op.residual >= 0 || i.H != o.H || i.W != o.W || i.C != o.C)
-            throw std::invalid_argument(fn + ": the affine op's output must have the input's shape, no residual");
+            throw std::invalid_argument(fn + ": an affine or norm op's output must have the input's shape, no residual");
+        if (op.kind == ProgramOp::Kind::norm && !(op.eps >= 0.0f && std::isfinite(op.eps)))
+            throw std::invalid_argument(fn + ": a norm op's eps must be finite and >= 0");
         check_activation(fn, op.act);
     } else if (op.kind == ProgramOp::Kind::eltwise) {
         if (op.residual < 0 || i.H != o.H || i.W != o.W || i.C != o.C)
@@ -174,14 +177,15 @@ void Program::add_op(const ProgramOp& op) {
         std::lock_guard<std::mutex> lk(layouts_mu_);
         layouts_.clear();
     }
-    const bool conv = op.kind == ProgramOp::Kind::conv, affine = op.kind == ProgramOp::Kind::affine;
+    const bool conv = op.kind == ProgramOp::Kind::conv,
+               affine = op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm;
     if ((conv && (!op.B || (op.rank && !op.A))) || (affine && (!op.scale || !op.shift)))
-        throw std::invalid_argument("Program.add_op: a conv needs B (and A when rank > 0), an affine op scale and shift");
+        throw std::invalid_argument("Program.add_op: a conv needs B (and A when rank > 0), an affine or norm op scale and shift");
     ops_.push_back(op);
 }
 
 int64_t Program::weight_floats(const ProgramOp& op) const {
-    if (op.kind == ProgramOp::Kind::affine) return 2 * buffers_[op.in].C;
+    if (op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm) return 2 * buffers_[op.in].C;
     if (op.kind != ProgramOp::Kind::conv) return 0;
     const int64_t K = op.kh * op.kw * buffers_[op.in].C / op.groups, cg = buffers_[op.out].C / op.groups;
     return op.groups * (op.rank ? op.rank * (K + cg) : K * cg);
@@ -298,6 +302,9 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
         pool_nhwc(in, out, s, op.pool, op.count_include_pad, num_threads);
     } else if (op.kind == ProgramOp::Kind::affine) {
         channel_affine_nhwc(in, op.scale, op.shift, out, N * i.H * i.W, i.C, ldx, ldy, op.act, num_threads, op.alpha);
+    } else if (op.kind == ProgramOp::Kind::norm) {
+        channel_norm_nhwc(in, op.scale, op.shift, out, N * i.H * i.W, i.C, ldx, ldy, op.eps, op.act, num_threads,
+                          op.alpha);
     } else if (op.kind == ProgramOp::Kind::eltwise) {
         const BufferShape& b = buffers_[op.residual];
         const bool per_image = b.H * b.W != i.H * i.W;

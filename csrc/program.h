@@ -1,4 +1,4 @@
-// A whole plan run in C++: a list of ops (conv, pool, affine, eltwise, gather, pixel gather) over NHWC buffers
+// A whole plan run in C++: a list of ops (conv, pool, affine, layer norm, eltwise, gather, pixel gather) over NHWC buffers
 // (a concatenation's parts being views of its buffer), executed in one call with the GIL
 // released, so a model whose every step is a basisrt kernel pays no Python round trip per layer
 // (about 11 us per step measured through the fx module).
@@ -38,15 +38,17 @@ struct BufferShape {
 };
 
 struct ProgramOp {
-    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather } kind;
+    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm } kind;
     int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
     int64_t rank = 0;
     Activation act = Activation::none;
     float alpha = 0.01f;  // leaky ReLU's negative slope
-    // affine: y = act(x · scale + shift) per channel (act above)
+    // affine: y = act(x · scale + shift) per channel (act above); norm: the same after a layer
+    // norm over each pixel's channels, with eps
     const float *scale = nullptr, *shift = nullptr;
+    float eps = 1e-5f;
     // eltwise: out = act(in OP residual), residual of in's shape or one pixel per image (broadcast)
     BinaryOp binary = BinaryOp::add;
     // gather: out's channel c is in's channel index[c]; pixel_gather: out's pixel q (of each image) is

@@ -82,14 +82,20 @@ void check_pool(const std::string& fn, const PoolShape& s) {
     in_range(fn, s.N, 0, "the batch N");
     pair_in_range(fn, s.H, s.W, 1, "the input's H and W");
     in_range(fn, s.C, 1, "C");
-    pair_in_range(fn, s.kh, s.kw, 1, "kernel");
     pair_in_range(fn, s.sh, s.sw, 1, "stride");
     pair_in_range(fn, s.ph, s.pw, 0, "padding");
-    if (2 * s.ph > s.kh || 2 * s.pw > s.kw) fail(fn, "padding at most half the kernel, got more");
-    const int64_t ho = window_out(s.H, s.kh, s.sh, s.ph), wo = window_out(s.W, s.kw, s.sw, s.pw);
-    const int64_t ho_ceil = window_out_ceil(s.H, s.kh, s.sh, s.ph), wo_ceil = window_out_ceil(s.W, s.kw, s.sw, s.pw);
-    if (ho < 1 || wo < 1 || (s.Ho != ho && s.Ho != ho_ceil) || (s.Wo != wo && s.Wo != wo_ceil))
-        fail(fn, "output size does not match the pooling geometry (floor or ceil mode)");
+    if (s.kh == 0 && s.kw == 0) {  // adaptive: any output size, windows from the sizes alone
+        if (s.ph || s.pw || s.sh != 1 || s.sw != 1) fail(fn, "an adaptive pool (kernel 0, 0) takes stride 1, padding 0");
+        pair_in_range(fn, s.Ho, s.Wo, 1, "the output's H and W");
+    } else {
+        pair_in_range(fn, s.kh, s.kw, 1, "kernel");
+        if (2 * s.ph > s.kh || 2 * s.pw > s.kw) fail(fn, "padding at most half the kernel, got more");
+        const int64_t ho = window_out(s.H, s.kh, s.sh, s.ph), wo = window_out(s.W, s.kw, s.sw, s.pw);
+        const int64_t ho_ceil = window_out_ceil(s.H, s.kh, s.sh, s.ph);
+        const int64_t wo_ceil = window_out_ceil(s.W, s.kw, s.sw, s.pw);
+        if (ho < 1 || wo < 1 || (s.Ho != ho && s.Ho != ho_ceil) || (s.Wo != wo && s.Wo != wo_ceil))
+            fail(fn, "output size does not match the pooling geometry (floor or ceil mode)");
+    }
     if (s.ldx < 0 || s.ldy < 0) fail(fn, "pixel strides must be non-negative");
     checked_elements({s.N, s.H, s.W, s.ldx ? s.ldx : s.C}, "the input");
     checked_elements({s.N, s.Ho, s.Wo, s.ldy ? s.ldy : s.C}, "the output");

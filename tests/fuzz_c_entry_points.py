@@ -126,6 +126,15 @@ def fuzz_affine(rng):
     _C.channel_affine_nhwc(**mutate(rng, a, set(), {"x", "scale", "shift", "out"}, {"activation", "num_threads"}))
 
 
+def fuzz_norm(rng):
+    c = rng.choice([1, 5, 16])
+    a = dict(x=np.random.default_rng(9).standard_normal((2, 3, 3, c)).astype(np.float32),
+             scale=np.ones(c, np.float32), shift=np.zeros(c, np.float32), out=np.zeros((2, 3, 3, c), np.float32),
+             eps=rng.choice([1e-6, 0.0, -1.0, float("nan"), float("inf")]), activation=_C.Activation.gelu,
+             num_threads=2)
+    _C.channel_norm_nhwc(**mutate(rng, a, set(), {"x", "scale", "shift", "out"}, {"activation", "num_threads"}))
+
+
 def fuzz_eltwise(rng):
     c, hw = rng.choice([1, 5, 16]), rng.choice([1, 3])
     g = np.random.default_rng(6)
@@ -160,7 +169,7 @@ def fuzz_pixel_gather(rng):
 
 
 def fuzz_program(rng):
-    """A small valid program (conv -> pool -> affine), one of its construction calls or its run
+    """A small valid program (conv, affine, eltwise, gather, norm), one of its construction calls or its run
     mutated."""
     p = _C.Program()
     conv = conv_case(rng)
@@ -178,7 +187,10 @@ def fuzz_program(rng):
              ("add_eltwise", dict(a=1, b=2, out=4, op=_C.BinaryOp.mul, activation=_C.Activation.silu)),
              ("add_buffer", dict(H=oh, W=ow, C=c_out)),
              ("add_gather", dict(input=4, out=5, index=np.arange(c_out, dtype=np.int64))),
-             ("alias", dict(buffer=5, parent=3, offset=c_out))]
+             ("alias", dict(buffer=5, parent=3, offset=c_out)),
+             ("add_buffer", dict(H=oh, W=ow, C=c_out)),
+             ("add_norm", {"input": 4, "out": 6, "scale": np.ones(c_out, np.float32),
+                           "shift": np.zeros(c_out, np.float32), "eps": 1e-5, "activation": _C.Activation.none})]
     bad = rng.randrange(len(calls) + 3)
     pairs, arrays = {"kernel", "stride", "padding", "dilation"}, {"B", "A", "bias", "scale", "shift", "index"}
     ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset",
@@ -206,7 +218,7 @@ def main(seed: int, calls: int) -> None:
     limit = 6 << 30  # an absurd allocation fails here instead of swapping the machine
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rng = random.Random(seed)
-    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_eltwise, fuzz_gather, fuzz_pixel_gather, fuzz_program,
+    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_norm, fuzz_eltwise, fuzz_gather, fuzz_pixel_gather, fuzz_program,
                fuzz_paths]
     outcomes = {e.__name__: {"ok": 0, "refused": 0} for e in entries}
     unexpected = []

@@ -47,3 +47,47 @@ def test_step_matches_batchnorm_and_relu():
     with pytest.raises(ValueError, match="float32 \\(N, 12, H, W\\)"):
         step(torch.randn(3, 11, 6, 5))
     assert batchnorm_affine(nn.BatchNorm2d(4, track_running_stats=False)) is None  # normalises by the batch
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n,c,h,w", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 9, 4), (1, 64, 16, 16), (2, 97, 3, 5),
+                                     (1, 768, 2, 2)])
+def test_channel_norm_matches_float64_layer_norm_on_channel_slices(n, c, h, w, threads):
+    gen = torch.Generator().manual_seed(n * 1000 + c * 10 + h)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64) * 3 + 5  # an offset: centring matters
+    scale = torch.randn(c, generator=gen, dtype=torch.float64)
+    shift = torch.randn(c, generator=gen, dtype=torch.float64)
+    eps = 1e-6
+    ref = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (c,), scale, shift, eps).permute(0, 3, 1, 2)
+    wide_x = np.full((n, h, w, c + 5), np.nan, np.float32)  # NaN around x: a read outside shows
+    wide_x[..., 2:2 + c] = x.float().permute(0, 2, 3, 1).numpy()
+    wide_y = np.full((n, h, w, c + 3), 7.0, np.float32)  # a sentinel around y: a write outside shows
+    wide_y[..., 1:1 + c] = np.nan
+    _C.channel_norm_nhwc(wide_x[..., 2:2 + c], scale.float().numpy(), shift.float().numpy(), wide_y[..., 1:1 + c],
+                         eps, activations.code(None)[0], threads)
+    out = torch.from_numpy(np.ascontiguousarray(wide_y[..., 1:1 + c])).permute(0, 3, 1, 2)
+    assert torch.isfinite(out).all()
+    if c > 1:  # one channel normalises to exactly 0: the output is the shift
+        assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-6
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert (wide_y[..., :1] == 7).all() and (wide_y[..., 1 + c:] == 7).all()
+
+
+def test_channel_norm_step_as_layer_norm_with_nan_and_inf_per_pixel():
+    from basisrt.compiler.cpu_steps import ChannelNormStep
+    from basisrt.layers import ChannelLayerNorm
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(24, eps=1e-6).eval()
+    norm.weight.data.uniform_(0.5, 1.5), norm.bias.data.normal_(0, 0.5)
+    step = ChannelNormStep(norm.weight, norm.bias, norm.eps, "gelu")
+    x = torch.randn(2, 24, 5, 3) * 2 + 1
+    x[0, 3, 1, 1], x[1, 7, 4, 2] = float("nan"), float("inf")  # one pixel each: NaN there only, as PyTorch
+    ref = torch.nn.functional.gelu(norm(x)).detach()
+    out = step(x)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out).sum() == 2 * 24
+    torch.testing.assert_close(out.nan_to_num(), ref.nan_to_num(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="float32 \\(N, 24, H, W\\)"):
+        step(torch.randn(2, 23, 5, 3))
+    with pytest.raises(ValueError, match="eps"):
+        _C.channel_norm_nhwc(np.zeros((1, 1, 1, 4), np.float32), np.ones(4, np.float32), np.zeros(4, np.float32),
+                             np.zeros((1, 1, 1, 4), np.float32), float("nan"), activations.code(None)[0], 1)

@@ -163,6 +163,69 @@ class Activations(nn.Module):
         return y * torch.sigmoid(y) + F.leaky_relu(x, 0.2)
 
 
+class Permute(nn.Module):  # torchvision.ops.misc.Permute
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x):
+        return torch.permute(x, self.dims)
+
+
+class TorchvisionLayerNorm2d(nn.LayerNorm):  # torchvision.models.convnext.LayerNorm2d
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """torchvision's ConvNeXt block: LayerNorm and the MLP's Linears on the permuted NHWC map, a
+    (C, 1, 1) layer scale, stochastic depth; here after a LayerNorm2d + stride-2 conv downsample."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.downsample = nn.Sequential(TorchvisionLayerNorm2d(c, eps=1e-6), nn.Conv2d(c, 2 * c, 2, 2))
+        c *= 2
+        self.block = nn.Sequential(nn.Conv2d(c, c, 7, padding=3, groups=c), Permute([0, 2, 3, 1]),
+                                   nn.LayerNorm(c, eps=1e-6), nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c),
+                                   Permute([0, 3, 1, 2]))
+        self.layer_scale = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+        self.stochastic_depth = StochasticDepth(0.1, "row")
+
+    def forward(self, input):
+        input = self.downsample(input)
+        result = self.layer_scale * self.block(input)
+        return self.stochastic_depth(result) + input
+
+
+class TimmConvNeXtBlock(nn.Module):
+    """timm's ConvNeXtBlock (conv_mlp=False): the permutes as methods, a (C,) gamma multiplied on
+    the NHWC map, and timm's LayerNorm2d (F.layer_norm between permutes) after it."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.fc1, self.act, self.fc2 = nn.Linear(c, 3 * c), nn.GELU(approximate="tanh"), nn.Linear(3 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+        self.norm2d_weight, self.norm2d_bias = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c))
+        self.normalized_shape = (c,)
+
+    def forward(self, x):
+        shortcut = x
+        x = self.conv_dw(x)
+        x = x.permute(0, 2, 3, 1)
+        x = self.norm(x)
+        x = self.fc2(self.act(self.fc1(x)))
+        x = x.mul(self.gamma)
+        x = x.permute(0, 3, 1, 2)
+        x = x + shortcut
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.norm2d_weight, self.norm2d_bias, 1e-6)
+        return x.permute(0, 3, 1, 2)
+
+
 class Net(nn.Module):
     """stem → blocks → global pool → linear, as classification models are."""
 
@@ -187,6 +250,8 @@ MODELS = {
     "densenet": lambda: Net(16, [DenseBlock(16, 8)], 40),
     "squeezenet_ceil_mode": lambda: Net(16, [Fire(16, 8, 16), Fire(32, 8, 16)], 32),
     "activations": lambda: Net(16, [Activations(16)]),
+    "convnext_torchvision": lambda: Net(8, [CNBlock(8)], 16, stem_act=None),
+    "convnext_timm": lambda: Net(16, [TimmConvNeXtBlock(16)], stem_act=None),
 }
 
 

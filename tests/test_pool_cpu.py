@@ -51,10 +51,31 @@ def test_global_average_and_module_mapping():
     x = torch.randn(2, 24, 5, 7)
     y = PoolStep("avg", None)(x)
     torch.testing.assert_close(y, F.adaptive_avg_pool2d(x, 1))
-    assert pool_step(nn.AdaptiveAvgPool2d((2, 2)), None) is None  # only the 1×1 adaptive pool is ours
+    assert pool_step(nn.AdaptiveAvgPool2d((2, 2)), None).output_size == (2, 2)  # adaptive windows
+    assert pool_step(nn.AdaptiveAvgPool2d((2, 2)), None, (6, 4)).kernel == (3, 2)  # uniform ones
+    assert pool_step(nn.AdaptiveAvgPool2d((None, 3)), None, (5, 7)).output_size == (5, 3)
+    assert pool_step(nn.AdaptiveMaxPool2d(2, return_indices=True), None, (4, 4)) is None
     assert pool_step(nn.MaxPool2d(2, ceil_mode=True), None).ceil_mode
     assert pool_step(nn.MaxPool2d(3, 2, 1), None).stride == (2, 2)
     assert pool_step(nn.AvgPool2d(2, divisor_override=3), None) is None
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+@pytest.mark.parametrize("hw,out", [((1, 1), (6, 6)), ((2, 2), (7, 7)), ((4, 6), (6, 4)), ((5, 7), (3, 2)),
+                                    ((13, 11), (6, 5)), ((3, 3), (3, 3))])
+def test_adaptive_pool_matches_float64_where_windows_overlap(kind, hw, out):
+    """AlexNet's AdaptiveAvgPool2d((6, 6)) and VGG's (7, 7) on maps of any size: windows that
+    overlap, differ in size, or repeat one pixel (upsampling)."""
+    torch.manual_seed(hw[0] * 31 + out[1])
+    x = torch.randn(3, 19, *hw, dtype=torch.float64)
+    ref = (F.adaptive_avg_pool2d if kind == "avg" else F.adaptive_max_pool2d)(x, out)
+    y = torch.full((3, *out, 19), float("nan"))  # poisoned NHWC
+    _C.pool_nhwc(x.float().permute(0, 2, 3, 1).contiguous().numpy(), y.numpy(), (0, 0), (1, 1), (0, 0),
+                 getattr(_C.PoolKind, kind), True, 2)
+    torch.testing.assert_close(y.permute(0, 3, 1, 2).double(), ref, rtol=1e-6, atol=1e-6)
+    module = nn.AdaptiveAvgPool2d(out) if kind == "avg" else nn.AdaptiveMaxPool2d(out)
+    step = pool_step(module, 2, hw)
+    torch.testing.assert_close(step(x.float()).double(), ref, rtol=1e-6, atol=1e-6)
 
 
 def test_bad_pool_geometry_is_a_clear_error():
@@ -63,5 +84,9 @@ def test_bad_pool_geometry_is_a_clear_error():
         _C.pool_nhwc(x.numpy(), torch.empty(1, 4, 4, 2).numpy(), (2, 2), (1, 1), (2, 2), _C.PoolKind.max, True, 1)
     with pytest.raises(ValueError, match="does not match"):
         _C.pool_nhwc(x.numpy(), torch.empty(1, 3, 3, 2).numpy(), (2, 2), (2, 2), (0, 0), _C.PoolKind.max, True, 1)
+    with pytest.raises(ValueError, match="adaptive pool"):
+        _C.pool_nhwc(x.numpy(), torch.empty(1, 3, 3, 2).numpy(), (0, 0), (1, 1), (1, 1), _C.PoolKind.avg, True, 1)
+    with pytest.raises(ValueError, match="kernel"):
+        _C.pool_nhwc(x.numpy(), torch.empty(1, 3, 3, 2).numpy(), (0, 2), (1, 1), (0, 0), _C.PoolKind.avg, True, 1)
     with pytest.raises(ValueError, match="4-D float32"):
         PoolStep("max", (2, 2))(torch.randn(2, 4, 4, dtype=torch.float64))

@@ -50,11 +50,12 @@ class MapHead(Features):
     """torchvision's VGG / AlexNet head: an adaptive pool to a map larger than 1×1, flattened in
     NCHW order into a Linear (which the plan runs as a conv over the NHWC map)."""
 
-    def __init__(self, spelling):
+    def __init__(self, spelling, size=(2, 2)):
         super().__init__()
         self.spelling = spelling
-        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
-        self.classifier = nn.Sequential(nn.Linear(32 * 4, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, 10))
+        self.avgpool = nn.AdaptiveAvgPool2d(size)
+        self.classifier = nn.Sequential(nn.Linear(32 * size[0] * size[1], 64), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(64, 10))
 
     def forward(self, x):
         x = self.avgpool(self.features(x))
@@ -63,12 +64,21 @@ class MapHead(Features):
         elif self.spelling == "view_size":
             x = x.view(x.size(0), -1)
         else:
-            x = x.view(-1, 32 * 4)
+            x = x.view(-1, self.classifier[0].in_features)
         return self.classifier(x)
 
 
+class AlexNetHead(MapHead):
+    """AlexNet's AdaptiveAvgPool2d((6, 6)) on a map smaller than 6×6 (any input under 224 px):
+    windows that overlap and repeat pixels, then the flatten into a Linear."""
+
+    def __init__(self, spelling):
+        super().__init__(spelling, (6, 6))
+
+
 CASES = [GlobalHead(s) for s in ("view_size", "reshape_shape", "mean", "mean_keepdim_flatten", "view_minus_one",
-                                 "nn_flatten")] + [MapHead(s) for s in ("flatten", "view_size", "view_minus_one")]
+                                 "nn_flatten")] + [MapHead(s) for s in ("flatten", "view_size", "view_minus_one")] + \
+    [AlexNetHead("flatten")]
 
 
 @pytest.mark.parametrize("decomposed", [False, True], ids=["plain", "pruned"])

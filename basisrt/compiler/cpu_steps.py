@@ -204,20 +204,30 @@ class TorchConvStep(nn.Module):
 class PoolStep(nn.Module):
     """Max / average / global-average pooling run by the C++ kernel in basisrt's thread pool, so a
     plan of fused steps never wakes PyTorch's OpenMP workers (which spin on the core the next
-    step needs). `kernel` None is a global pool over the whole input."""
+    step needs). `kernel` None is a global pool over the whole input, or with `output_size` an
+    adaptive pool to that size (PyTorch's windows, which overlap where the sizes do not divide)."""
+
+    output_size: tuple[int, int] | None = None  # plans saved before adaptive pools lack the attribute
 
     def __init__(self, kind: str, kernel: tuple[int, int] | None, stride: tuple[int, int] | None = None,
                  padding: tuple[int, int] = (0, 0), count_include_pad: bool = True,
-                 num_threads: int | None = None, ceil_mode: bool = False) -> None:
+                 num_threads: int | None = None, ceil_mode: bool = False,
+                 output_size: tuple[int, int] | None = None) -> None:
         super().__init__()
         if kind not in POOL_KINDS:
             raise ValueError(f"kind must be one of {list(POOL_KINDS)}, got {kind!r}")
+        if output_size is not None and kernel is not None:
+            raise ValueError("an adaptive pool (output_size) has no kernel")
+        self.output_size = tuple(output_size) if output_size is not None else None
         self.kind, self.kernel, self.padding = kind, kernel, tuple(padding)
         self.stride = tuple(stride) if stride is not None else kernel
         self.count_include_pad, self.num_threads, self.ceil_mode = count_include_pad, num_threads, ceil_mode
 
     def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """(kernel, stride, output (OH, OW)) on an h×w input (a global pool covers all of it)."""
+        """(kernel, stride, output (OH, OW)) on an h×w input (a global pool covers all of it; an
+        adaptive pool has kernel (0, 0), the C++ kernel's mark for adaptive windows)."""
+        if self.output_size is not None:
+            return (0, 0), (1, 1), self.output_size
         (kh, kw), (sh, sw) = (self.kernel, self.stride) if self.kernel is not None else ((h, w), (h, w))
         (ph, pw) = self.padding
         return (kh, kw), (sh, sw), (window_out(h, kh, sh, ph, ceil_mode=self.ceil_mode),
@@ -235,7 +245,8 @@ class PoolStep(nn.Module):
         return y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
-        where = ("global" if self.kernel is None else
+        where = (f"adaptive to {self.output_size}" if self.output_size is not None else
+                 "global" if self.kernel is None else
                  f"kernel={self.kernel}, stride={self.stride}, padding={self.padding}")
         return f"{self.kind}, {where}" + (", ceil_mode" if self.ceil_mode else "")
 
@@ -269,6 +280,31 @@ class ChannelAffineStep(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.scale.numel()}, act={self.activation}"
+
+
+class ChannelNormStep(ChannelAffineStep):
+    """y = act(layer_norm(x) · scale + shift), the norm over each pixel's channels, by the C++
+    kernel: ConvNeXt's LayerNorm2d (compile's ChannelLayerNorm)."""
+
+    def __init__(self, scale: Tensor, shift: Tensor, eps: float, activation: str | None = None,
+                 num_threads: int | None = None) -> None:
+        super().__init__(scale, shift, activation, num_threads)
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or x.shape[1] != self.scale.numel():
+            raise ValueError(f"ChannelNormStep expects a float32 (N, {self.scale.numel()}, H, W) input, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        y = torch.empty(n, h, w, c)
+        act, alpha = activations.code(self.activation)
+        _C.channel_norm_nhwc(x.permute(0, 2, 3, 1).numpy(), self.scale.numpy(), self.shift.numpy(), y.numpy(),
+                             self.eps, act, self.num_threads or torch.get_num_threads(), alpha=alpha)
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, eps={self.eps}"
 
 
 BINARY_OPS = {"add": _C.BinaryOp.add, "mul": _C.BinaryOp.mul}
@@ -367,8 +403,8 @@ def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
 
 def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | None = None) -> PoolStep | None:
     """The PoolStep doing what pooling module `m` does on an `in_hw` input, or None when the kernel
-    cannot (dilation, indices, divisor override, an adaptive pool whose output size does
-    not divide the input's: one of 1×1, or uniform windows when it does)."""
+    cannot (dilation, indices, divisor override). An adaptive pool is a global one to 1×1, a
+    uniform one where its output size divides the input's, else adaptive windows."""
     pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
     if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         kind = "avg" if isinstance(m, nn.AdaptiveAvgPool2d) else "max"
@@ -377,8 +413,11 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
         out = pair(m.output_size)
         if out == (1, 1):
             return PoolStep(kind, None, num_threads=num_threads)
-        if in_hw is None or None in out or any(i % o for i, o in zip(in_hw, out)):
+        if in_hw is None and None in out:
             return None
+        out = tuple(o if o is not None else i for o, i in zip(out, in_hw or out))
+        if in_hw is None or any(i % o for i, o in zip(in_hw, out)):  # windows of different sizes, or overlapping
+            return PoolStep(kind, None, num_threads=num_threads, output_size=out)
         window = (in_hw[0] // out[0], in_hw[1] // out[1])  # adaptive windows are uniform then
         return PoolStep(kind, window, window, num_threads=num_threads)
     if isinstance(m, nn.MaxPool2d) and not m.return_indices and pair(m.dilation) == (1, 1):
@@ -391,8 +430,9 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
 
 
 # Every CPU step module: each returns logical NCHW maps stored channels_last (or, a linear step, rows)
-STEPS = (FusedConv2d, TorchConvStep, PoolStep, ChannelAffineStep, EltwiseStep, ChannelGatherStep, PixelGatherStep)
+STEPS = (FusedConv2d, TorchConvStep, PoolStep, ChannelAffineStep, ChannelNormStep, EltwiseStep, ChannelGatherStep,
+         PixelGatherStep)
 
-__all__ = ["BINARY_OPS", "STEPS", "ChannelAffineStep", "ChannelGatherStep", "EltwiseStep", "FusedConv2d", "FusedLinear",
-           "PixelGatherStep", "PoolStep", "TorchConvStep", "batchnorm_affine",
+__all__ = ["BINARY_OPS", "STEPS", "ChannelAffineStep", "ChannelGatherStep", "ChannelNormStep", "EltwiseStep",
+           "FusedConv2d", "FusedLinear", "PixelGatherStep", "PoolStep", "TorchConvStep", "batchnorm_affine",
            "pool_step"]

@@ -2,8 +2,8 @@
 conv/linear steps, drop what is the identity in eval mode (dropout, stochastic depth), and choose
 per layer between the fused low-rank kernel and a dense fold (by the cost model in basisrt.cost).
 What no conv absorbs still becomes a basisrt step where a kernel can run it: a BatchNorm, a scalar
-add / mul or a lone activation a per-channel affine step; an add or a squeeze-excitation gate's
-mul an eltwise step; a channel shuffle or slice a gather step."""
+add / mul or a lone activation a per-channel affine step; a LayerNorm over channels a norm step; an
+add or a squeeze-excitation gate's mul an eltwise step; a channel shuffle or slice a gather step."""
 from __future__ import annotations
 
 import math
@@ -14,13 +14,14 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from ..layers import BasisConv2d, BasisLinear
+from ..layers import BasisConv2d, BasisLinear, ChannelLayerNorm
 from . import activations
 from .cost_model import cost_model_choice
 from .cpu_steps import (
     STEPS,
     ChannelAffineStep,
     ChannelGatherStep,
+    ChannelNormStep,
     EltwiseStep,
     PixelGatherStep,
     batchnorm_affine,
@@ -193,6 +194,14 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             node.target = _fresh_name(gm, node.target.replace(".", "_") + "_pool")
             gm.add_submodule(node.target, pool)
             strategies[node.target] = Strategy.POOL
+            continue
+        if ours and type(m) is ChannelLayerNorm:
+            node.target = _fresh_name(gm, node.target.replace(".", "_") + "_norm")
+            c = m.normalized_shape[0]
+            scale, shift = (m.weight, m.bias) if m.elementwise_affine else (torch.ones(c), torch.zeros(c))
+            shift = torch.zeros(c) if shift is None else shift
+            gm.add_submodule(node.target, ChannelNormStep(scale, shift, m.eps, _take_activation(gm, node), num_threads))
+            strategies[node.target] = Strategy.NORM
             continue
         affine = batchnorm_affine(m) if ours else None
         if affine is not None:  # a BatchNorm no conv absorbed (pre-activation): ours, with its ReLU

@@ -16,6 +16,8 @@ TorchDynamo) and however the model spells its layers:
   (N, 1, C), then a gate viewed back to (N, C, 1, 1)) becomes a 1×1 conv with the banded C×C
   weight that computes the same, on the pooled map kept 4-D; `y.expand_as(x)` read only by a
   broadcasting add / mul is dropped;
+* channels-last regions (`permute(0, 2, 3, 1)`, LayerNorm / Linear / activations on the last dim,
+  `permute(0, 3, 1, 2)`: ConvNeXt) become the same work on the NCHW map (channels_last.py);
 * a map times / plus / minus a per-channel constant (a layer scale, `x * self.gamma.view(1, -1, 1, 1)`)
   becomes an eval-mode BatchNorm2d computing exactly that, which the fusion passes fold into the
   conv before it;
@@ -38,6 +40,7 @@ from torch import Tensor, fx, nn
 
 from ..layers import BasisConv2d, BasisLinear
 from . import activations
+from .channels_last import channels_last_regions
 from .fusion import _fresh_name
 from .patterns import _PAD_FUNCTIONS, _meta_shape
 
@@ -49,6 +52,7 @@ def normalize(gm: fx.GraphModule) -> None:
     _drop_static_asserts(gm)
     _fold_parameter_expressions(gm)
     _functional_layers(gm)
+    channels_last_regions(gm)
     _channel_conv1d(gm)
     _drop_broadcast_expands(gm)
     _channel_constants(gm)

@@ -30,12 +30,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..layers import ChannelLayerNorm
 from . import activations
 from .cpu_steps import (
     BINARY_OPS,
     POOL_KINDS,
     ChannelAffineStep,
     ChannelGatherStep,
+    ChannelNormStep,
     EltwiseStep,
     FusedConv2d,
     FusedLinear,
@@ -478,7 +480,12 @@ def _pool_step(a: Attrs, t: Tensors) -> None:
     a.eval_mode()
     a.choice("kind", tuple(POOL_KINDS))
     kernel, stride = a.get("kernel"), a.get("stride")
-    if kernel is None:  # global pool: over the whole input
+    adaptive = a.get("output_size") if "output_size" in a.values else None  # older plans lack it
+    if adaptive is not None:  # adaptive windows
+        a.pair("output_size", 1, MAX_GEOMETRY)
+        if kernel is not None or stride is not None or a.get("padding") != (0, 0):
+            raise a._bad("output_size", "set only with kernel None, stride None and padding (0, 0)")
+    elif kernel is None:  # global pool: over the whole input
         if stride is not None:
             raise a._bad("stride", "None for a global pool (kernel None)")
         if a.get("padding") != (0, 0):
@@ -500,6 +507,11 @@ def _channel_affine(a: Attrs, t: Tensors) -> None:
     a.threads()
     scale = t.buffer("scale", ndim=1)
     t.buffer("shift", scale.shape)
+
+
+def _channel_norm(a: Attrs, t: Tensors) -> None:
+    _channel_affine(a, t)
+    _eps(a)
 
 
 def _eltwise(a: Attrs, t: Tensors) -> None:
@@ -660,6 +672,12 @@ def _layer_norm(a: Attrs, t: Tensors) -> None:
     t.parameter("bias", shape, present=None if affine else False)
 
 
+def _channel_layer_norm(a: Attrs, t: Tensors) -> None:
+    _layer_norm(a, t)
+    if len(a.get("normalized_shape")) != 1:
+        raise a._bad("normalized_shape", "(C,): the norm is over each pixel's channels")
+
+
 def _group_norm(a: Attrs, t: Tensors) -> None:
     a.eval_mode()
     groups, c = a.int("num_groups", 1, MAX_CHANNELS), a.int("num_channels", 1, MAX_CHANNELS)
@@ -799,6 +817,7 @@ _SPECS = (
     _spec(TorchConvStep, _torch_conv, _run_forward, _with_residual),
     _spec(PoolStep, _pool_step, _run_pool),
     _spec(ChannelAffineStep, _channel_affine, _run_affine),
+    _spec(ChannelNormStep, _channel_norm, _run_affine),
     _spec(EltwiseStep, _eltwise, _run_eltwise, lambda m: 2),
     _spec(ChannelGatherStep, _channel_gather, _run_gather),
     _spec(PixelGatherStep, _pixel_gather, _run_pixel_gather),
@@ -814,7 +833,8 @@ _SPECS = (
     _spec(nn.AdaptiveAvgPool2d, lambda a, t: _adaptive_pool(a, t, indices=False)),
     _spec(nn.AdaptiveMaxPool2d, lambda a, t: _adaptive_pool(a, t, indices=True)),
     _spec(nn.Upsample, _upsample), _spec(nn.ZeroPad2d, _zero_pad), _spec(nn.BatchNorm2d, _batch_norm),
-    _spec(nn.LayerNorm, _layer_norm), _spec(nn.GroupNorm, _group_norm), _spec(nn.Linear, _linear),
+    _spec(nn.LayerNorm, _layer_norm), _spec(ChannelLayerNorm, _channel_layer_norm), _spec(nn.GroupNorm, _group_norm),
+    _spec(nn.Linear, _linear),
     _spec(nn.Conv2d, _conv2d),
 )
 

@@ -26,6 +26,7 @@ from .cpu_steps import (
     POOL_KINDS,
     ChannelAffineStep,
     ChannelGatherStep,
+    ChannelNormStep,
     EltwiseStep,
     FusedConv2d,
     FusedLinear,
@@ -263,11 +264,15 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
 
 
 def _add_affine(program: "_C.Program", m: ChannelAffineStep, x: _Buffer) -> _Buffer | None:
+    """An affine op, or a norm op for a ChannelNormStep (a ChannelAffineStep with eps)."""
     if x.flat or x.hwc[2] != m.scale.numel():
         return None
     out = _Buffer(program.add_buffer(*x.hwc), x.hwc, False)
     act, alpha = activations.code(m.activation)
-    program.add_affine(x.id, out.id, m.scale.numpy(), m.shift.numpy(), act, alpha=alpha)
+    if isinstance(m, ChannelNormStep):
+        program.add_norm(x.id, out.id, m.scale.numpy(), m.shift.numpy(), m.eps, act, alpha=alpha)
+    else:
+        program.add_affine(x.id, out.id, m.scale.numpy(), m.shift.numpy(), act, alpha=alpha)
     return out
 
 

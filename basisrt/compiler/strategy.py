@@ -22,6 +22,7 @@ class Strategy(str, Enum):
     DENSE_BASISRT = "dense-basisrt"  # one dense conv by our kernel, whatever the plan's dense backend
     POOL = "pool"
     AFFINE = "affine"  # a BatchNorm, scalar op or activation no conv absorbed
+    NORM = "norm"  # a layer norm over each pixel's channels
     ELTWISE = "eltwise"  # an add or gate mul of two maps
     GATHER = "gather"  # a channel shuffle or slice
     PIXEL_GATHER = "pixel_gather"  # nearest upsampling or zero padding no conv absorbed
