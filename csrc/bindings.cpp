@@ -253,6 +253,26 @@ struct PyProgram {
         if (bias) keep_alive.push_back(*bias);
     }
 
+    void add_expand_depthwise(int in, int out, const py::array& B, const std::optional<py::array>& A,
+                              const std::optional<py::array>& bias, int64_t rank, basisrt::Activation act,
+                              float alpha, const py::array& dw_B, const std::optional<py::array>& dw_bias,
+                              basisrt::Activation dw_act, float dw_alpha, IntPair kernel, IntPair stride,
+                              IntPair padding, IntPair dilation) {
+        const std::string fn = "Program.add_expand_depthwise";
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::expand_dw, in, -1, out};
+        op.rank = rank, op.act = act, op.alpha = alpha, op.dw_act = dw_act, op.dw_alpha = dw_alpha;
+        op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
+        op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
+        program.check(op);  // ids and geometry, before the array sizes that follow from them
+        const PackedWeights e = packed_weights(fn, program.expand_shape(op), B, A, bias, rank);
+        const PackedWeights d = packed_weights(fn, program.depthwise_shape(op), dw_B, std::nullopt, dw_bias, 0);
+        op.B = e.B, op.A = e.A, op.bias = e.bias, op.dw_w = d.B, op.dw_bias = d.bias;
+        program.add_op(op);
+        for (const py::array& a : {B, dw_B}) keep_alive.push_back(a);
+        for (const auto* a : {&A, &bias, &dw_bias})
+            if (*a) keep_alive.push_back(**a);
+    }
+
     void add_pool(int in, int out, IntPair kernel, IntPair stride, IntPair padding, basisrt::PoolKind kind,
                   bool count_include_pad) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pool, in, -1, out};
@@ -366,6 +386,13 @@ void bind_fused(py::module_& m) {
              py::arg("alpha") = 0.01f,
              "A fused_conv_nhwc op (packed weights as for fused_conv_nhwc; residual -1: none; pool 2: a 2x2\n"
              "max pool fused after the epilogue, `out` being the pooled buffer).")
+        .def("add_expand_depthwise", &PyProgram::add_expand_depthwise, py::arg("input"), py::arg("out"),
+             py::arg("B"), py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("alpha"),
+             py::arg("dw_B"), py::arg("dw_bias"), py::arg("dw_activation"), py::arg("dw_alpha"), py::arg("kernel"),
+             py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+             "An MBConv's 1x1 expand conv and the depthwise conv after it as one op (expand_depthwise.h): the\n"
+             "expanded map never reaches memory. Weights packed as for two add_conv ops; `out` is the\n"
+             "depthwise conv's output.")
         .def("add_pool", &PyProgram::add_pool, py::arg("input"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
              py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), "A pool_nhwc op.")
         .def("add_affine", &PyProgram::add_affine, py::arg("input"), py::arg("out"), py::arg("scale"),

@@ -1,6 +1,8 @@
 #include "program.h"
 
 #include "channel_affine.h"
+#include "depthwise_conv.h"
+#include "expand_depthwise.h"
 #include "shape_checks.h"
 #include "thread_pool.h"
 
@@ -134,6 +136,17 @@ void Program::check(const ProgramOp& op) const {
             if (r.H != o.H || r.W != o.W || r.C != o.C)
                 throw std::invalid_argument(fn + ": the residual buffer must have the output's shape");
         }
+    } else if (op.kind == ProgramOp::Kind::expand_dw) {
+        if (op.residual >= 0) throw std::invalid_argument(fn + ": an expand_dw op takes no residual");
+        check_conv(fn, expand_shape(op), op.rank, false);
+        const ConvShape d = depthwise_shape(op);
+        check_conv(fn, d, 0, false);
+        if (!depthwise_path(d.groups, d.C_in, d.C_out, 0) || 2 * op.ph > (op.kh - 1) * op.dh ||
+            2 * op.pw > (op.kw - 1) * op.dw)
+            throw std::invalid_argument(fn + ": an expand_dw op's second conv must be depthwise, each window "
+                                             "overlapping the image (2·padding <= (kernel-1)·dilation)");
+        check_activation(fn, op.act);
+        check_activation(fn, op.dw_act);
     } else if (op.kind == ProgramOp::Kind::pool) {
         if (op.residual >= 0 || i.C != o.C) throw std::invalid_argument(fn + ": pooling keeps channels, no residual");
         check_pool(fn, PoolShape{1, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw});
@@ -171,21 +184,36 @@ ConvShape Program::conv_shape(const ProgramOp& op, int64_t N) const {
             op.groups, q};
 }
 
+ConvShape Program::expand_shape(const ProgramOp& op, int64_t N) const {
+    const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
+    return {N, i.H, i.W, i.C, i.H, i.W, o.C, 1, 1, 1, 1, 0, 0, 1, 1, 1};
+}
+
+ConvShape Program::depthwise_shape(const ProgramOp& op, int64_t N) const {
+    const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
+    return {N, i.H, i.W, o.C, o.H, o.W, o.C, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, op.dh, op.dw, o.C};
+}
+
 void Program::add_op(const ProgramOp& op) {
     check(op);
     {
         std::lock_guard<std::mutex> lk(layouts_mu_);
         layouts_.clear();
     }
-    const bool conv = op.kind == ProgramOp::Kind::conv,
+    const bool conv = op.kind == ProgramOp::Kind::conv || op.kind == ProgramOp::Kind::expand_dw,
                affine = op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm;
-    if ((conv && (!op.B || (op.rank && !op.A))) || (affine && (!op.scale || !op.shift)))
+    if ((conv && (!op.B || (op.rank && !op.A))) || (affine && (!op.scale || !op.shift)) ||
+        (op.kind == ProgramOp::Kind::expand_dw && !op.dw_w))
         throw std::invalid_argument("Program.add_op: a conv needs B (and A when rank > 0), an affine or norm op scale and shift");
     ops_.push_back(op);
 }
 
 int64_t Program::weight_floats(const ProgramOp& op) const {
     if (op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm) return 2 * buffers_[op.in].C;
+    if (op.kind == ProgramOp::Kind::expand_dw) {
+        const int64_t C = buffers_[op.in].C, E = buffers_[op.out].C;
+        return (op.rank ? op.rank * (C + E) : C * E) + op.kh * op.kw * E;
+    }
     if (op.kind != ProgramOp::Kind::conv) return 0;
     const int64_t K = op.kh * op.kw * buffers_[op.in].C / op.groups, cg = buffers_[op.out].C / op.groups;
     return op.groups * (op.rank ? op.rank * (K + cg) : K * cg);
@@ -297,6 +325,11 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
         ConvShape s = conv_shape(op, N);
         s.ldx = ldx, s.ldy = ldy, s.ldr = op.residual >= 0 ? pixel_stride(op.residual) : 0;
         fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
+    } else if (op.kind == ProgramOp::Kind::expand_dw) {
+        ConvShape d = depthwise_shape(op, N);
+        d.ldy = ldy;
+        const ExpandConv e{op.B, op.A, op.bias, i.C, op.rank, op.act, op.alpha};
+        expand_depthwise_nhwc(in, ldx, e, op.dw_w, op.dw_bias, out, d, op.dw_act, op.dw_alpha, num_threads);
     } else if (op.kind == ProgramOp::Kind::pool) {
         PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, ldx, ldy};
         pool_nhwc(in, out, s, op.pool, op.count_include_pad, num_threads);

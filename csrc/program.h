@@ -1,4 +1,5 @@
-// A whole plan run in C++: a list of ops (conv, pool, affine, layer norm, eltwise, gather, pixel gather) over NHWC buffers
+// A whole plan run in C++: a list of ops (conv, pool, affine, layer norm, eltwise, gather, pixel gather,
+// an MBConv's expand + depthwise convs as one) over NHWC buffers
 // (a concatenation's parts being views of its buffer), executed in one call with the GIL
 // released, so a model whose every step is a basisrt kernel pays no Python round trip per layer
 // (about 11 us per step measured through the fx module).
@@ -38,7 +39,7 @@ struct BufferShape {
 };
 
 struct ProgramOp {
-    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm } kind;
+    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm, expand_dw } kind;
     int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
@@ -60,6 +61,11 @@ struct ProgramOp {
     // geometry (batch filled in at run time)
     int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1, groups = 1;
     int64_t fused_pool = 1;  // conv: 2 = a 2×2 max pool fused after the epilogue (out is the pooled buffer)
+    // expand_dw (expand_depthwise.h): the expand 1×1 conv in B, A, bias, rank, act, alpha above; the
+    // depthwise conv on its output (out's channels) in the geometry above and these
+    const float *dw_w = nullptr, *dw_bias = nullptr;
+    Activation dw_act = Activation::none;
+    float dw_alpha = 0.01f;
 };
 
 class Program {
@@ -75,6 +81,9 @@ class Program {
     // The conv of a conv op that passed check(): its own output, before a fused pool; batch N,
     // dense pixel strides. The sizes of its packed weights follow from it (packed_layout).
     ConvShape conv_shape(const ProgramOp& op, int64_t N = 1) const;
+    // An expand_dw op's two convs (same conventions): the 1×1 expand, and the depthwise after it.
+    ConvShape expand_shape(const ProgramOp& op, int64_t N = 1) const;
+    ConvShape depthwise_shape(const ProgramOp& op, int64_t N = 1) const;
     // x: NCHW (N, C, H, W) of buffer 0; y: NHWC of the output buffer. op_seconds, if not null,
     // gets each op's wall time added (size: ops()).
     void run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds = nullptr) const;

@@ -168,6 +168,19 @@ def fuzz_pixel_gather(rng):
     _C.pixel_gather_nhwc(**mutate(rng, a, set(), {"x", "out"}, {"num_threads"}))
 
 
+def expand_depthwise_case(rng, c_in):
+    """Packed weights and geometry of an expand (c_in -> 16, dense or rank 3) + depthwise 3×3 op."""
+    rank = rng.choice([0, 3])
+    expand = FusedConv2d(torch.randn(rank or 16, c_in, 1, 1), torch.randn(16), stride=(1, 1), padding=(0, 0),
+                         dilation=(1, 1), groups=1, scale=torch.randn(16, rank) if rank else None)
+    dw = FusedConv2d(torch.randn(16, 1, 3, 3), torch.randn(16), stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                     groups=16)
+    return dict(B=expand.B.numpy(), A=None if expand.A is None else expand.A.numpy(), bias=expand.bias.numpy(),
+                rank=rank, activation=_C.Activation.silu, alpha=0.0, dw_B=dw.B.numpy(), dw_bias=dw.bias.numpy(),
+                dw_activation=_C.Activation.relu6, dw_alpha=0.0, kernel=(3, 3), stride=(1, 1), padding=(1, 1),
+                dilation=(1, 1))
+
+
 def fuzz_program(rng):
     """A small valid program (conv, affine, eltwise, gather, norm), one of its construction calls or its run
     mutated."""
@@ -190,11 +203,14 @@ def fuzz_program(rng):
              ("alias", dict(buffer=5, parent=3, offset=c_out)),
              ("add_buffer", dict(H=oh, W=ow, C=c_out)),
              ("add_norm", {"input": 4, "out": 6, "scale": np.ones(c_out, np.float32),
-                           "shift": np.zeros(c_out, np.float32), "eps": 1e-5, "activation": _C.Activation.none})]
+                           "shift": np.zeros(c_out, np.float32), "eps": 1e-5, "activation": _C.Activation.none}),
+             ("add_buffer", dict(H=oh, W=ow, C=16)),
+             ("add_expand_depthwise", {"input": 1, "out": 7, **expand_depthwise_case(rng, c_out)})]
     bad = rng.randrange(len(calls) + 3)
-    pairs, arrays = {"kernel", "stride", "padding", "dilation"}, {"B", "A", "bias", "scale", "shift", "index"}
+    pairs = {"kernel", "stride", "padding", "dilation"}
+    arrays = {"B", "A", "bias", "scale", "shift", "index", "dw_B", "dw_bias"}
     ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset",
-            "a", "b", "op"}
+            "a", "b", "op", "dw_activation"}
     for i, (name, kw) in enumerate(calls):
         getattr(p, name)(**(mutate(rng, kw, pairs, arrays, ints) if i == bad else kw))
     run = dict(x=np.random.default_rng(4).standard_normal((n, c_in, h, h)).astype(np.float32),

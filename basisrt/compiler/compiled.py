@@ -87,7 +87,8 @@ class CompiledModel:
     def step_times(self, x: Tensor, repeats: int = 10) -> list[tuple[str, str, float]]:
         """Median seconds of each step over `repeats` runs of `x` (for per-layer benchmarks), timed
         inside the native program when the plan has one (where a max pool fused into the conv
-        before it, `native.fused_pools`, is timed with that conv), else around each fx step."""
+        before it, `native.fused_pools`, is timed with that conv, and an expand conv run with the
+        depthwise conv after it, `native.fused_expands`, with that one), else around each fx step."""
         self._check(x)
         times: dict[str, list[float]] = {}
         if self.native is not None:

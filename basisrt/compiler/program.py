@@ -6,6 +6,10 @@ which the part's producer writes and its readers read in place (DenseNet's growi
 that cannot be a view (the input, a part of another concatenation: torchvision's DenseNet
 concatenates all earlier features in every layer) is copied in by a gather op.
 
+An MBConv's expand 1×1 conv whose only reader is a depthwise conv runs with it as one op
+(expand_depthwise.h) when the expanded map is large (_EXPAND_DW_MIN_FLOATS per image): that map,
+the largest tensor of MobileNetV2 and EfficientNet, then never reaches memory.
+
 Plans with any other step (oneDNN pairs, ops PyTorch runs, non-trivial flattens, concatenations
 that cannot be views, several inputs or outputs) are not lowered and keep running through the fx
 module.
@@ -48,10 +52,11 @@ class NativeProgram:
     """A lowered plan: call it with an NCHW float32 CPU tensor."""
 
     def __init__(self, program: "_C.Program", output: _Buffer, num_threads: int | None,
-                 op_names: list[str], fused_pools: dict[str, str]) -> None:
+                 op_names: list[str], fused_pools: dict[str, str], fused_expands: dict[str, str]) -> None:
         self.program, self.output, self.num_threads = program, output, num_threads
         self.op_names = op_names  # the plan step each op runs, in order
         self.fused_pools = fused_pools  # pool step -> the conv step whose op runs it after its epilogue
+        self.fused_expands = fused_expands  # expand conv step -> the depthwise step whose op runs both
 
     def __call__(self, x: Tensor, op_seconds: np.ndarray | None = None) -> Tensor:
         """Run the program; `op_seconds` (float64, one per op), if given, gets each op's time added."""
@@ -73,8 +78,9 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
         if refusals is not None:
             refusals.append(("input", f"the input is {len(input_shape) + 1}-D; a native program takes (N, C, H, W)"))
         return None
-    program, buffers, threads, names, fused_pools = _C.Program(), {}, set(), [], {}
+    program, buffers, threads, names, fused_pools, fused_expands = _C.Program(), {}, set(), [], {}, {}
     views: set[int] = set()  # buffers that are parts of a concatenation
+    expands: dict[fx.Node, tuple[fx.Node, FusedConv2d, _Buffer]] = {}  # depthwise node -> its expand conv
 
     class Refused(Exception):
         pass
@@ -109,7 +115,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                 if refusals:
                     return None
                 return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names,
-                                     fused_pools)
+                                     fused_pools, fused_expands)
             elif _is_scalar(node):
                 continue  # a size feeding a flatten's shape; any other user of it is not lowered
             elif flatten_source(gm, node, shape) in buffers:
@@ -128,7 +134,18 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                 if node in buffers:  # a pool fused into the conv before it
                     continue
                 m = gm.get_submodule(node.target)
+                if node in expands:  # the depthwise conv of an expand conv left for it
+                    expand, e, x = expands.pop(node)
+                    buffers[node] = _add_expand_depthwise(program, e, m, x)
+                    fused_expands[expand.target] = node.target
+                    threads.update((e.num_threads, m.num_threads))
+                    names.append(node.target)
+                    continue
                 ins = [buffers.get(a) for a in node.args]
+                dw = _fusable_depthwise(gm, node, m, ins)
+                if dw is not None:
+                    expands[dw] = (node, m, ins[0])
+                    continue
                 if not isinstance(m, _LOWERED):
                     refuse(node, f"{type(m).__name__} runs in PyTorch: {_module_reason(m)}")
                     continue
@@ -237,6 +254,39 @@ def _fusable_pool(gm: fx.GraphModule, node: fx.Node, m: nn.Module, x: _Buffer) -
     h, w = m.output_hw(*x.hwc[:2])
     fits = pool.kind == "max" and pool.geometry(h, w)[:2] == ((2, 2), (2, 2)) and pool.padding == (0, 0)
     return user if fits and h % 2 == 0 and w % 2 == 0 else None
+
+
+_EXPAND_DW_MIN_FLOATS = 1 << 17  # per image: smaller expanded maps stay in L2 between two ops anyway
+
+
+def _fusable_depthwise(gm: fx.GraphModule, node: fx.Node, m: nn.Module, ins: list[_Buffer | None]) -> fx.Node | None:
+    """The depthwise conv node that is the only reader of 1×1 conv `node`, if the two can run as one
+    expand_dw op (no residual, no fused pool, every window overlapping the image, a large expanded map)."""
+    if type(m) is not FusedConv2d or m.kernel != (1, 1) or m.stride != (1, 1) or m.padding != (0, 0) or \
+            m.groups != 1 or m.residual or node.kwargs or len(ins) != 1 or ins[0] is None or ins[0].flat or \
+            ins[0].hwc[2] != m.in_channels or len(node.users) != 1:
+        return None
+    (user,) = node.users
+    d = gm.get_submodule(user.target) if user.op == "call_module" else None
+    h, w, _ = ins[0].hwc
+    e = m.out_channels
+    if type(d) is not FusedConv2d or user.args != (node,) or user.kwargs or d.residual or d.rank or \
+            not d.groups == d.in_channels == d.out_channels == e or h * w * e < _EXPAND_DW_MIN_FLOATS or \
+            any(2 * p > (k - 1) * dl for p, k, dl in zip(d.padding, d.kernel, d.dilation)) or \
+            _fusable_pool(gm, user, d, _Buffer(-1, (h, w, e), False)) is not None:
+        return None
+    return user
+
+
+def _add_expand_depthwise(program: "_C.Program", e: FusedConv2d, d: FusedConv2d, x: _Buffer) -> _Buffer:
+    h, w = d.output_hw(*x.hwc[:2])
+    out = _Buffer(program.add_buffer(h, w, d.out_channels), (h, w, d.out_channels), False)
+    arr = lambda t: None if t is None else t.numpy()  # noqa: E731
+    act, alpha = activations.code(e.activation)
+    dw_act, dw_alpha = activations.code(d.activation)
+    program.add_expand_depthwise(x.id, out.id, e.B.numpy(), arr(e.A), arr(e.bias), e.rank, act, alpha, d.B.numpy(),
+                                 arr(d.bias), dw_act, dw_alpha, d.kernel, d.stride, d.padding, d.dilation)
+    return out
 
 
 def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: bool = False) -> _Buffer | None:
