@@ -1,11 +1,11 @@
 // An inverted-residual block's expand 1×1 conv and the depthwise conv that reads it, in one pass
 // (MobileNetV2's and EfficientNet's MBConv): the expanded map (6× the block's channels, the largest
-// tensor of those networks) never reaches memory. Each task takes a band of the depthwise's output
-// rows of one image, expands just the input rows their windows read into a thread-local scratch
-// that stays in L2, and runs the depthwise conv on it; neighbouring bands recompute the few rows
-// their windows share. Both convs are the ordinary kernels (fused_conv_nhwc on the rows,
-// depthwise_conv_nhwc on the scratch), so the result is the same as running them one after the
-// other.
+// tensor of those networks) never reaches memory. Each task takes a chunk of one image's output
+// rows of the depthwise, band by band: it expands just the input rows a band's windows read into
+// a thread-local scratch that stays in L2 (the rows it shares with the band before are moved, not
+// expanded again), and runs the depthwise conv on it. Both convs are the ordinary kernels
+// (fused_conv_nhwc on the rows, depthwise_conv_nhwc on the scratch), so the result is the same as
+// running them one after the other.
 #pragma once
 #include <cstdint>
 

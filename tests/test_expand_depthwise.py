@@ -39,6 +39,9 @@ CASES = [  # c, e, k, stride, act, rank pair (0: dense expand), H, W
     (16, 96, 5, 1, nn.SiLU, 3, 9, 31),
     (12, 72, 5, 2, nn.Hardswish, 0, 21, 7),
     (4, 17, 3, 1, nn.ReLU, 0, 1, 5),  # one row; channels not a multiple of the vector
+    # rows of 64 × 192 floats: several bands per chunk, each moving the rows it shares with the last
+    (16, 192, 5, 1, nn.SiLU, 3, 40, 64),
+    (16, 192, 3, 2, nn.ReLU6, 0, 41, 64),
 ]
 
 
@@ -54,6 +57,7 @@ def test_expand_depthwise_op_matches_two_ops_and_eager(case, monkeypatch):
     fused = basisrt.compile(model, x, dense_backend="basisrt")
     assert fused.native is not None and len(fused.native.fused_expands) == 1, fused.plan
     assert not apart.native.fused_expands and len(apart.native.op_names) == len(fused.native.op_names) + 1
+    assert len(fused.native.op_names) == fused.native.program.ops
     for batch in (x, x[:1], torch.randn(5, c, h, w)):
         for threads in (1, 2):
             torch.set_num_threads(threads)

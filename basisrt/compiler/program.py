@@ -4,7 +4,8 @@ all layers without returning to Python in between (the fx module costs about 11 
 A channel concatenation costs no copy: each part becomes a view of the concatenation's buffer,
 which the part's producer writes and its readers read in place (DenseNet's growing blocks). A part
 that cannot be a view (the input, a part of another concatenation: torchvision's DenseNet
-concatenates all earlier features in every layer) is copied in by a gather op.
+concatenates all earlier features in every layer) is copied in by a gather op. A channel slice
+(chunk, split, `x[:, a:b]`: ShuffleNet's halves) costs no copy either: a view of its source.
 
 An MBConv's expand 1×1 conv whose only reader is a depthwise conv runs with it as one op
 (expand_depthwise.h) when the expanded map is large (_EXPAND_DW_MIN_FLOATS per image): that map,
@@ -130,6 +131,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                     refuse(node, "a concatenation of parts of different sizes, or of flattened tensors")
                 else:
                     buffers[node] = made
+                    names.extend([node.name] * (program.ops - len(names)))  # its parts' copies, if any
             elif node.op == "call_module":
                 if node in buffers:  # a pool fused into the conv before it
                     continue
@@ -139,7 +141,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                     buffers[node] = _add_expand_depthwise(program, e, m, x)
                     fused_expands[expand.target] = node.target
                     threads.update((e.num_threads, m.num_threads))
-                    names.append(node.target)
+                    names.extend([node.target] * (program.ops - len(names)))
                     continue
                 ins = [buffers.get(a) for a in node.args]
                 dw = _fusable_depthwise(gm, node, m, ins)
@@ -160,7 +162,9 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                 elif isinstance(m, EltwiseStep):
                     made = _add_eltwise(program, m, ins)
                 elif isinstance(m, ChannelGatherStep):
-                    made = _add_gather(program, m.index.numpy(), ins[0])
+                    made = None if any(u.op == "output" for u in node.users) else \
+                        _add_slice_view(program, m.index.numpy(), ins[0], views)
+                    made = made or _add_gather(program, m.index.numpy(), ins[0])
                 elif isinstance(m, PixelGatherStep):
                     made = _add_pixel_gather(program, m, ins[0])
                 else:
@@ -174,7 +178,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                 if pool is not None:
                     fused_pools[pool.target] = node.target
                 threads.add(m.num_threads)
-                names.append(node.target)
+                names.extend([node.target] * (program.ops - len(names)))  # none for a slice view
             else:
                 refuse(node, _function_reason(node))
     except Refused:
@@ -344,6 +348,21 @@ def _add_gather(program: "_C.Program", index: np.ndarray, x: _Buffer) -> _Buffer
     hwc = (*x.hwc[:2], int(index.size))
     out = _Buffer(program.add_buffer(*hwc), hwc, False)
     program.add_gather(x.id, out.id, np.ascontiguousarray(index, dtype=np.int64))
+    return out
+
+
+def _add_slice_view(program: "_C.Program", index: np.ndarray, x: _Buffer, views: set[int]) -> _Buffer | None:
+    """A channel slice (`x[:, a:b]`, a chunk or split) as a view of channels [a, b) of x's buffer,
+    read in place with x's pixel stride as a concatenation's parts are; None when it cannot be one
+    (the plan's input, a flattened map, not one run of channels)."""
+    n = int(index.size)
+    if x.flat or x.id == 0 or n == 0 or not np.array_equal(index, np.arange(index[0], index[0] + n)) or \
+            index[0] + n > x.hwc[2]:
+        return None
+    hwc = (*x.hwc[:2], n)
+    out = _Buffer(program.add_buffer(*hwc), hwc, False)
+    program.alias(out.id, x.id, int(index[0]))
+    views.add(out.id)  # a later concatenation copies it in, as any part that is already a view
     return out
 
 
