@@ -15,6 +15,7 @@ from basisrt.bench.timing import (
     interleaved,
     paired_ratios,
     percentile,
+    settle,
     summarize,
 )
 
@@ -129,3 +130,24 @@ def test_interleaved_leaves_idle_time_before_each_pass():
     calls = sorted((t, k) for k, ts in stamps.items() for t in ts[1:])  # timed calls (after warm-up)
     gaps = [b[0] - a[0] for a, b in zip(calls, calls[1:])]
     assert len(calls) == 8 and min(gaps) >= 0.01
+
+
+def test_settle_waits_for_a_spinning_thread_of_this_process():
+    """A thread still spinning after its work (as ONNX Runtime's workers do for ~40 ms) holds the
+    next pass back until it stops; an idle process waits only the minimum."""
+    import threading
+    import time as _time
+
+    assert settle(0.01) < 0.1
+    stop = _time.perf_counter() + 0.15
+
+    def spin():
+        while _time.perf_counter() < stop:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    waited = settle(0.01)
+    t.join()
+    assert 0.12 < waited < 0.6
+    assert settle(0.0, max_s=0.05) < 0.2  # capped

@@ -160,7 +160,8 @@ def markdown(results: dict, plot_path: str | None = None) -> str:
                      f"{r['matmul_n']}²), bandwidth {r['bandwidth_gbs']:.1f} GB/s (copy of {r['copy_mb']:.0f} MB).")
     settle = results.get("config", {}).get("settle_s", 0)
     parts += ["", "Speedups are medians of per-round paired ratios (engines interleaved in one run"
-              + (f", {settle * 1e3:g} ms idle before each pass so no engine's spinning threads run into the next"
+              + (f", at least {settle * 1e3:g} ms idle before each pass and then until the process's threads are "
+                 "idle, so no engine's spinning threads run into the next"
                  if settle else "") + "), p10–p90 in "
               "brackets; *nominal* is dense MACs ÷ pruned MACs from `basisrt.profile`; *realised* is measured ÷ "
               "nominal. Quote ratios, not absolute times: the machine may be shared.", ""]

@@ -178,14 +178,37 @@ def calibrate(fn: Callable[[], object], min_pass_s: float, warmup: int) -> int:
     return max(1, math.ceil(min_pass_s / max(t, 1e-7)))
 
 
+QUIET_CORES = 0.1  # the process's threads count as idle below this share of one core
+QUIET_STEP_S = 0.005
+QUIET_MAX_S = 1.0
+
+
+def settle(min_s: float, quiet_cores: float = QUIET_CORES, max_s: float = QUIET_MAX_S) -> float:
+    """Sleep at least `min_s`, then on until this process's own threads are idle (under
+    `quiet_cores` of CPU over a 5 ms step: a thread pool that spins after its work has stopped),
+    at most `max_s` in all. Returns the seconds slept. ONNX Runtime's workers kept one of two
+    cores busy for about 40 ms after each run here, so a fixed 20 ms idle left the next engine's
+    pass sharing its cores with them."""
+    start = time.perf_counter()
+    if min_s:
+        time.sleep(min_s)
+    while time.perf_counter() - start < max_s:
+        c0, w0 = time.process_time(), time.perf_counter()
+        time.sleep(QUIET_STEP_S)
+        if (time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9) < quiet_cores:
+            break
+    return time.perf_counter() - start
+
+
 def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int, warmup: int = 3,
                 min_pass_s: float = 0.01, progress: Callable[[int], None] | None = None,
                 util_drop: float = 0.8, spike: float = 2.0, settle_s: float = 0.0) -> dict[str, Timing]:
     """Time every candidate in `rounds` interleaved passes (rotating order) after warm-up.
 
-    `settle_s` of idle time precede each pass: thread pools that spin after their work (ONNX
-    Runtime's, PyTorch's OpenMP workers) would otherwise run on the cores the next candidate's
-    pass needs (measured: basisrt 12.3 ms alone beside eager, 14.3 ms after ONNX Runtime passes).
+    At least `settle_s` of idle time, and then as long as this process's threads still use CPU
+    (`settle`), precede each pass: thread pools that spin after their work (ONNX Runtime's,
+    PyTorch's OpenMP workers) would otherwise run on the cores the next candidate's pass needs
+    (measured: basisrt 12.3 ms alone beside eager, 14.3 ms after ONNX Runtime passes).
 
     A candidate that raises is reported with its error and takes no further part.
     `progress(n)` is called after every round with n = 1.
@@ -206,7 +229,7 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, rounds: int, 
                 continue
             fn = candidates[name]
             if settle_s:
-                time.sleep(settle_s)
+                settle(settle_s)
             try:
                 c0, w0 = time.process_time(), time.perf_counter()
                 for _ in range(t.inner):

@@ -77,7 +77,7 @@ def _per_pixel(gm: fx.GraphModule, node: fx.Node, inside: set) -> bool:
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         one_input = len(node.args) == 1 and not node.kwargs and node.args[0] in inside
-        if isinstance(m, nn.LayerNorm) and type(m) is nn.LayerNorm:
+        if type(m) is nn.LayerNorm:
             return one_input and len(m.normalized_shape) == 1
         return one_input and (type(m) in (nn.Linear, BasisLinear) or isinstance(m, _IDENTITIES) and not m.training
                               or activations.of_node(gm, node) is not None)

@@ -80,7 +80,7 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
             refusals.append(("input", f"the input is {len(input_shape) + 1}-D; a native program takes (N, C, H, W)"))
         return None
     program, buffers, threads, names, fused_pools, fused_expands = _C.Program(), {}, set(), [], {}, {}
-    views: set[int] = set()  # buffers that are parts of a concatenation
+    views: set[int] = set()  # buffers that are views: parts of a concatenation, channel slices
     expands: dict[fx.Node, tuple[fx.Node, FusedConv2d, _Buffer]] = {}  # depthwise node -> its expand conv
 
     class Refused(Exception):
