@@ -151,9 +151,15 @@ void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair st
     basisrt::pool_nhwc(xv.data, yv.data, s, kind, count_include_pad, num_threads);
 }
 
-void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
-                            basisrt::Activation act, int num_threads, float alpha) {
-    const std::string fn = "channel_affine_nhwc";
+// The checked arguments of a per-channel op (channel_affine_nhwc, channel_norm_nhwc): x and out of one
+// NHWC shape, scale and shift of C floats each, P = N·H·W pixels.
+struct ChannelOpArgs {
+    Nhwc xv, yv;
+    const float *scale, *shift;
+    int64_t P;
+};
+ChannelOpArgs channel_op_args(const std::string& fn, const py::array& x, const py::array& scale,
+                              const py::array& shift, py::array& out, basisrt::Activation act, int num_threads) {
     const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
     if (yv.N != xv.N || yv.H != xv.H || yv.W != xv.W || yv.C != xv.C) value_error(fn, "out must have x's shape");
     const float* sp = f32_data(fn, scale, "scale", xv.C);
@@ -161,26 +167,26 @@ void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py
     basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
     require_writeable(fn, out);
-    const int64_t P = basisrt::checked_elements({xv.N, xv.H, xv.W}, fn + ": x");
+    return {xv, yv, sp, tp, basisrt::checked_elements({xv.N, xv.H, xv.W}, fn + ": x")};
+}
+
+void channel_affine_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
+                            basisrt::Activation act, int num_threads, float alpha) {
+    const ChannelOpArgs a = channel_op_args("channel_affine_nhwc", x, scale, shift, out, act, num_threads);
     py::gil_scoped_release release;
-    basisrt::channel_affine_nhwc(xv.data, sp, tp, yv.data, P, xv.C, xv.ld, yv.ld, act, num_threads, alpha);
+    basisrt::channel_affine_nhwc(a.xv.data, a.scale, a.shift, a.yv.data, a.P, a.xv.C, a.xv.ld, a.yv.ld, act,
+                                 num_threads, alpha);
 }
 
 void channel_norm_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
                           float eps, basisrt::Activation act, int num_threads, float alpha) {
     const std::string fn = "channel_norm_nhwc";
-    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
-    if (yv.N != xv.N || yv.H != xv.H || yv.W != xv.W || yv.C != xv.C) value_error(fn, "out must have x's shape");
-    if (xv.C < 1) value_error(fn, "x has no channels");
     if (!(eps >= 0.0f && std::isfinite(eps))) value_error(fn, "eps must be finite and >= 0");
-    const float* sp = f32_data(fn, scale, "scale", xv.C);
-    const float* tp = f32_data(fn, shift, "shift", xv.C);
-    basisrt::check_activation(fn, act);
-    basisrt::check_threads(fn, num_threads);
-    require_writeable(fn, out);
-    const int64_t P = basisrt::checked_elements({xv.N, xv.H, xv.W}, fn + ": x");
+    const ChannelOpArgs a = channel_op_args(fn, x, scale, shift, out, act, num_threads);
+    if (a.xv.C < 1) value_error(fn, "x has no channels");
     py::gil_scoped_release release;
-    basisrt::channel_norm_nhwc(xv.data, sp, tp, yv.data, P, xv.C, xv.ld, yv.ld, eps, act, num_threads, alpha);
+    basisrt::channel_norm_nhwc(a.xv.data, a.scale, a.shift, a.yv.data, a.P, a.xv.C, a.xv.ld, a.yv.ld, eps, act,
+                               num_threads, alpha);
 }
 
 void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, basisrt::BinaryOp op,
@@ -284,24 +290,23 @@ struct PyProgram {
 
     void add_affine(int in, int out, const py::array& scale, const py::array& shift, basisrt::Activation act,
                     float alpha) {
-        const std::string fn = "Program.add_affine";
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::affine, in, -1, out};
-        op.act = act, op.alpha = alpha;
-        program.check(op);  // ids, before the buffer's channels size scale and shift
-        const int64_t C = program.buffers()[in].C;
-        op.scale = f32_data(fn, scale, "scale", C), op.shift = f32_data(fn, shift, "shift", C);
-        program.add_op(op);
-        keep_alive.push_back(scale);
-        keep_alive.push_back(shift);
+        add_channel_op("Program.add_affine", op, scale, shift, act, alpha);
     }
 
     void add_norm(int in, int out, const py::array& scale, const py::array& shift, float eps, basisrt::Activation act,
                   float alpha) {
-        const std::string fn = "Program.add_norm";
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::norm, in, -1, out};
-        op.eps = eps, op.act = act, op.alpha = alpha;
+        op.eps = eps;
+        add_channel_op("Program.add_norm", op, scale, shift, act, alpha);
+    }
+
+    // An affine or norm op: scale and shift hold the input buffer's C floats each.
+    void add_channel_op(const std::string& fn, basisrt::ProgramOp& op, const py::array& scale, const py::array& shift,
+                        basisrt::Activation act, float alpha) {
+        op.act = act, op.alpha = alpha;
         program.check(op);  // ids, before the buffer's channels size scale and shift
-        const int64_t C = program.buffers()[in].C;
+        const int64_t C = program.buffers()[op.in].C;
         op.scale = f32_data(fn, scale, "scale", C), op.shift = f32_data(fn, shift, "shift", C);
         program.add_op(op);
         keep_alive.push_back(scale);

@@ -6,6 +6,7 @@ NCHW tensor.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -268,15 +269,18 @@ class ChannelAffineStep(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.dtype != torch.float32 or x.shape[1] != self.scale.numel():
-            raise ValueError(f"ChannelAffineStep expects a float32 (N, {self.scale.numel()}, H, W) input, "
+            raise ValueError(f"{type(self).__name__} expects a float32 (N, {self.scale.numel()}, H, W) input, "
                              f"got {x.dtype} {tuple(x.shape)}")
         x = x.contiguous(memory_format=torch.channels_last)
         n, c, h, w = x.shape
         y = torch.empty(n, h, w, c)
         act, alpha = activations.code(self.activation)
-        _C.channel_affine_nhwc(x.permute(0, 2, 3, 1).numpy(), self.scale.numpy(), self.shift.numpy(), y.numpy(),
-                               act, self.num_threads or torch.get_num_threads(), alpha=alpha)
+        self._kernel(x.permute(0, 2, 3, 1).numpy(), y.numpy(), act, self.num_threads or torch.get_num_threads(),
+                     alpha)
         return y.permute(0, 3, 1, 2)
+
+    def _kernel(self, x: np.ndarray, y: np.ndarray, act: "_C.Activation", threads: int, alpha: float) -> None:
+        _C.channel_affine_nhwc(x, self.scale.numpy(), self.shift.numpy(), y, act, threads, alpha=alpha)
 
     def extra_repr(self) -> str:
         return f"channels={self.scale.numel()}, act={self.activation}"
@@ -291,17 +295,8 @@ class ChannelNormStep(ChannelAffineStep):
         super().__init__(scale, shift, activation, num_threads)
         self.eps = float(eps)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.dtype != torch.float32 or x.shape[1] != self.scale.numel():
-            raise ValueError(f"ChannelNormStep expects a float32 (N, {self.scale.numel()}, H, W) input, "
-                             f"got {x.dtype} {tuple(x.shape)}")
-        x = x.contiguous(memory_format=torch.channels_last)
-        n, c, h, w = x.shape
-        y = torch.empty(n, h, w, c)
-        act, alpha = activations.code(self.activation)
-        _C.channel_norm_nhwc(x.permute(0, 2, 3, 1).numpy(), self.scale.numpy(), self.shift.numpy(), y.numpy(),
-                             self.eps, act, self.num_threads or torch.get_num_threads(), alpha=alpha)
-        return y.permute(0, 3, 1, 2)
+    def _kernel(self, x: np.ndarray, y: np.ndarray, act: "_C.Activation", threads: int, alpha: float) -> None:
+        _C.channel_norm_nhwc(x, self.scale.numpy(), self.shift.numpy(), y, self.eps, act, threads, alpha=alpha)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eps={self.eps}"
