@@ -1,13 +1,11 @@
 #include "expand_depthwise.h"
 
+#include "aligned_buffer.h"
 #include "depthwise_conv.h"
 #include "thread_pool.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <new>
 
 namespace basisrt {
 namespace {
@@ -15,22 +13,6 @@ namespace {
 // The scratch of expanded rows a band may use: half of this machine's 1 MiB L2, leaving room for
 // the band's input and output rows.
 constexpr int64_t kScratchFloats = int64_t(1) << 17;
-
-struct Scratch {  // thread-local, grows only
-    std::unique_ptr<float, decltype(&std::free)> p{nullptr, &std::free};
-    int64_t size = 0;
-    float* get(int64_t need) {
-        if (size < need) {
-            p.reset();
-            size = 0;
-            void* q = std::aligned_alloc(64, (need * int64_t(sizeof(float)) + 63) / 64 * 64);
-            if (!q) throw std::bad_alloc();
-            p.reset(static_cast<float*>(q));
-            size = need;
-        }
-        return p.get();
-    }
-};
 
 }  // namespace
 
@@ -48,8 +30,8 @@ void expand_depthwise_nhwc(const float* x, int64_t ldx, const ExpandConv& e, con
     const int64_t chunk = (dw.Ho + chunks - 1) / chunks;
     parallel_for(dw.N * chunks, num_threads, [&](int64_t task) {
         const int64_t n = task / chunks, c0 = task % chunks * chunk, c1 = std::min(dw.Ho, c0 + chunk);
-        thread_local Scratch scratch;
-        float* t = scratch.get(((band - 1) * dw.sh + span) * row);
+        thread_local Aligned scratch;
+        float* t = scratch.get(static_cast<size_t>(((band - 1) * dw.sh + span) * row));
         int64_t held0 = 0, held1 = 0;  // input rows [held0, held1) in the scratch, from its start
         for (int64_t oy0 = c0; oy0 < c1; oy0 += band) {
             const int64_t oy1 = std::min(c1, oy0 + band);
