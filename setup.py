@@ -3,15 +3,19 @@
 Plain pybind11 + the C++ standard library: no libtorch at build time. The Triton kernels in
 kernels/ install inside the package as basisrt.kernels (no top-level `kernels` module).
 """
+import os
 import re
 from glob import glob
 from pathlib import Path
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 # the package's one version string, compiled into basisrt._C too
 VERSION = re.search(r'^__version__ = "([^"]+)"', Path("basisrt/__init__.py").read_text(), re.M).group(1)
+
+# compile csrc/*.cpp in parallel, one job per core (BASISRT_BUILD_JOBS=N to cap it)
+ParallelCompile("BASISRT_BUILD_JOBS", default=0).install()
 
 ext = Pybind11Extension(
     "basisrt._C",
@@ -27,11 +31,17 @@ ext = Pybind11Extension(
     extra_link_args=["-pthread"],
 )
 
+# BASISRT_PREBUILT_EXT=1: install without compiling, using the basisrt/_C*.so already in the tree
+# (bench/gpu_check.sh's prebuild: made on another machine for the GPU machine's python)
+prebuilt = os.environ.get("BASISRT_PREBUILT_EXT") == "1"
+if prebuilt and not glob("basisrt/_C.*.so"):
+    raise SystemExit("BASISRT_PREBUILT_EXT=1 but there is no basisrt/_C.*.so in the tree")
+
 setup(
     # every subpackage by name: a non-editable install gets only the packages listed here
     packages=["basisrt", "basisrt.bench", "basisrt.compiler", "basisrt.serve", "basisrt.kernels"],
     package_dir={"basisrt": "basisrt", "basisrt.kernels": "kernels"},
-    ext_modules=[ext],
+    ext_modules=[] if prebuilt else [ext],
     cmdclass={"build_ext": build_ext},
     zip_safe=False,
 )

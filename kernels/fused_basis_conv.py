@@ -62,13 +62,17 @@ BLOCK_KEYS = ("BLOCK_P", "BLOCK_N", "BLOCK_K", "BLOCK_R")
 # Fixed config for the interpreter / no-CUDA path: small tiles keep the numpy-backed interpreter
 # fast, and BLOCK_R = 16 makes every rank > 16 go through the r-chunk loop.
 INTERPRETER_CONFIG = dict(BLOCK_P=32, BLOCK_N=32, BLOCK_K=32, BLOCK_R=16, num_warps=4, num_stages=1)
+# BASISRT_TRITON_AUTOTUNE=0: every GPU launch without a pinned config uses this one instead of tuning
+# (tuning compiles each of the configs below for each new layer kind: seconds per kind). The test
+# suite sets it on GPU machines; its pinned-config tests check every tuning config's answers.
+GPU_DEFAULT_CONFIG = dict(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32, BLOCK_R=32, num_warps=4, num_stages=3)
 
 
 if triton is not None:
 
     @triton.jit
     def _im2col_tile(x_ptr, img64, ih0, iw0, p_mask, offs_k, k_mask, H, W, C_IN, sxn, sxh, sxw, sxc,
-                     KW: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr):
+                     KW: tl.constexpr, DIL_H, DIL_W):
         """The implicit-GEMM gather: im2col rows of a pixel tile for columns offs_k (NHWC tap
         order: k = (ky·KW + kx)·C_IN + ci), zeros outside the image (the padding)."""
         ci = offs_k % C_IN
@@ -87,10 +91,8 @@ if triton is not None:
         sar, san,
         srn, srh, srw, src,
         syn, syh, syw, syc,
+        STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,  # run-time: one compile serves every geometry
         KW: tl.constexpr,
-        STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
-        PAD_H: tl.constexpr, PAD_W: tl.constexpr,
-        DIL_H: tl.constexpr, DIL_W: tl.constexpr,
         HAS_A: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
         ACTIVATION: tl.constexpr, INPUT_PRECISION: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -172,10 +174,13 @@ if triton is not None:
 
     def _prune_configs(configs, named_args, **kwargs):
         """Drop configs whose tiles are far larger than the problem (keeps at least one)."""
-        c_out, r, k = named_args["C_OUT"], named_args["R"], named_args["K_TOTAL"]
+        c_out, r, k, p = named_args["C_OUT"], named_args["R"], named_args["K_TOTAL"], named_args["P"]
         cap = lambda v: max(16, triton.next_power_of_2(v))  # noqa: E731
+        # many pixels: only the large pixel tiles; few: only the small ones (each config tried is a compile)
+        p_ok = (lambda bp: bp >= 64) if p >= 4096 else (lambda bp: bp <= min(64, max(32, cap(p))))
         kept = [c for c in configs if c.kwargs["BLOCK_N"] <= max(32, cap(c_out))
-                and c.kwargs["BLOCK_R"] <= max(32, cap(r)) and c.kwargs["BLOCK_K"] <= max(32, cap(k))]
+                and c.kwargs["BLOCK_R"] <= max(32, cap(r)) and c.kwargs["BLOCK_K"] <= max(32, cap(k))
+                and p_ok(c.kwargs["BLOCK_P"])]
         return kept or configs[:1]
 
     _GPU_CONFIGS = [
@@ -184,8 +189,13 @@ if triton is not None:
             (64, 32, 32, 32, 4, 3), (64, 64, 32, 32, 4, 3), (128, 64, 32, 32, 4, 3), (128, 64, 64, 32, 8, 3),
             (64, 128, 32, 32, 4, 2), (128, 128, 32, 32, 8, 2), (64, 64, 64, 64, 4, 2), (128, 128, 64, 64, 8, 2),
             (32, 256, 32, 32, 8, 2), (64, 256, 32, 64, 8, 2),
+            # small pixel tiles: late layers of a small map have few pixels, and more programs fill the SMs
+            (32, 64, 64, 32, 4, 3), (32, 128, 32, 32, 4, 3), (16, 64, 64, 32, 2, 3), (16, 128, 64, 32, 4, 2),
         ]
     ]
+    # Short timings per config (ms): a compile autotunes every layer shape, and the defaults
+    # (25 + 100 ms per config) made that a minute for one model. Results persist in Triton's cache.
+    _TUNE_WARMUP_MS, _TUNE_REP_MS = 5, 20
     # Built lazily: creating the Autotuner does not benchmark, but keep it off the interpreter path.
     _autotuned = None
 
@@ -199,6 +209,9 @@ if triton is not None:
                      "HAS_A", "HAS_RES", "INPUT_PRECISION"],
                 prune_configs_by={"early_config_prune": _prune_configs},
                 restore_value=["y_ptr"],  # benchmarking re-runs the kernel: out may alias the residual
+                do_bench=lambda fn, quantiles: triton.testing.do_bench(
+                    fn, warmup=_TUNE_WARMUP_MS, rep=_TUNE_REP_MS, quantiles=quantiles),
+                cache_results=True,
             )(_fused_basis_conv_kernel)
         return _autotuned
 else:
@@ -360,11 +373,13 @@ def fused_basis_conv2d(
         *x_nhwc.stride(), *b2.stride(),
         *(A_packed.stride() if A_packed is not None else (0, 0)),
         *res.stride(), *out.stride(),
+        sh, sw, ph, pw, dh, dw,
     )
-    meta = dict(KW=kw, STRIDE_H=sh, STRIDE_W=sw, PAD_H=ph, PAD_W=pw, DIL_H=dh, DIL_W=dw,
-                HAS_A=A_packed is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+    meta = dict(KW=kw, HAS_A=A_packed is not None, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
                 ACTIVATION=ACTIVATIONS[activation], INPUT_PRECISION=precision)
 
+    if config is None and not INTERPRETED and os.environ.get("BASISRT_TRITON_AUTOTUNE") == "0":
+        config = GPU_DEFAULT_CONFIG
     if config is not None or INTERPRETED or not torch.cuda.is_available():
         cfg = _check_config(config or {})
         grid = (triton.cdiv(p_total, cfg["BLOCK_P"]), triton.cdiv(c_out, cfg["BLOCK_N"]))

@@ -301,6 +301,27 @@ def test_sigterm_under_load_drains_and_exits_0(plan_path) -> None:
     assert set(results) <= {200, 503, "refused"}, results
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_cuda_plan_is_served_from_its_gpu(tmp_path, cuda_graph) -> None:
+    """A plan compiled on CUDA (Triton steps; CUDA graphs too) takes CPU request rows and answers."""
+    torch.manual_seed(0)
+    pruned = basisrt.decompose(basisrt.models.create("resnet18").eval()).model.eval()
+    basisrt.prune_basis(pruned, "ratio", 0.1)
+    x = torch.randn(3, *INPUT)
+    compiled = basisrt.compile(pruned.cuda(), x.cuda(), cuda_graph=cuda_graph)
+    path = tmp_path / "r18_cuda.basisrt"
+    compiled.save(str(path))
+    expected = compiled(x.cuda()).cpu()
+    s = Server(path, "--max-batch-size", "8")
+    try:
+        assert s.get("/v2/models/r18")[1]["outputs"][0]["shape"] == [-1, 10]
+        # the server autotunes the Triton kernels again, so it may pick other tiles: not bit-exact
+        torch.testing.assert_close(Client(s.url).infer("r18", x), expected, rtol=1e-4, atol=1e-4)
+    finally:
+        s.stop()
+
+
 def test_model_failure_is_500_for_that_batch_only(plan_path) -> None:
     """In process (Starlette's test client): a plan that raises on some inputs."""
     from starlette.testclient import TestClient
@@ -314,7 +335,7 @@ def test_model_failure_is_500_for_that_batch_only(plan_path) -> None:
         plan = m.plan
 
         class Flaky:
-            input_shape, dtype = plan.input_shape, plan.dtype
+            input_shape, dtype, device = plan.input_shape, plan.dtype, plan.device
 
             def __call__(self, x):
                 if x.shape[0] == 5:

@@ -144,12 +144,18 @@ def _load(name: str, path: str) -> _Model:
     return _Model(name, plan, tuple(plan.input_shape))
 
 
+def run_plan(plan, x: torch.Tensor) -> torch.Tensor:
+    """The plan on a batch of request rows (CPU tensors): moved to the plan's device (a CUDA plan
+    runs on its GPU) and the output brought back to the CPU for the response."""
+    with torch.no_grad():
+        return plan(x.to(plan.device)).cpu()
+
+
 def _warm_up(m: _Model) -> None:
     """One batch through the plan: its output shape for the metadata, and first-call costs paid."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn((2, *m.input_shape), generator=g)
-    with torch.no_grad():
-        y = m.plan(x)
+    y = run_plan(m.plan, x)
     if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != 2:
         raise ValueError(f"model {m.name}: the plan returns {type(y).__name__}; the server serves plans "
                          "with one tensor output of one row per input row")
@@ -158,11 +164,8 @@ def _warm_up(m: _Model) -> None:
 
 def batcher_runner(m: "_Model", config: ServeConfig, metrics: Metrics) -> Batcher:
     """The default way a model's requests run: basisrt.serve.batcher's dynamic batching."""
-    def run(x: torch.Tensor, plan=m.plan) -> torch.Tensor:
-        with torch.no_grad():
-            return plan(x)
-    return Batcher(run, config.max_batch_size, config.max_delay_ms / 1000, config.max_queue,
-                   on_batch=lambda s: metrics.batch(m.name, s),
+    return Batcher(lambda x: run_plan(m.plan, x), config.max_batch_size, config.max_delay_ms / 1000,
+                   config.max_queue, on_batch=lambda s: metrics.batch(m.name, s),
                    on_drop=lambda reason: metrics.failures.labels(m.name, reason).inc())
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from ray import serve
 
-from .app import Metrics, ServeConfig, _Model, create_app
+from .app import Metrics, ServeConfig, _Model, create_app, run_plan
 from .batcher import DeadlineExceeded, ModelFailed
 
 _REPLICA: dict[str, _Model] = {}  # this replica's loaded models, for the health check
@@ -32,16 +32,12 @@ class RayRunner:
         executor = ThreadPoolExecutor(1, thread_name_prefix="basisrt-model")
         self._executor = executor
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return m.plan(x)
-
         @serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.max_delay_ms / 1000,
                      batch_size_fn=lambda parts: sum(p.shape[0] for p in parts))
         async def batched(parts: list[torch.Tensor]) -> list[torch.Tensor]:
             x = parts[0] if len(parts) == 1 else torch.cat(parts)
             start = time.monotonic()
-            y = await asyncio.get_running_loop().run_in_executor(executor, run, x)
+            y = await asyncio.get_running_loop().run_in_executor(executor, run_plan, m.plan, x)
             metrics.batches.labels(m.name).inc()
             metrics.batch_size.labels(m.name).observe(x.shape[0])
             metrics.compute_s.labels(m.name).observe(time.monotonic() - start)
@@ -79,8 +75,7 @@ def deployment(config: ServeConfig, replicas: int = 1) -> serve.Application:
         def check_health(self) -> None:
             """A one-row inference per loaded model: a replica whose plans cannot run is replaced."""
             for m in _REPLICA.values():
-                with torch.no_grad():
-                    y = m.plan(torch.rand(1, *m.input_shape))
+                y = run_plan(m.plan, torch.rand(1, *m.input_shape))
                 if not torch.isfinite(y).all():
                     raise RuntimeError(f"model {m.name}: the health check's output is not finite")
 
