@@ -30,6 +30,7 @@
 #include "depthwise_conv.h"
 #include "eltwise.h"
 #include "fused_conv.h"
+#include "grouped_conv.h"
 #include "pool.h"
 #include "program.h"
 #include "shape_checks.h"
@@ -476,6 +477,8 @@ void bind_fused(py::module_& m) {
     m.def("lowrank_dot_path", &basisrt::lowrank_dot_path, py::arg("cg_in"), py::arg("rank"),
           "Whether fused_conv_nhwc expects B packed as (groups, rank, K) (channel-vectorised path)\n"
           "rather than (groups, K, round_up(rank, 16)).");
+    m.def("grouped_path", &basisrt::grouped_path, py::arg("groups"), py::arg("c_in"), py::arg("c_out"),
+          py::arg("rank"), "Whether fused_conv_nhwc runs a grouped conv on its few-channels-per-group kernel.");
     m.def("depthwise_path", &basisrt::depthwise_path, py::arg("groups"), py::arg("c_in"), py::arg("c_out"),
           py::arg("rank"), "Whether fused_conv_nhwc runs a depthwise conv, B packed as (kh*kw, C).");
     m.def("simd_path", &basisrt::simd_path, "The SIMD path chosen at run time for this CPU.");

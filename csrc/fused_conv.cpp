@@ -2,6 +2,7 @@
 
 #include "activation.h"
 #include "depthwise_conv.h"
+#include "grouped_conv.h"
 #include "pool.h"
 #include "simd.h"
 #include "thread_pool.h"
@@ -703,6 +704,12 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
             depthwise_conv_nhwc(x, B, bias, residual, out, d, act, num_threads, alpha);
         };
         return s.pool == 1 ? depthwise(s, y) : pooled_after(s, y, num_threads, depthwise);
+    }
+    if (grouped_path(s.groups, s.C_in, s.C_out, rank)) {
+        auto grouped = [&](const ConvShape& d, float* out) {
+            grouped_conv_nhwc(x, B, bias, residual, out, d, act, num_threads, alpha);
+        };
+        return s.pool == 1 ? grouped(s, y) : pooled_after(s, y, num_threads, grouped);
     }
     const int64_t cg_in = s.C_in / s.groups, cg_out = s.C_out / s.groups;
     const int64_t K = s.kh * s.kw * cg_in, cg_pad = round_up(cg_out, NR);

@@ -10,6 +10,7 @@ from basisrt.bench.report import flags, skipped_lines
 from basisrt.bench.roofline import Roofline
 from basisrt.bench.runner import parse_level
 from basisrt.bench.timing import (
+    QUIET_CORES,
     Timing,
     flag_disturbed,
     interleaved,
@@ -140,14 +141,19 @@ def test_settle_waits_for_a_spinning_thread_of_this_process():
 
     assert settle(0.01) < 0.1
     stop = _time.perf_counter() + 0.15
+    share = []
 
     def spin():
+        c0, w0 = _time.thread_time(), _time.perf_counter()
         while _time.perf_counter() < stop:
             pass
+        share.append((_time.thread_time() - c0) / (_time.perf_counter() - w0))
 
     t = threading.Thread(target=spin)
     t.start()
     waited = settle(0.01)
     t.join()
+    if share[0] < 2 * QUIET_CORES:  # other processes kept the spinner off the cores: it did not look busy
+        pytest.skip(f"the machine is too busy for this check: the spinning thread got {share[0]:.2f} of a core")
     assert 0.12 < waited < 0.6
     assert settle(0.0, max_s=0.05) < 0.2  # capped

@@ -67,6 +67,18 @@ def depthwise_cases(n: int = 60, seed: int = 4):
     return out
 
 
+def grouped_cases(n: int = 60, seed: int = 6):
+    """Random grouped convs with 8 or 16 output channels per group (RegNet's), which run
+    their own channel-vectorised kernel; input channels per group 8·k or a few."""
+    out = []
+    for c in cases(n, seed):
+        rng = random.Random(case_id(c))
+        g, cg_out = rng.choice([2, 3, 5, 13]), rng.choice([8, 16])
+        cg_in = rng.choice([cg_out, 1, 3, 8, 16])
+        out.append({**c, "groups": g, "c_in": g * cg_in, "c_out": g * cg_out, "rank": 0})
+    return out
+
+
 @pytest.mark.parametrize("c", cases(), ids=case_id)
 def test_fused_conv_matches_float64(c):
     check_step(c, FusedConv2d)
@@ -97,7 +109,7 @@ def test_narrow_kernels_match_float64(no_fma):
     env = {**os.environ, "BASISRT_NO_AVX512": "1", **({"BASISRT_NO_FMA": "1"} if no_fma else {})}
     tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
              "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64",
-             "test_depthwise_conv_matches_float64"]
+             "test_depthwise_conv_matches_float64", "test_grouped_conv_matches_float64"]
     want = "avx2" if no_fma else "avx2+fma"
     code = f"from basisrt import _C; assert _C.simd_path() == {want!r}, _C.simd_path()"
     check = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -294,7 +306,7 @@ def channel_slice(t: torch.Tensor, before: int, after: int, fill: float) -> tupl
 # and write only its own channels, whatever the pixel strides. NaN around x and the residual
 # shows any read outside them; a sentinel around y any write outside it.
 STRIDED_CASES = (cases()[::9] + cases(70, seed=1, channel_blocks=True)[::5] + SPLIT_CASES[:2]
-                 + depthwise_cases(12, seed=5))
+                 + depthwise_cases(12, seed=5) + grouped_cases(12, seed=7))
 
 
 @pytest.mark.parametrize("pool", [1, 2])
@@ -334,6 +346,12 @@ def test_kernels_reject_arrays_that_are_not_channel_slices():
 @pytest.mark.parametrize("c", depthwise_cases(), ids=case_id)
 def test_depthwise_conv_matches_float64(c):
     assert _C.depthwise_path(c["groups"], c["c_in"], c["c_out"], 0)
+    check_step(c, FusedConv2d)
+
+
+@pytest.mark.parametrize("c", grouped_cases(), ids=case_id)
+def test_grouped_conv_matches_float64(c):
+    assert _C.grouped_path(c["groups"], c["c_in"], c["c_out"], 0)
     check_step(c, FusedConv2d)
 
 
