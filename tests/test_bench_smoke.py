@@ -99,3 +99,21 @@ def test_unavailable_engines_are_reported_as_skipped(monkeypatch, tmp_path):
     assert "onnxruntime not installed" in lines and "`basisrt`" not in lines
     assert "onnxruntime not installed" in markdown(results)
     assert eng.availability()["ort"].startswith("onnxruntime not installed")
+
+
+@pytest.mark.parametrize("name", ["ov_pruned", "ov_pruned_bf16"])
+def test_openvino_engines_match_eager(name):
+    """OpenVINO f32 (its precision hint) within float32 rounding; at its default precision bf16
+    where the CPU has it (within bf16's tolerance), else skipped with the reason."""
+    pytest.importorskip("openvino")
+    from nets import pruned_net
+    model, x = pruned_net().eval(), torch.randn(2, 3, 12, 10)
+    try:
+        run = eng.build(name, model, x, 1, {})
+    except eng.EngineSkipped as e:
+        assert name.endswith("_bf16") and "no bf16" in str(e)
+        return
+    with torch.no_grad():
+        ref = model(x)
+    assert ((run.output() - ref).norm() / ref.norm()).item() < eng.tolerance(name)
+    assert run.info["precision"] == ("bf16" if name.endswith("_bf16") else "f32")

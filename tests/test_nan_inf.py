@@ -85,6 +85,8 @@ CONVS = {
     "dot": (32, 20, (3, 3), (1, 1), 1, 7, 2, (6, 6)),  # channel-vectorised low-rank path
     "dot_grouped": (32, 24, (3, 3), (1, 1), 2, 4, 1, (8, 8)),
     "depthwise": (17, 17, (3, 3), (1, 1), 17, 0, 2, (6, 8)),
+    "grouped_8": (24, 48, (3, 3), (1, 1), 6, 0, 2, (6, 10)),  # the narrow-group kernel: 8-float vectors
+    "grouped_16": (32, 32, (3, 3), (1, 1), 2, 0, 1, (8, 6)),  # 16 per group: 16-float vectors on AVX-512
     # rank · K above kSplitWeights and 2 pixel tiles for 4 threads: ranks and columns split
     # across threads (csrc split_lowrank). Specials only in column 0, so columns 2-3 stay finite.
     "split": (512, 24, (3, 3), (1, 1), 1, 16, 1, (2, 4)),
@@ -111,6 +113,7 @@ def conv_case(name: str, act, residual: bool, kind: str):
         ref = F.conv2d(x, weight, bias, **conv)
         step = FusedConv2d(weight, bias, activation=act, residual=residual, num_threads=2, **conv)
         assert _C.depthwise_path(groups, c_in, c_out, 0) == (name == "depthwise")
+        assert _C.grouped_path(groups, c_in, c_out, 0) == name.startswith("grouped")
     res = poison(randn(gen, *ref.shape), gen, kind) if residual else None
     if res is not None:
         ref = ref + res

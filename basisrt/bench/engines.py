@@ -6,11 +6,15 @@ Dense engines run the original model, pruned engines the basis-pruned one. On th
     eager_dense_cl    PyTorch eager, channels_last
     inductor_dense    torch.compile, inductor with freezing
     ort_dense         ONNX Runtime on the exported model
+    ov_dense          OpenVINO on the exported model, f32 (INFERENCE_PRECISION_HINT=f32)
+    ov_dense_bf16     OpenVINO at its default precision: bf16 on a CPU with AMX / AVX512-BF16
     basisrt_dense     basisrt.compile of the dense model
     eager_pruned      PyTorch eager, NCHW
     eager_pruned_cl   PyTorch eager, channels_last
     inductor_pruned   torch.compile, inductor with freezing
     ort_pruned        ONNX Runtime on the exported pruned model
+    ov_pruned         OpenVINO, f32
+    ov_pruned_bf16    OpenVINO at its default precision (bf16 where the CPU has it)
     basisrt           basisrt.compile of the pruned model
 
 On a CUDA GPU (each call synchronised, so a pass times the whole GPU run; compared only with
@@ -45,19 +49,24 @@ from torch import Tensor, nn
 GPU_DENSE_ENGINES = ("gpu_eager_dense",)
 GPU_PRUNED_ENGINES = ("gpu_eager_pruned", "gpu_inductor_pruned", "gpu_basisrt", "gpu_basisrt_graph")
 GPU_ENGINES = GPU_DENSE_ENGINES + GPU_PRUNED_ENGINES
-DENSE_ENGINES = ("eager_dense", "eager_dense_cl", "inductor_dense", "ort_dense", "basisrt_dense") + GPU_DENSE_ENGINES
-PRUNED_ENGINES = ("eager_pruned", "eager_pruned_cl", "inductor_pruned", "ort_pruned", "basisrt") + GPU_PRUNED_ENGINES
+DENSE_ENGINES = ("eager_dense", "eager_dense_cl", "inductor_dense", "ort_dense", "ov_dense", "ov_dense_bf16",
+                 "basisrt_dense") + GPU_DENSE_ENGINES
+PRUNED_ENGINES = ("eager_pruned", "eager_pruned_cl", "inductor_pruned", "ort_pruned", "ov_pruned", "ov_pruned_bf16",
+                  "basisrt") + GPU_PRUNED_ENGINES
 ENGINES = DENSE_ENGINES + PRUNED_ENGINES
 REFERENCE = "eager_dense"
 DEVICES = ("cpu", "cuda")
 REFERENCES = {"cpu": REFERENCE, "cuda": "gpu_eager_dense"}  # speedups compare engines on one device only
 NO_CUDA = "no CUDA device on this machine"
+OPENVINO_MISSING = 'openvino not installed (pip install -e ".[bench]")'
 
 DESCRIPTIONS = {
     "eager": "PyTorch eager (NCHW)",
     "eager_cl": "PyTorch eager (channels_last)",
     "inductor": "torch.compile, inductor, freezing",
     "ort": "ONNX Runtime (exported ONNX)",
+    "ov": "OpenVINO (exported ONNX), f32",
+    "ov_bf16": "OpenVINO (exported ONNX), its default precision: bf16 on this CPU",
     "basisrt": "basisrt.compile plan",
     "gpu_eager": "PyTorch eager (cuDNN; a basis pair is two convs)",
     "gpu_inductor": "torch.compile, inductor, freezing",
@@ -79,13 +88,19 @@ class EngineRun:
     compiled: object = None  # basisrt: the CompiledModel (for per-layer step times)
 
 
+def tolerance(name: str) -> float:
+    """Largest relative error against eager float32 that engine `name` may show: bf16 arithmetic
+    (8 mantissa bits) lands at 3e-3 to 1e-2 on whole models, float32 far under 1e-3."""
+    return 3e-2 if name.endswith("_bf16") else 1e-3
+
+
 def group_of(name: str) -> str:
     return "dense" if name in DENSE_ENGINES else "pruned"
 
 
 def kind_of(name: str) -> str:
-    """The engine kind without the dense/pruned suffix: eager, eager_cl, inductor, ort, basisrt,
-    gpu_eager, gpu_inductor, gpu_basisrt, gpu_basisrt_graph."""
+    """The engine kind without the dense/pruned suffix: eager, eager_cl, inductor, ort, ov, ov_bf16,
+    basisrt, gpu_eager, gpu_inductor, gpu_basisrt, gpu_basisrt_graph."""
     return name.replace("_dense", "").replace("_pruned", "")
 
 
@@ -119,6 +134,7 @@ def availability() -> dict[str, str]:
         out["ort"] = ""
     except ImportError:
         out["ort"] = 'onnxruntime not installed (pip install -e ".[bench]")'
+    out["ov"] = out["ov_bf16"] = "" if importlib.util.find_spec("openvino") else OPENVINO_MISSING
     out["basisrt"] = ""
     gpu = "" if torch.cuda.is_available() else NO_CUDA
     out["gpu_eager"] = gpu
@@ -178,15 +194,20 @@ def _inductor(model: nn.Module, x: Tensor, threads: int) -> EngineRun:
     return EngineRun("", fn, fn, {"freezing": True, "threads_at_compile": threads})
 
 
+def _exported(model: nn.Module, x: Tensor, export_cache: dict) -> tuple[str, str]:
+    """The ONNX file of (model, x's shape), exported once for every engine that reads ONNX."""
+    key = (id(model), tuple(x.shape))
+    if key not in export_cache:
+        export_cache[key] = _export(model, x)
+    return export_cache[key]
+
+
 def _ort(model: nn.Module, x: Tensor, threads: int, export_cache: dict) -> EngineRun:
     try:
         import onnxruntime as ort
     except ImportError as e:
         raise EngineSkipped('onnxruntime not installed (pip install -e ".[bench]")') from e
-    key = (id(model), tuple(x.shape))
-    if key not in export_cache:
-        export_cache[key] = _export(model, x)
-    path, how = export_cache[key]
+    path, how = _exported(model, x, export_cache)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -197,6 +218,28 @@ def _ort(model: nn.Module, x: Tensor, threads: int, export_cache: dict) -> Engin
     fn = lambda: sess.run(None, feed)  # noqa: E731
     return EngineRun("", fn, lambda: torch.from_numpy(sess.run(None, feed)[0]),
                      {"exporter": how, "onnxruntime": ort.__version__})
+
+
+def _openvino(model: nn.Module, x: Tensor, threads: int, export_cache: dict, bf16: bool) -> EngineRun:
+    """OpenVINO's CPU plugin on the exported model, latency mode, one stream of `threads` threads:
+    f32 (precision hint), or its default precision where that is bf16 (AMX / AVX512-BF16 CPUs)."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise EngineSkipped(OPENVINO_MISSING) from e
+    core = ov.Core()
+    if bf16 and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise EngineSkipped("this CPU has no bf16: OpenVINO's default here is f32 (the ov_* engine)")
+    path, how = _exported(model, x, export_cache)
+    config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if not bf16:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    request, feed, out = compiled.create_infer_request(), {0: x.numpy()}, compiled.output(0)
+    fn = lambda: request.infer(feed, share_inputs=True)  # noqa: E731 - x read in place, no copy per call
+    return EngineRun("", fn, lambda: torch.from_numpy(request.infer(feed)[out].copy()),
+                     {"exporter": how, "openvino": ov.__version__,
+                      "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()})
 
 
 def _export(model: nn.Module, x: Tensor) -> tuple[str, str]:
@@ -279,6 +322,8 @@ def build(name: str, model: nn.Module, x: Tensor, threads: int, export_cache: di
         run = _inductor(model, x, threads)
     elif kind == "ort":
         run = _ort(model, x, threads, export_cache if export_cache is not None else {})
+    elif kind in ("ov", "ov_bf16"):
+        run = _openvino(model, x, threads, export_cache if export_cache is not None else {}, kind == "ov_bf16")
     else:
         run = _basisrt(model, x)
     run.name = name

@@ -33,7 +33,7 @@ def flags(group: dict, engine: str) -> list[str]:
     if group["load"].get("foreign_cores", 0) > BUSY_CORES:
         out.append(f"busy: {group['load']['foreign_cores']:.1f} cores used by others")
     err = e.get("info", {}).get("rel_err")
-    if err is not None and not (err < 1e-3):
+    if err is not None and not (err < eng.tolerance(engine)):
         out.append(f"WRONG OUTPUT rel err {err:.1e}")
     return out
 

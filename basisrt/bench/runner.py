@@ -300,7 +300,7 @@ def _build(results: dict, name: str, model: nn.Module, x: torch.Tensor, threads:
         run.info["rel_err"] = math.nan
         run.info["output_error"] = f"{type(e).__name__}: {e}"
     err = run.info["rel_err"]
-    status.setdefault(name, {})[key] = "ok" if err < 1e-3 else f"wrong output: rel err {err:.2e}"
+    status.setdefault(name, {})[key] = "ok" if err < eng.tolerance(name) else f"wrong output: rel err {err:.2e}"
     return run
 
 

@@ -34,6 +34,7 @@ from .protocol import (
 )
 
 RETRY_AFTER_S = "1"
+DRAIN_BYTES = 16 * 1024 * 1024  # how far past --max-body-mb a refused body is still read (see refuse_body)
 
 
 @dataclass
@@ -232,16 +233,26 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
         return JSONResponse({"name": m.name, "ready": m.ready})
 
     async def read_body(request: Request) -> bytes:
+        """The body, or a 413 past --max-body-mb. A refused body is still read and dropped up to
+        DRAIN_BYTES past the limit before the answer: a client still sending when the answer and
+        the close come gets a reset (EPIPE) instead of the 413. A larger one is refused at once."""
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
-            raise ProtocolError(413, f"the body ({int(length)} bytes) is over the limit ({max_body} bytes, "
-                                     "--max-body-mb)")
+        declared = int(length) if length is not None and length.isdigit() else None
+        too_big = lambda: ProtocolError(413, f"the body ({declared} bytes) is over the limit ({max_body} "  # noqa: E731
+                                                 "bytes, --max-body-mb)")
+        if declared is not None and declared > max_body + DRAIN_BYTES:
+            raise too_big()
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > max_body:
-                raise ProtocolError(413, f"the body is over the limit ({max_body} bytes, --max-body-mb)")
-            chunks.append(chunk)
+            if size > max_body + DRAIN_BYTES:
+                break
+            if size <= max_body:
+                chunks.append(chunk)
+        if declared is not None and declared > max_body:
+            raise too_big()
+        if size > max_body:
+            raise ProtocolError(413, f"the body is over the limit ({max_body} bytes, --max-body-mb)")
         return b"".join(chunks)
 
     async def infer(request: Request) -> Response:
