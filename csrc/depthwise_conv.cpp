@@ -1,8 +1,8 @@
 #include "depthwise_conv.h"
 
 #include "activation.h"
+#include "conv_rows.h"
 #include "simd.h"
-#include "thread_pool.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -114,16 +114,8 @@ void depthwise_conv_nhwc(const float* x, const float* w, const float* bias, cons
                          const ConvShape& s, Activation act, int num_threads, float alpha) {
     if (!depthwise_path(s.groups, s.C_in, s.C_out, 0) || s.pool != 1 || !s.ldx || !s.ldy || !s.ldr)
         throw std::invalid_argument("depthwise_conv_nhwc: not a depthwise conv with resolved strides");
-    parallel_for(s.N * s.Ho, num_threads, [&](int64_t row) {
-        if (use_avx512()) {
-            depthwise_row_avx512(x, w, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
-        } else if (use_avx2_fma()) {
-            depthwise_row_avx2(x, w, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
-        } else {
-            depthwise_row_narrow(x, w, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
-        }
-        activate_rows(y + row * s.Wo * s.ldy, s.Wo, s.C_out, s.ldy, act, alpha);  // the row, still in L1
-    });
+    run_rows(depthwise_row_avx512, depthwise_row_avx2, depthwise_row_narrow, x, w, bias, residual, y, s, act,
+             num_threads, alpha);
 }
 
 }  // namespace basisrt

@@ -1,9 +1,9 @@
 #include "grouped_conv.h"
 
 #include "activation.h"
+#include "conv_rows.h"
 #include "depthwise_conv.h"
 #include "simd.h"
-#include "thread_pool.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -123,16 +123,8 @@ void grouped_conv_nhwc(const float* x, const float* B, const float* bias, const 
                        const ConvShape& s, Activation act, int num_threads, float alpha) {
     if (!grouped_path(s.groups, s.C_in, s.C_out, 0) || s.pool != 1 || !s.ldx || !s.ldy || !s.ldr || !bias)
         throw std::invalid_argument("grouped_conv_nhwc: not a grouped conv with resolved strides and a bias");
-    parallel_for(s.N * s.Ho, num_threads, [&](int64_t row) {
-        if (use_avx512()) {
-            grouped_row_avx512(x, B, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
-        } else if (use_avx2_fma()) {
-            grouped_row_avx2(x, B, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
-        } else {
-            grouped_row_narrow(x, B, bias, residual, y, s, act, row / s.Ho, row % s.Ho);
-        }
-        activate_rows(y + row * s.Wo * s.ldy, s.Wo, s.C_out, s.ldy, act, alpha);  // the row, still in L1
-    });
+    run_rows(grouped_row_avx512, grouped_row_avx2, grouped_row_narrow, x, B, bias, residual, y, s, act, num_threads,
+             alpha);
 }
 
 }  // namespace basisrt
