@@ -63,12 +63,12 @@ inline __attribute__((always_inline)) void depthwise_row_body(const float* x, co
     constexpr int P = 4;
     const int64_t C = s.C_in, y0 = oy * s.sh - s.ph;
     const Clamp k = clamp_of(act);
-    const int64_t ky0 = std::max<int64_t>(0, (-y0 + s.dh - 1) / s.dh);
-    const int64_t ky1 = std::min<int64_t>(s.kh, (s.H - y0 + s.dh - 1) / s.dh);  // taps with 0 <= iy < H
+    const TapRange ty = taps_inside(y0, s.kh, s.dh, s.H);  // taps with 0 <= iy < H
+    const int64_t ky0 = ty.first, ky1 = ty.last;
     for (int64_t ox = 0; ox < s.Wo;) {
         const int64_t x0 = ox * s.sw - s.pw;
-        const int64_t kx0 = std::max<int64_t>(0, (-x0 + s.dw - 1) / s.dw);
-        const int64_t kx1 = std::min<int64_t>(s.kw, (s.W - x0 + s.dw - 1) / s.dw);
+        const TapRange tx = taps_inside(x0, s.kw, s.dw, s.W);
+        const int64_t kx0 = tx.first, kx1 = tx.last;
         // P pixels share the tap range when the first and the last window are inside in x
         const int64_t last_x = (ox + P - 1) * s.sw - s.pw + (s.kw - 1) * s.dw;
         const int64_t px = kx0 == 0 && kx1 == s.kw && ox + P <= s.Wo && last_x < s.W ? P : 1;

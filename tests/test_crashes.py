@@ -56,6 +56,7 @@ for step in (FusedConv2d(torch.randn(4, 16, 3, 3), None, stride=(1, 1), padding=
                          scale=torch.randn(8, 4), activation="relu"),
              FusedConv2d(torch.randn(16, 1, 3, 3), torch.randn(16), stride=(2, 2), padding=(1, 1), dilation=(1, 1),
                          groups=16),
+             FusedConv2d(torch.randn(16, 8, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2),
              PoolStep("max", (2, 2)), PoolStep("avg", None), ChannelAffineStep(torch.randn(16), torch.randn(16))):
     assert step(x).shape[0] == 0, step
 """)
