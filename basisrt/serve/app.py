@@ -34,7 +34,7 @@ from .protocol import (
 )
 
 RETRY_AFTER_S = "1"
-DRAIN_BYTES = 16 * 1024 * 1024  # how far past --max-body-mb a refused body is still read (see refuse_body)
+DRAIN_BYTES = 16 * 1024 * 1024  # how far past --max-body-mb a refused body is still read (see read_body)
 
 
 @dataclass
@@ -237,22 +237,18 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
         DRAIN_BYTES past the limit before the answer: a client still sending when the answer and
         the close come gets a reset (EPIPE) instead of the 413. A larger one is refused at once."""
         length = request.headers.get("content-length")
-        declared = int(length) if length is not None and length.isdigit() else None
-        too_big = lambda: ProtocolError(413, f"the body ({declared} bytes) is over the limit ({max_body} "  # noqa: E731
-                                                 "bytes, --max-body-mb)")
-        if declared is not None and declared > max_body + DRAIN_BYTES:
-            raise too_big()
+        declared = int(length) if length is not None and length.isdigit() else 0
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body + DRAIN_BYTES:
-                break
-            if size <= max_body:
-                chunks.append(chunk)
-        if declared is not None and declared > max_body:
-            raise too_big()
-        if size > max_body:
-            raise ProtocolError(413, f"the body is over the limit ({max_body} bytes, --max-body-mb)")
+        if declared <= max_body + DRAIN_BYTES:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body + DRAIN_BYTES:
+                    break
+                if size <= max_body:
+                    chunks.append(chunk)
+        if max(declared, size) > max_body:
+            raise ProtocolError(413, f"the body ({max(declared, size)} bytes or more) is over the limit "
+                                     f"({max_body} bytes, --max-body-mb)")
         return b"".join(chunks)
 
     async def infer(request: Request) -> Response:
