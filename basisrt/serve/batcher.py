@@ -74,38 +74,38 @@ class Batcher:
 
     @property
     def full(self) -> bool:
-        """No request could be queued now (`infer` would raise QueueFull)."""
+        """No request could be queued now (`submit` would raise QueueFull)."""
         return len(self.pending) >= self.max_queue
 
-    async def infer(self, x: Tensor, deadline: float) -> Tensor:
-        """x's output rows, batched with other requests. Raises QueueFull (nothing queued),
-        DeadlineExceeded (not started by `deadline`, time.monotonic()), ModelFailed."""
-        parts_rows = list(x.split(self.max_batch))
+    def submit(self, x: Tensor, deadline: float) -> asyncio.Future:
+        """Queue x's rows now (QueueFull if they do not fit): a future of x's output rows, batched
+        with other requests. It fails with DeadlineExceeded when no part started by `deadline`
+        (time.monotonic()), or ModelFailed; cancelling it drops the parts not yet started."""
+        parts_rows = [x] if x.shape[0] <= self.max_batch else list(x.split(self.max_batch))
         if len(self.pending) + len(parts_rows) > self.max_queue:
             raise QueueFull(f"{len(self.pending)} requests queued (--max-queue {self.max_queue})")
+        loop = asyncio.get_running_loop()
         now = time.monotonic()
         parts = [_Part(r, now, deadline, self.busy) for r in parts_rows]
         self.pending.extend(parts)
         self._idle.clear()
         self._wake.set()
-        waiter = asyncio.gather(*(p.future for p in parts))
-        try:
-            timeout = deadline - time.monotonic()
-            done, _ = await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
-            if not done:
-                if not any(p.started for p in parts):
-                    self._drop(parts)
-                    self.on_drop("deadline")
-                    raise DeadlineExceeded("the request did not start before its deadline")
-                await waiter  # under way: let it finish
-            outs = waiter.result()
-        except BaseException:  # cancelled, or a part failed: the other parts need not run
-            self._drop(parts)
-            waiter.cancel()
-            raise
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        result = parts[0].future if len(parts) == 1 else _joined(loop, parts)
 
-    def _drop(self, parts: list[_Part]) -> None:
+        def expire() -> None:
+            if not result.done() and not any(p.started for p in parts):
+                result.set_exception(DeadlineExceeded("the request did not start before its deadline"))
+                self.on_drop("deadline")
+        timer = loop.call_later(max(deadline - now, 0.0), expire)
+
+        def settled(_: asyncio.Future) -> None:  # done, failed or cancelled: the other parts need not run
+            timer.cancel()
+            self._drop(parts)
+        result.add_done_callback(settled)
+        return result
+
+    @staticmethod
+    def _drop(parts: list[_Part]) -> None:
         for p in parts:
             if not p.future.done():
                 p.future.cancel()
@@ -194,3 +194,23 @@ class Batcher:
                 self.busy = False
             self.on_batch(BatchStats(x.shape[0], len(batch), [start - p.arrival for p in batch],
                                      time.monotonic() - start, failed))
+
+
+def _joined(loop: asyncio.AbstractEventLoop, parts: list[_Part]) -> asyncio.Future:
+    """One future of the parts' outputs concatenated: it fails (or is cancelled) with the first
+    part that does."""
+    joined = loop.create_future()
+
+    def part_done(f: asyncio.Future) -> None:
+        error = None if f.cancelled() else f.exception()  # retrieved: asyncio logs nothing for it
+        if joined.done():
+            return
+        if f.cancelled():
+            joined.cancel()
+        elif error is not None:
+            joined.set_exception(error)
+        elif all(p.future.done() for p in parts):
+            joined.set_result(torch.cat([p.future.result() for p in parts]))
+    for p in parts:
+        p.future.add_done_callback(part_done)
+    return joined

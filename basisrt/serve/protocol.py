@@ -5,6 +5,7 @@ each binary tensor's raw little-endian bytes in order)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,7 @@ def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, 
     if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != tuple(input_shape) or shape[0] < 1:
         raise ProtocolError(400, f"input shape {shape} does not match the model's [-1, "
                                  f"{', '.join(map(str, input_shape))}] (with at least one row)")
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     params = inp.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError(400, "input 'parameters' must be an object")
@@ -117,7 +118,10 @@ def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, 
 
 def encode_infer(model: str, request: InferRequest, output: torch.Tensor) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of the response to `request`."""
-    out = output.detach().to(torch.float32).contiguous().numpy()
+    out = output.detach()
+    if out.dtype != torch.float32 or not out.is_contiguous():  # a torch call per response costs
+        out = out.to(torch.float32).contiguous()             # (it drops and retakes the GIL)
+    out = out.numpy()
     head: dict = {"model_name": model, "model_version": "1"}
     if request.id is not None:
         head["id"] = request.id

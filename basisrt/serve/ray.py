@@ -46,7 +46,10 @@ class RayRunner:
         self._batched = batched
         _REPLICA[m.name] = m
 
-    async def infer(self, x: torch.Tensor, deadline: float) -> torch.Tensor:
+    def submit(self, x: torch.Tensor, deadline: float) -> asyncio.Future:
+        return asyncio.ensure_future(self._infer(x, deadline))
+
+    async def _infer(self, x: torch.Tensor, deadline: float) -> torch.Tensor:
         if time.monotonic() > deadline:
             raise DeadlineExceeded("the request did not start before its deadline")
         self.depth += 1
