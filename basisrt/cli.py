@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--rank", type=fraction, default=0.1,
                       help="fraction of each layer's rank to keep, in (0, 1] (default 0.1)")
     demo.add_argument("--bench-batch", type=positive_int, default=8, help="batch size of the benchmark (default 8)")
-    demo.add_argument("--engines", nargs="+", choices=bench_engines.ENGINES, metavar="ENGINE",
+    demo.add_argument("--engines", nargs="+", type=bench_engines.engine_arg, metavar="ENGINE",
                       help="benchmark engines (default: all but torch.compile, whose compile takes ~30 s; "
                            "see basisrt bench --help)")
     demo.add_argument("--out", default="bench/out", help="where the benchmark writes JSON, Markdown and plot")

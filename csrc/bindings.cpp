@@ -26,6 +26,7 @@
 #include <utility>
 #include <vector>
 
+#include "amx_conv.h"
 #include "channel_affine.h"
 #include "depthwise_conv.h"
 #include "eltwise.h"
@@ -133,6 +134,65 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     py::gil_scoped_release release;
     basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha);
+}
+
+// The data of a C-contiguous 16-bit array (bf16 bits: numpy uint16 or int16) of `numel` elements.
+const uint16_t* bf16_data(const std::string& fn, const py::array& a, const char* name, int64_t numel) {
+    const bool bits16 = py::isinstance<py::array_t<uint16_t>>(a) || py::isinstance<py::array_t<int16_t>>(a);
+    if (!bits16 || !(a.flags() & py::array::c_style))
+        value_error(fn, std::string(name) + " must be a C-contiguous 16-bit array of bfloat16 bits");
+    if (a.size() != numel)
+        value_error(fn, std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " +
+                            std::to_string(numel));
+    return static_cast<const uint16_t*>(a.data());
+}
+
+void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
+                             const py::array& bias, const std::optional<py::array>& residual, py::array& out,
+                             IntPair kernel, IntPair stride, IntPair padding, IntPair dilation, int64_t rank,
+                             basisrt::Activation act, int num_threads, float alpha) {
+    const std::string fn = "fused_conv_bf16_nhwc";
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N) value_error(fn, "out batch differs from x batch");
+    basisrt::ConvShape s{xv.N, xv.H, xv.W, xv.C, yv.H, yv.W, yv.C, kernel.first, kernel.second,
+                         stride.first, stride.second, padding.first, padding.second, dilation.first, dilation.second,
+                         1, 1};
+    basisrt::check_conv(fn, s, rank, residual.has_value());
+    basisrt::check_activation(fn, act);
+    basisrt::check_threads(fn, num_threads);
+    const uint16_t* b =
+        bf16_data(fn, B, "B (packed)", basisrt::vnni_elems(basisrt::amx_conv_k(s), rank ? rank : s.C_out));
+    const uint16_t* a = nullptr;
+    if (rank) {
+        if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
+        a = bf16_data(fn, *A, "A (packed)", basisrt::vnni_elems(basisrt::amx_pair_k(rank), s.C_out));
+    }
+    const float* bias_data = f32_data(fn, bias, "bias", s.C_out);
+    Nhwc rv{nullptr, 0, 0, 0, 0, 0};
+    if (residual) {
+        rv = nhwc(fn, *residual, "residual");
+        if (rv.N != yv.N || rv.H != yv.H || rv.W != yv.W || rv.C != yv.C)
+            value_error(fn, "residual must have out's shape");
+    }
+    require_writeable(fn, out);
+    if (!basisrt::amx_bf16_available())
+        value_error(fn, "bf16 convs need a CPU with AMX-BF16 and AVX512-BF16 (Sapphire Rapids or newer) and a "
+                        "kernel that grants AMX tile data; this machine has not");
+    if (s.N == 0) return;
+    s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
+    py::gil_scoped_release release;
+    basisrt::fused_conv_bf16_nhwc(xv.data, b, a, bias_data, rv.data, yv.data, s, rank, act, num_threads, alpha);
+}
+
+py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
+    const std::string fn = "pack_bf16_vnni";
+    if (!py::isinstance<py::array_t<float>>(w) || w.ndim() != 2 || !(w.flags() & py::array::c_style))
+        value_error(fn, "w must be a C-contiguous 2-D float32 array (K x N)");
+    const int64_t K = w.shape(0), N = w.shape(1);
+    if (K < 1 || N < 1) value_error(fn, "w must not be empty");
+    py::array_t<uint16_t> out(basisrt::vnni_elems(K, N));
+    basisrt::pack_bf16_vnni(static_cast<const float*>(w.data()), K, N, out.mutable_data());
+    return out;
 }
 
 void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding,
@@ -258,6 +318,32 @@ struct PyProgram {
         keep_alive.push_back(B);
         if (A) keep_alive.push_back(*A);
         if (bias) keep_alive.push_back(*bias);
+    }
+
+    void add_conv_bf16(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
+                       const py::array& bias, int64_t rank, basisrt::Activation act, IntPair kernel, IntPair stride,
+                       IntPair padding, IntPair dilation, float alpha) {
+        const std::string fn = "Program.add_conv_bf16";
+        if (!basisrt::amx_bf16_available())
+            value_error(fn, "bf16 convs need a CPU with AMX-BF16 and AVX512-BF16 (Sapphire Rapids or newer) and "
+                            "a kernel that grants AMX tile data; this machine has not");
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
+        op.rank = rank, op.act = act, op.alpha = alpha;
+        op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
+        op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
+        program.check(op);  // ids and geometry, before the array sizes that follow from them
+        const basisrt::ConvShape s = program.conv_shape(op);
+        op.B16 =
+            bf16_data(fn, B, "B (packed)", basisrt::vnni_elems(basisrt::amx_conv_k(s), rank ? rank : s.C_out));
+        if (rank) {
+            if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
+            op.A16 = bf16_data(fn, *A, "A (packed)", basisrt::vnni_elems(basisrt::amx_pair_k(rank), s.C_out));
+        }
+        op.bias = f32_data(fn, bias, "bias", s.C_out);
+        program.add_op(op);
+        keep_alive.push_back(B);
+        if (A) keep_alive.push_back(*A);
+        keep_alive.push_back(bias);
     }
 
     void add_expand_depthwise(int in, int out, const py::array& B, const std::optional<py::array>& A,
@@ -392,6 +478,10 @@ void bind_fused(py::module_& m) {
              py::arg("alpha") = 0.01f,
              "A fused_conv_nhwc op (packed weights as for fused_conv_nhwc; residual -1: none; pool 2: a 2x2\n"
              "max pool fused after the epilogue, `out` being the pooled buffer).")
+        .def("add_conv_bf16", &PyProgram::add_conv_bf16, py::arg("input"), py::arg("residual"), py::arg("out"),
+             py::arg("B"), py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("kernel"),
+             py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("alpha") = 0.01f,
+             "A fused_conv_bf16_nhwc op (bf16 weights packed by pack_bf16_vnni, float32 bias; groups 1).")
         .def("add_expand_depthwise", &PyProgram::add_expand_depthwise, py::arg("input"), py::arg("out"),
              py::arg("B"), py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("alpha"),
              py::arg("dw_B"), py::arg("dw_bias"), py::arg("dw_activation"), py::arg("dw_alpha"), py::arg("kernel"),
@@ -482,6 +572,16 @@ void bind_fused(py::module_& m) {
     m.def("depthwise_path", &basisrt::depthwise_path, py::arg("groups"), py::arg("c_in"), py::arg("c_out"),
           py::arg("rank"), "Whether fused_conv_nhwc runs a depthwise conv, B packed as (kh*kw, C).");
     m.def("simd_path", &basisrt::simd_path, "The SIMD path chosen at run time for this CPU.");
+    m.def("fused_conv_bf16_nhwc", &fused_conv_bf16_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
+          py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
+          py::arg("dilation"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
+          "fused_conv_nhwc with bf16 weights on AMX tiles (fp32 accumulation; float32 NHWC x, out, bias and\n"
+          "residual): B, A packed by pack_bf16_vnni, groups 1, no fused pool.");
+    m.def("pack_bf16_vnni", &pack_bf16_vnni_py, py::arg("w"),
+          "A K x N float32 weight as the bf16 convs read it: bf16 bits (nearest even), pairs of K rows\n"
+          "interleaved per column, K padded to 32 and N to 16 with zeros (flat uint16).");
+    m.def("amx_bf16_available", &basisrt::amx_bf16_available,
+          "Whether this CPU and OS run the bf16 convs (AMX-BF16 tiles granted to this process).");
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "program.h"
 
 #include "aligned_buffer.h"
+#include "amx_conv.h"
 #include "channel_affine.h"
 #include "depthwise_conv.h"
 #include "expand_depthwise.h"
@@ -185,7 +186,11 @@ void Program::add_op(const ProgramOp& op) {
     }
     const bool conv = op.kind == ProgramOp::Kind::conv || op.kind == ProgramOp::Kind::expand_dw,
                affine = op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm;
-    if ((conv && (!op.B || (op.rank && !op.A))) || (affine && (!op.scale || !op.shift)) ||
+    if (op.B16 && (op.kind != ProgramOp::Kind::conv || (op.rank && !op.A16) || !op.bias || op.groups != 1 ||
+                   op.fused_pool != 1))
+        throw std::invalid_argument("Program.add_op: a bf16 conv needs A (when rank > 0) and a bias, groups 1 and "
+                                    "no fused pool");
+    if ((conv && !op.B16 && (!op.B || (op.rank && !op.A))) || (affine && (!op.scale || !op.shift)) ||
         (op.kind == ProgramOp::Kind::expand_dw && !op.dw_w))
         throw std::invalid_argument("Program.add_op: a conv needs B (and A when rank > 0), an affine or norm op scale and shift");
     ops_.push_back(op);
@@ -307,7 +312,10 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
     if (op.kind == ProgramOp::Kind::conv) {
         ConvShape s = conv_shape(op, N);
         s.ldx = ldx, s.ldy = ldy, s.ldr = op.residual >= 0 ? pixel_stride(op.residual) : 0;
-        fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
+        if (op.B16)
+            fused_conv_bf16_nhwc(in, op.B16, op.A16, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
+        else
+            fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
     } else if (op.kind == ProgramOp::Kind::expand_dw) {
         ConvShape d = depthwise_shape(op, N);
         d.ldy = ldy;

@@ -43,6 +43,9 @@ struct ProgramOp {
     int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
+    // conv: bf16 weights packed for fused_conv_bf16_nhwc (amx_conv.h) instead of B and A; groups 1,
+    // no fused pool, bias required
+    const uint16_t *B16 = nullptr, *A16 = nullptr;
     int64_t rank = 0;
     Activation act = Activation::none;
     float alpha = 0.01f;  // leaky ReLU's negative slope

@@ -75,7 +75,7 @@ def fails(capsys, *argv, one_line=False) -> str:
     (["--bench-batch", "0"], "--bench-batch", "positive integer"),
     (["--seed", "-1"], "--seed", "[0, 4294967295]"),
     (["--model", "alexnet"], "--model", "invalid choice"),
-    (["--engines", "eager_dense", "turbo"], "--engines", "invalid choice"),
+    (["--engines", "eager_dense", "turbo"], "--engines", "unknown engine 'turbo'"),
 ])
 def test_demo_bad_argument(capsys, argv, flag, says):
     line = fails(capsys, "demo", *argv)
@@ -229,7 +229,7 @@ def test_prune_valid_arguments_reach_the_workflow(tmp_path):
     (["--layer-batch", "0"], "--layer-batch", "positive integer"),
     (["--seed", "-1"], "--seed", "[0, 4294967295]"),
     (["--models", "alexnet"], "--models", "invalid choice"),
-    (["--engines", "turbo"], "--engines", "invalid choice"),
+    (["--engines", "turbo"], "--engines", "unknown engine 'turbo'"),
 ])
 def test_bench_bad_argument(capsys, argv, flag, says):
     line = fails(capsys, "bench", *argv)

@@ -59,7 +59,7 @@ def add_subcommand(subparsers) -> None:
                    help="batch sizes (default: 1 32; quick: 8)")
     p.add_argument("--threads", nargs="+", type=positive_int, metavar="T",
                    help="intra-op thread counts (default: 1 and all cores; quick: 1)")
-    p.add_argument("--engines", nargs="+", choices=eng.ENGINES, metavar="ENGINE",
+    p.add_argument("--engines", nargs="+", type=eng.engine_arg, metavar="ENGINE",
                    help=f"engines (default: all): {', '.join(eng.ENGINES)}")
     p.add_argument("--rounds", type=positive_int,
                    help="timed interleaved rounds per configuration (default 30; quick 7)")

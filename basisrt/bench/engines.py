@@ -16,6 +16,7 @@ Dense engines run the original model, pruned engines the basis-pruned one. On th
     ov_pruned         OpenVINO, f32
     ov_pruned_bf16    OpenVINO at its default precision (bf16 where the CPU has it)
     basisrt           basisrt.compile of the pruned model
+    basisrt_bf16      the same at precision="bf16" (AMX tiles; the MAC cost model picks the layers)
 
 On a CUDA GPU (each call synchronised, so a pass times the whole GPU run; compared only with
 each other, against their own reference):
@@ -52,7 +53,7 @@ GPU_ENGINES = GPU_DENSE_ENGINES + GPU_PRUNED_ENGINES
 DENSE_ENGINES = ("eager_dense", "eager_dense_cl", "inductor_dense", "ort_dense", "ov_dense", "ov_dense_bf16",
                  "basisrt_dense") + GPU_DENSE_ENGINES
 PRUNED_ENGINES = ("eager_pruned", "eager_pruned_cl", "inductor_pruned", "ort_pruned", "ov_pruned", "ov_pruned_bf16",
-                  "basisrt") + GPU_PRUNED_ENGINES
+                  "basisrt", "basisrt_bf16") + GPU_PRUNED_ENGINES
 ENGINES = DENSE_ENGINES + PRUNED_ENGINES
 REFERENCE = "eager_dense"
 DEVICES = ("cpu", "cuda")
@@ -68,6 +69,7 @@ DESCRIPTIONS = {
     "ov": "OpenVINO (exported ONNX), f32",
     "ov_bf16": "OpenVINO (exported ONNX), its default precision: bf16 on this CPU",
     "basisrt": "basisrt.compile plan",
+    "basisrt_bf16": "basisrt.compile plan, precision='bf16' (AMX)",
     "gpu_eager": "PyTorch eager (cuDNN; a basis pair is two convs)",
     "gpu_inductor": "torch.compile, inductor, freezing",
     "gpu_basisrt": "basisrt.compile plan, fused Triton basis convs",
@@ -86,6 +88,15 @@ class EngineRun:
     output: Callable[[], Tensor]
     info: dict = field(default_factory=dict)
     compiled: object = None  # basisrt: the CompiledModel (for per-layer step times)
+
+
+def engine_arg(name: str) -> str:
+    """argparse type of an engine name: an error that names the bad one without listing all of
+    them (--help does)."""
+    import argparse
+    if name not in ENGINES:
+        raise argparse.ArgumentTypeError(f"unknown engine {name!r} (--help lists the {len(ENGINES)} engines)")
+    return name
 
 
 def tolerance(name: str) -> float:
@@ -136,6 +147,8 @@ def availability() -> dict[str, str]:
         out["ort"] = 'onnxruntime not installed (pip install -e ".[bench]")'
     out["ov"] = out["ov_bf16"] = "" if importlib.util.find_spec("openvino") else OPENVINO_MISSING
     out["basisrt"] = ""
+    from .. import _C
+    out["basisrt_bf16"] = "" if _C.amx_bf16_available() else "this CPU (or OS) has no AMX-BF16 tiles"
     gpu = "" if torch.cuda.is_available() else NO_CUDA
     out["gpu_eager"] = gpu
     out["gpu_inductor"] = gpu or out["inductor"]
@@ -267,10 +280,11 @@ def _export(model: nn.Module, x: Tensor) -> tuple[str, str]:
     raise RuntimeError("ONNX export failed: " + "; ".join(errors))
 
 
-def _basisrt(model: nn.Module, x: Tensor, autotune: bool = True, cuda_graph: bool = False) -> EngineRun:
+def _basisrt(model: nn.Module, x: Tensor, autotune: bool = True, cuda_graph: bool = False,
+             precision: str = "fp32") -> EngineRun:
     import basisrt
     # autotune: per layer our fused kernel, the pair as two library convs, or the dense fold
-    cm = basisrt.compile(model, x, autotune=autotune, cuda_graph=cuda_graph)
+    cm = basisrt.compile(model, x, autotune=autotune, cuda_graph=cuda_graph, precision=precision)
     fn = lambda: cm(x)  # noqa: E731 - CompiledModel has eval / no-grad semantics itself
     steps = cm.plan.steps
     strategies: dict[str, int] = {}
@@ -324,6 +338,11 @@ def build(name: str, model: nn.Module, x: Tensor, threads: int, export_cache: di
         run = _ort(model, x, threads, export_cache if export_cache is not None else {})
     elif kind in ("ov", "ov_bf16"):
         run = _openvino(model, x, threads, export_cache if export_cache is not None else {}, kind == "ov_bf16")
+    elif kind == "basisrt_bf16":
+        if availability()["basisrt_bf16"]:
+            raise EngineSkipped(availability()["basisrt_bf16"])
+        # autotune times fp32 kernels (and oneDNN pairs, which would stay fp32): the MAC model instead
+        run = _basisrt(model, x, autotune=False, precision="bf16")
     else:
         run = _basisrt(model, x)
     run.name = name

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, fx
 
+from .bf16 import apply_precision, check_precision
 from .cpu_steps import STEPS
 from .cuda_graph import CUDAGraphRunner
 from .program import lower
@@ -45,7 +46,7 @@ class CompiledModel:
     """A compiled model: call it like the original (same inputs and outputs, inference only)."""
 
     def __init__(self, module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device | str = "cpu", cuda_graph: bool = False) -> None:
+                 device: torch.device | str = "cpu", cuda_graph: bool = False, precision: str = "fp32") -> None:
         self.module = module
         self.plan = plan
         self.input_shape = tuple(input_shape)  # without the batch dimension
@@ -56,6 +57,9 @@ class CompiledModel:
         # every step ours: the whole plan runs in one C++ call (None: step by step through fx)
         # (plan.not_native gets every op that keeps it from being one)
         plan.not_native = []
+        check_precision(precision, self.device, dtype)
+        self.precision = precision  # "bf16": convs on AMX tiles (compiler/bf16.py)
+        apply_precision(module, precision)
         self.native = (lower(module, self.input_shape, plan.not_native)
                        if self.device.type == "cpu" and dtype == torch.float32 else None)
 
@@ -139,7 +143,8 @@ def check_input(x: object, device: torch.device, dtype: torch.dtype, shape: tupl
     return x.detach().resolve_neg().resolve_conj()
 
 
-def load(path: str, device: torch.device | str | None = None, *, cuda_graph: bool | None = None) -> CompiledModel:
+def load(path: str, device: torch.device | str | None = None, *, cuda_graph: bool | None = None,
+         precision: str | None = None) -> CompiledModel:
     """Load a plan written by `CompiledModel.save`.
 
     Args:
@@ -149,6 +154,8 @@ def load(path: str, device: torch.device | str | None = None, *, cuda_graph: boo
             under TRITON_INTERPRET=1, for testing); PyTorch steps run anywhere.
         cuda_graph: capture CUDA graphs on call (default: as compiled, when the target is CUDA;
             off on the CPU).
+        precision: "fp32" or "bf16" (default: as compiled). The file holds fp32 weights, so a
+            bf16 plan also runs at fp32 (on a machine without AMX, for one).
 
     The file is untrusted input: a ValueError naming it says what is wrong with one that is not a
     valid plan (basisrt/compiler/serialize.py, plan_schema.py), and nothing in it runs before it
@@ -156,7 +163,8 @@ def load(path: str, device: torch.device | str | None = None, *, cuda_graph: boo
     """
     p = load_plan(path, device, cuda_graph)
     plan = Plan([Step(**{**s, "strategy": Strategy(s["strategy"])}) for s in p.steps])
-    return CompiledModel(p.module, plan, p.input_shape, p.dtype, p.device, p.cuda_graph)
+    return CompiledModel(p.module, plan, p.input_shape, p.dtype, p.device, p.cuda_graph,
+                         p.precision if precision is None else precision)
 
 
 @dataclass

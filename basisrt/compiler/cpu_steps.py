@@ -82,6 +82,7 @@ class FusedConv2d(nn.Module):
             self.register_buffer("A", _pad_cols(a, a_shape[2], a_shape[1]))
         assert tuple(self.B.shape) == b_shape
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        self._bf16 = None  # (B, A, bias) for the bf16 conv: set by compiler/bf16.py's apply_precision
 
     @property
     def geometry(self) -> ConvGeometry:
@@ -99,11 +100,16 @@ class FusedConv2d(nn.Module):
         if residual is not None:
             res = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).numpy()
         act, alpha = activations.code(self.activation)
+        threads = self.num_threads or torch.get_num_threads()
+        if getattr(self, "_bf16", None) is not None:
+            b16, a16, bias = self._bf16
+            _C.fused_conv_bf16_nhwc(x.permute(0, 2, 3, 1).numpy(), b16, a16, bias, res, y.numpy(), self.kernel,
+                                    self.stride, self.padding, self.dilation, self.rank, act, threads, alpha=alpha)
+            return y.permute(0, 3, 1, 2)
         _C.fused_conv_nhwc(
             x.permute(0, 2, 3, 1).numpy(), self.B.numpy(), None if self.A is None else self.A.numpy(),
             None if self.bias is None else self.bias.numpy(), res, y.numpy(), self.kernel, self.stride,
-            self.padding, self.dilation, self.groups, self.rank, act, self.num_threads or torch.get_num_threads(),
-            alpha=alpha)
+            self.padding, self.dilation, self.groups, self.rank, act, threads, alpha=alpha)
         return y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:

@@ -246,10 +246,15 @@ def _add_cat(program: "_C.Program", parts: list[_Buffer | None], views: set[int]
     return out
 
 
+def _bf16(m: nn.Module) -> tuple | None:
+    """Step m's bf16 weights (compiler/bf16.py), None when it runs fp32."""
+    return getattr(m, "_bf16", None)
+
+
 def _fusable_pool(gm: fx.GraphModule, node: fx.Node, m: nn.Module, x: _Buffer) -> fx.Node | None:
     """The 2×2, stride-2 max pool that is the only user of conv `node`, if the conv kernel can run
     it in its epilogue (VGG's conv → ReLU → pool): the unpooled map then never reaches memory."""
-    if type(m) is not FusedConv2d or m.residual or x.flat or len(node.users) != 1:
+    if type(m) is not FusedConv2d or m.residual or x.flat or len(node.users) != 1 or _bf16(m) is not None:
         return None
     (user,) = node.users
     pool = gm.get_submodule(user.target) if user.op == "call_module" else None
@@ -267,8 +272,8 @@ def _fusable_depthwise(gm: fx.GraphModule, node: fx.Node, m: nn.Module, ins: lis
     """The depthwise conv node that is the only reader of 1×1 conv `node`, if the two can run as one
     expand_dw op (no residual, no fused pool, every window overlapping the image, a large expanded map)."""
     if type(m) is not FusedConv2d or m.kernel != (1, 1) or m.stride != (1, 1) or m.padding != (0, 0) or \
-            m.groups != 1 or m.residual or node.kwargs or len(ins) != 1 or ins[0] is None or ins[0].flat or \
-            ins[0].hwc[2] != m.in_channels or len(node.users) != 1:
+            m.groups != 1 or _bf16(m) is not None or m.residual or node.kwargs or len(ins) != 1 or \
+            ins[0] is None or ins[0].flat or ins[0].hwc[2] != m.in_channels or len(node.users) != 1:
         return None
     (user,) = node.users
     d = gm.get_submodule(user.target) if user.op == "call_module" else None
@@ -312,6 +317,11 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
         return None
     arr = lambda t: None if t is None else t.numpy()  # noqa: E731
     act, alpha = activations.code(m.activation)
+    if _bf16(m) is not None:
+        b16, a16, bias = _bf16(m)
+        program.add_conv_bf16(x.id, -1 if res is None else res.id, out.id, b16, a16, bias, m.rank, act, m.kernel,
+                              m.stride, m.padding, m.dilation, alpha=alpha)
+        return out
     program.add_conv(x.id, -1 if res is None else res.id, out.id, m.B.numpy(), arr(m.A), arr(m.bias), m.rank,
                      act, m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1, alpha=alpha)
     return out

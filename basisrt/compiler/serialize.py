@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from . import plan_schema as schema
 from .backends import resolve_backend
+from .bf16 import PRECISIONS
 from .cpu_steps import FusedConv2d
 from .gpu_steps import GPUFusedConv2d
 from .plan_schema import PlanError, TensorInfo
@@ -37,8 +38,9 @@ from .strategy import Strategy
 
 FORMAT = "basisrt-plan/1"
 PLAN_KEY, DIGEST_KEY = "basisrt_plan", "basisrt_sha256"  # safetensors metadata entries
-_PLAN_FIELDS = {"format", "input", "device", "cuda_graph", "modules", "graph", "steps"}
-_OPTIONAL_FIELDS = {"device", "cuda_graph"}  # plans written before devices were recorded lack them
+_PLAN_FIELDS = {"format", "input", "device", "cuda_graph", "precision", "modules", "graph", "steps"}
+# plans written before devices (precisions) were recorded lack them
+_OPTIONAL_FIELDS = {"device", "cuda_graph", "precision"}
 _STRATEGIES = {s.value for s in Strategy}
 _STEP_FIELDS = {"name": str, "strategy": str, "macs": int, "detail": str}
 _NODE_FIELDS = {"op", "name", "target", "args", "kwargs"}
@@ -126,6 +128,7 @@ def save_plan(compiled: Any, path: str | Path) -> None:
         "input": {"shape": list(compiled.input_shape), "dtype": str(compiled.dtype).removeprefix("torch.")},
         "device": str(compiled.device),
         "cuda_graph": compiled.cuda_graph,
+        "precision": compiled.precision,
         "modules": {name: _module_entry(name, m, name in leaves) for name, m in gm.named_modules()},
         "graph": nodes,
         "steps": [{**vars(s), "strategy": str(s.strategy)} for s in compiled.plan.steps],
@@ -282,6 +285,7 @@ class _Checked:
     dtype: torch.dtype
     device: str
     cuda_graph: bool
+    precision: str
     modules: list[_Module]  # parents before children
     graph: list[dict]
     steps: list[dict]
@@ -329,7 +333,10 @@ def _check_plan(plan: Any, tensors: dict[str, TensorInfo]) -> _Checked:
     cuda_graph = plan.get("cuda_graph", False)
     if type(cuda_graph) is not bool:
         raise PlanError(f"cuda_graph must be true or false, got {schema._text(cuda_graph)}")
-    checked = _Checked(tuple(shape), schema.INPUT_DTYPES[dtype], device, cuda_graph,
+    precision = plan.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise PlanError(f"precision must be one of {PRECISIONS}, got {schema._text(precision)}")
+    checked = _Checked(tuple(shape), schema.INPUT_DTYPES[dtype], device, cuda_graph, precision,
                        _check_modules(plan["modules"], tensors, schema.INPUT_DTYPES[dtype]),
                        _list(plan["graph"], "graph", schema.MAX_NODES), _check_steps(plan["steps"]))
     _shape_pass(checked, tensors)
@@ -622,6 +629,7 @@ class LoadedPlan:
     dtype: torch.dtype
     device: torch.device
     cuda_graph: bool
+    precision: str
 
 
 def load_plan(path: str | Path, device: torch.device | str | None = None,
@@ -657,4 +665,4 @@ def load_plan(path: str | Path, device: torch.device | str | None = None,
         graph, _ = _graph(checked.graph, root, checked)
         gm = fx.GraphModule(root, graph)
         gm.eval()
-    return LoadedPlan(gm, checked.steps, checked.input_shape, checked.dtype, target, cuda_graph)
+    return LoadedPlan(gm, checked.steps, checked.input_shape, checked.dtype, target, cuda_graph, checked.precision)

@@ -1,0 +1,67 @@
+"""`compile(..., precision="bf16")` on the CPU: the convs (and linears) with one group run on AMX
+tiles with bf16 weights and fp32 accumulation (csrc/amx_conv.h). Activations stay fp32 between
+ops, and so do the other ops (depthwise and grouped convs, pools, norms, element-wise ops).
+Weights are rounded to bf16 when the plan is built or loaded: the plan file keeps fp32 weights,
+so one file runs at either precision."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import fx
+
+from .. import _C
+from .cpu_steps import FusedConv2d, _round_up
+
+PRECISIONS = ("fp32", "bf16")
+AMX_K = 32  # bf16 elements per tile row (csrc/amx_conv.h kAmxK): each tap's channels are padded to it
+
+
+def check_precision(precision: str, device: torch.device, dtype: torch.dtype) -> None:
+    """A ValueError naming the problem when `precision` cannot run on `device` here."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bf16":
+        if device.type != "cpu":
+            raise ValueError(f"precision='bf16' runs on the CPU (AMX tiles); plans for {device} are fp32")
+        if dtype != torch.float32:
+            raise ValueError(f"precision='bf16' takes float32 inputs (converted inside), got {dtype}")
+        if not _C.amx_bf16_available():
+            raise ValueError("precision='bf16' needs a CPU with AMX-BF16 and AVX512-BF16 (Intel Sapphire Rapids "
+                             "or newer) and an OS that grants AMX tile data; this machine has not. Use "
+                             "precision='fp32'")
+
+
+def takes_bf16(m: torch.nn.Module) -> bool:
+    """Whether step `m` runs on the bf16 conv: a FusedConv2d (or FusedLinear) with one group and at
+    least 16 input channels (each tap's channels are padded to AMX_K: an RGB stem would do 10x the
+    work, and stays on the fp32 kernel, which has a path of its own for it)."""
+    return isinstance(m, FusedConv2d) and m.groups == 1 and m.in_channels >= AMX_K // 2
+
+
+def apply_precision(gm: fx.GraphModule, precision: str) -> None:
+    """Sets every bf16-capable step's `_bf16` weights (None at fp32; not saved with the plan)."""
+    for m in gm.modules():
+        if isinstance(m, FusedConv2d):
+            m._bf16 = packed_bf16(m) if precision == "bf16" and takes_bf16(m) else None
+
+
+def packed_bf16(m: FusedConv2d) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(B, A, bias) of step `m` as the bf16 conv reads them: the K × N matrices (K tap by tap,
+    each tap's channels zero-padded to AMX_K) rounded to bf16 and packed by _C.pack_bf16_vnni from
+    the step's fp32 packing, and the fp32 bias (zeros for none)."""
+    if m.rank == 0:  # B: (1, K, C_out padded)
+        w = m.B[0, :, :m.out_channels]
+    elif _C.lowrank_dot_path(m.in_channels, m.rank):  # B: (1, rank, K)
+        w = m.B[0].t()
+    else:  # B: (1, K, rank padded)
+        w = m.B[0, :, :m.rank]
+    taps = m.kernel[0] * m.kernel[1]
+    w = w.reshape(taps, m.in_channels, -1)  # K runs tap by tap, channels padded to a tile row
+    w = torch.nn.functional.pad(w, (0, 0, 0, _round_up(m.in_channels, AMX_K) - m.in_channels))
+    b = _C.pack_bf16_vnni(w.reshape(-1, w.shape[2]).contiguous().numpy())
+    a = None
+    if m.rank:  # [A; A], each padded to AMX_K rows: the kernel splits the basis output into bf16 hi + lo
+        a1 = torch.nn.functional.pad(m.A[0, :m.rank, :m.out_channels], (0, 0, 0, _round_up(m.rank, AMX_K) - m.rank))
+        a = _C.pack_bf16_vnni(torch.cat([a1, a1]).contiguous().numpy())
+    bias = m.bias.numpy() if m.bias is not None else np.zeros(m.out_channels, dtype=np.float32)
+    return b, a, bias

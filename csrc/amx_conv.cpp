@@ -1,0 +1,419 @@
+#include "amx_conv.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "activation.h"
+#include "aligned_buffer.h"
+#include "thread_pool.h"
+
+// GCC 12's AVX-512 headers build widening and half-extracting intrinsics on _mm512_undefined_*,
+// which -Wmaybe-uninitialized then reports at every inlined use: noise, not a defect here.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define BASISRT_AMX __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,amx-tile,amx-bf16,fma")))
+
+namespace basisrt {
+namespace {
+
+constexpr int64_t kRows = 32;  // output pixels per task: two tile rows
+
+bool cpu_has_amx_bf16() {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool amx = (d >> 22 & 1) && (d >> 24 & 1);  // AMX-BF16, AMX-TILE
+    const bool avx512 = (b >> 16 & 1) && (b >> 30 & 1) && (b >> 31 & 1);  // F, BW, VL
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+    return amx && avx512 && (a >> 5 & 1);  // AVX512-BF16
+}
+
+bool request_tile_data() {
+#ifdef __linux__
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+}
+
+// LDTILECFG's 64 bytes. Every tile 16 rows × 64 bytes: accumulators 0-3 (16 × 16 fp32), A tiles
+// 4-5 (16 × 32 bf16), B tiles 6-7 (16 pairs of K rows × 16 columns); tiles 8-15 and the reserved
+// bytes zero. A constant in memory: GCC does not know LDTILECFG reads all 64 bytes of its operand
+// and dropped the zeroing of a stack copy's last rows (a #GP, or a wrong configuration).
+struct TileConfig {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+constexpr TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+// Loaded per task, released after it: a thread holding tile state makes each of its context
+// switches save 8 KiB more.
+BASISRT_AMX void configure_tiles() { _tile_loadconfig(&kTileConfig); }
+
+// Where a GEMM's A tiles come from. K runs over `taps` segments of Cp (a multiple of kAmxK)
+// elements: ptr(m, t, c) is the first element of rows 16·m.. at tap t, channel c, rows `stride`
+// bytes apart.
+struct PlainRows {  // rows of a row-major bf16 matrix (lda elements per row)
+    const uint16_t* a;
+    int64_t lda, Cp;
+    const uint16_t* ptr(int m, int64_t t, int64_t c) const { return a + 16 * m * lda + t * Cp + c; }
+    int64_t stride() const { return 2 * lda; }
+};
+struct ImageRows {  // 16 consecutive pixels of the padded input per tile, read in place
+    const uint16_t* base[2];  // tap (0, 0), channel 0 of each tile's first pixel
+    const int64_t* tap_off;   // elements from there to tap t
+    int64_t step;             // elements from one pixel to the next (Cp)
+    const uint16_t* ptr(int m, int64_t t, int64_t c) const { return base[m] + tap_off[t] + c; }
+    int64_t stride() const { return 2 * step; }
+};
+
+// c (16·MT × 16·NT fp32, ldc) = A (16·MT rows × taps·Cp, from src) · b (a packed panel whose
+// pair row p starts at b + p · ldb, ldb in elements; NT column tiles of 16).
+template <int MT, int NT, class Src>
+BASISRT_AMX inline void tile_block(const Src& src, int64_t taps, int64_t Cp, const uint16_t* b, int64_t ldb,
+                                   float* c, int64_t ldc) {
+    _tile_zero(0);
+    if (NT > 1) _tile_zero(1);
+    if (MT > 1) _tile_zero(2);
+    if (MT > 1 && NT > 1) _tile_zero(3);
+    const int64_t stride = src.stride();
+    for (int64_t t = 0; t < taps; ++t)
+        for (int64_t ch = 0; ch < Cp; ch += kAmxK) {
+            _tile_loadd(4, src.ptr(0, t, ch), stride);
+            if (MT > 1) _tile_loadd(5, src.ptr(1, t, ch), stride);
+            const uint16_t* bk = b + (t * Cp + ch) / 2 * ldb;
+            _tile_loadd(6, bk, ldb * 2);
+            if (NT > 1) _tile_loadd(7, bk + 2 * kAmxN, ldb * 2);
+            _tile_dpbf16ps(0, 4, 6);
+            if (NT > 1) _tile_dpbf16ps(1, 4, 7);
+            if (MT > 1) _tile_dpbf16ps(2, 5, 6);
+            if (MT > 1 && NT > 1) _tile_dpbf16ps(3, 5, 7);
+        }
+    _tile_stored(0, c, ldc * 4);
+    if (NT > 1) _tile_stored(1, c + kAmxN, ldc * 4);
+    if (MT > 1) _tile_stored(2, c + 16 * ldc, ldc * 4);
+    if (MT > 1 && NT > 1) _tile_stored(3, c + 16 * ldc + kAmxN, ldc * 4);
+}
+
+// c (16·mt rows × cols fp32, ldc) = A (from src) · B's columns [0, cols) (taps·Cp rows, packed
+// with ldb elements per pair row: B already offset to the first column); mt is 1 or 2.
+template <class Src>
+BASISRT_AMX void tile_gemm(const Src& src, int mt, int64_t taps, int64_t Cp, const uint16_t* B, int64_t ldb,
+                           int64_t cols, float* c, int64_t ldc) {
+    int64_t n = 0;
+    for (; n + 2 * kAmxN <= cols; n += 2 * kAmxN) {
+        if (mt == 2) tile_block<2, 2>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+        else tile_block<1, 2>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+    }
+    if (n < cols) {
+        if (mt == 2) tile_block<2, 1>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+        else tile_block<1, 1>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+    }
+}
+
+// dst[0, padded) = bf16(src[0, n)) then zeros (round to nearest even; NaN stays NaN); padded is a
+// multiple of 32: whole 64-byte stores, two 16-float loads converted by one instruction.
+BASISRT_AMX inline __attribute__((always_inline)) void to_bf16(const float* src, uint16_t* dst, int64_t n,
+                                                               int64_t padded) {
+    for (int64_t i = 0; i < padded; i += 32) {
+        const int64_t lo = std::clamp<int64_t>(n - i, 0, 16), hi = std::clamp<int64_t>(n - i - 16, 0, 16);
+        const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << lo) - 1), src + i);
+        const __m512 b = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << hi) - 1), src + i + 16);
+        _mm512_storeu_si512(dst + i, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+    }
+}
+
+// src[0, n) as hi + lo, both bf16 (hi = bf16(src), lo = bf16(src - hi)), zeros up to `padded` (a
+// multiple of 32): the pair carries 16 of fp32's 24 mantissa bits. The scaling GEMM multiplies
+// both by A, so rounding the basis output costs no more than rounding the weights.
+BASISRT_AMX inline __attribute__((always_inline)) __m512 widen(__m256i h) {  // 16 bf16 -> fp32 (exact)
+    return _mm512_cvtpbh_ps((__m256bh)h);
+}
+
+BASISRT_AMX inline __attribute__((always_inline)) void split_bf16(const float* src, uint16_t* hi, uint16_t* lo,
+                                                                  int64_t n, int64_t padded) {
+    for (int64_t i = 0; i < padded; i += 32) {
+        const int64_t na = std::clamp<int64_t>(n - i, 0, 16), nb = std::clamp<int64_t>(n - i - 16, 0, 16);
+        const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << na) - 1), src + i);
+        const __m512 b = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << nb) - 1), src + i + 16);
+        const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+        const __m512 ra = _mm512_sub_ps(a, widen(_mm512_castsi512_si256(h)));
+        const __m512 rb = _mm512_sub_ps(b, widen(_mm512_extracti64x4_epi64(h, 1)));
+        _mm512_storeu_si512(hi + i, h);
+        _mm512_storeu_si512(lo + i, (__m512i)_mm512_cvtne2ps_pbh(rb, ra));
+    }
+}
+
+// dst[0, n) = src[0, n), n a multiple of 32 bf16 (64 bytes).
+BASISRT_AMX inline __attribute__((always_inline)) void copy_bf16(const uint16_t* src, uint16_t* dst, int64_t n) {
+    for (int64_t i = 0; i < n; i += 32) _mm512_storeu_si512(dst + i, _mm512_loadu_si512(src + i));
+}
+
+// The padded input: xp (N, Hp, Wp, Cp) bf16 = x with ph / pw rows and columns of zeros around
+// each image and its channels zero-padded to Cp. Every tap of every output pixel then reads
+// inside it, with no border test, and a tile can read 16 output pixels' inputs in place.
+struct Padded {
+    int64_t Hp, Wp, Cp;
+};
+
+BASISRT_AMX void pad_row(const float* x, const ConvShape& s, int64_t ldx, const Padded& g, int64_t row,
+                         uint16_t* xp) {
+    const int64_t n = row / g.Hp, ih = row % g.Hp - s.ph;
+    uint16_t* dst = xp + row * g.Wp * g.Cp;
+    if (ih < 0 || ih >= s.H) {
+        std::memset(dst, 0, g.Wp * g.Cp * sizeof(uint16_t));
+        return;
+    }
+    std::memset(dst, 0, s.pw * g.Cp * sizeof(uint16_t));
+    for (int64_t iw = 0; iw < s.W; ++iw)
+        to_bf16(x + ((n * s.H + ih) * s.W + iw) * ldx, dst + (s.pw + iw) * g.Cp, s.C_in, g.Cp);  // zeros past C_in
+    std::memset(dst + (s.pw + s.W) * g.Cp, 0, (g.Wp - s.pw - s.W) * g.Cp * sizeof(uint16_t));
+}
+
+struct Scratch {
+    Aligned cols, t16, t, c;  // bf16 ones sized in pairs of elements
+    uint16_t* bf16(Aligned& b, int64_t elems) { return reinterpret_cast<uint16_t*>(b.get((elems + 1) / 2)); }
+};
+
+// A conv's work, split into tasks of kRows pixels × a chunk of the first GEMM's columns.
+//
+// Pixels: a stride-1 conv runs on a virtual grid over the padded input, pixel v reading xp from
+// pixel v on (plus its taps): 16 consecutive pixels are then 16 consecutive input pixels, one A
+// tile read in place, across row and image boundaries. The grid's extra pixels (padding columns
+// and rows: ow >= Wo or oh >= Ho, at most 2·pw of each Wp) are computed and dropped. A strided
+// conv runs on its real output pixels, each tile's im2col rows copied out of xp first.
+// Columns: a task keeps at most kPanelBytes of B hot while it runs its pixels; with few pixels
+// (batch 1, late layers) the columns are also split so that every thread has work: there the
+// weights' memory traffic is what takes the time. A basis pair whose columns are split runs in
+// two passes, the first writing its fp32 output T for all pixels, the second T · A and the
+// epilogue; otherwise each task does both.
+struct ConvArgs {
+    const uint16_t* xp;  // the padded input
+    Padded g;
+    std::vector<int64_t> tap_off;  // elements of xp from a window's corner to tap t
+    const uint16_t *B, *A;
+    const float *bias, *residual;
+    float* y;
+    ConvShape s;
+    int64_t rank, ldy, ldr, N1, R2, N2;
+    bool virt;   // the virtual grid (stride 1)
+    bool split;  // a task per tile and chunk of columns (else per tile: see conv_task)
+    int64_t P;  // pixels of the grid (virtual: up to the last real one)
+    int64_t chunk, chunks, tiles;
+    int64_t out_chunk;  // the second pass's output columns per task
+    float* T;  // two passes: (tiles · kRows) × N1, the basis conv's output
+    Activation act;
+    float alpha;
+};
+
+constexpr int64_t kPanelBytes = 512 * 1024;
+
+// The grid's pixels from v on as output pixels (n·Ho + oh)·Wo + ow, or -1 for a virtual grid's
+// extra ones: one division for the first, then a step per pixel (two divisions per pixel were a
+// third of the epilogue's time).
+struct PixelWalk {
+    const ConvArgs& c;
+    int64_t v, n, oh, ow, base;  // base: the real index of (n, 0, 0)
+    PixelWalk(const ConvArgs& c, int64_t v) : c(c), v(v) {
+        const int64_t H = c.virt ? c.g.Hp : c.s.Ho, W = c.virt ? c.g.Wp : c.s.Wo, q = v % (H * W);
+        n = v / (H * W), oh = q / W, ow = q % W, base = n * c.s.Ho * c.s.Wo;
+    }
+    int64_t pixel() const {
+        return v < c.P && oh < c.s.Ho && ow < c.s.Wo ? base + oh * c.s.Wo + ow : -1;
+    }
+    void next() {
+        ++v;
+        if (++ow < (c.virt ? c.g.Wp : c.s.Wo)) return;
+        ow = 0;
+        if (++oh < (c.virt ? c.g.Hp : c.s.Ho)) return;
+        oh = 0;
+        ++n;
+        base += c.s.Ho * c.s.Wo;
+    }
+};
+
+// The im2col rows of a strided conv's pixels [v0, v0 + 16·mt) (zeros past the last pixel).
+BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, int mt) {
+    const ConvShape& s = c.s;
+    const int64_t taps = s.kh * s.kw, Cp = c.g.Cp;
+    uint16_t* rows = sc.bf16(sc.cols, kRows * taps * Cp);
+    PixelWalk at(c, v0);
+    for (int64_t r = 0; r < 16 * mt; ++r, at.next()) {
+        uint16_t* row = rows + r * taps * Cp;
+        if (at.pixel() < 0) {
+            std::memset(row, 0, taps * Cp * sizeof(uint16_t));
+            continue;
+        }
+        const uint16_t* src = c.xp + ((at.n * c.g.Hp + at.oh * s.sh) * c.g.Wp + at.ow * s.sw) * Cp;
+        for (int64_t tap = 0; tap < taps; ++tap) copy_bf16(src + c.tap_off[tap], row + tap * Cp, Cp);
+    }
+    return rows;
+}
+
+// t (16·mt rows × cols, ldt) = the grid's pixels [v0, v0 + 16·mt) · B's columns [j0, j0 + cols);
+// `rows`: their im2col rows (gather), null on the virtual grid.
+BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* rows, int64_t v0, int mt, int64_t j0, int64_t cols,
+                            float* t, int64_t ldt) {
+    const int64_t taps = c.s.kh * c.s.kw, Cp = c.g.Cp;
+    if (rows) {
+        tile_gemm(PlainRows{rows, taps * Cp, Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
+    } else {
+        const uint16_t* at = c.xp + v0 * Cp;
+        tile_gemm(ImageRows{{at, at + 16 * Cp}, c.tap_off.data(), Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols,
+                  t, ldt);
+    }
+}
+
+// y's columns [j0, j0 + cols) of the grid's pixels [v0, v0 + rows) = clamp(out + bias (+ residual))
+// (→ activation); out's rows ldo apart, its column 0 being column j0.
+BASISRT_AMX void epilogue(const ConvArgs& c, const float* out, int64_t ldo, int64_t v0, int64_t rows, int64_t j0,
+                          int64_t cols) {
+    const Clamp cl = clamp_of(c.act);
+    const __m512 lo = _mm512_set1_ps(cl.lo), hi = _mm512_set1_ps(cl.hi);
+    PixelWalk at(c, v0);
+    for (int64_t r = 0; r < rows; ++r, at.next()) {
+        const int64_t p = at.pixel();
+        if (p < 0) continue;
+        float* y = c.y + p * c.ldy + j0;
+        const float* res = c.residual ? c.residual + p * c.ldr + j0 : nullptr;
+        for (int64_t j = 0; j < cols; j += 16) {
+            const __mmask16 m = cols - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - j)) - 1);
+            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out + r * ldo + j), _mm512_maskz_loadu_ps(m, c.bias + j0 + j));
+            if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + j));
+            // max(v, lo) then min(v, hi), v first: NaN stays NaN, as PyTorch's clamps keep it
+            v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
+            v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(hi, v, _CMP_LT_OQ), v, hi);
+            _mm512_mask_storeu_ps(y + j, m, v);
+        }
+        activate_rows(y, 1, cols, c.ldy, c.act, c.alpha);  // a no-op for the clamps
+    }
+}
+
+// The scaling conv and the epilogue on rows [0, 16·mt) of t (the basis output, ldt apart), output
+// columns [o0, o0 + cols).
+BASISRT_AMX void scaling_gemm(const ConvArgs& c, Scratch& sc, const float* t, int64_t ldt, int64_t v0, int mt,
+                              int64_t rows, int64_t o0, int64_t cols) {
+    uint16_t* t16 = sc.bf16(sc.t16, kRows * 2 * c.R2);  // per row: hi, then lo (split_bf16)
+    float* y2 = sc.c.get(kRows * cols);
+    for (int64_t r = 0; r < 16 * mt; ++r)
+        split_bf16(t + r * ldt, t16 + 2 * r * c.R2, t16 + (2 * r + 1) * c.R2, c.rank, c.R2);
+    tile_gemm(PlainRows{t16, 2 * c.R2, 2 * c.R2}, mt, 1, 2 * c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
+    _tile_release();
+    epilogue(c, y2, cols, v0, rows, o0, std::min(cols, c.s.C_out - o0));
+}
+
+// Task `task` of one pass: pass 0 is the whole conv (or, split in two, the basis conv's columns
+// into T), pass 1 the scaling conv on T. A task is one tile and one chunk of columns (`split`), or
+// on a strided conv with enough tiles one tile and every chunk, its im2col rows gathered once.
+BASISRT_AMX void conv_task(const ConvArgs& c, int pass, int64_t task) {
+    thread_local Scratch sc;
+    const int64_t tile = pass == 1 ? task % c.tiles : !c.split ? task : task % c.tiles;
+    const int64_t v0 = tile * kRows, rows = std::min(kRows, c.P - v0);
+    const int mt = rows > 16 ? 2 : 1;
+    configure_tiles();
+    if (pass == 1) {
+        const int64_t o0 = task / c.tiles * c.out_chunk;
+        scaling_gemm(c, sc, c.T + v0 * c.N1, c.N1, v0, mt, rows, o0, std::min(c.out_chunk, c.N2 - o0));
+        return;
+    }
+    const uint16_t* im2col = c.virt ? nullptr : gather(c, sc, v0, mt);
+    const int64_t first = c.split ? task / c.tiles : 0, last = c.split ? first + 1 : c.chunks;
+    float* t = sc.t.get(kRows * c.N1);
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+        const int64_t j0 = chunk * c.chunk, cols = std::min(c.chunk, c.N1 - j0);
+        if (c.rank && c.chunks > 1) {  // the first of two passes
+            basis_gemm(c, im2col, v0, mt, j0, cols, c.T + v0 * c.N1 + j0, c.N1);
+        } else {
+            basis_gemm(c, im2col, v0, mt, j0, cols, t, cols);
+            if (c.rank) {
+                scaling_gemm(c, sc, t, cols, v0, mt, rows, 0, c.N2);
+                return;
+            }
+            _tile_release();
+            epilogue(c, t, cols, v0, rows, j0, std::min(cols, c.s.C_out - j0));
+            configure_tiles();
+        }
+    }
+    _tile_release();
+}
+
+}  // namespace
+
+bool amx_bf16_available() {
+    static const bool ok = cpu_has_amx_bf16() && !std::getenv("BASISRT_NO_AMX") && request_tile_data();
+    return ok;
+}
+
+void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out) {
+    const int64_t Kp = round_up(K, kAmxK), Np = round_up(N, kAmxN);
+    for (int64_t k = 0; k < Kp; ++k)
+        for (int64_t n = 0; n < Np; ++n) {
+            uint16_t v = 0;
+            if (k < K && n < N) {
+                uint32_t bits;
+                std::memcpy(&bits, w + k * N + n, 4);
+                if ((bits & 0x7fffffffu) > 0x7f800000u) v = static_cast<uint16_t>(bits >> 16 | 0x40);  // quiet NaN
+                else v = static_cast<uint16_t>((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);  // nearest even
+            }
+            out[(k / 2 * Np + n) * 2 + k % 2] = v;
+        }
+}
+
+void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, const float* bias,
+                          const float* residual, float* y, const ConvShape& s, int64_t rank, Activation act,
+                          int num_threads, float alpha) {
+    if (!amx_bf16_available())
+        throw std::runtime_error("bf16 convs need a CPU with AMX-BF16 and AVX512-BF16 (Sapphire Rapids or newer) "
+                                 "and a kernel that grants AMX tile data; this machine has not");
+    if (s.groups != 1 || s.pool != 1)
+        throw std::invalid_argument("the bf16 conv takes groups 1 and no fused pool");
+    const Padded g{s.H + 2 * s.ph, s.W + 2 * s.pw, round_up(s.C_in, kAmxK)};
+    // The calling thread's: the program runs image groups on several threads at once. kRows
+    // pixels of zeros after the last image: the virtual grid's last tile reads that far.
+    thread_local Aligned padded;
+    const int64_t xp_elems = (s.N * g.Hp * g.Wp + kRows) * g.Cp;
+    uint16_t* xp = reinterpret_cast<uint16_t*>(padded.get((xp_elems + 1) / 2));
+    const int64_t ldx = s.ldx ? s.ldx : s.C_in;
+    parallel_for(s.N * g.Hp, num_threads, [&](int64_t row) { pad_row(x, s, ldx, g, row, xp); });
+    std::memset(xp + s.N * g.Hp * g.Wp * g.Cp, 0, kRows * g.Cp * sizeof(uint16_t));
+
+    ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
+               round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
+               round_up(rank, kAmxK), round_up(s.C_out, kAmxN),  // the second's K (per half) and columns
+               false, false, 0, 0, 0, 0, 0, nullptr, act, alpha};
+    // The virtual grid where its extra pixels are few: not on small maps (a 4×4 map padded to 6×6
+    // would do 2.25× the work)
+    c.virt = s.sh == 1 && s.sw == 1 && g.Hp * g.Wp * 20 <= s.Ho * s.Wo * 27;
+    for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j = 0; j < s.kw; ++j) c.tap_off.push_back((i * s.dh * g.Wp + j * s.dw) * g.Cp);
+    c.P = c.virt ? ((s.N - 1) * g.Hp + s.Ho - 1) * g.Wp + s.Wo : s.N * s.Ho * s.Wo;
+    c.tiles = (c.P + kRows - 1) / kRows;
+    const int64_t K = s.kh * s.kw * g.Cp;
+    c.chunk = c.N1;
+    if (2 * K * c.N1 > kPanelBytes) c.chunk = std::max<int64_t>(kPanelBytes / (2 * K) / 32 * 32, 32);
+    const int64_t want = 2 * static_cast<int64_t>(num_threads);  // tasks, for balance
+    if (c.tiles < want) c.chunk = std::min(c.chunk, round_up((c.N1 + want / c.tiles - 1) / (want / c.tiles), kAmxN));
+    c.chunk = std::min(c.chunk, c.N1);
+    c.chunks = (c.N1 + c.chunk - 1) / c.chunk;
+    c.split = c.virt || c.tiles < want;
+    thread_local Aligned basis_out;  // two passes only
+    if (rank && c.chunks > 1) c.T = basis_out.get(c.tiles * kRows * c.N1);
+    parallel_for(c.split ? c.chunks * c.tiles : c.tiles, num_threads, [&c](int64_t task) { conv_task(c, 0, task); });
+    if (rank && c.chunks > 1) {
+        const int64_t parts = c.tiles < want ? (want + c.tiles - 1) / c.tiles : 1;
+        c.out_chunk = std::min(c.N2, round_up((c.N2 + parts - 1) / parts, kAmxN));
+        const int64_t out_chunks = (c.N2 + c.out_chunk - 1) / c.out_chunk;
+        parallel_for(c.tiles * out_chunks, num_threads, [&c](int64_t task) { conv_task(c, 1, task); });
+    }
+}
+
+}  // namespace basisrt

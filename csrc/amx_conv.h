@@ -1,0 +1,53 @@
+// Convs with bfloat16 weights on AMX tiles (TDPBF16PS), fp32 accumulation, fp32 NHWC in and out.
+//
+// First x is converted once to a zero-padded bf16 copy xp (borders of ph / pw pixels, channels
+// padded to Cp = C_in rounded up to kAmxK). Then one output tile of 32 pixels at a time (threads
+// over tiles), as fused_conv_nhwc:
+//   T = im2col(xp)[tile] · B   (32 × Np fp32 on tiles; Np: the basis conv's rank, or C_out)
+//   y = [hi(T), lo(T)] · [A; A] + bias (+ residual) (→ activation)
+//                              (a basis pair, T split in two bf16 parts; a dense conv skips A)
+// When the output rows are a multiple of 16 pixels wide, a tile's 16 pixels lie in one row and
+// the A tiles read xp in place (one row of the tile per pixel, a stride apart); otherwise the
+// tile's im2col rows are copied out of xp first.
+// K runs tap by tap (kh·kw taps, row-major), Cp channels per tap. B and A are packed by
+// pack_bf16_vnni from K × N matrices in that order (basisrt/compiler/bf16.py): pairs of
+// consecutive K rows interleaved per column, K padded to kAmxK, columns to kAmxN. Groups 1 and
+// no fused pool: the Python planner leaves other convs to the fp32 kernels.
+#pragma once
+#include <cstdint>
+
+#include "fused_conv.h"
+
+namespace basisrt {
+
+constexpr int64_t kAmxK = 32;  // bf16 elements of K per tile row (64 bytes)
+constexpr int64_t kAmxN = 16;  // fp32 columns per accumulator tile
+
+// Whether the CPU has AMX-BF16 and AVX512-BF16 and the OS let this process use the tile data
+// (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once). BASISRT_NO_AMX=1 says
+// no, for tests of the error path.
+bool amx_bf16_available();
+
+// K of a conv's packed B: kh·kw taps of C_in channels rounded up to kAmxK.
+inline int64_t amx_conv_k(const ConvShape& s) { return s.kh * s.kw * round_up(s.C_in, kAmxK); }
+
+// K of a basis pair's packed A: the basis output's rank channels rounded up to kAmxK, twice. The
+// kernel splits that fp32 output into two bf16 halves (hi + lo) and multiplies both by A, so A
+// is packed from [A; A] (each copy zero-padded to the rounded rank).
+inline int64_t amx_pair_k(int64_t rank) { return 2 * round_up(rank, kAmxK); }
+
+// Elements of a K × N weight packed for the tiles.
+inline int64_t vnni_elems(int64_t K, int64_t N) { return round_up(K, kAmxK) * round_up(N, kAmxN); }
+
+// w (K × N, row-major fp32) → out (vnni_elems(K, N) bf16 bits): element (k, n) at
+// ((k / 2) · Np + n) · 2 + k % 2, rounded to nearest even, zeros in the padding.
+void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out);
+
+// The conv of shape s (groups 1, pool 1): rank > 0 is a basis pair (B: amx_conv_k(s) × rank,
+// A: amx_pair_k(rank) × C_out), rank 0 a dense conv (B: amx_conv_k(s) × C_out, A unused). bias may not be null; residual may (pixel
+// stride s.ldr). Throws std::runtime_error when amx_bf16_available() is false.
+void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, const float* bias,
+                          const float* residual, float* y, const ConvShape& s, int64_t rank, Activation act,
+                          int num_threads, float alpha = 0.01f);
+
+}  // namespace basisrt
