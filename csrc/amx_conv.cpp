@@ -24,7 +24,7 @@
 namespace basisrt {
 namespace {
 
-constexpr int64_t kRows = 32;  // output pixels per task: two tile rows
+constexpr int64_t kRows = 64;  // output pixels per task: four tiles of 16 rows
 
 bool cpu_has_amx_bf16() {
     unsigned a, b, c, d;
@@ -61,62 +61,94 @@ BASISRT_AMX void configure_tiles() { _tile_loadconfig(&kTileConfig); }
 
 // Where a GEMM's A tiles come from. K runs over `taps` segments of Cp (a multiple of kAmxK)
 // elements: ptr(m, t, c) is the first element of rows 16·m.. at tap t, channel c, rows `stride`
-// bytes apart.
+// bytes apart; from_tile(m) is the same source starting at tile m.
 struct PlainRows {  // rows of a row-major bf16 matrix (lda elements per row)
     const uint16_t* a;
     int64_t lda, Cp;
     const uint16_t* ptr(int m, int64_t t, int64_t c) const { return a + 16 * m * lda + t * Cp + c; }
     int64_t stride() const { return 2 * lda; }
+    PlainRows from_tile(int m) const { return {a + 16 * m * lda, lda, Cp}; }
 };
-struct ImageRows {  // 16 consecutive pixels of the padded input per tile, read in place
-    const uint16_t* base[2];  // tap (0, 0), channel 0 of each tile's first pixel
+struct ImageRows {  // consecutive pixels of the padded input, read in place
+    const uint16_t* base;     // tap (0, 0), channel 0 of the first pixel
     const int64_t* tap_off;   // elements from there to tap t
     int64_t step;             // elements from one pixel to the next (Cp)
-    const uint16_t* ptr(int m, int64_t t, int64_t c) const { return base[m] + tap_off[t] + c; }
+    const uint16_t* ptr(int m, int64_t t, int64_t c) const { return base + 16 * m * step + tap_off[t] + c; }
     int64_t stride() const { return 2 * step; }
+    ImageRows from_tile(int m) const { return {base + 16 * m * step, tap_off, step}; }
 };
 
 // c (16·MT × 16·NT fp32, ldc) = A (16·MT rows × taps·Cp, from src) · b (a packed panel whose
-// pair row p starts at b + p · ldb, ldb in elements; NT column tiles of 16).
+// pair row p starts at b + p · ldb, ldb in elements; NT column tiles of 16). MT × NT <= 4
+// accumulator tiles (0-3); A in tiles 4, 5 (and 7 when MT is 4), B in 6 (and 7). Four
+// accumulators keep four TDPBF16PS chains in flight: with two (one column tile, rank <= 16) the
+// block ran at 60 % of the 2 × 2 block's rate.
 template <int MT, int NT, class Src>
 BASISRT_AMX inline void tile_block(const Src& src, int64_t taps, int64_t Cp, const uint16_t* b, int64_t ldb,
                                    float* c, int64_t ldc) {
+    static_assert(NT <= 2 && MT * NT <= 4 && (MT <= 2 || NT == 1));
     _tile_zero(0);
-    if (NT > 1) _tile_zero(1);
-    if (MT > 1) _tile_zero(2);
-    if (MT > 1 && NT > 1) _tile_zero(3);
+    if constexpr (NT > 1 || MT > 1) _tile_zero(1);
+    if constexpr (MT * NT > 2 || (MT == 2 && NT == 1)) _tile_zero(2);
+    if constexpr (MT * NT > 2) _tile_zero(3);
     const int64_t stride = src.stride();
     for (int64_t t = 0; t < taps; ++t)
         for (int64_t ch = 0; ch < Cp; ch += kAmxK) {
-            _tile_loadd(4, src.ptr(0, t, ch), stride);
-            if (MT > 1) _tile_loadd(5, src.ptr(1, t, ch), stride);
             const uint16_t* bk = b + (t * Cp + ch) / 2 * ldb;
             _tile_loadd(6, bk, ldb * 2);
-            if (NT > 1) _tile_loadd(7, bk + 2 * kAmxN, ldb * 2);
-            _tile_dpbf16ps(0, 4, 6);
-            if (NT > 1) _tile_dpbf16ps(1, 4, 7);
-            if (MT > 1) _tile_dpbf16ps(2, 5, 6);
-            if (MT > 1 && NT > 1) _tile_dpbf16ps(3, 5, 7);
+            if constexpr (MT == 4) {
+                _tile_loadd(4, src.ptr(0, t, ch), stride);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_loadd(5, src.ptr(1, t, ch), stride);
+                _tile_dpbf16ps(1, 5, 6);
+                _tile_loadd(7, src.ptr(2, t, ch), stride);
+                _tile_dpbf16ps(2, 7, 6);
+                _tile_loadd(4, src.ptr(3, t, ch), stride);
+                _tile_dpbf16ps(3, 4, 6);
+            } else {
+                _tile_loadd(4, src.ptr(0, t, ch), stride);
+                if constexpr (MT > 1) _tile_loadd(5, src.ptr(1, t, ch), stride);
+                if constexpr (NT > 1) _tile_loadd(7, bk + 2 * kAmxN, ldb * 2);
+                _tile_dpbf16ps(0, 4, 6);
+                if constexpr (NT > 1) _tile_dpbf16ps(1, 4, 7);
+                if constexpr (MT > 1) _tile_dpbf16ps(2, 5, 6);
+                if constexpr (MT > 1 && NT > 1) _tile_dpbf16ps(3, 5, 7);
+            }
         }
-    _tile_stored(0, c, ldc * 4);
-    if (NT > 1) _tile_stored(1, c + kAmxN, ldc * 4);
-    if (MT > 1) _tile_stored(2, c + 16 * ldc, ldc * 4);
-    if (MT > 1 && NT > 1) _tile_stored(3, c + 16 * ldc + kAmxN, ldc * 4);
+    if constexpr (MT == 4) {
+        _tile_stored(0, c, ldc * 4);
+        _tile_stored(1, c + 16 * ldc, ldc * 4);
+        _tile_stored(2, c + 32 * ldc, ldc * 4);
+        _tile_stored(3, c + 48 * ldc, ldc * 4);
+    } else {
+        _tile_stored(0, c, ldc * 4);
+        if constexpr (NT > 1) _tile_stored(1, c + kAmxN, ldc * 4);
+        if constexpr (MT > 1) _tile_stored(2, c + 16 * ldc, ldc * 4);
+        if constexpr (MT > 1 && NT > 1) _tile_stored(3, c + 16 * ldc + kAmxN, ldc * 4);
+    }
 }
 
 // c (16·mt rows × cols fp32, ldc) = A (from src) · B's columns [0, cols) (taps·Cp rows, packed
-// with ldb elements per pair row: B already offset to the first column); mt is 1 or 2.
+// with ldb elements per pair row: B already offset to the first column); mt in [1, 4].
 template <class Src>
 BASISRT_AMX void tile_gemm(const Src& src, int mt, int64_t taps, int64_t Cp, const uint16_t* B, int64_t ldb,
                            int64_t cols, float* c, int64_t ldc) {
     int64_t n = 0;
-    for (; n + 2 * kAmxN <= cols; n += 2 * kAmxN) {
-        if (mt == 2) tile_block<2, 2>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
-        else tile_block<1, 2>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+    for (; n + 2 * kAmxN <= cols; n += 2 * kAmxN)
+        for (int m = 0; m < mt; m += 2) {
+            float* cm = c + 16 * m * ldc + n;
+            if (mt - m >= 2) tile_block<2, 2>(src.from_tile(m), taps, Cp, B + 2 * n, ldb, cm, ldc);
+            else tile_block<1, 2>(src.from_tile(m), taps, Cp, B + 2 * n, ldb, cm, ldc);
+        }
+    if (n == cols) return;
+    if (mt == 4) {
+        tile_block<4, 1>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+        return;
     }
-    if (n < cols) {
-        if (mt == 2) tile_block<2, 1>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
-        else tile_block<1, 1>(src, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+    for (int m = 0; m < mt; m += 2) {
+        float* cm = c + 16 * m * ldc + n;
+        if (mt - m >= 2) tile_block<2, 1>(src.from_tile(m), taps, Cp, B + 2 * n, ldb, cm, ldc);
+        else tile_block<1, 1>(src.from_tile(m), taps, Cp, B + 2 * n, ldb, cm, ldc);
     }
 }
 
@@ -132,24 +164,19 @@ BASISRT_AMX inline __attribute__((always_inline)) void to_bf16(const float* src,
     }
 }
 
-// src[0, n) as hi + lo, both bf16 (hi = bf16(src), lo = bf16(src - hi)), zeros up to `padded` (a
-// multiple of 32): the pair carries 16 of fp32's 24 mantissa bits. The scaling GEMM multiplies
-// both by A, so rounding the basis output costs no more than rounding the weights.
-BASISRT_AMX inline __attribute__((always_inline)) __m512 widen(__m256i h) {  // 16 bf16 -> fp32 (exact)
-    return _mm512_cvtpbh_ps((__m256bh)h);
-}
-
-BASISRT_AMX inline __attribute__((always_inline)) void split_bf16(const float* src, uint16_t* hi, uint16_t* lo,
-                                                                  int64_t n, int64_t padded) {
-    for (int64_t i = 0; i < padded; i += 32) {
-        const int64_t na = std::clamp<int64_t>(n - i, 0, 16), nb = std::clamp<int64_t>(n - i - 16, 0, 16);
-        const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << na) - 1), src + i);
-        const __m512 b = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << nb) - 1), src + i + 16);
-        const __m512i h = (__m512i)_mm512_cvtne2ps_pbh(b, a);
-        const __m512 ra = _mm512_sub_ps(a, widen(_mm512_castsi512_si256(h)));
-        const __m512 rb = _mm512_sub_ps(b, widen(_mm512_extracti64x4_epi64(h, 1)));
-        _mm512_storeu_si512(hi + i, h);
-        _mm512_storeu_si512(lo + i, (__m512i)_mm512_cvtne2ps_pbh(rb, ra));
+// One row of the scaling GEMM's input: src[0, n) as hi = bf16(src) at dst[0, n) and lo =
+// bf16(src - hi) at dst[n, 2n), zeros up to k2 (a multiple of 32). The pair carries 16 of fp32's
+// 24 mantissa bits; the GEMM multiplies both halves by A (packed from [A; A]), so rounding the
+// basis output costs about what rounding the weights does.
+BASISRT_AMX inline __attribute__((always_inline)) void split_bf16(const float* src, uint16_t* dst, int64_t n,
+                                                                  int64_t k2) {
+    for (int64_t i = 0; i < k2; i += 32) _mm512_storeu_si512(dst + i, _mm512_setzero_si512());
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = static_cast<__mmask16>((1u << std::min<int64_t>(n - i, 16)) - 1);
+        const __m512 a = _mm512_maskz_loadu_ps(m, src + i);
+        const __m256bh h = _mm512_cvtneps_pbh(a);
+        _mm256_mask_storeu_epi16(dst + i, m, (__m256i)h);
+        _mm256_mask_storeu_epi16(dst + n + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(a, _mm512_cvtpbh_ps(h))));
     }
 }
 
@@ -204,7 +231,7 @@ struct ConvArgs {
     const float *bias, *residual;
     float* y;
     ConvShape s;
-    int64_t rank, ldy, ldr, N1, R2, N2;
+    int64_t rank, ldy, ldr, N1, R2, N2;  // R2: the scaling GEMM's K (amx_pair_k)
     bool virt;   // the virtual grid (stride 1)
     bool split;  // a task per tile and chunk of columns (else per tile: see conv_task)
     int64_t P;  // pixels of the grid (virtual: up to the last real one)
@@ -268,8 +295,7 @@ BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* rows, int64_t v0,
         tile_gemm(PlainRows{rows, taps * Cp, Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
     } else {
         const uint16_t* at = c.xp + v0 * Cp;
-        tile_gemm(ImageRows{{at, at + 16 * Cp}, c.tap_off.data(), Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols,
-                  t, ldt);
+        tile_gemm(ImageRows{at, c.tap_off.data(), Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
     }
 }
 
@@ -302,11 +328,11 @@ BASISRT_AMX void epilogue(const ConvArgs& c, const float* out, int64_t ldo, int6
 // columns [o0, o0 + cols).
 BASISRT_AMX void scaling_gemm(const ConvArgs& c, Scratch& sc, const float* t, int64_t ldt, int64_t v0, int mt,
                               int64_t rows, int64_t o0, int64_t cols) {
-    uint16_t* t16 = sc.bf16(sc.t16, kRows * 2 * c.R2);  // per row: hi, then lo (split_bf16)
+    uint16_t* t16 = sc.bf16(sc.t16, kRows * c.R2);  // per row: hi, then lo (split_bf16)
     float* y2 = sc.c.get(kRows * cols);
     for (int64_t r = 0; r < 16 * mt; ++r)
-        split_bf16(t + r * ldt, t16 + 2 * r * c.R2, t16 + (2 * r + 1) * c.R2, c.rank, c.R2);
-    tile_gemm(PlainRows{t16, 2 * c.R2, 2 * c.R2}, mt, 1, 2 * c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
+        split_bf16(t + r * ldt, t16 + r * c.R2, c.rank, c.R2);
+    tile_gemm(PlainRows{t16, c.R2, c.R2}, mt, 1, c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
     _tile_release();
     epilogue(c, y2, cols, v0, rows, o0, std::min(cols, c.s.C_out - o0));
 }
@@ -318,7 +344,7 @@ BASISRT_AMX void conv_task(const ConvArgs& c, int pass, int64_t task) {
     thread_local Scratch sc;
     const int64_t tile = pass == 1 ? task % c.tiles : !c.split ? task : task % c.tiles;
     const int64_t v0 = tile * kRows, rows = std::min(kRows, c.P - v0);
-    const int mt = rows > 16 ? 2 : 1;
+    const int mt = static_cast<int>((rows + 15) / 16);
     configure_tiles();
     if (pass == 1) {
         const int64_t o0 = task / c.tiles * c.out_chunk;
@@ -388,7 +414,7 @@ void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, 
 
     ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
                round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
-               round_up(rank, kAmxK), round_up(s.C_out, kAmxN),  // the second's K (per half) and columns
+               amx_pair_k(rank), round_up(s.C_out, kAmxN),  // the second's K (hi and lo) and columns
                false, false, 0, 0, 0, 0, 0, nullptr, act, alpha};
     // The virtual grid where its extra pixels are few: not on small maps (a 4×4 map padded to 6×6
     // would do 2.25× the work)

@@ -31,10 +31,10 @@ bool amx_bf16_available();
 // K of a conv's packed B: kh·kw taps of C_in channels rounded up to kAmxK.
 inline int64_t amx_conv_k(const ConvShape& s) { return s.kh * s.kw * round_up(s.C_in, kAmxK); }
 
-// K of a basis pair's packed A: the basis output's rank channels rounded up to kAmxK, twice. The
-// kernel splits that fp32 output into two bf16 halves (hi + lo) and multiplies both by A, so A
-// is packed from [A; A] (each copy zero-padded to the rounded rank).
-inline int64_t amx_pair_k(int64_t rank) { return 2 * round_up(rank, kAmxK); }
+// K of a basis pair's packed A: twice the rank, rounded up to kAmxK. The kernel splits the basis
+// conv's fp32 output into two bf16 parts (hi + lo, rank channels each) and multiplies both by A,
+// so A is packed from [A; A] (2·rank rows, then zeros).
+inline int64_t amx_pair_k(int64_t rank) { return round_up(2 * rank, kAmxK); }
 
 // Elements of a K × N weight packed for the tiles.
 inline int64_t vnni_elems(int64_t K, int64_t N) { return round_up(K, kAmxK) * round_up(N, kAmxN); }

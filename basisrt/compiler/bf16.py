@@ -60,8 +60,8 @@ def packed_bf16(m: FusedConv2d) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
     w = torch.nn.functional.pad(w, (0, 0, 0, _round_up(m.in_channels, AMX_K) - m.in_channels))
     b = _C.pack_bf16_vnni(w.reshape(-1, w.shape[2]).contiguous().numpy())
     a = None
-    if m.rank:  # [A; A], each padded to AMX_K rows: the kernel splits the basis output into bf16 hi + lo
-        a1 = torch.nn.functional.pad(m.A[0, :m.rank, :m.out_channels], (0, 0, 0, _round_up(m.rank, AMX_K) - m.rank))
+    if m.rank:  # [A; A]: the kernel splits the basis output into bf16 hi + lo, rank channels each
+        a1 = m.A[0, :m.rank, :m.out_channels]
         a = _C.pack_bf16_vnni(torch.cat([a1, a1]).contiguous().numpy())
     bias = m.bias.numpy() if m.bias is not None else np.zeros(m.out_channels, dtype=np.float32)
     return b, a, bias
