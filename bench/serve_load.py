@@ -236,9 +236,14 @@ def overload(url: str, server_pid: int, body_path: str, headers: dict, expected_
     t = threading.Thread(target=lambda: box.update(r=run_wrk(url, body_path, headers, connections, seconds,
                                                                  expected_path, gap_ms)))
     t.start()
-    time.sleep(seconds * 0.75)
-    rss_during = _rss_mb(server_pid)
+    samples = []  # (seconds since the start, resident MB): flat once the connections are open?
+    start = time.monotonic()
+    while t.is_alive():
+        samples.append((round(time.monotonic() - start, 1), _rss_mb(server_pid)))
+        time.sleep(1.0)
     t.join()
+    rss_during = samples[int(len(samples) * 0.75)][1] if samples else float("nan")
+    late = [mb for s, mb in samples if s >= seconds / 2]
     after = _metrics(url)
     r = box["r"]
     c = r["checked"] or {}
@@ -247,6 +252,7 @@ def overload(url: str, server_pid: int, body_path: str, headers: dict, expected_
     r.update(kind="overload", target_rate=rate, offered_rate=answered / seconds,
              accepted_rate=c.get("ok", 0) / seconds, share_503=c.get("s503", 0) / answered if answered else 0.0,
              p99_accepted_ms=_p99_accepted_ms(before, after), rss_before_mb=rss0, rss_during_mb=rss_during,
+             rss_samples=samples, rss_second_half_growth_mb=(late[-1] - late[0]) if late else None,
              rss_after_mb=_rss_mb(server_pid), recovery=recovery)
     return r
 
@@ -323,7 +329,8 @@ def main(argv=None) -> int:
             rec = r["recovery"]
             print(f"overload at {r['target_rate']:.0f}/s: offered {r['offered_rate']:.0f}/s, accepted "
                   f"{r['accepted_rate']:.0f}/s, 503 share {r['share_503']:.2f}, {r['checked']}, accepted p99 <= "
-                  f"{r['p99_accepted_ms']} ms, RSS {r['rss_before_mb']:.0f}/{r['rss_during_mb']:.0f}/"
+                  f"{r['p99_accepted_ms']} ms, RSS (overload's second half: {r['rss_second_half_growth_mb']:+.1f} MB) "
+                  f"{r['rss_before_mb']:.0f}/{r['rss_during_mb']:.0f}/"
                   f"{r['rss_after_mb']:.0f} MB; then c=1: p50 {rec['p50_ms']} ms, {rec['checked']}", flush=True)
             extra.append(r)
     finally:
