@@ -20,19 +20,25 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #define BASISRT_AMX __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,amx-tile,amx-bf16,fma")))
+#define BASISRT_AVX512BF16 __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,fma")))
 
 namespace basisrt {
 namespace {
 
+constexpr const char* kNoBf16 =
+    "bf16 convs need a CPU with AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids, AMD Zen 4 or newer; AMX tiles "
+    "where the CPU has them); this machine has neither";
 constexpr int64_t kRows = 64;  // output pixels per task: four tiles of 16 rows
 
+// CPUID: AVX512 F, BW, VL and BF16 (every bf16 path converts with them), and AMX-BF16 + AMX-TILE.
+bool cpu_has_avx512_bf16() {  // (__builtin_cpu_supports also checks that the OS saves the state)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma");
+}
 bool cpu_has_amx_bf16() {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-    const bool amx = (d >> 22 & 1) && (d >> 24 & 1);  // AMX-BF16, AMX-TILE
-    const bool avx512 = (b >> 16 & 1) && (b >> 30 & 1) && (b >> 31 & 1);  // F, BW, VL
-    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
-    return amx && avx512 && (a >> 5 & 1);  // AVX512-BF16
+    return (d >> 22 & 1) && (d >> 24 & 1) && cpu_has_avx512_bf16();
 }
 
 bool request_tile_data() {
@@ -152,6 +158,48 @@ BASISRT_AMX void tile_gemm(const Src& src, int mt, int64_t taps, int64_t Cp, con
     }
 }
 
+// The same product without tiles, for CPUs with AVX512-BF16 but no AMX (Cooper Lake, Zen 4):
+// VDPBF16PS multiplies 16 columns by one pair of K rows per instruction. Eight rows at a time:
+// 8 × NT accumulators, each B pair row loaded once for the eight, each A pair broadcast once.
+template <int NT, class Src>
+BASISRT_AVX512BF16 void vec_rows(const Src& src, int m, int r0, int64_t taps, int64_t Cp, const uint16_t* b,
+                                 int64_t ldb, float* c, int64_t ldc) {
+    constexpr int rows = 8;
+    __m512 acc[rows][NT];
+    for (int i = 0; i < rows; ++i)
+        for (int n = 0; n < NT; ++n) acc[i][n] = _mm512_setzero_ps();
+    const int64_t rs = src.stride() / 2;  // elements from one row to the next
+    for (int64_t t = 0; t < taps; ++t)
+        for (int64_t ch = 0; ch < Cp; ch += kAmxK) {
+            const uint16_t* a = src.ptr(m, t, ch) + r0 * rs;
+            const uint16_t* bk = b + (t * Cp + ch) / 2 * ldb;
+            for (int p = 0; p < kAmxK / 2; ++p) {
+                __m512bh bv[NT];
+                for (int n = 0; n < NT; ++n) bv[n] = (__m512bh)_mm512_loadu_si512(bk + p * ldb + 2 * kAmxN * n);
+                for (int i = 0; i < rows; ++i) {
+                    int32_t pair;
+                    std::memcpy(&pair, a + i * rs + 2 * p, sizeof pair);
+                    const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+                    for (int n = 0; n < NT; ++n) acc[i][n] = _mm512_dpbf16_ps(acc[i][n], av, bv[n]);
+                }
+            }
+        }
+    for (int i = 0; i < rows; ++i)
+        for (int n = 0; n < NT; ++n) _mm512_storeu_ps(c + (16 * m + r0 + i) * ldc + kAmxN * n, acc[i][n]);
+}
+
+// tile_gemm's contract (16·mt rows × cols) on vectors.
+template <class Src>
+BASISRT_AVX512BF16 void vec_gemm(const Src& src, int mt, int64_t taps, int64_t Cp, const uint16_t* B, int64_t ldb,
+                                 int64_t cols, float* c, int64_t ldc) {
+    for (int64_t n = 0; n < cols; n += 2 * kAmxN)
+        for (int m = 0; m < mt; ++m)
+            for (int r0 = 0; r0 < 16; r0 += 8) {
+                if (cols - n >= 2 * kAmxN) vec_rows<2>(src, m, r0, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+                else vec_rows<1>(src, m, r0, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+            }
+}
+
 // dst[0, padded) = bf16(src[0, n)) then zeros (round to nearest even; NaN stays NaN); padded is a
 // multiple of 32: whole 64-byte stores, two 16-float loads converted by one instruction.
 BASISRT_AMX inline __attribute__((always_inline)) void to_bf16(const float* src, uint16_t* dst, int64_t n,
@@ -240,6 +288,7 @@ struct ConvArgs {
     float* T;  // two passes: (tiles · kRows) × N1, the basis conv's output
     Activation act;
     float alpha;
+    bool amx;  // tiles; else AVX512-BF16 vectors (bf16_path())
 };
 
 constexpr int64_t kPanelBytes = 512 * 1024;
@@ -268,6 +317,20 @@ struct PixelWalk {
     }
 };
 
+// tile_gemm on tiles or vectors, as the machine has them; tiles configured around each task.
+template <class Src>
+BASISRT_AMX void gemm(const ConvArgs& c, const Src& src, int mt, int64_t taps, int64_t Cp, const uint16_t* B,
+                      int64_t ldb, int64_t cols, float* out, int64_t ldo) {
+    if (c.amx) tile_gemm(src, mt, taps, Cp, B, ldb, cols, out, ldo);
+    else vec_gemm(src, mt, taps, Cp, B, ldb, cols, out, ldo);
+}
+BASISRT_AMX void tiles_on(const ConvArgs& c) {
+    if (c.amx) configure_tiles();
+}
+BASISRT_AMX void tiles_off(const ConvArgs& c) {
+    if (c.amx) _tile_release();
+}
+
 // The im2col rows of a strided conv's pixels [v0, v0 + 16·mt) (zeros past the last pixel).
 BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, int mt) {
     const ConvShape& s = c.s;
@@ -292,10 +355,10 @@ BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* rows, int64_t v0,
                             float* t, int64_t ldt) {
     const int64_t taps = c.s.kh * c.s.kw, Cp = c.g.Cp;
     if (rows) {
-        tile_gemm(PlainRows{rows, taps * Cp, Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
+        gemm(c, PlainRows{rows, taps * Cp, Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
     } else {
         const uint16_t* at = c.xp + v0 * Cp;
-        tile_gemm(ImageRows{at, c.tap_off.data(), Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
+        gemm(c, ImageRows{at, c.tap_off.data(), Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
     }
 }
 
@@ -332,8 +395,8 @@ BASISRT_AMX void scaling_gemm(const ConvArgs& c, Scratch& sc, const float* t, in
     float* y2 = sc.c.get(kRows * cols);
     for (int64_t r = 0; r < 16 * mt; ++r)
         split_bf16(t + r * ldt, t16 + r * c.R2, c.rank, c.R2);
-    tile_gemm(PlainRows{t16, c.R2, c.R2}, mt, 1, c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
-    _tile_release();
+    gemm(c, PlainRows{t16, c.R2, c.R2}, mt, 1, c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
+    tiles_off(c);
     epilogue(c, y2, cols, v0, rows, o0, std::min(cols, c.s.C_out - o0));
 }
 
@@ -345,7 +408,7 @@ BASISRT_AMX void conv_task(const ConvArgs& c, int pass, int64_t task) {
     const int64_t tile = pass == 1 ? task % c.tiles : !c.split ? task : task % c.tiles;
     const int64_t v0 = tile * kRows, rows = std::min(kRows, c.P - v0);
     const int mt = static_cast<int>((rows + 15) / 16);
-    configure_tiles();
+    tiles_on(c);
     if (pass == 1) {
         const int64_t o0 = task / c.tiles * c.out_chunk;
         scaling_gemm(c, sc, c.T + v0 * c.N1, c.N1, v0, mt, rows, o0, std::min(c.out_chunk, c.N2 - o0));
@@ -364,12 +427,12 @@ BASISRT_AMX void conv_task(const ConvArgs& c, int pass, int64_t task) {
                 scaling_gemm(c, sc, t, cols, v0, mt, rows, 0, c.N2);
                 return;
             }
-            _tile_release();
+            tiles_off(c);
             epilogue(c, t, cols, v0, rows, j0, std::min(cols, c.s.C_out - j0));
-            configure_tiles();
+            tiles_on(c);
         }
     }
-    _tile_release();
+    tiles_off(c);
 }
 
 }  // namespace
@@ -377,6 +440,11 @@ BASISRT_AMX void conv_task(const ConvArgs& c, int pass, int64_t task) {
 bool amx_bf16_available() {
     static const bool ok = cpu_has_amx_bf16() && !std::getenv("BASISRT_NO_AMX") && request_tile_data();
     return ok;
+}
+
+const char* bf16_path() {
+    static const bool vec = cpu_has_avx512_bf16() && !std::getenv("BASISRT_NO_AVX512_BF16");
+    return amx_bf16_available() ? "amx" : vec ? "avx512_bf16" : "none";
 }
 
 void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out) {
@@ -397,9 +465,8 @@ void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out) {
 void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, const float* bias,
                           const float* residual, float* y, const ConvShape& s, int64_t rank, Activation act,
                           int num_threads, float alpha) {
-    if (!amx_bf16_available())
-        throw std::runtime_error("bf16 convs need a CPU with AMX-BF16 and AVX512-BF16 (Sapphire Rapids or newer) "
-                                 "and a kernel that grants AMX tile data; this machine has not");
+    if (std::strcmp(bf16_path(), "none") == 0)
+        throw std::runtime_error(kNoBf16);
     if (s.groups != 1 || s.pool != 1)
         throw std::invalid_argument("the bf16 conv takes groups 1 and no fused pool");
     const Padded g{s.H + 2 * s.ph, s.W + 2 * s.pw, round_up(s.C_in, kAmxK)};
@@ -415,7 +482,7 @@ void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, 
     ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
                round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
                amx_pair_k(rank), round_up(s.C_out, kAmxN),  // the second's K (hi and lo) and columns
-               false, false, 0, 0, 0, 0, 0, nullptr, act, alpha};
+               false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available()};
     // The virtual grid where its extra pixels are few: not on small maps (a 4×4 map padded to 6×6
     // would do 2.25× the work)
     c.virt = s.sh == 1 && s.sw == 1 && g.Hp * g.Wp * 20 <= s.Ho * s.Wo * 27;

@@ -1,4 +1,5 @@
-// Convs with bfloat16 weights on AMX tiles (TDPBF16PS), fp32 accumulation, fp32 NHWC in and out.
+// Convs with bfloat16 weights on AMX tiles (TDPBF16PS), or where the CPU has no AMX on AVX512-BF16
+// vectors (VDPBF16PS, the same layouts), fp32 accumulation, fp32 NHWC in and out.
 //
 // First x is converted once to a zero-padded bf16 copy xp (borders of ph / pw pixels, channels
 // padded to Cp = C_in rounded up to kAmxK). Then one output tile of 32 pixels at a time (threads
@@ -25,8 +26,12 @@ constexpr int64_t kAmxN = 16;  // fp32 columns per accumulator tile
 
 // Whether the CPU has AMX-BF16 and AVX512-BF16 and the OS let this process use the tile data
 // (Linux: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), asked once). BASISRT_NO_AMX=1 says
-// no, for tests of the error path.
+// no, so the tests run the vector path on an AMX machine.
 bool amx_bf16_available();
+
+// Which path fused_conv_bf16_nhwc takes: "amx", "avx512_bf16" (AVX512-BF16 without AMX; also
+// BASISRT_NO_AMX=1) or "none" (BASISRT_NO_AVX512_BF16=1 too: the error path's tests).
+const char* bf16_path();
 
 // K of a conv's packed B: kh·kw taps of C_in channels rounded up to kAmxK.
 inline int64_t amx_conv_k(const ConvShape& s) { return s.kh * s.kw * round_up(s.C_in, kAmxK); }

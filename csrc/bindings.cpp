@@ -107,6 +107,15 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
     return w;
 }
 
+// The residual of a conv writing `out` (a null array when there is none), checked against out's shape.
+Nhwc residual_of(const std::string& fn, const std::optional<py::array>& residual, const Nhwc& out) {
+    if (!residual) return {nullptr, 0, 0, 0, 0, 0};
+    const Nhwc rv = nhwc(fn, *residual, "residual");
+    if (rv.N != out.N || rv.H != out.H || rv.W != out.W || rv.C != out.C)
+        value_error(fn, "residual must have out's shape");
+    return rv;
+}
+
 void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
                         const std::optional<py::array>& bias, const std::optional<py::array>& residual,
                         py::array& out, IntPair kernel, IntPair stride, IntPair padding, IntPair dilation,
@@ -123,17 +132,18 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
     basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
     const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
-    Nhwc rv{nullptr, 0, 0, 0, 0, 0};
-    if (residual) {
-        rv = nhwc(fn, *residual, "residual");
-        if (rv.N != yv.N || rv.H != yv.H || rv.W != yv.W || rv.C != yv.C)
-            value_error(fn, "residual must have out's shape");
-    }
+    const Nhwc rv = residual_of(fn, residual, yv);
     require_writeable(fn, out);
     if (s.N == 0) return;  // an empty batch: nothing to write
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     py::gil_scoped_release release;
     basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha);
+}
+
+void require_bf16(const std::string& fn) {
+    if (std::string(basisrt::bf16_path()) == "none")
+        value_error(fn, "bf16 convs need a CPU with AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids, AMD Zen 4 or "
+                        "newer; AMX tiles where the CPU has them); this machine has neither");
 }
 
 // The data of a C-contiguous 16-bit array (bf16 bits: numpy uint16 or int16) of `numel` elements.
@@ -145,6 +155,23 @@ const uint16_t* bf16_data(const std::string& fn, const py::array& a, const char*
         value_error(fn, std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " +
                             std::to_string(numel));
     return static_cast<const uint16_t*>(a.data());
+}
+
+struct Bf16Weights {
+    const uint16_t *B, *A;
+    const float* bias;
+};
+
+// The bf16 conv's packed weights (amx_conv.h's sizes) and its float32 bias, for a conv of shape s.
+Bf16Weights bf16_weights(const std::string& fn, const basisrt::ConvShape& s, const py::array& B,
+                         const std::optional<py::array>& A, const py::array& bias, int64_t rank) {
+    Bf16Weights w{bf16_data(fn, B, "B (packed)", basisrt::vnni_elems(basisrt::amx_conv_k(s), rank ? rank : s.C_out)),
+                  nullptr, f32_data(fn, bias, "bias", s.C_out)};
+    if (rank) {
+        if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
+        w.A = bf16_data(fn, *A, "A (packed)", basisrt::vnni_elems(basisrt::amx_pair_k(rank), s.C_out));
+    }
+    return w;
 }
 
 void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
@@ -160,28 +187,14 @@ void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::
     basisrt::check_conv(fn, s, rank, residual.has_value());
     basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
-    const uint16_t* b =
-        bf16_data(fn, B, "B (packed)", basisrt::vnni_elems(basisrt::amx_conv_k(s), rank ? rank : s.C_out));
-    const uint16_t* a = nullptr;
-    if (rank) {
-        if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
-        a = bf16_data(fn, *A, "A (packed)", basisrt::vnni_elems(basisrt::amx_pair_k(rank), s.C_out));
-    }
-    const float* bias_data = f32_data(fn, bias, "bias", s.C_out);
-    Nhwc rv{nullptr, 0, 0, 0, 0, 0};
-    if (residual) {
-        rv = nhwc(fn, *residual, "residual");
-        if (rv.N != yv.N || rv.H != yv.H || rv.W != yv.W || rv.C != yv.C)
-            value_error(fn, "residual must have out's shape");
-    }
+    const Bf16Weights w = bf16_weights(fn, s, B, A, bias, rank);
+    const Nhwc rv = residual_of(fn, residual, yv);
     require_writeable(fn, out);
-    if (!basisrt::amx_bf16_available())
-        value_error(fn, "bf16 convs need a CPU with AMX-BF16 and AVX512-BF16 (Sapphire Rapids or newer) and a "
-                        "kernel that grants AMX tile data; this machine has not");
+    require_bf16(fn);
     if (s.N == 0) return;
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     py::gil_scoped_release release;
-    basisrt::fused_conv_bf16_nhwc(xv.data, b, a, bias_data, rv.data, yv.data, s, rank, act, num_threads, alpha);
+    basisrt::fused_conv_bf16_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha);
 }
 
 py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
@@ -324,22 +337,14 @@ struct PyProgram {
                        const py::array& bias, int64_t rank, basisrt::Activation act, IntPair kernel, IntPair stride,
                        IntPair padding, IntPair dilation, float alpha) {
         const std::string fn = "Program.add_conv_bf16";
-        if (!basisrt::amx_bf16_available())
-            value_error(fn, "bf16 convs need a CPU with AMX-BF16 and AVX512-BF16 (Sapphire Rapids or newer) and "
-                            "a kernel that grants AMX tile data; this machine has not");
+        require_bf16(fn);
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
         op.rank = rank, op.act = act, op.alpha = alpha;
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
         program.check(op);  // ids and geometry, before the array sizes that follow from them
-        const basisrt::ConvShape s = program.conv_shape(op);
-        op.B16 =
-            bf16_data(fn, B, "B (packed)", basisrt::vnni_elems(basisrt::amx_conv_k(s), rank ? rank : s.C_out));
-        if (rank) {
-            if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
-            op.A16 = bf16_data(fn, *A, "A (packed)", basisrt::vnni_elems(basisrt::amx_pair_k(rank), s.C_out));
-        }
-        op.bias = f32_data(fn, bias, "bias", s.C_out);
+        const Bf16Weights w = bf16_weights(fn, program.conv_shape(op), B, A, bias, rank);
+        op.B16 = w.B, op.A16 = w.A, op.bias = w.bias;
         program.add_op(op);
         keep_alive.push_back(B);
         if (A) keep_alive.push_back(*A);
@@ -575,13 +580,15 @@ void bind_fused(py::module_& m) {
     m.def("fused_conv_bf16_nhwc", &fused_conv_bf16_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
-          "fused_conv_nhwc with bf16 weights on AMX tiles (fp32 accumulation; float32 NHWC x, out, bias and\n"
+          "fused_conv_nhwc with bf16 weights on AMX tiles or AVX512-BF16 (fp32 accumulation; float32 NHWC x, out, bias and\n"
           "residual): B, A packed by pack_bf16_vnni, groups 1, no fused pool.");
     m.def("pack_bf16_vnni", &pack_bf16_vnni_py, py::arg("w"),
           "A K x N float32 weight as the bf16 convs read it: bf16 bits (nearest even), pairs of K rows\n"
           "interleaved per column, K padded to 32 and N to 16 with zeros (flat uint16).");
     m.def("amx_bf16_available", &basisrt::amx_bf16_available,
-          "Whether this CPU and OS run the bf16 convs (AMX-BF16 tiles granted to this process).");
+          "Whether this CPU and OS run the bf16 convs on AMX-BF16 tiles (granted to this process).");
+    m.def("bf16_path", &basisrt::bf16_path,
+          "Which path the bf16 convs take here: 'amx', 'avx512_bf16' (vectors) or 'none'.");
 }
 
 }  // namespace

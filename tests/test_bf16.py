@@ -1,6 +1,7 @@
-"""precision="bf16": the AMX conv kernel against float64 references on random shapes (outputs
-poisoned with NaN first), the weight packing, whole models compiled at bf16, plan files, and the
-errors where the CPU has no AMX. Kernel tests skip on such CPUs; the error tests run everywhere."""
+"""precision="bf16": the bf16 conv kernel (AMX tiles, and the AVX512-BF16 path in a subprocess)
+against float64 references on random shapes (outputs poisoned with NaN first), the weight packing,
+whole models compiled at bf16, plan files, and the errors where the CPU has no bf16. Kernel tests
+skip on such CPUs; the error tests run everywhere."""
 import os
 import random
 import subprocess
@@ -18,7 +19,7 @@ from basisrt.compiler import activations
 from basisrt.compiler.bf16 import packed_bf16
 from basisrt.compiler.cpu_steps import FusedConv2d
 
-amx = pytest.mark.skipif(not _C.amx_bf16_available(), reason="this CPU (or OS) has no AMX-BF16 tiles")
+amx = pytest.mark.skipif(_C.bf16_path() == "none", reason="this CPU has no AVX512-BF16 (nor AMX)")
 
 
 def bf16(t: torch.Tensor) -> torch.Tensor:
@@ -168,17 +169,32 @@ def test_bad_precision_is_a_clear_error():
         basisrt.compile(model, torch.randn(1, 3, 8, 8), precision="fp16")
 
 
-def test_without_amx_bf16_is_a_clear_error():
-    """BASISRT_NO_AMX=1 makes the CPU look like one without AMX (in a fresh process: checked once)."""
+@amx
+def test_vector_path_matches_float64():
+    """The AVX512-BF16 path of CPUs without AMX (BASISRT_NO_AMX=1 picks it here): the same grid."""
+    env = {**os.environ, "BASISRT_NO_AMX": "1"}
+    check = subprocess.run([sys.executable, "-c", "from basisrt import _C; assert _C.bf16_path() == 'avx512_bf16'"],
+                           env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+                          "matches_float64 and not vector_path or split_columns or nan_and_inf or within_3e_2"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert int(run.stdout.split(" passed")[0].split()[-1]) >= 90
+
+
+def test_without_bf16_is_a_clear_error():
+    """BASISRT_NO_AMX=1 and BASISRT_NO_AVX512_BF16=1 make the CPU look like one with neither (in a
+    fresh process: checked once)."""
     code = """
 import torch, basisrt
 from basisrt import _C
-assert not _C.amx_bf16_available()
+assert _C.bf16_path() == "none"
 model = torch.nn.Sequential(torch.nn.Conv2d(32, 32, 3), torch.nn.ReLU())
 try:
     basisrt.compile(model, torch.randn(1, 32, 8, 8), precision="bf16")
 except ValueError as e:
-    assert "AMX" in str(e), e
+    assert "AVX512-BF16" in str(e), e
 else:
     raise AssertionError("no error")
 try:
@@ -186,12 +202,13 @@ try:
                             torch.zeros(4).numpy(), None, torch.zeros(1, 1, 1, 4).numpy(), (3, 3), (1, 1), (0, 0),
                             (1, 1), 0, _C.Activation.none, 1)
 except ValueError as e:
-    assert "AMX" in str(e), e
+    assert "AVX512-BF16" in str(e), e
 else:
     raise AssertionError("no error")
 print("ok")
 """
-    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "BASISRT_NO_AMX": "1"},
+    run = subprocess.run([sys.executable, "-c", code],
+                         env={**os.environ, "BASISRT_NO_AMX": "1", "BASISRT_NO_AVX512_BF16": "1"},
                          capture_output=True, text=True)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
 

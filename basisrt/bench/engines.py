@@ -16,7 +16,7 @@ Dense engines run the original model, pruned engines the basis-pruned one. On th
     ov_pruned         OpenVINO, f32
     ov_pruned_bf16    OpenVINO at its default precision (bf16 where the CPU has it)
     basisrt           basisrt.compile of the pruned model
-    basisrt_bf16      the same at precision="bf16" (AMX tiles; the MAC cost model picks the layers)
+    basisrt_bf16      the same at precision="bf16" (AMX tiles or AVX512-BF16; the MAC cost model picks the layers)
 
 On a CUDA GPU (each call synchronised, so a pass times the whole GPU run; compared only with
 each other, against their own reference):
@@ -148,7 +148,7 @@ def availability() -> dict[str, str]:
     out["ov"] = out["ov_bf16"] = "" if importlib.util.find_spec("openvino") else OPENVINO_MISSING
     out["basisrt"] = ""
     from .. import _C
-    out["basisrt_bf16"] = "" if _C.amx_bf16_available() else "this CPU (or OS) has no AMX-BF16 tiles"
+    out["basisrt_bf16"] = "" if _C.bf16_path() != "none" else "this CPU has no AVX512-BF16 (nor AMX)"
     gpu = "" if torch.cuda.is_available() else NO_CUDA
     out["gpu_eager"] = gpu
     out["gpu_inductor"] = gpu or out["inductor"]

@@ -1,5 +1,6 @@
-"""`compile(..., precision="bf16")` on the CPU: the convs (and linears) with one group run on AMX
-tiles with bf16 weights and fp32 accumulation (csrc/amx_conv.h). Activations stay fp32 between
+"""`compile(..., precision="bf16")` on the CPU: the convs (and linears) with one group run with
+bf16 weights and fp32 accumulation on AMX tiles, or on AVX512-BF16 vectors where the CPU has no
+AMX (csrc/amx_conv.h). Activations stay fp32 between
 ops, and so do the other ops (depthwise and grouped convs, pools, norms, element-wise ops).
 Weights are rounded to bf16 when the plan is built or loaded: the plan file keeps fp32 weights,
 so one file runs at either precision."""
@@ -25,9 +26,9 @@ def check_precision(precision: str, device: torch.device, dtype: torch.dtype) ->
             raise ValueError(f"precision='bf16' runs on the CPU (AMX tiles); plans for {device} are fp32")
         if dtype != torch.float32:
             raise ValueError(f"precision='bf16' takes float32 inputs (converted inside), got {dtype}")
-        if not _C.amx_bf16_available():
-            raise ValueError("precision='bf16' needs a CPU with AMX-BF16 and AVX512-BF16 (Intel Sapphire Rapids "
-                             "or newer) and an OS that grants AMX tile data; this machine has not. Use "
+        if _C.bf16_path() == "none":
+            raise ValueError("precision='bf16' needs a CPU with AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids, "
+                             "AMD Zen 4 or newer; AMX tiles where it has them); this machine has neither. Use "
                              "precision='fp32'")
 
 
