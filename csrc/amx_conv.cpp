@@ -507,6 +507,11 @@ void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, 
         const int64_t out_chunks = (c.N2 + c.out_chunk - 1) / c.out_chunk;
         parallel_for(c.tiles * out_chunks, num_threads, [&c](int64_t task) { conv_task(c, 1, task); });
     }
+    // The calling thread keeps its scratch for the next call, as the program's arena does, up to a
+    // bound: a large batch's padded input would otherwise stay for the life of the thread.
+    constexpr size_t kKeepFloats = size_t(16) << 20;  // 64 MiB each
+    if (padded.size > kKeepFloats) padded = Aligned{};
+    if (basis_out.size > kKeepFloats) basis_out = Aligned{};
 }
 
 }  // namespace basisrt

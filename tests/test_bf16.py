@@ -19,7 +19,7 @@ from basisrt.compiler import activations
 from basisrt.compiler.bf16 import packed_bf16
 from basisrt.compiler.cpu_steps import FusedConv2d
 
-amx = pytest.mark.skipif(_C.bf16_path() == "none", reason="this CPU has no AVX512-BF16 (nor AMX)")
+needs_bf16 = pytest.mark.skipif(_C.bf16_path() == "none", reason="this CPU has no AVX512-BF16 (nor AMX)")
 
 
 def bf16(t: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ def bf16_reference(c, step: FusedConv2d, x: torch.Tensor, res: torch.Tensor | No
     return activations.apply(y, c["act"])
 
 
-@amx
+@needs_bf16
 @pytest.mark.parametrize("c", cases(), ids=case_id)
 def test_bf16_conv_matches_float64(c):
     x, res, exact, step = reference(c, FusedConv2d, num_threads=2)
@@ -95,13 +95,13 @@ BIG = [_big(1, 256, 4, 128), _big(2, 512, 4, 96), _big(1, 256, 4, 0), _big(8, 25
        _big(3, 160, 16, 100), _big(1, 96, 33, 64, residual=False), _big(2, 512, 2, 0, residual=False)]
 
 
-@amx
+@needs_bf16
 @pytest.mark.parametrize("c", BIG, ids=case_id)
 def test_bf16_conv_split_columns_match_float64(c):
     test_bf16_conv_matches_float64(c)
 
 
-@amx
+@needs_bf16
 def test_bf16_conv_propagates_nan_and_inf_as_fp32():
     torch.manual_seed(0)
     w, s = torch.randn(12, 40, 3, 3), torch.randn(24, 12)
@@ -116,7 +116,7 @@ def test_bf16_conv_propagates_nan_and_inf_as_fp32():
     assert rel_err(torch.nan_to_num(got), torch.nan_to_num(want).double()) < 1e-2
 
 
-@amx
+@needs_bf16
 def test_pack_bf16_vnni_layout():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((37, 21)).astype(np.float32)
@@ -138,7 +138,7 @@ def test_pack_bf16_vnni_layout():
                 assert got == 0
 
 
-@amx
+@needs_bf16
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
 def test_compiled_bf16_model_is_within_3e_2_and_saves(tmp_path, name):
     """Whole random-init models: 0.5 % (ResNet-18) to 2 % (VGG16) from fp32, where OpenVINO's bf16
@@ -169,7 +169,7 @@ def test_bad_precision_is_a_clear_error():
         basisrt.compile(model, torch.randn(1, 3, 8, 8), precision="fp16")
 
 
-@amx
+@needs_bf16
 def test_vector_path_matches_float64():
     """The AVX512-BF16 path of CPUs without AMX (BASISRT_NO_AMX=1 picks it here): the same grid."""
     env = {**os.environ, "BASISRT_NO_AMX": "1"}
@@ -213,7 +213,7 @@ print("ok")
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
 
 
-@amx
+@needs_bf16
 def test_bf16_kernel_rejects_bad_arrays():
     x, y = torch.zeros(1, 5, 5, 32).numpy(), torch.zeros(1, 3, 3, 8).numpy()
     b = _C.pack_bf16_vnni(torch.zeros(288, 8).numpy())

@@ -156,8 +156,10 @@ def markdown(results: dict, plot_path: str | None = None) -> str:
               f"Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, {m['platform']}, Python {m['python']}, "
               f"torch {m['torch']} (CPU capability {m['cpu_capability']}), onnxruntime {m['onnxruntime']}.", ""]
     for t, r in results["rooflines"].items():
+        bf16 = f", bf16 {r['peak_bf16_gflops']:.1f} GFLOP/s" if r.get("peak_bf16_gflops") else ""
         parts.append(f"Roofline at {t} thread(s): peak {r['peak_gflops']:.1f} GFLOP/s (best float32 matmul up to "
-                     f"{r['matmul_n']}²), bandwidth {r['bandwidth_gbs']:.1f} GB/s (copy of {r['copy_mb']:.0f} MB).")
+                     f"{r['matmul_n']}²{bf16}), bandwidth {r['bandwidth_gbs']:.1f} GB/s (copy of {r['copy_mb']:.0f} "
+                     "MB). basisrt_bf16's steps that run bf16 are measured against the bf16 peak.")
     settle = results.get("config", {}).get("settle_s", 0)
     parts += ["", "Speedups are medians of per-round paired ratios (engines interleaved in one run"
               + (f", at least {settle * 1e3:g} ms idle before each pass and then until the process's threads are "

@@ -1,5 +1,6 @@
-"""The machine's measured roofline: peak GFLOP/s (large float32 matmuls) and memory bandwidth
-(a large copy), per thread count, and the bound they put on a layer.
+"""The machine's measured roofline: peak GFLOP/s (large float32 matmuls, and bf16 ones: AMX tiles
+through oneDNN where the CPU has them) and memory bandwidth (a large copy), per thread count, and
+the bound they put on a layer.
 
 A layer doing `macs` multiply-adds (2 FLOPs each) and moving `bytes` to and from memory can run
 no faster than `max(2·macs / peak, bytes / bandwidth)`; its attainable rate is
@@ -20,6 +21,12 @@ class Roofline:
     bandwidth_gbs: float
     matmul_n: int
     copy_mb: float
+    peak_bf16_gflops: float = 0.0  # 0: not measured (results of older runs)
+
+    def bf16(self) -> "Roofline":
+        """The same machine for bf16 layers: the bf16 matmul peak (the fp32 one if not measured)."""
+        return Roofline(self.threads, self.peak_bf16_gflops or self.peak_gflops, self.bandwidth_gbs, self.matmul_n,
+                        self.copy_mb, self.peak_bf16_gflops)
 
     def bound_s(self, macs: int, nbytes: int) -> float:
         """Fastest possible time (seconds) of a layer with `macs` MACs moving `nbytes` bytes."""
@@ -56,17 +63,19 @@ def measure(threads: int, *, matmul_n: int = 2048, copy_mb: float = 128.0, repea
     torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(0)
-        peak = 0.0
-        for n in (matmul_n // 2, matmul_n):  # the better of two sizes: small fits cache, large amortises
-            a = torch.randn(n, n, generator=g)
-            b = torch.randn(n, n, generator=g)
-            c = torch.empty(n, n)
-            peak = max(peak, 2 * n ** 3 / _best(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), repeats) / 1e9)
-            del a, b, c
+        peaks = {torch.float32: 0.0, torch.bfloat16: 0.0}
+        for dtype in peaks:
+            for n in (matmul_n // 2, matmul_n):  # the better of two sizes: small fits cache, large amortises
+                a = torch.randn(n, n, generator=g).to(dtype)
+                b = torch.randn(n, n, generator=g).to(dtype)
+                c = torch.empty(n, n, dtype=dtype)
+                t = _best(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), repeats)
+                peaks[dtype] = max(peaks[dtype], 2 * n ** 3 / t / 1e9)
+                del a, b, c
         n = int(copy_mb * 2 ** 20 / 4)
         src = torch.randn(n, generator=g)
         dst = torch.empty_like(src)
         t_cp = _best(lambda: dst.copy_(src), repeats)
     finally:
         torch.set_num_threads(prev)
-    return Roofline(threads, peak, 2 * n * 4 / t_cp / 1e9, matmul_n, copy_mb)
+    return Roofline(threads, peaks[torch.float32], 2 * n * 4 / t_cp / 1e9, matmul_n, copy_mb, peaks[torch.bfloat16])

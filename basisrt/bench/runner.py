@@ -382,24 +382,37 @@ def _per_layer(results, config, model_name, spec, dense, pm, x, dense_cost: Cost
             results["layers"].append(_layer_row(model_name, spec, x.shape[0], threads, engine, name, l.kind, l.rank,
                                                 l.macs, nbytes, t.stats(), roof,
                                                 plan[name].strategy if name in plan else ""))
-    if basis_run is not None and hasattr(basis_run.compiled, "step_times"):
+    # basisrt's plans, timed inside the native program; the steps that run bf16 against the bf16 peak
+    for engine in ("basisrt", "basisrt_bf16"):
+        run = runs.get(engine)
+        if run is None or not hasattr(run.compiled, "step_times"):
+            continue
+        steps_plan = {_layer_name(s.name, pruned_cost): s for s in run.compiled.plan.steps}
         by_name = {l.name: l for l in pruned_cost.layers}
         try:
-            steps = basis_run.compiled.step_times(x, max(3, config.layer_rounds))
+            steps = run.compiled.step_times(x, max(3, config.layer_rounds))
         except Exception as e:  # noqa: BLE001
-            results["engine_status"].setdefault("basisrt", {})[f"{model_name}/{spec}/step_times"] = f"failed: {e}"
-            return
+            results["engine_status"].setdefault(engine, {})[f"{model_name}/{spec}/step_times"] = f"failed: {e}"
+            continue
         for step, strategy, seconds in steps:
             name = _layer_name(step, pruned_cost)
             l = by_name.get(name)
-            macs = plan[name].macs if name in plan else (l.macs if l else 0)
+            macs = steps_plan[name].macs if name in steps_plan else (l.macs if l else 0)
             nbytes = 0
             if l is not None:  # a fused step never writes the rank-r intermediate to memory
                 nbytes = l.weight_bytes + l.act_bytes + (0 if strategy == Strategy.FUSED else l.intermediate_bytes)
             s = summarize([seconds])
             kind, rank = (l.kind, l.rank) if l else ("", "")
-            results["layers"].append(_layer_row(model_name, spec, x.shape[0], threads, "basisrt", name, kind, rank,
-                                                macs, nbytes, s, roof, strategy))
+            bf16 = getattr(_submodule(run.compiled.module, step), "_bf16", None) is not None
+            results["layers"].append(_layer_row(model_name, spec, x.shape[0], threads, engine, name, kind, rank,
+                                                macs, nbytes, s, roof.bf16() if bf16 else roof, strategy))
+
+
+def _submodule(module: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _layer_name(step: str, cost: CostReport) -> str:
