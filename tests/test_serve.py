@@ -301,6 +301,23 @@ def test_sigterm_under_load_drains_and_exits_0(plan_path) -> None:
     assert set(results) <= {200, 503, "refused"}, results
 
 
+@pytest.mark.skipif(basisrt._C.bf16_path() == "none", reason="this CPU has no AVX512-BF16 (nor AMX)")
+def test_bf16_plan_served_as_saved_or_at_fp32(tmp_path) -> None:
+    """A plan saved at bf16 is served at bf16; --precision fp32 serves the same file at fp32."""
+    torch.manual_seed(0)
+    pruned = basisrt.decompose(basisrt.models.create("resnet18").eval()).model.eval()
+    basisrt.prune_basis(pruned, "ratio", 0.25)
+    path = tmp_path / "r18.basisrt"
+    basisrt.compile(pruned, torch.randn(1, *INPUT), precision="bf16").save(str(path))
+    x = torch.randn(3, *INPUT)
+    for flags, precision in (((), "bf16"), (("--precision", "fp32"), "fp32")):
+        s = Server(path, *flags)
+        try:
+            assert torch.equal(Client(s.url).infer("r18", x), basisrt.load(str(path), precision=precision)(x))
+        finally:
+            assert s.stop() == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_cuda_plan_is_served_from_its_gpu(tmp_path, cuda_graph) -> None:
@@ -330,8 +347,8 @@ def test_model_failure_is_500_for_that_batch_only(plan_path) -> None:
 
     real_load = app_module._load
 
-    def flaky_load(name: str, path: str):
-        m = real_load(name, path)
+    def flaky_load(name: str, path: str, precision: str | None = None):
+        m = real_load(name, path, precision)
         plan = m.plan
 
         class Flaky:

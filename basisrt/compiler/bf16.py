@@ -29,7 +29,7 @@ def check_precision(precision: str, device: torch.device, dtype: torch.dtype) ->
         if _C.bf16_path() == "none":
             raise ValueError("precision='bf16' needs a CPU with AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids, "
                              "AMD Zen 4 or newer; AMX tiles where it has them); this machine has neither. Use "
-                             "precision='fp32'")
+                             "precision='fp32' (for a saved plan: basisrt.load(path, precision='fp32'))")
 
 
 def takes_bf16(m: torch.nn.Module) -> bool:

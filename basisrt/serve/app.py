@@ -56,6 +56,7 @@ class ServeConfig:
     threads: int | None = None
     grace_s: float = 20.0
     keep_alive_s: float = 5.0  # an idle client connection is closed after this (uvicorn's default)
+    precision: str | None = None  # "fp32" / "bf16" overrides what each plan was saved with
 
 
 def model_names(paths: list[str]) -> dict[str, str]:
@@ -143,9 +144,9 @@ def _unavailable(why: str) -> JSONResponse:
     return _error(503, why, {"Retry-After": RETRY_AFTER_S})
 
 
-def _load(name: str, path: str) -> _Model:
+def _load(name: str, path: str, precision: str | None = None) -> _Model:
     import basisrt
-    plan = basisrt.load(path)
+    plan = basisrt.load(path, precision=precision)
     if plan.dtype != torch.float32:
         raise ValueError(f"model {name}: the plan runs {plan.dtype}; the server takes FP32 inputs")
     return _Model(name, plan, tuple(plan.input_shape))
@@ -190,7 +191,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
         if config.threads:
             torch.set_num_threads(config.threads)
         for name, path in config.models.items():
-            m = await run_in_threadpool(_load, name, path)
+            m = await run_in_threadpool(_load, name, path, config.precision)
             await run_in_threadpool(_warm_up, m)
             m.batcher = runner(m, config, metrics)
             m.ready = True

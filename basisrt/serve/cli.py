@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise CLIError(f"model {name}: no plan file at {path}")
     config = ServeConfig(models, args.max_batch_size, args.max_delay_ms, args.max_queue, args.timeout_ms,
-                         args.max_body_mb, args.threads, args.grace_s, args.keep_alive_s)
+                         args.max_body_mb, args.threads, args.grace_s, args.keep_alive_s, args.precision)
     if args.ray:
         try:
             from .ray import run as run_on_ray
@@ -58,6 +58,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
                    help="on SIGTERM, how long queued and running work may take to finish")
     p.add_argument("--keep-alive-s", type=positive_float, default=5.0,
                    help="close a client's idle connection after this many seconds (more for clients that pause)")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="run every plan at this precision (default: as saved; a bf16 plan's file holds fp32 weights, "
+                        "so --precision fp32 serves it on a CPU without bf16)")
     p.add_argument("--ray", action="store_true",
                    help="serve as a Ray Serve deployment (local Ray, or the cluster RAY_ADDRESS names)")
     p.add_argument("--replicas", type=positive_int, default=1, help="Ray Serve replicas (with --ray)")

@@ -90,7 +90,7 @@ def app_builder(args: dict) -> serve.Application:
     from .app import model_names
     models = model_names([m for m in str(args.get("models", "")).split(",") if m])
     types = dict(max_batch_size=int, max_delay_ms=float, max_queue=int, timeout_ms=float, max_body_mb=float,
-                 threads=int, grace_s=float)
+                 threads=int, grace_s=float, precision=str)
     kwargs = {k: kind(args[k]) for k, kind in types.items() if k in args}
     return deployment(ServeConfig(models, **kwargs), int(args.get("replicas", 1)))
 
