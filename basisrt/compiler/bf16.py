@@ -1,7 +1,7 @@
 """`compile(..., precision="bf16")` on the CPU: the convs (and linears) with one group run with
 bf16 weights and fp32 accumulation on AMX tiles, or on AVX512-BF16 vectors where the CPU has no
-AMX (csrc/amx_conv.h). Activations stay fp32 between
-ops, and so do the other ops (depthwise and grouped convs, pools, norms, element-wise ops).
+AMX (csrc/amx_conv.h). Activations stay fp32 between ops, and so do the other ops (depthwise and
+grouped convs, pools, norms, element-wise ops).
 Weights are rounded to bf16 when the plan is built or loaded: the plan file keeps fp32 weights,
 so one file runs at either precision."""
 from __future__ import annotations
@@ -23,7 +23,8 @@ def check_precision(precision: str, device: torch.device, dtype: torch.dtype) ->
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "bf16":
         if device.type != "cpu":
-            raise ValueError(f"precision='bf16' runs on the CPU (AMX tiles); plans for {device} are fp32")
+            raise ValueError(f"precision='bf16' runs on the CPU (AMX tiles or AVX512-BF16); plans for {device} "
+                             "are fp32")
         if dtype != torch.float32:
             raise ValueError(f"precision='bf16' takes float32 inputs (converted inside), got {dtype}")
         if _C.bf16_path() == "none":
