@@ -25,9 +25,6 @@
 namespace basisrt {
 namespace {
 
-constexpr const char* kNoBf16 =
-    "bf16 convs need a CPU with AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids, AMD Zen 4 or newer; AMX tiles "
-    "where the CPU has them); this machine has neither";
 constexpr int64_t kRows = 64;  // output pixels per task: four tiles of 16 rows
 
 // CPUID: AVX512 F, BW, VL and BF16 (every bf16 path converts with them), and AMX-BF16 + AMX-TILE.

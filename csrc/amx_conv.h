@@ -29,6 +29,11 @@ constexpr int64_t kAmxN = 16;  // fp32 columns per accumulator tile
 // no, so the tests run the vector path on an AMX machine.
 bool amx_bf16_available();
 
+// What fused_conv_bf16_nhwc (and the bindings) say when bf16_path() is "none".
+constexpr const char* kNoBf16 =
+    "bf16 convs need a CPU with AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids, AMD Zen 4 or newer; AMX tiles "
+    "where the CPU has them); this machine has neither";
+
 // Which path fused_conv_bf16_nhwc takes: "amx", "avx512_bf16" (AVX512-BF16 without AMX; also
 // BASISRT_NO_AMX=1) or "none" (BASISRT_NO_AVX512_BF16=1 too: the error path's tests).
 const char* bf16_path();

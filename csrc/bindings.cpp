@@ -50,14 +50,21 @@ using IntPair = std::pair<int64_t, int64_t>;
     throw py::value_error(fn + ": " + msg);
 }
 
-// The data of a C-contiguous float32 array of `numel` elements, used in place.
-const float* f32_data(const std::string& fn, const py::array& a, const char* name, int64_t numel) {
-    if (!py::isinstance<py::array_t<float>>(a) || !(a.flags() & py::array::c_style))
-        value_error(fn, std::string(name) + " must be a C-contiguous float32 array");
+// The data of a C-contiguous array of `numel` elements, used in place; `dtype_ok` says whether
+// its dtype is the one `kind` names.
+const void* checked_data(const std::string& fn, const py::array& a, const char* name, int64_t numel, bool dtype_ok,
+                         const char* kind) {
+    if (!dtype_ok || !(a.flags() & py::array::c_style))
+        value_error(fn, std::string(name) + " must be a C-contiguous " + kind + " array");
     if (a.size() != numel)
         value_error(fn, std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " +
                             std::to_string(numel));
-    return static_cast<const float*>(a.data());
+    return a.data();
+}
+
+const float* f32_data(const std::string& fn, const py::array& a, const char* name, int64_t numel) {
+    return static_cast<const float*>(
+        checked_data(fn, a, name, numel, py::isinstance<py::array_t<float>>(a), "float32"));
 }
 
 // A 4-D float32 NHWC array used in place; its layout is checked by nhwc_pixel_stride.
@@ -141,20 +148,13 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
 }
 
 void require_bf16(const std::string& fn) {
-    if (std::string(basisrt::bf16_path()) == "none")
-        value_error(fn, "bf16 convs need a CPU with AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids, AMD Zen 4 or "
-                        "newer; AMX tiles where the CPU has them); this machine has neither");
+    if (std::string(basisrt::bf16_path()) == "none") value_error(fn, basisrt::kNoBf16);
 }
 
-// The data of a C-contiguous 16-bit array (bf16 bits: numpy uint16 or int16) of `numel` elements.
+// bf16 bits: numpy uint16 or int16.
 const uint16_t* bf16_data(const std::string& fn, const py::array& a, const char* name, int64_t numel) {
     const bool bits16 = py::isinstance<py::array_t<uint16_t>>(a) || py::isinstance<py::array_t<int16_t>>(a);
-    if (!bits16 || !(a.flags() & py::array::c_style))
-        value_error(fn, std::string(name) + " must be a C-contiguous 16-bit array of bfloat16 bits");
-    if (a.size() != numel)
-        value_error(fn, std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " +
-                            std::to_string(numel));
-    return static_cast<const uint16_t*>(a.data());
+    return static_cast<const uint16_t*>(checked_data(fn, a, name, numel, bits16, "16-bit (bfloat16 bits)"));
 }
 
 struct Bf16Weights {
