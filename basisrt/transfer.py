@@ -144,8 +144,11 @@ def recalibrate_norms(model: nn.Module, loader: Iterable, max_batches: int | Non
     Pruning changes what each BatchNorm sees, but its running statistics still describe the
     model before the prune; evaluated as is, a freshly pruned model can be far worse than it is
     (DESIGN §1). The statistics are reset and recomputed as an exact average over the batches
-    (momentum None) with the model in training mode and no parameter changing; the model's modes
-    and the norms' momenta are restored afterwards. Returns the number of norms re-estimated.
+    (momentum None; a norm called several times per forward averages over all its calls). Only
+    the norms run in training mode: dropout stays off, so it neither inflates the variances nor
+    draws random numbers. The model's modes and the norms' momenta are restored afterwards, also
+    when the loader raises (the statistics then hold the batches seen so far). Returns the number
+    of norms re-estimated.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
@@ -156,7 +159,9 @@ def recalibrate_norms(model: nn.Module, loader: Iterable, max_batches: int | Non
         for m in norms:
             m.reset_running_stats()
             m.momentum = None
-        model.train()
+        model.eval()
+        for m in norms:
+            m.train()
         for i, (inputs, _) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break

@@ -169,7 +169,7 @@ def run_workflow(source: nn.Module, train_set: TensorDataset, test_set: TensorDa
         setup_basis_transfer(model, head)
         exclude = ()
         if cfg.keep_first:  # the input layer, when it is a basis layer (not e.g. an undecomposed depthwise conv)
-            first = first_layer(model, example, (nn.Conv2d, nn.Linear, *BasisLayer))
+            first = first_layer(model, test_set.tensors[0][:2], (nn.Conv2d, nn.Linear, *BasisLayer))  # 2: batch norms
             exclude = (first,) if isinstance(model.get_submodule(first), BasisLayer) else ()
         result.schedule = iterative_prune(
             model, train_loader, list(cfg.schedule), method=cfg.method, epochs=cfg.epochs, lr=cfg.lr,
@@ -291,7 +291,7 @@ def _run_cli(args: argparse.Namespace) -> int:
     if source is None:  # --checkpoint overrides --model (and --source)
         if args.source:
             source_data = _load_data(args.source, args)
-        classes = int(source_data[0].tensors[1].max()) + 1 if source_data else 10  # glyphs has 72
+        classes = max(int(d.tensors[1].max()) + 1 for d in source_data) if source_data else 10  # glyphs: 72
         source = MODELS[args.model](num_classes=classes, in_channels=1)
     _check_model(source, target_test.tensors[0][:1], args)
     if source_data is not None:

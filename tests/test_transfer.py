@@ -96,6 +96,21 @@ def test_recalibrate_norms_gives_the_exact_statistics_and_restores_modes():
     assert not model.training and bn.momentum == momentum
 
 
+def test_recalibration_keeps_dropout_off_and_skips_untracked_norms():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Dropout(0.5), nn.BatchNorm2d(4),
+                          nn.BatchNorm2d(4, track_running_stats=False))
+    x = torch.randn(64, 1, 8, 8)
+    model.train()
+    rng = torch.get_rng_state()
+    assert recalibrate_norms(model, [(x, None)]) == 1
+    assert torch.equal(torch.get_rng_state(), rng)  # no dropout mask was drawn
+    with torch.no_grad():
+        feats = model[0](x)
+    assert torch.allclose(model[2].running_var, feats.var((0, 2, 3)), rtol=1e-4)  # without dropout's inflation
+    assert model.training and all(m.training for m in model)  # modes restored
+
+
 def test_iterative_prune_recalibrates_after_each_prune():
     """Right after a prune, with recalibration, the norms hold the pruned model's statistics."""
     model = prepared()

@@ -51,10 +51,15 @@ def test_paper_experiment_smoke(tmp_path):
     assert result["meta"]["source_accuracy"] > 5 / 72
     for target in ("mnist5k", "digits"):
         rows = result["summary"][target]
-        assert [r["kind"] for r in rows] == ["basis (unpruned)", "basis only", "channel only", "double"]
+        kinds = ["basis (unpruned)"] * 2 + ["basis only", "channel only", "double"]
+        assert [r["kind"] for r in rows] == kinds
+        assert [r["epochs"] for r in rows[:2]] == [4, 8]  # a compute-matched baseline for every epoch count
         assert all(len(r["seeds"]) == 2 and r["reloads_equal"] and r["plan_rel_err"] < 1e-4 for r in rows)
         assert all(r["mean_accuracy"] > 0.2 for r in rows)  # chance is 0.1
-        assert rows[0]["delta"] == [0.0, 0.0] and all(r["mean_removed"] > 0.2 for r in rows[1:])
+        assert all(r["mean_removed"] > 0.2 for r in rows[2:])
+        double = rows[4]  # Δ against the 8-epoch baseline, seed by seed
+        assert double["epochs"] == 8
+        assert double["delta"] == [a - b for a, b in zip(double["accuracy"], rows[1]["accuracy"])]
     assert (tmp_path / "source.pt").exists()  # the source is trained once and saved
 
 
@@ -68,3 +73,12 @@ def test_glyphs_source_gets_a_head_for_its_72_classes(tmp_path, capsys):
     assert "source model on glyphs: accuracy" in capsys.readouterr().out
     model = torch.load(out, weights_only=False)
     assert model(torch.rand(2, 1, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("args, message", [(["--seeds", "1"], "--seeds: must be an integer >= 2"),
+                                           (["--workers", "0"], "--workers"),
+                                           (["--targets", "cifar10"], "--targets: choose from")])
+def test_paper_experiment_rejects_bad_arguments(args, message):
+    script = Path(__file__).resolve().parents[1] / "bench" / "paper_experiment.py"
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
