@@ -11,12 +11,12 @@ Every row runs on every target with several seeds; a seed picks the target's tra
 (75 / 25 %), the new head's initialisation and the batch order. Runs are single-threaded, one per
 worker process, so a row's numbers do not depend on how busy the machine is or on how many
 workers there are. Δ is paired: each seed's accuracy minus the unpruned basis transfer's on the
-same split. That baseline trains as many epochs as the basis-pruning schedule. After every prune
+same split, that baseline trained as many epochs as the row (one per epoch count). After every prune
 the BatchNorm statistics are re-estimated on training data, and the input conv keeps its rank.
 Every final model is saved and reloaded (torch and a compiled basisrt plan), and its reloaded
 predictions must equal the ones before.
 
-    python bench/paper_experiment.py            # about 30 minutes on 2 idle cores
+    python bench/paper_experiment.py            # about 35 minutes on 2 idle cores
     python bench/paper_experiment.py --reuse    # only the runs bench/PAPER_RESULTS.json does not hold
     python bench/paper_experiment.py --smoke    # under a minute: tiny data, a small source, 2 seeds;
                                                 # exits 1 unless the source learned, pruning removed
