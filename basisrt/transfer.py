@@ -10,9 +10,10 @@ with one pruning amount per step. Everything is seeded (`seed_everything`, seede
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -153,25 +154,34 @@ def recalibrate_norms(model: nn.Module, loader: Iterable, max_batches: int | Non
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
-    modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in norms}
     try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None
-        model.eval()
-        for m in norms:
-            m.train()
-        for i, (inputs, _) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            model(inputs)
+        with modes_kept(model):
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+            model.eval()
+            for m in norms:
+                m.train()
+            for i, (inputs, _) in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                model(inputs)
     finally:
-        for m, training in modes.items():
-            m.training = training
         for m, momentum in momenta.items():
             m.momentum = momentum
     return len(norms)
+
+
+@contextlib.contextmanager
+def modes_kept(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's training flag on exit, whatever the body set."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 def first_layer(model: nn.Module, example_inputs: Tensor, types: type | tuple[type, ...] = BasisLayer) -> str:
@@ -180,15 +190,12 @@ def first_layer(model: nn.Module, example_inputs: Tensor, types: type | tuple[ty
     seen: list[str] = []
     hooks = [m.register_forward_pre_hook(lambda _m, _a, n=n: seen.append(n) if not seen else None)
              for n, m in model.named_modules() if isinstance(m, types)]
-    modes = {m: m.training for m in model.modules()}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), modes_kept(model):
             model.eval()(example_inputs)
     finally:
         for h in hooks:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     if not seen:
         names = [t.__name__ for t in (types if isinstance(types, tuple) else (types,))]
         raise ValueError(f"the model runs no {' / '.join(names)} on these inputs")

@@ -169,7 +169,8 @@ def run_workflow(source: nn.Module, train_set: TensorDataset, test_set: TensorDa
         setup_basis_transfer(model, head)
         exclude = ()
         if cfg.keep_first:  # the input layer, when it is a basis layer (not e.g. an undecomposed depthwise conv)
-            first = first_layer(model, test_set.tensors[0][:2], (nn.Conv2d, nn.Linear, *BasisLayer))  # 2: batch norms
+            # two images: a BatchNorm without running statistics cannot normalise a batch of one
+            first = first_layer(model, test_set.tensors[0][:2], (nn.Conv2d, nn.Linear, *BasisLayer))
             exclude = (first,) if isinstance(model.get_submodule(first), BasisLayer) else ()
         result.schedule = iterative_prune(
             model, train_loader, list(cfg.schedule), method=cfg.method, epochs=cfg.epochs, lr=cfg.lr,
