@@ -246,8 +246,16 @@ BASISRT_AMX void pad_row(const float* x, const ConvShape& s, int64_t ldx, const 
         return;
     }
     std::memset(dst, 0, s.pw * g.Cp * sizeof(uint16_t));
-    for (int64_t iw = 0; iw < s.W; ++iw)
-        to_bf16(x + ((n * s.H + ih) * s.W + iw) * ldx, dst + (s.pw + iw) * g.Cp, s.C_in, g.Cp);  // zeros past C_in
+    if (g.Cp < kAmxK) {  // compact (fewer than 16 channels): exactly C_in per pixel
+        const __mmask16 m = static_cast<__mmask16>((1u << s.C_in) - 1);
+        for (int64_t iw = 0; iw < s.W; ++iw) {
+            const __m512 v = _mm512_maskz_loadu_ps(m, x + ((n * s.H + ih) * s.W + iw) * ldx);
+            _mm256_mask_storeu_epi16(dst + (s.pw + iw) * g.Cp, m, (__m256i)_mm512_cvtneps_pbh(v));
+        }
+    } else {
+        for (int64_t iw = 0; iw < s.W; ++iw)
+            to_bf16(x + ((n * s.H + ih) * s.W + iw) * ldx, dst + (s.pw + iw) * g.Cp, s.C_in, g.Cp);  // zeros past C_in
+    }
     std::memset(dst + (s.pw + s.W) * g.Cp, 0, (g.Wp - s.pw - s.W) * g.Cp * sizeof(uint16_t));
 }
 
@@ -286,6 +294,10 @@ struct ConvArgs {
     Activation act;
     float alpha;
     bool amx;  // tiles; else AVX512-BF16 vectors (bf16_path())
+    // Fewer than 16 input channels (an RGB stem): K is every tap's channels back to back, padded
+    // to kAmxK once at the end (Kc), not per tap: 27 → 32 instead of 9 × 32 for a 3×3 RGB conv.
+    bool compact;
+    int64_t Kc;
 };
 
 constexpr int64_t kPanelBytes = 512 * 1024;
@@ -328,10 +340,36 @@ BASISRT_AMX void tiles_off(const ConvArgs& c) {
     if (c.amx) _tile_release();
 }
 
+// gather's compact rows (ConvArgs::compact): Kc elements per pixel, tap t's C_in channels at t·C_in.
+// A kernel row's taps are adjacent in the padded input when the dilation is 1: one masked copy
+// of kw·C_in elements per kernel row, else one per tap.
+BASISRT_AMX const uint16_t* gather_compact(const ConvArgs& c, Scratch& sc, int64_t v0, int mt) {
+    const ConvShape& s = c.s;
+    const int64_t C = s.C_in, taps = s.kh * s.kw;
+    const bool by_row = s.dw == 1 && s.kw * C <= 32;
+    const int64_t run = by_row ? s.kw * C : C, runs = by_row ? s.kh : taps, step = by_row ? s.kw : 1;
+    const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << run) - 1);
+    uint16_t* rows = sc.bf16(sc.cols, kRows * c.Kc);
+    PixelWalk at(c, v0);
+    for (int64_t r = 0; r < 16 * mt; ++r, at.next()) {
+        uint16_t* row = rows + r * c.Kc;
+        if (at.pixel() < 0) {
+            std::memset(row, 0, c.Kc * sizeof(uint16_t));
+            continue;
+        }
+        const uint16_t* src = c.xp + ((at.n * c.g.Hp + at.oh * s.sh) * c.g.Wp + at.ow * s.sw) * C;
+        for (int64_t i = 0; i < runs; ++i)
+            _mm512_mask_storeu_epi16(row + i * run, m, _mm512_maskz_loadu_epi16(m, src + c.tap_off[i * step]));
+        std::memset(row + taps * C, 0, (c.Kc - taps * C) * sizeof(uint16_t));
+    }
+    return rows;
+}
+
 // The im2col rows of a strided conv's pixels [v0, v0 + 16·mt) (zeros past the last pixel).
 BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, int mt) {
     const ConvShape& s = c.s;
     const int64_t taps = s.kh * s.kw, Cp = c.g.Cp;
+    if (c.compact) return gather_compact(c, sc, v0, mt);
     uint16_t* rows = sc.bf16(sc.cols, kRows * taps * Cp);
     PixelWalk at(c, v0);
     for (int64_t r = 0; r < 16 * mt; ++r, at.next()) {
@@ -351,7 +389,9 @@ BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, i
 BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* rows, int64_t v0, int mt, int64_t j0, int64_t cols,
                             float* t, int64_t ldt) {
     const int64_t taps = c.s.kh * c.s.kw, Cp = c.g.Cp;
-    if (rows) {
+    if (rows && c.compact) {  // one "tap" of Kc elements
+        gemm(c, PlainRows{rows, c.Kc, c.Kc}, mt, 1, c.Kc, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
+    } else if (rows) {
         gemm(c, PlainRows{rows, taps * Cp, Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
     } else {
         const uint16_t* at = c.xp + v0 * Cp;
@@ -466,7 +506,8 @@ void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, 
         throw std::runtime_error(kNoBf16);
     if (s.groups != 1 || s.pool != 1)
         throw std::invalid_argument("the bf16 conv takes groups 1 and no fused pool");
-    const Padded g{s.H + 2 * s.ph, s.W + 2 * s.pw, round_up(s.C_in, kAmxK)};
+    const bool compact = amx_compact_k(s.C_in);  // compiler/bf16.py packs B the same way (compact_k)
+    const Padded g{s.H + 2 * s.ph, s.W + 2 * s.pw, compact ? s.C_in : round_up(s.C_in, kAmxK)};
     // The calling thread's: the program runs image groups on several threads at once. kRows
     // pixels of zeros after the last image: the virtual grid's last tile reads that far.
     thread_local Aligned padded;
@@ -479,15 +520,16 @@ void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, 
     ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
                round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
                amx_pair_k(rank), round_up(s.C_out, kAmxN),  // the second's K (hi and lo) and columns
-               false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available()};
+               false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available(), compact,
+               amx_conv_k(s)};
     // The virtual grid where its extra pixels are few: not on small maps (a 4×4 map padded to 6×6
     // would do 2.25× the work)
-    c.virt = s.sh == 1 && s.sw == 1 && g.Hp * g.Wp * 20 <= s.Ho * s.Wo * 27;
+    c.virt = !compact && s.sh == 1 && s.sw == 1 && g.Hp * g.Wp * 20 <= s.Ho * s.Wo * 27;
     for (int64_t i = 0; i < s.kh; ++i)
         for (int64_t j = 0; j < s.kw; ++j) c.tap_off.push_back((i * s.dh * g.Wp + j * s.dw) * g.Cp);
     c.P = c.virt ? ((s.N - 1) * g.Hp + s.Ho - 1) * g.Wp + s.Wo : s.N * s.Ho * s.Wo;
     c.tiles = (c.P + kRows - 1) / kRows;
-    const int64_t K = s.kh * s.kw * g.Cp;
+    const int64_t K = compact ? c.Kc : s.kh * s.kw * g.Cp;
     c.chunk = c.N1;
     if (2 * K * c.N1 > kPanelBytes) c.chunk = std::max<int64_t>(kPanelBytes / (2 * K) / 32 * 32, 32);
     const int64_t want = 2 * static_cast<int64_t>(num_threads);  // tasks, for balance

@@ -38,8 +38,14 @@ constexpr const char* kNoBf16 =
 // BASISRT_NO_AMX=1) or "none" (BASISRT_NO_AVX512_BF16=1 too: the error path's tests).
 const char* bf16_path();
 
-// K of a conv's packed B: kh·kw taps of C_in channels rounded up to kAmxK.
-inline int64_t amx_conv_k(const ConvShape& s) { return s.kh * s.kw * round_up(s.C_in, kAmxK); }
+// Fewer than 16 input channels (an RGB stem): K is every tap's channels back to back, rounded up
+// to kAmxK once (3×3×3 = 27 → 32), not each tap's channels (9 × 32).
+inline bool amx_compact_k(int64_t C_in) { return C_in < kAmxK / 2; }
+
+// K of a conv's packed B: kh·kw taps of C_in channels, each rounded up to kAmxK (or compact).
+inline int64_t amx_conv_k(const ConvShape& s) {
+    return amx_compact_k(s.C_in) ? round_up(s.kh * s.kw * s.C_in, kAmxK) : s.kh * s.kw * round_up(s.C_in, kAmxK);
+}
 
 // K of a basis pair's packed A: twice the rank, rounded up to kAmxK. The kernel splits the basis
 // conv's fp32 output into two bf16 parts (hi + lo, rank channels each) and multiplies both by A,

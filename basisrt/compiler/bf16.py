@@ -34,10 +34,15 @@ def check_precision(precision: str, device: torch.device, dtype: torch.dtype) ->
 
 
 def takes_bf16(m: torch.nn.Module) -> bool:
-    """Whether step `m` runs on the bf16 conv: a FusedConv2d (or FusedLinear) with one group and at
-    least 16 input channels (each tap's channels are padded to AMX_K: an RGB stem would do 10x the
-    work, and stays on the fp32 kernel, which has a path of its own for it)."""
-    return isinstance(m, FusedConv2d) and m.groups == 1 and m.in_channels >= AMX_K // 2
+    """Whether step `m` runs on the bf16 conv: a FusedConv2d (or FusedLinear) with one group."""
+    return isinstance(m, FusedConv2d) and m.groups == 1
+
+
+def compact_k(in_channels: int) -> bool:
+    """Whether the bf16 conv packs K compactly, every tap's channels back to back and padded to
+    AMX_K once (fewer than 16 channels: an RGB stem's 3×3×3 = 27 → 32), rather than each tap's
+    channels padded to AMX_K; csrc/amx_conv.cpp makes the same choice."""
+    return in_channels < AMX_K // 2
 
 
 def apply_precision(gm: fx.GraphModule, precision: str) -> None:
@@ -49,8 +54,8 @@ def apply_precision(gm: fx.GraphModule, precision: str) -> None:
 
 def packed_bf16(m: FusedConv2d) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(B, A, bias) of step `m` as the bf16 conv reads them: the K × N matrices (K tap by tap,
-    each tap's channels zero-padded to AMX_K) rounded to bf16 and packed by _C.pack_bf16_vnni from
-    the step's fp32 packing, and the fp32 bias (zeros for none)."""
+    each tap's channels zero-padded to AMX_K, or compact: `compact_k`) rounded to bf16 and packed
+    by _C.pack_bf16_vnni from the step's fp32 packing, and the fp32 bias (zeros for none)."""
     if m.rank == 0:  # B: (1, K, C_out padded)
         w = m.B[0, :, :m.out_channels]
     elif _C.lowrank_dot_path(m.in_channels, m.rank):  # B: (1, rank, K)
@@ -58,8 +63,9 @@ def packed_bf16(m: FusedConv2d) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
     else:  # B: (1, K, rank padded)
         w = m.B[0, :, :m.rank]
     taps = m.kernel[0] * m.kernel[1]
-    w = w.reshape(taps, m.in_channels, -1)  # K runs tap by tap, channels padded to a tile row
-    w = torch.nn.functional.pad(w, (0, 0, 0, _round_up(m.in_channels, AMX_K) - m.in_channels))
+    w = w.reshape(taps, m.in_channels, -1)  # K runs tap by tap
+    if not compact_k(m.in_channels):  # each tap's channels padded to a tile row
+        w = torch.nn.functional.pad(w, (0, 0, 0, _round_up(m.in_channels, AMX_K) - m.in_channels))
     b = _C.pack_bf16_vnni(w.reshape(-1, w.shape[2]).contiguous().numpy())
     a = None
     if m.rank:  # [A; A]: the kernel splits the basis output into bf16 hi + lo, rank channels each
