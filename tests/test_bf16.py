@@ -101,6 +101,26 @@ def test_bf16_conv_split_columns_match_float64(c):
     test_bf16_conv_matches_float64(c)
 
 
+def _stem(k, stride, padding, dilation=1, c_in=3, n=2, hw=(37, 29)):
+    return dict(n=n, c_in=c_in, c_out=64, hw=hw, k=(k, k), stride=(stride, stride), padding=(padding, padding),
+                dilation=(dilation, dilation), groups=1, rank=0, bias=True, act="relu", residual=False)
+
+
+# Fewer than 16 input channels: K packed compactly (amx_compact_k), the im2col rows copied a
+# kernel row at a time (kw·C_in <= 32) or, dilated or wider, a tap at a time
+STEMS = [_stem(3, 1, 1), _stem(7, 2, 3), _stem(3, 1, 2, dilation=2), _stem(5, 1, 2, c_in=15), _stem(1, 1, 0)]
+
+
+@needs_bf16
+@pytest.mark.parametrize("c", STEMS, ids=case_id)
+def test_bf16_rgb_stems_pack_k_compactly(c):
+    x, res, exact, step = reference(c, FusedConv2d, num_threads=2)
+    b16, _, _ = packed_bf16(step)
+    k = c["k"][0] * c["k"][1] * c["c_in"]
+    assert b16.size == -(-k // 32) * 32 * 64  # K rounded up to 32 once, not per tap
+    test_bf16_conv_matches_float64(c)
+
+
 @needs_bf16
 def test_bf16_conv_propagates_nan_and_inf_as_fp32():
     torch.manual_seed(0)
