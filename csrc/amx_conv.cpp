@@ -294,9 +294,7 @@ struct ConvArgs {
     Activation act;
     float alpha;
     bool amx;  // tiles; else AVX512-BF16 vectors (bf16_path())
-    // Fewer than 16 input channels (an RGB stem): K is every tap's channels back to back, padded
-    // to kAmxK once at the end (Kc), not per tap: 27 → 32 instead of 9 × 32 for a 3×3 RGB conv.
-    bool compact;
+    bool compact;  // amx_compact_k: K is every tap's channels back to back, Kc elements padded
     int64_t Kc;
 };
 
@@ -367,9 +365,9 @@ BASISRT_AMX const uint16_t* gather_compact(const ConvArgs& c, Scratch& sc, int64
 
 // The im2col rows of a strided conv's pixels [v0, v0 + 16·mt) (zeros past the last pixel).
 BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, int mt) {
+    if (c.compact) return gather_compact(c, sc, v0, mt);
     const ConvShape& s = c.s;
     const int64_t taps = s.kh * s.kw, Cp = c.g.Cp;
-    if (c.compact) return gather_compact(c, sc, v0, mt);
     uint16_t* rows = sc.bf16(sc.cols, kRows * taps * Cp);
     PixelWalk at(c, v0);
     for (int64_t r = 0; r < 16 * mt; ++r, at.next()) {
