@@ -237,7 +237,18 @@ struct Padded {
     int64_t Hp, Wp, Cp;
 };
 
-BASISRT_AMX void pad_row(const float* x, const ConvShape& s, int64_t ldx, const Padded& g, int64_t row,
+// dst[0, padded) = src[0, n) then zeros, bf16 bits; padded a multiple of 32.
+BASISRT_AMX inline __attribute__((always_inline)) void copy_pad_bf16(const uint16_t* src, uint16_t* dst, int64_t n,
+                                                                     int64_t padded) {
+    for (int64_t i = 0; i < padded; i += 32) {
+        const int64_t k = std::clamp<int64_t>(n - i, 0, 32);
+        const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << k) - 1);
+        _mm512_storeu_si512(dst + i, _mm512_maskz_loadu_epi16(m, src + i));
+    }
+}
+
+// Row `row` of xp (image row / g.Hp, padded row row % g.Hp) from x: fp32 (converted) or bf16.
+BASISRT_AMX void pad_row(const void* x, bool x_bf16, const ConvShape& s, int64_t ldx, const Padded& g, int64_t row,
                          uint16_t* xp) {
     const int64_t n = row / g.Hp, ih = row % g.Hp - s.ph;
     uint16_t* dst = xp + row * g.Wp * g.Cp;
@@ -246,15 +257,23 @@ BASISRT_AMX void pad_row(const float* x, const ConvShape& s, int64_t ldx, const 
         return;
     }
     std::memset(dst, 0, s.pw * g.Cp * sizeof(uint16_t));
+    const int64_t first = (n * s.H + ih) * s.W * ldx;  // the row's first pixel in x, in elements
+    const float* x32 = static_cast<const float*>(x) + first;
+    const uint16_t* x16 = static_cast<const uint16_t*>(x) + first;
+    uint16_t* d = dst + s.pw * g.Cp;
     if (g.Cp < kAmxK) {  // compact (fewer than 16 channels): exactly C_in per pixel
         const __mmask16 m = static_cast<__mmask16>((1u << s.C_in) - 1);
         for (int64_t iw = 0; iw < s.W; ++iw) {
-            const __m512 v = _mm512_maskz_loadu_ps(m, x + ((n * s.H + ih) * s.W + iw) * ldx);
-            _mm256_mask_storeu_epi16(dst + (s.pw + iw) * g.Cp, m, (__m256i)_mm512_cvtneps_pbh(v));
+            const __m256i v = x_bf16 ? _mm256_maskz_loadu_epi16(m, x16 + iw * ldx)
+                                     : (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x32 + iw * ldx));
+            _mm256_mask_storeu_epi16(d + iw * g.Cp, m, v);
         }
+    } else if (x_bf16 && ldx == g.Cp) {  // channels a multiple of 32, dense: one copy
+        std::memcpy(d, x16, s.W * g.Cp * sizeof(uint16_t));
     } else {
-        for (int64_t iw = 0; iw < s.W; ++iw)
-            to_bf16(x + ((n * s.H + ih) * s.W + iw) * ldx, dst + (s.pw + iw) * g.Cp, s.C_in, g.Cp);  // zeros past C_in
+        for (int64_t iw = 0; iw < s.W; ++iw)  // zeros past C_in
+            if (x_bf16) copy_pad_bf16(x16 + iw * ldx, d + iw * g.Cp, s.C_in, g.Cp);
+            else to_bf16(x32 + iw * ldx, d + iw * g.Cp, s.C_in, g.Cp);
     }
     std::memset(dst + (s.pw + s.W) * g.Cp, 0, (g.Wp - s.pw - s.W) * g.Cp * sizeof(uint16_t));
 }
@@ -281,8 +300,9 @@ struct ConvArgs {
     Padded g;
     std::vector<int64_t> tap_off;  // elements of xp from a window's corner to tap t
     const uint16_t *B, *A;
-    const float *bias, *residual;
-    float* y;
+    const float* bias;
+    const void* residual;  // fp32 or bf16 (io)
+    void* y;
     ConvShape s;
     int64_t rank, ldy, ldr, N1, R2, N2;  // R2: the scaling GEMM's K (amx_pair_k)
     bool virt;   // the virtual grid (stride 1)
@@ -296,6 +316,7 @@ struct ConvArgs {
     bool amx;  // tiles; else AVX512-BF16 vectors (bf16_path())
     bool compact;  // amx_compact_k: K is every tap's channels back to back, Kc elements padded
     int64_t Kc;
+    Bf16Io io;
 };
 
 constexpr int64_t kPanelBytes = 512 * 1024;
@@ -398,27 +419,45 @@ BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* rows, int64_t v0,
 }
 
 // y's columns [j0, j0 + cols) of the grid's pixels [v0, v0 + rows) = clamp(out + bias (+ residual))
-// (→ activation); out's rows ldo apart, its column 0 being column j0.
-BASISRT_AMX void epilogue(const ConvArgs& c, const float* out, int64_t ldo, int64_t v0, int64_t rows, int64_t j0,
+// (→ activation); out's rows ldo apart, its column 0 being column j0. A bf16 y gets the fp32
+// result rounded; an activation beyond a clamp runs on out's row first (scratch, overwritten).
+BASISRT_AMX void epilogue(const ConvArgs& c, float* out, int64_t ldo, int64_t v0, int64_t rows, int64_t j0,
                           int64_t cols) {
     const Clamp cl = clamp_of(c.act);
     const __m512 lo = _mm512_set1_ps(cl.lo), hi = _mm512_set1_ps(cl.hi);
+    const bool staged = c.io.y && !is_clamp(c.act);  // the activation needs the whole fp32 row
     PixelWalk at(c, v0);
     for (int64_t r = 0; r < rows; ++r, at.next()) {
         const int64_t p = at.pixel();
         if (p < 0) continue;
-        float* y = c.y + p * c.ldy + j0;
-        const float* res = c.residual ? c.residual + p * c.ldr + j0 : nullptr;
+        float* o = out + r * ldo;
+        float* y32 = static_cast<float*>(c.y) + p * c.ldy + j0;
+        uint16_t* y16 = static_cast<uint16_t*>(c.y) + p * c.ldy + j0;
+        const int64_t res_at = p * c.ldr + j0;
         for (int64_t j = 0; j < cols; j += 16) {
             const __mmask16 m = cols - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - j)) - 1);
-            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, out + r * ldo + j), _mm512_maskz_loadu_ps(m, c.bias + j0 + j));
-            if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res + j));
+            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + j), _mm512_maskz_loadu_ps(m, c.bias + j0 + j));
+            if (c.residual && c.io.residual)
+                v = _mm512_add_ps(v, _mm512_cvtpbh_ps((__m256bh)_mm256_maskz_loadu_epi16(
+                                         m, static_cast<const uint16_t*>(c.residual) + res_at + j)));
+            else if (c.residual)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, static_cast<const float*>(c.residual) + res_at + j));
             // max(v, lo) then min(v, hi), v first: NaN stays NaN, as PyTorch's clamps keep it
             v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
             v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(hi, v, _CMP_LT_OQ), v, hi);
-            _mm512_mask_storeu_ps(y + j, m, v);
+            if (staged) _mm512_mask_storeu_ps(o + j, m, v);
+            else if (c.io.y) _mm256_mask_storeu_epi16(y16 + j, m, (__m256i)_mm512_cvtneps_pbh(v));
+            else _mm512_mask_storeu_ps(y32 + j, m, v);
         }
-        activate_rows(y, 1, cols, c.ldy, c.act, c.alpha);  // a no-op for the clamps
+        if (!c.io.y) {
+            activate_rows(y32, 1, cols, c.ldy, c.act, c.alpha);  // a no-op for the clamps
+        } else if (staged) {
+            activate_rows(o, 1, cols, ldo, c.act, c.alpha);
+            for (int64_t j = 0; j < cols; j += 16) {
+                const __mmask16 m = cols - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - j)) - 1);
+                _mm256_mask_storeu_epi16(y16 + j, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, o + j)));
+            }
+        }
     }
 }
 
@@ -497,9 +536,9 @@ void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out) {
         }
 }
 
-void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, const float* bias,
-                          const float* residual, float* y, const ConvShape& s, int64_t rank, Activation act,
-                          int num_threads, float alpha) {
+void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, const float* bias,
+                          const void* residual, void* y, const ConvShape& s, int64_t rank, Activation act,
+                          int num_threads, float alpha, Bf16Io io) {
     if (std::strcmp(bf16_path(), "none") == 0)
         throw std::runtime_error(kNoBf16);
     if (s.groups != 1 || s.pool != 1)
@@ -512,20 +551,25 @@ void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, 
     const int64_t xp_elems = (s.N * g.Hp * g.Wp + kRows) * g.Cp;
     uint16_t* xp = reinterpret_cast<uint16_t*>(padded.get((xp_elems + 1) / 2));
     const int64_t ldx = s.ldx ? s.ldx : s.C_in;
-    parallel_for(s.N * g.Hp, num_threads, [&](int64_t row) { pad_row(x, s, ldx, g, row, xp); });
+    parallel_for(s.N * g.Hp, num_threads, [&](int64_t row) { pad_row(x, io.x, s, ldx, g, row, xp); });
     std::memset(xp + s.N * g.Hp * g.Wp * g.Cp, 0, kRows * g.Cp * sizeof(uint16_t));
 
     ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
                round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
                amx_pair_k(rank), round_up(s.C_out, kAmxN),  // the second's K (hi and lo) and columns
                false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available(), compact,
-               amx_conv_k(s)};
-    // The virtual grid where its extra pixels are few: not on small maps (a 4×4 map padded to 6×6
-    // would do 2.25× the work)
-    c.virt = !compact && s.sh == 1 && s.sw == 1 && g.Hp * g.Wp * 20 <= s.Ho * s.Wo * 27;
+               amx_conv_k(s), io};
+    // The virtual grid where its extra tiles are few (at most 35 % more): not on small maps of a
+    // batch (a 4×4 map padded to 6×6 does 2.25× the work), but an 8×8 map of one image is 5 tiles
+    // of 16 pixels against 4, where gathering would copy 9 taps per pixel for every chunk. With at
+    // most two tiles of real pixels (one 4×4 image) reading the weights takes the time, and the
+    // extra tiles cost less than the gathers (ResNet-18 r25 batch 1: 0.055 -> 0.050 ms per conv).
+    const int64_t P_virt = ((s.N - 1) * g.Hp + s.Ho - 1) * g.Wp + s.Wo, P_real = s.N * s.Ho * s.Wo;
+    c.virt = !compact && s.sh == 1 && s.sw == 1 &&
+             (round_up(P_virt, 16) * 20 <= round_up(P_real, 16) * 27 || P_real <= 32);
     for (int64_t i = 0; i < s.kh; ++i)
         for (int64_t j = 0; j < s.kw; ++j) c.tap_off.push_back((i * s.dh * g.Wp + j * s.dw) * g.Cp);
-    c.P = c.virt ? ((s.N - 1) * g.Hp + s.Ho - 1) * g.Wp + s.Wo : s.N * s.Ho * s.Wo;
+    c.P = c.virt ? P_virt : P_real;
     c.tiles = (c.P + kRows - 1) / kRows;
     const int64_t K = compact ? c.Kc : s.kh * s.kw * g.Cp;
     c.chunk = c.N1;

@@ -1,5 +1,6 @@
 // Convs with bfloat16 weights on AMX tiles (TDPBF16PS), or where the CPU has no AMX on AVX512-BF16
-// vectors (VDPBF16PS, the same layouts), fp32 accumulation, fp32 NHWC in and out.
+// vectors (VDPBF16PS, the same layouts), fp32 accumulation; NHWC activations in fp32 or bf16
+// (Bf16Io: a native program keeps the maps between two bf16 convs in bf16, half the bytes).
 //
 // First x is converted once to a zero-padded bf16 copy xp (borders of ph / pw pixels, channels
 // padded to Cp = C_in rounded up to kAmxK). Then one output tile of 32 pixels at a time (threads
@@ -59,11 +60,18 @@ inline int64_t vnni_elems(int64_t K, int64_t N) { return round_up(K, kAmxK) * ro
 // ((k / 2) · Np + n) · 2 + k % 2, rounded to nearest even, zeros in the padding.
 void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out);
 
+// Which of a bf16 conv's activations are bf16 bits (NHWC, pixel strides in elements as for fp32)
+// rather than fp32. A bf16 output is the epilogue's fp32 value rounded to nearest even.
+struct Bf16Io {
+    bool x = false, residual = false, y = false;
+};
+
 // The conv of shape s (groups 1, pool 1): rank > 0 is a basis pair (B: amx_conv_k(s) × rank,
-// A: amx_pair_k(rank) × C_out), rank 0 a dense conv (B: amx_conv_k(s) × C_out, A unused). bias may not be null; residual may (pixel
-// stride s.ldr). Throws std::runtime_error when amx_bf16_available() is false.
-void fused_conv_bf16_nhwc(const float* x, const uint16_t* B, const uint16_t* A, const float* bias,
-                          const float* residual, float* y, const ConvShape& s, int64_t rank, Activation act,
-                          int num_threads, float alpha = 0.01f);
+// A: amx_pair_k(rank) × C_out), rank 0 a dense conv (B: amx_conv_k(s) × C_out, A unused). bias may
+// not be null; residual may (pixel stride s.ldr). x, residual and y are fp32 or bf16 as io says.
+// Throws std::runtime_error when amx_bf16_available() is false.
+void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, const float* bias,
+                          const void* residual, void* y, const ConvShape& s, int64_t rank, Activation act,
+                          int num_threads, float alpha = 0.01f, Bf16Io io = {});
 
 }  // namespace basisrt

@@ -67,20 +67,28 @@ const float* f32_data(const std::string& fn, const py::array& a, const char* nam
         checked_data(fn, a, name, numel, py::isinstance<py::array_t<float>>(a), "float32"));
 }
 
-// A 4-D float32 NHWC array used in place; its layout is checked by nhwc_pixel_stride.
+// A 4-D float32 (or, where allowed, 16-bit: bfloat16 bits) NHWC array used in place; its layout is
+// checked by nhwc_pixel_stride.
 struct Nhwc {
-    float* data;
+    float* data;  // bf16 bits when bf16
     int64_t N, H, W, C;
-    int64_t ld;  // pixel stride in floats
+    int64_t ld;  // pixel stride in elements
+    bool bf16 = false;
 };
 
-Nhwc nhwc(const std::string& fn, const py::array& a, const char* name) {
-    if (!py::isinstance<py::array_t<float>>(a) || a.ndim() != 4)
-        value_error(fn, std::string(name) + " must be a 4-D float32 NHWC array");
+bool is_16_bit(const py::array& a) {
+    return py::isinstance<py::array_t<uint16_t>>(a) || py::isinstance<py::array_t<int16_t>>(a);
+}
+
+Nhwc nhwc(const std::string& fn, const py::array& a, const char* name, bool bf16_ok = false) {
+    const bool bf16 = bf16_ok && is_16_bit(a);
+    if ((!bf16 && !py::isinstance<py::array_t<float>>(a)) || a.ndim() != 4)
+        value_error(fn, std::string(name) + (bf16_ok ? " must be a 4-D float32 or 16-bit (bfloat16 bits) NHWC array"
+                                                     : " must be a 4-D float32 NHWC array"));
     const int64_t shape[4] = {a.shape(0), a.shape(1), a.shape(2), a.shape(3)};
     const int64_t strides[4] = {a.strides(0), a.strides(1), a.strides(2), a.strides(3)};
-    const int64_t ld = basisrt::nhwc_pixel_stride(fn, name, shape, strides);
-    return {static_cast<float*>(const_cast<void*>(a.data())), shape[0], shape[1], shape[2], shape[3], ld};
+    const int64_t ld = basisrt::nhwc_pixel_stride(fn, name, shape, strides, bf16 ? 2 : sizeof(float));
+    return {static_cast<float*>(const_cast<void*>(a.data())), shape[0], shape[1], shape[2], shape[3], ld, bf16};
 }
 
 void require_writeable(const std::string& fn, const py::array& out) {
@@ -115,9 +123,10 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
 }
 
 // The residual of a conv writing `out` (a null array when there is none), checked against out's shape.
-Nhwc residual_of(const std::string& fn, const std::optional<py::array>& residual, const Nhwc& out) {
+Nhwc residual_of(const std::string& fn, const std::optional<py::array>& residual, const Nhwc& out,
+                 bool bf16_ok = false) {
     if (!residual) return {nullptr, 0, 0, 0, 0, 0};
-    const Nhwc rv = nhwc(fn, *residual, "residual");
+    const Nhwc rv = nhwc(fn, *residual, "residual", bf16_ok);
     if (rv.N != out.N || rv.H != out.H || rv.W != out.W || rv.C != out.C)
         value_error(fn, "residual must have out's shape");
     return rv;
@@ -153,8 +162,7 @@ void require_bf16(const std::string& fn) {
 
 // bf16 bits: numpy uint16 or int16.
 const uint16_t* bf16_data(const std::string& fn, const py::array& a, const char* name, int64_t numel) {
-    const bool bits16 = py::isinstance<py::array_t<uint16_t>>(a) || py::isinstance<py::array_t<int16_t>>(a);
-    return static_cast<const uint16_t*>(checked_data(fn, a, name, numel, bits16, "16-bit (bfloat16 bits)"));
+    return static_cast<const uint16_t*>(checked_data(fn, a, name, numel, is_16_bit(a), "16-bit (bfloat16 bits)"));
 }
 
 struct Bf16Weights {
@@ -179,7 +187,7 @@ void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::
                              IntPair kernel, IntPair stride, IntPair padding, IntPair dilation, int64_t rank,
                              basisrt::Activation act, int num_threads, float alpha) {
     const std::string fn = "fused_conv_bf16_nhwc";
-    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    const Nhwc xv = nhwc(fn, x, "x", true), yv = nhwc(fn, out, "out", true);
     if (yv.N != xv.N) value_error(fn, "out batch differs from x batch");
     basisrt::ConvShape s{xv.N, xv.H, xv.W, xv.C, yv.H, yv.W, yv.C, kernel.first, kernel.second,
                          stride.first, stride.second, padding.first, padding.second, dilation.first, dilation.second,
@@ -188,13 +196,14 @@ void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::
     basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
     const Bf16Weights w = bf16_weights(fn, s, B, A, bias, rank);
-    const Nhwc rv = residual_of(fn, residual, yv);
+    const Nhwc rv = residual_of(fn, residual, yv, true);
     require_writeable(fn, out);
     require_bf16(fn);
     if (s.N == 0) return;
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
+    const basisrt::Bf16Io io{xv.bf16, rv.bf16, yv.bf16};
     py::gil_scoped_release release;
-    basisrt::fused_conv_bf16_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha);
+    basisrt::fused_conv_bf16_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha, io);
 }
 
 py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
@@ -517,7 +526,20 @@ void bind_fused(py::module_& m) {
              py::arg("op_seconds") = py::none(),
              "Run every op on NCHW input x; the output buffer is written NHWC into `out`. op_seconds "
              "(float64, one per op), if given, gets each op's wall time added.")
+        .def(
+            "keep_bf16", [](PyProgram& p, int output) { return p.program.keep_bf16(output); }, py::arg("output"),
+            "Store in bf16 every buffer that only bf16 convs write and read (not the input, not `output`, no\n"
+            "view or concatenation); call after the last op. Returns how many.")
         .def_property_readonly("ops", [](const PyProgram& p) { return p.program.ops(); }, "Number of ops.")
+        .def_property_readonly(
+            "bf16_buffers",
+            [](const PyProgram& p) {
+                std::vector<int> out;
+                for (size_t i = 0; i < p.program.buffers().size(); ++i)
+                    if (p.program.buffers()[i].bf16) out.push_back(static_cast<int>(i));
+                return out;
+            },
+            "Ids of the buffers stored in bf16 (keep_bf16).")
         .def_property_readonly(
             "buffers",
             [](const PyProgram& p) {
@@ -580,8 +602,9 @@ void bind_fused(py::module_& m) {
     m.def("fused_conv_bf16_nhwc", &fused_conv_bf16_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
-          "fused_conv_nhwc with bf16 weights on AMX tiles or AVX512-BF16 (fp32 accumulation; float32 NHWC x, out, bias and\n"
-          "residual): B, A packed by pack_bf16_vnni, groups 1, no fused pool.");
+          "fused_conv_nhwc with bf16 weights on AMX tiles or AVX512-BF16 (fp32 accumulation; NHWC x, out and\n"
+          "residual each float32 or 16-bit bfloat16 bits; float32 bias): B, A packed by pack_bf16_vnni, groups 1,\n"
+          "no fused pool.");
     m.def("pack_bf16_vnni", &pack_bf16_vnni_py, py::arg("w"),
           "A K x N float32 weight as the bf16 convs read it: bf16 bits (nearest even), pairs of K rows\n"
           "interleaved per column, K padded to 32 and N to 16 with zeros (flat uint16).");

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -63,14 +64,26 @@ void release_freed_memory() {
 #endif
 }
 
-int64_t floats(const BufferShape& s) { return s.H * s.W * s.C; }
+int64_t elements(const BufferShape& s) { return s.H * s.W * s.C; }
 
 // BASISRT_POISON_ARENA=1 (the test suite sets it) fills the arena with NaN at every call, so an op
 // that reads memory no op of this call wrote (stale data of a buffer that shared it) shows NaN.
+// The bits 0x7fc0 7fc0 are a NaN as one float and as two bf16s alike.
 float* poisoned(float* block, size_t floats) {
     static const bool poison = std::getenv("BASISRT_POISON_ARENA") != nullptr;
-    if (poison) std::fill(block, block + floats, std::numeric_limits<float>::quiet_NaN());
+    if (poison) {
+        const uint32_t bits = 0x7fc07fc0u;
+        float nan;
+        std::memcpy(&nan, &bits, sizeof nan);
+        std::fill(block, block + floats, nan);
+    }
     return block;
+}
+
+// Image n of a root buffer whose image 0 is at `base`.
+float* image_at(float* base, const BufferShape& b, int64_t n) {
+    if (b.bf16) return reinterpret_cast<float*>(reinterpret_cast<uint16_t*>(base) + n * elements(b));
+    return base + n * elements(b);
 }
 
 }  // namespace
@@ -111,6 +124,11 @@ void Program::check(const ProgramOp& op) const {
         op.out == op.in || op.residual == op.out)
         throw std::invalid_argument(fn + ": buffer ids out of range (" + std::to_string(n) + " buffers)");
     const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
+    const bool bf16_conv = op.kind == ProgramOp::Kind::conv && op.B16;
+    for (int id : {op.in, op.residual, op.out})
+        if (id >= 0 && buffers_[id].bf16 && !bf16_conv)
+            throw std::invalid_argument(fn + ": buffer " + std::to_string(id) + " holds bf16, which only bf16 convs "
+                                             "read and write");
     if (op.kind == ProgramOp::Kind::conv) {
         check_fused_pool(fn, op.fused_pool);  // before conv_shape multiplies by it
         check_conv(fn, conv_shape(op), op.rank, op.residual >= 0);
@@ -196,6 +214,32 @@ void Program::add_op(const ProgramOp& op) {
     ops_.push_back(op);
 }
 
+int Program::keep_bf16(int output) {
+    const int n = static_cast<int>(buffers_.size());
+    if (output < 1 || output >= n) throw std::invalid_argument("Program.keep_bf16: output buffer id out of range");
+    std::vector<bool> ok(n, true), used(n, false);
+    ok[0] = ok[output] = false;
+    for (int id = 0; id < n; ++id)
+        if (buffers_[id].parent >= 0) ok[id] = ok[buffers_[id].parent] = false;
+    for (const ProgramOp& op : ops_)
+        for (int id : {op.in, op.residual, op.out}) {
+            if (id < 0) continue;
+            used[id] = true;
+            if (op.kind != ProgramOp::Kind::conv || !op.B16) ok[id] = false;
+        }
+    int count = 0;
+    for (int id = 0; id < n; ++id)
+        if (ok[id] && used[id] && !buffers_[id].bf16) buffers_[id].bf16 = true, ++count;
+    std::lock_guard<std::mutex> lk(layouts_mu_);
+    layouts_.clear();  // sizes changed
+    return count;
+}
+
+int64_t Program::floats(int id) const {
+    const BufferShape& b = buffers_[id];
+    return b.bf16 ? (elements(b) + 1) / 2 : elements(b);
+}
+
 int64_t Program::weight_floats(const ProgramOp& op) const {
     if (op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm) return 2 * buffers_[op.in].C;
     if (op.kind == ProgramOp::Kind::expand_dw) {
@@ -208,7 +252,7 @@ int64_t Program::weight_floats(const ProgramOp& op) const {
 }
 
 int64_t Program::activation_floats(const ProgramOp& op) const {
-    return floats(buffers_[op.in]) + floats(buffers_[op.out]) + (op.residual >= 0 ? floats(buffers_[op.residual]) : 0);
+    return floats(op.in) + floats(op.out) + (op.residual >= 0 ? floats(op.residual) : 0);
 }
 
 Program::Segment Program::cache_groups(int64_t N, int num_threads) const {
@@ -284,7 +328,7 @@ std::shared_ptr<const Program::Layout> Program::layout(const std::vector<Segment
     std::vector<int> order;
     for (int r = 0; r < n; ++r)
         if (r != output && buffers_[r].parent < 0 && first[r] != kUnused) order.push_back(r);
-    auto size = [&](int r) { return round_up(floats(buffers_[r]), kColBlock); };
+    auto size = [&](int r) { return round_up(floats(r), kColBlock); };
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return size(a) > size(b); });
     std::vector<int> placed;
     for (int r : order) {
@@ -305,15 +349,16 @@ std::shared_ptr<const Program::Layout> Program::layout(const std::vector<Segment
     return layout;
 }
 
-void Program::run_op(const ProgramOp& op, const float* in, const float* residual, float* out, int64_t N,
-                     int num_threads) const {
+void Program::run_op(const ProgramOp& op, float* in, float* residual, float* out, int64_t N, int num_threads) const {
     const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
     const int64_t ldx = pixel_stride(op.in), ldy = pixel_stride(op.out);
     if (op.kind == ProgramOp::Kind::conv) {
         ConvShape s = conv_shape(op, N);
         s.ldx = ldx, s.ldy = ldy, s.ldr = op.residual >= 0 ? pixel_stride(op.residual) : 0;
+        const Bf16Io io{i.bf16, op.residual >= 0 && buffers_[op.residual].bf16, o.bf16};
         if (op.B16)
-            fused_conv_bf16_nhwc(in, op.B16, op.A16, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
+            fused_conv_bf16_nhwc(in, op.B16, op.A16, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha,
+                                 io);
         else
             fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
     } else if (op.kind == ProgramOp::Kind::expand_dw) {
@@ -346,9 +391,10 @@ void Program::check_run(int64_t N, int output, int num_threads) const {
     if (output < 1 || output >= static_cast<int>(buffers_.size()))
         throw std::invalid_argument(fn + ": output buffer id out of range");
     if (buffers_[output].parent >= 0) throw std::invalid_argument(fn + ": the output buffer is a view");
+    if (buffers_[output].bf16) throw std::invalid_argument(fn + ": the output buffer holds bf16 (keep_bf16)");
     check_threads(fn, num_threads);
     int64_t largest = 1;  // floats per image of the largest buffer (each is within kMaxElements)
-    for (const BufferShape& b : buffers_) largest = std::max(largest, floats(b));
+    for (const BufferShape& b : buffers_) largest = std::max(largest, elements(b));
     if (N < 0 || N > kMaxExtent || N > kMaxElements / largest)
         throw std::invalid_argument(fn + ": batch size out of range for this program's buffers");
 }
@@ -414,7 +460,7 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
             const int64_t n0 = task * seg.images, n = std::min(seg.images, N - n0);
             auto at = [&](int id) -> float* {
                 const int r = root(id);
-                return (whole[r] ? whole[r] + n0 * floats(buffers_[r]) : group_block + seg.images * layout->offset[r]) +
+                return (whole[r] ? image_at(whole[r], buffers_[r], n0) : group_block + seg.images * layout->offset[r]) +
                        buffers_[id].offset;
             };
             std::vector<double> seconds(op_seconds ? seg.end - seg.begin : 0);

@@ -36,6 +36,8 @@ struct BufferShape {
     // never itself a view (Program::alias keeps it so).
     int parent = -1;
     int64_t offset = 0;
+    // bf16 bits instead of fp32 (keep_bf16): a map only bf16 convs write and read.
+    bool bf16 = false;
 };
 
 struct ProgramOp {
@@ -79,6 +81,11 @@ class Program {
     void alias(int buffer, int parent, int64_t offset);
     // Checks every id, shape and geometry (std::invalid_argument), then appends the op.
     void add_op(const ProgramOp& op);
+    // Stores in bf16 every buffer that only bf16 convs write and read (as input or residual): not
+    // the input, not `output`, no view and no concatenation. Those maps then cost half the bytes
+    // to write and read, and the consumer's conversion is a copy. Returns how many; call after the
+    // last add_op (a later op touching a bf16 buffer must be a bf16 conv, or add_op refuses it).
+    int keep_bf16(int output);
     // add_op's checks of ids and geometry alone (not the weight pointers).
     void check(const ProgramOp& op) const;
     // The conv of a conv op that passed check(): its own output, before a fused pool; batch N,
@@ -121,11 +128,11 @@ class Program {
   private:
     int root(int id) const { return buffers_[id].parent >= 0 ? buffers_[id].parent : id; }  // owns id's memory
     int64_t pixel_stride(int id) const { return buffers_[root(id)].C; }
+    int64_t floats(int id) const;  // per image, of a root: a bf16 one holds two elements per float
     Segment cache_groups(int64_t N, int num_threads) const;  // the early ops' groups: {0, 0, N} if none
     int64_t weight_floats(const ProgramOp& op) const;
     int64_t activation_floats(const ProgramOp& op) const;  // per image: input + output + residual
-    void run_op(const ProgramOp& op, const float* in, const float* residual, float* out, int64_t N,
-                int num_threads) const;
+    void run_op(const ProgramOp& op, float* in, float* residual, float* out, int64_t N, int num_threads) const;
 
     std::vector<BufferShape> buffers_;
     std::vector<ProgramOp> ops_;

@@ -29,8 +29,8 @@ int64_t checked_elements(std::initializer_list<int64_t> dims, const std::string&
 }
 
 int64_t nhwc_pixel_stride(const std::string& fn, const std::string& name, const int64_t (&shape)[4],
-                          const int64_t (&strides)[4]) {
-    const int64_t f = sizeof(float), H = shape[1], W = shape[2], C = shape[3];
+                          const int64_t (&strides)[4], int64_t elem_bytes) {
+    const int64_t f = elem_bytes, H = shape[1], W = shape[2], C = shape[3];
     if (shape[0] == 0 || H == 0 || W == 0 || C == 0) return C;  // nothing is read or written: any strides
     const int64_t per[3] = {H * W, W, 1};  // pixels per step of dims 0..2
     // The stride of the outermost dimension that moves decides; dimensions of size 1 have any stride.

@@ -39,11 +39,12 @@ inline int64_t window_out_ceil(int64_t in, int64_t k, int64_t stride, int64_t pa
     return (out - 1) * stride >= in + pad ? out - 1 : out;
 }
 
-// The pixel stride in floats of a 4-D NHWC float array read or written in place, from its shape and
-// its strides in bytes: C-contiguous, or a channel slice of a C-contiguous array (`big[..., a:b]`, a
-// concatenation's part). Any other layout throws, naming the array `name`. An empty array: C.
+// The pixel stride in elements (of elem_bytes each: 4 for float, 2 for bf16) of a 4-D NHWC array
+// read or written in place, from its shape and its strides in bytes: C-contiguous, or a channel
+// slice of a C-contiguous array (`big[..., a:b]`, a concatenation's part). Any other layout
+// throws, naming the array `name`. An empty array: C.
 int64_t nhwc_pixel_stride(const std::string& fn, const std::string& name, const int64_t (&shape)[4],
-                          const int64_t (&strides)[4]);
+                          const int64_t (&strides)[4], int64_t elem_bytes = sizeof(float));
 
 // A conv's fused pool: 1 (none) or 2 (2x2 max, stride 2). Checked before the conv's own output
 // size (`pool` times the pooled one) is computed.

@@ -1,7 +1,8 @@
 """`compile(..., precision="bf16")` on the CPU: the convs (and linears) with one group run with
 bf16 weights and fp32 accumulation on AMX tiles, or on AVX512-BF16 vectors where the CPU has no
-AMX (csrc/amx_conv.h). Activations stay fp32 between ops, and so do the other ops (depthwise and
-grouped convs, pools, norms, element-wise ops).
+AMX (csrc/amx_conv.h). The maps between two bf16 convs are bf16 in a native program
+(Program.keep_bf16); the other ops (depthwise and grouped convs, pools, norms, element-wise ops)
+and the maps they touch stay fp32.
 Weights are rounded to bf16 when the plan is built or loaded: the plan file keeps fp32 weights,
 so one file runs at either precision."""
 from __future__ import annotations

@@ -69,6 +69,11 @@ class NativeProgram:
         return y.reshape(x.shape[0], c) if self.output.flat else y.permute(0, 3, 1, 2).contiguous()
 
 
+# Maps that only bf16 convs write and read are stored in bf16 (Program.keep_bf16); False keeps them
+# fp32, for measuring what that is worth.
+BF16_ACTIVATIONS = True
+
+
 def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
           refusals: list[tuple[str, str]] | None = None) -> NativeProgram | None:
     """A NativeProgram running `gm` for inputs (N, *input_shape), or None if some step is not ours.
@@ -115,6 +120,8 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                                  "concatenation's part or a flattened map)")
                 if refusals:
                     return None
+                if BF16_ACTIVATIONS:
+                    program.keep_bf16(out.id)  # maps between bf16 convs: half the bytes
                 return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names,
                                      fused_pools, fused_expands)
             elif _is_scalar(node):
