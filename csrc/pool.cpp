@@ -1,19 +1,63 @@
 #include "pool.h"
 
+#include <immintrin.h>
+
 #include "simd.h"
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <vector>
 
 namespace basisrt {
 namespace {
 
-// One output row (n, oy): for each output pixel, reduce its window channel-wise. The innermost
-// loop runs over contiguous channels, which GCC vectorises in each build (simd.h).
-inline __attribute__((always_inline)) void pool_row_body(const float* x, float* y, const PoolShape& s, PoolKind kind,
-                                                         bool count_include_pad, int64_t n, int64_t oy) {
+// A window's channels into acc (C floats): max (NaN sticks) or sum; acc · inv into out. Plain loops
+// for float32, which GCC vectorises in each build (simd.h); bf16 maps come only from bf16 convs, so
+// their loops use AVX512-BF16 directly (GCC vectorised the scalar conversions 4 channels wide).
+inline void reduce(float* acc, const float* in, int64_t C, bool is_max) {
+    if (is_max) {
+        for (int64_t c = 0; c < C; ++c) acc[c] = max_nan(acc[c], in[c]);
+    } else {
+        for (int64_t c = 0; c < C; ++c) acc[c] += in[c];
+    }
+}
+inline void store(float* out, const float* acc, float inv, int64_t C) {
+    for (int64_t c = 0; c < C; ++c) out[c] = acc[c] * inv;
+}
+
+#define BASISRT_BF16_VEC __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
+BASISRT_BF16_VEC inline __mmask16 first(int64_t n) {
+    return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1);
+}
+BASISRT_BF16_VEC void reduce(float* acc, const uint16_t* in, int64_t C, bool is_max) {
+    for (int64_t c = 0; c < C; c += 16) {
+        const __mmask16 m = first(C - c);
+        const __m512i h = _mm512_maskz_cvtepu16_epi32(m, _mm256_maskz_loadu_epi16(m, in + c));
+        const __m512 v = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(m, h, 16));  // bf16 bits: a float's high half
+        const __m512 a = _mm512_maskz_loadu_ps(m, acc + c);
+        const __m512 r = is_max ? _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) |
+                                                           _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), a, v)
+                                : _mm512_add_ps(a, v);
+        _mm512_mask_storeu_ps(acc + c, m, r);
+    }
+}
+BASISRT_BF16_VEC void store(uint16_t* out, const float* acc, float inv, int64_t C) {
+    for (int64_t c = 0; c < C; c += 16) {  // nearest even; NaN stays NaN
+        const __mmask16 m = first(C - c);
+        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + c), _mm512_set1_ps(inv));
+        _mm256_mask_storeu_epi16(out + c, m, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+}
+
+// One output row (n, oy): for each output pixel, reduce its window channel-wise into acc (C
+// floats), then store it.
+template <class In, class Out>
+inline __attribute__((always_inline)) void pool_row_body(const In* x, Out* y, const PoolShape& s, PoolKind kind,
+                                                         bool count_include_pad, int64_t n, int64_t oy, float* acc) {
     const bool adaptive = s.kh == 0;
     const int64_t y0 = oy * s.sh - s.ph;
     const int64_t ylo = adaptive ? oy * s.H / s.Ho : std::max<int64_t>(y0, 0);
@@ -22,52 +66,57 @@ inline __attribute__((always_inline)) void pool_row_body(const float* x, float* 
         const int64_t x0 = ox * s.sw - s.pw;
         const int64_t xlo = adaptive ? ox * s.W / s.Wo : std::max<int64_t>(x0, 0);
         const int64_t xhi = adaptive ? ((ox + 1) * s.W + s.Wo - 1) / s.Wo : std::min(x0 + s.kw, s.W);
-        float* out = y + ((n * s.Ho + oy) * s.Wo + ox) * s.ldy;
+        Out* out = y + ((n * s.Ho + oy) * s.Wo + ox) * s.ldy;
         const bool is_max = kind == PoolKind::max;
-        std::fill(out, out + s.C, is_max ? -std::numeric_limits<float>::infinity() : 0.f);
+        std::fill(acc, acc + s.C, is_max ? -std::numeric_limits<float>::infinity() : 0.f);
         for (int64_t iy = ylo; iy < yhi; ++iy)
             for (int64_t ix = xlo; ix < xhi; ++ix) {
-                const float* in = x + ((n * s.H + iy) * s.W + ix) * s.ldx;
-                if (is_max) {
-                    for (int64_t c = 0; c < s.C; ++c) out[c] = max_nan(out[c], in[c]);  // NaN sticks
-                } else {
-                    for (int64_t c = 0; c < s.C; ++c) out[c] += in[c];
-                }
+                reduce(acc, x + ((n * s.H + iy) * s.W + ix) * s.ldx, s.C, is_max);
             }
+        float inv = 1.f;
         if (!is_max) {  // PyTorch's divisor: the window clipped to the padded image, or to the image
             const int64_t hp = std::min(y0 + s.kh, s.H + s.ph) - y0, wp = std::min(x0 + s.kw, s.W + s.pw) - x0;
-            const float inv =
-                1.f / static_cast<float>(count_include_pad && !adaptive ? hp * wp : (yhi - ylo) * (xhi - xlo));
-            for (int64_t c = 0; c < s.C; ++c) out[c] *= inv;
+            inv = 1.f / static_cast<float>(count_include_pad && !adaptive ? hp * wp : (yhi - ylo) * (xhi - xlo));
         }
+        store(out, acc, inv, s.C);
     }
 }
 
-BASISRT_AVX512 void pool_row_avx512(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
-                                    int64_t n, int64_t oy) {
-    pool_row_body(x, y, s, kind, count_include_pad, n, oy);
+template <class In, class Out>
+BASISRT_AVX512 void pool_row_avx512(const In* x, Out* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
+                                    int64_t n, int64_t oy, float* acc) {
+    pool_row_body(x, y, s, kind, count_include_pad, n, oy, acc);
 }
-BASISRT_NARROW void pool_row_narrow(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
-                                    int64_t n, int64_t oy) {
-    pool_row_body(x, y, s, kind, count_include_pad, n, oy);
+template <class In, class Out>
+BASISRT_NARROW void pool_row_narrow(const In* x, Out* y, const PoolShape& s, PoolKind kind, bool count_include_pad,
+                                    int64_t n, int64_t oy, float* acc) {
+    pool_row_body(x, y, s, kind, count_include_pad, n, oy, acc);
 }
-void pool_row(const float* x, float* y, const PoolShape& s, PoolKind kind, bool count_include_pad, int64_t n,
-              int64_t oy) {
-    if (use_avx512()) return pool_row_avx512(x, y, s, kind, count_include_pad, n, oy);
-    pool_row_narrow(x, y, s, kind, count_include_pad, n, oy);
+template <class In, class Out>
+void pool_rows(const void* x, void* y, const PoolShape& s, PoolKind kind, bool count_include_pad, int num_threads) {
+    const bool avx512 = use_avx512();
+    parallel_for(s.N * s.Ho, num_threads, [&](int64_t row) {
+        thread_local std::vector<float> acc;
+        if (acc.size() < size_t(s.C)) acc.resize(s.C);
+        const In* in = static_cast<const In*>(x);
+        Out* out = static_cast<Out*>(y);
+        if (avx512) pool_row_avx512(in, out, s, kind, count_include_pad, row / s.Ho, row % s.Ho, acc.data());
+        else pool_row_narrow(in, out, s, kind, count_include_pad, row / s.Ho, row % s.Ho, acc.data());
+    });
 }
 
 }  // namespace
 
-void pool_nhwc(const float* x, float* y, const PoolShape& shape, PoolKind kind, bool count_include_pad,
+void pool_nhwc(const void* x, void* y, const PoolShape& shape, PoolKind kind, bool count_include_pad,
                int num_threads) {
     PoolShape s = shape;
     s.ldx = s.ldx ? s.ldx : s.C;
     s.ldy = s.ldy ? s.ldy : s.C;
     if (s.ldx < s.C || s.ldy < s.C) throw std::invalid_argument("pool_nhwc: a pixel stride is smaller than C");
-    parallel_for(s.N * s.Ho, num_threads, [&](int64_t row) {
-        pool_row(x, y, s, kind, count_include_pad, row / s.Ho, row % s.Ho);
-    });
+    if (s.x_bf16 && s.y_bf16) pool_rows<uint16_t, uint16_t>(x, y, s, kind, count_include_pad, num_threads);
+    else if (s.x_bf16) pool_rows<uint16_t, float>(x, y, s, kind, count_include_pad, num_threads);
+    else if (s.y_bf16) pool_rows<float, uint16_t>(x, y, s, kind, count_include_pad, num_threads);
+    else pool_rows<float, float>(x, y, s, kind, count_include_pad, num_threads);
 }
 
 }  // namespace basisrt

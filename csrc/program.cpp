@@ -80,6 +80,11 @@ float* poisoned(float* block, size_t floats) {
     return block;
 }
 
+// Whether op reads and writes bf16 maps (Program::keep_bf16): a bf16 conv or a pool.
+bool takes_bf16(const ProgramOp& op) {
+    return (op.kind == ProgramOp::Kind::conv && op.B16) || op.kind == ProgramOp::Kind::pool;
+}
+
 // Image n of a root buffer whose image 0 is at `base`.
 float* image_at(float* base, const BufferShape& b, int64_t n) {
     if (b.bf16) return reinterpret_cast<float*>(reinterpret_cast<uint16_t*>(base) + n * elements(b));
@@ -124,11 +129,10 @@ void Program::check(const ProgramOp& op) const {
         op.out == op.in || op.residual == op.out)
         throw std::invalid_argument(fn + ": buffer ids out of range (" + std::to_string(n) + " buffers)");
     const BufferShape &i = buffers_[op.in], &o = buffers_[op.out];
-    const bool bf16_conv = op.kind == ProgramOp::Kind::conv && op.B16;
     for (int id : {op.in, op.residual, op.out})
-        if (id >= 0 && buffers_[id].bf16 && !bf16_conv)
+        if (id >= 0 && buffers_[id].bf16 && !takes_bf16(op))
             throw std::invalid_argument(fn + ": buffer " + std::to_string(id) + " holds bf16, which only bf16 convs "
-                                             "read and write");
+                                             "and pools read and write");
     if (op.kind == ProgramOp::Kind::conv) {
         check_fused_pool(fn, op.fused_pool);  // before conv_shape multiplies by it
         check_conv(fn, conv_shape(op), op.rank, op.residual >= 0);
@@ -217,19 +221,19 @@ void Program::add_op(const ProgramOp& op) {
 int Program::keep_bf16(int output) {
     const int n = static_cast<int>(buffers_.size());
     if (output < 1 || output >= n) throw std::invalid_argument("Program.keep_bf16: output buffer id out of range");
-    std::vector<bool> ok(n, true), used(n, false);
+    std::vector<bool> ok(n, true), by_conv(n, false);
     ok[0] = ok[output] = false;
     for (int id = 0; id < n; ++id)
         if (buffers_[id].parent >= 0) ok[id] = ok[buffers_[id].parent] = false;
     for (const ProgramOp& op : ops_)
         for (int id : {op.in, op.residual, op.out}) {
             if (id < 0) continue;
-            used[id] = true;
-            if (op.kind != ProgramOp::Kind::conv || !op.B16) ok[id] = false;
+            if (!takes_bf16(op)) ok[id] = false;
+            if (op.kind == ProgramOp::Kind::conv) by_conv[id] = true;  // a map of pools alone stays fp32
         }
     int count = 0;
     for (int id = 0; id < n; ++id)
-        if (ok[id] && used[id] && !buffers_[id].bf16) buffers_[id].bf16 = true, ++count;
+        if (ok[id] && by_conv[id] && !buffers_[id].bf16) buffers_[id].bf16 = true, ++count;
     std::lock_guard<std::mutex> lk(layouts_mu_);
     layouts_.clear();  // sizes changed
     return count;
@@ -252,7 +256,10 @@ int64_t Program::weight_floats(const ProgramOp& op) const {
 }
 
 int64_t Program::activation_floats(const ProgramOp& op) const {
-    return floats(op.in) + floats(op.out) + (op.residual >= 0 ? floats(op.residual) : 0);
+    // Counted as fp32 when bf16 too: a bf16 conv also holds a padded bf16 copy of its input and fp32
+    // tiles, and counting bf16 maps at half doubled VGG16's image groups and cost 5-8 % (batch 32).
+    const auto& b = buffers_;
+    return elements(b[op.in]) + elements(b[op.out]) + (op.residual >= 0 ? elements(b[op.residual]) : 0);
 }
 
 Program::Segment Program::cache_groups(int64_t N, int num_threads) const {
@@ -367,7 +374,7 @@ void Program::run_op(const ProgramOp& op, float* in, float* residual, float* out
         const ExpandConv e{op.B, op.A, op.bias, i.C, op.rank, op.act, op.alpha};
         expand_depthwise_nhwc(in, ldx, e, op.dw_w, op.dw_bias, out, d, op.dw_act, op.dw_alpha, num_threads);
     } else if (op.kind == ProgramOp::Kind::pool) {
-        PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, ldx, ldy};
+        PoolShape s{N, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw, ldx, ldy, i.bf16, o.bf16};
         pool_nhwc(in, out, s, op.pool, op.count_include_pad, num_threads);
     } else if (op.kind == ProgramOp::Kind::affine) {
         channel_affine_nhwc(in, op.scale, op.shift, out, N * i.H * i.W, i.C, ldx, ldy, op.act, num_threads, op.alpha);

@@ -36,7 +36,7 @@ struct BufferShape {
     // never itself a view (Program::alias keeps it so).
     int parent = -1;
     int64_t offset = 0;
-    // bf16 bits instead of fp32 (keep_bf16): a map only bf16 convs write and read.
+    // bf16 bits instead of fp32 (keep_bf16): a map only bf16 convs and pools write and read.
     bool bf16 = false;
 };
 
@@ -81,10 +81,11 @@ class Program {
     void alias(int buffer, int parent, int64_t offset);
     // Checks every id, shape and geometry (std::invalid_argument), then appends the op.
     void add_op(const ProgramOp& op);
-    // Stores in bf16 every buffer that only bf16 convs write and read (as input or residual): not
-    // the input, not `output`, no view and no concatenation. Those maps then cost half the bytes
-    // to write and read, and the consumer's conversion is a copy. Returns how many; call after the
-    // last add_op (a later op touching a bf16 buffer must be a bf16 conv, or add_op refuses it).
+    // Stores in bf16 every buffer that a bf16 conv writes or reads (as input or residual) and no
+    // op but bf16 convs and pools touches: not the input, not `output`, no view and no
+    // concatenation. Those maps then cost half the bytes to write and read, and the consumer's
+    // conversion is a copy. Returns how many; call after the last add_op (a later op touching a
+    // bf16 buffer must be a bf16 conv or a pool, or add_op refuses it).
     int keep_bf16(int output);
     // add_op's checks of ids and geometry alone (not the weight pointers).
     void check(const ProgramOp& op) const;

@@ -163,8 +163,8 @@ def test_bf16_activations_in_and_out_are_fp32_io_rounded(c):
 
 @needs_bf16
 def test_program_keeps_maps_between_bf16_convs_in_bf16():
-    """keep_bf16: the maps only bf16 convs write and read are bf16 (not the input, the output, a
-    concatenation or a map a pool reads); an op other than a bf16 conv on one of them is refused."""
+    """keep_bf16: the maps that bf16 convs and pools alone write and read are bf16 (not the input,
+    the output or a concatenation); an op other than a bf16 conv or pool on one of them is refused."""
     torch.manual_seed(0)
 
     class Net(torch.nn.Module):
@@ -187,15 +187,45 @@ def test_program_keeps_maps_between_bf16_convs_in_bf16():
     program = cm.native.program
     shapes = program.buffers
     bf16_ids = program.bf16_buffers
-    assert [shapes[i][:3] for i in bf16_ids] == [(16, 16, 32), (16, 16, 32)]  # a and b, nothing else
+    assert [shapes[i][:3] for i in bf16_ids] == [(16, 16, 32)] * 3  # a, b and c's map (read by a pool)
     with torch.no_grad():
         assert rel_err(cm(x), net(x).double()) < 3e-2
     with pytest.raises(ValueError, match="holds bf16"):
-        program.add_pool(bf16_ids[0], len(shapes) - 1, (1, 1), (1, 1), (0, 0), _C.PoolKind.max, True)
+        program.add_affine(bf16_ids[0], len(shapes) - 1, np.ones(32, np.float32), np.zeros(32, np.float32),
+                           _C.Activation.none)
     free = program.add_buffer(16, 16, 32)
     with pytest.raises(ValueError, match="holds bf16"):
         program.run(x.numpy(), np.empty((2, 16, 16, 32), np.float32), bf16_ids[0], 1)
     assert free not in program.bf16_buffers
+
+
+@needs_bf16
+@pytest.mark.parametrize("pool", ["max", "avg", "global"])
+def test_pools_between_bf16_convs_run_on_bf16_maps(pool):
+    """conv -> pool -> conv at bf16: the maps on both sides of the pool are bf16. A max pool gives
+    exactly what fp32 maps give (rounding to bf16 is monotonic: the max of rounded values is the
+    rounded max, which the next conv took as its input anyway); an average is rounded once more."""
+    from basisrt.compiler import program as lowering
+    torch.manual_seed(0)
+    pools = {"max": torch.nn.MaxPool2d(2), "avg": torch.nn.AvgPool2d(3, 1, 1), "global": torch.nn.AdaptiveAvgPool2d(1)}
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 48, 3, padding=1), torch.nn.ReLU(), pools[pool],
+                              torch.nn.Conv2d(48, 40, 3 if pool != "global" else 1, padding=int(pool != "global")),
+                              torch.nn.ReLU(), torch.nn.Conv2d(40, 24, 1)).eval()
+    x = torch.randn(3, 3, 13, 18)
+    x[1, 0, 4, 4] = float("nan")
+    try:
+        lowering.BF16_ACTIVATIONS = False
+        fp32_maps = basisrt.compile(net, x, precision="bf16")
+    finally:
+        lowering.BF16_ACTIVATIONS = True
+    bf16_maps = basisrt.compile(net, x, precision="bf16")
+    assert len(bf16_maps.native.program.bf16_buffers) == 3 and not fp32_maps.native.program.bf16_buffers
+    want, got = fp32_maps(x), bf16_maps(x)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(want).any()
+    if pool == "max":
+        assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    else:
+        assert 0 < rel_err(torch.nan_to_num(got), torch.nan_to_num(want).double()) < 1e-2
 
 
 @needs_bf16
