@@ -425,38 +425,50 @@ BASISRT_AMX void epilogue(const ConvArgs& c, float* out, int64_t ldo, int64_t v0
                           int64_t cols) {
     const Clamp cl = clamp_of(c.act);
     const __m512 lo = _mm512_set1_ps(cl.lo), hi = _mm512_set1_ps(cl.hi);
-    const bool staged = c.io.y && !is_clamp(c.act);  // the activation needs the whole fp32 row
+    // c's fields in locals: every store through y could alias them, and reloading them after each
+    // store was a fifth of the epilogue's time
+    const bool y16 = c.io.y, r16 = c.io.residual, clamps = is_clamp(c.act);
+    const bool staged = y16 && !clamps;  // the activation needs the whole fp32 row
+    const float* const bias = c.bias + j0;
+    const char* const residual = static_cast<const char*>(c.residual);
+    char* const ybase = static_cast<char*>(c.y);
+    const int64_t ldy = c.ldy, ldr = c.ldr, ysize = y16 ? 2 : 4, rsize = r16 ? 2 : 4;
+    const Activation act = c.act;
+    const float alpha = c.alpha;
+    const __mmask16 tail = static_cast<__mmask16>((1u << (cols % 16)) - 1);
     PixelWalk at(c, v0);
     for (int64_t r = 0; r < rows; ++r, at.next()) {
         const int64_t p = at.pixel();
         if (p < 0) continue;
         float* o = out + r * ldo;
-        float* y32 = static_cast<float*>(c.y) + p * c.ldy + j0;
-        uint16_t* y16 = static_cast<uint16_t*>(c.y) + p * c.ldy + j0;
-        const int64_t res_at = p * c.ldr + j0;
+        char* y = ybase + (p * ldy + j0) * ysize;
+        const char* res = residual ? residual + (p * ldr + j0) * rsize : nullptr;
         for (int64_t j = 0; j < cols; j += 16) {
-            const __mmask16 m = cols - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - j)) - 1);
-            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + j), _mm512_maskz_loadu_ps(m, c.bias + j0 + j));
-            if (c.residual && c.io.residual)
+            const __mmask16 m = cols - j >= 16 ? __mmask16(0xffff) : tail;
+            __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o + j), _mm512_maskz_loadu_ps(m, bias + j));
+            if (res && r16)
                 v = _mm512_add_ps(v, _mm512_cvtpbh_ps((__m256bh)_mm256_maskz_loadu_epi16(
-                                         m, static_cast<const uint16_t*>(c.residual) + res_at + j)));
-            else if (c.residual)
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, static_cast<const float*>(c.residual) + res_at + j));
+                                         m, reinterpret_cast<const uint16_t*>(res) + j)));
+            else if (res)
+                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, reinterpret_cast<const float*>(res) + j));
             // max(v, lo) then min(v, hi), v first: NaN stays NaN, as PyTorch's clamps keep it
             v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
             v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(hi, v, _CMP_LT_OQ), v, hi);
             if (staged) _mm512_mask_storeu_ps(o + j, m, v);
-            else if (c.io.y) _mm256_mask_storeu_epi16(y16 + j, m, (__m256i)_mm512_cvtneps_pbh(v));
-            else _mm512_mask_storeu_ps(y32 + j, m, v);
+            else if (y16)
+                _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(y) + j, m, (__m256i)_mm512_cvtneps_pbh(v));
+            else _mm512_mask_storeu_ps(reinterpret_cast<float*>(y) + j, m, v);
         }
-        if (!c.io.y) {
-            activate_rows(y32, 1, cols, c.ldy, c.act, c.alpha);  // a no-op for the clamps
-        } else if (staged) {
-            activate_rows(o, 1, cols, ldo, c.act, c.alpha);
-            for (int64_t j = 0; j < cols; j += 16) {
-                const __mmask16 m = cols - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (cols - j)) - 1);
-                _mm256_mask_storeu_epi16(y16 + j, m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, o + j)));
-            }
+        if (clamps) continue;
+        if (!y16) {
+            activate_rows(reinterpret_cast<float*>(y), 1, cols, ldy, act, alpha);
+            continue;
+        }
+        activate_rows(o, 1, cols, ldo, act, alpha);
+        for (int64_t j = 0; j < cols; j += 16) {
+            const __mmask16 m = cols - j >= 16 ? __mmask16(0xffff) : tail;
+            _mm256_mask_storeu_epi16(reinterpret_cast<uint16_t*>(y) + j, m,
+                                     (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, o + j)));
         }
     }
 }

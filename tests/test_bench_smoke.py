@@ -2,7 +2,10 @@
 run are reported with a reason. No timing assertions."""
 import builtins
 import copy
+import glob
 import json
+import os
+import tempfile
 
 import pytest
 import torch
@@ -13,10 +16,16 @@ from basisrt.bench.runner import BenchConfig, run
 from basisrt.cli import main
 
 
+def _exports() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "basisrt-bench-*.onnx*")))
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
+    before = _exports()
     assert main(["bench", "--quick", "--no-progress", "--out", str(out), "--results-md", str(out / "R.md")]) == 0
+    assert _exports() <= before  # the ONNX files exported for ONNX Runtime / OpenVINO are deleted
     return out
 
 
@@ -108,11 +117,15 @@ def test_openvino_engines_match_eager(name):
     pytest.importorskip("openvino")
     from nets import pruned_net
     model, x = pruned_net().eval(), torch.randn(2, 3, 12, 10)
+    cache: dict = {}
     try:
-        run = eng.build(name, model, x, 1, {})
+        run = eng.build(name, model, x, 1, cache)
     except eng.EngineSkipped as e:
         assert name.endswith("_bf16") and "no bf16" in str(e)
         return
+    ((path, _),) = cache.values()
+    eng.remove_exports(cache)  # the compiled model no longer needs its file
+    assert not os.path.exists(path) and not cache
     with torch.no_grad():
         ref = model(x)
     assert ((run.output() - ref).norm() / ref.norm()).item() < eng.tolerance(name)

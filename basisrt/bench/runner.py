@@ -311,7 +311,16 @@ def _run_shape(results, config, engines, model_name, dense, pruned, threads, bat
     dense_cost = profile(dense, x)
     with torch.no_grad():
         dense_ref = dense(x)
-    cache: dict = {}
+    cache: dict = {}  # exported ONNX files, deleted when this shape's engines are built and timed
+    try:
+        _run_shape_engines(results, config, engines, model_name, dense, pruned, threads, batch, layer_batch,
+                           layer_threads, bar, say, x, dense_cost, dense_ref, cache)
+    finally:
+        eng.remove_exports(cache)
+
+
+def _run_shape_engines(results, config, engines, model_name, dense, pruned, threads, batch, layer_batch,
+                       layer_threads, bar, say, x, dense_cost, dense_ref, cache) -> None:
     # GPU engines once per batch, at the first thread count
     devices = [d for d in eng.DEVICES if d == "cpu" or threads == config.threads[0]]
     dense_runs: dict[str, dict[str, eng.EngineRun]] = {d: {} for d in devices}
