@@ -89,10 +89,12 @@ def _big(n, c_in, hw, rank, stride=1, residual=True):
                 dilation=(1, 1), groups=1, rank=rank, bias=True, act="relu", residual=residual)
 
 
-# Layers whose weights do not fit a task's panel, or whose pixels are too few for the threads: the
-# columns split across tasks, a basis pair then run in two passes (csrc/amx_conv.cpp, ConvArgs)
+# Layers whose weights do not fit a task's panel, or whose pixels are too few for the threads (a
+# dense conv, or a pair with 1 MiB of weights: 512 channels at rank 128): the columns split across
+# tasks, a basis pair then run in two passes (csrc/amx_conv.cpp, ConvArgs)
 BIG = [_big(1, 256, 4, 128), _big(2, 512, 4, 96), _big(1, 256, 4, 0), _big(8, 256, 16, 128, stride=2),
-       _big(3, 160, 16, 100), _big(1, 96, 33, 64, residual=False), _big(2, 512, 2, 0, residual=False)]
+       _big(3, 160, 16, 100), _big(1, 96, 33, 64, residual=False), _big(2, 512, 2, 0, residual=False),
+       _big(1, 512, 4, 128), _big(1, 512, 6, 128, stride=2)]
 
 
 @needs_bf16
