@@ -89,7 +89,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             with a warning where fx cannot trace the model.
         precision: "fp32" (default), or "bf16": convs and linears with one group run on AMX tiles
             with bf16 weights and fp32 accumulation (about 1e-2 relative error on whole models, as
-            other engines' bf16 modes); activations and the other ops stay fp32. CPU plans on
+            other engines' bf16 modes); maps between bf16 convs (and pools) are bf16, the other
+            ops and their maps fp32. CPU plans on
             AMX machines only (Sapphire Rapids or newer); elsewhere a ValueError. Dense convs then
             run on basisrt's kernel (dense_backend "auto" means "basisrt").
     """
