@@ -133,7 +133,8 @@ class Program {
     Segment cache_groups(int64_t N, int num_threads) const;  // the early ops' groups: {0, 0, N} if none
     int64_t weight_floats(const ProgramOp& op) const;
     int64_t activation_floats(const ProgramOp& op) const;  // per image: input + output + residual
-    void run_op(const ProgramOp& op, float* in, float* residual, float* out, int64_t N, int num_threads) const;
+    void run_op(const ProgramOp& op, const float* in, const float* residual, float* out, int64_t N,
+                int num_threads) const;
 
     std::vector<BufferShape> buffers_;
     std::vector<ProgramOp> ops_;
