@@ -199,6 +199,8 @@ def test_program_keeps_maps_between_bf16_convs_in_bf16():
     with pytest.raises(ValueError, match="holds bf16"):
         program.run(x.numpy(), np.empty((2, 16, 16, 32), np.float32), bf16_ids[0], 1)
     assert free not in program.bf16_buffers
+    with pytest.raises(ValueError, match="out of range"):
+        program.keep_bf16(len(program.buffers))
 
 
 @needs_bf16
@@ -360,3 +362,13 @@ def test_bf16_kernel_rejects_bad_arrays():
                                 None, y, (3, 3), (1, 1), (0, 0), (1, 1), 4, _C.Activation.none, 1)
     with pytest.raises(ValueError, match="2-D float32"):
         _C.pack_bf16_vnni(np.zeros((3, 3, 3), np.float32))
+    bias = np.zeros(8, np.float32)
+    _C.fused_conv_bf16_nhwc(x.astype(np.int16), b, None, bias, y.astype(np.int16), y.astype(np.uint16), *args)
+    with pytest.raises(ValueError, match="x must be a 4-D float32 or 16-bit"):
+        _C.fused_conv_bf16_nhwc(x.astype(np.int16)[0], b, None, bias, None, y, *args)
+    with pytest.raises(ValueError, match="out must be a 4-D float32 or 16-bit"):
+        _C.fused_conv_bf16_nhwc(x, b, None, bias, None, y.astype(np.uint8), *args)
+    with pytest.raises(ValueError, match="residual must have out's shape"):
+        _C.fused_conv_bf16_nhwc(x, b, None, bias, x.astype(np.int16), y, *args)
+    with pytest.raises(ValueError, match="x must be NHWC"):
+        _C.fused_conv_bf16_nhwc(x.astype(np.int16).transpose(0, 3, 1, 2), b, None, bias, None, y, *args)
