@@ -13,6 +13,7 @@
 
 #include "activation.h"
 #include "aligned_buffer.h"
+#include "simd.h"
 #include "thread_pool.h"
 
 // GCC 12's AVX-512 headers build widening and half-extracting intrinsics on _mm512_undefined_*,
@@ -20,7 +21,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #define BASISRT_AMX __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,amx-tile,amx-bf16,fma")))
-#define BASISRT_AVX512BF16 __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,fma")))
 
 namespace basisrt {
 namespace {

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 namespace basisrt {
@@ -29,11 +30,10 @@ inline void store(float* out, const float* acc, float inv, int64_t C) {
     for (int64_t c = 0; c < C; ++c) out[c] = acc[c] * inv;
 }
 
-#define BASISRT_BF16_VEC __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma")))
-BASISRT_BF16_VEC inline __mmask16 first(int64_t n) {
+BASISRT_AVX512BF16 inline __mmask16 first(int64_t n) {
     return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1);
 }
-BASISRT_BF16_VEC void reduce(float* acc, const uint16_t* in, int64_t C, bool is_max) {
+BASISRT_AVX512BF16 void reduce(float* acc, const uint16_t* in, int64_t C, bool is_max) {
     for (int64_t c = 0; c < C; c += 16) {
         const __mmask16 m = first(C - c);
         const __m512i h = _mm512_maskz_cvtepu16_epi32(m, _mm256_maskz_loadu_epi16(m, in + c));
@@ -45,7 +45,7 @@ BASISRT_BF16_VEC void reduce(float* acc, const uint16_t* in, int64_t C, bool is_
         _mm512_mask_storeu_ps(acc + c, m, r);
     }
 }
-BASISRT_BF16_VEC void store(uint16_t* out, const float* acc, float inv, int64_t C) {
+BASISRT_AVX512BF16 void store(uint16_t* out, const float* acc, float inv, int64_t C) {
     for (int64_t c = 0; c < C; c += 16) {  // nearest even; NaN stays NaN
         const __mmask16 m = first(C - c);
         const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + c), _mm512_set1_ps(inv));
@@ -53,8 +53,8 @@ BASISRT_BF16_VEC void store(uint16_t* out, const float* acc, float inv, int64_t 
     }
 }
 
-// One output row (n, oy): for each output pixel, reduce its window channel-wise into acc (C
-// floats), then store it.
+// One output row (n, oy): for each output pixel, reduce its window channel-wise (into a float32
+// output directly, else into acc: C floats), then store it.
 template <class In, class Out>
 inline __attribute__((always_inline)) void pool_row_body(const In* x, Out* y, const PoolShape& s, PoolKind kind,
                                                          bool count_include_pad, int64_t n, int64_t oy, float* acc) {
@@ -67,18 +67,19 @@ inline __attribute__((always_inline)) void pool_row_body(const In* x, Out* y, co
         const int64_t xlo = adaptive ? ox * s.W / s.Wo : std::max<int64_t>(x0, 0);
         const int64_t xhi = adaptive ? ((ox + 1) * s.W + s.Wo - 1) / s.Wo : std::min(x0 + s.kw, s.W);
         Out* out = y + ((n * s.Ho + oy) * s.Wo + ox) * s.ldy;
+        constexpr bool f32_out = std::is_same_v<Out, float>;  // reduced in place, no staging
+        float* a = f32_out ? reinterpret_cast<float*>(out) : acc;
         const bool is_max = kind == PoolKind::max;
-        std::fill(acc, acc + s.C, is_max ? -std::numeric_limits<float>::infinity() : 0.f);
+        std::fill(a, a + s.C, is_max ? -std::numeric_limits<float>::infinity() : 0.f);
         for (int64_t iy = ylo; iy < yhi; ++iy)
-            for (int64_t ix = xlo; ix < xhi; ++ix) {
-                reduce(acc, x + ((n * s.H + iy) * s.W + ix) * s.ldx, s.C, is_max);
-            }
+            for (int64_t ix = xlo; ix < xhi; ++ix) reduce(a, x + ((n * s.H + iy) * s.W + ix) * s.ldx, s.C, is_max);
+        if (f32_out && is_max) continue;
         float inv = 1.f;
         if (!is_max) {  // PyTorch's divisor: the window clipped to the padded image, or to the image
             const int64_t hp = std::min(y0 + s.kh, s.H + s.ph) - y0, wp = std::min(x0 + s.kw, s.W + s.pw) - x0;
             inv = 1.f / static_cast<float>(count_include_pad && !adaptive ? hp * wp : (yhi - ylo) * (xhi - xlo));
         }
-        store(out, acc, inv, s.C);
+        store(out, a, inv, s.C);  // in place for float32
     }
 }
 

@@ -30,3 +30,6 @@ inline bool use_avx2_fma() {
 #define BASISRT_AVX512 __attribute__((target("avx512f,avx512vl,fma")))
 #define BASISRT_NARROW __attribute__((target_clones("avx2", "default")))
 #define BASISRT_AVX2 __attribute__((target("avx2,fma")))
+// bf16 conversions and dot products (VCVTNEPS2BF16, VDPBF16PS): only on paths taken where a bf16
+// conv ran, so the CPU has them (amx_conv.h: bf16_path()).
+#define BASISRT_AVX512BF16 __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,fma")))

@@ -219,10 +219,14 @@ def remove_exports(export_cache: dict) -> None:
     """Deletes the ONNX files `_exported` wrote for `export_cache` (once every engine that reads
     them is built: ONNX Runtime and OpenVINO hold their models in memory)."""
     for path, _ in export_cache.values():
-        for p in (path, path + ".data"):  # the dynamo exporter may write the weights beside it
-            with contextlib.suppress(OSError):
-                os.remove(p)
+        _remove_export(path)
     export_cache.clear()
+
+
+def _remove_export(path: str) -> None:
+    for p in (path, path + ".data"):  # the dynamo exporter may write the weights beside it
+        with contextlib.suppress(OSError):
+            os.remove(p)
 
 
 def _ort(model: nn.Module, x: Tensor, threads: int, export_cache: dict) -> EngineRun:
@@ -287,7 +291,7 @@ def _export(model: nn.Module, x: Tensor) -> tuple[str, str]:
             return path, "dynamo" if dynamo else "torchscript"
         except Exception as e:  # noqa: BLE001
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {type(e).__name__}: {str(e)[:200]}")
-    remove_exports({0: (path, "")})
+    _remove_export(path)
     raise RuntimeError("ONNX export failed: " + "; ".join(errors))
 
 
