@@ -143,3 +143,37 @@ def test_queue_full_is_raised_before_anything_is_queued() -> None:
         await asyncio.gather(busy, queued)
         await b.close()
     _run(main())
+
+
+def test_a_split_request_that_started_finishes_past_its_deadline() -> None:
+    async def main():
+        model = FakeModel()
+        b = Batcher(model, max_batch=2, max_delay_s=0.0, max_queue=16)
+        model.hold.clear()
+        request = b.submit(_rows(4), time.monotonic() + 0.05)  # two parts of 2 rows
+        await _started(model)
+        await asyncio.sleep(0.1)  # the deadline passes while its first part runs
+        model.hold.set()
+        out = await asyncio.wait_for(request, 5)
+        await b.close()
+        return model, out
+    model, out = _run(main())
+    assert [x.shape[0] for x in model.batches] == [2, 2]
+    assert torch.equal(out, 2 * _rows(4) + 1)
+
+
+def test_drain_waits_for_the_running_batch_and_close_stops_the_thread() -> None:
+    async def main():
+        model = FakeModel()
+        b = Batcher(model, max_batch=2, max_delay_s=0.0, max_queue=16)
+        model.hold.clear()
+        work = b.submit(_rows(1), time.monotonic() + 10)
+        await _started(model)
+        assert not await b.drain(0.05)  # still running
+        model.hold.set()
+        assert await b.drain(5)
+        assert work.done()
+        await b.close()
+        return b
+    b = _run(main())
+    assert not b._thread.is_alive()

@@ -268,6 +268,31 @@ def test_queue_full_is_503_with_retry_after(plan_path) -> None:
         assert s.stop() == 0
 
 
+def test_a_disconnected_clients_rows_never_run(plan_path) -> None:
+    s = Server(plan_path, "--max-batch-size", "1024")
+    try:
+        busy = threading.Thread(target=lambda: Client(s.url).infer("r18", torch.randn(1024, *INPUT)))
+        busy.start()  # about a second of work on one thread
+        while s.metrics()["basisrt_in_flight"] < 1:
+            time.sleep(0.01)
+        time.sleep(0.3)  # its 12 MB are read and it runs
+        x = torch.randn(1, *INPUT)
+        head = json.dumps({"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, *INPUT],
+                                       "parameters": {"binary_data_size": x.numel() * 4}}]}).encode()
+        body = head + x.numpy().tobytes()
+        with socket.create_connection(("127.0.0.1", s.port)) as c:  # sends a whole request, then hangs up
+            c.sendall(b"POST /v2/models/r18/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n%s: %d\r\n\r\n"
+                      % (len(body), HEADER_LENGTH.encode(), len(head)) + body)
+            time.sleep(0.2)
+        busy.join()
+        m = s.metrics()
+        assert m['basisrt_failures_total{model="r18",reason="disconnected"}'] == 1
+        assert m['basisrt_rows_total{model="r18"}'] == 1024  # the busy request's rows only
+        assert Client(s.url).infer("r18", x).shape == (1, 10)
+    finally:
+        assert s.stop() == 0
+
+
 def test_sigterm_under_load_drains_and_exits_0(plan_path) -> None:
     s = Server(plan_path, "--grace-s", "10")
     results: Counter = Counter()

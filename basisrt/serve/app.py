@@ -1,11 +1,13 @@
-"""`basisrt serve`'s ASGI app (Starlette): saved plans behind the Open Inference Protocol v2, with
-dynamic batching (basisrt.serve.batcher), Prometheus metrics and a draining state for graceful
-shutdown. Run it under uvicorn (basisrt.serve.server)."""
+"""`basisrt serve`'s ASGI app: saved plans behind the Open Inference Protocol v2, with dynamic
+batching (basisrt.serve.batcher), Prometheus metrics and a draining state for graceful shutdown.
+Inference requests take a plain ASGI path; the other endpoints are a Starlette app. Run it under
+uvicorn (basisrt.serve.server)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,17 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.queue_depth = Gauge("basisrt_queue_depth", "Request parts waiting to run", ["model"], registry=r)
         self.in_flight = Gauge("basisrt_in_flight", "Inference requests being handled", registry=r)
+        self._answered: dict[tuple[str, int], tuple] = {}
+
+    def answered(self, model: str, status: int, seconds: float) -> None:
+        """One inference request answered. The labelled children are looked up once per (model,
+        status): `labels()` takes a lock and formats its labels, on every request otherwise."""
+        children = self._answered.get((model, status))
+        if children is None:
+            children = self._answered[model, status] = (self.requests.labels(model, str(status)),
+                                                        self.request_s.labels(model, str(status)))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def batch(self, model: str, s: BatchStats) -> None:
         self.batches.labels(model).inc()
@@ -136,12 +149,30 @@ class ServerState:
             await asyncio.sleep(0.01)  # responses being encoded and sent
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+_Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]  # status, body, raw ASGI headers
+HEADER_LENGTH_BYTES = HEADER_LENGTH.encode()
 
 
-def _unavailable(why: str) -> JSONResponse:
+def _raw_headers(body: bytes, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(b"content-length", str(len(body)).encode()),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> _Answer:
+    body = json.dumps({"error": message}).encode()
+    return status, body, _raw_headers(body, {"content-type": "application/json", **(headers or {})})
+
+
+def _unavailable(why: str) -> _Answer:
     return _error(503, why, {"Retry-After": RETRY_AFTER_S})
+
+
+def _response(answer: _Answer) -> Response:
+    """An answer of the inference path (status, body, raw headers) as a Starlette Response."""
+    status, body, headers = answer
+    response = Response(body, status_code=status)
+    response.raw_headers = headers
+    return response
 
 
 def _load(name: str, path: str, precision: str | None = None) -> _Model:
@@ -177,7 +208,7 @@ def batcher_runner(m: "_Model", config: ServeConfig, metrics: Metrics) -> Batche
                    on_drop=lambda reason: metrics.failures.labels(m.name, reason).inc())
 
 
-def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
+def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
     """The ASGI app serving `config.models`. Models load and warm up in the app's startup; readiness
     is 200 once all of them have. `runner(model, config, metrics)` makes what runs a model's
     requests: an object with `submit(x, deadline)` (QueueFull now, or a future of the output rows),
@@ -185,6 +216,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
     (basisrt.serve.ray passes Ray Serve's batching)."""
     state = ServerState(config)
     metrics = state.metrics
+    metrics.in_flight.set_function(lambda: state.in_flight)
     max_body = int(config.max_body_mb * 1024 * 1024)
 
     async def startup() -> None:
@@ -194,6 +226,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
             m = await run_in_threadpool(_load, name, path, config.precision)
             await run_in_threadpool(_warm_up, m)
             m.batcher = runner(m, config, metrics)
+            metrics.queue_depth.labels(name).set_function(lambda b=m.batcher: b.depth)
             m.ready = True
             state.models[name] = m
         # The loaded plans, torch and the libraries are long-lived: frozen, the cyclic GC stops
@@ -216,19 +249,20 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
 
     async def ready(request: Request) -> Response:
         if state.draining:
-            return _unavailable("the server is shutting down")
+            return _response(_unavailable("the server is shutting down"))
         if not state.ready:
-            return _unavailable("models are loading")
+            return _response(_unavailable("models are loading"))
         return JSONResponse({"ready": True})
+
+    def missing(name: str) -> _Answer:
+        if not state.ready and name in config.models:
+            return _unavailable(f"model {name!r} is loading")
+        return _error(404, f"unknown model {name!r}; served: {', '.join(sorted(config.models))}")
 
     def find(request: Request) -> _Model | Response:
         name = request.path_params["name"]
         m = state.models.get(name)
-        if m is None:
-            if not state.ready and name in config.models:
-                return _unavailable(f"model {name!r} is loading")
-            return _error(404, f"unknown model {name!r}; served: {', '.join(sorted(config.models))}")
-        return m
+        return m if m is not None else _response(missing(name))
 
     async def metadata(request: Request) -> Response:
         m = find(request)
@@ -241,58 +275,61 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
         if isinstance(m, Response):
             return m
         if state.draining:
-            return _unavailable("the server is shutting down")
+            return _response(_unavailable("the server is shutting down"))
         return JSONResponse({"name": m.name, "ready": m.ready})
 
-    async def read_body(request: Request) -> bytes:
+    async def read_body(receive, declared: int) -> bytes:
         """The body, or a 413 past --max-body-mb. A refused body is still read and dropped up to
         DRAIN_BYTES past the limit before the answer: a client still sending when the answer and
         the close come gets a reset (EPIPE) instead of the 413. A larger one is refused at once."""
-        length = request.headers.get("content-length")
-        declared = int(length) if length is not None and length.isdigit() else 0
-        chunks, size = [], 0
-        if declared <= max_body + DRAIN_BYTES:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_body + DRAIN_BYTES:
-                    break
-                if size <= max_body:
-                    chunks.append(chunk)
+        chunks, size, more = [], 0, declared <= max_body + DRAIN_BYTES
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk, more = message.get("body", b""), message.get("more_body", False)
+            size += len(chunk)
+            if size > max_body + DRAIN_BYTES:
+                break
+            if size <= max_body:
+                chunks.append(chunk)
         if max(declared, size) > max_body:
             raise ProtocolError(413, f"the body ({max(declared, size)} bytes or more) is over the limit "
                                      f"({max_body} bytes, --max-body-mb)")
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def infer(request: Request) -> Response:
+    async def infer(scope, receive, send, name: str) -> None:
+        """POST /v2/models/{name}/infer, as a plain ASGI handler (see ServeApp)."""
         start = time.monotonic()
-        name = request.path_params["name"]
         status = 500
-        metrics.in_flight.inc()
         state.in_flight += 1
         try:
-            response = await _infer(request, name, start)
-            status = response.status_code
-            return response
+            status, body, headers = await _infer(scope, receive, name, start)
         finally:
-            metrics.in_flight.dec()
             state.in_flight -= 1
             if name in state.models:  # no label per unknown name a client makes up
-                metrics.requests.labels(name, str(status)).inc()
-                metrics.request_s.labels(name, str(status)).observe(time.monotonic() - start)
+                metrics.answered(name, status, time.monotonic() - start)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    async def _infer(request: Request, name: str, start: float) -> Response:
+    async def _infer(scope, receive, name: str, start: float) -> _Answer:
         if state.draining:
             return _unavailable("the server is shutting down")
-        m = find(request)
-        if isinstance(m, Response):
-            return m
+        m = state.models.get(name)
+        if m is None:
+            return missing(name)
         if m.batcher.full:  # before reading and parsing the body: under overload a 503 must cost little
             metrics.failures.labels(name, "queue_full").inc()
             return _unavailable(f"the queue is full ({m.batcher.depth} requests queued, --max-queue "
-                                f"{config.max_queue})")
+                                       f"{config.max_queue})")
+        declared, head = 0, None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = int(value) if value.isdigit() else 0
+            elif key == HEADER_LENGTH_BYTES:
+                head = value.decode("latin-1")
         try:
-            body = await read_body(request)
-            head = request.headers.get(HEADER_LENGTH)
+            body = await read_body(receive, declared)
             req = await _cheap_or_threaded(_parse_cost(body, head), parse_infer, body, head, m.input_shape)
         except ProtocolError as e:
             metrics.failures.labels(name, "bad_request" if e.status == 400 else "too_large").inc()
@@ -308,9 +345,9 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
         except QueueFull as e:
             metrics.failures.labels(name, "queue_full").inc()
             return _unavailable(f"the queue is full: {e}")
-        metrics.queue_depth.labels(name).set(m.batcher.depth)
-        # the client going away cancels its rows before they run
-        gone = asyncio.ensure_future(_disconnected(request))
+        # The body is read: receive() now returns only when the client goes away, which cancels
+        # its rows before they run.
+        gone = asyncio.ensure_future(receive())
         gone.add_done_callback(lambda g: g.cancelled() or work.cancel())
         try:
             out = await work
@@ -326,15 +363,11 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
             return _error(500, f"the model failed on this batch: {e}")
         finally:
             gone.cancel()
-        metrics.queue_depth.labels(name).set(m.batcher.depth)
         cost = out.numel() * (4 if req.binary_output else 20)  # ~20 characters per JSON number
         body, headers = await _cheap_or_threaded(cost, encode_infer, name, req, out)
-        return Response(body, headers=headers)
+        return 200, body, _raw_headers(body, headers)
 
     async def prometheus(request: Request) -> Response:
-        for n, m in state.models.items():
-            if m.batcher is not None:
-                metrics.queue_depth.labels(n).set(m.batcher.depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
@@ -343,7 +376,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
         Route("/v2/health/ready", ready),
         Route("/v2/models/{name}", metadata),
         Route("/v2/models/{name}/ready", model_ready),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}/infer", _PathNameEndpoint(infer), methods=["POST"]),
         Route("/metrics", prometheus),
     ]
     @contextlib.asynccontextmanager
@@ -356,7 +389,37 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> Starlette:
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.basisrt = state
-    return app
+    return ServeApp(app, infer)
+
+
+class ServeApp:
+    """The server's ASGI app. `POST /v2/models/{name}/infer` goes straight to the inference handler:
+    on that hot path Starlette's routing, middleware and Request / Response objects cost more per
+    request than uvicorn itself. Everything else, lifespan included, goes to the Starlette app
+    (which also routes inference requests under a root path, and answers 405 to other methods)."""
+
+    def __init__(self, app: Starlette, infer) -> None:
+        self.starlette, self._infer = app, infer
+        self.state = app.state  # .basisrt: the ServerState
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            if path.startswith("/v2/models/") and path.endswith("/infer"):
+                name = path[len("/v2/models/"):-len("/infer")]
+                if name and "/" not in name:
+                    return await self._infer(scope, receive, send, name)
+        await self.starlette(scope, receive, send)
+
+
+class _PathNameEndpoint:
+    """An ASGI endpoint for a Starlette Route: `fn(scope, receive, send, name)`, name from the path."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.fn(scope, receive, send, scope["path_params"]["name"])
 
 
 def _parse_cost(body: bytes, header_length: str | None) -> int:
@@ -372,11 +435,3 @@ async def _cheap_or_threaded(cost: int, fn, *args):
     if cost <= INLINE_JSON_BYTES:
         return fn(*args)
     return await run_in_threadpool(fn, *args)
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client closes the connection (the body has been read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
