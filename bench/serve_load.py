@@ -22,7 +22,9 @@
    p99 from the server's histogram (status 200), memory before, during and after, and then
    concurrency 1 again: p50 and errors once the load drops.
 
-wrk and the server share the machine's cores: on 2 cores that costs the server part of one.
+By default wrk and the server share the machine's cores: on 2 cores that costs the server part of
+one. `--server-cpus 1 --load-cpus 0` pins them apart, as a load generator on another machine would
+be: this process (so the direct ceiling) and the server on --server-cpus, wrk on --load-cpus.
 """
 from __future__ import annotations
 
@@ -66,9 +68,9 @@ def build_plan(path: Path, threads: int) -> basisrt.CompiledModel:
     return basisrt.load(str(path))
 
 
-def direct(plan, max_batch: int, seconds: float = 1.5) -> list[dict]:
+def direct(plan, max_batch: int, seconds: float = 1.5, first: int = 1) -> list[dict]:
     rows = []
-    b = 1
+    b = first
     while b <= max_batch:
         x = torch.randn(b, *INPUT)
         for _ in range(5):
@@ -190,10 +192,15 @@ def run_wrk(url: str, body_path: str, headers: dict[str, str], concurrency: int,
                 raw=out)
 
 
+LOAD_CPUS: set[int] | None = None  # --load-cpus
+
+
 def _more_files() -> None:
-    """Lets wrk open a socket per connection (4096 for --overload)."""
+    """Lets wrk open a socket per connection (4096 for --overload), on --load-cpus if given."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 8192), hard), hard))
+    if LOAD_CPUS:
+        os.sched_setaffinity(0, LOAD_CPUS)
 
 
 def _rss_mb(pid: int) -> float:
@@ -257,6 +264,15 @@ def overload(url: str, server_pid: int, body_path: str, headers: dict, expected_
     return r
 
 
+def _cpus(text: str) -> set[int]:
+    """"0,2-3" -> {0, 2, 3}"""
+    out: set[int] = set()
+    for item in text.split(","):
+        lo, _, hi = item.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0)
@@ -268,7 +284,16 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", help="write the tables to this Markdown file")
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of the checked concurrency-64 run (0: none)")
     ap.add_argument("--overload", type=float, default=0.0, help="seconds of arrivals at twice the measured capacity")
+    ap.add_argument("--paired", type=int, default=0,
+                    help="then this many rounds of the direct plan at --max-batch-size beside the server at "
+                         "concurrency 64 (binary), one after the other: the saturation ratio from pairs")
+    ap.add_argument("--server-cpus", type=_cpus, help="CPUs of the server and of the direct ceiling (e.g. 1)")
+    ap.add_argument("--load-cpus", type=_cpus, help="CPUs of wrk (e.g. 0)")
     args = ap.parse_args(argv)
+    global LOAD_CPUS
+    LOAD_CPUS = args.load_cpus
+    if args.server_cpus:
+        os.sched_setaffinity(0, args.server_cpus)  # before any thread starts: the server inherits it
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     work = Path(tempfile.mkdtemp())
@@ -333,12 +358,25 @@ def main(argv=None) -> int:
                   f"{r['rss_before_mb']:.0f}/{r['rss_during_mb']:.0f}/"
                   f"{r['rss_after_mb']:.0f} MB; then c=1: p50 {rec['p50_ms']} ms, {rec['checked']}", flush=True)
             extra.append(r)
+        if args.paired:
+            body, headers, _ = request_body(True)
+            path = work / "body.bin"
+            path.write_bytes(body)
+            for _ in range(args.paired):
+                d = direct(plan, args.max_batch_size, seconds=3.0, first=args.max_batch_size)[0]["rows_per_s"]
+                s = run_wrk(url, str(path), headers, 64, args.duration)["rows_per_s"]
+                extra.append(dict(kind="paired", direct_rows_per_s=d, server_rows_per_s=s, ratio=s / d))
+                print(f"paired: direct batch {args.max_batch_size} {d:.0f} rows/s, server c=64 binary {s:.0f} "
+                      f"rows/s, ratio {s / d:.3f}", flush=True)
+            ratios = sorted(r["ratio"] for r in extra if r["kind"] == "paired")
+            print(f"paired: median ratio {statistics.median(ratios):.3f} (from {ratios[0]:.3f} to {ratios[-1]:.3f})")
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(60)
     meta = dict(date=time.strftime("%Y-%m-%d"), threads=args.threads, duration_s=args.duration,
                 max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, server_exit=code,
-                command=" ".join([Path(sys.executable).name, *sys.argv]), cpus=os.cpu_count())
+                command=" ".join([Path(sys.executable).name, *sys.argv]), cpus=os.cpu_count(),
+                server_cpus=sorted(args.server_cpus or []), load_cpus=sorted(args.load_cpus or []))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(dict(meta=meta, direct=ceiling, server=results, load=extra), indent=1))
     lines = ["| direct batch | p50 ms | rows/s |", "| ---: | ---: | ---: |"]
