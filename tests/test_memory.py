@@ -43,8 +43,10 @@ print(before, after, rss_mb(), max(peak) - before)
 """)
     before, after, later, grew = map(float, out.split())
     assert grew > 500, out  # the batch-1536 call did need hundreds of MB per thread, over the cap
-    assert after - before < 40, out  # and handed them back
-    assert later - before < 40, out
+    # and handed them back: usually all but ~10 MB; glibc's arenas kept 54 MB once in a full-suite
+    # run, so the bound is a fifth of what the call took
+    assert after - before < 100, out
+    assert later - before < 100, out
 
 
 def test_memory_is_flat_over_many_calls():
