@@ -1,0 +1,52 @@
+"""The fp32 fused basis pair against oneDNN's basis conv alone, one thread, in GMAC/s: how close
+our GEMMs come to the FMA peak on the rank-25 % layers of VGG16 / ResNet-18 (CIFAR shapes).
+oneDNN runs only the 3x3 basis conv (rank output channels), we run it and the 1x1 scaling conv
+with the epilogue: a lower bound on the gap. Run alone:
+`python bench/basis_pair_micro.py [--batch 32] [--reps 30]`."""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from basisrt.compiler.cpu_steps import FusedConv2d
+
+SHAPES = [(64, 32, 16), (128, 16, 32), (256, 8, 64), (512, 4, 128)]  # channels, map size, rank (25 %)
+
+
+def median_s(fn, reps: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=30)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print("| channels | map | rank | ours: pair, GMAC/s | oneDNN: basis conv alone, GMAC/s |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for c, hw, r in SHAPES:
+        torch.manual_seed(0)
+        w, scale = torch.randn(r, c, 3, 3) * 0.05, torch.randn(c, r) * 0.1
+        pair = FusedConv2d(w, torch.randn(c), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                           scale=scale, activation="relu", num_threads=1)
+        x = torch.randn(args.batch, c, hw, hw).contiguous(memory_format=torch.channels_last)
+        wl = w.contiguous(memory_format=torch.channels_last)
+        pixels = args.batch * hw * hw
+        ours = pixels * (9 * c * r + r * c) / median_s(lambda: pair(x), args.reps) / 1e9
+        with torch.no_grad():
+            onednn = pixels * 9 * c * r / median_s(lambda: F.conv2d(x, wl, None, 1, 1), args.reps) / 1e9
+        print(f"| {c} | {hw}x{hw} | {r} | {ours:.0f} | {onednn:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
