@@ -321,7 +321,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
         if m.batcher.full:  # before reading and parsing the body: under overload a 503 must cost little
             metrics.failures.labels(name, "queue_full").inc()
             return _unavailable(f"the queue is full ({m.batcher.depth} requests queued, --max-queue "
-                                       f"{config.max_queue})")
+                                f"{config.max_queue})")
         declared, head = 0, None
         for key, value in scope["headers"]:
             if key == b"content-length":
@@ -345,9 +345,8 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
         except QueueFull as e:
             metrics.failures.labels(name, "queue_full").inc()
             return _unavailable(f"the queue is full: {e}")
-        # The body is read: receive() now returns only when the client goes away, which cancels
-        # its rows before they run.
-        gone = asyncio.ensure_future(receive())
+        # the client going away cancels its rows before they run
+        gone = asyncio.ensure_future(_disconnected(receive))
         gone.add_done_callback(lambda g: g.cancelled() or work.cancel())
         try:
             out = await work
@@ -435,3 +434,9 @@ async def _cheap_or_threaded(cost: int, fn, *args):
     if cost <= INLINE_JSON_BYTES:
         return fn(*args)
     return await run_in_threadpool(fn, *args)
+
+
+async def _disconnected(receive) -> None:
+    """Returns when the client closes the connection (the body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
