@@ -113,8 +113,9 @@ class Metrics:
         self.batches.labels(model).inc()
         self.batch_size.labels(model).observe(s.rows)
         self.compute_s.labels(model).observe(s.compute_s)
+        queue_s = self.queue_s.labels(model)  # once per batch, not per request
         for q in s.queue_s:
-            self.queue_s.labels(model).observe(q)
+            queue_s.observe(q)
         if not s.failed:
             self.rows.labels(model).inc(s.rows)
 
