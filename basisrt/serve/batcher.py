@@ -147,8 +147,11 @@ class Batcher:
                 if batch is None:
                     self.busy = False
             if batch is None:  # nothing to run now: hand back what is held, then wait
-                self._post(self._deliver, *held) if held else self._post(self._check_idle)
-                held = None
+                if held:
+                    self._post(self._deliver, *held)
+                    held = None
+                else:
+                    self._post(self._check_idle)
                 with self._cond:
                     while not self._closing:
                         batch, wait_s = self._ready()  # again: a request may have come meanwhile
@@ -222,12 +225,16 @@ class Batcher:
 
     def _deliver(self, batch: list[_Part], outcome: Tensor | Exception, start: float, end: float) -> None:
         failed = isinstance(outcome, Exception)
-        rows = outcome.split([p.rows.shape[0] for p in batch]) if not failed else ()
+        sizes = [p.rows.shape[0] for p in batch]
+        rows = () if failed else outcome.split(sizes)
         for i, p in enumerate(batch):
-            if not p.future.done():
-                p.future.set_exception(outcome) if failed else p.future.set_result(rows[i])
-        total = sum(p.rows.shape[0] for p in batch)
-        self.on_batch(BatchStats(total, len(batch), [start - p.arrival for p in batch], end - start, failed))
+            if p.future.done():
+                continue
+            if failed:
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(rows[i])
+        self.on_batch(BatchStats(sum(sizes), len(batch), [start - p.arrival for p in batch], end - start, failed))
         self._check_idle()
 
     def _check_idle(self) -> None:
