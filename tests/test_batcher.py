@@ -6,8 +6,8 @@ import asyncio
 import threading
 import time
 
+import numpy as np
 import pytest
-import torch
 
 from basisrt.serve.batcher import Batcher, DeadlineExceeded, ModelFailed, QueueFull
 
@@ -16,14 +16,14 @@ class FakeModel:
     """y = 2x + 1 per row; records every batch's rows; `hold` blocks batches until released."""
 
     def __init__(self, fail_on_rows: int | None = None) -> None:
-        self.batches: list[torch.Tensor] = []
+        self.batches: list[np.ndarray] = []
         self.hold = threading.Event()
         self.hold.set()
         self.started = threading.Event()
         self.fail_on_rows = fail_on_rows
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.batches.append(x.clone())
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.batches.append(x.copy())
         self.started.set()
         self.hold.wait(10)
         if self.fail_on_rows is not None and x.shape[0] == self.fail_on_rows:
@@ -31,8 +31,8 @@ class FakeModel:
         return 2 * x + 1
 
 
-def _rows(n: int, start: float = 0.0) -> torch.Tensor:
-    return torch.arange(start, start + n * 3, dtype=torch.float32).reshape(n, 3) + 0.5
+def _rows(n: int, start: float = 0.0) -> np.ndarray:
+    return np.arange(start, start + n * 3, dtype=np.float32).reshape(n, 3) + 0.5
 
 
 def _run(coro):
@@ -59,7 +59,7 @@ def test_requests_queued_behind_a_busy_model_run_as_one_batch() -> None:
     model, outs = _run(main())
     assert [x.shape[0] for x in model.batches] == [1, 6]
     for out, n, start in zip(outs, (1, 1, 2, 3), (0, 100, 200, 300)):
-        assert torch.equal(out, 2 * _rows(n, start) + 1)
+        assert np.array_equal(out, 2 * _rows(n, start) + 1)
 
 
 def test_request_larger_than_max_batch_is_split_and_reassembled() -> None:
@@ -71,7 +71,7 @@ def test_request_larger_than_max_batch_is_split_and_reassembled() -> None:
         return model, out
     model, out = _run(main())
     assert sorted(x.shape[0] for x in model.batches) == [2, 4, 4]
-    assert torch.equal(out, 2 * _rows(10) + 1)
+    assert np.array_equal(out, 2 * _rows(10) + 1)
 
 
 def test_deadline_passes_while_the_model_is_busy() -> None:
@@ -112,7 +112,7 @@ def test_cancelled_request_never_runs() -> None:
         return model, out
     model, out = _run(main())
     assert [x.shape[0] for x in model.batches] == [1, 3]
-    assert torch.equal(out, 2 * _rows(3, 9) + 1)
+    assert np.array_equal(out, 2 * _rows(3, 9) + 1)
 
 
 def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
@@ -124,7 +124,7 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
         out = await b.submit(_rows(2), time.monotonic() + 10)
         await b.close()
         return out
-    assert torch.equal(_run(main()), 2 * _rows(2) + 1)
+    assert np.array_equal(_run(main()), 2 * _rows(2) + 1)
 
 
 def test_queue_full_is_raised_before_anything_is_queued() -> None:
@@ -159,7 +159,7 @@ def test_a_split_request_that_started_finishes_past_its_deadline() -> None:
         return model, out
     model, out = _run(main())
     assert [x.shape[0] for x in model.batches] == [2, 2]
-    assert torch.equal(out, 2 * _rows(4) + 1)
+    assert np.array_equal(out, 2 * _rows(4) + 1)
 
 
 def test_drain_waits_for_the_running_batch_and_close_stops_the_thread() -> None:

@@ -158,6 +158,35 @@ def test_json_and_binary_round_trips_equal_the_plan(server, plan_path) -> None:
     assert torch.equal(torch.frombuffer(bytearray(body[n:]), dtype=torch.float32).view(3, 10), expected)
 
 
+@pytest.mark.parametrize("with_orjson", [True, False])
+def test_protocol_keeps_nan_and_infinity_both_ways(with_orjson, monkeypatch) -> None:
+    """JSON has no NaN: Python's json writes and reads NaN / Infinity tokens, orjson (the fast path)
+    would write null. A request with them parses, and an output with them comes back as them; the
+    same without orjson (the client's install)."""
+    import numpy as np
+
+    from basisrt.serve import protocol
+    from basisrt.serve.protocol import encode_infer, parse_infer
+
+    if not with_orjson:
+        monkeypatch.setattr(protocol, "orjson", None)
+
+    x = np.array([[float("nan"), float("inf"), -1.5]], dtype=np.float32)
+    req = parse_infer(json.dumps({"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 3],
+                                              "data": x.ravel().tolist()}]}).encode(), None, (3,))
+    assert np.array_equal(req.array, x, equal_nan=True)
+    body, headers = encode_infer("m", req, x)
+    assert headers["content-type"] == "application/json"
+    back = np.array(json.loads(body)["outputs"][0]["data"], dtype=np.float32)
+    assert np.array_equal(back, x.ravel(), equal_nan=True)
+    # binary rows are a view of the body (copied when the batch is formed), not a copy per request
+    raw = x.astype("<f4").tobytes()
+    head = json.dumps({"inputs": [{"name": "input__0", "datatype": "FP32", "shape": [1, 3],
+                                   "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    req = parse_infer(head + raw, str(len(head)), (3,))
+    assert np.array_equal(req.array, x, equal_nan=True) and not req.array.flags.writeable
+
+
 def test_larger_than_max_batch_is_split_and_reassembled(plan_path) -> None:
     s = Server(plan_path, "--max-batch-size", "4")
     try:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -191,6 +192,11 @@ def run_plan(plan, x: torch.Tensor) -> torch.Tensor:
         return plan(x.to(plan.device)).cpu()
 
 
+def run_rows(plan, x: np.ndarray) -> np.ndarray:
+    """run_plan on numpy rows (how the runners call it: the event loop handles numpy only)."""
+    return run_plan(plan, torch.from_numpy(x)).numpy()
+
+
 def _warm_up(m: _Model) -> None:
     """One batch through the plan: its output shape for the metadata, and first-call costs paid."""
     g = torch.Generator().manual_seed(0)
@@ -204,7 +210,7 @@ def _warm_up(m: _Model) -> None:
 
 def batcher_runner(m: "_Model", config: ServeConfig, metrics: Metrics) -> Batcher:
     """The default way a model's requests run: basisrt.serve.batcher's dynamic batching."""
-    return Batcher(lambda x: run_plan(m.plan, x), config.max_batch_size, config.max_delay_ms / 1000,
+    return Batcher(lambda x: run_rows(m.plan, x), config.max_batch_size, config.max_delay_ms / 1000,
                    config.max_queue, on_batch=lambda s: metrics.batch(m.name, s),
                    on_drop=lambda reason: metrics.failures.labels(m.name, reason).inc())
 
@@ -212,7 +218,8 @@ def batcher_runner(m: "_Model", config: ServeConfig, metrics: Metrics) -> Batche
 def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
     """The ASGI app serving `config.models`. Models load and warm up in the app's startup; readiness
     is 200 once all of them have. `runner(model, config, metrics)` makes what runs a model's
-    requests: an object with `submit(x, deadline)` (QueueFull now, or a future of the output rows),
+    requests: an object with `submit(x, deadline)` (x: numpy rows; QueueFull now, or a future of the
+    output rows, numpy),
     `depth`, `full`, `drain(timeout_s)` and `close()`
     (basisrt.serve.ray passes Ray Serve's batching)."""
     state = ServerState(config)
@@ -342,7 +349,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
         if req.timeout_s is not None:
             timeout_s = min(timeout_s, req.timeout_s)
         try:
-            work = m.batcher.submit(req.tensor, start + timeout_s)
+            work = m.batcher.submit(req.array, start + timeout_s)
         except QueueFull as e:
             metrics.failures.labels(name, "queue_full").inc()
             return _unavailable(f"the queue is full: {e}")
@@ -363,7 +370,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
             return _error(500, f"the model failed on this batch: {e}")
         finally:
             gone.cancel()
-        cost = out.numel() * (4 if req.binary_output else 20)  # ~20 characters per JSON number
+        cost = out.size * (4 if req.binary_output else 20)  # ~20 characters per JSON number
         body, headers = await _cheap_or_threaded(cost, encode_infer, name, req, out)
         return 200, body, _raw_headers(body, headers)
 

@@ -1,7 +1,8 @@
 """The Open Inference Protocol v2 (KServe v2, Triton's HTTP/REST protocol) for one-input,
-one-output float32 models: requests parsed and checked into tensors, responses encoded, with the
+one-output float32 models: requests parsed and checked into numpy arrays, responses encoded, with the
 binary tensor extension both ways (a JSON header of `Inference-Header-Content-Length` bytes, then
-each binary tensor's raw little-endian bytes in order)."""
+each binary tensor's raw little-endian bytes in order). Nothing here calls torch: this runs on the
+event loop, where a torch call costs several microseconds (it drops and retakes the GIL)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
+
+try:  # several times faster than json, on the event loop; the serve extra brings it (the client,
+    import orjson  # which imports this module's names, runs without it, as does this module, slower)
+except ImportError:
+    orjson = None
 
 INPUT_NAME = "input__0"
 OUTPUT_NAME = "output__0"
@@ -26,7 +31,7 @@ class ProtocolError(Exception):
 
 @dataclass
 class InferRequest:
-    tensor: torch.Tensor  # (N, C, H, W) float32, N >= 1
+    array: np.ndarray  # (N, C, H, W) float32, N >= 1 (a read-only view of the body when it came binary)
     id: str | None = None
     timeout_s: float | None = None  # parameters.timeout (microseconds in the protocol)
     binary_output: bool = False
@@ -43,11 +48,11 @@ def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, 
             raise ProtocolError(400, f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
         if not 0 < n <= len(body):
             raise ProtocolError(400, f"Inference-Header-Content-Length {n} is outside the body ({len(body)} bytes)")
-        head, binary = body[:n], body[n:]
+        head, binary = body[:n], len(body) - n  # the binary part's size: it is read in place, not copied
     else:
-        head, binary = body, b""
+        head, binary = body, 0
     try:
-        req = json.loads(head)
+        req = _loads(head)
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError(400, f"the request is not valid JSON: {e}") from None
     if not isinstance(req, dict):
@@ -74,9 +79,9 @@ def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, 
     if size is not None:
         if type(size) is not int or size != count * 4:
             raise ProtocolError(400, f"binary_data_size {size!r} is not {count} FP32 elements ({count * 4} bytes)")
-        if len(binary) != size:
-            raise ProtocolError(400, f"the body holds {len(binary)} bytes of binary data; binary_data_size says {size}")
-        array = np.frombuffer(binary, dtype="<f4").reshape(shape)
+        if binary != size:
+            raise ProtocolError(400, f"the body holds {binary} bytes of binary data; binary_data_size says {size}")
+        array = np.frombuffer(body, dtype="<f4", offset=len(body) - size).reshape(shape)  # copied into the batch
     else:
         if binary:
             raise ProtocolError(400, "binary data after the JSON header, but no input has binary_data_size")
@@ -112,16 +117,12 @@ def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, 
     rid = req.get("id")
     if rid is not None and not isinstance(rid, str):
         raise ProtocolError(400, "'id' must be a string")
-    tensor = torch.from_numpy(array.astype(np.float32, copy=True))
-    return InferRequest(tensor, rid, None if timeout is None else timeout / 1e6, binary_output, names)
+    return InferRequest(array, rid, None if timeout is None else timeout / 1e6, binary_output, names)
 
 
-def encode_infer(model: str, request: InferRequest, output: torch.Tensor) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) of the response to `request`."""
-    out = output.detach()
-    if out.dtype != torch.float32 or not out.is_contiguous():  # a torch call per response costs
-        out = out.to(torch.float32).contiguous()             # (it drops and retakes the GIL)
-    out = out.numpy()
+def encode_infer(model: str, request: InferRequest, output: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of the response to `request` (`output`: its rows)."""
+    out = output if output.dtype == np.float32 else output.astype(np.float32)
     head: dict = {"model_name": model, "model_version": "1"}
     if request.id is not None:
         head["id"] = request.id
@@ -129,17 +130,30 @@ def encode_infer(model: str, request: InferRequest, output: torch.Tensor) -> tup
     for name in request.output_names:
         entry = {"name": name, "datatype": "FP32", "shape": list(out.shape)}
         if request.binary_output:
-            raw = out.astype("<f4", copy=False).tobytes()
+            raw = out.astype("<f4", copy=False).tobytes()  # tobytes: C order, whatever the strides
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary += raw
         else:
             entry["data"] = out.reshape(-1).tolist()
         entries.append(entry)
     head["outputs"] = entries
-    text = json.dumps(head).encode()
+    # orjson writes NaN and infinities as null, json as NaN / Infinity (what Python clients read back)
+    fast = orjson is not None and (request.binary_output or np.isfinite(out).all())
+    text = orjson.dumps(head) if fast else json.dumps(head).encode()
     if not request.binary_output:
         return text, {"content-type": "application/json"}
     return text + binary, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+
+
+def _loads(text: bytes):
+    """orjson where it is installed; json where orjson refuses, which also reads NaN and Infinity
+    as numbers (Python's json writes them so)."""
+    if orjson is not None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 def model_metadata(name: str, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> dict:

@@ -13,10 +13,11 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from ray import serve
 
-from .app import Metrics, ServeConfig, _Model, create_app, run_plan
+from .app import Metrics, ServeConfig, _Model, create_app, run_plan, run_rows
 from .batcher import DeadlineExceeded, ModelFailed
 
 _REPLICA: dict[str, _Model] = {}  # this replica's loaded models, for the health check
@@ -34,32 +35,33 @@ class RayRunner:
 
         @serve.batch(max_batch_size=config.max_batch_size, batch_wait_timeout_s=config.max_delay_ms / 1000,
                      batch_size_fn=lambda parts: sum(p.shape[0] for p in parts))
-        async def batched(parts: list[torch.Tensor]) -> list[torch.Tensor]:
-            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        async def batched(parts: list[np.ndarray]) -> list[np.ndarray]:
+            x = np.concatenate(parts, dtype=np.float32)  # a copy: a binary request's rows are read-only
             start = time.monotonic()
-            y = await asyncio.get_running_loop().run_in_executor(executor, run_plan, m.plan, x)
+            y = await asyncio.get_running_loop().run_in_executor(executor, run_rows, m.plan, x)
             metrics.batches.labels(m.name).inc()
             metrics.batch_size.labels(m.name).observe(x.shape[0])
             metrics.compute_s.labels(m.name).observe(time.monotonic() - start)
             metrics.rows.labels(m.name).inc(x.shape[0])
-            return list(y.split([p.shape[0] for p in parts]))
+            return np.split(y, np.cumsum([len(p) for p in parts[:-1]]))
         self._batched = batched
         _REPLICA[m.name] = m
 
-    def submit(self, x: torch.Tensor, deadline: float) -> asyncio.Future:
+    def submit(self, x: np.ndarray, deadline: float) -> asyncio.Future:
         return asyncio.ensure_future(self._infer(x, deadline))
 
-    async def _infer(self, x: torch.Tensor, deadline: float) -> torch.Tensor:
+    async def _infer(self, x: np.ndarray, deadline: float) -> np.ndarray:
         if time.monotonic() > deadline:
             raise DeadlineExceeded("the request did not start before its deadline")
         self.depth += 1
         try:
-            outs = await asyncio.gather(*(self._batched(p) for p in x.split(self.max_batch)))
+            step = self.max_batch
+            outs = await asyncio.gather(*(self._batched(x[i:i + step]) for i in range(0, len(x), step)))
         except Exception as e:  # noqa: BLE001 - this batch failed; the replica goes on
             raise ModelFailed(f"{type(e).__name__}: {e}") from e
         finally:
             self.depth -= 1
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     async def drain(self, timeout_s: float) -> bool:
         return True  # Ray's proxy drains replicas
