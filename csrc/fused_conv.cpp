@@ -79,6 +79,8 @@ struct Store {
     Activation act = Activation::none;
     bool epilogue = false;
     int64_t ldr = 0;
+    const float* acc = nullptr;  // partial sums to start from (kAcc: a block of K after the first)
+    int64_t ldacc = 0;
 };
 
 // Bias is always added (zeros for a layer without one): one template flag fewer halves the
@@ -114,6 +116,7 @@ struct Windows {
     const float* const* rows;    // per pixel: taps row pointers (border windows only)
     const int64_t* tap_off;
     int64_t taps, width;  // width: channels per tap (of this group)
+    int64_t kstride() const { return width; }  // rows of B per tap
 
     Windows from(int64_t i) const { return {corner + i, rows + i * taps, tap_off, taps, width}; }
     const float* row(int64_t i, int64_t tap) const {
@@ -127,24 +130,38 @@ struct PlainRows {
     int64_t lda;
     static constexpr int64_t taps = 1;
     int64_t width;
+    int64_t kstride() const { return width; }
 
     PlainRows from(int64_t i) const { return {a + i * lda, lda, width}; }
     const float* row(int64_t i, int64_t) const { return a + i * lda; }
 };
 
+// One block of K of a tile's windows: taps [tap0, tap0 + taps), channels [c0, c0 + width) of each.
+// B's rows for it start at row tap0 · cg + c0 and go on cg (kstride) rows per tap.
+struct WindowBlock {
+    Windows w;
+    int64_t tap0, taps, c0, width;
+    int64_t kstride() const { return w.width; }
+
+    WindowBlock from(int64_t i) const { return {w.from(i), tap0, taps, c0, width}; }
+    const float* row(int64_t i, int64_t tap) const { return w.row(i, tap0 + tap) + c0; }
+};
+
 // Rows [0, M) × columns [j, j+V·NR) of A · B, A's rows read through `src` (plain rows, or an
 // implicit im2col: each pixel's conv window, tap by tap, straight from x): M×V vector
 // accumulators, so each broadcast of A feeds V FMAs and each vector of B feeds M.
-template <bool kWide, int64_t M, int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
+// kAcc: start from the partial sums at st.acc (a block of K after the first), not from zero.
+template <bool kWide, int64_t M, int64_t V, bool kEpi, bool kRes, Activation kAct, bool kAcc, class Src>
 inline __attribute__((always_inline)) void micro(const Src& src, const float* b, int64_t ldb, const Store& st,
                                                  int64_t i0, int64_t j) {
     vec acc[M][V];
     for (int64_t i = 0; i < M; ++i)
-        for (int64_t v = 0; v < V; ++v) acc[i][v] = vec{};
+        for (int64_t v = 0; v < V; ++v)
+            acc[i][v] = kAcc ? *reinterpret_cast<const vec*>(st.acc + (i0 + i) * st.ldacc + j + v * NR) : vec{};
     for (int64_t tap = 0; tap < src.taps; ++tap) {
         const float* xr[M];
         for (int64_t i = 0; i < M; ++i) xr[i] = src.row(i, tap);
-        const float* bt = b + tap * src.width * ldb + j;
+        const float* bt = b + tap * src.kstride() * ldb + j;
         for (int64_t c = 0; c < src.width; ++c) {
             vec bk[V];
             for (int64_t v = 0; v < V; ++v) bk[v] = *reinterpret_cast<const vec*>(bt + c * ldb + v * NR);
@@ -185,15 +202,19 @@ inline __attribute__((always_inline)) void micro(const Src& src, const float* b,
 // two 8-float halves each. GCC keeps 16-float vectors of an 8-float ISA on the stack (every FMA
 // then read and wrote memory: 4 GMAC/s per core); 8-float vectors stay in ymm registers. 6 rows ×
 // 2 halves = 12 of the 16 ymm, plus 2 for B and one broadcast.
-template <int64_t M, bool kEpi, bool kRes, Activation kAct, class Src>
+template <int64_t M, bool kEpi, bool kRes, Activation kAct, bool kAcc, class Src>
 inline __attribute__((always_inline)) void micro_narrow(const Src& src, const float* b, int64_t ldb, const Store& st,
                                                         int64_t i0, int64_t j) {
     vec8 lo[M], hi[M];
-    for (int64_t i = 0; i < M; ++i) lo[i] = hi[i] = vec8{};
+    for (int64_t i = 0; i < M; ++i) {
+        const float* c = st.acc + (i0 + i) * st.ldacc + j;
+        lo[i] = kAcc ? *reinterpret_cast<const vec8*>(c) : vec8{};
+        hi[i] = kAcc ? *reinterpret_cast<const vec8*>(c + 8) : vec8{};
+    }
     for (int64_t tap = 0; tap < src.taps; ++tap) {
         const float* xr[M];
         for (int64_t i = 0; i < M; ++i) xr[i] = src.row(i, tap);
-        const float* bt = b + tap * src.width * ldb + j;
+        const float* bt = b + tap * src.kstride() * ldb + j;
         for (int64_t c = 0; c < src.width; ++c) {
             const vec8 b0 = *reinterpret_cast<const vec8*>(bt + c * ldb);
             const vec8 b1 = *reinterpret_cast<const vec8*>(bt + c * ldb + 8);
@@ -236,59 +257,59 @@ inline __attribute__((always_inline)) void micro_narrow(const Src& src, const fl
 
 // All rows of the column block [j, j+V·NR): 6 rows × 4 vectors (24 accumulators of 32 zmm) at
 // full width, 8 × V for narrower remainders.
-template <bool kWide, int64_t V, bool kEpi, bool kRes, Activation kAct, class Src>
+template <bool kWide, int64_t V, bool kEpi, bool kRes, Activation kAct, bool kAcc, class Src>
 inline __attribute__((always_inline)) void column_block(const Src& src, const float* b, int64_t ldb, int64_t M,
                                                         const Store& st, int64_t j) {
     // 16 ymm registers on AVX2: 6 rows × 2 ymm accumulators, as 8 rows would take all 16 and spill
     constexpr int64_t R = !kWide ? 6 : V == 4 ? 6 : V == 3 ? 8 : MR;
     int64_t i = 0;
     if constexpr (!kWide) {
-        for (; i + R <= M; i += R) micro_narrow<R, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
-        for (; i + 2 <= M; i += 2) micro_narrow<2, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
-        for (; i < M; ++i) micro_narrow<1, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+        for (; i + R <= M; i += R) micro_narrow<R, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
+        for (; i + 2 <= M; i += 2) micro_narrow<2, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
+        for (; i < M; ++i) micro_narrow<1, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
         return;
     }
-    for (; i + R <= M; i += R) micro<kWide, R, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
-    for (; i + 2 <= M; i += 2) micro<kWide, 2, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
-    for (; i < M; ++i) micro<kWide, 1, V, kEpi, kRes, kAct>(src.from(i), b, ldb, st, i, j);
+    for (; i + R <= M; i += R) micro<kWide, R, V, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
+    for (; i + 2 <= M; i += 2) micro<kWide, 2, V, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
+    for (; i < M; ++i) micro<kWide, 1, V, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
 }
 
 // kWide: blocks of 4 vectors (6 × 4 accumulators), for AVX-512's 32 registers. Narrower ISAs
 // take 8 × 1 blocks: 24 accumulators of 16 floats would spill there, and compiling them for
 // AVX2 and the portable fallback took minutes.
-template <bool kWide, bool kEpi, bool kRes, Activation kAct, class Src>
+template <bool kWide, bool kEpi, bool kRes, Activation kAct, class Src, bool kAcc = false>
 inline __attribute__((always_inline)) void gemm_t(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
                                                   const Store& st) {
     int64_t j = 0;
     if (!kWide) {
-        for (; j < N; j += NR) column_block<kWide, 1, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        for (; j < N; j += NR) column_block<kWide, 1, kEpi, kRes, kAct, kAcc>(src, b, ldb, M, st, j);
         return;
     }
-    for (; j + 4 * NR <= N; j += 4 * NR) column_block<kWide, 4, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+    for (; j + 4 * NR <= N; j += 4 * NR) column_block<kWide, 4, kEpi, kRes, kAct, kAcc>(src, b, ldb, M, st, j);
     switch ((N - j) / NR) {
-        case 3: return column_block<kWide, 3, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
-        case 2: return column_block<kWide, 2, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
-        case 1: return column_block<kWide, 1, kEpi, kRes, kAct>(src, b, ldb, M, st, j);
+        case 3: return column_block<kWide, 3, kEpi, kRes, kAct, kAcc>(src, b, ldb, M, st, j);
+        case 2: return column_block<kWide, 2, kEpi, kRes, kAct, kAcc>(src, b, ldb, M, st, j);
+        case 1: return column_block<kWide, 1, kEpi, kRes, kAct, kAcc>(src, b, ldb, M, st, j);
         default: return;
     }
 }
 
-template <bool kWide, bool kRes, class Src>
+template <bool kWide, bool kRes, class Src, bool kAcc = false>
 inline __attribute__((always_inline)) void gemm_act(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
                                                     const Store& st) {
     switch (st.act) {
-        case Activation::relu: return gemm_t<kWide, true, kRes, Activation::relu>(src, b, ldb, M, N, st);
-        case Activation::relu6: return gemm_t<kWide, true, kRes, Activation::relu6>(src, b, ldb, M, N, st);
-        default: return gemm_t<kWide, true, kRes, Activation::none>(src, b, ldb, M, N, st);
+        case Activation::relu: return gemm_t<kWide, true, kRes, Activation::relu, Src, kAcc>(src, b, ldb, M, N, st);
+        case Activation::relu6: return gemm_t<kWide, true, kRes, Activation::relu6, Src, kAcc>(src, b, ldb, M, N, st);
+        default: return gemm_t<kWide, true, kRes, Activation::none, Src, kAcc>(src, b, ldb, M, N, st);
     }
 }
 
-template <bool kWide, class Src>
+template <bool kWide, class Src, bool kAcc = false>
 inline __attribute__((always_inline)) void gemm_any(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
                                                     const Store& st) {
-    if (!st.epilogue) return gemm_t<kWide, false, false, Activation::none>(src, b, ldb, M, N, st);
-    if (st.residual) return gemm_act<kWide, true>(src, b, ldb, M, N, st);
-    return gemm_act<kWide, false>(src, b, ldb, M, N, st);
+    if (!st.epilogue) return gemm_t<kWide, false, false, Activation::none, Src, kAcc>(src, b, ldb, M, N, st);
+    if (st.residual) return gemm_act<kWide, true, Src, kAcc>(src, b, ldb, M, N, st);
+    return gemm_act<kWide, false, Src, kAcc>(src, b, ldb, M, N, st);
 }
 
 template <class Src>
@@ -301,12 +322,6 @@ void gemm_narrow(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t
 
 template <>
 BASISRT_NARROW void gemm_narrow(const PlainRows& src, const float* b, int64_t ldb, int64_t M, int64_t N,
-                                const Store& st) {
-    gemm_any<false>(src, b, ldb, M, N, st);
-}
-
-template <>
-BASISRT_NARROW void gemm_narrow(const Windows& src, const float* b, int64_t ldb, int64_t M, int64_t N,
                                 const Store& st) {
     gemm_any<false>(src, b, ldb, M, N, st);
 }
@@ -326,6 +341,57 @@ void gemm_src(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
 // A[M×K] · B[K×N] → st, N a multiple of NR (packed, zero-padded columns).
 void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, int64_t N, int64_t K, const Store& st) {
     gemm_src(PlainRows{a, lda, K}, b, ldb, M, N, st);
+}
+
+// Rows of K per block of a GEMM on a tile's windows (window_gemm): the block's B, kBlockK rows
+// × the N columns, stays in L2 (a column block of it in L1) while every pixel of the tile uses
+// it. Unblocked, a 3×3 conv at 512 channels streamed its whole B (K = 4608 rows: 1.2 MB per 64
+// columns) from L3 for every 6 pixels: 21 GMAC/s dense, 37 for a rank-128 pair's first GEMM.
+constexpr int64_t kBlockK = 256;
+
+// out (m × n, with its epilogue) = the m windows of `w` · B (K × n, row stride ldb), K in blocks
+// of about kBlockK rows: whole taps where a tap has fewer channels, else even channel slices of
+// each tap. Blocks but the last add into `part` (m × n, row stride n; it may be out's own buffer
+// when out has no epilogue); the last starts from it and stores through out's epilogue.
+template <bool kWide>
+inline __attribute__((always_inline)) void window_gemm_body(const Windows& w, const float* B, int64_t ldb, int64_t m,
+                                                            int64_t n, const Store& out, float* part) {
+    const int64_t cg = w.width;
+    if (w.taps * cg <= kBlockK) return gemm_any<kWide>(w, B, ldb, m, n, out);
+    const int64_t slices = (cg + kBlockK - 1) / kBlockK, c_step = (cg + slices - 1) / slices;
+    const int64_t tap_step = slices > 1 ? 1 : std::max<int64_t>(1, kBlockK / cg);
+    Store partial{part, n};
+    partial.acc = part, partial.ldacc = n;
+    Store last = out;
+    last.acc = part, last.ldacc = n;
+    for (int64_t tap0 = 0; tap0 < w.taps; tap0 += tap_step)
+        for (int64_t c0 = 0; c0 < cg; c0 += c_step) {
+            const WindowBlock blk{w, tap0, std::min(tap_step, w.taps - tap0), c0, std::min(c_step, cg - c0)};
+            const float* b = B + (tap0 * cg + c0) * ldb;
+            if (tap0 == 0 && c0 == 0)
+                gemm_t<kWide, false, false, Activation::none, WindowBlock, false>(blk, b, ldb, m, n, partial);
+            else if (tap0 + tap_step < w.taps || c0 + c_step < cg)
+                gemm_t<kWide, false, false, Activation::none, WindowBlock, true>(blk, b, ldb, m, n, partial);
+            else
+                gemm_any<kWide, WindowBlock, true>(blk, b, ldb, m, n, last);
+        }
+}
+BASISRT_AVX512 void window_gemm_avx512(const Windows& w, const float* B, int64_t ldb, int64_t m, int64_t n,
+                                       const Store& out, float* part) {
+    window_gemm_body<true>(w, B, ldb, m, n, out, part);
+}
+BASISRT_AVX2 void window_gemm_avx2(const Windows& w, const float* B, int64_t ldb, int64_t m, int64_t n,
+                                   const Store& out, float* part) {
+    window_gemm_body<false>(w, B, ldb, m, n, out, part);
+}
+BASISRT_NARROW void window_gemm_narrow(const Windows& w, const float* B, int64_t ldb, int64_t m, int64_t n,
+                                       const Store& out, float* part) {
+    window_gemm_body<false>(w, B, ldb, m, n, out, part);
+}
+void window_gemm(const Windows& w, const float* B, int64_t ldb, int64_t m, int64_t n, const Store& out, float* part) {
+    if (use_avx512()) return window_gemm_avx512(w, B, ldb, m, n, out, part);
+    if (use_avx2_fma()) return window_gemm_avx2(w, B, ldb, m, n, out, part);
+    window_gemm_narrow(w, B, ldb, m, n, out, part);
 }
 
 // Horizontal sum of a vector (narrowing halves: 4 adds instead of 15).
@@ -776,8 +842,12 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                 cols.resize(std::max<size_t>(cols.size(), kTile * K));
                 copy_windows(w, m, s, cols.data(), K);
                 two_gemms(PlainRows{cols.data(), K, K});
-            } else {
-                two_gemms(w);
+            } else if (rank) {  // rank-vectorised: B is (K × r_pad) per group; T holds the partial sums
+                window_gemm(w, Bg, r_pad, m, r_pad, Store{t.data(), r_pad}, t.data());
+                gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
+            } else {  // dense: partial sums of the K blocks in `t`, the epilogue on the last
+                if (w.taps * cg_in > kBlockK) t.resize(std::max<size_t>(t.size(), kTile * cg_pad));
+                window_gemm(w, Bg, cg_pad, m, cg_pad, out, t.data());
             }
         }
         // An activation that is not a clamp, on the tile just stored (before its pool: max pool and

@@ -79,6 +79,26 @@ def grouped_cases(n: int = 60, seed: int = 6):
     return out
 
 
+def k_blocked_cases(n: int = 24, seed: int = 8):
+    """Convs whose K (taps x channels per group) is cut into blocks (csrc/fused_conv.cpp,
+    window_gemm): wide groups (more channels than a block: each tap in channel slices) and narrow
+    ones over many taps (blocks of whole taps); dense and rank-vectorised pairs (channels per group
+    not a multiple of 16), with and without a residual."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        groups = rng.choice([1, 1, 2])
+        cg = rng.choice([257, 300, 390, 520]) if i % 2 else rng.choice([29, 45, 70])
+        k = rng.choice([(3, 3), (1, 1), (5, 5), (1, 3)]) if i % 2 else rng.choice([(3, 3), (5, 5), (7, 7)])
+        if i % 2 == 0 or cg % 16 == 0:
+            cg += 0 if cg % 16 else 1  # not a multiple of 16: the rank-vectorised (not the dot) path
+        out.append(dict(n=rng.randint(1, 3), c_in=groups * cg, c_out=groups * rng.randint(3, 40), hw=(rng.randint(3, 9),
+                        rng.randint(3, 9)), k=k, stride=(1, 1), padding=(k[0] // 2, k[1] // 2), dilation=(1, 1),
+                        groups=groups, rank=rng.choice([0, 0, rng.randint(1, 40)]), bias=rng.random() < 0.7,
+                        act=rng.choice(ACT_CHOICES), residual=rng.random() < 0.4))
+    return out
+
+
 @pytest.mark.parametrize("c", cases(), ids=case_id)
 def test_fused_conv_matches_float64(c):
     check_step(c, FusedConv2d)
@@ -108,6 +128,7 @@ def test_narrow_kernels_match_float64(no_fma):
     channel-vectorised path, the fused pool, pooling and the channel affine map, on their grids."""
     env = {**os.environ, "BASISRT_NO_AVX512": "1", **({"BASISRT_NO_FMA": "1"} if no_fma else {})}
     tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
+             "test_k_blocked_windows_match_float64",
              "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64",
              "test_depthwise_conv_matches_float64", "test_grouped_conv_matches_float64"]
     want = "avx2" if no_fma else "avx2+fma"
@@ -161,7 +182,8 @@ def with_even_output(c):
 
 # The 2×2 max pool fused after the epilogue (VGG's conv → ReLU → pool): pixels run in pool-cell
 # order and never reach memory unpooled. Both packings of B, dense convs, and the batch-1 split.
-POOL_CASES = [with_even_output(c) for c in cases(60, seed=2) + cases(30, seed=3, channel_blocks=True)] + [
+POOL_CASES = [with_even_output(c) for c in cases(60, seed=2) + cases(30, seed=3, channel_blocks=True)
+              + k_blocked_cases(6, seed=9)] + [
     {**SPLIT_CASES[0], "residual": False}, {**SPLIT_CASES[1], "hw": (2, 2), "residual": False}]
 
 
@@ -189,6 +211,13 @@ def test_fused_pool_rejects_what_it_cannot_fuse():
         _C.fused_conv_nhwc(x.float().permute(0, 2, 3, 1).contiguous().numpy(), step.B.numpy(), step.A.numpy(),
                            step.bias.numpy(), None, out, step.kernel, step.stride, step.padding, step.dilation,
                            1, step.rank, _C.Activation.relu, 1, pool=2)
+
+
+@pytest.mark.parametrize("c", k_blocked_cases(), ids=case_id)
+def test_k_blocked_windows_match_float64(c):
+    assert c["rank"] == 0 or not _C.lowrank_dot_path(c["c_in"] // c["groups"], c["rank"])
+    assert c["k"][0] * c["k"][1] * c["c_in"] // c["groups"] > 256  # more than one block
+    check_step(c, FusedConv2d)
 
 
 @pytest.mark.parametrize("c", cases()[::7], ids=case_id)
