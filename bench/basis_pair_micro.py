@@ -1,7 +1,8 @@
 """The fp32 fused basis pair against oneDNN's basis conv alone, one thread, in GMAC/s: how close
 our GEMMs come to the FMA peak on the rank-25 % layers of VGG16 / ResNet-18 (CIFAR shapes).
 oneDNN runs only the 3x3 basis conv (rank output channels), we run it and the 1x1 scaling conv
-with the epilogue: a lower bound on the gap. Run alone:
+with the epilogue: a lower bound on the gap. Then the same layers dense (the unpruned 3x3 conv):
+our dense kernel (bias + ReLU fused) against oneDNN's conv. Run alone:
 `python bench/basis_pair_micro.py [--batch 32] [--reps 30]`."""
 import argparse
 import statistics
@@ -46,6 +47,20 @@ def main() -> None:
         with torch.no_grad():
             onednn = pixels * 9 * c * r / median_s(lambda: F.conv2d(x, wl, None, 1, 1), args.reps) / 1e9
         print(f"| {c} | {hw}x{hw} | {r} | {ours:.0f} | {onednn:.0f} |", flush=True)
+    print("\n| channels | map | ours: dense conv, GMAC/s | oneDNN: dense conv, GMAC/s |")
+    print("| ---: | ---: | ---: | ---: |")
+    for c, hw, _ in SHAPES:
+        torch.manual_seed(0)
+        w = torch.randn(c, c, 3, 3) * 0.05
+        dense = FusedConv2d(w, torch.randn(c), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                            activation="relu", num_threads=1)
+        x = torch.randn(args.batch, c, hw, hw).contiguous(memory_format=torch.channels_last)
+        wl = w.contiguous(memory_format=torch.channels_last)
+        macs = args.batch * hw * hw * 9 * c * c
+        ours = macs / median_s(lambda: dense(x), args.reps) / 1e9
+        with torch.no_grad():
+            onednn = macs / median_s(lambda: F.conv2d(x, wl, None, 1, 1), args.reps) / 1e9
+        print(f"| {c} | {hw}x{hw} | {ours:.0f} | {onednn:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

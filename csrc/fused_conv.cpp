@@ -136,15 +136,17 @@ struct PlainRows {
     const float* row(int64_t i, int64_t) const { return a + i * lda; }
 };
 
-// One block of K of a tile's windows: taps [tap0, tap0 + taps), channels [c0, c0 + width) of each.
-// B's rows for it start at row tap0 · cg + c0 and go on cg (kstride) rows per tap.
-struct WindowBlock {
-    Windows w;
+// One block of K of an A operand (Windows or PlainRows): taps [tap0, tap0 + taps), channels
+// [c0, c0 + width) of each. B's rows for it start at row tap0 · cg + c0 (cg = src.width) and go on
+// cg (kstride) rows per tap.
+template <class Src>
+struct KBlock {
+    Src src;
     int64_t tap0, taps, c0, width;
-    int64_t kstride() const { return w.width; }
+    int64_t kstride() const { return src.width; }
 
-    WindowBlock from(int64_t i) const { return {w.from(i), tap0, taps, c0, width}; }
-    const float* row(int64_t i, int64_t tap) const { return w.row(i, tap0 + tap) + c0; }
+    KBlock from(int64_t i) const { return {src.from(i), tap0, taps, c0, width}; }
+    const float* row(int64_t i, int64_t tap) const { return src.row(i, tap0 + tap) + c0; }
 };
 
 // Rows [0, M) × columns [j, j+V·NR) of A · B, A's rows read through `src` (plain rows, or an
@@ -294,22 +296,41 @@ inline __attribute__((always_inline)) void gemm_t(const Src& src, const float* b
     }
 }
 
-template <bool kWide, bool kRes, class Src, bool kAcc = false>
+template <bool kWide, bool kRes, class Src>
 inline __attribute__((always_inline)) void gemm_act(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
                                                     const Store& st) {
     switch (st.act) {
-        case Activation::relu: return gemm_t<kWide, true, kRes, Activation::relu, Src, kAcc>(src, b, ldb, M, N, st);
-        case Activation::relu6: return gemm_t<kWide, true, kRes, Activation::relu6, Src, kAcc>(src, b, ldb, M, N, st);
-        default: return gemm_t<kWide, true, kRes, Activation::none, Src, kAcc>(src, b, ldb, M, N, st);
+        case Activation::relu: return gemm_t<kWide, true, kRes, Activation::relu>(src, b, ldb, M, N, st);
+        case Activation::relu6: return gemm_t<kWide, true, kRes, Activation::relu6>(src, b, ldb, M, N, st);
+        default: return gemm_t<kWide, true, kRes, Activation::none>(src, b, ldb, M, N, st);
     }
 }
 
-template <bool kWide, class Src, bool kAcc = false>
+template <bool kWide, class Src>
 inline __attribute__((always_inline)) void gemm_any(const Src& src, const float* b, int64_t ldb, int64_t M, int64_t N,
                                                     const Store& st) {
-    if (!st.epilogue) return gemm_t<kWide, false, false, Activation::none, Src, kAcc>(src, b, ldb, M, N, st);
-    if (st.residual) return gemm_act<kWide, true, Src, kAcc>(src, b, ldb, M, N, st);
-    return gemm_act<kWide, false, Src, kAcc>(src, b, ldb, M, N, st);
+    if (!st.epilogue) return gemm_t<kWide, false, false, Activation::none>(src, b, ldb, M, N, st);
+    if (st.residual) return gemm_act<kWide, true>(src, b, ldb, M, N, st);
+    return gemm_act<kWide, false>(src, b, ldb, M, N, st);
+}
+
+// st's epilogue on m rows of plain sums (row stride ldp, n columns: st.ncols and its padding).
+template <bool kWide, bool kRes, Activation kAct>
+inline __attribute__((always_inline)) void epilogue_rows_t(const float* p, int64_t ldp, int64_t m, int64_t n,
+                                                           const Store& st) {
+    for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; j += NR)
+            store_row<kWide, kRes, kAct>(*reinterpret_cast<const vec*>(p + i * ldp + j), st, i, j);
+}
+
+template <bool kWide, bool kRes>
+inline __attribute__((always_inline)) void epilogue_rows_act(const float* p, int64_t ldp, int64_t m, int64_t n,
+                                                             const Store& st) {
+    switch (st.act) {
+        case Activation::relu: return epilogue_rows_t<kWide, kRes, Activation::relu>(p, ldp, m, n, st);
+        case Activation::relu6: return epilogue_rows_t<kWide, kRes, Activation::relu6>(p, ldp, m, n, st);
+        default: return epilogue_rows_t<kWide, kRes, Activation::none>(p, ldp, m, n, st);
+    }
 }
 
 template <class Src>
@@ -343,55 +364,68 @@ void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, i
     gemm_src(PlainRows{a, lda, K}, b, ldb, M, N, st);
 }
 
-// Rows of K per block of a GEMM on a tile's windows (window_gemm): the block's B, kBlockK rows
-// × the N columns, stays in L2 (a column block of it in L1) while every pixel of the tile uses
-// it. Unblocked, a 3×3 conv at 512 channels streamed its whole B (K = 4608 rows: 1.2 MB per 64
-// columns) from L3 for every 6 pixels: 21 GMAC/s dense, 37 for a rank-128 pair's first GEMM.
+// Rows of K per block of a GEMM (blocked_gemm): the block's B, kBlockK rows × the N columns,
+// stays in L2 (a column block of it in L1) while every pixel of the tile uses it. Unblocked, a
+// 3×3 conv at 512 channels streamed its whole B (K = 4608 rows: 1.2 MB per 64 columns) from L3
+// for every 6 pixels: 21 GMAC/s dense, 37 for a rank-128 pair's first GEMM.
 constexpr int64_t kBlockK = 256;
 
-// out (m × n, with its epilogue) = the m windows of `w` · B (K × n, row stride ldb), K in blocks
-// of about kBlockK rows: whole taps where a tap has fewer channels, else even channel slices of
-// each tap. Blocks but the last add into `part` (m × n, row stride n; it may be out's own buffer
-// when out has no epilogue); the last starts from it and stores through out's epilogue.
-template <bool kWide>
-inline __attribute__((always_inline)) void window_gemm_body(const Windows& w, const float* B, int64_t ldb, int64_t m,
-                                                            int64_t n, const Store& out, float* part) {
-    const int64_t cg = w.width;
-    if (w.taps * cg <= kBlockK) return gemm_any<kWide>(w, B, ldb, m, n, out);
+// out (m × n, with its epilogue) = the m rows of `src` (a tile's windows, or plain rows) · B
+// (K × n, row stride ldb), K in blocks of about kBlockK rows: whole taps where a tap has fewer
+// channels, else even channel slices of each tap. The sums go to `part` (m × n, row stride n: out's
+// own buffer when out has no epilogue), then through out's epilogue.
+template <bool kWide, class Src>
+inline __attribute__((always_inline)) void blocked_gemm_body(const Src& src, const float* B, int64_t ldb, int64_t m,
+                                                             int64_t n, const Store& out, float* part) {
+    const int64_t cg = src.width, taps = src.taps;
+    if (taps * cg <= kBlockK) return gemm_any<kWide>(src, B, ldb, m, n, out);
     const int64_t slices = (cg + kBlockK - 1) / kBlockK, c_step = (cg + slices - 1) / slices;
     const int64_t tap_step = slices > 1 ? 1 : std::max<int64_t>(1, kBlockK / cg);
     Store partial{part, n};
     partial.acc = part, partial.ldacc = n;
-    Store last = out;
-    last.acc = part, last.ldacc = n;
-    for (int64_t tap0 = 0; tap0 < w.taps; tap0 += tap_step)
+    for (int64_t tap0 = 0; tap0 < taps; tap0 += tap_step)
         for (int64_t c0 = 0; c0 < cg; c0 += c_step) {
-            const WindowBlock blk{w, tap0, std::min(tap_step, w.taps - tap0), c0, std::min(c_step, cg - c0)};
+            const KBlock<Src> blk{src, tap0, std::min(tap_step, taps - tap0), c0, std::min(c_step, cg - c0)};
             const float* b = B + (tap0 * cg + c0) * ldb;
             if (tap0 == 0 && c0 == 0)
-                gemm_t<kWide, false, false, Activation::none, WindowBlock, false>(blk, b, ldb, m, n, partial);
-            else if (tap0 + tap_step < w.taps || c0 + c_step < cg)
-                gemm_t<kWide, false, false, Activation::none, WindowBlock, true>(blk, b, ldb, m, n, partial);
+                gemm_t<kWide, false, false, Activation::none, KBlock<Src>, false>(blk, b, ldb, m, n, partial);
             else
-                gemm_any<kWide, WindowBlock, true>(blk, b, ldb, m, n, last);
+                gemm_t<kWide, false, false, Activation::none, KBlock<Src>, true>(blk, b, ldb, m, n, partial);
         }
+    // The epilogue in a pass of its own: fused into the last block it took a GEMM instantiation per
+    // epilogue variant (minutes of build time) to save a pass over m × n floats still in L2.
+    if (!out.epilogue) return;
+    if (out.residual) return epilogue_rows_act<kWide, true>(part, n, m, n, out);
+    epilogue_rows_act<kWide, false>(part, n, m, n, out);
 }
-BASISRT_AVX512 void window_gemm_avx512(const Windows& w, const float* B, int64_t ldb, int64_t m, int64_t n,
-                                       const Store& out, float* part) {
-    window_gemm_body<true>(w, B, ldb, m, n, out, part);
+template <class Src>
+BASISRT_AVX512 void blocked_gemm_avx512(const Src& src, const float* B, int64_t ldb, int64_t m, int64_t n,
+                                        const Store& out, float* part) {
+    blocked_gemm_body<true>(src, B, ldb, m, n, out, part);
 }
-BASISRT_AVX2 void window_gemm_avx2(const Windows& w, const float* B, int64_t ldb, int64_t m, int64_t n,
-                                   const Store& out, float* part) {
-    window_gemm_body<false>(w, B, ldb, m, n, out, part);
+template <class Src>
+BASISRT_AVX2 void blocked_gemm_avx2(const Src& src, const float* B, int64_t ldb, int64_t m, int64_t n,
+                                    const Store& out, float* part) {
+    blocked_gemm_body<false>(src, B, ldb, m, n, out, part);
 }
-BASISRT_NARROW void window_gemm_narrow(const Windows& w, const float* B, int64_t ldb, int64_t m, int64_t n,
-                                       const Store& out, float* part) {
-    window_gemm_body<false>(w, B, ldb, m, n, out, part);
+template <class Src>
+void blocked_gemm_narrow(const Src& src, const float* B, int64_t ldb, int64_t m, int64_t n, const Store& out,
+                         float* part);
+template <>
+BASISRT_NARROW void blocked_gemm_narrow(const Windows& src, const float* B, int64_t ldb, int64_t m, int64_t n,
+                                        const Store& out, float* part) {
+    blocked_gemm_body<false>(src, B, ldb, m, n, out, part);
 }
-void window_gemm(const Windows& w, const float* B, int64_t ldb, int64_t m, int64_t n, const Store& out, float* part) {
-    if (use_avx512()) return window_gemm_avx512(w, B, ldb, m, n, out, part);
-    if (use_avx2_fma()) return window_gemm_avx2(w, B, ldb, m, n, out, part);
-    window_gemm_narrow(w, B, ldb, m, n, out, part);
+template <>
+BASISRT_NARROW void blocked_gemm_narrow(const PlainRows& src, const float* B, int64_t ldb, int64_t m, int64_t n,
+                                        const Store& out, float* part) {
+    blocked_gemm_body<false>(src, B, ldb, m, n, out, part);
+}
+template <class Src>
+void blocked_gemm(const Src& src, const float* B, int64_t ldb, int64_t m, int64_t n, const Store& out, float* part) {
+    if (use_avx512()) return blocked_gemm_avx512(src, B, ldb, m, n, out, part);
+    if (use_avx2_fma()) return blocked_gemm_avx2(src, B, ldb, m, n, out, part);
+    blocked_gemm_narrow(src, B, ldb, m, n, out, part);
 }
 
 // Horizontal sum of a vector (narrowing halves: 4 adds instead of 15).
@@ -821,10 +855,14 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                                          residual ? residual + p0 * s.ldr + col : nullptr, cg_out, act, true, s.ldr};
             const float* Bg = B + g * packed.b_group;
             const float* Ag = rank ? A + g * packed.a_group : nullptr;
-            // A (plain rows of x, or the implicit im2col of the tile's windows) · B, then · A.
+            // A (plain rows of x, or the implicit im2col of the tile's windows) · B, then · A. K in
+            // blocks (blocked_gemm): their partial sums in `t` (T itself for a basis pair).
             auto two_gemms = [&](const auto& src) {
-                if (!rank) return gemm_src(src, Bg, cg_pad, m, cg_pad, out);
-                gemm_src(src, Bg, r_pad, m, r_pad, Store{t.data(), r_pad});
+                if (!rank) {
+                    if (src.taps * src.width > kBlockK) t.resize(std::max<size_t>(t.size(), kTile * cg_pad));
+                    return blocked_gemm(src, Bg, cg_pad, m, cg_pad, out, t.data());
+                }
+                blocked_gemm(src, Bg, r_pad, m, r_pad, Store{t.data(), r_pad}, t.data());
                 gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
             };
             if (!windows) {
@@ -842,12 +880,8 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
                 cols.resize(std::max<size_t>(cols.size(), kTile * K));
                 copy_windows(w, m, s, cols.data(), K);
                 two_gemms(PlainRows{cols.data(), K, K});
-            } else if (rank) {  // rank-vectorised: B is (K × r_pad) per group; T holds the partial sums
-                window_gemm(w, Bg, r_pad, m, r_pad, Store{t.data(), r_pad}, t.data());
-                gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
-            } else {  // dense: partial sums of the K blocks in `t`, the epilogue on the last
-                if (w.taps * cg_in > kBlockK) t.resize(std::max<size_t>(t.size(), kTile * cg_pad));
-                window_gemm(w, Bg, cg_pad, m, cg_pad, out, t.data());
+            } else {
+                two_gemms(w);
             }
         }
         // An activation that is not a clamp, on the tile just stored (before its pool: max pool and
