@@ -1,8 +1,9 @@
 """The fp32 fused basis pair against oneDNN's basis conv alone, one thread, in GMAC/s: how close
 our GEMMs come to the FMA peak on the rank-25 % layers of VGG16 / ResNet-18 (CIFAR shapes).
 oneDNN runs only the 3x3 basis conv (rank output channels), we run it and the 1x1 scaling conv
-with the epilogue: a lower bound on the gap. Then the same layers dense (the unpruned 3x3 conv):
-our dense kernel (bias + ReLU fused) against oneDNN's conv. Run alone:
+with the epilogue: a lower bound on the gap. Then the same layers dense (the unpruned 3x3 conv),
+and dense 1x1 convs of ResNet-50 / MobileNet shapes: our dense kernel (bias + ReLU fused) against
+oneDNN's conv. Run alone:
 `python bench/basis_pair_micro.py [--batch 32] [--reps 30]`."""
 import argparse
 import statistics
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from basisrt.compiler.cpu_steps import FusedConv2d
 
 SHAPES = [(64, 32, 16), (128, 16, 32), (256, 8, 64), (512, 4, 128)]  # channels, map size, rank (25 %)
+POINTWISE = [(256, 1024, 14, 8), (1024, 256, 14, 8), (2048, 512, 7, 8), (512, 2048, 7, 8), (960, 160, 7, 32)]
 
 
 def median_s(fn, reps: int) -> float:
@@ -50,17 +52,28 @@ def main() -> None:
     print("\n| channels | map | ours: dense conv, GMAC/s | oneDNN: dense conv, GMAC/s |")
     print("| ---: | ---: | ---: | ---: |")
     for c, hw, _ in SHAPES:
-        torch.manual_seed(0)
-        w = torch.randn(c, c, 3, 3) * 0.05
-        dense = FusedConv2d(w, torch.randn(c), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
-                            activation="relu", num_threads=1)
-        x = torch.randn(args.batch, c, hw, hw).contiguous(memory_format=torch.channels_last)
-        wl = w.contiguous(memory_format=torch.channels_last)
-        macs = args.batch * hw * hw * 9 * c * c
-        ours = macs / median_s(lambda: dense(x), args.reps) / 1e9
-        with torch.no_grad():
-            onednn = macs / median_s(lambda: F.conv2d(x, wl, None, 1, 1), args.reps) / 1e9
+        ours, onednn = dense_pair(c, c, 3, hw, args.batch, args.reps)
         print(f"| {c} | {hw}x{hw} | {ours:.0f} | {onednn:.0f} |", flush=True)
+    print("\n| 1x1 conv | map | batch | ours: dense conv, GMAC/s | oneDNN: dense conv, GMAC/s |")
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for cin, cout, hw, n in POINTWISE:
+        ours, onednn = dense_pair(cin, cout, 1, hw, n, args.reps)
+        print(f"| {cin}→{cout} | {hw}x{hw} | {n} | {ours:.0f} | {onednn:.0f} |", flush=True)
+
+
+def dense_pair(cin: int, cout: int, k: int, hw: int, batch: int, reps: int) -> tuple[float, float]:
+    """GMAC/s of our dense k x k conv (stride 1, same padding, bias + ReLU) and of oneDNN's."""
+    torch.manual_seed(0)
+    w = torch.randn(cout, cin, k, k) * 0.05
+    dense = FusedConv2d(w, torch.randn(cout), stride=(1, 1), padding=(k // 2, k // 2), dilation=(1, 1), groups=1,
+                        activation="relu", num_threads=1)
+    x = torch.randn(batch, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+    wl = w.contiguous(memory_format=torch.channels_last)
+    macs = batch * hw * hw * k * k * cin * cout
+    ours = macs / median_s(lambda: dense(x), reps) / 1e9
+    with torch.no_grad():
+        onednn = macs / median_s(lambda: F.conv2d(x, wl, None, 1, k // 2), reps) / 1e9
+    return ours, onednn
 
 
 if __name__ == "__main__":
