@@ -59,12 +59,23 @@ inline __attribute__((always_inline)) vec activate_vec(vec v) {
 }
 
 // On one float: maxss / minss with v second, which they return when either is NaN (SSE is in
-// every x86-64 build). GCC emits a compare and a blend for the plain v > 6 ? 6 : v.
+// every x86-64 build). GCC emits a compare and a blend for the plain v > 6 ? 6 : v. The zero and
+// the 6 are made where they are used (volatile asm: not hoisted): GCC otherwise held them in
+// vector registers across the GEMM loops around the tail store, and the 6 × 4 micro-kernel, 3
+// registers short, spilled accumulators inside its FMA loop.
 template <Activation kAct>
 inline __attribute__((always_inline)) float activate_scalar(float e) {
     __m128 v = _mm_set_ss(e);
-    if (kAct != Activation::none) v = _mm_max_ss(_mm_setzero_ps(), v);
-    if (kAct == Activation::relu6) v = _mm_min_ss(_mm_set_ss(6.f), v);
+    if (kAct != Activation::none) {
+        __m128 zero;
+        asm volatile("xorps %0, %0" : "=x"(zero));
+        v = _mm_max_ss(zero, v);
+    }
+    if (kAct == Activation::relu6) {
+        float six = 6.f;
+        asm volatile("" : "+m"(six));
+        v = _mm_min_ss(_mm_set_ss(six), v);
+    }
     return _mm_cvtss_f32(v);
 }
 
@@ -103,8 +114,11 @@ inline __attribute__((always_inline)) void store_row(vec v, const Store& st, int
                                                                      kRes ? st.residual + i * st.ldr + j : nullptr);
         return;
     }
-    for (int64_t k = 0; k < n; ++k)  // the last, partial column block of a group
-        dst[k] = activate_scalar<kAct>(v[k] + st.bias[j + k] + (kRes ? st.residual[i * st.ldr + j + k] : 0.f));
+    for (int64_t k = 0; k < n; ++k) {  // the last, partial column block of a group
+        float e = v[k] + st.bias[j + k];
+        if constexpr (kRes) e += st.residual[i * st.ldr + j + k];  // no "+ 0.f" (a zero held in a register)
+        dst[k] = activate_scalar<kAct>(e);
+    }
 }
 
 // Where each pixel's input rows are: a window inside the image reads tap `tap` at its corner +
