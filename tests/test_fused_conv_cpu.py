@@ -128,7 +128,7 @@ def test_narrow_kernels_match_float64(no_fma):
     channel-vectorised path, the fused pool, pooling and the channel affine map, on their grids."""
     env = {**os.environ, "BASISRT_NO_AVX512": "1", **({"BASISRT_NO_FMA": "1"} if no_fma else {})}
     tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
-             "test_k_blocked_windows_match_float64",
+             "test_k_blocked_windows_match_float64", "test_k_blocked_windows_keep_nan_and_inf",
              "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64",
              "test_depthwise_conv_matches_float64", "test_grouped_conv_matches_float64"]
     want = "avx2" if no_fma else "avx2+fma"
@@ -218,6 +218,25 @@ def test_k_blocked_windows_match_float64(c):
     assert c["rank"] == 0 or not _C.lowrank_dot_path(c["c_in"] // c["groups"], c["rank"])
     assert c["k"][0] * c["k"][1] * c["c_in"] // c["groups"] > 256  # more than one block
     check_step(c, FusedConv2d)
+
+
+@pytest.mark.parametrize("k, c_in, c_out, act", [(3, 300, 20, "relu6"), (1, 300, 20, "relu"), (7, 45, 37, None)])
+def test_k_blocked_windows_keep_nan_and_inf(k, c_in, c_out, act):
+    """A NaN or an infinity in x reaches the same outputs as in PyTorch through the blocked sums and
+    the separate epilogue pass, the partial last column block (20, 37 columns) included."""
+    gen = torch.Generator().manual_seed(k * 1000 + c_in)
+    w = torch.randn(c_out, c_in, k, k, generator=gen, dtype=torch.float64) * 0.05
+    b = torch.randn(c_out, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, c_in, 6, 6, generator=gen, dtype=torch.float64)
+    x[0, 5, 2, 3], x[1, 7, 0, 0] = float("nan"), float("inf")
+    step = FusedConv2d(w, b, stride=(1, 1), padding=(k // 2, k // 2), dilation=(1, 1), groups=1, activation=act)
+    ref = activations.apply(F.conv2d(x, w, b, padding=k // 2), act)
+    out = torch.full((2, 6, 6, c_out), -7.0)  # poisoned NHWC (not NaN: NaN is an expected value here)
+    y = step(x.float(), out=out)
+    assert torch.isnan(ref).any() and torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    finite = torch.isfinite(ref)
+    assert rel_err(y[finite], ref[finite]) < 1e-5
 
 
 @pytest.mark.parametrize("c", cases()[::7], ids=case_id)
