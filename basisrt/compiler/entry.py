@@ -73,8 +73,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             dense kernel or oneDNN for a plain conv. A PyTorch step is charged the slowdown its
             spinning OpenMP workers cause our next step. Decisions are cached per shape.
         num_threads: kernel threads (default: torch.get_num_threads() at call time).
-        dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, faster on big dense
-            convs), "basisrt" with our C++ kernel. "auto" (default) starts from "torch", and on the
+        dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, per conv often a
+            little faster), "basisrt" with our C++ kernel. "auto" (default) starts from "torch", and on the
             CPU also builds the plan of only our kernels, which runs as one C++ program without a
             Python round trip per step, and keeps whichever is faster on `example_input`.
         backend: "auto" (CUDA input: "triton", else "cpu"), "cpu" (C++ kernels) or "triton"
