@@ -44,13 +44,19 @@ async def _started(model: FakeModel) -> None:
         await asyncio.sleep(0.001)
 
 
+async def _running(model: FakeModel, b: Batcher, x: np.ndarray) -> asyncio.Future:
+    """Submit x with the model held: returns once its batch runs (and blocks until model.hold is set)."""
+    model.hold.clear()
+    work = b.submit(x, time.monotonic() + 10)
+    await _started(model)
+    return work
+
+
 def test_requests_queued_behind_a_busy_model_run_as_one_batch() -> None:
     async def main():
         model = FakeModel()
         b = Batcher(model, max_batch=8, max_delay_s=0.05, max_queue=16)
-        model.hold.clear()
-        first = b.submit(_rows(1), time.monotonic() + 10)
-        await _started(model)  # the lone request runs at once
+        first = await _running(model, b, _rows(1))  # the lone request runs at once
         later = [b.submit(_rows(n, 100 * n), time.monotonic() + 10) for n in (1, 2, 3)]
         model.hold.set()
         outs = await asyncio.gather(first, *later)
@@ -78,9 +84,7 @@ def test_deadline_passes_while_the_model_is_busy() -> None:
     async def main():
         model = FakeModel()
         b = Batcher(model, max_batch=8, max_delay_s=0.0, max_queue=16)
-        model.hold.clear()
-        busy = b.submit(_rows(1), time.monotonic() + 10)
-        await _started(model)
+        busy = await _running(model, b, _rows(1))
         late = b.submit(_rows(2, 50), time.monotonic() + 0.05)
         t = time.monotonic()
         with pytest.raises(DeadlineExceeded):
@@ -99,9 +103,7 @@ def test_cancelled_request_never_runs() -> None:
     async def main():
         model = FakeModel()
         b = Batcher(model, max_batch=4, max_delay_s=0.0, max_queue=16)
-        model.hold.clear()
-        busy = b.submit(_rows(1), time.monotonic() + 10)
-        await _started(model)
+        busy = await _running(model, b, _rows(1))
         gone = b.submit(_rows(5, 7), time.monotonic() + 10)  # two parts: 4 + 1 rows
         kept = b.submit(_rows(3, 9), time.monotonic() + 10)
         gone.cancel()
@@ -131,9 +133,7 @@ def test_queue_full_is_raised_before_anything_is_queued() -> None:
     async def main():
         model = FakeModel()
         b = Batcher(model, max_batch=2, max_delay_s=0.0, max_queue=3)
-        model.hold.clear()
-        busy = b.submit(_rows(1), time.monotonic() + 10)
-        await _started(model)
+        busy = await _running(model, b, _rows(1))
         queued = b.submit(_rows(4), time.monotonic() + 10)  # two parts
         assert b.depth == 2 and not b.full
         with pytest.raises(QueueFull):
@@ -166,9 +166,7 @@ def test_drain_waits_for_the_running_batch_and_close_stops_the_thread() -> None:
     async def main():
         model = FakeModel()
         b = Batcher(model, max_batch=2, max_delay_s=0.0, max_queue=16)
-        model.hold.clear()
-        work = b.submit(_rows(1), time.monotonic() + 10)
-        await _started(model)
+        work = await _running(model, b, _rows(1))
         assert not await b.drain(0.05)  # still running
         model.hold.set()
         assert await b.drain(5)

@@ -230,16 +230,16 @@ class Batcher:
 
     def _deliver(self, batch: list[_Part], outcome: np.ndarray | Exception, start: float, end: float) -> None:
         failed = isinstance(outcome, Exception)
-        first = 0
+        rows = 0  # the next part's first row in outcome; at the end, the batch's rows
         for p in batch:
             n = len(p.rows)
             if not p.future.done():
                 if failed:
                     p.future.set_exception(outcome)
                 else:
-                    p.future.set_result(outcome[first:first + n])
-            first += n
-        self.on_batch(BatchStats(first, len(batch), [start - p.arrival for p in batch], end - start, failed))
+                    p.future.set_result(outcome[rows:rows + n])
+            rows += n
+        self.on_batch(BatchStats(rows, len(batch), [start - p.arrival for p in batch], end - start, failed))
         self._check_idle()
 
     def _check_idle(self) -> None:
