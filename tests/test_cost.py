@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import basisrt
 from basisrt import decompose, profile
-from basisrt.compiler.cost_model import lowrank_pays
+from basisrt.compiler.cost_model import grouped_lowrank_pays, lowrank_pays
 from basisrt.cost import basis_macs, dense_macs
 
 
@@ -101,6 +101,20 @@ def test_profile_restores_training_mode_and_bn_stats():
 def test_lowrank_pays_threshold():
     k, c_out = 9 * 64, 64  # pays when r < K·C_out/(K+C_out) = 57.6
     assert lowrank_pays(k, c_out, 57) and not lowrank_pays(k, c_out, 58)
+
+
+def test_grouped_lowrank_pays_counts_vector_lanes():
+    """Grouped 3x3 convs (8 groups): the rule the session-18 timings of our kernels gave (fused
+    pair against dense fold at rank 10 % and 50 %, 2 threads)."""
+    # 8 channels per group: a rank-1 pair is 1/8 of the MACs, but pads its rank to 16 lanes where
+    # the dense fold runs 8-lane vectors (measured 0.34 ms fused, 0.25 ms dense)
+    assert not grouped_lowrank_pays(8, 9, 64, 1, 8) and not grouped_lowrank_pays(8, 9, 64, 4, 8)
+    # 16 per group: the channel-dot path, no rank padding (0.43 against 0.56 ms)
+    assert grouped_lowrank_pays(16, 9, 128, 2, 8)
+    # 24 per group: the rank padded to 16 lanes still beats 24 outputs padded to 32 (0.87 against 1.2 ms)
+    assert grouped_lowrank_pays(24, 9, 192, 2, 8)
+    # 4 per group: a full-rank pair (rank 4) never pays
+    assert not grouped_lowrank_pays(4, 9, 32, 4, 8)
 
 
 def test_table_lists_layers_and_total():
