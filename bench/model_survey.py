@@ -238,7 +238,34 @@ def weight_readers(model, x) -> list[str]:
     return sorted(set(hits))
 
 
-def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) -> dict:
+def time_against_eager(eager, compiled, x, rounds: int, calls: int = 5) -> dict:
+    """Eager time / compiled time on x: each round times `calls` calls of each, the two alternating
+    call by call (the machine's drift hits both alike); the median of the rounds' ratios of medians."""
+    import torch
+    ratios, t_eager, t_ours = [], [], []
+    with torch.inference_mode():
+        for _ in range(2):
+            eager(x), compiled(x)
+        for _ in range(rounds):
+            a, b = [], []
+            for _ in range(calls):
+                t = time.perf_counter()
+                eager(x)
+                a.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                compiled(x)
+                b.append(time.perf_counter() - t)
+            a, b = sorted(a)[calls // 2], sorted(b)[calls // 2]
+            ratios.append(a / b)
+            t_eager.append(a)
+            t_ours.append(b)
+    mid = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return dict(batch=x.shape[0], rounds=rounds, speedup=mid(ratios), speedup_min=min(ratios),
+                speedup_max=max(ratios), eager_ms=mid(t_eager) * 1e3, basisrt_ms=mid(t_ours) * 1e3)
+
+
+def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True, time_rounds: int = 0,
+                 time_batch: int = 1) -> dict:
     import torch
 
     import basisrt
@@ -331,6 +358,11 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True) 
         except Exception as e:  # noqa: BLE001
             r["run_error"] = _exc(e)
             out = None
+        if time_rounds and out is not None:
+            mark("time")
+            torch.manual_seed(2)
+            r["timing"] = time_against_eager(pruned, compiled, torch.randn(time_batch, 3, r["size"], r["size"]),
+                                             time_rounds)
         mark("save_load")
         try:
             with tempfile.TemporaryDirectory() as d:
@@ -379,12 +411,14 @@ def _kind(why: str) -> str:
     return "get_attr" if kind.startswith("get_attr ") else kind
 
 
-def run_worker(name: str, size: int, timeout: int, calibrate_bn: bool = True) -> dict:
+def run_worker(name: str, size: int, timeout: int, calibrate_bn: bool = True, time_rounds: int = 0,
+               time_batch: int = 1) -> dict:
     """`survey_model` in a fresh interpreter: crashes (a signal in C++) are recorded, not fatal."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
         tmp = f.name
     cmd = [sys.executable, __file__, "--worker", name, "--size", str(size), "--timeout", str(timeout),
-           "--worker-out", tmp] + ([] if calibrate_bn else ["--no-calibrate"])
+           "--worker-out", tmp, "--time", str(time_rounds), "--time-batch", str(time_batch)] + \
+        ([] if calibrate_bn else ["--no-calibrate"])
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 120)
         try:
@@ -410,8 +444,11 @@ def _short_kind(kind: str) -> str:
 
 
 def markdown(results: list[dict], top: int = 4) -> str:
+    timed = any(r.get("timing") for r in results)
     lines = ["| model | params | S | compiled | native | rel err | save/load | blocking ops (kind ×count) |",
              "| --- | ---: | ---: | --- | --- | ---: | --- | --- |"]
+    if timed:  # eager pruned model's time / the plan's (median of rounds, with their range), and the plan's ms
+        lines = [lines[0] + " eager ÷ basisrt | basisrt ms |", lines[1] + " ---: | ---: |"]
     for r in results:
         if r.get("skipped"):
             lines.append(f"| {r['model']} | {_fmt_params(r.get('params'))} | – | skipped | – | – | – | "
@@ -454,6 +491,11 @@ def markdown(results: list[dict], top: int = 4) -> str:
             blk = (blk or "–") + " — *" + "; ".join(notes) + "*"
         lines.append(f"| {r['model']} | {_fmt_params(r.get('params'))} | {r['size']} | yes | {native} | {err} | "
                      f"{sl} | {blk or '–'} |")
+    if timed:
+        for i, r in enumerate(results, 2):
+            t = r.get("timing")
+            lines[i] += (f" {t['speedup']:.2f}× ({t['speedup_min']:.2f}–{t['speedup_max']:.2f}) | "
+                         f"{t['basisrt_ms']:.2f} |" if t else " – | – |")
     return "\n".join(lines)
 
 
@@ -551,12 +593,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-calibrate", action="store_true",
                     help="keep torchvision's init as it is (BatchNorm as identity, zero heads): see calibrate()")
     ap.add_argument("--in-process", action="store_true", help="no subprocess per model (no crash isolation)")
+    ap.add_argument("--time", type=int, default=0, metavar="ROUNDS",
+                    help="also time the compiled plan against the eager pruned model: this many rounds of 5 calls "
+                         "each, alternating (0: no timing)")
+    ap.add_argument("--time-batch", type=int, default=1, help="batch size of the timing")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        r = survey_model(args.worker, args.size, args.timeout, not args.no_calibrate)
+        r = survey_model(args.worker, args.size, args.timeout, not args.no_calibrate, args.time, args.time_batch)
         with open(args.worker_out, "w") as f:
             json.dump(r, f, default=str)
         return 0
@@ -592,14 +638,17 @@ def main(argv=None) -> int:
             r = dict(model=name, params=params, skipped=why)
         else:
             t = time.perf_counter()
-            r = survey_model(name, args.size, args.timeout, not args.no_calibrate) if args.in_process else \
-                run_worker(name, args.size, args.timeout, not args.no_calibrate)
+            r = survey_model(name, args.size, args.timeout, not args.no_calibrate, args.time, args.time_batch) \
+                if args.in_process else \
+                run_worker(name, args.size, args.timeout, not args.no_calibrate, args.time, args.time_batch)
             r.setdefault("params", params)
             r["wall_seconds"] = round(time.perf_counter() - t, 1)
         results.append(r)
         status = r.get("skipped") or r.get("error") or (
             f"compiled={r.get('compiled')} native={r.get('native')} rel_err={r.get('rel_err', float('nan')):.1e} "
-            f"save_load={r.get('save_load')} blockers={list((r.get('blocker_kinds') or {}).items())[:3]}")
+            f"save_load={r.get('save_load')} blockers={list((r.get('blocker_kinds') or {}).items())[:3]}" +
+            (f" eager/basisrt {r['timing']['speedup']:.2f}x ({r['timing']['eager_ms']:.2f} / "
+             f"{r['timing']['basisrt_ms']:.2f} ms)" if r.get("timing") else ""))
         print(f"[{i}/{len(names)}] {name}: {status}", flush=True)
         out.write_text(json.dumps(dict(meta=meta, results=results), indent=1, default=str))
     table, summ = markdown(results), summary(results)
