@@ -1,6 +1,7 @@
-// Grouped conv with a few channels per group (RegNet's 3×3 layers: 8 or 16 per group) on NHWC
-// float32, vectorised over each group's output channels. The GEMM kernel runs such a layer group
-// by group, each a GEMM of 8 useful columns padded to 16 and with its own window setup.
+// Grouped conv with a few channels per group (RegNet's 3×3 layers: 8 or 16 per group; ResNeXt's
+// 4) on NHWC float32, vectorised over each group's output channels. The GEMM kernel runs such a
+// layer group by group, each a GEMM of 4 or 8 useful columns padded to 16 and with its own window
+// setup.
 #pragma once
 #include <cstdint>
 
@@ -13,7 +14,8 @@ namespace basisrt {
 constexpr int64_t kGroupedMaxWidth = 16;
 
 // Whether fused_conv_nhwc runs this conv here: dense (rank 0), grouped but not depthwise, output
-// channels per group a multiple of 8. B is packed as for any dense conv: (groups, K, Cg_pad).
+// channels per group a multiple of 4 (4, 8, 12 or 16). B is packed as for any dense conv:
+// (groups, K, Cg_pad).
 bool grouped_path(int64_t groups, int64_t c_in, int64_t c_out, int64_t rank);
 
 // y = act(conv(x, B) + bias (+ residual)); bias is required (fused_conv_nhwc passes zeros), the

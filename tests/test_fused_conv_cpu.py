@@ -69,12 +69,12 @@ def depthwise_cases(n: int = 60, seed: int = 4):
 
 
 def grouped_cases(n: int = 60, seed: int = 6):
-    """Random grouped convs with 8 or 16 output channels per group (RegNet's), which run
-    their own channel-vectorised kernel; input channels per group 8·k or a few."""
+    """Random grouped convs with 4, 8, 12 or 16 output channels per group (ResNeXt's, RegNet's),
+    which run their own channel-vectorised kernel; input channels per group 8·k or a few."""
     out = []
     for c in cases(n, seed):
         rng = random.Random(case_id(c))
-        g, cg_out = rng.choice([2, 3, 5, 13]), rng.choice([8, 16])
+        g, cg_out = rng.choice([2, 3, 5, 13]), rng.choice([4, 8, 12, 16])
         cg_in = rng.choice([cg_out, 1, 3, 8, 16])
         out.append({**c, "groups": g, "c_in": g * cg_in, "c_out": g * cg_out, "rank": 0})
     return out

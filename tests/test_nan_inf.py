@@ -78,13 +78,14 @@ def nhwc(t: torch.Tensor) -> np.ndarray:
 # 16-float vectors and partial column blocks are written; outputs are even for the 2×2 pool.
 CONVS = {
     "dense": (5, 20, (3, 3), (1, 1), 1, 0, 2, (8, 6)),
-    "dense_grouped": (6, 36, (3, 3), (1, 1), 3, 0, 1, (6, 6)),
+    "dense_grouped": (6, 30, (3, 3), (1, 1), 3, 0, 1, (6, 6)),  # 10 per group: a partial, masked last vector
     "dense_1x1": (7, 40, (1, 1), (0, 0), 1, 0, 2, (6, 4)),  # x read as plain rows (no windows)
     "lowrank": (12, 24, (3, 3), (1, 1), 1, 5, 2, (8, 6)),  # rank padded to 16: 0 · NaN in the padding
     "lowrank_1x1": (7, 33, (1, 1), (0, 0), 1, 19, 1, (6, 8)),
     "dot": (32, 20, (3, 3), (1, 1), 1, 7, 2, (6, 6)),  # channel-vectorised low-rank path
     "dot_grouped": (32, 24, (3, 3), (1, 1), 2, 4, 1, (8, 8)),
     "depthwise": (17, 17, (3, 3), (1, 1), 17, 0, 2, (6, 8)),
+    "grouped_4": (16, 16, (3, 3), (1, 1), 4, 0, 2, (6, 10)),  # the narrow-group kernel: 4-float vectors
     "grouped_8": (24, 48, (3, 3), (1, 1), 6, 0, 2, (6, 10)),  # the narrow-group kernel: 8-float vectors
     "grouped_16": (32, 32, (3, 3), (1, 1), 2, 0, 1, (8, 6)),  # 16 per group: 16-float vectors on AVX-512
     # rank · K above kSplitWeights and 2 pixel tiles for 4 threads: ranks and columns split

@@ -40,12 +40,13 @@ def grouped_lowrank_pays(cg_in: int, taps: int, c_out: int, rank: int, groups: i
     """For a grouped conv: True when the basis pair needs fewer vector lanes of multiply-adds per
     output pixel than the dense fold, in the CPU kernels' shapes. A group's few output channels or
     ranks fill a vector only in part: off the channel-dot path (lowrank_dot_path) the rank is
-    padded to whole vectors, and a dense group of 8 or 16 output channels runs on the grouped
-    kernel's 8-float vectors (grouped_path). By MACs, a rank-1 pair of 8-channel groups (RegNetY,
+    padded to whole vectors, and a dense group of 4 to 16 output channels runs on the grouped
+    kernel's 4- or 8-float vectors (grouped_path). By MACs, a rank-1 pair of 8-channel groups (RegNetY,
     ResNeXt) looked 8x cheaper and ran 1.4x slower than the dense fold."""
     c_in, cg_out, k = cg_in * groups, c_out // groups, taps * cg_in
     first = k * rank if _C.lowrank_dot_path(cg_in, rank) else k * _padded(rank)
-    dense = k * (_padded(cg_out, 8) if _C.grouped_path(groups, c_in, c_out, 0) else _padded(cg_out))
+    grouped_lanes = 8 if cg_out % 8 == 0 else 4  # the grouped kernel's vectors
+    dense = k * (_padded(cg_out, grouped_lanes) if _C.grouped_path(groups, c_in, c_out, 0) else _padded(cg_out))
     return first + rank * _padded(cg_out) < dense
 
 
