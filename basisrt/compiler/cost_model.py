@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import _C
 from ..cost import basis_macs, dense_macs
-from .cpu_steps import FusedConv2d, FusedLinear, TorchConvStep
+from .cpu_steps import FusedConv2d, FusedLinear, TorchConvStep, _round_up
 from .geometry import ConvGeometry
 from .gpu_steps import GPUFusedConv2d, GPUFusedLinear
 from .strategy import Layer, Strategy
@@ -29,13 +29,6 @@ def lowrank_pays(k: int, c_out: int, rank: int, groups: int = 1) -> bool:
     return basis_macs(1, k, c_out, rank, groups) < dense_macs(1, k, c_out)
 
 
-LANES = 16  # floats per vector of the CPU kernels' GEMMs (csrc: NR)
-
-
-def _padded(n: int, lanes: int = LANES) -> int:
-    return -(-n // lanes) * lanes
-
-
 def grouped_lowrank_pays(cg_in: int, taps: int, c_out: int, rank: int, groups: int) -> bool:
     """For a grouped conv: True when the basis pair needs fewer vector lanes of multiply-adds per
     output pixel than the dense fold, in the CPU kernels' shapes. A group's few output channels or
@@ -44,10 +37,10 @@ def grouped_lowrank_pays(cg_in: int, taps: int, c_out: int, rank: int, groups: i
     kernel's 4- or 8-float vectors (grouped_path). By MACs, a rank-1 pair of 8-channel groups (RegNetY,
     ResNeXt) looked 8x cheaper and ran 1.4x slower than the dense fold."""
     c_in, cg_out, k = cg_in * groups, c_out // groups, taps * cg_in
-    first = k * rank if _C.lowrank_dot_path(cg_in, rank) else k * _padded(rank)
+    first = k * rank if _C.lowrank_dot_path(cg_in, rank) else k * _round_up(rank)  # COL_BLOCK lanes
     grouped_lanes = 8 if cg_out % 8 == 0 else 4  # the grouped kernel's vectors
-    dense = k * (_padded(cg_out, grouped_lanes) if _C.grouped_path(groups, c_in, c_out, 0) else _padded(cg_out))
-    return first + rank * _padded(cg_out) < dense
+    dense = k * (_round_up(cg_out, grouped_lanes) if _C.grouped_path(groups, c_in, c_out, 0) else _round_up(cg_out))
+    return first + rank * _round_up(cg_out) < dense
 
 
 def cost_model_choice(name: str, fused: Layer | None, dense: Layer, geometry: ConvGeometry | None) -> Strategy:
