@@ -18,10 +18,10 @@ from basisrt.compiler.cpu_steps import FusedConv2d
 SHAPES = [(64, 32, 16), (128, 16, 32), (256, 8, 64), (512, 4, 128)]  # channels, map size, rank (25 %)
 POINTWISE = [(256, 1024, 14, 8), (1024, 256, 14, 8), (2048, 512, 7, 8), (512, 2048, 7, 8), (960, 160, 7, 32)]
 # Output channels per group not a multiple of 16 (the last vector of a group partial): ShuffleNetV2,
-# MobileNetV3 / MnasNet 1x1 convs; RegNetY's grouped 3x3 (groups of 8 and 24), ResNeXt's (4 and 8).
-# (c_in, c_out, kernel, groups, map, batch)
+# MobileNetV3 / MnasNet 1x1 convs; RegNetY's grouped 3x3 (groups of 8 and 24), ResNeXt's (4 and 8);
+# MobileNetV3's depthwise convs of 72 and 120 channels. (c_in, c_out, kernel, groups, map, batch)
 ODD_WIDTHS = [(116, 116, 1, 1, 28, 8), (40, 120, 1, 1, 28, 8), (104, 104, 3, 13, 28, 8), (120, 120, 3, 5, 28, 8),
-              (128, 128, 3, 32, 56, 2), (256, 256, 3, 32, 28, 8)]
+              (128, 128, 3, 32, 56, 2), (256, 256, 3, 32, 28, 8), (72, 72, 3, 72, 56, 4), (120, 120, 5, 120, 28, 4)]
 
 
 def median_s(fn, reps: int) -> float:
