@@ -74,6 +74,8 @@ def model_kwargs(name: str, size: int) -> dict:
         return dict(image_size=size)
     if name.startswith("maxvit"):
         return dict(input_size=(size, size))
+    if name.startswith(("fcn_", "deeplabv3_", "lraspp_")):  # segmentation: no ImageNet backbone download
+        return dict(weights_backbone=None) if name.startswith("lraspp") else dict(weights_backbone=None, aux_loss=False)
     return {}
 
 
@@ -150,10 +152,18 @@ def _exc(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:300]}"
 
 
+def _tensors(v) -> list:
+    """A model output's tensors: the tensor, or those of a tuple / list / dict (segmentation: {"out": ...})."""
+    if isinstance(v, dict):
+        return [t for k in sorted(v) for t in _tensors(v[k])]
+    return [t for x in v for t in _tensors(x)] if isinstance(v, (tuple, list)) else [v]
+
+
 def _rel_err(out, ref) -> float:
     import torch
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    refs = ref if isinstance(ref, (tuple, list)) else (ref,)
+    outs, refs = _tensors(out), _tensors(ref)
+    if len(outs) != len(refs):
+        return float("inf")
     num = sum(float(torch.linalg.vector_norm((o.double() - r.double()).flatten())) ** 2 for o, r in zip(outs, refs))
     den = sum(float(torch.linalg.vector_norm(r.double().flatten())) ** 2 for r in refs)
     if den == 0:
@@ -352,7 +362,9 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True, 
         try:
             out = compiled(x)
             r["rel_err"] = _rel_err(out, ref)
-            r["ref_rms"] = float(ref.double().pow(2).mean().sqrt()) if isinstance(ref, torch.Tensor) else None
+            refs = _tensors(ref)
+            r["ref_rms"] = (float(torch.cat([t.double().flatten() for t in refs]).pow(2).mean().sqrt())
+                            if all(isinstance(t, torch.Tensor) for t in refs) else None)
         except Timeout:
             raise
         except Exception as e:  # noqa: BLE001
@@ -373,8 +385,9 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True, 
                 y2 = loaded(x)
                 r["loaded_native"] = loaded.native is not None
                 if out is not None:
-                    r["save_load_equal"] = bool(torch.equal(y2, out))
-                    r["save_load_max_diff"] = float((y2 - out).abs().max())
+                    pairs = list(zip(_tensors(y2), _tensors(out)))
+                    r["save_load_equal"] = len(pairs) == len(_tensors(out)) and all(torch.equal(a, b) for a, b in pairs)
+                    r["save_load_max_diff"] = max(float((a - b).abs().max()) for a, b in pairs)
                 r["save_load"] = "ok" if r.get("save_load_equal", False) else "differs"
         except Timeout:
             raise

@@ -34,6 +34,7 @@
 #include "grouped_conv.h"
 #include "pool.h"
 #include "program.h"
+#include "resample.h"
 #include "shape_checks.h"
 
 #ifndef BASISRT_C_VERSION  // setup.py passes basisrt.__version__, the one version string
@@ -317,6 +318,41 @@ void pixel_gather_nhwc_py(const py::array& x, const py::array& index, py::array&
     basisrt::pixel_gather_nhwc(xv.data, idx.data(), yv.data, xv.N, P_in, P_out, xv.C, xv.ld, yv.ld, num_threads);
 }
 
+// One resampling axis: index (out × T, int64) and weight (out × T, float32) as flat vectors.
+struct ResampleAxis {
+    std::vector<int64_t> index;
+    std::vector<float> weight;
+    int64_t out, taps;
+};
+ResampleAxis resample_axis(const std::string& fn, const py::array& index, const py::array& weight, const char* axis) {
+    const std::string i = std::string(axis) + "_index", w = std::string(axis) + "_weight";
+    if (!py::isinstance<py::array_t<int64_t>>(index) || index.ndim() != 2 || !(index.flags() & py::array::c_style))
+        value_error(fn, i + " must be a C-contiguous 2-D int64 array (out x taps)");
+    if (weight.ndim() != 2 || weight.shape(0) != index.shape(0) || weight.shape(1) != index.shape(1))
+        value_error(fn, w + " must have " + i + "'s shape (out x taps)");
+    const float* wp = f32_data(fn, weight, w.c_str(), index.size());
+    const int64_t* ip = static_cast<const int64_t*>(index.data());
+    return {{ip, ip + index.size()}, {wp, wp + index.size()}, index.shape(0), index.shape(1)};
+}
+
+void resample_nhwc_py(const py::array& x, const py::array& row_index, const py::array& row_weight,
+                      const py::array& col_index, const py::array& col_weight, py::array& out, int num_threads) {
+    const std::string fn = "resample_nhwc";
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N || yv.C != xv.C) value_error(fn, "out must have x's N and C");
+    const ResampleAxis r = resample_axis(fn, row_index, row_weight, "row");
+    const ResampleAxis c = resample_axis(fn, col_index, col_weight, "col");
+    if (r.taps != c.taps) value_error(fn, "rows and columns must have the same number of taps");
+    if (r.out != yv.H || c.out != yv.W) value_error(fn, "the taps must have one row per output row and column");
+    basisrt::check_resample_axis(fn, "row", r.index, r.weight, r.taps, xv.H, yv.H);
+    basisrt::check_resample_axis(fn, "column", c.index, c.weight, c.taps, xv.W, yv.W);
+    basisrt::check_threads(fn, num_threads);
+    require_writeable(fn, out);
+    const basisrt::ResampleTaps t{r.taps, r.index.data(), c.index.data(), r.weight.data(), c.weight.data()};
+    py::gil_scoped_release release;
+    basisrt::resample_nhwc(xv.data, yv.data, xv.N, xv.H, xv.W, yv.H, yv.W, xv.C, xv.ld, yv.ld, t, num_threads);
+}
+
 // basisrt::Program plus references to the numpy arrays it points into. Program::add_op checks ids,
 // geometry and enum values; here only what needs the arrays (their sizes, from the checked geometry).
 struct PyProgram {
@@ -432,19 +468,44 @@ struct PyProgram {
         program.add_op(op);
     }
 
+    void add_resample(int in, int out, const py::array& row_index, const py::array& row_weight,
+                      const py::array& col_index, const py::array& col_weight) {
+        const std::string fn = "Program.add_resample";
+        ResampleAxis r = resample_axis(fn, row_index, row_weight, "row");
+        const ResampleAxis c = resample_axis(fn, col_index, col_weight, "col");
+        if (r.taps != c.taps) value_error(fn, "rows and columns must have the same number of taps");
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::resample, in, -1, out};
+        op.kh = r.taps;
+        r.index.insert(r.index.end(), c.index.begin(), c.index.end());
+        r.weight.insert(r.weight.end(), c.weight.begin(), c.weight.end());
+        op.index = std::move(r.index), op.weights = std::move(r.weight);
+        program.add_op(op);
+    }
+
     void run(const py::array& x, py::array& out, int output, int num_threads,
              std::optional<py::array> op_seconds) const {
+        std::vector<py::array> outs{out};
+        run_many(x, outs, {output}, num_threads, op_seconds);
+    }
+
+    void run_many(const py::array& x, std::vector<py::array>& outs, const std::vector<int>& outputs,
+                  int num_threads, std::optional<py::array> op_seconds) const {
         const std::string fn = "Program.run";
         const int64_t N = x.ndim() == 4 ? x.shape(0) : 0;  // a wrong x fails below, once buffer 0 is known to exist
-        program.check_run(N, output, num_threads);
-        const auto &i = program.buffers()[0], &o = program.buffers()[output];
+        program.check_run(N, outputs, num_threads);
+        if (outs.size() != outputs.size()) value_error(fn, "one out array per output buffer");
+        const auto& i = program.buffers()[0];
         if (x.ndim() != 4 || x.shape(1) != i.C || x.shape(2) != i.H || x.shape(3) != i.W)
             value_error(fn, "x must be NCHW (N, " + std::to_string(i.C) + ", " + std::to_string(i.H) + ", " +
                                 std::to_string(i.W) + ")");
         const float* xp = f32_data(fn, x, "x", x.size());
-        f32_data(fn, out, "out", N * o.H * o.W * o.C);
-        require_writeable(fn, out);
-        float* yp = static_cast<float*>(out.mutable_data());
+        std::vector<float*> ys;
+        for (size_t k = 0; k < outs.size(); ++k) {
+            const auto& o = program.buffers()[outputs[k]];
+            f32_data(fn, outs[k], "out", N * o.H * o.W * o.C);
+            require_writeable(fn, outs[k]);
+            ys.push_back(static_cast<float*>(outs[k].mutable_data()));
+        }
         double* times = nullptr;
         if (op_seconds) {
             if (op_seconds->dtype().kind() != 'f' || op_seconds->itemsize() != 8 || op_seconds->ndim() != 1 ||
@@ -454,7 +515,7 @@ struct PyProgram {
             times = static_cast<double*>(op_seconds->mutable_data());
         }
         py::gil_scoped_release release;
-        program.run(xp, N, output, yp, num_threads, times);
+        program.run(xp, N, outputs, ys, num_threads, times);
     }
 };
 
@@ -516,6 +577,9 @@ void bind_fused(py::module_& m) {
              "A channel_gather_nhwc op: out's channel c is input's channel index[c].")
         .def("add_pixel_gather", &PyProgram::add_pixel_gather, py::arg("input"), py::arg("out"), py::arg("index"),
              "A pixel_gather_nhwc op: out's pixel q is input's pixel index[q] (-1: zeros).")
+        .def("add_resample", &PyProgram::add_resample, py::arg("input"), py::arg("out"), py::arg("row_index"),
+             py::arg("row_weight"), py::arg("col_index"), py::arg("col_weight"),
+             "A resample_nhwc op (separable taps, e.g. bilinear upsampling): each (out x taps).")
         .def(
             "alias",
             [](PyProgram& p, int buffer, int parent, int64_t offset) { p.program.alias(buffer, parent, offset); },
@@ -526,9 +590,13 @@ void bind_fused(py::module_& m) {
              py::arg("op_seconds") = py::none(),
              "Run every op on NCHW input x; the output buffer is written NHWC into `out`. op_seconds "
              "(float64, one per op), if given, gets each op's wall time added.")
+        .def("run_many", &PyProgram::run_many, py::arg("x"), py::arg("outs"), py::arg("outputs"),
+             py::arg("num_threads"), py::arg("op_seconds") = py::none(),
+             "run for a model of several outputs: buffer outputs[k] is written NHWC into outs[k].")
         .def(
-            "keep_bf16", [](PyProgram& p, int output) { return p.program.keep_bf16(output); }, py::arg("output"),
-            "Store in bf16 every buffer that only bf16 convs write and read (not the input, not `output`, no\n"
+            "keep_bf16", [](PyProgram& p, const std::vector<int>& outputs) { return p.program.keep_bf16(outputs); },
+            py::arg("outputs"),
+            "Store in bf16 every buffer that only bf16 convs write and read (not the input, not an output, no\n"
             "view or concatenation); call after the last op. Returns how many.")
         .def_property_readonly("ops", [](const PyProgram& p) { return p.program.ops(); }, "Number of ops.")
         .def_property_readonly(
@@ -560,13 +628,13 @@ void bind_fused(py::module_& m) {
             "group per thread (images >= N: the whole batch, threads over output tiles).")
         .def(
             "arena_floats",
-            [](const PyProgram& p, int64_t N, int output, int num_threads) {
-                p.program.check_run(N, output, num_threads);
-                return p.program.layout(p.program.segments(N, num_threads), N, output)->floats;
+            [](const PyProgram& p, int64_t N, const std::vector<int>& outputs, int num_threads) {
+                p.program.check_run(N, outputs, num_threads);
+                return p.program.layout(p.program.segments(N, num_threads), N, outputs)->floats;
             },
-            py::arg("N"), py::arg("output"), py::arg("num_threads"),
+            py::arg("N"), py::arg("outputs"), py::arg("num_threads"),
             "Floats per image of the arena a batch of N runs in (buffers whose lifetimes do not overlap "
-            "share memory; the output buffer is the caller's).");
+            "share memory; the output buffers are the caller's).");
     m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
           py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
           "Max or average pooling (kind: PoolKind) on NHWC float32 with implicit padding; writes into `out`.");
@@ -591,6 +659,10 @@ void bind_fused(py::module_& m) {
     m.def("pixel_gather_nhwc", &pixel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
           py::arg("num_threads"),
           "out[n, q] = x[n, index[q]] over the flattened H*W pixels of NHWC float32 (index int64, -1: zeros).");
+    m.def("resample_nhwc", &resample_nhwc_py, py::arg("x"), py::arg("row_index"), py::arg("row_weight"),
+          py::arg("col_index"), py::arg("col_weight"), py::arg("out"), py::arg("num_threads"),
+          "out[n, oy, ox] = sum over taps a, b of row_weight[oy, a] * col_weight[ox, b] * "
+          "x[n, row_index[oy, a], col_index[ox, b]] (NHWC float32; indices int64, weights float32, out x taps).");
     m.def("lowrank_dot_path", &basisrt::lowrank_dot_path, py::arg("cg_in"), py::arg("rank"),
           "Whether fused_conv_nhwc expects B packed as (groups, rank, K) (channel-vectorised path)\n"
           "rather than (groups, K, round_up(rank, 16)).");

@@ -5,6 +5,7 @@
 #include "channel_affine.h"
 #include "depthwise_conv.h"
 #include "expand_depthwise.h"
+#include "resample.h"
 #include "shape_checks.h"
 #include "thread_pool.h"
 
@@ -178,6 +179,16 @@ void Program::check(const ProgramOp& op) const {
         if (op.residual >= 0 || i.C != o.C)
             throw std::invalid_argument(fn + ": a pixel gather keeps the channels, no residual");
         check_pixel_index(fn, op.index, o.H * o.W, i.H * i.W);
+    } else if (op.kind == ProgramOp::Kind::resample) {
+        if (op.residual >= 0 || i.C != o.C)
+            throw std::invalid_argument(fn + ": a resample keeps the channels, no residual");
+        const int64_t T = op.kh, rows = o.H * T;
+        if (T < 1 || static_cast<int64_t>(op.index.size()) != (o.H + o.W) * T || op.weights.size() != op.index.size())
+            throw std::invalid_argument(fn + ": a resample needs (out H + out W) x taps indices and weights");
+        check_resample_axis(fn, "row", {op.index.begin(), op.index.begin() + rows},
+                            {op.weights.begin(), op.weights.begin() + rows}, T, i.H, o.H);
+        check_resample_axis(fn, "column", {op.index.begin() + rows, op.index.end()},
+                            {op.weights.begin() + rows, op.weights.end()}, T, i.W, o.W);
     } else {
         throw std::invalid_argument(fn + ": unknown op kind");
     }
@@ -218,11 +229,14 @@ void Program::add_op(const ProgramOp& op) {
     ops_.push_back(op);
 }
 
-int Program::keep_bf16(int output) {
+int Program::keep_bf16(const std::vector<int>& outputs) {
     const int n = static_cast<int>(buffers_.size());
-    if (output < 1 || output >= n) throw std::invalid_argument("Program.keep_bf16: output buffer id out of range");
     std::vector<bool> ok(n, true), by_conv(n, false);
-    ok[0] = ok[output] = false;
+    for (int output : outputs) {
+        if (output < 1 || output >= n) throw std::invalid_argument("Program.keep_bf16: output buffer id out of range");
+        ok[output] = false;
+    }
+    ok[0] = false;
     for (int id = 0; id < n; ++id)
         if (buffers_[id].parent >= 0) ok[id] = ok[buffers_[id].parent] = false;
     for (const ProgramOp& op : ops_)
@@ -301,8 +315,10 @@ std::vector<Program::Segment> Program::segments(int64_t N, int num_threads) cons
 }
 
 std::shared_ptr<const Program::Layout> Program::layout(const std::vector<Segment>& segments, int64_t N,
-                                                       int output) const {
-    std::vector<int64_t> key{output};
+                                                       const std::vector<int>& outputs) const {
+    std::vector<int64_t> key{int64_t(outputs.size())};
+    key.insert(key.end(), outputs.begin(), outputs.end());
+    const size_t segments_at = key.size();
     for (const Segment& seg : segments)
         if (seg.images < N) key.insert(key.end(), {int64_t(seg.begin), int64_t(seg.end)});
     std::lock_guard<std::mutex> lk(layouts_mu_);
@@ -322,7 +338,7 @@ std::shared_ptr<const Program::Layout> Program::layout(const std::vector<Segment
     touch(0, -1);
     for (size_t k = 0; k < ops_.size(); ++k)
         for (int id : {ops_[k].in, ops_[k].residual, ops_[k].out}) touch(id, int64_t(k));
-    for (size_t i = 1; i < key.size(); i += 2) {  // grouped segments: whole-batch roots live throughout
+    for (size_t i = segments_at; i < key.size(); i += 2) {  // grouped segments: whole-batch roots live throughout
         const int64_t b = key[i], e = key[i + 1];
         for (int r = 0; r < n; ++r)
             if (first[r] != kUnused && first[r] < e && last[r] >= b && (first[r] < b || last[r] >= e))
@@ -334,7 +350,9 @@ std::shared_ptr<const Program::Layout> Program::layout(const std::vector<Segment
     layout->offset.assign(n, -1);
     std::vector<int> order;
     for (int r = 0; r < n; ++r)
-        if (r != output && buffers_[r].parent < 0 && first[r] != kUnused) order.push_back(r);
+        if (std::find(outputs.begin(), outputs.end(), r) == outputs.end() && buffers_[r].parent < 0 &&
+            first[r] != kUnused)
+            order.push_back(r);
     auto size = [&](int r) { return round_up(floats(r), kColBlock); };
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return size(a) > size(b); });
     std::vector<int> placed;
@@ -389,17 +407,27 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
                      per_image, op.act, op.alpha, num_threads);
     } else if (op.kind == ProgramOp::Kind::gather) {
         channel_gather_nhwc(in, op.index.data(), out, N * i.H * i.W, o.C, ldx, ldy, num_threads);
+    } else if (op.kind == ProgramOp::Kind::resample) {
+        const int64_t rows = o.H * op.kh;
+        const ResampleTaps t{op.kh, op.index.data(), op.index.data() + rows, op.weights.data(), op.weights.data() + rows};
+        resample_nhwc(in, out, N, i.H, i.W, o.H, o.W, i.C, ldx, ldy, t, num_threads);
     } else {
         pixel_gather_nhwc(in, op.index.data(), out, N, i.H * i.W, o.H * o.W, i.C, ldx, ldy, num_threads);
     }
 }
 
-void Program::check_run(int64_t N, int output, int num_threads) const {
+void Program::check_run(int64_t N, const std::vector<int>& outputs, int num_threads) const {
     const std::string fn = "Program.run";
-    if (output < 1 || output >= static_cast<int>(buffers_.size()))
-        throw std::invalid_argument(fn + ": output buffer id out of range");
-    if (buffers_[output].parent >= 0) throw std::invalid_argument(fn + ": the output buffer is a view");
-    if (buffers_[output].bf16) throw std::invalid_argument(fn + ": the output buffer holds bf16 (keep_bf16)");
+    if (outputs.empty()) throw std::invalid_argument(fn + ": no output buffer");
+    for (size_t k = 0; k < outputs.size(); ++k) {
+        const int output = outputs[k];
+        if (output < 1 || output >= static_cast<int>(buffers_.size()))
+            throw std::invalid_argument(fn + ": output buffer id out of range");
+        if (buffers_[output].parent >= 0) throw std::invalid_argument(fn + ": an output buffer is a view");
+        if (buffers_[output].bf16) throw std::invalid_argument(fn + ": an output buffer holds bf16 (keep_bf16)");
+        if (std::find(outputs.begin(), outputs.begin() + k, output) != outputs.begin() + k)
+            throw std::invalid_argument(fn + ": an output buffer is listed twice");
+    }
     check_threads(fn, num_threads);
     int64_t largest = 1;  // floats per image of the largest buffer (each is within kMaxElements)
     for (const BufferShape& b : buffers_) largest = std::max(largest, elements(b));
@@ -407,12 +435,16 @@ void Program::check_run(int64_t N, int output, int num_threads) const {
         throw std::invalid_argument(fn + ": batch size out of range for this program's buffers");
 }
 
-void Program::run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds) const {
+void Program::run(const float* x, int64_t N, const std::vector<int>& outputs, const std::vector<float*>& ys,
+                  int num_threads, double* op_seconds) const {
     using clock = std::chrono::steady_clock;
-    check_run(N, output, num_threads);
+    check_run(N, outputs, num_threads);
+    if (ys.size() != outputs.size()) throw std::invalid_argument("Program.run: one y per output buffer");
     if (N == 0) return;  // an empty batch: an empty output, as PyTorch gives
     const std::vector<Segment> segs = segments(N, num_threads);
-    const std::shared_ptr<const Layout> layout = this->layout(segs, N, output);
+    const std::shared_ptr<const Layout> layout = this->layout(segs, N, outputs);
+    std::vector<float*> caller(buffers_.size(), nullptr);  // an output root's memory: the caller's y
+    for (size_t k = 0; k < outputs.size(); ++k) caller[outputs[k]] = ys[k];
     // Per-thread arena: one block, each root of the whole batch at its planned offset.
     thread_local Arena arena;
     struct Trim {  // on every way out, exceptions included
@@ -424,7 +456,7 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
     float* const block = poisoned(arena.get(0, static_cast<size_t>(N * layout->floats)), N * layout->floats);
     auto data = [&](int id) -> float* {  // a view's memory is its root's, at the view's channel offset
         const int r = root(id);
-        return (r == output ? y : block + N * layout->offset[r]) + buffers_[id].offset;
+        return (caller[r] ? caller[r] : block + N * layout->offset[r]) + buffers_[id].offset;
     };
     {  // NCHW -> NHWC input
         const BufferShape& s = buffers_[0];
@@ -453,7 +485,7 @@ void Program::run(const float* x, int64_t N, int output, float* y, int num_threa
         // per-group scratch.
         std::vector<float*> whole(buffers_.size(), nullptr);
         whole[0] = data(0);
-        whole[output] = y;
+        for (size_t k = 0; k < outputs.size(); ++k) whole[outputs[k]] = ys[k];
         for (size_t k = 0; k < ops_.size(); ++k) {
             if (k >= seg.begin && k < seg.end) continue;
             for (int id : {ops_[k].in, ops_[k].out, ops_[k].residual})

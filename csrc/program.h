@@ -1,5 +1,5 @@
 // A whole plan run in C++: a list of ops (conv, pool, affine, layer norm, eltwise, gather, pixel gather,
-// an MBConv's expand + depthwise convs as one) over NHWC buffers
+// resample, an MBConv's expand + depthwise convs as one) over NHWC buffers
 // (a concatenation's parts being views of its buffer), executed in one call with the GIL
 // released, so a model whose every step is a basisrt kernel pays no Python round trip per layer
 // (about 11 us per step measured through the fx module).
@@ -41,7 +41,7 @@ struct BufferShape {
 };
 
 struct ProgramOp {
-    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm, expand_dw } kind;
+    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm, expand_dw, resample } kind;
     int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
@@ -60,6 +60,8 @@ struct ProgramOp {
     // gather: out's channel c is in's channel index[c]; pixel_gather: out's pixel q (of each image) is
     // in's pixel index[q], or zeros where index[q] is -1
     std::vector<int64_t> index{};
+    // resample (resample.h): index holds iy (out H × kh taps) then ix (out W × kh), weights wy then wx
+    std::vector<float> weights{};
     // pool
     PoolKind pool = PoolKind::max;
     bool count_include_pad = true;
@@ -82,11 +84,11 @@ class Program {
     // Checks every id, shape and geometry (std::invalid_argument), then appends the op.
     void add_op(const ProgramOp& op);
     // Stores in bf16 every buffer that a bf16 conv writes or reads (as input or residual) and no
-    // op but bf16 convs and pools touches: not the input, not `output`, no view and no
+    // op but bf16 convs and pools touches: not the input, not an output, no view and no
     // concatenation. Those maps then cost half the bytes to write and read, and the consumer's
     // conversion is a copy. Returns how many; call after the last add_op (a later op touching a
     // bf16 buffer must be a bf16 conv or a pool, or add_op refuses it).
-    int keep_bf16(int output);
+    int keep_bf16(const std::vector<int>& outputs);
     // add_op's checks of ids and geometry alone (not the weight pointers).
     void check(const ProgramOp& op) const;
     // The conv of a conv op that passed check(): its own output, before a fused pool; batch N,
@@ -95,11 +97,13 @@ class Program {
     // An expand_dw op's two convs (same conventions): the 1×1 expand, and the depthwise after it.
     ConvShape expand_shape(const ProgramOp& op, int64_t N = 1) const;
     ConvShape depthwise_shape(const ProgramOp& op, int64_t N = 1) const;
-    // x: NCHW (N, C, H, W) of buffer 0; y: NHWC of the output buffer. op_seconds, if not null,
+    // x: NCHW (N, C, H, W) of buffer 0; ys[k]: NHWC of buffer outputs[k] (a model's several
+    // outputs: distinct roots, none the input, a view or bf16). op_seconds, if not null,
     // gets each op's wall time added (size: ops()).
-    void run(const float* x, int64_t N, int output, float* y, int num_threads, double* op_seconds = nullptr) const;
-    // run's checks of N, output and num_threads, for a caller that sizes x and y from buffers() first.
-    void check_run(int64_t N, int output, int num_threads) const;
+    void run(const float* x, int64_t N, const std::vector<int>& outputs, const std::vector<float*>& ys,
+             int num_threads, double* op_seconds = nullptr) const;
+    // run's checks of N, outputs and num_threads, for a caller that sizes x and ys from buffers() first.
+    void check_run(int64_t N, const std::vector<int>& outputs, int num_threads) const;
 
     size_t ops() const { return ops_.size(); }
 
@@ -118,13 +122,14 @@ class Program {
     // for a batch of `images` (the offsets are per image, multiples of 16 floats); the arena holds
     // images · floats. Roots that are live at the same time never overlap. A root used inside an
     // image-grouped segment and outside it (so it holds the whole batch while groups run on
-    // different threads at different ops) counts as live over the whole segment. The output buffer
-    // (the caller's y) has no place.
+    // different threads at different ops) counts as live over the whole segment. The output buffers
+    // (the caller's ys) have no place.
     struct Layout {
-        std::vector<int64_t> offset;  // per buffer id; -1 for views, the output and unused buffers
+        std::vector<int64_t> offset;  // per buffer id; -1 for views, the outputs and unused buffers
         int64_t floats = 0;
     };
-    std::shared_ptr<const Layout> layout(const std::vector<Segment>& segments, int64_t N, int output) const;
+    std::shared_ptr<const Layout> layout(const std::vector<Segment>& segments, int64_t N,
+                                         const std::vector<int>& outputs) const;
 
   private:
     int root(int id) const { return buffers_[id].parent >= 0 ? buffers_[id].parent : id; }  // owns id's memory
@@ -138,7 +143,7 @@ class Program {
 
     std::vector<BufferShape> buffers_;
     std::vector<ProgramOp> ops_;
-    // layout() per (grouped segments, output): plans are reused across calls, dropped by add_op
+    // layout() per (grouped segments, outputs): plans are reused across calls, dropped by add_op
     mutable std::mutex layouts_mu_;
     mutable std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const Layout>>> layouts_;
 };

@@ -168,6 +168,26 @@ def fuzz_pixel_gather(rng):
     _C.pixel_gather_nhwc(**mutate(rng, a, set(), {"x", "out"}, {"num_threads"}))
 
 
+def linear_taps(n_in, n_out):
+    from basisrt.compiler.patterns import _linear_taps
+    return _linear_taps(n_in, n_out, False, None)
+
+
+def fuzz_resample(rng):
+    c = rng.choice([1, 5, 16])
+    (iy, wy), (ix, wx) = linear_taps(4, 7), linear_taps(3, 6)
+    a = dict(x=np.random.default_rng(9).standard_normal((2, 4, 3, c)).astype(np.float32), row_index=iy,
+             row_weight=wy, col_index=ix, col_weight=wx, out=np.zeros((2, 7, 6, c), np.float32), num_threads=2)
+    if rng.random() < 0.3:  # wrong dtype, out of range, wrong length, huge, non-finite weights
+        key = rng.choice(["row_index", "col_index"])
+        a[key] = rng.choice([a[key].astype(np.int32), a[key] + 9, a[key] - 5, a[key][:-1], a[key][:, :1],
+                             np.full_like(a[key], 2 ** 62)])
+    if rng.random() < 0.2:
+        a["row_weight"] = np.full_like(wy, rng.choice([np.nan, np.inf, 1e30]))
+    _C.resample_nhwc(**mutate(rng, a, set(), {"x", "out", "row_weight", "col_weight", "row_index", "col_index"},
+                              {"num_threads"}))
+
+
 def expand_depthwise_case(rng, c_in):
     """Packed weights and geometry of an expand (c_in -> 16, dense or rank 3) + depthwise 3×3 op."""
     rank = rng.choice([0, 3])
@@ -205,10 +225,14 @@ def fuzz_program(rng):
              ("add_norm", {"input": 4, "out": 6, "scale": np.ones(c_out, np.float32),
                            "shift": np.zeros(c_out, np.float32), "eps": 1e-5, "activation": _C.Activation.none}),
              ("add_buffer", dict(H=oh, W=ow, C=16)),
-             ("add_expand_depthwise", {"input": 1, "out": 7, **expand_depthwise_case(rng, c_out)})]
-    bad = rng.randrange(len(calls) + 3)
+             ("add_expand_depthwise", {"input": 1, "out": 7, **expand_depthwise_case(rng, c_out)}),
+             ("add_buffer", dict(H=2 * oh, W=ow + 1, C=c_out)),
+             ("add_resample", dict(zip(("input", "out", "row_index", "row_weight", "col_index", "col_weight"),
+                                       (6, 8, *linear_taps(oh, 2 * oh), *linear_taps(ow, ow + 1)))))]
+    bad = rng.randrange(len(calls) + 4)
     pairs = {"kernel", "stride", "padding", "dilation"}
-    arrays = {"B", "A", "bias", "scale", "shift", "index", "dw_B", "dw_bias"}
+    arrays = {"B", "A", "bias", "scale", "shift", "index", "dw_B", "dw_bias", "row_index", "row_weight", "col_index",
+              "col_weight"}
     ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset",
             "a", "b", "op", "dw_activation"}
     for i, (name, kw) in enumerate(calls):
@@ -220,7 +244,12 @@ def fuzz_program(rng):
     elif bad == len(calls) + 1:
         p.segments(nasty_int(rng), nasty_int(rng))
     elif bad == len(calls) + 2:
-        p.arena_floats(nasty_int(rng), nasty_int(rng), nasty_int(rng))
+        p.arena_floats(nasty_int(rng), [nasty_int(rng)], nasty_int(rng))
+    elif bad == len(calls) + 3:  # several outputs
+        outs = [run["out"], np.zeros((n, 2 * oh, ow + 1, c_out), np.float32)]
+        ids = rng.choice([[3, 8], [8, 8], [3], [0, 8], [3, nasty_int(rng)], []])
+        p.run_many(run["x"], outs if rng.random() < 0.8 else outs[:1], ids, 2)
+        return
     p.run(**run)
 
 
@@ -234,8 +263,8 @@ def main(seed: int, calls: int) -> None:
     limit = 6 << 30  # an absurd allocation fails here instead of swapping the machine
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rng = random.Random(seed)
-    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_norm, fuzz_eltwise, fuzz_gather, fuzz_pixel_gather, fuzz_program,
-               fuzz_paths]
+    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_norm, fuzz_eltwise, fuzz_gather, fuzz_pixel_gather,
+               fuzz_resample, fuzz_program, fuzz_paths]
     outcomes = {e.__name__: {"ok": 0, "refused": 0} for e in entries}
     unexpected = []
     for i in range(calls):

@@ -200,7 +200,7 @@ def test_program_keeps_maps_between_bf16_convs_in_bf16():
         program.run(x.numpy(), np.empty((2, 16, 16, 32), np.float32), bf16_ids[0], 1)
     assert free not in program.bf16_buffers
     with pytest.raises(ValueError, match="out of range"):
-        program.keep_bf16(len(program.buffers))
+        program.keep_bf16([len(program.buffers)])
 
 
 @needs_bf16

@@ -292,7 +292,7 @@ def test_explain_names_each_op_that_keeps_the_plan_from_being_native():
 
         def forward(self, x):
             y = self.norm(self.conv(x))
-            return torch.tanh(y) + F.interpolate(y, scale_factor=1.0, mode="bilinear")
+            return torch.tanh(y) + F.interpolate(y, scale_factor=1.0, mode="bicubic")
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)

@@ -69,14 +69,14 @@ def test_buffers_share_arena_memory_when_their_lifetimes_do_not_overlap(name, ba
     x = torch.randn(batch, 3, 32, 32)
     compiled = compile(model, x, dense_backend="basisrt", num_threads=threads)
     program, output = compiled.native.program, compiled.native.output.id
-    planned = program.arena_floats(batch, output, threads)
+    planned = program.arena_floats(batch, [output], threads)
     every = sum(h * w * c for h, w, c, parent in program.buffers if parent < 0) - np.prod(compiled.native.output.hwc)
     assert 0 < planned < every / 2  # chains and residual blocks reuse most of their memory
     for _ in range(2):  # the second call runs in memory the first left full of values
         with torch.no_grad():
             assert rel_err(compiled(x), model(x)) < 1e-5
     with pytest.raises(ValueError, match="N must be"):
-        program.arena_floats(0, output, threads)
+        program.arena_floats(0, [output], threads)
 
 
 def test_plans_with_pytorch_steps_stay_step_by_step():

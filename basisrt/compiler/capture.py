@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 import warnings
 
+import torch.utils._pytree as pytree
 from torch import Tensor, fx, nn
 
 from .fusion import Tracer
@@ -61,9 +62,13 @@ def dynamo_graph(model: nn.Module, example_input: Tensor) -> fx.GraphModule:
     batches = (2, 3)
     graphs = [_export(model, sample.expand(b, *sample.shape[1:]).contiguous()) for b in batches]
     gm = _generalise_batch(*graphs, batches)
+    info = getattr(gm.graph._codegen, "pytree_info", None)
     gm.graph._codegen = fx.graph.CodeGen()  # plain in and out, not export's pytree wrapping
     out = next(n for n in gm.graph.nodes if n.op == "output")
-    if isinstance(out.args[0], (tuple, list)) and len(out.args[0]) == 1:
+    if info is not None and info.out_spec is not None and isinstance(out.args[0], (tuple, list)):
+        # the model's own output structure (a dict, a tuple of tensors), not export's flat list
+        out.args = (pytree.tree_unflatten(list(out.args[0]), info.out_spec),)
+    elif isinstance(out.args[0], (tuple, list)) and len(out.args[0]) == 1:
         out.args = (out.args[0][0],)
     gm.recompile()
     return gm

@@ -163,8 +163,11 @@ def load(path: str, device: torch.device | str | None = None, *, cuda_graph: boo
     """
     p = load_plan(path, device, cuda_graph)
     plan = Plan([Step(**{**s, "strategy": Strategy(s["strategy"])}) for s in p.steps])
-    return CompiledModel(p.module, plan, p.input_shape, p.dtype, p.device, p.cuda_graph,
-                         p.precision if precision is None else precision)
+    try:  # lowering checks what the schema leaves to the kernels (index values, finite weights)
+        return CompiledModel(p.module, plan, p.input_shape, p.dtype, p.device, p.cuda_graph,
+                             p.precision if precision is None else precision)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 @dataclass

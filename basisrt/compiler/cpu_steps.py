@@ -392,6 +392,39 @@ class PixelGatherStep(nn.Module):
         return f"{self.in_hw} -> {self.out_hw}"
 
 
+class ResampleStep(nn.Module):
+    """Bilinear upsampling (`F.interpolate(mode="bilinear")`, `nn.Upsample`) by the C++ kernel
+    (resample.h): each output pixel the weighted sum of T×T input pixels, separable into per-row
+    taps (`row_index`, `row_weight`: out H × T) and per-column taps (out W × T)."""
+
+    def __init__(self, row_index: Tensor, row_weight: Tensor, col_index: Tensor, col_weight: Tensor,
+                 in_hw: tuple[int, int], num_threads: int | None = None) -> None:
+        super().__init__()
+        for name, v, dtype in (("row_index", row_index, torch.int64), ("row_weight", row_weight, torch.float32),
+                               ("col_index", col_index, torch.int64), ("col_weight", col_weight, torch.float32)):
+            self.register_buffer(name, torch.as_tensor(v, dtype=dtype).contiguous())
+        self.in_hw, self.num_threads = tuple(in_hw), num_threads
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return self.row_index.shape[0], self.col_index.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or tuple(x.shape[2:]) != self.in_hw:
+            raise ValueError(f"ResampleStep expects a float32 (N, C, {self.in_hw[0]}, {self.in_hw[1]}) input, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, c = x.shape[:2]
+        y = torch.empty(n, *self.out_hw, c)
+        _C.resample_nhwc(x.permute(0, 2, 3, 1).numpy(), self.row_index.numpy(), self.row_weight.numpy(),
+                         self.col_index.numpy(), self.col_weight.numpy(), y.numpy(),
+                         self.num_threads or torch.get_num_threads())
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_hw} -> {self.out_hw}, taps={self.row_index.shape[1]}"
+
+
 def batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor] | None:
     """(gamma, beta) with bn(x) = gamma·x + beta per channel in eval mode, or None if `bn` is not
     an eval-foldable BatchNorm2d (no running statistics: it normalises by the batch's)."""
@@ -432,8 +465,8 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
 
 # Every CPU step module: each returns logical NCHW maps stored channels_last (or, a linear step, rows)
 STEPS = (FusedConv2d, TorchConvStep, PoolStep, ChannelAffineStep, ChannelNormStep, EltwiseStep, ChannelGatherStep,
-         PixelGatherStep)
+         PixelGatherStep, ResampleStep)
 
 __all__ = ["BINARY_OPS", "STEPS", "ChannelAffineStep", "ChannelGatherStep", "ChannelNormStep", "EltwiseStep",
-           "FusedConv2d", "FusedLinear", "PixelGatherStep", "PoolStep", "TorchConvStep", "batchnorm_affine",
-           "pool_step"]
+           "FusedConv2d", "FusedLinear", "PixelGatherStep", "PoolStep", "ResampleStep", "TorchConvStep",
+           "batchnorm_affine", "pool_step"]

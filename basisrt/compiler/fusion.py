@@ -24,6 +24,7 @@ from .cpu_steps import (
     ChannelNormStep,
     EltwiseStep,
     PixelGatherStep,
+    ResampleStep,
     batchnorm_affine,
     pool_step,
 )
@@ -34,6 +35,7 @@ from .patterns import (
     is_eval_identity,
     pixel_index,
     pool_module,
+    resample_taps,
 )
 from .strategy import Chooser, Layer, Strategy, make_step
 
@@ -184,6 +186,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
     if backend == "cpu":
         _channel_gathers(gm, num_threads, strategies)
         _pixel_gathers(gm, num_threads, strategies)
+        _resamples(gm, num_threads, strategies)
     for node in list(gm.graph.nodes):
         if node not in gm.graph.nodes:  # erased by an earlier fusion (BN, 1×1 partner, add, act)
             continue
@@ -295,6 +298,19 @@ def _pixel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: dict
         in_hw, out_hw = _shape(src)[2:], _shape(node)[2:]
         step = PixelGatherStep(torch.tensor(index), in_hw, out_hw, num_threads)
         _replace_with_step(gm, node, Strategy.PIXEL_GATHER, step, (src,), strategies)
+    gm.graph.eliminate_dead_code()
+
+
+def _resamples(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
+    """Bilinear upsampling (patterns.resample_taps) becomes resample steps."""
+    for node in list(gm.graph.nodes):
+        found = resample_taps(gm, node)
+        if found is None:
+            continue
+        src, ((iy, wy), (ix, wx)) = found
+        step = ResampleStep(torch.from_numpy(iy), torch.from_numpy(wy), torch.from_numpy(ix), torch.from_numpy(wx),
+                            _shape(src)[2:], num_threads)
+        _replace_with_step(gm, node, Strategy.RESAMPLE, step, (src,), strategies)
     gm.graph.eliminate_dead_code()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import operator
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -298,3 +299,73 @@ def pixel_index(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, list[int]] 
 
 __all__ += ["pixel_index"]
 
+
+
+def _interpolate_kwargs(gm: fx.GraphModule, node: fx.Node) -> dict | None:
+    """F.interpolate's arguments of an upsampling node (the call, or an nn.Upsample /
+    nn.UpsamplingBilinear2d module), sizes resolved to constants; None for anything else."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        if type(m) not in (nn.Upsample, nn.UpsamplingBilinear2d) or len(node.args) != 1 or node.kwargs:
+            return None
+        return dict(size=m.size, scale_factor=m.scale_factor, mode=m.mode, align_corners=m.align_corners,
+                    recompute_scale_factor=m.recompute_scale_factor)
+    if node.op != "call_function" or node.target is not F.interpolate or not node.args:
+        return None
+    a = dict(zip(("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
+                 node.args), **node.kwargs)
+    kw = {k: _static_sizes(v) for k, v in a.items() if k != "input"}
+    return None if any(v is _DYNAMIC for v in kw.values()) else kw
+
+
+def _linear_taps(n_in: int, n_out: int, align_corners: bool, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Index and weight (n_out × 2) of linear interpolation along one axis, in float32 as PyTorch's
+    CPU kernel computes them (UpSample.h: area_pixel_compute_scale, area_pixel_compute_source_index,
+    guard_index_and_lambda); both taps even where one weighs 0, as PyTorch reads them (NaN)."""
+    f32 = np.float32
+    if align_corners:
+        s = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0)
+    else:
+        s = f32(1.0 / scale) if scale is not None and scale > 0 else f32(n_in) / f32(n_out)
+    dst = np.arange(n_out).astype(f32)
+    real = s * dst if align_corners else np.maximum(s * (dst + f32(0.5)) - f32(0.5), f32(0))
+    i0 = np.minimum(np.floor(real).astype(np.int64), n_in - 1)
+    lam = np.clip(real - i0.astype(f32), f32(0), f32(1)).astype(f32)
+    i1 = i0 + (i0 < n_in - 1)
+    return np.stack([i0, i1], 1), np.stack([f32(1) - lam, lam], 1).astype(f32)
+
+
+def resample_taps(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, list[tuple[np.ndarray, np.ndarray]]] | None:
+    """(x, [(row index, row weight), (column index, column weight)]) when `node` upsamples a 4-D
+    float32 map x bilinearly (F.interpolate, nn.Upsample, nn.UpsamplingBilinear2d): the separable
+    taps of resample.h, checked against PyTorch's own output on a random map."""
+    kw = _interpolate_kwargs(gm, node)
+    x = node.args[0] if kw is not None else None
+    shape, out = _meta_shape(x), _meta_shape(node)
+    if kw is None or kw.get("mode") != "bilinear" or kw.get("antialias") or shape is None or out is None or \
+            len(shape) != 4 or len(out) != 4 or out[:2] != shape[:2] or x.meta["tensor_meta"].dtype != torch.float32:
+        return None
+    scale = kw.get("scale_factor")
+    if scale is None or kw.get("recompute_scale_factor") or kw.get("size") is not None:
+        scales = (None, None)  # PyTorch then scales by the sizes
+    else:
+        scales = tuple(scale) if isinstance(scale, (tuple, list)) else (scale, scale)
+    align = bool(kw.get("align_corners"))
+    taps = [_linear_taps(shape[2 + d], out[2 + d], align, scales[d]) for d in range(2)]
+    probe = torch.randn(2, 3, *shape[2:], generator=torch.Generator().manual_seed(0))
+    args = {k: v for k, v in kw.items() if v is not None}
+    try:
+        want = F.interpolate(probe, **args)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    (iy, wy), (ix, wx) = [(torch.from_numpy(i), torch.from_numpy(w).double()) for i, w in taps]
+    rows = (probe.double()[:, :, iy] * wy[:, :, None]).sum(3)  # (n, c, Ho, W)
+    got = (rows[..., ix] * wx).sum(4)
+    # float32 weights: an ulp of the source position off from PyTorch's, on either side (1e-6 of a
+    # pixel difference); a wrong formula is off by a good part of one
+    if tuple(want.shape) != tuple(got.shape) or float((got - want).abs().max()) > 1e-5 * float(want.abs().max()):
+        return None
+    return x, taps
+
+
+__all__ += ["resample_taps"]

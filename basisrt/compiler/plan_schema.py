@@ -43,6 +43,7 @@ from .cpu_steps import (
     FusedLinear,
     PixelGatherStep,
     PoolStep,
+    ResampleStep,
     TorchConvStep,
     packed_shapes,
 )
@@ -535,6 +536,18 @@ def _pixel_gather(a: Attrs, t: Tensors) -> None:
     t.buffer("index", (oh * ow,), dtypes=(torch.int64,))  # its values: checked by the kernel's binding
 
 
+def _resample(a: Attrs, t: Tensors) -> None:
+    a.eval_mode()
+    a.threads()
+    a.pair("in_hw", 1, MAX_GEOMETRY)
+    rows = t.buffer("row_index", ndim=2, dtypes=(torch.int64,))  # values: checked by the kernel's binding
+    cols = t.buffer("col_index", ndim=2, dtypes=(torch.int64,))
+    t.buffer("row_weight", tuple(rows.shape), dtypes=(torch.float32,))
+    t.buffer("col_weight", tuple(cols.shape), dtypes=(torch.float32,))
+    _need(rows.shape[1] == cols.shape[1] and 1 <= rows.shape[1] <= 16 and min(rows.shape[0], cols.shape[0]) >= 1,
+          "a resample step needs 1 to 16 taps, as many per row as per column, and an output of at least 1x1")
+
+
 # -- torch.nn modules (their own constructor arguments; forward runs on meta tensors at load)
 
 def _only_training(a: Attrs, t: Tensors) -> None:
@@ -793,6 +806,12 @@ def _run_pixel_gather(m: PixelGatherStep, x: Any) -> Tensor:
     return _meta(n, c, *m.out_hw)
 
 
+def _run_resample(m: ResampleStep, x: Any) -> Tensor:
+    n, c, h, w = _image(x, x.shape[1] if isinstance(x, Tensor) and x.dim() == 4 else 1, "this resample step")
+    _need((h, w) == tuple(m.in_hw), f"passes a {h}x{w} map to a resample of {m.in_hw[0]}x{m.in_hw[1]} maps")
+    return _meta(n, c, *m.out_hw)
+
+
 def _run_forward(m: nn.Module, *args: Any) -> Any:
     return m(*args)
 
@@ -821,6 +840,7 @@ _SPECS = (
     _spec(EltwiseStep, _eltwise, _run_eltwise, lambda m: 2),
     _spec(ChannelGatherStep, _channel_gather, _run_gather),
     _spec(PixelGatherStep, _pixel_gather, _run_pixel_gather),
+    _spec(ResampleStep, _resample, _run_resample),
     _spec(GPUFusedConv2d, _gpu_conv, _run_conv, _with_residual),
     _spec(GPUFusedLinear, lambda a, t: _gpu_conv(a, t, linear=True), _run_linear, _with_residual),
     _spec(nn.ReLU, _inplace), _spec(nn.ReLU6, _relu6), _spec(nn.GELU, _gelu), _spec(nn.SiLU, _inplace),
@@ -891,6 +911,13 @@ def check_result(v: Any, depth: int = 0) -> None:
         if depth >= MAX_RESULT_DEPTH or len(v) > MAX_ITEMS:
             raise PlanError(f"produces a sequence nested or long beyond the limits ({MAX_ITEMS} items)")
         for x in v:
+            check_result(x, depth + 1)
+    elif isinstance(v, dict):  # a model's named outputs (torchvision's segmentation models: {"out": ...})
+        if depth >= MAX_RESULT_DEPTH or len(v) > MAX_ITEMS:
+            raise PlanError(f"produces a dict nested or long beyond the limits ({MAX_ITEMS} items)")
+        for k, x in v.items():
+            if not isinstance(k, str) or not k.isidentifier() or keyword.iskeyword(k):
+                raise PlanError(f"produces a dict keyed by {_text(k)}; plans use dicts keyed by Python identifiers")
             check_result(x, depth + 1)
     elif isinstance(v, bool) or v is None or isinstance(v, (float, torch.dtype, torch.device, torch.memory_format)):
         pass

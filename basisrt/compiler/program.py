@@ -37,6 +37,7 @@ from .cpu_steps import (
     FusedLinear,
     PixelGatherStep,
     PoolStep,
+    ResampleStep,
     TorchConvStep,
 )
 from .patterns import flatten_source
@@ -50,23 +51,44 @@ class _Buffer:
 
 
 class NativeProgram:
-    """A lowered plan: call it with an NCHW float32 CPU tensor."""
+    """A lowered plan: call it with an NCHW float32 CPU tensor. It returns what the model returns:
+    one tensor, or a tuple, list or dict of them (`outputs`: the buffers, in `structure`'s order)."""
 
-    def __init__(self, program: "_C.Program", output: _Buffer, num_threads: int | None,
-                 op_names: list[str], fused_pools: dict[str, str], fused_expands: dict[str, str]) -> None:
-        self.program, self.output, self.num_threads = program, output, num_threads
+    def __init__(self, program: "_C.Program", outputs: list[_Buffer], num_threads: int | None,
+                 op_names: list[str], fused_pools: dict[str, str], fused_expands: dict[str, str],
+                 structure: object = None) -> None:
+        self.program, self.outputs, self.num_threads = program, outputs, num_threads
+        self.structure = structure  # the output with each tensor as its index in `outputs`; None: outputs[0]
         self.op_names = op_names  # the plan step each op runs, in order
         self.fused_pools = fused_pools  # pool step -> the conv step whose op runs it after its epilogue
         self.fused_expands = fused_expands  # expand conv step -> the depthwise step whose op runs both
 
-    def __call__(self, x: Tensor, op_seconds: np.ndarray | None = None) -> Tensor:
+    @property
+    def output(self) -> _Buffer:
+        """The first output buffer (the only one, for a model returning one tensor)."""
+        return self.outputs[0]
+
+    def __call__(self, x: Tensor, op_seconds: np.ndarray | None = None) -> Tensor | tuple | list | dict:
         """Run the program; `op_seconds` (float64, one per op), if given, gets each op's time added."""
         x = x.contiguous()
-        h, w, c = self.output.hwc
-        y = torch.empty(x.shape[0], h, w, c)
-        self.program.run(x.numpy(), y.numpy(), self.output.id, self.num_threads or torch.get_num_threads(),
-                         op_seconds)
-        return y.reshape(x.shape[0], c) if self.output.flat else y.permute(0, 3, 1, 2).contiguous()
+        threads = self.num_threads or torch.get_num_threads()
+        ids = list(dict.fromkeys(b.id for b in self.outputs))  # a tensor returned twice is computed once
+        ys = {i: torch.empty(x.shape[0], *self.program.buffers[i][:3]) for i in ids}
+        if len(ids) == 1:
+            self.program.run(x.numpy(), ys[ids[0]].numpy(), ids[0], threads, op_seconds)
+        else:
+            self.program.run_many(x.numpy(), [ys[i].numpy() for i in ids], ids, threads, op_seconds)
+        tensors = [ys[b.id].reshape(x.shape[0], b.hwc[2]) if b.flat else ys[b.id].permute(0, 3, 1, 2).contiguous()
+                   for b in self.outputs]
+        return tensors[0] if self.structure is None else _rebuild(self.structure, tensors)
+
+
+def _rebuild(structure: object, tensors: list[Tensor]) -> object:
+    if isinstance(structure, int):
+        return tensors[structure]
+    if isinstance(structure, dict):
+        return {k: _rebuild(v, tensors) for k, v in structure.items()}
+    return type(structure)(_rebuild(v, tensors) for v in structure)  # a tuple or a list
 
 
 # Maps that only bf16 convs write and read are stored in bf16 (Program.keep_bf16); False keeps them
@@ -114,16 +136,21 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                     continue
                 buffers[node] = _Buffer(program.add_buffer(h, w, c), (h, w, c), False)
             elif node.op == "output":
-                out = buffers.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-                if out is None or out.id == 0 or out.id in views or (out.flat and out.hwc[:2] != (1, 1)):
-                    refuse(node, "the output is not one tensor made by a lowered op (a tuple, the input, a "
-                                 "concatenation's part or a flattened map)")
+                leaves: list[fx.Node] = []
+                structure = _output_structure(node.args[0], leaves)
+                outs = [buffers.get(n) for n in leaves]
+                if structure is None or not leaves or any(
+                        out is None or out.id == 0 or out.id in views or (out.flat and out.hwc[:2] != (1, 1))
+                        for out in outs):
+                    refuse(node, "the output is not made of tensors that lowered ops made (one tensor, or a tuple, "
+                                 "list or dict of them; not the input, a concatenation's part or a flattened map)")
                 if refusals:
                     return None
                 if BF16_ACTIVATIONS:
-                    program.keep_bf16(out.id)  # maps between bf16 convs: half the bytes
-                return NativeProgram(program, out, next(iter(threads)) if len(threads) == 1 else None, names,
-                                     fused_pools, fused_expands)
+                    program.keep_bf16(sorted({out.id for out in outs}))  # maps between bf16 convs: half the bytes
+                return NativeProgram(program, outs, next(iter(threads)) if len(threads) == 1 else None, names,
+                                     fused_pools, fused_expands,
+                                     None if isinstance(node.args[0], fx.Node) else structure)
             elif _is_scalar(node):
                 continue  # a size feeding a flatten's shape; any other user of it is not lowered
             elif flatten_source(gm, node, shape) in buffers:
@@ -174,6 +201,8 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                     made = made or _add_gather(program, m.index.numpy(), ins[0])
                 elif isinstance(m, PixelGatherStep):
                     made = _add_pixel_gather(program, m, ins[0])
+                elif isinstance(m, ResampleStep):
+                    made = _add_resample(program, m, ins[0])
                 else:
                     made = _add_conv(program, m, ins, pool is not None)
                 if made is None:
@@ -193,6 +222,21 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
     return None
 
 
+def _output_structure(v: object, leaves: list[fx.Node]) -> object:
+    """`v` (the graph's output) with each node replaced by its index in `leaves` (appended), or None
+    if it holds anything but nodes in tuples, lists and dicts keyed by strings."""
+    if isinstance(v, fx.Node):
+        leaves.append(v)
+        return len(leaves) - 1
+    if isinstance(v, dict):
+        items = {k: _output_structure(x, leaves) for k, x in v.items()}
+        return None if any(not isinstance(k, str) or x is None for k, x in items.items()) else items
+    if isinstance(v, (tuple, list)):
+        items = [_output_structure(x, leaves) for x in v]
+        return None if any(x is None for x in items) else (tuple(items) if isinstance(v, tuple) else items)
+    return None
+
+
 def _module_reason(m: nn.Module) -> str:
     if isinstance(m, TorchConvStep):
         return "the plan chose oneDNN for this layer (dense_backend='torch' or 'auto' timing)"
@@ -208,7 +252,7 @@ def _function_reason(node: fx.Node) -> str:
     return f"{what}: no basisrt kernel for this op (or its arguments / shapes)"
 
 
-_LOWERED = (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, PixelGatherStep, PoolStep)
+_LOWERED = (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, PixelGatherStep, PoolStep, ResampleStep)
 
 
 def _is_scalar(node: fx.Node) -> bool:
@@ -391,6 +435,16 @@ def _add_pixel_gather(program: "_C.Program", m: PixelGatherStep, x: _Buffer) -> 
     hwc = (*m.out_hw, x.hwc[2])
     out = _Buffer(program.add_buffer(*hwc), hwc, False)
     program.add_pixel_gather(x.id, out.id, np.ascontiguousarray(m.index.numpy(), dtype=np.int64))
+    return out
+
+
+def _add_resample(program: "_C.Program", m: ResampleStep, x: _Buffer) -> _Buffer | None:
+    if x.flat or x.hwc[:2] != m.in_hw:
+        return None
+    hwc = (*m.out_hw, x.hwc[2])
+    out = _Buffer(program.add_buffer(*hwc), hwc, False)
+    program.add_resample(x.id, out.id, m.row_index.numpy(), m.row_weight.numpy(), m.col_index.numpy(),
+                         m.col_weight.numpy())
     return out
 
 

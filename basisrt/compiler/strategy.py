@@ -26,6 +26,7 @@ class Strategy(str, Enum):
     ELTWISE = "eltwise"  # an add or gate mul of two maps
     GATHER = "gather"  # a channel shuffle or slice
     PIXEL_GATHER = "pixel_gather"  # nearest upsampling or zero padding no conv absorbed
+    RESAMPLE = "resample"  # bilinear upsampling
     TORCH = "torch"  # run by PyTorch
 
     __str__ = str.__str__  # "fused", not "Strategy.FUSED", in tables and f-strings
