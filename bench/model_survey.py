@@ -3,7 +3,10 @@
 
 Models are named `SOURCE:NAME`:
   * `tv:resnet18` (or plain `resnet18`): torchvision.models.get_model(name, weights=None);
-    `tv:all` = every torchvision classification model;
+    `tv:all` = every torchvision classification model; segmentation ones too (`tv:fcn_resnet50`,
+    no backbone weights);
+  * `smp:Unet`, `smp:FPN/mobilenet_v2`: segmentation_models_pytorch.create_model(arch,
+    encoder_name=ENCODER (default resnet34), encoder_weights=None, classes=5);
   * `timm:resnet18`: timm.create_model(name, pretrained=False, num_classes=10);
   * `cifar:ResNet18`: kuangliu/pytorch-cifar's `models.ResNet18()` (32x32 inputs), from a checkout
     at $PYTORCH_CIFAR (git clone of github.com/kuangliu/pytorch-cifar; not part of this repo);
@@ -97,6 +100,10 @@ def build(name: str, size: int):
     if source == "timm":
         import timm
         return timm.create_model(short, pretrained=False, num_classes=10).eval()
+    if source == "smp":  # segmentation_models_pytorch: "smp:Unet" or "smp:FPN/mobilenet_v2" (encoder)
+        import segmentation_models_pytorch as smp
+        arch, _, encoder = short.partition("/")
+        return smp.create_model(arch, encoder_name=encoder or "resnet34", encoder_weights=None, classes=5).eval()
     if source == "cifar":
         root = os.environ.get("PYTORCH_CIFAR")
         if not root:
@@ -105,7 +112,7 @@ def build(name: str, size: int):
             sys.path.insert(0, root)
         import models as cifar  # noqa: F401 - pytorch-cifar's package, evaluated below
         return eval(f"cifar.{short}", {"cifar": cifar}).eval()
-    raise ValueError(f"unknown model source {source!r} in {name!r} (tv, timm, cifar)")
+    raise ValueError(f"unknown model source {source!r} in {name!r} (tv, timm, smp, cifar)")
 
 
 def expand(names: list[str]) -> list[str]:

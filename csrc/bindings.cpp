@@ -273,13 +273,25 @@ void channel_norm_nhwc_py(const py::array& x, const py::array& scale, const py::
                                num_threads, alpha);
 }
 
+void group_norm_nhwc_py(const py::array& x, const py::array& scale, const py::array& shift, py::array& out,
+                        int64_t groups, float eps, basisrt::Activation act, int num_threads, float alpha) {
+    const std::string fn = "group_norm_nhwc";
+    if (!(eps >= 0.0f && std::isfinite(eps))) value_error(fn, "eps must be finite and >= 0");
+    const ChannelOpArgs a = channel_op_args(fn, x, scale, shift, out, act, num_threads);
+    if (a.xv.C < 1 || groups < 1 || a.xv.C % groups) value_error(fn, "groups must divide x's channels (>= 1)");
+    const int64_t HW = basisrt::checked_elements({a.xv.H, a.xv.W}, fn + ": x");
+    py::gil_scoped_release release;
+    basisrt::group_norm_nhwc(a.xv.data, a.scale, a.shift, a.yv.data, a.xv.N, HW, a.xv.C, groups, a.xv.ld, a.yv.ld,
+                             eps, act, num_threads, alpha);
+}
+
 void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, basisrt::BinaryOp op,
                      basisrt::Activation act, int num_threads, float alpha) {
     const std::string fn = "eltwise_nhwc";
     const Nhwc av = nhwc(fn, a, "a"), bv = nhwc(fn, b, "b"), yv = nhwc(fn, out, "out");
     if (yv.N != av.N || yv.H != av.H || yv.W != av.W || yv.C != av.C) value_error(fn, "out must have a's shape");
     if (bv.N != av.N) value_error(fn, "b must have a's batch");
-    const bool per_image = basisrt::eltwise_per_image(fn, av.H, av.W, av.C, bv.H, bv.W, bv.C);
+    const basisrt::Broadcast bc = basisrt::eltwise_broadcast(fn, av.H, av.W, av.C, bv.H, bv.W, bv.C);
     basisrt::check_binary_op(fn, op);
     basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
@@ -287,7 +299,7 @@ void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, bas
     const int64_t P = basisrt::checked_elements({av.N, av.H, av.W}, fn + ": a");
     if (P == 0) return;
     py::gil_scoped_release release;
-    basisrt::eltwise_nhwc(av.data, bv.data, yv.data, P, av.H * av.W, av.C, av.ld, bv.ld, yv.ld, op, per_image, act,
+    basisrt::eltwise_nhwc(av.data, bv.data, yv.data, P, av.H * av.W, av.C, av.ld, bv.ld, yv.ld, op, bc, act,
                           alpha, num_threads);
 }
 
@@ -438,6 +450,13 @@ struct PyProgram {
         add_channel_op("Program.add_norm", op, scale, shift, act, alpha);
     }
 
+    void add_group_norm(int in, int out, const py::array& scale, const py::array& shift, int64_t groups, float eps,
+                        basisrt::Activation act, float alpha) {
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::group_norm, in, -1, out};
+        op.eps = eps, op.groups = groups;
+        add_channel_op("Program.add_group_norm", op, scale, shift, act, alpha);
+    }
+
     // An affine or norm op: scale and shift hold the input buffer's C floats each.
     void add_channel_op(const std::string& fn, basisrt::ProgramOp& op, const py::array& scale, const py::array& shift,
                         basisrt::Activation act, float alpha) {
@@ -570,9 +589,12 @@ void bind_fused(py::module_& m) {
              py::arg("shift"), py::arg("activation"), py::arg("alpha") = 0.01f, "A channel_affine_nhwc op.")
         .def("add_norm", &PyProgram::add_norm, py::arg("input"), py::arg("out"), py::arg("scale"), py::arg("shift"),
              py::arg("eps"), py::arg("activation"), py::arg("alpha") = 0.01f, "A channel_norm_nhwc op.")
+        .def("add_group_norm", &PyProgram::add_group_norm, py::arg("input"), py::arg("out"), py::arg("scale"),
+             py::arg("shift"), py::arg("groups"), py::arg("eps"), py::arg("activation"), py::arg("alpha") = 0.01f,
+             "A group_norm_nhwc op.")
         .def("add_eltwise", &PyProgram::add_eltwise, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
              py::arg("activation"), py::arg("alpha") = 0.01f,
-             "An eltwise_nhwc op: out = act(a OP b), b of a's shape or one pixel per image.")
+             "An eltwise_nhwc op: out = act(a OP b), b of a's shape, one pixel per image or one channel per pixel.")
         .def("add_gather", &PyProgram::add_gather, py::arg("input"), py::arg("out"), py::arg("index"),
              "A channel_gather_nhwc op: out's channel c is input's channel index[c].")
         .def("add_pixel_gather", &PyProgram::add_pixel_gather, py::arg("input"), py::arg("out"), py::arg("index"),
@@ -651,9 +673,14 @@ void bind_fused(py::module_& m) {
     m.def("channel_norm_nhwc", &channel_norm_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
           py::arg("out"), py::arg("eps"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(layer_norm(x) * scale + shift), the norm over each pixel's channels, on NHWC float32.");
+    m.def("group_norm_nhwc", &group_norm_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"), py::arg("out"),
+          py::arg("groups"), py::arg("eps"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
+          "out = act(group_norm(x) * scale + shift), the norm over each image's groups of channels, on NHWC "
+          "float32.");
     m.def("eltwise_nhwc", &eltwise_nhwc_py, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
           py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
-          "out = act(a OP b) on NHWC float32 (op: BinaryOp), b of a's shape or (N, 1, 1, C) broadcast.");
+          "out = act(a OP b) on NHWC float32 (op: BinaryOp), b of a's shape or (N, 1, 1, C) or (N, H, W, 1) "
+          "broadcast.");
     m.def("channel_gather_nhwc", &channel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
           py::arg("num_threads"), "out[..., c] = x[..., index[c]] on NHWC float32 (index: int64).");
     m.def("pixel_gather_nhwc", &pixel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),

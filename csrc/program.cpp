@@ -158,17 +158,20 @@ void Program::check(const ProgramOp& op) const {
         if (op.residual >= 0 || i.C != o.C) throw std::invalid_argument(fn + ": pooling keeps channels, no residual");
         check_pool(fn, PoolShape{1, i.H, i.W, i.C, o.H, o.W, op.kh, op.kw, op.sh, op.sw, op.ph, op.pw});
         check_pool_kind(fn, op.pool);
-    } else if (op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm) {
+    } else if (op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm ||
+               op.kind == ProgramOp::Kind::group_norm) {
         if (op.residual >= 0 || i.H != o.H || i.W != o.W || i.C != o.C)
             throw std::invalid_argument(fn + ": an affine or norm op's output must have the input's shape, no residual");
-        if (op.kind == ProgramOp::Kind::norm && !(op.eps >= 0.0f && std::isfinite(op.eps)))
+        if (op.kind != ProgramOp::Kind::affine && !(op.eps >= 0.0f && std::isfinite(op.eps)))
             throw std::invalid_argument(fn + ": a norm op's eps must be finite and >= 0");
+        if (op.kind == ProgramOp::Kind::group_norm && (op.groups < 1 || i.C % op.groups))
+            throw std::invalid_argument(fn + ": a group norm's groups must divide its channels");
         check_activation(fn, op.act);
     } else if (op.kind == ProgramOp::Kind::eltwise) {
         if (op.residual < 0 || i.H != o.H || i.W != o.W || i.C != o.C)
             throw std::invalid_argument(fn + ": an eltwise op needs a second operand and an output of the input's shape");
         const BufferShape& b = buffers_[op.residual];
-        eltwise_per_image(fn, i.H, i.W, i.C, b.H, b.W, b.C);
+        eltwise_broadcast(fn, i.H, i.W, i.C, b.H, b.W, b.C);
         check_activation(fn, op.act);
         check_binary_op(fn, op.binary);
     } else if (op.kind == ProgramOp::Kind::gather) {
@@ -218,7 +221,8 @@ void Program::add_op(const ProgramOp& op) {
         layouts_.clear();
     }
     const bool conv = op.kind == ProgramOp::Kind::conv || op.kind == ProgramOp::Kind::expand_dw,
-               affine = op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm;
+               affine = op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm ||
+                        op.kind == ProgramOp::Kind::group_norm;
     if (op.B16 && (op.kind != ProgramOp::Kind::conv || (op.rank && !op.A16) || !op.bias || op.groups != 1 ||
                    op.fused_pool != 1))
         throw std::invalid_argument("Program.add_op: a bf16 conv needs A (when rank > 0) and a bias, groups 1 and "
@@ -259,7 +263,9 @@ int64_t Program::floats(int id) const {
 }
 
 int64_t Program::weight_floats(const ProgramOp& op) const {
-    if (op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm) return 2 * buffers_[op.in].C;
+    if (op.kind == ProgramOp::Kind::affine || op.kind == ProgramOp::Kind::norm ||
+        op.kind == ProgramOp::Kind::group_norm)
+        return 2 * buffers_[op.in].C;
     if (op.kind == ProgramOp::Kind::expand_dw) {
         const int64_t C = buffers_[op.in].C, E = buffers_[op.out].C;
         return (op.rank ? op.rank * (C + E) : C * E) + op.kh * op.kw * E;
@@ -397,14 +403,17 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
         pool_nhwc(in, out, s, op.pool, op.count_include_pad, num_threads);
     } else if (op.kind == ProgramOp::Kind::affine) {
         channel_affine_nhwc(in, op.scale, op.shift, out, N * i.H * i.W, i.C, ldx, ldy, op.act, num_threads, op.alpha);
+    } else if (op.kind == ProgramOp::Kind::group_norm) {
+        group_norm_nhwc(in, op.scale, op.shift, out, N, i.H * i.W, i.C, op.groups, ldx, ldy, op.eps, op.act,
+                        num_threads, op.alpha);
     } else if (op.kind == ProgramOp::Kind::norm) {
         channel_norm_nhwc(in, op.scale, op.shift, out, N * i.H * i.W, i.C, ldx, ldy, op.eps, op.act, num_threads,
                           op.alpha);
     } else if (op.kind == ProgramOp::Kind::eltwise) {
         const BufferShape& b = buffers_[op.residual];
-        const bool per_image = b.H * b.W != i.H * i.W;
+        const Broadcast bc = eltwise_broadcast("Program.run", i.H, i.W, i.C, b.H, b.W, b.C);
         eltwise_nhwc(in, residual, out, N * i.H * i.W, i.H * i.W, i.C, ldx, pixel_stride(op.residual), ldy, op.binary,
-                     per_image, op.act, op.alpha, num_threads);
+                     bc, op.act, op.alpha, num_threads);
     } else if (op.kind == ProgramOp::Kind::gather) {
         channel_gather_nhwc(in, op.index.data(), out, N * i.H * i.W, o.C, ldx, ldy, num_threads);
     } else if (op.kind == ProgramOp::Kind::resample) {

@@ -1,4 +1,4 @@
-// A whole plan run in C++: a list of ops (conv, pool, affine, layer norm, eltwise, gather, pixel gather,
+// A whole plan run in C++: a list of ops (conv, pool, affine, layer and group norm, eltwise, gather, pixel gather,
 // resample, an MBConv's expand + depthwise convs as one) over NHWC buffers
 // (a concatenation's parts being views of its buffer), executed in one call with the GIL
 // released, so a model whose every step is a basisrt kernel pays no Python round trip per layer
@@ -41,7 +41,7 @@ struct BufferShape {
 };
 
 struct ProgramOp {
-    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm, expand_dw, resample } kind;
+    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm, expand_dw, resample, group_norm } kind;
     int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
@@ -52,7 +52,8 @@ struct ProgramOp {
     Activation act = Activation::none;
     float alpha = 0.01f;  // leaky ReLU's negative slope
     // affine: y = act(x · scale + shift) per channel (act above); norm: the same after a layer
-    // norm over each pixel's channels, with eps
+    // norm over each pixel's channels, with eps; group_norm: after a norm over each image's
+    // `groups` groups of channels (geometry's groups below)
     const float *scale = nullptr, *shift = nullptr;
     float eps = 1e-5f;
     // eltwise: out = act(in OP residual), residual of in's shape or one pixel per image (broadcast)

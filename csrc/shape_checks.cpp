@@ -122,12 +122,13 @@ void check_threads(const std::string& fn, int64_t num_threads) {
         fail(fn, "num_threads must be in [1, " + std::to_string(kMaxThreads) + "], got " + std::to_string(num_threads));
 }
 
-bool eltwise_per_image(const std::string& fn, int64_t Ha, int64_t Wa, int64_t Ca, int64_t Hb, int64_t Wb,
-                       int64_t Cb) {
-    const bool same = Hb == Ha && Wb == Wa;
-    if (Cb != Ca || !(same || (Hb == 1 && Wb == 1)))
-        fail(fn, "b must have a's shape, or one pixel per image (N, 1, 1, C)");
-    return !same;
+Broadcast eltwise_broadcast(const std::string& fn, int64_t Ha, int64_t Wa, int64_t Ca, int64_t Hb, int64_t Wb,
+                            int64_t Cb) {
+    const bool same_map = Hb == Ha && Wb == Wa;
+    if (same_map && Cb == Ca) return Broadcast::none;
+    if (Hb == 1 && Wb == 1 && Cb == Ca) return Broadcast::image;
+    if (same_map && Cb == 1) return Broadcast::channel;
+    fail(fn, "b must have a's shape, one pixel per image (N, 1, 1, C) or one channel per pixel (N, H, W, 1)");
 }
 
 void check_channel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t C_out, int64_t C_in) {

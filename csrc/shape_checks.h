@@ -59,10 +59,11 @@ void check_pool_kind(const std::string& fn, PoolKind kind);
 void check_binary_op(const std::string& fn, BinaryOp op);
 void check_threads(const std::string& fn, int64_t num_threads);
 
-// Whether eltwise's second operand b (Hb x Wb x Cb per image) is one pixel per image, broadcast over
-// a's Ha x Wa map; if not, it has a's shape. Throws if it is neither.
-bool eltwise_per_image(const std::string& fn, int64_t Ha, int64_t Wa, int64_t Ca, int64_t Hb, int64_t Wb,
-                       int64_t Cb);
+// How eltwise's second operand b (Hb x Wb x Cb per image) covers a (Ha x Wa x Ca): a's shape, one
+// pixel per image (broadcast over the map) or one channel per pixel (broadcast over the channels).
+// Throws if it is none of them.
+Broadcast eltwise_broadcast(const std::string& fn, int64_t Ha, int64_t Wa, int64_t Ca, int64_t Hb, int64_t Wb,
+                            int64_t Cb);
 // A channel gather's index: one entry per output channel (C_out), each an input channel in [0, C_in).
 void check_channel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t C_out, int64_t C_in);
 // A pixel gather's index: one entry per output pixel (P_out), each an input pixel in [0, P_in) or -1

@@ -135,6 +135,15 @@ def fuzz_norm(rng):
     _C.channel_norm_nhwc(**mutate(rng, a, set(), {"x", "scale", "shift", "out"}, {"activation", "num_threads"}))
 
 
+def fuzz_group_norm(rng):
+    c = rng.choice([1, 6, 16])
+    a = dict(x=np.random.default_rng(9).standard_normal((2, 3, 3, c)).astype(np.float32),
+             scale=np.ones(c, np.float32), shift=np.zeros(c, np.float32), out=np.zeros((2, 3, 3, c), np.float32),
+             groups=rng.choice([1, 2, 3, 0, -1, 7, 2 ** 40]), eps=rng.choice([1e-6, 0.0, -1.0, float("nan")]),
+             activation=_C.Activation.relu, num_threads=2)
+    _C.group_norm_nhwc(**mutate(rng, a, set(), {"x", "scale", "shift", "out"}, {"groups", "activation", "num_threads"}))
+
+
 def fuzz_eltwise(rng):
     c, hw = rng.choice([1, 5, 16]), rng.choice([1, 3])
     g = np.random.default_rng(6)
@@ -226,9 +235,13 @@ def fuzz_program(rng):
                            "shift": np.zeros(c_out, np.float32), "eps": 1e-5, "activation": _C.Activation.none}),
              ("add_buffer", dict(H=oh, W=ow, C=16)),
              ("add_expand_depthwise", {"input": 1, "out": 7, **expand_depthwise_case(rng, c_out)}),
+             ("add_buffer", dict(H=oh, W=ow, C=c_out)),
+             ("add_group_norm", {"input": 6, "out": 8, "scale": np.ones(c_out, np.float32),
+                                 "shift": np.zeros(c_out, np.float32), "groups": 1, "eps": 1e-5,
+                                 "activation": _C.Activation.relu}),
              ("add_buffer", dict(H=2 * oh, W=ow + 1, C=c_out)),
              ("add_resample", dict(zip(("input", "out", "row_index", "row_weight", "col_index", "col_weight"),
-                                       (6, 8, *linear_taps(oh, 2 * oh), *linear_taps(ow, ow + 1)))))]
+                                       (8, 9, *linear_taps(oh, 2 * oh), *linear_taps(ow, ow + 1)))))]
     bad = rng.randrange(len(calls) + 4)
     pairs = {"kernel", "stride", "padding", "dilation"}
     arrays = {"B", "A", "bias", "scale", "shift", "index", "dw_B", "dw_bias", "row_index", "row_weight", "col_index",
@@ -247,7 +260,7 @@ def fuzz_program(rng):
         p.arena_floats(nasty_int(rng), [nasty_int(rng)], nasty_int(rng))
     elif bad == len(calls) + 3:  # several outputs
         outs = [run["out"], np.zeros((n, 2 * oh, ow + 1, c_out), np.float32)]
-        ids = rng.choice([[3, 8], [8, 8], [3], [0, 8], [3, nasty_int(rng)], []])
+        ids = rng.choice([[3, 9], [9, 9], [3], [0, 9], [3, nasty_int(rng)], []])
         p.run_many(run["x"], outs if rng.random() < 0.8 else outs[:1], ids, 2)
         return
     p.run(**run)
@@ -263,8 +276,8 @@ def main(seed: int, calls: int) -> None:
     limit = 6 << 30  # an absurd allocation fails here instead of swapping the machine
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rng = random.Random(seed)
-    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_norm, fuzz_eltwise, fuzz_gather, fuzz_pixel_gather,
-               fuzz_resample, fuzz_program, fuzz_paths]
+    entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_norm, fuzz_group_norm, fuzz_eltwise, fuzz_gather,
+               fuzz_pixel_gather, fuzz_resample, fuzz_program, fuzz_paths]
     outcomes = {e.__name__: {"ok": 0, "refused": 0} for e in entries}
     unexpected = []
     for i in range(calls):

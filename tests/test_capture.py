@@ -351,3 +351,24 @@ def test_efficient_channel_attention_runs_native(tmp_path) -> None:
             assert _rel_err(compiled(xb), model(xb)) < 1e-5
     compiled.save(str(tmp_path / "eca.basisrt"))
     assert torch.equal(basisrt.load(str(tmp_path / "eca.basisrt"))(x), compiled(x))
+
+
+def test_dynamo_inlined_transposed_convs_save_and_load(tmp_path) -> None:
+    """Dynamo inlines nn.ConvTranspose2d into torch.conv_transpose2d on the module's weight (LinkNet's
+    decoder in segmentation_models_pytorch): the plan runs it in PyTorch, and saves and loads."""
+    class Up(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.up = nn.Sequential(nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.up(F.relu(self.conv(x)))
+
+    torch.manual_seed(0)
+    model, x = Up().eval(), torch.randn(2, 3, 8, 8)
+    compiled = basisrt.compile(model, x, capture="dynamo")
+    with torch.no_grad():
+        assert _rel_err(compiled(x), model(x)) < 1e-5
+    compiled.save(str(tmp_path / "up.basisrt"))
+    assert torch.equal(basisrt.load(str(tmp_path / "up.basisrt"))(x), compiled(x))

@@ -126,7 +126,8 @@ assert ((step(x).double() - ref).norm() / ref.norm()).item() < 1e-5
 def test_narrow_kernels_match_float64(no_fma):
     """The builds for CPUs without AVX-512 (BASISRT_NO_AVX512=1 picks them on one): the AVX2 + FMA
     GEMMs, and with BASISRT_NO_FMA=1 the target_clones ones; the GEMM blocks, the
-    channel-vectorised path, the fused pool, pooling and the channel affine map, on their grids."""
+    channel-vectorised path, the fused pool, pooling, the channel affine map and norms, and the
+    eltwise kernel, on their grids."""
     env = {**os.environ, "BASISRT_NO_AVX512": "1", **({"BASISRT_NO_FMA": "1"} if no_fma else {})}
     tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
              "test_k_blocked_windows_match_float64", "test_k_blocked_windows_keep_nan_and_inf",
@@ -139,7 +140,7 @@ def test_narrow_kernels_match_float64(no_fma):
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           *[f"{__file__}::{t}" for t in tests],
                           *[os.path.join(os.path.dirname(__file__), f)
-                            for f in ("test_pool_cpu.py", "test_channel_affine_cpu.py")]],
+                            for f in ("test_pool_cpu.py", "test_channel_affine_cpu.py", "test_eltwise.py")]],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:]
     assert int(run.stdout.split(" passed")[0].split()[-1]) >= 500

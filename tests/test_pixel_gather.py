@@ -125,3 +125,29 @@ def test_empty_batch_and_nan_as_eager() -> None:
         ref = model(x)
     y = compiled(x)
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.isnan(y[1]).any() and not torch.isnan(y[0]).any()
+
+
+def test_sizes_computed_from_shapes_are_constants() -> None:
+    """segmentation_models_pytorch's U-Net: `h, w = skip.shape[2:]` unpacked, then
+    `F.interpolate(x, size=(h, w))`; and arithmetic on sizes (`x.size(2) * 2`)."""
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shapes = [t.shape[2:] for t in (x, x[:, :1])]
+            h, w = shapes[1]
+            y = self.down(x)
+            up = F.interpolate(y, size=(h, w), mode="nearest")
+            twice = F.interpolate(y, size=(y.size(2) * 2, y.shape[-1] * 2), mode="bilinear")
+            return up + twice
+
+    x = torch.randn(2, 3, 10, 10)
+    model = Decoder().eval()
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    assert [s.strategy for s in compiled.plan.steps if s.strategy in ("pixel_gather", "resample")] == \
+        ["pixel_gather", "resample"]
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)

@@ -308,13 +308,31 @@ class ChannelNormStep(ChannelAffineStep):
         return f"{super().extra_repr()}, eps={self.eps}"
 
 
+class GroupNormStep(ChannelAffineStep):
+    """y = act(group_norm(x) · scale + shift), the norm over each image's `groups` groups of
+    channels, by the C++ kernel: nn.GroupNorm (FPN heads, BiT's ResNetV2)."""
+
+    def __init__(self, scale: Tensor, shift: Tensor, groups: int, eps: float, activation: str | None = None,
+                 num_threads: int | None = None) -> None:
+        super().__init__(scale, shift, activation, num_threads)
+        self.groups, self.eps = int(groups), float(eps)
+
+    def _kernel(self, x: np.ndarray, y: np.ndarray, act: "_C.Activation", threads: int, alpha: float) -> None:
+        _C.group_norm_nhwc(x, self.scale.numpy(), self.shift.numpy(), y, self.groups, self.eps, act, threads,
+                           alpha=alpha)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, groups={self.groups}, eps={self.eps}"
+
+
 BINARY_OPS = {"add": _C.BinaryOp.add, "mul": _C.BinaryOp.mul}
 
 
 class EltwiseStep(nn.Module):
     """y = act(a OP b), OP add or mul, by the C++ kernel: an add no conv epilogue absorbs (a
-    residual after a stochastic-depth no-op, two branches summed), or a squeeze-excitation gate,
-    b of a's shape or (N, C, 1, 1) broadcast over the map."""
+    residual after a stochastic-depth no-op, two branches summed), a squeeze-excitation gate or a
+    spatial attention map: b of a's shape, or (N, C, 1, 1) broadcast over the map, or (N, 1, H, W)
+    broadcast over the channels."""
 
     def __init__(self, op: str, activation: str | None = None, num_threads: int | None = None) -> None:
         super().__init__()
@@ -324,10 +342,10 @@ class EltwiseStep(nn.Module):
         self.op, self.activation, self.num_threads = op, activation, num_threads
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        ok = a.dim() == 4 and b.dim() == 4 and a.dtype == b.dtype == torch.float32 and a.shape[:2] == b.shape[:2]
-        if not ok or b.shape[2:] not in (a.shape[2:], (1, 1)):
-            raise ValueError(f"EltwiseStep expects float32 (N, C, H, W) and (N, C, H, W) or (N, C, 1, 1) inputs, "
-                             f"got {a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
+        ok = a.dim() == 4 and b.dim() == 4 and a.dtype == b.dtype == torch.float32 and a.shape[0] == b.shape[0]
+        if not ok or tuple(b.shape[1:]) not in (tuple(a.shape[1:]), (a.shape[1], 1, 1), (1, *a.shape[2:])):
+            raise ValueError(f"EltwiseStep expects float32 (N, C, H, W) and (N, C, H, W), (N, C, 1, 1) or "
+                             f"(N, 1, H, W) inputs, got {a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
         a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
         n, c, h, w = a.shape
         y = torch.empty(n, h, w, c)
@@ -464,9 +482,10 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
 
 
 # Every CPU step module: each returns logical NCHW maps stored channels_last (or, a linear step, rows)
-STEPS = (FusedConv2d, TorchConvStep, PoolStep, ChannelAffineStep, ChannelNormStep, EltwiseStep, ChannelGatherStep,
-         PixelGatherStep, ResampleStep)
+STEPS = (FusedConv2d, TorchConvStep, PoolStep, ChannelAffineStep, ChannelNormStep, GroupNormStep, EltwiseStep,
+         ChannelGatherStep, PixelGatherStep, ResampleStep)
 
 __all__ = ["BINARY_OPS", "STEPS", "ChannelAffineStep", "ChannelGatherStep", "ChannelNormStep", "EltwiseStep",
+           "GroupNormStep",
            "FusedConv2d", "FusedLinear", "PixelGatherStep", "PoolStep", "ResampleStep", "TorchConvStep",
            "batchnorm_affine", "pool_step"]

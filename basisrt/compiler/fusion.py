@@ -23,6 +23,7 @@ from .cpu_steps import (
     ChannelGatherStep,
     ChannelNormStep,
     EltwiseStep,
+    GroupNormStep,
     PixelGatherStep,
     ResampleStep,
     batchnorm_affine,
@@ -45,10 +46,11 @@ _NOOPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 class Tracer(fx.Tracer):
-    """Keeps basis layers whole, so the plan sees each basis pair as one step."""
+    """Keeps basis layers (and ChannelLayerNorm, whose forward checks its input's rank) whole, so
+    the plan sees each basis pair as one step."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (BasisConv2d, BasisLinear)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (BasisConv2d, BasisLinear, ChannelLayerNorm)) or super().is_leaf_module(m, qualname)
 
 
 def _fresh_name(gm: fx.GraphModule, base: str) -> str:
@@ -129,7 +131,8 @@ def _fuse_epilogue(gm: fx.GraphModule, node: fx.Node, layer: Layer) -> None:
             and not user.kwargs and all(isinstance(a, fx.Node) for a in user.args)
             and user.args[0] is not user.args[1]):
         other = user.args[1] if user.args[0] is node else user.args[0]
-        if _shape(other) is None or _shape(other) != _shape(node):  # broadcasting adds stay in torch
+        # broadcasting adds stay in torch; so does a constant, whose batch of 1 is the example's by chance
+        if _shape(other) is None or _shape(other) != _shape(node) or other.op == "get_attr":
             return _fuse_activation(gm, node, layer)
         layer.residual = other
         user.replace_all_uses_with(node)
@@ -204,6 +207,14 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             scale, shift = (m.weight, m.bias) if m.elementwise_affine else (torch.ones(c), torch.zeros(c))
             shift = torch.zeros(c) if shift is None else shift
             gm.add_submodule(node.target, ChannelNormStep(scale, shift, m.eps, _take_activation(gm, node), num_threads))
+            strategies[node.target] = Strategy.NORM
+            continue
+        if ours and type(m) is nn.GroupNorm:
+            node.target = _fresh_name(gm, node.target.replace(".", "_") + "_norm")
+            c = m.num_channels
+            scale, shift = (m.weight, m.bias) if m.affine else (torch.ones(c), torch.zeros(c))
+            gm.add_submodule(node.target, GroupNormStep(scale.detach(), shift.detach(), m.num_groups, m.eps,
+                                                        _take_activation(gm, node), num_threads))
             strategies[node.target] = Strategy.NORM
             continue
         affine = batchnorm_affine(m) if ours else None
@@ -347,10 +358,12 @@ def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None
         return None
     a, b = node.args
     if binary is not None and _is_float32_4d(a) and _is_float32_4d(b):
+        if a.op == "get_attr" or b.op == "get_attr":  # a constant has no batch dim to follow the input's
+            return None
         sa, sb = _shape(a), _shape(b)
-        if sa != sb and sa[:2] == sb[:2] and sa[2:] == (1, 1):  # the gate first: (N, C, 1, 1) * map
+        if _shape(node) == sb != sa:  # the broadcast one second: a gate (N, C, 1, 1), a map (N, 1, H, W)
             a, b, sa, sb = b, a, sb, sa
-        if sa[:2] != sb[:2] or sb[2:] not in (sa[2:], (1, 1)) or sa != _shape(node):
+        if sa != _shape(node) or sb[0] != sa[0] or sb[1:] not in (sa[1:], (sa[1], 1, 1), (1, *sa[2:])):
             return None
         return EltwiseStep(binary, None, num_threads), (a, b)
     number = b if isinstance(a, fx.Node) else a

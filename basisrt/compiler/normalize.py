@@ -310,11 +310,30 @@ def _batch_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return bn
 
 
-_FUNCTIONAL = [(_CONVS, _conv_module), (_LINEARS, _linear_module), (_BATCH_NORMS, _batch_norm_module)]
+def _group_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    a = _args(node, ("input", "num_groups", "weight", "bias", "eps"))
+    shape = _meta_shape(a.get("input")) if a is not None else None
+    if a is None or shape is None or len(shape) != 4 or type(a.get("num_groups")) is not int:
+        return None
+    w, b = _const(gm, a.get("weight")), _const(gm, a.get("bias"))
+    if (a.get("weight") is not None and w is None) or (a.get("bias") is not None and b is None) or \
+            a["num_groups"] < 1 or shape[1] % a["num_groups"]:
+        return None
+    gn = nn.GroupNorm(a["num_groups"], shape[1], eps=a.get("eps", 1e-5), dtype=w.dtype if w is not None else None)
+    with torch.no_grad():
+        gn.weight.copy_(w if w is not None else torch.ones(shape[1]))
+        gn.bias.copy_(b if b is not None else torch.zeros(shape[1]))
+    return gn
+
+
+_GROUP_NORMS = (F.group_norm, torch.group_norm)
+_FUNCTIONAL = [(_CONVS, _conv_module), (_LINEARS, _linear_module), (_BATCH_NORMS, _batch_norm_module),
+               (_GROUP_NORMS, _group_norm_module)]
 
 
 def _functional_layers(gm: fx.GraphModule) -> None:
-    """`F.conv2d` / `F.linear` / `F.batch_norm` (eval) on constant weights: the module each computes."""
+    """`F.conv2d` / `F.linear` / `F.batch_norm` (eval) / `F.group_norm` on constant weights: the module
+    each computes."""
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
@@ -322,7 +341,8 @@ def _functional_layers(gm: fx.GraphModule) -> None:
             if node.target in targets:
                 m = make(gm, node)
                 if m is not None:
-                    _call_module_instead(gm, node, m, "bn" if isinstance(m, nn.BatchNorm2d) else "layer")
+                    base = "bn" if isinstance(m, nn.BatchNorm2d) else "gn" if isinstance(m, nn.GroupNorm) else "layer"
+                    _call_module_instead(gm, node, m, base)
                 break
 
 

@@ -81,32 +81,60 @@ def flatten_source(gm: fx.GraphModule, node: fx.Node, shape: Shape | None = None
 _DYNAMIC = object()
 
 
-def _static_sizes(v: object) -> object:
-    """`v` with each `x.size(d)` / `x.shape[d]` / `x.size()[d]` of a spatial dim d (2, 3, -2, -1)
-    of a 4-D tensor replaced by its ShapeProp value (`F.avg_pool2d(out, out.size(2))`: a plan is
-    for one input size, so H and W are constants; the batch is not), or _DYNAMIC if something is
-    left that is not a constant."""
+class _Dynamic(Exception):
+    pass
+
+
+_BATCH = object()  # the batch size: not a constant of the plan
+_SIZE_OPS = {operator.add: operator.add, operator.sub: operator.sub, operator.mul: operator.mul,
+             operator.floordiv: operator.floordiv, operator.truediv: operator.truediv}
+
+
+def _shape_value(v: object) -> object:
+    """The value of `v` if only the input's spatial size decides it: a tensor's `.shape` /
+    `.size()` (its batch dim _BATCH), `.size(d)`, indexing and slicing them, tuple unpacking
+    (`h, w = x.shape[2:]`) and integer arithmetic on them; raises _Dynamic otherwise."""
     if isinstance(v, (list, tuple)):
-        items = [_static_sizes(a) for a in v]
-        return _DYNAMIC if any(a is _DYNAMIC for a in items) else type(v)(items)
+        return type(v)(_shape_value(a) for a in v)
     if not isinstance(v, fx.Node):
         return v
-    if v.op == "call_method" and v.target == "size" and len(v.args) == 2 and not v.kwargs:
-        t, d = v.args
-    elif v.op == "call_function" and v.target is operator.getitem and isinstance(v.args[0], fx.Node):
-        whole, d = v.args
-        is_shape = (whole.op == "call_function" and whole.target is getattr and whole.args[1:] == ("shape",)) or \
-            (whole.op == "call_method" and whole.target == "size" and len(whole.args) == 1 and not whole.kwargs)
-        t = whole.args[0] if is_shape else None
-    else:
+    args = v.args
+    if v.kwargs:
+        raise _Dynamic
+    is_shape = (v.op == "call_function" and v.target is getattr and args[1:] == ("shape",)) or \
+        (v.op == "call_method" and v.target == "size" and len(args) in (1, 2))
+    if is_shape:
+        shape = _meta_shape(args[0])
+        if shape is None:
+            raise _Dynamic
+        shape = (_BATCH, *shape[1:])
+        return shape if len(args) == 1 or v.target is getattr else shape[_shape_value(args[1])]
+    if v.op == "call_function" and v.target is operator.getitem:
+        whole, index = _shape_value(args[0]), _shape_value(args[1])
+        if not isinstance(whole, tuple) or not isinstance(index, (int, slice)):
+            raise _Dynamic
+        return whole[index]
+    if v.op == "call_function" and v.target in _SIZE_OPS and len(args) == 2:
+        a, b = _shape_value(args[0]), _shape_value(args[1])
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
+            raise _Dynamic
+        return _SIZE_OPS[v.target](a, b)
+    raise _Dynamic
+
+
+def _static_sizes(v: object) -> object:
+    """`v` with each size computed from tensors' spatial dims (`x.size(2)`, `x.shape[-2:]`,
+    `h, w = x.shape[2:]; (2 * h, 2 * w)`) replaced by its ShapeProp value (`F.avg_pool2d(out,
+    out.size(2))`: a plan is for one input size, so H and W are constants; the batch is not), or
+    _DYNAMIC if something is left that is not a constant."""
+    try:
+        value = _shape_value(v)
+    except (_Dynamic, IndexError, TypeError, ZeroDivisionError):
         return _DYNAMIC
-    shape = _meta_shape(t)
-    if isinstance(d, slice) and shape is not None and len(shape) == 4:  # x.shape[-2:], x.shape[2:]
-        dims = range(4)[d]
-        return tuple(shape[i] for i in dims) if dims and min(dims) >= 2 else _DYNAMIC
-    if shape is None or len(shape) != 4 or d not in (2, 3, -2, -1):
-        return _DYNAMIC
-    return shape[d]
+
+    def has_batch(x: object) -> bool:
+        return x is _BATCH or (isinstance(x, (list, tuple)) and any(has_batch(a) for a in x))
+    return _DYNAMIC if has_batch(value) else value
 
 
 _POOL_ARGS = {  # positional parameters of the functional pools, after the input

@@ -41,6 +41,7 @@ from .cpu_steps import (
     EltwiseStep,
     FusedConv2d,
     FusedLinear,
+    GroupNormStep,
     PixelGatherStep,
     PoolStep,
     ResampleStep,
@@ -100,13 +101,14 @@ _FUNCTION_NAMES = (
                              "matmul", "bmm", "sigmoid", "relu", "tanh", "softmax", "log_softmax", "exp", "sqrt",
                              "rsqrt", "abs", "neg", "pow", "erf", "clamp", "maximum", "minimum", "mean", "sum", "amax",
                              "amin", "transpose", "permute", "reshape", "unsqueeze", "squeeze", "chunk", "split",
-                             "unbind", "einsum", "conv2d", "layer_norm", "flip", "roll", "narrow", "where")),
+                             "unbind", "einsum", "conv2d", "conv_transpose2d", "layer_norm", "flip", "roll", "narrow",
+                             "where")),
     # torch.nn.functional
     *(f"torch.nn.functional.{n}" for n in (
         "relu", "relu6", "gelu", "silu", "hardswish", "hardsigmoid", "leaky_relu", "elu", "mish", "hardtanh",
         "sigmoid", "tanh", "softmax", "log_softmax", "layer_norm", "group_norm", "normalize", "adaptive_avg_pool2d",
         "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "pad", "interpolate", "dropout", "linear", "conv2d",
-        "unfold", "pixel_shuffle", "scaled_dot_product_attention")),
+        "unfold", "pixel_shuffle", "scaled_dot_product_attention", "conv_transpose2d", "batch_norm")),
     "builtins.getattr",  # only with an attribute name from GETATTR_NAMES (checked where it is decoded)
 )
 GETATTR_NAMES = frozenset({"shape", "dtype", "device", "ndim"})  # what fx records for x.shape, x.dtype, ...
@@ -515,6 +517,16 @@ def _channel_norm(a: Attrs, t: Tensors) -> None:
     _eps(a)
 
 
+def _group_norm_step(a: Attrs, t: Tensors) -> None:
+    a.eval_mode()
+    a.activation()
+    a.threads()
+    _eps(a)
+    scale = t.buffer("scale", ndim=1)
+    t.buffer("shift", scale.shape)
+    _divides(a.int("groups", 1, MAX_CHANNELS), channels=scale.shape[0])
+
+
 def _eltwise(a: Attrs, t: Tensors) -> None:
     a.eval_mode()
     a.choice("op", tuple(BINARY_OPS))
@@ -787,9 +799,10 @@ def _run_affine(m: ChannelAffineStep, x: Any) -> Tensor:
 
 def _run_eltwise(m: EltwiseStep, a: Any, b: Any) -> Tensor:
     n, c, h, w = _image(a, a.shape[1] if isinstance(a, Tensor) and a.dim() == 4 else 1, "this eltwise step")
-    _need(isinstance(b, Tensor) and b.dtype == torch.float32 and tuple(b.shape) in ((n, c, h, w), (n, c, 1, 1)),
-          f"passes {_describe(b)} as the second operand of this eltwise step, which takes ({n}, {c}, {h}, {w}) "
-          f"or ({n}, {c}, 1, 1)")
+    _need(isinstance(b, Tensor) and b.dtype == torch.float32 and
+          tuple(b.shape) in ((n, c, h, w), (n, c, 1, 1), (n, 1, h, w)),
+          f"passes {_describe(b)} as the second operand of this eltwise step, which takes ({n}, {c}, {h}, {w}), "
+          f"({n}, {c}, 1, 1) or ({n}, 1, {h}, {w})")
     return _meta(n, c, h, w)
 
 
@@ -837,6 +850,7 @@ _SPECS = (
     _spec(PoolStep, _pool_step, _run_pool),
     _spec(ChannelAffineStep, _channel_affine, _run_affine),
     _spec(ChannelNormStep, _channel_norm, _run_affine),
+    _spec(GroupNormStep, _group_norm_step, _run_affine),
     _spec(EltwiseStep, _eltwise, _run_eltwise, lambda m: 2),
     _spec(ChannelGatherStep, _channel_gather, _run_gather),
     _spec(PixelGatherStep, _pixel_gather, _run_pixel_gather),

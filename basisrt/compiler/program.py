@@ -35,6 +35,7 @@ from .cpu_steps import (
     EltwiseStep,
     FusedConv2d,
     FusedLinear,
+    GroupNormStep,
     PixelGatherStep,
     PoolStep,
     ResampleStep,
@@ -381,13 +382,15 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
 
 
 def _add_affine(program: "_C.Program", m: ChannelAffineStep, x: _Buffer) -> _Buffer | None:
-    """An affine op, or a norm op for a ChannelNormStep (a ChannelAffineStep with eps)."""
+    """An affine op, or a norm op for a ChannelNormStep / GroupNormStep (ChannelAffineSteps with eps)."""
     if x.flat or x.hwc[2] != m.scale.numel():
         return None
     out = _Buffer(program.add_buffer(*x.hwc), x.hwc, False)
     act, alpha = activations.code(m.activation)
     if isinstance(m, ChannelNormStep):
         program.add_norm(x.id, out.id, m.scale.numpy(), m.shift.numpy(), m.eps, act, alpha=alpha)
+    elif isinstance(m, GroupNormStep):
+        program.add_group_norm(x.id, out.id, m.scale.numpy(), m.shift.numpy(), m.groups, m.eps, act, alpha=alpha)
     else:
         program.add_affine(x.id, out.id, m.scale.numpy(), m.shift.numpy(), act, alpha=alpha)
     return out
@@ -397,7 +400,7 @@ def _add_eltwise(program: "_C.Program", m: EltwiseStep, ins: list[_Buffer]) -> _
     if len(ins) != 2 or any(b.flat for b in ins):
         return None
     a, b = ins
-    if a.hwc[2] != b.hwc[2] or b.hwc[:2] not in (a.hwc[:2], (1, 1)):
+    if b.hwc not in (a.hwc, (1, 1, a.hwc[2]), (*a.hwc[:2], 1)):
         return None
     out = _Buffer(program.add_buffer(*a.hwc), a.hwc, False)
     act, alpha = activations.code(m.activation)
