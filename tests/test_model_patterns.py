@@ -351,3 +351,25 @@ def test_block_empty_batch_and_nan_as_eager(name):
     out = compiled(x)
     assert torch.isnan(out).any() and torch.equal(torch.isnan(out), torch.isnan(ref))
     assert rel_err(out[1], ref[1]) < 1e-5
+
+
+@pytest.mark.parametrize("capture", ["fx", "dynamo"])
+def test_sum_of_a_stack_becomes_adds_fused_into_the_convs(capture):
+    """segmentation_models_pytorch's FPN merges its levels with torch.stack(maps).sum(dim=0)."""
+    class Merge(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 5, padding=2)
+
+        def forward(self, x):
+            return torch.stack([self.a(x), self.b(x), self.c(x)]).sum(dim=0) + torch.sum(torch.stack((x, x)), 0)[:, :1]
+
+    torch.manual_seed(0)
+    model, x = Merge().eval(), torch.randn(2, 3, 8, 8)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
+    assert compiled.native is not None, compiled.plan.not_native
+    assert len(compiled.plan.steps) <= 6  # three convs (two with the adds fused), x + x, the slice, one add
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 8, 8)
+        with torch.no_grad():
+            assert rel_err(compiled(xb), model(xb)) < 1e-5

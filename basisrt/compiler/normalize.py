@@ -12,6 +12,7 @@ TorchDynamo) and however the model spells its layers:
 * functional layers on constant weights (`F.conv2d(x, self.weight, ...)`, `F.linear`, timm's
   `F.batch_norm` inside BatchNormAct2d, every layer of a Dynamo graph) become the nn modules
   they compute;
+* `torch.stack(maps).sum(0)` (an FPN's merge) becomes a chain of adds;
 * efficient channel attention (ECA: a Conv1d sliding over the globally pooled channels, viewed as
   (N, 1, C), then a gate viewed back to (N, C, 1, 1)) becomes a 1×1 conv with the banded C×C
   weight that computes the same, on the pooled map kept 4-D; `y.expand_as(x)` read only by a
@@ -55,6 +56,7 @@ def normalize(gm: fx.GraphModule) -> None:
     channels_last_regions(gm)
     _channel_conv1d(gm)
     _drop_broadcast_expands(gm)
+    _stacked_sums(gm)
     _channel_constants(gm)
     _fold_padding(gm)
     _basis_pairs(gm)
@@ -450,6 +452,48 @@ def _drop_broadcast_expands(gm: fx.GraphModule) -> None:
             continue  # kept where a reader needs the expanded shape itself
         node.replace_all_uses_with(y)
         gm.graph.erase_node(node)
+
+
+def _sum_over_stack(node: fx.Node) -> list[fx.Node] | None:
+    """The maps of `torch.stack(maps).sum(0)` (`torch.sum(torch.stack(maps), dim=0)`), when `node`
+    is that sum and the stack has no other reader; None otherwise."""
+    if node.op == "call_method" and node.target == "sum":
+        args, kwargs = node.args, dict(node.kwargs)
+    elif node.op == "call_function" and node.target is torch.sum:
+        args, kwargs = node.args, dict(node.kwargs)
+    else:
+        return None
+    dim = args[1] if len(args) > 1 else kwargs.pop("dim", None)
+    stack = args[0] if args else None
+    if len(args) > 2 or kwargs or dim not in (0, (0,), [0]) or not isinstance(stack, fx.Node) or \
+            stack.op != "call_function" or stack.target is not torch.stack or len(stack.users) != 1:
+        return None
+    parts = stack.args[0] if stack.args else stack.kwargs.get("tensors")
+    stack_dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
+    if stack_dim != 0 or not isinstance(parts, (list, tuple)) or len(parts) < 2:
+        return None
+    shape = _meta_shape(node)
+    if not all(isinstance(p, fx.Node) and _meta_shape(p) == shape for p in parts):
+        return None
+    return list(parts)
+
+
+def _stacked_sums(gm: fx.GraphModule) -> None:
+    """`torch.stack(maps).sum(0)` (an FPN's merge of its levels) becomes maps[0] + maps[1] + ...:
+    adds the fusion passes fuse into the convs before them, where the stack copied every map."""
+    for node in list(gm.graph.nodes):
+        parts = _sum_over_stack(node)
+        if parts is None:
+            continue
+        stack = node.args[0]
+        with gm.graph.inserting_before(node):
+            total = parts[0]
+            for p in parts[1:]:
+                total = gm.graph.call_function(operator.add, (total, p))
+                total.meta = dict(node.meta)
+        node.replace_all_uses_with(total)
+        gm.graph.erase_node(node)
+        gm.graph.erase_node(stack)
 
 
 # --------------------------------------------------------------------------- per-channel constants
