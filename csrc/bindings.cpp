@@ -316,18 +316,25 @@ void channel_gather_nhwc_py(const py::array& x, const py::array& index, py::arra
     basisrt::channel_gather_nhwc(xv.data, idx.data(), yv.data, P, yv.C, xv.ld, yv.ld, num_threads);
 }
 
-void pixel_gather_nhwc_py(const py::array& x, const py::array& index, py::array& out, int num_threads) {
+void pixel_gather_nhwc_py(const py::array& x, const py::array& index, py::array& out, int num_threads,
+                          const std::optional<py::array>& offset) {
     const std::string fn = "pixel_gather_nhwc";
     const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
-    if (yv.N != xv.N || yv.C != xv.C) value_error(fn, "out must have x's N and C");
+    if (yv.N != xv.N || (!offset && yv.C != xv.C)) value_error(fn, "out must have x's N and C (without offsets)");
     const int64_t P_in = basisrt::checked_elements({xv.H, xv.W}, fn + ": x");
     const int64_t P_out = basisrt::checked_elements({yv.H, yv.W}, fn + ": out");
     const std::vector<int64_t> idx = int64_vector(fn, index, "index");
     basisrt::check_pixel_index(fn, idx, P_out, P_in);
+    std::vector<int64_t> off;
+    if (offset) {
+        off = int64_vector(fn, *offset, "offset");
+        basisrt::check_pixel_offsets(fn, off, P_out, xv.C, yv.C);
+    }
     basisrt::check_threads(fn, num_threads);
     require_writeable(fn, out);
     py::gil_scoped_release release;
-    basisrt::pixel_gather_nhwc(xv.data, idx.data(), yv.data, xv.N, P_in, P_out, xv.C, xv.ld, yv.ld, num_threads);
+    basisrt::pixel_gather_nhwc(xv.data, idx.data(), offset ? off.data() : nullptr, yv.data, xv.N, P_in, P_out, yv.C,
+                               xv.ld, yv.ld, num_threads);
 }
 
 // One resampling axis: index (out × T, int64) and weight (out × T, float32) as flat vectors.
@@ -481,9 +488,10 @@ struct PyProgram {
         program.add_op(op);
     }
 
-    void add_pixel_gather(int in, int out, const py::array& index) {
+    void add_pixel_gather(int in, int out, const py::array& index, const std::optional<py::array>& offset) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pixel_gather, in, -1, out};
         op.index = int64_vector("Program.add_pixel_gather", index, "index");
+        if (offset) op.channel_offset = int64_vector("Program.add_pixel_gather", *offset, "offset");
         program.add_op(op);
     }
 
@@ -598,7 +606,9 @@ void bind_fused(py::module_& m) {
         .def("add_gather", &PyProgram::add_gather, py::arg("input"), py::arg("out"), py::arg("index"),
              "A channel_gather_nhwc op: out's channel c is input's channel index[c].")
         .def("add_pixel_gather", &PyProgram::add_pixel_gather, py::arg("input"), py::arg("out"), py::arg("index"),
-             "A pixel_gather_nhwc op: out's pixel q is input's pixel index[q] (-1: zeros).")
+             py::arg("offset") = py::none(),
+             "A pixel_gather_nhwc op: out's pixel q is input's pixel index[q] (-1: zeros), its channels from "
+             "offset[q] if given.")
         .def("add_resample", &PyProgram::add_resample, py::arg("input"), py::arg("out"), py::arg("row_index"),
              py::arg("row_weight"), py::arg("col_index"), py::arg("col_weight"),
              "A resample_nhwc op (separable taps, e.g. bilinear upsampling): each (out x taps).")
@@ -684,8 +694,9 @@ void bind_fused(py::module_& m) {
     m.def("channel_gather_nhwc", &channel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
           py::arg("num_threads"), "out[..., c] = x[..., index[c]] on NHWC float32 (index: int64).");
     m.def("pixel_gather_nhwc", &pixel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
-          py::arg("num_threads"),
-          "out[n, q] = x[n, index[q]] over the flattened H*W pixels of NHWC float32 (index int64, -1: zeros).");
+          py::arg("num_threads"), py::arg("offset") = py::none(),
+          "out[n, q] = x[n, index[q]] over the flattened H*W pixels of NHWC float32 (index int64, -1: zeros);\n"
+          "with offset (int64, one per output pixel): out[n, q, c] = x[n, index[q], offset[q] + c].");
     m.def("resample_nhwc", &resample_nhwc_py, py::arg("x"), py::arg("row_index"), py::arg("row_weight"),
           py::arg("col_index"), py::arg("col_weight"), py::arg("out"), py::arg("num_threads"),
           "out[n, oy, ox] = sum over taps a, b of row_weight[oy, a] * col_weight[ox, b] * "

@@ -130,16 +130,16 @@ void channel_gather_nhwc(const float* x, const int64_t* index, float* y, int64_t
     });
 }
 
-void pixel_gather_nhwc(const float* x, const int64_t* index, float* y, int64_t N, int64_t P_in, int64_t P_out,
-                       int64_t C, int64_t ldx, int64_t ldy, int num_threads) {
+void pixel_gather_nhwc(const float* x, const int64_t* index, const int64_t* offset, float* y, int64_t N,
+                       int64_t P_in, int64_t P_out, int64_t C, int64_t ldx, int64_t ldy, int num_threads) {
     const int64_t P = N * P_out, tasks = (P + kPixelsPerTask - 1) / kPixelsPerTask;
     parallel_for(tasks, num_threads, [&](int64_t t) {
         const int64_t p0 = t * kPixelsPerTask, p1 = std::min(P, p0 + kPixelsPerTask);
         for (int64_t p = p0; p < p1; ++p) {
-            const int64_t n = p / P_out, src = index[p - n * P_out];
+            const int64_t n = p / P_out, q = p - n * P_out, src = index[q];
             float* out = y + p * ldy;
             if (src < 0) std::memset(out, 0, C * sizeof(float));
-            else std::memcpy(out, x + (n * P_in + src) * ldx, C * sizeof(float));
+            else std::memcpy(out, x + (n * P_in + src) * ldx + (offset ? offset[q] : 0), C * sizeof(float));
         }
     });
 }

@@ -4,8 +4,9 @@
 //    broadcast over the channels (a spatial attention map, (N, 1, H, W): CBAM, PAN);
 //  - channel_gather_nhwc: y[..., c] = x[..., index[c]] (a channel shuffle, a channel slice, a
 //    concatenation's part that cannot be written in place);
-//  - pixel_gather_nhwc: each output pixel a copy of one input pixel of its image, or zeros
-//    (nearest upsampling, zero padding, cropping).
+//  - pixel_gather_nhwc: each output pixel a copy of one input pixel of its image (or of a block of
+//    its channels: depth-to-space, a transposed conv's phases), or zeros (nearest upsampling, zero
+//    padding, cropping).
 // Pixel strides (lda, ldb, ldx, ldy >= channels) let any operand be a channel slice of a wider
 // buffer, as in the other kernels.
 #pragma once
@@ -31,8 +32,9 @@ void eltwise_nhwc(const float* a, const float* b, float* y, int64_t P, int64_t h
 void channel_gather_nhwc(const float* x, const int64_t* index, float* y, int64_t P, int64_t C_out, int64_t ldx,
                          int64_t ldy, int num_threads);
 
-// Per image: output pixel q (of P_out) is input pixel index[q] (of P_in), or zeros where index[q] is -1.
-void pixel_gather_nhwc(const float* x, const int64_t* index, float* y, int64_t N, int64_t P_in, int64_t P_out,
-                       int64_t C, int64_t ldx, int64_t ldy, int num_threads);
+// Per image: output pixel q (of P_out) is channels [offset[q], offset[q] + C) of input pixel index[q]
+// (of P_in), or zeros where index[q] is -1. offset null: channels [0, C).
+void pixel_gather_nhwc(const float* x, const int64_t* index, const int64_t* offset, float* y, int64_t N,
+                       int64_t P_in, int64_t P_out, int64_t C, int64_t ldx, int64_t ldy, int num_threads);
 
 }  // namespace basisrt

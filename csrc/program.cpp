@@ -179,9 +179,10 @@ void Program::check(const ProgramOp& op) const {
             throw std::invalid_argument(fn + ": a gather keeps H and W, no residual");
         check_channel_index(fn, op.index, o.C, i.C);
     } else if (op.kind == ProgramOp::Kind::pixel_gather) {
-        if (op.residual >= 0 || i.C != o.C)
-            throw std::invalid_argument(fn + ": a pixel gather keeps the channels, no residual");
+        if (op.residual >= 0 || (op.channel_offset.empty() && i.C != o.C))
+            throw std::invalid_argument(fn + ": a pixel gather keeps the channels (without offsets), no residual");
         check_pixel_index(fn, op.index, o.H * o.W, i.H * i.W);
+        if (!op.channel_offset.empty()) check_pixel_offsets(fn, op.channel_offset, o.H * o.W, i.C, o.C);
     } else if (op.kind == ProgramOp::Kind::resample) {
         if (op.residual >= 0 || i.C != o.C)
             throw std::invalid_argument(fn + ": a resample keeps the channels, no residual");
@@ -421,7 +422,8 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
         const ResampleTaps t{op.kh, op.index.data(), op.index.data() + rows, op.weights.data(), op.weights.data() + rows};
         resample_nhwc(in, out, N, i.H, i.W, o.H, o.W, i.C, ldx, ldy, t, num_threads);
     } else {
-        pixel_gather_nhwc(in, op.index.data(), out, N, i.H * i.W, o.H * o.W, i.C, ldx, ldy, num_threads);
+        pixel_gather_nhwc(in, op.index.data(), op.channel_offset.empty() ? nullptr : op.channel_offset.data(), out, N,
+                          i.H * i.W, o.H * o.W, o.C, ldx, ldy, num_threads);
     }
 }
 

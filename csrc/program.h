@@ -59,8 +59,10 @@ struct ProgramOp {
     // eltwise: out = act(in OP residual), residual of in's shape or one pixel per image (broadcast)
     BinaryOp binary = BinaryOp::add;
     // gather: out's channel c is in's channel index[c]; pixel_gather: out's pixel q (of each image) is
-    // in's pixel index[q], or zeros where index[q] is -1
+    // in's pixel index[q] (its channels from channel_offset[q] when there are offsets), or zeros where
+    // index[q] is -1
     std::vector<int64_t> index{};
+    std::vector<int64_t> channel_offset{};
     // resample (resample.h): index holds iy (out H × kh taps) then ix (out W × kh), weights wy then wx
     std::vector<float> weights{};
     // pool

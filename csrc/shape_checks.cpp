@@ -141,6 +141,17 @@ void check_channel_index(const std::string& fn, const std::vector<int64_t>& inde
                          " is outside the input's channels [0, " + std::to_string(C_in) + ")");
 }
 
+void check_pixel_offsets(const std::string& fn, const std::vector<int64_t>& offset, int64_t P_out, int64_t C_in,
+                         int64_t C_out) {
+    if (static_cast<int64_t>(offset.size()) != P_out)
+        fail(fn, "offset must have one entry per output pixel (" + std::to_string(P_out) + "), got " +
+                     std::to_string(offset.size()));
+    for (size_t q = 0; q < offset.size(); ++q)
+        if (offset[q] < 0 || offset[q] > C_in - C_out)
+            fail(fn, "offset[" + std::to_string(q) + "] = " + std::to_string(offset[q]) + ": channels [offset, offset + " +
+                         std::to_string(C_out) + ") are outside the input's " + std::to_string(C_in));
+}
+
 void check_pixel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t P_out, int64_t P_in) {
     if (static_cast<int64_t>(index.size()) != P_out)
         fail(fn, "index must have one entry per output pixel (" + std::to_string(P_out) + "), got " +

@@ -69,5 +69,8 @@ void check_channel_index(const std::string& fn, const std::vector<int64_t>& inde
 // A pixel gather's index: one entry per output pixel (P_out), each an input pixel in [0, P_in) or -1
 // (zeros).
 void check_pixel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t P_out, int64_t P_in);
+// A pixel gather's channel offsets: one per output pixel, each block [offset, offset + C_out) within C_in.
+void check_pixel_offsets(const std::string& fn, const std::vector<int64_t>& offset, int64_t P_out, int64_t C_in,
+                         int64_t C_out);
 
 }  // namespace basisrt

@@ -355,7 +355,8 @@ def test_efficient_channel_attention_runs_native(tmp_path) -> None:
 
 def test_dynamo_inlined_transposed_convs_save_and_load(tmp_path) -> None:
     """Dynamo inlines nn.ConvTranspose2d into torch.conv_transpose2d on the module's weight (LinkNet's
-    decoder in segmentation_models_pytorch): the plan runs it in PyTorch, and saves and loads."""
+    decoder in segmentation_models_pytorch): the plan makes it a module again, runs it natively
+    (fusion.transposed_as_conv), and saves and loads."""
     class Up(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -367,7 +368,8 @@ def test_dynamo_inlined_transposed_convs_save_and_load(tmp_path) -> None:
 
     torch.manual_seed(0)
     model, x = Up().eval(), torch.randn(2, 3, 8, 8)
-    compiled = basisrt.compile(model, x, capture="dynamo")
+    compiled = basisrt.compile(model, x, capture="dynamo", dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
     with torch.no_grad():
         assert _rel_err(compiled(x), model(x)) < 1e-5
     compiled.save(str(tmp_path / "up.basisrt"))

@@ -410,6 +410,31 @@ class PixelGatherStep(nn.Module):
         return f"{self.in_hw} -> {self.out_hw}"
 
 
+class DepthToSpaceStep(PixelGatherStep):
+    """Each output pixel a block of `channels` channels of one input pixel of its image: channels
+    [offset[q], offset[q] + channels) of input pixel index[q] (a transposed conv's s² phases, computed
+    as one conv, rearranged into its s×s output pixels and cropped: fusion._transposed_convs)."""
+
+    def __init__(self, index: Tensor, offset: Tensor, channels: int, in_hw: tuple[int, int], out_hw: tuple[int, int],
+                 num_threads: int | None = None) -> None:
+        super().__init__(index, in_hw, out_hw, num_threads)
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.int64).contiguous())
+        self.channels = int(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or tuple(x.shape[2:]) != self.in_hw:
+            raise ValueError(f"DepthToSpaceStep expects a float32 (N, C, {self.in_hw[0]}, {self.in_hw[1]}) input, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.empty(x.shape[0], *self.out_hw, self.channels)
+        _C.pixel_gather_nhwc(x.permute(0, 2, 3, 1).numpy(), self.index.numpy(), y.numpy(),
+                             self.num_threads or torch.get_num_threads(), offset=self.offset.numpy())
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_hw} -> {self.out_hw}, channels={self.channels}"
+
+
 class ResampleStep(nn.Module):
     """Bilinear upsampling (`F.interpolate(mode="bilinear")`, `nn.Upsample`) by the C++ kernel
     (resample.h): each output pixel the weighted sum of T×T input pixels, separable into per-row
@@ -483,9 +508,9 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
 
 # Every CPU step module: each returns logical NCHW maps stored channels_last (or, a linear step, rows)
 STEPS = (FusedConv2d, TorchConvStep, PoolStep, ChannelAffineStep, ChannelNormStep, GroupNormStep, EltwiseStep,
-         ChannelGatherStep, PixelGatherStep, ResampleStep)
+         ChannelGatherStep, PixelGatherStep, ResampleStep)  # DepthToSpaceStep: a PixelGatherStep
 
-__all__ = ["BINARY_OPS", "STEPS", "ChannelAffineStep", "ChannelGatherStep", "ChannelNormStep", "EltwiseStep",
-           "GroupNormStep",
+__all__ = ["BINARY_OPS", "STEPS", "ChannelAffineStep", "ChannelGatherStep", "ChannelNormStep", "DepthToSpaceStep",
+           "EltwiseStep", "GroupNormStep",
            "FusedConv2d", "FusedLinear", "PixelGatherStep", "PoolStep", "ResampleStep", "TorchConvStep",
            "batchnorm_affine", "pool_step"]

@@ -22,6 +22,7 @@ from .cpu_steps import (
     ChannelAffineStep,
     ChannelGatherStep,
     ChannelNormStep,
+    DepthToSpaceStep,
     EltwiseStep,
     GroupNormStep,
     PixelGatherStep,
@@ -190,6 +191,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         _channel_gathers(gm, num_threads, strategies)
         _pixel_gathers(gm, num_threads, strategies)
         _resamples(gm, num_threads, strategies)
+        _transposed_convs(gm, num_threads, strategies)
     for node in list(gm.graph.nodes):
         if node not in gm.graph.nodes:  # erased by an earlier fusion (BN, 1×1 partner, add, act)
             continue
@@ -322,6 +324,67 @@ def _resamples(gm: fx.GraphModule, num_threads: int | None, strategies: dict) ->
         step = ResampleStep(torch.from_numpy(iy), torch.from_numpy(wy), torch.from_numpy(ix), torch.from_numpy(wx),
                             _shape(src)[2:], num_threads)
         _replace_with_step(gm, node, Strategy.RESAMPLE, step, (src,), strategies)
+    gm.graph.eliminate_dead_code()
+
+
+def transposed_as_conv(m: nn.ConvTranspose2d, in_hw: tuple[int, int], out_hw: tuple[int, int]
+                       ) -> tuple[nn.Conv2d, torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """A transposed conv (groups 1, dilation 1) as a stride-1 conv computing its s_h·s_w phases side
+    by side, then a depth-to-space gather: (conv, index, offset, the conv's output size). Output row
+    oy = s·t + r - p is phase r = (oy + p) mod s at row t, and phase r is a conv with taps
+    w[s·j + r], j < J = ceil(k / s), read at input rows t - j (flipped); the conv's padding is J - 1,
+    or more where the output runs past it. For k a multiple of s (2×2 and 4×4 at stride 2) it does
+    the transposed conv's MACs exactly."""
+    w = m.weight.detach()
+    c_in, c_out, kh, kw = w.shape
+    (sh, sw), (ph, pw) = m.stride, m.padding
+    jh, jw = -(-kh // sh), -(-kw // sw)
+    phases = sh * sw
+    weight = torch.zeros(phases * c_out, c_in, jh, jw, dtype=w.dtype)
+    for ry in range(sh):
+        for rx in range(sw):
+            for j in range(jh):
+                for i in range(jw):
+                    ky, kx = sh * (jh - 1 - j) + ry, sw * (jw - 1 - i) + rx
+                    if ky < kh and kx < kw:
+                        weight[(ry * sw + rx) * c_out:(ry * sw + rx + 1) * c_out, :, j, i] = w[:, :, ky, kx].t()
+    (h, wd), (ho, wo) = in_hw, out_hw
+    pad_h = max(jh - 1, (ho - 1 + ph) // sh + 1 - h)
+    pad_w = max(jw - 1, (wo - 1 + pw) // sw + 1 - wd)
+    conv = nn.Conv2d(c_in, phases * c_out, (jh, jw), padding=(pad_h, pad_w), bias=m.bias is not None, dtype=w.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if m.bias is not None:
+            conv.bias.copy_(m.bias.detach().repeat(phases))
+    zh, zw = h + 2 * pad_h - jh + 1, wd + 2 * pad_w - jw + 1
+    oy, ox = torch.arange(ho)[:, None] + ph, torch.arange(wo)[None, :] + pw
+    ty, tx = oy // sh + pad_h - (jh - 1), ox // sw + pad_w - (jw - 1)
+    index = (ty * zw + tx).flatten()
+    offset = (((oy % sh) * sw + ox % sw) * c_out).flatten()
+    return conv, index, offset, (zh, zw)
+
+
+def _transposed_convs(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
+    """nn.ConvTranspose2d (groups 1, dilation 1, zero padding: U-Net and LinkNet decoders) becomes
+    a conv the plan runs as any other, and a depth-to-space gather (transposed_as_conv)."""
+    for node in list(gm.graph.nodes):
+        m = _module(gm, node)
+        # an output_size argument only picks the output padding: the output's shape (ShapeProp) says it
+        if type(m) is not nn.ConvTranspose2d or m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros" \
+                or not set(node.kwargs) <= {"output_size"} or len(node.args) not in (1, 2) or \
+                not _is_float32_4d(node.args[0]) or not _is_float32_4d(node):
+            continue
+        x = node.args[0]
+        (n, _, h, w), out = _shape(x), _shape(node)
+        conv, index, offset, (zh, zw) = transposed_as_conv(m, (h, w), out[2:])
+        name = _fresh_name(gm, node.target.replace(".", "_") + "_phases")
+        gm.add_submodule(name, conv)
+        with gm.graph.inserting_before(node):
+            phases = gm.graph.call_module(name, (x,))
+        phases.meta = dict(node.meta)
+        phases.meta["tensor_meta"] = _extract_tensor_metadata(torch.empty(n, conv.out_channels, zh, zw, device="meta"))
+        step = DepthToSpaceStep(index, offset, out[1], (zh, zw), out[2:], num_threads)
+        _replace_with_step(gm, node, Strategy.PIXEL_GATHER, step, (phases,), strategies)
     gm.graph.eliminate_dead_code()
 
 

@@ -9,7 +9,7 @@ TorchDynamo) and however the model spells its layers:
 * values computed from parameters alone (a basis pair's scaling weight, a standardised conv
   weight, a layer scale reshaped) become constants of the plan: an inference plan's weights are
   frozen;
-* functional layers on constant weights (`F.conv2d(x, self.weight, ...)`, `F.linear`, timm's
+* functional layers on constant weights (`F.conv2d(x, self.weight, ...)`, `F.conv_transpose2d`, `F.linear`, timm's
   `F.batch_norm` inside BatchNormAct2d, every layer of a Dynamo graph) become the nn modules
   they compute;
 * `torch.stack(maps).sum(0)` (an FPN's merge) becomes a chain of adds;
@@ -243,6 +243,7 @@ def _attr(gm: fx.GraphModule, target: str) -> object:
 # --------------------------------------------------------------------------- functional layers
 
 _CONVS = (F.conv2d, torch.conv2d)
+_CONV_TRANSPOSES = (F.conv_transpose2d, torch.conv_transpose2d)
 _LINEARS = (F.linear, torch._C._nn.linear)
 _BATCH_NORMS = (F.batch_norm, torch.batch_norm)
 
@@ -273,6 +274,20 @@ def _conv_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return _with_weights(nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), a.get("stride", 1),
                                    a.get("padding", 0), a.get("dilation", 1), groups, bias=b is not None,
                                    dtype=w.dtype), w, b)
+
+
+def _conv_transpose_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    a = _args(node, ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"))
+    if a is None:
+        return None
+    w, b = _const(gm, a.get("weight")), _const(gm, a.get("bias"))
+    if w is None or w.dim() != 4 or (a.get("bias") is not None and b is None) or \
+            not all(isinstance(a.get(k, 0), (int, tuple, list)) for k in ("stride", "padding", "output_padding")):
+        return None
+    groups = a.get("groups", 1)
+    return _with_weights(nn.ConvTranspose2d(w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), a.get("stride", 1),
+                                            a.get("padding", 0), a.get("output_padding", 0), groups,
+                                            bias=b is not None, dilation=a.get("dilation", 1), dtype=w.dtype), w, b)
 
 
 def _linear_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -330,12 +345,12 @@ def _group_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
 
 _GROUP_NORMS = (F.group_norm, torch.group_norm)
 _FUNCTIONAL = [(_CONVS, _conv_module), (_LINEARS, _linear_module), (_BATCH_NORMS, _batch_norm_module),
-               (_GROUP_NORMS, _group_norm_module)]
+               (_GROUP_NORMS, _group_norm_module), (_CONV_TRANSPOSES, _conv_transpose_module)]
 
 
 def _functional_layers(gm: fx.GraphModule) -> None:
-    """`F.conv2d` / `F.linear` / `F.batch_norm` (eval) / `F.group_norm` on constant weights: the module
-    each computes."""
+    """`F.conv2d` / `F.conv_transpose2d` / `F.linear` / `F.batch_norm` (eval) / `F.group_norm` on
+    constant weights: the module each computes."""
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue

@@ -38,6 +38,7 @@ from .cpu_steps import (
     ChannelAffineStep,
     ChannelGatherStep,
     ChannelNormStep,
+    DepthToSpaceStep,
     EltwiseStep,
     FusedConv2d,
     FusedLinear,
@@ -548,6 +549,13 @@ def _pixel_gather(a: Attrs, t: Tensors) -> None:
     t.buffer("index", (oh * ow,), dtypes=(torch.int64,))  # its values: checked by the kernel's binding
 
 
+def _depth_to_space(a: Attrs, t: Tensors) -> None:
+    _pixel_gather(a, t)
+    oh, ow = a.pair("out_hw", 1, MAX_GEOMETRY)
+    a.int("channels", 1, MAX_CHANNELS)
+    t.buffer("offset", (oh * ow,), dtypes=(torch.int64,))  # its values: checked by the kernel's binding
+
+
 def _resample(a: Attrs, t: Tensors) -> None:
     a.eval_mode()
     a.threads()
@@ -736,6 +744,25 @@ def _conv2d(a: Attrs, t: Tensors) -> None:
     t.parameter("bias", (cout,), present=None, dtypes=(w.dtype,))
 
 
+def _conv_transpose2d(a: Attrs, t: Tensors) -> None:
+    """nn.ConvTranspose2d as the plan keeps it where it is not lowered (groups, dilation; the GPU
+    backend): weight (in, out / groups, kh, kw)."""
+    a.eval_mode()
+    cin, cout = a.int("in_channels", 1, MAX_CHANNELS), a.int("out_channels", 1, MAX_CHANNELS)
+    groups = a.int("groups", 1, MAX_CHANNELS)
+    _divides(groups, in_channels=cin, out_channels=cout)
+    kh, kw = a.pair("kernel_size", 1, MAX_GEOMETRY)
+    sh, sw = a.pair("stride", 1, MAX_GEOMETRY)
+    dh, dw = a.pair("dilation", 1, MAX_GEOMETRY)
+    a.pair("padding", 0, MAX_GEOMETRY)
+    oph, opw = a.pair("output_padding", 0, MAX_GEOMETRY)
+    _need(oph < max(sh, dh) and opw < max(sw, dw), "has an output_padding not below its stride or dilation")
+    a.choice("transposed", (True,))
+    a.choice("padding_mode", ("zeros",))
+    w = t.parameter("weight", (cin, cout // groups, kh, kw))
+    t.parameter("bias", (cout,), present=None, dtypes=(w.dtype,))
+
+
 # -------------------------------------------------------------------------------- shape rules (meta)
 
 def _meta(*shape: int) -> Tensor:
@@ -819,6 +846,13 @@ def _run_pixel_gather(m: PixelGatherStep, x: Any) -> Tensor:
     return _meta(n, c, *m.out_hw)
 
 
+def _run_depth_to_space(m: DepthToSpaceStep, x: Any) -> Tensor:
+    n, c, h, w = _image(x, x.shape[1] if isinstance(x, Tensor) and x.dim() == 4 else 1, "this depth-to-space step")
+    _need((h, w) == tuple(m.in_hw), f"passes a {h}x{w} map to a depth-to-space step of {m.in_hw[0]}x{m.in_hw[1]} maps")
+    _need(m.channels <= c, f"passes {c} channels to a depth-to-space step taking blocks of {m.channels}")
+    return _meta(n, m.channels, *m.out_hw)
+
+
 def _run_resample(m: ResampleStep, x: Any) -> Tensor:
     n, c, h, w = _image(x, x.shape[1] if isinstance(x, Tensor) and x.dim() == 4 else 1, "this resample step")
     _need((h, w) == tuple(m.in_hw), f"passes a {h}x{w} map to a resample of {m.in_hw[0]}x{m.in_hw[1]} maps")
@@ -855,6 +889,7 @@ _SPECS = (
     _spec(ChannelGatherStep, _channel_gather, _run_gather),
     _spec(PixelGatherStep, _pixel_gather, _run_pixel_gather),
     _spec(ResampleStep, _resample, _run_resample),
+    _spec(DepthToSpaceStep, _depth_to_space, _run_depth_to_space),
     _spec(GPUFusedConv2d, _gpu_conv, _run_conv, _with_residual),
     _spec(GPUFusedLinear, lambda a, t: _gpu_conv(a, t, linear=True), _run_linear, _with_residual),
     _spec(nn.ReLU, _inplace), _spec(nn.ReLU6, _relu6), _spec(nn.GELU, _gelu), _spec(nn.SiLU, _inplace),
@@ -869,7 +904,7 @@ _SPECS = (
     _spec(nn.Upsample, _upsample), _spec(nn.ZeroPad2d, _zero_pad), _spec(nn.BatchNorm2d, _batch_norm),
     _spec(nn.LayerNorm, _layer_norm), _spec(ChannelLayerNorm, _channel_layer_norm), _spec(nn.GroupNorm, _group_norm),
     _spec(nn.Linear, _linear),
-    _spec(nn.Conv2d, _conv2d),
+    _spec(nn.Conv2d, _conv2d), _spec(nn.ConvTranspose2d, _conv_transpose2d),
 )
 
 

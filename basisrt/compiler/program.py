@@ -32,6 +32,7 @@ from .cpu_steps import (
     ChannelAffineStep,
     ChannelGatherStep,
     ChannelNormStep,
+    DepthToSpaceStep,
     EltwiseStep,
     FusedConv2d,
     FusedLinear,
@@ -433,11 +434,14 @@ def _add_slice_view(program: "_C.Program", index: np.ndarray, x: _Buffer, views:
 
 
 def _add_pixel_gather(program: "_C.Program", m: PixelGatherStep, x: _Buffer) -> _Buffer | None:
+    """A pixel gather op; a DepthToSpaceStep's copies a block of channels of each pixel (its offsets)."""
     if x.flat or x.hwc[:2] != m.in_hw:
         return None
-    hwc = (*m.out_hw, x.hwc[2])
+    blocks = isinstance(m, DepthToSpaceStep)
+    hwc = (*m.out_hw, m.channels if blocks else x.hwc[2])
     out = _Buffer(program.add_buffer(*hwc), hwc, False)
-    program.add_pixel_gather(x.id, out.id, np.ascontiguousarray(m.index.numpy(), dtype=np.int64))
+    program.add_pixel_gather(x.id, out.id, np.ascontiguousarray(m.index.numpy(), dtype=np.int64),
+                             offset=m.offset.numpy() if blocks else None)
     return out
 
 
