@@ -374,3 +374,34 @@ def test_dynamo_inlined_transposed_convs_save_and_load(tmp_path) -> None:
         assert _rel_err(compiled(x), model(x)) < 1e-5
     compiled.save(str(tmp_path / "up.basisrt"))
     assert torch.equal(basisrt.load(str(tmp_path / "up.basisrt"))(x), compiled(x))
+
+
+def test_a_plan_making_tensors_saves_and_loads(tmp_path) -> None:
+    """segmentation_models_pytorch's Mix Transformer encoder returns torch.empty(B, 0, H, W) as a
+    placeholder feature; torch.zeros / ones made from the input's size likewise."""
+    class Makes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, _, h, w = x.shape
+            placeholder = torch.empty([b, 0, h, w], dtype=x.dtype, device=x.device)
+            return torch.cat([self.conv(x), placeholder], 1) + torch.zeros(b, 4, h, w) + torch.ones(1, 4, 1, 1)
+
+    torch.manual_seed(0)
+    model, x = Makes().eval(), torch.randn(2, 3, 6, 6)
+    compiled = basisrt.compile(model, x)
+    compiled.save(str(tmp_path / "m.basisrt"))
+    loaded = basisrt.load(str(tmp_path / "m.basisrt"))
+    for batch in (x, torch.randn(3, 3, 6, 6)):
+        with torch.no_grad():
+            assert _rel_err(loaded(batch), model(batch)) < 1e-5
+    from test_plan_tamper import _tampered
+
+    def huge(plan, tensors):
+        node = next(n for n in plan["graph"] if n["op"] == "call_function" and n["target"].endswith(".zeros"))
+        node["args"] = {"tuple": [100_000, 100_000, 1000]}
+    bad = _tampered(tmp_path / "m.basisrt", tmp_path / "huge.basisrt", huge)
+    with pytest.raises(ValueError, match="more than"):  # refused on meta tensors: nothing allocated
+        basisrt.load(str(bad))

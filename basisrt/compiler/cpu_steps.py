@@ -6,6 +6,8 @@ NCHW tensor.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -383,6 +385,19 @@ class ChannelGatherStep(nn.Module):
         return f"channels={self.index.numel()}"
 
 
+def _remap(step: nn.Module, x: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int | None,
+           kernel: Callable[[np.ndarray, np.ndarray, int], None]) -> Tensor:
+    """A step from (N, C, *in_hw) float32 maps to (N, channels or C, *out_hw) ones (gathers,
+    resampling): `kernel(x, y, threads)` on the NHWC views of x and of y."""
+    if x.dim() != 4 or x.dtype != torch.float32 or tuple(x.shape[2:]) != in_hw:
+        raise ValueError(f"{type(step).__name__} expects a float32 (N, C, {in_hw[0]}, {in_hw[1]}) input, "
+                         f"got {x.dtype} {tuple(x.shape)}")
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.empty(x.shape[0], *out_hw, channels or x.shape[1])
+    kernel(x.permute(0, 2, 3, 1).numpy(), y.numpy(), step.num_threads or torch.get_num_threads())
+    return y.permute(0, 3, 1, 2)
+
+
 class PixelGatherStep(nn.Module):
     """Each output pixel a copy of one input pixel of its image, or zeros, by the C++ kernel:
     nearest upsampling (`F.interpolate(mode="nearest")`, `nn.Upsample`), zero padding that no conv
@@ -396,15 +411,8 @@ class PixelGatherStep(nn.Module):
         self.in_hw, self.out_hw, self.num_threads = tuple(in_hw), tuple(out_hw), num_threads
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.dtype != torch.float32 or tuple(x.shape[2:]) != self.in_hw:
-            raise ValueError(f"PixelGatherStep expects a float32 (N, C, {self.in_hw[0]}, {self.in_hw[1]}) input, "
-                             f"got {x.dtype} {tuple(x.shape)}")
-        x = x.contiguous(memory_format=torch.channels_last)
-        n, c = x.shape[:2]
-        y = torch.empty(n, *self.out_hw, c)
-        _C.pixel_gather_nhwc(x.permute(0, 2, 3, 1).numpy(), self.index.numpy(), y.numpy(),
-                             self.num_threads or torch.get_num_threads())
-        return y.permute(0, 3, 1, 2)
+        return _remap(self, x, self.in_hw, self.out_hw, None,
+                      lambda a, b, threads: _C.pixel_gather_nhwc(a, self.index.numpy(), b, threads))
 
     def extra_repr(self) -> str:
         return f"{self.in_hw} -> {self.out_hw}"
@@ -422,14 +430,9 @@ class DepthToSpaceStep(PixelGatherStep):
         self.channels = int(channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.dtype != torch.float32 or tuple(x.shape[2:]) != self.in_hw:
-            raise ValueError(f"DepthToSpaceStep expects a float32 (N, C, {self.in_hw[0]}, {self.in_hw[1]}) input, "
-                             f"got {x.dtype} {tuple(x.shape)}")
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.empty(x.shape[0], *self.out_hw, self.channels)
-        _C.pixel_gather_nhwc(x.permute(0, 2, 3, 1).numpy(), self.index.numpy(), y.numpy(),
-                             self.num_threads or torch.get_num_threads(), offset=self.offset.numpy())
-        return y.permute(0, 3, 1, 2)
+        return _remap(self, x, self.in_hw, self.out_hw, self.channels,
+                      lambda a, b, threads: _C.pixel_gather_nhwc(a, self.index.numpy(), b, threads,
+                                                                 offset=self.offset.numpy()))
 
     def extra_repr(self) -> str:
         return f"{self.in_hw} -> {self.out_hw}, channels={self.channels}"
@@ -453,16 +456,9 @@ class ResampleStep(nn.Module):
         return self.row_index.shape[0], self.col_index.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.dtype != torch.float32 or tuple(x.shape[2:]) != self.in_hw:
-            raise ValueError(f"ResampleStep expects a float32 (N, C, {self.in_hw[0]}, {self.in_hw[1]}) input, "
-                             f"got {x.dtype} {tuple(x.shape)}")
-        x = x.contiguous(memory_format=torch.channels_last)
-        n, c = x.shape[:2]
-        y = torch.empty(n, *self.out_hw, c)
-        _C.resample_nhwc(x.permute(0, 2, 3, 1).numpy(), self.row_index.numpy(), self.row_weight.numpy(),
-                         self.col_index.numpy(), self.col_weight.numpy(), y.numpy(),
-                         self.num_threads or torch.get_num_threads())
-        return y.permute(0, 3, 1, 2)
+        return _remap(self, x, self.in_hw, self.out_hw, None, lambda a, b, threads: _C.resample_nhwc(
+            a, self.row_index.numpy(), self.row_weight.numpy(), self.col_index.numpy(), self.col_weight.numpy(), b,
+            threads))
 
     def extra_repr(self) -> str:
         return f"{self.in_hw} -> {self.out_hw}, taps={self.row_index.shape[1]}"

@@ -366,7 +366,9 @@ def transposed_as_conv(m: nn.ConvTranspose2d, in_hw: tuple[int, int], out_hw: tu
 
 def _transposed_convs(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
     """nn.ConvTranspose2d (groups 1, dilation 1, zero padding: U-Net and LinkNet decoders) becomes
-    a conv the plan runs as any other, and a depth-to-space gather (transposed_as_conv)."""
+    a conv the plan runs as any other, and a depth-to-space gather (transposed_as_conv). A BatchNorm
+    and an activation after it act on each pixel's channels, so they move before the gather: the
+    BatchNorm folds into the conv, the activation into its epilogue (LinkNet's ConvT → BN → ReLU)."""
     for node in list(gm.graph.nodes):
         m = _module(gm, node)
         # an output_size argument only picks the output padding: the output's shape (ShapeProp) says it
@@ -383,9 +385,39 @@ def _transposed_convs(gm: fx.GraphModule, num_threads: int | None, strategies: d
             phases = gm.graph.call_module(name, (x,))
         phases.meta = dict(node.meta)
         phases.meta["tensor_meta"] = _extract_tensor_metadata(torch.empty(n, conv.out_channels, zh, zw, device="meta"))
+        _fold_batchnorm_into_phases(gm, node, conv, out[1])
         step = DepthToSpaceStep(index, offset, out[1], (zh, zw), out[2:], num_threads)
-        _replace_with_step(gm, node, Strategy.PIXEL_GATHER, step, (phases,), strategies)
+        act = _only_user(node)
+        if act is None or activations.of_node(gm, act) is None or act.args[0] is not node:
+            _replace_with_step(gm, node, Strategy.PIXEL_GATHER, step, (phases,), strategies)
+            continue
+        act.replace_input_with(node, phases)  # act(phases), then the gather
+        act.meta = dict(phases.meta)
+        name = _fresh_name(gm, f"{node.name}_{Strategy.PIXEL_GATHER}")
+        gm.add_submodule(name, step)
+        with gm.graph.inserting_after(act):
+            gather = gm.graph.call_module(name, (act,))
+        gather.meta = dict(node.meta)
+        act.replace_all_uses_with(gather, delete_user_cb=lambda u: u is not gather)
+        gm.graph.erase_node(node)
+        strategies[name] = Strategy.PIXEL_GATHER
     gm.graph.eliminate_dead_code()
+
+
+def _fold_batchnorm_into_phases(gm: fx.GraphModule, node: fx.Node, conv: nn.Conv2d, channels: int) -> None:
+    """An eval BatchNorm2d that is `node`'s only reader, folded into the phases' `conv` (its C_out
+    channels repeated once per phase) and removed."""
+    bn = _only_user(node)
+    affine = batchnorm_affine(_module(gm, bn)) if bn is not None and bn.args == (node,) and not bn.kwargs else None
+    if affine is None or affine[0].numel() != channels:
+        return
+    gamma, beta = (t.repeat(conv.out_channels // channels) for t in affine)
+    with torch.no_grad():
+        conv.weight.mul_(gamma[:, None, None, None].to(conv.weight.dtype))
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, dtype=conv.weight.dtype)
+        conv.bias = nn.Parameter(bias * gamma + beta)
+    bn.replace_all_uses_with(node)
+    gm.graph.erase_node(bn)
 
 
 def _elementwise_steps(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:

@@ -74,8 +74,8 @@ class NativeProgram:
         """Run the program; `op_seconds` (float64, one per op), if given, gets each op's time added."""
         x = x.contiguous()
         threads = self.num_threads or torch.get_num_threads()
-        ids = list(dict.fromkeys(b.id for b in self.outputs))  # a tensor returned twice is computed once
-        ys = {i: torch.empty(x.shape[0], *self.program.buffers[i][:3]) for i in ids}
+        ys = {b.id: torch.empty(x.shape[0], *b.hwc) for b in self.outputs}  # a tensor returned twice: once
+        ids = list(ys)
         if len(ids) == 1:
             self.program.run(x.numpy(), ys[ids[0]].numpy(), ids[0], threads, op_seconds)
         else:

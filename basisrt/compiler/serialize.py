@@ -49,6 +49,9 @@ _ITEMSIZE = {name: torch.empty((), dtype=d).element_size() for name, d in schema
 _FILE_DTYPE_NAMES = {d: name for name, d in schema.FILE_DTYPES.items()}
 
 
+_MAKERS = (torch.empty, torch.zeros, torch.ones)  # functions that make a tensor from sizes alone
+
+
 class _NotAPlan(PlanError):
     """The file is no safetensors file with a basisrt plan in it."""
 
@@ -566,6 +569,8 @@ class _ShapePass(fx.Interpreter):
 
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
         schema.check_call(target, args, kwargs)
+        if target in _MAKERS:  # on meta too: nothing is allocated before check_result bounds the size
+            kwargs = {**kwargs, "device": "meta"}
         return target(*args, **kwargs)
 
     def call_method(self, target: str, args: tuple, kwargs: dict) -> Any:
