@@ -1,5 +1,6 @@
 """Transposed convs (U-Net and LinkNet decoders) as a stride-1 conv of all their phases and a
-depth-to-space gather (fusion.transposed_as_conv), in plans and native programs."""
+depth-to-space gather (fusion.transposed_as_conv), and pixel shuffles as a channel gather and the same
+depth-to-space gather, in plans and native programs."""
 from __future__ import annotations
 
 import numpy as np
@@ -118,3 +119,30 @@ def test_step_refuses_a_map_of_another_size():
     step = DepthToSpaceStep(torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64), 2, (2, 2), (2, 2))
     with pytest.raises(ValueError, match=r"expects a float32 \(N, C, 2, 2\) input"):
         step(torch.randn(1, 3, 3, 3))
+
+
+class SuperResolution(nn.Module):
+    """ESPCN-style upsampling: a conv to C·r² channels, then pixel shuffle (module and function)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 5, padding=2), nn.Conv2d(16, 3 * 9, 3, padding=1)
+        self.shuffle, self.c = nn.PixelShuffle(3), nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(self.c(self.shuffle(self.b(F.relu(self.a(x))))), 2)
+
+
+@pytest.mark.parametrize("capture", ["fx", "dynamo"])
+def test_pixel_shuffle_runs_native_and_exact(capture, tmp_path):
+    torch.manual_seed(0)
+    model, x = SuperResolution().eval(), torch.randn(2, 3, 7, 9)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
+    assert compiled.native is not None, compiled.plan.not_native
+    assert [s.strategy for s in compiled.plan.steps].count("pixel_gather") == 2
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 7, 9)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(xb), model(xb), rtol=1e-5, atol=1e-5)
+    compiled.save(tmp_path / "sr.basisrt")
+    assert torch.equal(basisrt.load(tmp_path / "sr.basisrt")(x), compiled(x))

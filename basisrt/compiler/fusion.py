@@ -192,6 +192,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
         _pixel_gathers(gm, num_threads, strategies)
         _resamples(gm, num_threads, strategies)
         _transposed_convs(gm, num_threads, strategies)
+        _pixel_shuffles(gm, num_threads, strategies)
     for node in list(gm.graph.nodes):
         if node not in gm.graph.nodes:  # erased by an earlier fusion (BN, 1×1 partner, add, act)
             continue
@@ -418,6 +419,45 @@ def _fold_batchnorm_into_phases(gm: fx.GraphModule, node: fx.Node, conv: nn.Conv
         conv.bias = nn.Parameter(bias * gamma + beta)
     bn.replace_all_uses_with(node)
     gm.graph.erase_node(bn)
+
+
+def _shuffle_factor(gm: fx.GraphModule, node: fx.Node) -> int | None:
+    """r of `F.pixel_shuffle(x, r)` / `nn.PixelShuffle(r)(x)` on a 4-D float32 map; None otherwise."""
+    m = _module(gm, node)
+    if type(m) is nn.PixelShuffle and len(node.args) == 1 and not node.kwargs:
+        r = m.upscale_factor
+    elif node.op == "call_function" and node.target in (torch.nn.functional.pixel_shuffle, torch.pixel_shuffle) and \
+            len(node.args) == 2 and not node.kwargs:
+        r = node.args[1]
+    else:
+        return None
+    return r if type(r) is int and r >= 1 and _is_float32_4d(node.args[0]) and _is_float32_4d(node) else None
+
+
+def _pixel_shuffles(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
+    """Pixel shuffle (depth to space: ESPCN's and EDSR's upsampling) becomes a channel gather to
+    phase-major order, then the depth-to-space gather a transposed conv uses: output channel c at
+    phase (i, j) is input channel c·r² + i·r + j."""
+    for node in list(gm.graph.nodes):
+        r = _shuffle_factor(gm, node)
+        if r is None:
+            continue
+        x = node.args[0]
+        (_, c_in, h, w), out = _shape(x), _shape(node)
+        c = c_in // (r * r)
+        order = [cc * r * r + phase for phase in range(r * r) for cc in range(c)]  # phase-major
+        with gm.graph.inserting_before(node):
+            name = _fresh_name(gm, f"{node.name}_{Strategy.GATHER}")
+            gm.add_submodule(name, ChannelGatherStep(torch.tensor(order), num_threads))
+            gathered = gm.graph.call_module(name, (x,))
+        gathered.meta = dict(x.meta)
+        strategies[name] = Strategy.GATHER
+        oy, ox = torch.arange(h * r)[:, None], torch.arange(w * r)[None, :]
+        index = ((oy // r) * w + ox // r).flatten()
+        offset = (((oy % r) * r + ox % r) * c).flatten()
+        step = DepthToSpaceStep(index, offset, c, (h, w), out[2:], num_threads)
+        _replace_with_step(gm, node, Strategy.PIXEL_GATHER, step, (gathered,), strategies)
+    gm.graph.eliminate_dead_code()
 
 
 def _elementwise_steps(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
