@@ -9,7 +9,8 @@ Only `alpha` (the basis scaling factors, initialised to 1) is trainable; at alph
 computes the original layer. `BasisLinear` is the same with K = in_features.
 
 `ChannelLayerNorm` is LayerNorm over each pixel's channels of an NCHW map, which compile makes of
-the channels-last LayerNorms ConvNeXt writes.
+the channels-last LayerNorms ConvNeXt writes. `MapSoftmax` is a softmax over one axis of an NCHW
+map, which compile makes of the attention softmaxes models write through 3-D and 5-D views.
 """
 from __future__ import annotations
 
@@ -188,6 +189,41 @@ class ChannelLayerNorm(nn.LayerNorm):
             raise ValueError(f"ChannelLayerNorm expects an (N, C, H, W) input, got shape {tuple(x.shape)}")
         return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
                             self.eps).permute(0, 3, 1, 2)
+
+
+SOFTMAX_AXES = ("channels", "width", "pixels")
+
+
+class MapSoftmax(nn.Module):
+    """Softmax of an (N, C, H, W) map over one axis:
+
+    * "channels": over `groups` interleaved groups of C / groups channels, channel g·C/groups + m
+      being member g of softmax m (split attention's softmax over its radix: SKNet, ResNeSt);
+      groups = C is `softmax(dim=1)`;
+    * "width": over each row, per channel (`softmax(dim=-1)`: MobileViT v2's linear attention);
+    * "pixels": over each image's H×W pixels, per channel (GCNet's context attention)."""
+
+    def __init__(self, axis: str, groups: int = 1) -> None:
+        super().__init__()
+        if axis not in SOFTMAX_AXES:
+            raise ValueError(f"MapSoftmax: axis must be one of {SOFTMAX_AXES}, got {axis!r}")
+        if type(groups) is not int or groups < 1 or (axis != "channels" and groups != 1):
+            raise ValueError(f"MapSoftmax: groups must be a positive int (1 unless axis is 'channels'), got {groups!r}")
+        self.axis, self.groups = axis, groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or (self.axis == "channels" and x.shape[1] % self.groups):
+            raise ValueError(f"MapSoftmax expects an (N, C, H, W) input with C a multiple of {self.groups}, got shape "
+                             f"{tuple(x.shape)}")
+        n, c, h, w = x.shape
+        if self.axis == "channels":
+            return x.reshape(n, self.groups, c // self.groups, h, w).softmax(1).reshape(n, c, h, w)
+        if self.axis == "width":
+            return x.softmax(3)
+        return x.reshape(n, c, h * w).softmax(2).reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis!r}, groups={self.groups}"
 
 
 BasisLayer = (BasisConv2d, BasisLinear)

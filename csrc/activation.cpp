@@ -101,36 +101,43 @@ inline __attribute__((always_inline)) vf<W> activate_vec(vf<W> v, float alpha) {
     }
 }
 
-template <Activation kAct, int W>
-inline __attribute__((always_inline)) void rows_body(float* y, int64_t rows, int64_t C, int64_t ldy, float alpha) {
+// f (vector to vector) over rows × C floats in place.
+template <int W, class F>
+inline __attribute__((always_inline)) void rows_body(float* y, int64_t rows, int64_t C, int64_t ldy, F f) {
     typedef vf<W> V;
     for (int64_t p = 0; p < rows; ++p) {
         float* row = y + p * ldy;
         int64_t c = 0;
         for (; c + W <= C; c += W) {
             V* v = reinterpret_cast<V*>(row + c);
-            *v = activate_vec<kAct, W>(*v, alpha);
+            *v = f(*v);
         }
         if (c < C) {  // the last C % W channels, through a zero-padded vector
             float tail[W] = {};
             std::memcpy(tail, row + c, (C - c) * sizeof(float));
-            const V v = activate_vec<kAct, W>(*reinterpret_cast<const V*>(tail), alpha);
+            const V v = f(*reinterpret_cast<const V*>(tail));
             std::memcpy(row + c, &v, (C - c) * sizeof(float));
         }
     }
+}
+
+template <Activation kAct, int W>
+inline __attribute__((always_inline)) void activate_body(float* y, int64_t rows, int64_t C, int64_t ldy, float alpha) {
+    rows_body<W>(y, rows, C, ldy,
+                 [alpha](vf<W> v) __attribute__((always_inline)) { return activate_vec<kAct, W>(v, alpha); });
 }
 
 template <int W>
 inline __attribute__((always_inline)) void dispatch(float* y, int64_t rows, int64_t C, int64_t ldy, Activation act,
                                                     float alpha) {
     switch (act) {
-        case Activation::sigmoid: return rows_body<Activation::sigmoid, W>(y, rows, C, ldy, alpha);
-        case Activation::silu: return rows_body<Activation::silu, W>(y, rows, C, ldy, alpha);
-        case Activation::hardsigmoid: return rows_body<Activation::hardsigmoid, W>(y, rows, C, ldy, alpha);
-        case Activation::hardswish: return rows_body<Activation::hardswish, W>(y, rows, C, ldy, alpha);
-        case Activation::leaky_relu: return rows_body<Activation::leaky_relu, W>(y, rows, C, ldy, alpha);
-        case Activation::gelu: return rows_body<Activation::gelu, W>(y, rows, C, ldy, alpha);
-        case Activation::gelu_tanh: return rows_body<Activation::gelu_tanh, W>(y, rows, C, ldy, alpha);
+        case Activation::sigmoid: return activate_body<Activation::sigmoid, W>(y, rows, C, ldy, alpha);
+        case Activation::silu: return activate_body<Activation::silu, W>(y, rows, C, ldy, alpha);
+        case Activation::hardsigmoid: return activate_body<Activation::hardsigmoid, W>(y, rows, C, ldy, alpha);
+        case Activation::hardswish: return activate_body<Activation::hardswish, W>(y, rows, C, ldy, alpha);
+        case Activation::leaky_relu: return activate_body<Activation::leaky_relu, W>(y, rows, C, ldy, alpha);
+        case Activation::gelu: return activate_body<Activation::gelu, W>(y, rows, C, ldy, alpha);
+        case Activation::gelu_tanh: return activate_body<Activation::gelu_tanh, W>(y, rows, C, ldy, alpha);
         default: return;
     }
 }
@@ -145,7 +152,24 @@ BASISRT_NARROW void activate_narrow(float* y, int64_t rows, int64_t C, int64_t l
     dispatch<8>(y, rows, C, ldy, act, alpha);
 }
 
+BASISRT_AVX512 void exp_avx512(float* y, int64_t rows, int64_t C, int64_t ldy) {
+    rows_body<16>(y, rows, C, ldy, [](vf<16> v) __attribute__((always_inline)) { return vexp<16>(v); });
+}
+BASISRT_AVX2 void exp_avx2(float* y, int64_t rows, int64_t C, int64_t ldy) {
+    rows_body<8>(y, rows, C, ldy, [](vf<8> v) __attribute__((always_inline)) { return vexp<8>(v); });
+}
+BASISRT_NARROW void exp_narrow(float* y, int64_t rows, int64_t C, int64_t ldy) {
+    rows_body<8>(y, rows, C, ldy, [](vf<8> v) __attribute__((always_inline)) { return vexp<8>(v); });
+}
+
 }  // namespace
+
+void exp_rows(float* y, int64_t rows, int64_t C, int64_t ldy) {
+    if (rows <= 0) return;
+    if (use_avx512()) return exp_avx512(y, rows, C, ldy);
+    if (use_avx2_fma()) return exp_avx2(y, rows, C, ldy);
+    exp_narrow(y, rows, C, ldy);
+}
 
 void activate_rows(float* y, int64_t rows, int64_t C, int64_t ldy, Activation act, float alpha) {
     if (is_clamp(act) || rows <= 0) return;

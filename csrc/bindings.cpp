@@ -36,6 +36,7 @@
 #include "program.h"
 #include "resample.h"
 #include "shape_checks.h"
+#include "softmax.h"
 
 #ifndef BASISRT_C_VERSION  // setup.py passes basisrt.__version__, the one version string
 #error "BASISRT_C_VERSION is not defined: build through setup.py"
@@ -299,8 +300,20 @@ void eltwise_nhwc_py(const py::array& a, const py::array& b, py::array& out, bas
     const int64_t P = basisrt::checked_elements({av.N, av.H, av.W}, fn + ": a");
     if (P == 0) return;
     py::gil_scoped_release release;
-    basisrt::eltwise_nhwc(av.data, bv.data, yv.data, P, av.H * av.W, av.C, av.ld, bv.ld, yv.ld, op, bc, act,
+    basisrt::eltwise_nhwc(av.data, bv.data, yv.data, P, basisrt::broadcast_span(bc, av.H, av.W), av.C, av.ld, bv.ld, yv.ld, op, bc, act,
                           alpha, num_threads);
+}
+
+void softmax_nhwc_py(const py::array& x, py::array& out, basisrt::SoftmaxAxis axis, int64_t groups, int num_threads) {
+    const std::string fn = "softmax_nhwc";
+    const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
+    if (yv.N != xv.N || yv.H != xv.H || yv.W != xv.W || yv.C != xv.C) value_error(fn, "out must have x's shape");
+    basisrt::check_softmax(fn, axis, groups, xv.C);
+    basisrt::check_threads(fn, num_threads);
+    require_writeable(fn, out);
+    basisrt::checked_elements({xv.N, xv.H, xv.W}, fn + ": x");
+    py::gil_scoped_release release;
+    basisrt::softmax_nhwc(xv.data, yv.data, xv.N, xv.H, xv.W, xv.C, xv.ld, yv.ld, axis, groups, num_threads);
 }
 
 void channel_gather_nhwc_py(const py::array& x, const py::array& index, py::array& out, int num_threads) {
@@ -488,6 +501,12 @@ struct PyProgram {
         program.add_op(op);
     }
 
+    void add_softmax(int in, int out, basisrt::SoftmaxAxis axis, int64_t groups) {
+        basisrt::ProgramOp op{basisrt::ProgramOp::Kind::softmax, in, -1, out};
+        op.softmax_axis = axis, op.groups = groups;
+        program.add_op(op);
+    }
+
     void add_pixel_gather(int in, int out, const py::array& index, const std::optional<py::array>& offset) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::pixel_gather, in, -1, out};
         op.index = int64_vector("Program.add_pixel_gather", index, "index");
@@ -564,6 +583,10 @@ void bind_fused(py::module_& m) {
     py::enum_<basisrt::PoolKind>(m, "PoolKind", "Max or average pooling.")
         .value("max", basisrt::PoolKind::max)
         .value("avg", basisrt::PoolKind::avg);
+    py::enum_<basisrt::SoftmaxAxis>(m, "SoftmaxAxis", "The axis of softmax_nhwc (softmax.h).")
+        .value("channels", basisrt::SoftmaxAxis::channels)
+        .value("width", basisrt::SoftmaxAxis::width)
+        .value("pixels", basisrt::SoftmaxAxis::pixels);
     py::enum_<basisrt::BinaryOp>(m, "BinaryOp", "The op of eltwise_nhwc: out = act(a OP b).")
         .value("add", basisrt::BinaryOp::add)
         .value("mul", basisrt::BinaryOp::mul);
@@ -603,6 +626,8 @@ void bind_fused(py::module_& m) {
         .def("add_eltwise", &PyProgram::add_eltwise, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
              py::arg("activation"), py::arg("alpha") = 0.01f,
              "An eltwise_nhwc op: out = act(a OP b), b of a's shape, one pixel per image or one channel per pixel.")
+        .def("add_softmax", &PyProgram::add_softmax, py::arg("input"), py::arg("out"), py::arg("axis"),
+             py::arg("groups"), "A softmax_nhwc op.")
         .def("add_gather", &PyProgram::add_gather, py::arg("input"), py::arg("out"), py::arg("index"),
              "A channel_gather_nhwc op: out's channel c is input's channel index[c].")
         .def("add_pixel_gather", &PyProgram::add_pixel_gather, py::arg("input"), py::arg("out"), py::arg("index"),
@@ -689,8 +714,11 @@ void bind_fused(py::module_& m) {
           "float32.");
     m.def("eltwise_nhwc", &eltwise_nhwc_py, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("op"),
           py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
-          "out = act(a OP b) on NHWC float32 (op: BinaryOp), b of a's shape or (N, 1, 1, C) or (N, H, W, 1) "
-          "broadcast.");
+          "out = act(a OP b) on NHWC float32 (op: BinaryOp), b of a's shape or (N, 1, 1, C), (N, H, W, 1) or "
+          "(N, H, 1, C) broadcast.");
+    m.def("softmax_nhwc", &softmax_nhwc_py, py::arg("x"), py::arg("out"), py::arg("axis"), py::arg("groups"),
+          py::arg("num_threads"),
+          "Softmax over one axis (SoftmaxAxis) of NHWC float32; over channels in `groups` interleaved groups.");
     m.def("channel_gather_nhwc", &channel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),
           py::arg("num_threads"), "out[..., c] = x[..., index[c]] on NHWC float32 (index: int64).");
     m.def("pixel_gather_nhwc", &pixel_gather_nhwc_py, py::arg("x"), py::arg("index"), py::arg("out"),

@@ -17,13 +17,13 @@ constexpr int64_t kPixelsPerTask = 256;
 
 // Contiguous, branch-free channel loops: GCC vectorises them in each build (simd.h).
 inline __attribute__((always_inline)) void eltwise_rows_body(const float* a, const float* b, float* y, int64_t p0,
-                                                             int64_t rows, int64_t hw, int64_t C, int64_t lda,
+                                                             int64_t rows, int64_t span, int64_t C, int64_t lda,
                                                              int64_t ldb, int64_t ldy, BinaryOp op, Broadcast bc,
                                                              Activation act) {
     const Clamp k = clamp_of(act);
     for (int64_t p = p0; p < p0 + rows; ++p) {
         const float* x = a + p * lda;
-        const float* z = b + (bc == Broadcast::image ? p / hw : p) * ldb;
+        const float* z = b + (bc == Broadcast::image || bc == Broadcast::row ? p / span : p) * ldb;
         float* out = y + p * ldy;
         if (bc == Broadcast::channel) {
             const float s = z[0];
@@ -39,15 +39,15 @@ inline __attribute__((always_inline)) void eltwise_rows_body(const float* a, con
         }
     }
 }
-BASISRT_AVX512 void eltwise_rows_avx512(const float* a, const float* b, float* y, int64_t p0, int64_t rows, int64_t hw,
+BASISRT_AVX512 void eltwise_rows_avx512(const float* a, const float* b, float* y, int64_t p0, int64_t rows, int64_t span,
                                         int64_t C, int64_t lda, int64_t ldb, int64_t ldy, BinaryOp op, Broadcast bc,
                                         Activation act) {
-    eltwise_rows_body(a, b, y, p0, rows, hw, C, lda, ldb, ldy, op, bc, act);
+    eltwise_rows_body(a, b, y, p0, rows, span, C, lda, ldb, ldy, op, bc, act);
 }
-BASISRT_NARROW void eltwise_rows_narrow(const float* a, const float* b, float* y, int64_t p0, int64_t rows, int64_t hw,
+BASISRT_NARROW void eltwise_rows_narrow(const float* a, const float* b, float* y, int64_t p0, int64_t rows, int64_t span,
                                         int64_t C, int64_t lda, int64_t ldb, int64_t ldy, BinaryOp op, Broadcast bc,
                                         Activation act) {
-    eltwise_rows_body(a, b, y, p0, rows, hw, C, lda, ldb, ldy, op, bc, act);
+    eltwise_rows_body(a, b, y, p0, rows, span, C, lda, ldb, ldy, op, bc, act);
 }
 
 // A channel shuffle of two groups (ShuffleNet's): out[2k] = in[a + k], out[2k + 1] = in[b + k],
@@ -84,19 +84,18 @@ bool is_zip2(const int64_t* index, int64_t C_out) {
 
 }  // namespace
 
-void eltwise_nhwc(const float* a, const float* b, float* y, int64_t P, int64_t hw, int64_t C, int64_t lda,
+void eltwise_nhwc(const float* a, const float* b, float* y, int64_t P, int64_t span, int64_t C, int64_t lda,
                   int64_t ldb, int64_t ldy, BinaryOp op, Broadcast broadcast, Activation act, float alpha,
                   int num_threads) {
-    if (lda < C || ldb < (broadcast == Broadcast::channel ? 1 : C) || ldy < C || hw < 1 ||
-        (broadcast == Broadcast::image && P % hw))
+    if (lda < C || ldb < (broadcast == Broadcast::channel ? 1 : C) || ldy < C || span < 1 || P % span)
         throw std::invalid_argument("eltwise_nhwc: bad pixel strides or pixels per image");
     const int64_t tasks = (P + kPixelsPerTask - 1) / kPixelsPerTask;
     parallel_for(tasks, num_threads, [&](int64_t t) {
         const int64_t p0 = t * kPixelsPerTask, rows = std::min(kPixelsPerTask, P - p0);
         if (use_avx512()) {
-            eltwise_rows_avx512(a, b, y, p0, rows, hw, C, lda, ldb, ldy, op, broadcast, act);
+            eltwise_rows_avx512(a, b, y, p0, rows, span, C, lda, ldb, ldy, op, broadcast, act);
         } else {
-            eltwise_rows_narrow(a, b, y, p0, rows, hw, C, lda, ldb, ldy, op, broadcast, act);
+            eltwise_rows_narrow(a, b, y, p0, rows, span, C, lda, ldb, ldy, op, broadcast, act);
         }
         activate_rows(y + p0 * ldy, rows, C, ldy, act, alpha);
     });

@@ -183,6 +183,10 @@ void Program::check(const ProgramOp& op) const {
             throw std::invalid_argument(fn + ": a pixel gather keeps the channels (without offsets), no residual");
         check_pixel_index(fn, op.index, o.H * o.W, i.H * i.W);
         if (!op.channel_offset.empty()) check_pixel_offsets(fn, op.channel_offset, o.H * o.W, i.C, o.C);
+    } else if (op.kind == ProgramOp::Kind::softmax) {
+        if (op.residual >= 0 || i.H != o.H || i.W != o.W || i.C != o.C)
+            throw std::invalid_argument(fn + ": a softmax's output must have the input's shape, no residual");
+        check_softmax(fn, op.softmax_axis, op.groups, i.C);
     } else if (op.kind == ProgramOp::Kind::resample) {
         if (op.residual >= 0 || i.C != o.C)
             throw std::invalid_argument(fn + ": a resample keeps the channels, no residual");
@@ -413,10 +417,12 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
     } else if (op.kind == ProgramOp::Kind::eltwise) {
         const BufferShape& b = buffers_[op.residual];
         const Broadcast bc = eltwise_broadcast("Program.run", i.H, i.W, i.C, b.H, b.W, b.C);
-        eltwise_nhwc(in, residual, out, N * i.H * i.W, i.H * i.W, i.C, ldx, pixel_stride(op.residual), ldy, op.binary,
+        eltwise_nhwc(in, residual, out, N * i.H * i.W, broadcast_span(bc, i.H, i.W), i.C, ldx, pixel_stride(op.residual), ldy, op.binary,
                      bc, op.act, op.alpha, num_threads);
     } else if (op.kind == ProgramOp::Kind::gather) {
         channel_gather_nhwc(in, op.index.data(), out, N * i.H * i.W, o.C, ldx, ldy, num_threads);
+    } else if (op.kind == ProgramOp::Kind::softmax) {
+        softmax_nhwc(in, out, N, i.H, i.W, i.C, ldx, ldy, op.softmax_axis, op.groups, num_threads);
     } else if (op.kind == ProgramOp::Kind::resample) {
         const int64_t rows = o.H * op.kh;
         const ResampleTaps t{op.kh, op.index.data(), op.index.data() + rows, op.weights.data(), op.weights.data() + rows};

@@ -1,5 +1,5 @@
 // A whole plan run in C++: a list of ops (conv, pool, affine, layer and group norm, eltwise, gather, pixel gather,
-// resample, an MBConv's expand + depthwise convs as one) over NHWC buffers
+// resample, softmax, an MBConv's expand + depthwise convs as one) over NHWC buffers
 // (a concatenation's parts being views of its buffer), executed in one call with the GIL
 // released, so a model whose every step is a basisrt kernel pays no Python round trip per layer
 // (about 11 us per step measured through the fx module).
@@ -26,6 +26,7 @@
 #include "eltwise.h"
 #include "fused_conv.h"
 #include "pool.h"
+#include "softmax.h"
 
 namespace basisrt {
 
@@ -41,7 +42,7 @@ struct BufferShape {
 };
 
 struct ProgramOp {
-    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm, expand_dw, resample, group_norm } kind;
+    enum class Kind { conv, pool, affine, eltwise, gather, pixel_gather, norm, expand_dw, resample, group_norm, softmax } kind;
     int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
@@ -65,6 +66,8 @@ struct ProgramOp {
     std::vector<int64_t> channel_offset{};
     // resample (resample.h): index holds iy (out H × kh taps) then ix (out W × kh), weights wy then wx
     std::vector<float> weights{};
+    // softmax (softmax.h): over this axis; groups above (channels: the groups of C / groups channels)
+    SoftmaxAxis softmax_axis = SoftmaxAxis::channels;
     // pool
     PoolKind pool = PoolKind::max;
     bool count_include_pad = true;

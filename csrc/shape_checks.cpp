@@ -112,6 +112,15 @@ void check_binary_op(const std::string& fn, BinaryOp op) {
     if (v < 0 || v >= kBinaryOps) fail(fn, "binary op must be 0 (add) or 1 (mul), got " + std::to_string(v));
 }
 
+void check_softmax(const std::string& fn, SoftmaxAxis axis, int64_t groups, int64_t C) {
+    const int v = static_cast<int>(axis);
+    if (v < 0 || v >= kSoftmaxAxes)
+        fail(fn, "softmax axis must be 0 (channels), 1 (width) or 2 (pixels), got " + std::to_string(v));
+    if (axis == SoftmaxAxis::channels ? groups < 1 || C % groups : groups != 1)
+        fail(fn, "a softmax's groups must divide the channels (over channels), else be 1; got " +
+                     std::to_string(groups) + " for " + std::to_string(C) + " channels");
+}
+
 void check_pool_kind(const std::string& fn, PoolKind kind) {
     const int v = static_cast<int>(kind);
     if (v < 0 || v > 1) fail(fn, "pool kind must be 0 (max) or 1 (avg), got " + std::to_string(v));
@@ -128,7 +137,9 @@ Broadcast eltwise_broadcast(const std::string& fn, int64_t Ha, int64_t Wa, int64
     if (same_map && Cb == Ca) return Broadcast::none;
     if (Hb == 1 && Wb == 1 && Cb == Ca) return Broadcast::image;
     if (same_map && Cb == 1) return Broadcast::channel;
-    fail(fn, "b must have a's shape, one pixel per image (N, 1, 1, C) or one channel per pixel (N, H, W, 1)");
+    if (Hb == Ha && Wb == 1 && Cb == Ca) return Broadcast::row;
+    fail(fn, "b must have a's shape, one pixel per image (N, 1, 1, C), one channel per pixel (N, H, W, 1) or one "
+             "pixel per row (N, H, 1, C)");
 }
 
 void check_channel_index(const std::string& fn, const std::vector<int64_t>& index, int64_t C_out, int64_t C_in) {

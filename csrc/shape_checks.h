@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "eltwise.h"
+#include "softmax.h"
 #include "fused_conv.h"
 #include "pool.h"
 
@@ -57,11 +58,13 @@ void check_pool(const std::string& fn, const PoolShape& s);
 void check_activation(const std::string& fn, Activation act);
 void check_pool_kind(const std::string& fn, PoolKind kind);
 void check_binary_op(const std::string& fn, BinaryOp op);
+// A softmax's axis, and its groups (channels: >= 1, dividing C; else 1).
+void check_softmax(const std::string& fn, SoftmaxAxis axis, int64_t groups, int64_t C);
 void check_threads(const std::string& fn, int64_t num_threads);
 
 // How eltwise's second operand b (Hb x Wb x Cb per image) covers a (Ha x Wa x Ca): a's shape, one
-// pixel per image (broadcast over the map) or one channel per pixel (broadcast over the channels).
-// Throws if it is none of them.
+// pixel per image (broadcast over the map), one channel per pixel (broadcast over the channels) or
+// one pixel per row (broadcast over the row). Throws if it is none of them.
 Broadcast eltwise_broadcast(const std::string& fn, int64_t Ha, int64_t Wa, int64_t Ca, int64_t Hb, int64_t Wb,
                             int64_t Cb);
 // A channel gather's index: one entry per output channel (C_out), each an input channel in [0, C_in).

@@ -17,7 +17,7 @@ from basisrt.compiler.cpu_steps import FusedConv2d
 
 ALLOWED = (ValueError, TypeError, MemoryError, OverflowError)
 INTS = [-2 ** 63, -2 ** 31, -7, -1, 0, 1, 2, 3, 5, 16, 17, 2 ** 24, 2 ** 24 + 1, 2 ** 31, 2 ** 62]
-ENUMS = (_C.Activation, _C.PoolKind, _C.BinaryOp)
+ENUMS = (_C.Activation, _C.PoolKind, _C.BinaryOp, _C.SoftmaxAxis)
 
 
 def nasty_int(rng):
@@ -182,6 +182,15 @@ def fuzz_pixel_gather(rng):
     _C.pixel_gather_nhwc(**mutate(rng, a, set(), {"x", "out", "offset"}, {"num_threads"}))
 
 
+def fuzz_softmax(rng):
+    c = rng.choice([1, 6, 16])
+    axis = rng.choice([_C.SoftmaxAxis.channels, _C.SoftmaxAxis.width, _C.SoftmaxAxis.pixels])
+    a = dict(x=np.random.default_rng(10).standard_normal((2, 3, 4, c)).astype(np.float32),
+             out=np.zeros((2, 3, 4, c), np.float32), axis=axis,
+             groups=rng.choice([1, 2, 3, c, 0, -1, 2 ** 62]) if axis == _C.SoftmaxAxis.channels else 1, num_threads=2)
+    _C.softmax_nhwc(**mutate(rng, a, set(), {"x", "out"}, {"axis", "groups", "num_threads"}))
+
+
 def linear_taps(n_in, n_out):
     from basisrt.compiler.patterns import _linear_taps
     return _linear_taps(n_in, n_out, False, None)
@@ -246,13 +255,15 @@ def fuzz_program(rng):
                                  "activation": _C.Activation.relu}),
              ("add_buffer", dict(H=2 * oh, W=ow + 1, C=c_out)),
              ("add_resample", dict(zip(("input", "out", "row_index", "row_weight", "col_index", "col_weight"),
-                                       (8, 9, *linear_taps(oh, 2 * oh), *linear_taps(ow, ow + 1)))))]
+                                       (8, 9, *linear_taps(oh, 2 * oh), *linear_taps(ow, ow + 1))))),
+             ("add_buffer", dict(H=oh, W=ow, C=c_out)),
+             ("add_softmax", {"input": 8, "out": 10, "axis": _C.SoftmaxAxis.channels, "groups": c_out})]
     bad = rng.randrange(len(calls) + 4)
     pairs = {"kernel", "stride", "padding", "dilation"}
     arrays = {"B", "A", "bias", "scale", "shift", "index", "dw_B", "dw_bias", "row_index", "row_weight", "col_index",
               "col_weight"}
     ints = {"H", "W", "C", "input", "residual", "out", "rank", "activation", "groups", "buffer", "parent", "offset",
-            "a", "b", "op", "dw_activation"}
+            "a", "b", "op", "dw_activation", "axis"}
     for i, (name, kw) in enumerate(calls):
         getattr(p, name)(**(mutate(rng, kw, pairs, arrays, ints) if i == bad else kw))
     run = dict(x=np.random.default_rng(4).standard_normal((n, c_in, h, h)).astype(np.float32),
@@ -282,7 +293,7 @@ def main(seed: int, calls: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     rng = random.Random(seed)
     entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_norm, fuzz_group_norm, fuzz_eltwise, fuzz_gather,
-               fuzz_pixel_gather, fuzz_resample, fuzz_program, fuzz_paths]
+               fuzz_pixel_gather, fuzz_resample, fuzz_softmax, fuzz_program, fuzz_paths]
     outcomes = {e.__name__: {"ok": 0, "refused": 0} for e in entries}
     unexpected = []
     for i in range(calls):

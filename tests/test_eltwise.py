@@ -1,6 +1,7 @@
-"""The eltwise kernel's three shapes of its second operand: a's shape, a gate of one pixel per image
+"""The eltwise kernel's four shapes of its second operand: a's shape, a gate of one pixel per image
 (squeeze-excitation, (N, C, 1, 1)), a map of one channel per pixel (spatial attention, (N, 1, H, W):
-CBAM, PAN); alone, in plans and in native programs."""
+CBAM, PAN), one pixel per row (MobileViT v2's context vector, (N, C, H, 1)); alone, in plans and in
+native programs."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,13 +20,13 @@ OPS = {"add": torch.add, "mul": torch.mul}
 
 @pytest.mark.parametrize("act", [None, "relu", "silu"])
 @pytest.mark.parametrize("op", ["add", "mul"])
-@pytest.mark.parametrize("b_shape", ["same", "gate", "map"])
+@pytest.mark.parametrize("b_shape", ["same", "gate", "map", "row"])
 @pytest.mark.parametrize("n,c,h,w", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 4, 9), (1, 64, 8, 8)])
 def test_kernel_matches_float64_on_channel_slices(n, c, h, w, b_shape, op, act):
     gen = torch.Generator().manual_seed(n * 100 + c + h)
     a = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
-    b = torch.randn(*{"same": (n, c, h, w), "gate": (n, c, 1, 1), "map": (n, 1, h, w)}[b_shape], generator=gen,
-                    dtype=torch.float64)
+    b = torch.randn(*{"same": (n, c, h, w), "gate": (n, c, 1, 1), "map": (n, 1, h, w), "row": (n, c, h, 1)}[b_shape],
+                    generator=gen, dtype=torch.float64)
     ref = OPS[op](a, b)
     ref = F.silu(ref) if act == "silu" else ref.relu() if act == "relu" else ref
     wide_a = np.full((n, h, w, c + 3), np.nan, np.float32)  # NaN around the operands: a read outside shows

@@ -151,3 +151,84 @@ def test_sizes_computed_from_shapes_are_constants() -> None:
         ["pixel_gather", "resample"]
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class CopyPadNet(nn.Module):
+    """Pads that copy pixels: TResNet's reflection before its blur-downsampling conv, and the
+    replication and circular modes, as functions and as modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.blur = nn.Conv2d(8, 8, 3, stride=2, groups=8)
+        self.reflect = nn.ReflectionPad2d((2, 1, 0, 1))
+        self.replicate = nn.ReplicationPad2d(1)
+        self.b = nn.Conv2d(8, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.blur(F.pad(F.relu(self.a(x)), [1, 1, 1, 1], mode="reflect"))
+        y = self.b(self.replicate(self.reflect(y)))
+        return F.pad(y, (1, 2, 2, 1), mode="circular") + F.pad(y, (1, 2, 2, 1), mode="replicate")
+
+
+def test_reflection_replication_and_circular_pads_run_native(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = CopyPadNet().eval()
+    x = torch.randn(2, 3, 11, 9)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    assert sum(s.strategy == "pixel_gather" for s in compiled.plan.steps) == 5
+    _matches_eager(compiled, model, (3, 11, 9))
+    compiled.save(str(tmp_path / "pad.basisrt"))
+    loaded = basisrt.load(str(tmp_path / "pad.basisrt"))
+    assert loaded.native is not None and torch.equal(loaded(x), compiled(x))
+
+
+def _matches_eager(compiled, model: nn.Module, chw: tuple[int, int, int]) -> None:
+    for batch in (1, 2, 5):
+        xb = torch.randn(batch, *chw)
+        with torch.no_grad():
+            ref = model(xb)
+        assert float((compiled(xb) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+class RearrangeNet(nn.Module):
+    """Elements moved by views, permutes and slices: TResNet's space-to-depth stem, YOLOv5's Focus
+    (four strided slices concatenated), MobileViT's unfolding of a map into patches and back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(48, 16, 3, padding=1)
+        self.b = nn.Conv2d(12, 16, 1)
+        self.c = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.size()
+        s2d = x.view(n, c, h // 4, 4, w // 4, 4).permute(0, 3, 5, 1, 2, 4).contiguous()
+        s2d = s2d.view(n, c * 16, h // 4, w // 4)
+        y = self.a(s2d)
+        focus = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+        z = F.max_pool2d(self.b(focus), 2)
+        t = y + z
+        b, ch, th, tw = t.shape
+        patches = t.reshape(b, ch, th // 2, 2, tw // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, ch, 4, -1)
+        u = F.relu(self.c(patches))
+        u = u.reshape(b, 8, 2, 2, th // 2, tw // 2).permute(0, 1, 4, 2, 5, 3).reshape(b, 8, th, tw)
+        return u
+
+
+def test_space_to_depth_slices_and_patches_run_native(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = RearrangeNet().eval()
+    x = torch.randn(2, 3, 16, 24)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    # 16 blocks of the stem, 4 slices, the unfolding and the folding back
+    assert sum(s.strategy == "pixel_gather" for s in compiled.plan.steps) == 22
+    with torch.no_grad():  # copies only: exact
+        for batch in (1, 3):
+            xb = torch.randn(batch, 3, 16, 24)
+            assert torch.allclose(compiled(xb), model(xb), rtol=1e-5, atol=1e-5)
+    compiled.save(str(tmp_path / "s2d.basisrt"))
+    loaded = basisrt.load(str(tmp_path / "s2d.basisrt"))
+    assert loaded.native is not None and torch.equal(loaded(x), compiled(x))

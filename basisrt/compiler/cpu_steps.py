@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _C
+from ..layers import MapSoftmax
 from . import activations
 from .geometry import ConvGeometry, window_out
 
@@ -332,9 +333,9 @@ BINARY_OPS = {"add": _C.BinaryOp.add, "mul": _C.BinaryOp.mul}
 
 class EltwiseStep(nn.Module):
     """y = act(a OP b), OP add or mul, by the C++ kernel: an add no conv epilogue absorbs (a
-    residual after a stochastic-depth no-op, two branches summed), a squeeze-excitation gate or a
-    spatial attention map: b of a's shape, or (N, C, 1, 1) broadcast over the map, or (N, 1, H, W)
-    broadcast over the channels."""
+    residual after a stochastic-depth no-op, two branches summed), a squeeze-excitation gate, a
+    spatial attention map or a context vector per row: b of a's shape, or (N, C, 1, 1) broadcast
+    over the map, (N, 1, H, W) over the channels, (N, C, H, 1) over each row."""
 
     def __init__(self, op: str, activation: str | None = None, num_threads: int | None = None) -> None:
         super().__init__()
@@ -345,9 +346,10 @@ class EltwiseStep(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         ok = a.dim() == 4 and b.dim() == 4 and a.dtype == b.dtype == torch.float32 and a.shape[0] == b.shape[0]
-        if not ok or tuple(b.shape[1:]) not in (tuple(a.shape[1:]), (a.shape[1], 1, 1), (1, *a.shape[2:])):
-            raise ValueError(f"EltwiseStep expects float32 (N, C, H, W) and (N, C, H, W), (N, C, 1, 1) or "
-                             f"(N, 1, H, W) inputs, got {a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
+        if not ok or tuple(b.shape[1:]) not in (tuple(a.shape[1:]), (a.shape[1], 1, 1), (1, *a.shape[2:]),
+                                                (*a.shape[1:3], 1)):
+            raise ValueError(f"EltwiseStep expects float32 (N, C, H, W) and (N, C, H, W), (N, C, 1, 1), (N, 1, H, W) "
+                             f"or (N, C, H, 1) inputs, got {a.dtype} {tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
         a, b = (t.contiguous(memory_format=torch.channels_last) for t in (a, b))
         n, c, h, w = a.shape
         y = torch.empty(n, h, w, c)
@@ -383,6 +385,30 @@ class ChannelGatherStep(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.index.numel()}"
+
+
+class SoftmaxStep(nn.Module):
+    """layers.MapSoftmax by the C++ kernel (softmax.h): over channel groups, each row or each
+    image's pixels."""
+
+    def __init__(self, axis: str, groups: int = 1, num_threads: int | None = None) -> None:
+        super().__init__()
+        MapSoftmax(axis, groups)  # the same argument checks
+        self.axis, self.groups, self.num_threads = axis, groups, num_threads
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or (self.axis == "channels" and x.shape[1] % self.groups):
+            raise ValueError(f"SoftmaxStep expects a float32 (N, C, H, W) input with C a multiple of {self.groups}, "
+                             f"got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = x.shape
+        y = torch.empty(n, h, w, c)
+        _C.softmax_nhwc(x.permute(0, 2, 3, 1).numpy(), y.numpy(), getattr(_C.SoftmaxAxis, self.axis), self.groups,
+                        self.num_threads or torch.get_num_threads())
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis!r}, groups={self.groups}"
 
 
 def _remap(step: nn.Module, x: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int], channels: int | None,
@@ -504,9 +530,9 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
 
 # Every CPU step module: each returns logical NCHW maps stored channels_last (or, a linear step, rows)
 STEPS = (FusedConv2d, TorchConvStep, PoolStep, ChannelAffineStep, ChannelNormStep, GroupNormStep, EltwiseStep,
-         ChannelGatherStep, PixelGatherStep, ResampleStep)  # DepthToSpaceStep: a PixelGatherStep
+         ChannelGatherStep, PixelGatherStep, ResampleStep, SoftmaxStep)  # DepthToSpaceStep: a PixelGatherStep
 
 __all__ = ["BINARY_OPS", "STEPS", "ChannelAffineStep", "ChannelGatherStep", "ChannelNormStep", "DepthToSpaceStep",
            "EltwiseStep", "GroupNormStep",
-           "FusedConv2d", "FusedLinear", "PixelGatherStep", "PoolStep", "ResampleStep", "TorchConvStep",
+           "FusedConv2d", "FusedLinear", "PixelGatherStep", "PoolStep", "ResampleStep", "SoftmaxStep", "TorchConvStep",
            "batchnorm_affine", "pool_step"]

@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from ..layers import BasisConv2d, BasisLinear, ChannelLayerNorm
+from ..layers import BasisConv2d, BasisLinear, ChannelLayerNorm, MapSoftmax
 from . import activations
 from .cost_model import cost_model_choice
 from .cpu_steps import (
@@ -27,6 +27,7 @@ from .cpu_steps import (
     GroupNormStep,
     PixelGatherStep,
     ResampleStep,
+    SoftmaxStep,
     batchnorm_affine,
     pool_step,
 )
@@ -35,6 +36,7 @@ from .patterns import (
     channel_index,
     flatten_source,
     is_eval_identity,
+    pixel_blocks,
     pixel_index,
     pool_module,
     resample_taps,
@@ -47,11 +49,12 @@ _NOOPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 class Tracer(fx.Tracer):
-    """Keeps basis layers (and ChannelLayerNorm, whose forward checks its input's rank) whole, so
-    the plan sees each basis pair as one step."""
+    """Keeps basis layers (and ChannelLayerNorm and MapSoftmax, whose forwards check their input's
+    rank) whole, so the plan sees each basis pair as one step."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (BasisConv2d, BasisLinear, ChannelLayerNorm)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (BasisConv2d, BasisLinear, ChannelLayerNorm, MapSoftmax)) or \
+            super().is_leaf_module(m, qualname)
 
 
 def _fresh_name(gm: fx.GraphModule, base: str) -> str:
@@ -189,6 +192,7 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
     _pool_modules(gm)
     if backend == "cpu":
         _channel_gathers(gm, num_threads, strategies)
+        _rearrangements(gm, num_threads, strategies)
         _pixel_gathers(gm, num_threads, strategies)
         _resamples(gm, num_threads, strategies)
         _transposed_convs(gm, num_threads, strategies)
@@ -211,6 +215,11 @@ def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_thr
             shift = torch.zeros(c) if shift is None else shift
             gm.add_submodule(node.target, ChannelNormStep(scale, shift, m.eps, _take_activation(gm, node), num_threads))
             strategies[node.target] = Strategy.NORM
+            continue
+        if ours and type(m) is MapSoftmax:
+            node.target = _fresh_name(gm, node.target.replace(".", "_") + "_softmax")
+            gm.add_submodule(node.target, SoftmaxStep(m.axis, m.groups, num_threads))
+            strategies[node.target] = Strategy.SOFTMAX
             continue
         if ours and type(m) is nn.GroupNorm:
             node.target = _fresh_name(gm, node.target.replace(".", "_") + "_norm")
@@ -299,6 +308,38 @@ def _channel_gathers(gm: fx.GraphModule, num_threads: int | None, strategies: di
         else:
             _replace_with_step(gm, node, Strategy.GATHER, ChannelGatherStep(torch.tensor(index), num_threads), (src,),
                                strategies)
+    gm.graph.eliminate_dead_code()
+
+
+def _rearrangements(gm: fx.GraphModule, num_threads: int | None, strategies: dict) -> None:
+    """Other moves of a map's elements through views, permutes and slices (patterns.pixel_blocks:
+    space-to-depth, patch unfolding, strided slices) become a pixel gather per block of output
+    channels, concatenated. Last node first, so a chain becomes one gather from its source."""
+    for node in reversed(list(gm.graph.nodes)):
+        if node not in gm.graph.nodes or not node.users:
+            continue
+        found = pixel_blocks(node)
+        if found is None:
+            continue
+        src, blocks = found
+        (n, c, *in_hw), out_hw = _shape(src), _shape(node)[2:]
+        parts = []
+        with gm.graph.inserting_before(node):
+            for channels, index, offset in blocks:
+                if channels == c and not any(offset):
+                    step = PixelGatherStep(torch.tensor(index), in_hw, out_hw, num_threads)
+                else:
+                    step = DepthToSpaceStep(torch.tensor(index), torch.tensor(offset), channels, in_hw, out_hw,
+                                            num_threads)
+                name = _fresh_name(gm, f"{node.name}_{Strategy.PIXEL_GATHER}")
+                gm.add_submodule(name, step)
+                strategies[name] = Strategy.PIXEL_GATHER
+                part = gm.graph.call_module(name, (src,))
+                part.meta = {"tensor_meta": _extract_tensor_metadata(torch.empty(n, channels, *out_hw, device="meta"))}
+                parts.append(part)
+            new = parts[0] if len(parts) == 1 else gm.graph.call_function(torch.cat, (parts, 1))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
     gm.graph.eliminate_dead_code()
 
 
@@ -498,7 +539,8 @@ def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None
         sa, sb = _shape(a), _shape(b)
         if _shape(node) == sb != sa:  # the broadcast one second: a gate (N, C, 1, 1), a map (N, 1, H, W)
             a, b, sa, sb = b, a, sb, sa
-        if sa != _shape(node) or sb[0] != sa[0] or sb[1:] not in (sa[1:], (sa[1], 1, 1), (1, *sa[2:])):
+        if sa != _shape(node) or sb[0] != sa[0] or \
+                sb[1:] not in (sa[1:], (sa[1], 1, 1), (1, *sa[2:]), (*sa[1:3], 1)):
             return None
         return EltwiseStep(binary, None, num_threads), (a, b)
     number = b if isinstance(a, fx.Node) else a

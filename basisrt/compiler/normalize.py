@@ -13,6 +13,8 @@ TorchDynamo) and however the model spells its layers:
   `F.batch_norm` inside BatchNormAct2d, every layer of a Dynamo graph) become the nn modules
   they compute;
 * `torch.stack(maps).sum(0)` (an FPN's merge) becomes a chain of adds;
+* attention written through 3-D and 5-D views (softmaxes, split attention, global context
+  pooling) becomes ops on 4-D maps (attention.py);
 * efficient channel attention (ECA: a Conv1d sliding over the globally pooled channels, viewed as
   (N, 1, C), then a gate viewed back to (N, C, 1, 1)) becomes a 1×1 conv with the banded C×C
   weight that computes the same, on the pooled map kept 4-D; `y.expand_as(x)` read only by a
@@ -41,6 +43,7 @@ from torch import Tensor, fx, nn
 
 from ..layers import BasisConv2d, BasisLinear
 from . import activations
+from .attention import attention_to_maps
 from .channels_last import channels_last_regions
 from .fusion import _fresh_name
 from .patterns import _PAD_FUNCTIONS, _meta_shape
@@ -57,6 +60,7 @@ def normalize(gm: fx.GraphModule) -> None:
     _channel_conv1d(gm)
     _drop_broadcast_expands(gm)
     _stacked_sums(gm)
+    attention_to_maps(gm)
     _channel_constants(gm)
     _fold_padding(gm)
     _basis_pairs(gm)
@@ -453,8 +457,8 @@ def _channel_conv1d(gm: fx.GraphModule) -> None:
 
 
 def _drop_broadcast_expands(gm: fx.GraphModule) -> None:
-    """`y.expand_as(x)` whose every reader is a broadcasting add / sub / mul / div of x and it:
-    those broadcast y themselves."""
+    """`y.expand_as(x)` whose every reader is a broadcasting add / sub / mul / div of it and a
+    tensor of x's shape (x itself, or `relu(x)`: MobileViT v2): those broadcast y themselves."""
     binary = (*_AFFINE_OPS,)
     for node in list(gm.graph.nodes):
         if node.op != "call_method" or node.target != "expand_as" or len(node.args) != 2 or node.kwargs:
@@ -463,7 +467,8 @@ def _drop_broadcast_expands(gm: fx.GraphModule) -> None:
         ys, xs = _meta_shape(y), _meta_shape(x)
         if ys is None or xs is None or len(ys) != len(xs) or \
                 any(a != b and a != 1 for a, b in zip(ys, xs)) or \
-                not all(u.op == "call_function" and u.target in binary and x in u.args for u in node.users):
+                not all(u.op == "call_function" and u.target in binary and len(u.args) == 2 and
+                        _meta_shape(u.args[1 if u.args[0] is node else 0]) == xs for u in node.users):
             continue  # kept where a reader needs the expanded shape itself
         node.replace_all_uses_with(y)
         gm.graph.erase_node(node)

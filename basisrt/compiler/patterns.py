@@ -196,9 +196,9 @@ def is_eval_identity(node: fx.Node) -> bool:
 
 
 _REARRANGE_METHODS = {"view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten", "chunk",
-                      "split", "narrow", "swapaxes"}
+                      "split", "narrow", "swapaxes", "unsqueeze", "squeeze"}
 _REARRANGE_FUNCTIONS = {torch.transpose, torch.reshape, torch.flatten, torch.permute, torch.chunk, torch.split,
-                        torch.narrow, torch.swapaxes, torch.unflatten, operator.getitem}
+                        torch.narrow, torch.swapaxes, torch.unflatten, torch.unsqueeze, torch.squeeze, operator.getitem}
 _SCALAR_FUNCTIONS = {operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, getattr}
 
 
@@ -207,24 +207,22 @@ def _rearranges(node: fx.Node) -> bool:
         (node.op == "call_function" and node.target in _REARRANGE_FUNCTIONS)
 
 
-def channel_index(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
-    """(x, index) when `node` is x's channels in the order `index`, x a 4-D map of the same N, H, W,
-    reached through view / reshape / transpose / permute / flatten / chunk / split / getitem
-    (`x[:, a:b]`, `x.chunk(2, dim=1)[1]`, a channel shuffle's view → transpose → view). Found by
-    running those ops on a probe tensor whose every element is its own index, or None."""
+def probe_rearranged(node: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
+    """(x, y) when `node` (a tensor of the same batch) is computed from one 4-D float32 map x through
+    view / reshape / transpose / permute / flatten / (un)squeeze / chunk / split / getitem alone: y is
+    `node` computed from a probe of x's shape whose every element holds its own (flat) index, in
+    float64 (exact to 2**53)."""
     out = _meta_shape(node)
-    if out is None or len(out) != 4 or not _rearranges(node) or not node.args:
+    if out is None or len(out) < 1 or not _rearranges(node) or not node.args:
         return None
     src = node.args[0]
     while isinstance(src, fx.Node) and _rearranges(src) and src.args:
         src = src.args[0]
     shape = _meta_shape(src)
-    if not isinstance(src, fx.Node) or shape is None or len(shape) != 4 or \
-            (shape[0], shape[2], shape[3]) != (out[0], out[2], out[3]) or \
+    if not isinstance(src, fx.Node) or shape is None or len(shape) != 4 or shape[0] != out[0] or \
             src.meta["tensor_meta"].dtype != torch.float32:
         return None
-    n, c, h, w = shape
-    probe = torch.arange(n * c * h * w, dtype=torch.float64).reshape(n, c, h, w)
+    probe = torch.arange(int(np.prod(shape)), dtype=torch.float64).reshape(shape)
     values: dict[fx.Node, object] = {src: probe}
 
     def value(arg: object) -> object:
@@ -236,9 +234,11 @@ def channel_index(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
             return slice(value(arg.start), value(arg.stop), value(arg.step))
         if not isinstance(arg, fx.Node):
             return arg
-        if arg not in values and arg.op == "call_method" and arg.target == "size" and \
-                isinstance(arg.args[0], fx.Node) and arg.args[0] not in values:
-            # the size of another tensor (a Dynamo graph's `x.size(0)` of the plan input): from its meta
+        reads_shape = arg.op == "call_method" and arg.target == "size" or \
+            arg.op == "call_function" and arg.target is getattr and arg.args[1:] == ("shape",)
+        if arg not in values and reads_shape and isinstance(arg.args[0], fx.Node) and arg.args[0] not in values:
+            # the size of another tensor (a Dynamo graph's `x.size(0)` of the plan input, `b, c, h, w =
+            # y.shape` of an earlier map): from its meta
             size = _meta_shape(arg.args[0])
             if size is None:
                 raise LookupError(arg.name)
@@ -258,30 +258,86 @@ def channel_index(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
         return None
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != out:
         return None
+    return src, y
+
+
+def channel_index(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
+    """(x, index) when `node` is x's channels in the order `index`, x a 4-D map of the same N, H, W,
+    reached through view / reshape / transpose / permute / flatten / chunk / split / getitem
+    (`x[:, a:b]`, `x.chunk(2, dim=1)[1]`, a channel shuffle's view → transpose → view). Found by
+    running those ops on a probe tensor whose every element is its own index, or None."""
+    found = probe_rearranged(node)
+    if found is None:
+        return None
+    src, y = found
+    n, c, h, w = _meta_shape(src)
+    if y.dim() != 4 or tuple(y.shape[2:]) != (h, w):
+        return None
     first = y[0, :, 0, 0].long()
     index = (first // (h * w)).tolist()
-    if (first % (h * w)).any() or min(index, default=-1) < 0 or not torch.equal(y, probe[:, index]):
+    if (first % (h * w)).any() or min(index, default=-1) < 0 or \
+            not torch.equal(y, torch.arange(n * c * h * w, dtype=torch.float64).reshape(n, c, h, w)[:, index]):
         return None
     return src, index
 
 
-__all__ += ["channel_index", "is_eval_identity"]
+MAX_PIXEL_BLOCKS = 64  # beyond this a rearrangement (a transpose of C and H, say) stays a PyTorch op
+
+
+def pixel_blocks(node: fx.Node) -> tuple[fx.Node, list[tuple[int, list[int], list[int]]]] | None:
+    """(x, blocks) when `node` moves the elements of each image of a 4-D map x (same N) through view /
+    reshape / permute / getitem ... alone, as a pixel gather per block of output channels: block
+    (channels, index, offset) makes the next `channels` output channels, at output pixel q, of
+    channels [offset[q], offset[q] + channels) of input pixel index[q]. Space-to-depth (TResNet's
+    stem: 16 blocks of the input's channels), MobileViT's unfolding into patches (one block),
+    strided slices (YOLOv5's Focus). None when the channels do not fall into at most
+    MAX_PIXEL_BLOCKS such blocks."""
+    found = probe_rearranged(node)
+    if found is None:
+        return None
+    src, y = found
+    n, c, h, w = _meta_shape(src)
+    if y.dim() != 4:
+        return None
+    per_image = c * h * w
+    v = y.reshape(n, y.shape[1], -1).long()
+    if not torch.equal(v, v[:1] + per_image * torch.arange(n).view(n, 1, 1)):
+        return None  # mixes images
+    v = v[0]
+    chan, pix = v // (h * w), v % (h * w)
+    blocks, c0, c_out = [], 0, v.shape[0]
+    while c0 < c_out:
+        c1 = c0 + 1
+        while c1 < c_out and torch.equal(pix[c1], pix[c0]) and torch.equal(chan[c1], chan[c0] + (c1 - c0)):
+            c1 += 1
+        blocks.append((c1 - c0, pix[c0].tolist(), chan[c0].tolist()))
+        if len(blocks) > MAX_PIXEL_BLOCKS:
+            return None
+        c0 = c1
+    return src, blocks
+
+
+__all__ += ["channel_index", "is_eval_identity", "pixel_blocks", "probe_rearranged"]
 
 
 _NEAREST = ("nearest", "nearest-exact")
+# pads whose every output pixel is a copy of an input pixel (TResNet's anti-aliased downsampling
+# reflects its map before the blur)
+_COPY_PADS = (nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
 _PAD_FUNCTIONS = (F.pad, torch._C._nn.pad)
 
 
 def _pixel_op(gm: fx.GraphModule, node: fx.Node) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The op of `node` as a function of its first argument, if it moves whole pixels: nearest
-    upsampling or a zero pad; None for anything else."""
+    upsampling, a zero pad, a reflection, replication or circular pad; None for anything else."""
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         if len(node.args) != 1 or node.kwargs:
             return None
         if type(m) is nn.Upsample and m.mode in _NEAREST:
             return m
-        if type(m) in (nn.ZeroPad2d, nn.ConstantPad2d) and getattr(m, "value", 0.0) == 0:
+        if type(m) in (nn.ZeroPad2d, nn.ConstantPad2d) and getattr(m, "value", 0.0) == 0 or \
+                type(m) in _COPY_PADS:
             return m
         return None
     if node.op != "call_function" or not node.args:
@@ -295,19 +351,20 @@ def _pixel_op(gm: fx.GraphModule, node: fx.Node) -> Callable[[torch.Tensor], tor
         return lambda t: F.interpolate(t, **kw)
     if node.target in _PAD_FUNCTIONS:
         a = dict(zip(("input", "pad", "mode", "value"), node.args), **node.kwargs)
-        pad = a.get("pad")
-        if a.get("mode", "constant") != "constant" or a.get("value", 0) not in (0, None) or \
+        pad, mode = a.get("pad"), a.get("mode", "constant")
+        if mode not in ("constant", "reflect", "replicate", "circular") or \
+                mode == "constant" and a.get("value", 0) not in (0, None) or \
                 not isinstance(pad, (tuple, list)) or len(pad) != 4 or not all(type(p) is int for p in pad):
             return None
-        return lambda t: F.pad(t, list(pad))
+        return lambda t: F.pad(t, list(pad), mode)
     return None
 
 
 def pixel_index(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, list[int]] | None:
     """(x, index) when `node` is a 4-D float32 map x with every output pixel a copy of input pixel
     index[q] of the same image (row-major over H×W), or zeros where index[q] is -1: nearest
-    upsampling, zero padding, cropping by a negative pad. Found by running the op on a probe whose
-    every pixel holds its own index + 1."""
+    upsampling, zero, reflection, replication or circular padding, cropping by a negative pad. Found
+    by running the op on a probe whose every pixel holds its own index + 1."""
     op = _pixel_op(gm, node)
     x = node.args[0] if op is not None else None
     shape, out = _meta_shape(x), _meta_shape(node)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..layers import ChannelLayerNorm
+from ..layers import SOFTMAX_AXES, ChannelLayerNorm, MapSoftmax
 from . import activations
 from .cpu_steps import (
     BINARY_OPS,
@@ -46,6 +46,7 @@ from .cpu_steps import (
     PixelGatherStep,
     PoolStep,
     ResampleStep,
+    SoftmaxStep,
     TorchConvStep,
     packed_shapes,
 )
@@ -538,6 +539,19 @@ def _eltwise(a: Attrs, t: Tensors) -> None:
     a.threads()
 
 
+def _map_softmax(a: Attrs, t: Tensors) -> None:
+    a.eval_mode()
+    axis = a.choice("axis", SOFTMAX_AXES)
+    groups = a.int("groups", 1, MAX_CHANNELS)
+    if axis != "channels" and groups != 1:
+        raise a._bad("groups", "1: only a softmax over channels has groups")
+
+
+def _softmax_step(a: Attrs, t: Tensors) -> None:
+    _map_softmax(a, t)
+    a.threads()
+
+
 def _channel_gather(a: Attrs, t: Tensors) -> None:
     a.eval_mode()
     a.threads()
@@ -830,9 +844,9 @@ def _run_affine(m: ChannelAffineStep, x: Any) -> Tensor:
 def _run_eltwise(m: EltwiseStep, a: Any, b: Any) -> Tensor:
     n, c, h, w = _image(a, a.shape[1] if isinstance(a, Tensor) and a.dim() == 4 else 1, "this eltwise step")
     _need(isinstance(b, Tensor) and b.dtype == torch.float32 and
-          tuple(b.shape) in ((n, c, h, w), (n, c, 1, 1), (n, 1, h, w)),
+          tuple(b.shape) in ((n, c, h, w), (n, c, 1, 1), (n, 1, h, w), (n, c, h, 1)),
           f"passes {_describe(b)} as the second operand of this eltwise step, which takes ({n}, {c}, {h}, {w}), "
-          f"({n}, {c}, 1, 1) or ({n}, 1, {h}, {w})")
+          f"({n}, {c}, 1, 1), ({n}, 1, {h}, {w}) or ({n}, {c}, {h}, 1)")
     return _meta(n, c, h, w)
 
 
@@ -841,6 +855,12 @@ def _run_gather(m: ChannelGatherStep, x: Any) -> Tensor:
     _need(m.index.device.type == "meta" or bool(((m.index >= 0) & (m.index < c)).all()),
           f"gathers channels outside the {c} of its input")
     return _meta(n, m.index.numel(), h, w)
+
+
+def _run_softmax(m: MapSoftmax | SoftmaxStep, x: Any) -> Tensor:
+    n, c, h, w = _image(x, x.shape[1] if isinstance(x, Tensor) and x.dim() == 4 else 1, "this softmax")
+    _need(m.axis != "channels" or c % m.groups == 0, f"passes {c} channels to a softmax over {m.groups} groups")
+    return _meta(n, c, h, w)
 
 
 def _run_pixel_gather(m: PixelGatherStep, x: Any) -> Tensor:
@@ -890,6 +910,7 @@ _SPECS = (
     _spec(GroupNormStep, _group_norm_step, _run_affine),
     _spec(EltwiseStep, _eltwise, _run_eltwise, lambda m: 2),
     _spec(ChannelGatherStep, _channel_gather, _run_gather),
+    _spec(SoftmaxStep, _softmax_step, _run_softmax),
     _spec(PixelGatherStep, _pixel_gather, _run_pixel_gather),
     _spec(ResampleStep, _resample, _run_resample),
     _spec(DepthToSpaceStep, _depth_to_space, _run_depth_to_space),
@@ -906,6 +927,7 @@ _SPECS = (
     _spec(nn.AdaptiveMaxPool2d, lambda a, t: _adaptive_pool(a, t, indices=True)),
     _spec(nn.Upsample, _upsample), _spec(nn.ZeroPad2d, _zero_pad), _spec(nn.BatchNorm2d, _batch_norm),
     _spec(nn.LayerNorm, _layer_norm), _spec(ChannelLayerNorm, _channel_layer_norm), _spec(nn.GroupNorm, _group_norm),
+    _spec(MapSoftmax, _map_softmax, _run_softmax),
     _spec(nn.Linear, _linear),
     _spec(nn.Conv2d, _conv2d), _spec(nn.ConvTranspose2d, _conv_transpose2d),
 )

@@ -40,6 +40,7 @@ from .cpu_steps import (
     PixelGatherStep,
     PoolStep,
     ResampleStep,
+    SoftmaxStep,
     TorchConvStep,
 )
 from .patterns import flatten_source
@@ -205,6 +206,8 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                     made = _add_pixel_gather(program, m, ins[0])
                 elif isinstance(m, ResampleStep):
                     made = _add_resample(program, m, ins[0])
+                elif isinstance(m, SoftmaxStep):
+                    made = _add_softmax(program, m, ins[0])
                 else:
                     made = _add_conv(program, m, ins, pool is not None)
                 if made is None:
@@ -254,7 +257,8 @@ def _function_reason(node: fx.Node) -> str:
     return f"{what}: no basisrt kernel for this op (or its arguments / shapes)"
 
 
-_LOWERED = (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, PixelGatherStep, PoolStep, ResampleStep)
+_LOWERED = (ChannelAffineStep, ChannelGatherStep, EltwiseStep, FusedConv2d, PixelGatherStep, PoolStep, ResampleStep,
+            SoftmaxStep)
 
 
 def _is_scalar(node: fx.Node) -> bool:
@@ -401,7 +405,7 @@ def _add_eltwise(program: "_C.Program", m: EltwiseStep, ins: list[_Buffer]) -> _
     if len(ins) != 2 or any(b.flat for b in ins):
         return None
     a, b = ins
-    if b.hwc not in (a.hwc, (1, 1, a.hwc[2]), (*a.hwc[:2], 1)):
+    if b.hwc not in (a.hwc, (1, 1, a.hwc[2]), (*a.hwc[:2], 1), (a.hwc[0], 1, a.hwc[2])):
         return None
     out = _Buffer(program.add_buffer(*a.hwc), a.hwc, False)
     act, alpha = activations.code(m.activation)
@@ -452,6 +456,14 @@ def _add_resample(program: "_C.Program", m: ResampleStep, x: _Buffer) -> _Buffer
     out = _Buffer(program.add_buffer(*hwc), hwc, False)
     program.add_resample(x.id, out.id, m.row_index.numpy(), m.row_weight.numpy(), m.col_index.numpy(),
                          m.col_weight.numpy())
+    return out
+
+
+def _add_softmax(program: "_C.Program", m: SoftmaxStep, x: _Buffer) -> _Buffer | None:
+    if x.flat or (m.axis == "channels" and x.hwc[2] % m.groups):
+        return None
+    out = _Buffer(program.add_buffer(*x.hwc), x.hwc, False)
+    program.add_softmax(x.id, out.id, getattr(_C.SoftmaxAxis, m.axis), m.groups)
     return out
 
 

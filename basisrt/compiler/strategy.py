@@ -27,6 +27,7 @@ class Strategy(str, Enum):
     GATHER = "gather"  # a channel shuffle or slice
     PIXEL_GATHER = "pixel_gather"  # nearest upsampling or zero padding no conv absorbed
     RESAMPLE = "resample"  # bilinear upsampling
+    SOFTMAX = "softmax"  # a softmax over channel groups, rows or pixels (attention)
     TORCH = "torch"  # run by PyTorch
 
     __str__ = str.__str__  # "fused", not "Strategy.FUSED", in tables and f-strings
