@@ -589,7 +589,8 @@ void bind_fused(py::module_& m) {
         .value("pixels", basisrt::SoftmaxAxis::pixels);
     py::enum_<basisrt::BinaryOp>(m, "BinaryOp", "The op of eltwise_nhwc: out = act(a OP b).")
         .value("add", basisrt::BinaryOp::add)
-        .value("mul", basisrt::BinaryOp::mul);
+        .value("mul", basisrt::BinaryOp::mul)
+        .value("sub", basisrt::BinaryOp::sub);
 
     py::class_<PyProgram>(m, "Program",
                           "A plan of conv, pool, affine, eltwise, gather and pixel gather ops over NHWC buffers, run "

@@ -29,11 +29,15 @@ inline __attribute__((always_inline)) void eltwise_rows_body(const float* a, con
             const float s = z[0];
             if (op == BinaryOp::add) {
                 for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] + s, k.lo), k.hi);
+            } else if (op == BinaryOp::sub) {
+                for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] - s, k.lo), k.hi);
             } else {
                 for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] * s, k.lo), k.hi);
             }
         } else if (op == BinaryOp::add) {
             for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] + z[c], k.lo), k.hi);
+        } else if (op == BinaryOp::sub) {
+            for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] - z[c], k.lo), k.hi);
         } else {
             for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] * z[c], k.lo), k.hi);
         }

@@ -109,7 +109,7 @@ void check_activation(const std::string& fn, Activation act) {
 
 void check_binary_op(const std::string& fn, BinaryOp op) {
     const int v = static_cast<int>(op);
-    if (v < 0 || v >= kBinaryOps) fail(fn, "binary op must be 0 (add) or 1 (mul), got " + std::to_string(v));
+    if (v < 0 || v >= kBinaryOps) fail(fn, "binary op must be 0 (add), 1 (mul) or 2 (sub), got " + std::to_string(v));
 }
 
 void check_softmax(const std::string& fn, SoftmaxAxis axis, int64_t groups, int64_t C) {

@@ -218,3 +218,25 @@ def test_mapsoftmax_runs_in_a_torch_plan() -> None:
         got = MapSoftmax(axis, groups)(x)
         assert torch.allclose(got, want, atol=1e-7)
         assert torch.allclose(SoftmaxStep(axis, groups, 1)(x), want, atol=1e-6)
+
+
+def test_a_softmax_over_the_whole_batch_is_not_a_per_image_op() -> None:
+    """`attn.flatten().view(1, -1).softmax(1)` on a batch-1 example looks like a softmax over one
+    image's channels, but spans every image of a larger batch: it must stay what it is."""
+
+    class WholeBatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            attn = self.fc(y.mean((2, 3), keepdim=True))
+            return y * attn.flatten().view(1, -1).softmax(1).view_as(attn)
+
+    torch.manual_seed(3)
+    model = WholeBatch().eval()
+    compiled = basisrt.compile(model, torch.randn(1, 3, 6, 6), dense_backend="basisrt")
+    xb = torch.randn(3, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(compiled(xb), model(xb), rtol=1e-5, atol=1e-6)

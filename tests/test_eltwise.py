@@ -15,11 +15,11 @@ from basisrt import _C
 from basisrt.compiler import activations
 from basisrt.compiler.cpu_steps import EltwiseStep
 
-OPS = {"add": torch.add, "mul": torch.mul}
+OPS = {"add": torch.add, "mul": torch.mul, "sub": torch.sub}
 
 
 @pytest.mark.parametrize("act", [None, "relu", "silu"])
-@pytest.mark.parametrize("op", ["add", "mul"])
+@pytest.mark.parametrize("op", ["add", "mul", "sub"])
 @pytest.mark.parametrize("b_shape", ["same", "gate", "map", "row"])
 @pytest.mark.parametrize("n,c,h,w", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 4, 9), (1, 64, 8, 8)])
 def test_kernel_matches_float64_on_channel_slices(n, c, h, w, b_shape, op, act):
@@ -46,7 +46,7 @@ def test_kernel_matches_float64_on_channel_slices(n, c, h, w, b_shape, op, act):
 def test_map_broadcast_keeps_nan_and_inf_as_pytorch():
     a, b = torch.randn(2, 5, 3, 4), torch.randn(2, 1, 3, 4)
     b[0, 0, 1, 2], b[1, 0, 0, 0], a[1, 3, 2, 2] = float("nan"), float("inf"), float("nan")
-    for op in ("add", "mul"):
+    for op in OPS:
         got, want = EltwiseStep(op, "relu", 2)(a, b), torch.relu(OPS[op](a, b))
         assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(got).any()
         torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=1e-6, atol=1e-6)
@@ -131,3 +131,37 @@ def test_a_parameter_added_to_a_map_follows_the_batch():
     x = torch.randn(3, 3, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class PoolMixer(nn.Module):
+    """PoolFormer's token mixer (pool(x) - x) in a GroupNorm residual block, a map minus a gate, and
+    (gate_first) a gate minus a map, which has no kernel and stays PyTorch's."""
+
+    def __init__(self, gate_first: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(1, 8)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.scale = nn.Parameter(torch.rand(8, 1, 1))
+        self.gate_first = gate_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(x))
+        z = self.norm(y)
+        y = y + self.scale * (self.pool(z) - z)
+        gate = y.mean((2, 3), keepdim=True)
+        return (gate - y) if self.gate_first else (y - gate) * 2
+
+
+@pytest.mark.parametrize("gate_first", [False, True])
+def test_a_map_minus_a_map_or_a_gate_runs_native(gate_first: bool) -> None:
+    torch.manual_seed(0)
+    model = PoolMixer(gate_first).eval()
+    x = torch.randn(2, 3, 7, 9)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    if gate_first:
+        assert [why.split(":")[0] for _, why in compiled.plan.not_native] == ["call_function _operator.sub"]
+    else:
+        assert compiled.native is not None, compiled.plan.not_native
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), rtol=1e-5, atol=1e-5)

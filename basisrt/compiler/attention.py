@@ -102,9 +102,10 @@ def _vector_softmaxes(gm: fx.GraphModule) -> None:
             continue
         dim, (src, y) = found[1], probed
         n, c, h, w = _meta_shape(src)
-        if (h, w) != (1, 1) or y.shape[0] != n:
-            continue
         k = y.dim()
+        per_image = c * torch.arange(n, dtype=y.dtype).view(-1, *(1,) * (k - 1))
+        if (h, w) != (1, 1) or y.shape[0] != n or not torch.equal(y, y[:1] + per_image):
+            continue  # a view that mixes images
         order = [0, dim, *(i for i in range(1, k) if i != dim)]  # the softmax's dim first after the batch
         moved = y[:1].permute(order)
         r, rest = moved.shape[1], tuple(moved.shape[2:])

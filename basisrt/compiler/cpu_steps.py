@@ -328,14 +328,15 @@ class GroupNormStep(ChannelAffineStep):
         return f"{super().extra_repr()}, groups={self.groups}, eps={self.eps}"
 
 
-BINARY_OPS = {"add": _C.BinaryOp.add, "mul": _C.BinaryOp.mul}
+BINARY_OPS = {"add": _C.BinaryOp.add, "mul": _C.BinaryOp.mul, "sub": _C.BinaryOp.sub}
 
 
 class EltwiseStep(nn.Module):
-    """y = act(a OP b), OP add or mul, by the C++ kernel: an add no conv epilogue absorbs (a
-    residual after a stochastic-depth no-op, two branches summed), a squeeze-excitation gate, a
-    spatial attention map or a context vector per row: b of a's shape, or (N, C, 1, 1) broadcast
-    over the map, (N, 1, H, W) over the channels, (N, C, H, 1) over each row."""
+    """y = act(a OP b), OP add, mul or sub, by the C++ kernel: an add no conv epilogue absorbs (a
+    residual after a stochastic-depth no-op, two branches summed), PoolFormer's pool(x) - x, a
+    squeeze-excitation gate, a spatial attention map or a context vector per row: b of a's shape,
+    or (N, C, 1, 1) broadcast over the map, (N, 1, H, W) over the channels, (N, C, H, 1) over each
+    row."""
 
     def __init__(self, op: str, activation: str | None = None, num_threads: int | None = None) -> None:
         super().__init__()

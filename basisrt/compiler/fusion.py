@@ -45,6 +45,7 @@ from .strategy import Chooser, Layer, Strategy, make_step
 
 _ADDS = (operator.add, torch.add, operator.iadd)
 _MULS = (operator.mul, torch.mul, operator.imul)
+_SUBS = (operator.sub, torch.sub)
 _NOOPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
@@ -528,8 +529,9 @@ def _elementwise_steps(gm: fx.GraphModule, num_threads: int | None, strategies: 
 
 def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None):
     """(step module, its args) for an add / sub / mul / div call `node` a basisrt kernel can run."""
-    binary = "add" if node.target in _ADDS else "mul" if node.target in _MULS else None
-    scalar_ops = (*_ADDS, *_MULS, operator.sub, torch.sub, operator.truediv, torch.div)
+    binary = "add" if node.target in _ADDS else "mul" if node.target in _MULS else \
+        "sub" if node.target in _SUBS else None
+    scalar_ops = (*_ADDS, *_MULS, *_SUBS, operator.truediv, torch.div)
     if node.kwargs or len(node.args) != 2 or node.target not in scalar_ops:
         return None
     a, b = node.args
@@ -538,6 +540,8 @@ def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None
             return None
         sa, sb = _shape(a), _shape(b)
         if _shape(node) == sb != sa:  # the broadcast one second: a gate (N, C, 1, 1), a map (N, 1, H, W)
+            if binary == "sub":  # gate - map: no kernel
+                return None
             a, b, sa, sb = b, a, sb, sa
         if sa != _shape(node) or sb[0] != sa[0] or \
                 sb[1:] not in (sa[1:], (sa[1], 1, 1), (1, *sa[2:]), (*sa[1:3], 1)):
@@ -554,7 +558,7 @@ def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None
         shift = number
     elif binary == "mul":
         scale = number
-    elif node.target in (operator.sub, torch.sub):
+    elif binary == "sub":
         scale, shift = (1.0, -number) if x is a else (-1.0, number)
     elif x is a and number != 0 and math.isfinite(1.0 / number):  # x / number (number / x is not affine)
         scale = 1.0 / number  # x · (1 / number): within an ulp of x / number, exact for powers of two

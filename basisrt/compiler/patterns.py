@@ -211,7 +211,9 @@ def probe_rearranged(node: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
     """(x, y) when `node` (a tensor of the same batch) is computed from one 4-D float32 map x through
     view / reshape / transpose / permute / flatten / (un)squeeze / chunk / split / getitem alone: y is
     `node` computed from a probe of x's shape whose every element holds its own (flat) index, in
-    float64 (exact to 2**53)."""
+    float64 (exact to 2**53). The ops are also run on a probe of one image more, which must give the
+    same values for the first images: a chain that works only at the example's batch
+    (`x.view(1, -1)` on a batch-1 example) or moves elements between images is refused."""
     out = _meta_shape(node)
     if out is None or len(out) < 1 or not _rearranges(node) or not node.args:
         return None
@@ -222,7 +224,20 @@ def probe_rearranged(node: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
     if not isinstance(src, fx.Node) or shape is None or len(shape) != 4 or shape[0] != out[0] or \
             src.meta["tensor_meta"].dtype != torch.float32:
         return None
-    probe = torch.arange(int(np.prod(shape)), dtype=torch.float64).reshape(shape)
+    n = shape[0]
+    ys = [_run_rearranged(node, src, batch) for batch in (n, n + 1)]
+    if any(y is None for y in ys) or tuple(ys[0].shape) != out or tuple(ys[1].shape) != (n + 1, *out[1:]) or \
+            not torch.equal(ys[1][:n], ys[0]):
+        return None
+    return src, ys[0]
+
+
+def _run_rearranged(node: fx.Node, src: fx.Node, batch: int) -> torch.Tensor | None:
+    """probe_rearranged's run of the ops from `src` to `node` on a probe of `batch` images (other
+    tensors whose sizes they read: meta tensors of their shape, with `batch` images where they have
+    src's); None where the ops fail."""
+    shape = _meta_shape(src)
+    probe = torch.arange(batch * int(np.prod(shape[1:])), dtype=torch.float64).reshape(batch, *shape[1:])
     values: dict[fx.Node, object] = {src: probe}
 
     def value(arg: object) -> object:
@@ -242,6 +257,8 @@ def probe_rearranged(node: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
             size = _meta_shape(arg.args[0])
             if size is None:
                 raise LookupError(arg.name)
+            if size and size[0] == shape[0]:
+                size = (batch, *size[1:])
             values[arg.args[0]] = torch.empty(size, device="meta")
         if arg not in values:
             scalar = arg.op == "call_method" and arg.target == "size" or \
@@ -256,9 +273,7 @@ def probe_rearranged(node: fx.Node) -> tuple[fx.Node, torch.Tensor] | None:
         y = value(node)
     except (LookupError, RuntimeError, TypeError, ValueError, IndexError):
         return None
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != out:
-        return None
-    return src, y
+    return y if isinstance(y, torch.Tensor) else None
 
 
 def channel_index(node: fx.Node) -> tuple[fx.Node, list[int]] | None:
