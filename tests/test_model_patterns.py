@@ -373,3 +373,57 @@ def test_sum_of_a_stack_becomes_adds_fused_into_the_convs(capture):
         xb = torch.randn(batch, 3, 8, 8)
         with torch.no_grad():
             assert rel_err(compiled(xb), model(xb)) < 1e-5
+
+
+class FeatureHead(nn.Module):
+    """Classifier heads on (N, C) features: RepViT's BatchNorm1d + Linear twice, averaged, and
+    InceptionNeXt's MLP head with a LayerNorm between its linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Sequential(nn.BatchNorm1d(16), nn.Linear(16, 5))
+        self.dist = nn.Sequential(nn.BatchNorm1d(16), nn.Linear(16, 5))
+        self.mlp = nn.Sequential(nn.Linear(16, 12), nn.GELU(), nn.LayerNorm(12), nn.Linear(12, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = F.relu(self.conv(x)).mean((2, 3))
+        return (self.head(f) + self.dist(f)) / 2 - self.mlp(f) * 0.5
+
+
+def test_batchnorm1d_layernorm_and_arithmetic_on_features_run_native(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = FeatureHead()
+    for bn in (model.head[0], model.dist[0]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 6, 6)
+        with torch.no_grad():
+            ref = model(xb)
+        assert compiled(xb).shape == ref.shape
+        assert float((compiled(xb) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    compiled.save(str(tmp_path / "head.basisrt"))
+    assert torch.equal(basisrt.load(str(tmp_path / "head.basisrt"))(x), compiled(x))
+
+
+def test_a_plan_holding_a_batchnorm1d_saves(tmp_path) -> None:
+    """A BatchNorm1d over (N, C, L) stays PyTorch's (not features): the plan still saves and loads."""
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm1d(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.bn(y.flatten(2)).view_as(y)
+    torch.manual_seed(0)
+    model = Tokens().eval()
+    x = torch.randn(2, 3, 5, 5)
+    compiled = basisrt.compile(model, x)
+    compiled.save(str(tmp_path / "bn1d.basisrt"))
+    assert torch.equal(basisrt.load(str(tmp_path / "bn1d.basisrt"))(x), compiled(x))

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import fx, nn
@@ -252,3 +253,28 @@ def test_cuda_plan_round_trip_with_cuda_graph(tmp_path):
     assert loaded.device == x.device and loaded.cuda_graph
     torch.testing.assert_close(loaded(x), compiled(x), rtol=1e-6, atol=1e-6)
     assert not load(path, cuda_graph=False).cuda_graph
+
+
+def test_plans_with_addcmul_and_dynamo_pads_save(tmp_path):
+    """ConvNeXt-V2's global response norm (torch.addcmul) and EfficientViT's constant pad of one, as
+    TorchDynamo records it (torch._C._nn.pad): ops that stay PyTorch's, in plans that must save."""
+    class Grn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.gamma, self.beta = nn.Parameter(torch.rand(1, 8, 1, 1)), nn.Parameter(torch.rand(1, 8, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            gx = y.norm(p=2, dim=(2, 3), keepdim=True)
+            y = torch.addcmul(self.beta + y, self.gamma, y * (gx / (gx.mean(dim=1, keepdim=True) + 1e-6)))
+            return F.pad(y, (0, 0, 0, 1), mode="constant", value=1.0)
+
+    torch.manual_seed(0)
+    model = Grn().eval()
+    x = torch.randn(2, 3, 5, 6)
+    for capture in ("fx", "dynamo"):
+        compiled = basisrt.compile(model, x, capture=capture)
+        compiled.save(str(tmp_path / f"grn_{capture}.basisrt"))
+        with torch.no_grad():
+            assert torch.allclose(basisrt.load(str(tmp_path / f"grn_{capture}.basisrt"))(x), model(x), atol=1e-5)

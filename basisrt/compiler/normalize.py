@@ -15,6 +15,9 @@ TorchDynamo) and however the model spells its layers:
 * `torch.stack(maps).sum(0)` (an FPN's merge) becomes a chain of adds;
 * attention written through 3-D and 5-D views (softmaxes, split attention, global context
   pooling) becomes ops on 4-D maps (attention.py);
+* a BatchNorm1d, a LayerNorm or an add / sub / mul / div on (N, C) features (a classifier head's:
+  RepViT's, InceptionNeXt's) becomes the same op on the features viewed as an (N, C, 1, 1) map, which
+  the kernels run (a 1×1 map and its flattening share memory);
 * efficient channel attention (ECA: a Conv1d sliding over the globally pooled channels, viewed as
   (N, 1, C), then a gate viewed back to (N, C, 1, 1)) becomes a 1×1 conv with the banded C×C
   weight that computes the same, on the pooled map kept 4-D; `y.expand_as(x)` read only by a
@@ -40,8 +43,9 @@ import re
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from ..layers import BasisConv2d, BasisLinear
+from ..layers import BasisConv2d, BasisLinear, ChannelLayerNorm
 from . import activations
 from .attention import attention_to_maps
 from .channels_last import channels_last_regions
@@ -61,6 +65,7 @@ def normalize(gm: fx.GraphModule) -> None:
     _drop_broadcast_expands(gm)
     _stacked_sums(gm)
     attention_to_maps(gm)
+    _features_as_maps(gm)
     _channel_constants(gm)
     _fold_padding(gm)
     _basis_pairs(gm)
@@ -549,6 +554,60 @@ def _channel_constants(gm: fx.GraphModule) -> None:
             bn.bias.copy_(beta)
         node.args = (x,)
         _call_module_instead(gm, node, bn, "channel_affine")
+
+
+# --------------------------------------------------------------------------- (N, C) features
+
+def _as_map(gm: fx.GraphModule, x: object, before: fx.Node) -> object:
+    """(N, C) float32 node `x` viewed as (N, C, 1, 1) (a new node); anything else as it is."""
+    shape = _meta_shape(x)
+    if shape is None or len(shape) != 2:
+        return x
+    with gm.graph.inserting_before(before):
+        v = gm.graph.call_method("reshape", (x, (-1, shape[1], 1, 1)))
+    v.meta = {"tensor_meta": _extract_tensor_metadata(torch.empty(*shape, 1, 1, device="meta"))}
+    return v
+
+
+def _features_as_maps(gm: fx.GraphModule) -> None:
+    """An eval BatchNorm1d, a LayerNorm((C,)) or a binary op (+ - * / of two (N, C) tensors, or of
+    one and a number) on float32 (N, C) features: the same op on the features viewed as an
+    (N, C, 1, 1) map, flattened back."""
+    for node in list(gm.graph.nodes):
+        shape = _meta_shape(node)
+        if shape is None or len(shape) != 2 or node.meta["tensor_meta"].dtype != torch.float32 or node.kwargs:
+            continue
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        c = shape[1]
+        if type(m) is nn.BatchNorm1d and len(node.args) == 1 and m.track_running_stats and \
+                m.running_var is not None and _meta_shape(node.args[0]) == shape:
+            layer = nn.BatchNorm2d(c, eps=m.eps, affine=m.affine).eval()
+            layer.load_state_dict(m.state_dict())
+        elif type(m) is nn.LayerNorm and len(node.args) == 1 and tuple(m.normalized_shape) == (c,) and \
+                _meta_shape(node.args[0]) == shape:
+            layer = ChannelLayerNorm(c, eps=m.eps, elementwise_affine=m.elementwise_affine, bias=m.bias is not None)
+            layer.load_state_dict(m.state_dict())
+        elif node.op == "call_function" and node.target in _AFFINE_OPS and len(node.args) == 2 and \
+                all(_meta_shape(a) == shape or type(a) in (int, float) for a in node.args) and \
+                any(isinstance(a, fx.Node) for a in node.args):
+            layer = None
+        else:
+            continue
+        if layer is not None:
+            name = _fresh_name(gm, "features_" + ("bn" if isinstance(layer, nn.BatchNorm2d) else "norm"))
+            gm.add_submodule(name, layer)
+            with gm.graph.inserting_before(node):
+                op = gm.graph.call_module(name, (_as_map(gm, node.args[0], node),))
+        else:
+            args = tuple(_as_map(gm, a, node) for a in node.args)
+            with gm.graph.inserting_before(node):
+                op = gm.graph.call_function(node.target, args)
+        op.meta = {"tensor_meta": _extract_tensor_metadata(torch.empty(*shape, 1, 1, device="meta"))}
+        with gm.graph.inserting_before(node):
+            flat = gm.graph.call_function(torch.flatten, (op, 1))
+        flat.meta = dict(node.meta)
+        node.replace_all_uses_with(flat)
+        gm.graph.erase_node(node)
 
 
 # --------------------------------------------------------------------------- explicit padding

@@ -104,7 +104,7 @@ _FUNCTION_NAMES = (
                              "rsqrt", "abs", "neg", "pow", "erf", "clamp", "maximum", "minimum", "mean", "sum", "amax",
                              "amin", "transpose", "permute", "reshape", "unsqueeze", "squeeze", "chunk", "split",
                              "unbind", "einsum", "conv2d", "conv_transpose2d", "layer_norm", "flip", "roll", "narrow",
-                             "where",
+                             "where", "addcmul",  # ConvNeXt-V2's global response norm
                              # tensors a model makes (smp's Mix Transformer: an empty placeholder map);
                              # their sizes are bounded by check_result like every value
                              "empty", "zeros", "ones")),
@@ -114,6 +114,7 @@ _FUNCTION_NAMES = (
         "sigmoid", "tanh", "softmax", "log_softmax", "layer_norm", "group_norm", "normalize", "adaptive_avg_pool2d",
         "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "pad", "interpolate", "dropout", "linear", "conv2d",
         "unfold", "pixel_shuffle", "scaled_dot_product_attention", "conv_transpose2d", "batch_norm")),
+    "torch._C._nn.pad",  # F.pad as TorchDynamo records it (EfficientViT's)
     "builtins.getattr",  # only with an attribute name from GETATTR_NAMES (checked where it is decoded)
 )
 GETATTR_NAMES = frozenset({"shape", "dtype", "device", "ndim"})  # what fx records for x.shape, x.dtype, ...
@@ -926,6 +927,7 @@ _SPECS = (
     _spec(nn.AdaptiveAvgPool2d, lambda a, t: _adaptive_pool(a, t, indices=False)),
     _spec(nn.AdaptiveMaxPool2d, lambda a, t: _adaptive_pool(a, t, indices=True)),
     _spec(nn.Upsample, _upsample), _spec(nn.ZeroPad2d, _zero_pad), _spec(nn.BatchNorm2d, _batch_norm),
+    _spec(nn.BatchNorm1d, _batch_norm),
     _spec(nn.LayerNorm, _layer_norm), _spec(ChannelLayerNorm, _channel_layer_norm), _spec(nn.GroupNorm, _group_norm),
     _spec(MapSoftmax, _map_softmax, _run_softmax),
     _spec(nn.Linear, _linear),

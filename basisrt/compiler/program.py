@@ -156,6 +156,11 @@ def lower(gm: fx.GraphModule, input_shape: tuple[int, ...],
                                      None if isinstance(node.args[0], fx.Node) else structure)
             elif _is_scalar(node):
                 continue  # a size feeding a flatten's shape; any other user of it is not lowered
+            elif _unflattened(node, buffers):
+                # (N, C) -> (N, C, 1, 1): the same memory (normalize._features_as_maps views a head's
+                # features so, for the kernels of maps)
+                src = buffers[node.args[0]]
+                buffers[node] = _Buffer(src.id, src.hwc, False)
             elif flatten_source(gm, node, shape) in buffers:
                 # (N, C, H, W) -> (N, C·H·W): the same NHWC memory when H = W = 1; a larger map only
                 # as the input of a linear step that reads it as a conv (FusedLinear.map_chw)
@@ -269,6 +274,16 @@ def _is_scalar(node: fx.Node) -> bool:
         return True
     return node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
         and _is_scalar(node.args[0])
+
+
+def _unflattened(node: fx.Node, buffers: dict) -> bool:
+    """Whether `node` is `x.reshape(-1, C, 1, 1)` (or view) of x, (N, C) features in a flat buffer of
+    a 1×1 map."""
+    if node.op != "call_method" or node.target not in ("view", "reshape") or node.kwargs or len(node.args) < 2:
+        return False
+    src = buffers.get(node.args[0])
+    dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+    return src is not None and src.flat and src.hwc[:2] == (1, 1) and tuple(dims) == (-1, src.hwc[2], 1, 1)
 
 
 def _is_channel_cat(node: fx.Node) -> bool:
