@@ -580,9 +580,10 @@ void bind_fused(py::module_& m) {
         .value("leaky_relu", basisrt::Activation::leaky_relu)
         .value("gelu", basisrt::Activation::gelu)
         .value("gelu_tanh", basisrt::Activation::gelu_tanh);
-    py::enum_<basisrt::PoolKind>(m, "PoolKind", "Max or average pooling.")
+    py::enum_<basisrt::PoolKind>(m, "PoolKind", "Max, average or L2 (root of the sum of squares) pooling.")
         .value("max", basisrt::PoolKind::max)
-        .value("avg", basisrt::PoolKind::avg);
+        .value("avg", basisrt::PoolKind::avg)
+        .value("l2", basisrt::PoolKind::l2);
     py::enum_<basisrt::SoftmaxAxis>(m, "SoftmaxAxis", "The axis of softmax_nhwc (softmax.h).")
         .value("channels", basisrt::SoftmaxAxis::channels)
         .value("width", basisrt::SoftmaxAxis::width)
@@ -590,7 +591,8 @@ void bind_fused(py::module_& m) {
     py::enum_<basisrt::BinaryOp>(m, "BinaryOp", "The op of eltwise_nhwc: out = act(a OP b).")
         .value("add", basisrt::BinaryOp::add)
         .value("mul", basisrt::BinaryOp::mul)
-        .value("sub", basisrt::BinaryOp::sub);
+        .value("sub", basisrt::BinaryOp::sub)
+        .value("div", basisrt::BinaryOp::div);
 
     py::class_<PyProgram>(m, "Program",
                           "A plan of conv, pool, affine, eltwise, gather and pixel gather ops over NHWC buffers, run "
@@ -695,7 +697,7 @@ void bind_fused(py::module_& m) {
             "share memory; the output buffers are the caller's).");
     m.def("pool_nhwc", &pool_nhwc_py, py::arg("x"), py::arg("out"), py::arg("kernel"), py::arg("stride"),
           py::arg("padding"), py::arg("kind"), py::arg("count_include_pad"), py::arg("num_threads"),
-          "Max or average pooling (kind: PoolKind) on NHWC float32 with implicit padding; writes into `out`.");
+          "Max, average or L2 pooling (kind: PoolKind) on NHWC float32 with implicit padding; writes into `out`.");
     m.def("fused_conv_nhwc", &fused_conv_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),

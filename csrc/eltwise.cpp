@@ -31,6 +31,8 @@ inline __attribute__((always_inline)) void eltwise_rows_body(const float* a, con
                 for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] + s, k.lo), k.hi);
             } else if (op == BinaryOp::sub) {
                 for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] - s, k.lo), k.hi);
+            } else if (op == BinaryOp::div) {
+                for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] / s, k.lo), k.hi);
             } else {
                 for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] * s, k.lo), k.hi);
             }
@@ -38,6 +40,8 @@ inline __attribute__((always_inline)) void eltwise_rows_body(const float* a, con
             for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] + z[c], k.lo), k.hi);
         } else if (op == BinaryOp::sub) {
             for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] - z[c], k.lo), k.hi);
+        } else if (op == BinaryOp::div) {
+            for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] / z[c], k.lo), k.hi);
         } else {
             for (int64_t c = 0; c < C; ++c) out[c] = std::min(std::max(x[c] * z[c], k.lo), k.hi);
         }

@@ -1,5 +1,5 @@
 // Elementwise ops between NHWC maps that no conv epilogue absorbs, and channel copies:
-//  - eltwise_nhwc: y = act(a OP b), OP add, mul or sub, b of a's shape, or one pixel per image broadcast
+//  - eltwise_nhwc: y = act(a OP b), OP add, mul, sub or div, b of a's shape, or one pixel per image broadcast
 //    over the map (a squeeze-excitation gate, (N, C, 1, 1) in PyTorch), or one channel per pixel
 //    broadcast over the channels (a spatial attention map, (N, 1, H, W): CBAM, PAN), or one pixel per
 //    row broadcast over the row ((N, C, H, 1): MobileViT v2's context vector);
@@ -17,8 +17,9 @@
 
 namespace basisrt {
 
-enum class BinaryOp : int { add = 0, mul = 1, sub = 2 };  // sub: a - b (PoolFormer's pool(x) - x)
-constexpr int kBinaryOps = 3;
+// sub: a - b (PoolFormer's pool(x) - x); div: a / b (ConvNeXt-V2's norm over its channel mean)
+enum class BinaryOp : int { add = 0, mul = 1, sub = 2, div = 3 };
+constexpr int kBinaryOps = 4;
 
 // How eltwise's b covers a: b has a's shape; one pixel per image (read for each of its hw pixels);
 // one channel per pixel (read for each of a's C channels); one pixel per row (read for each of the

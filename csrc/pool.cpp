@@ -6,6 +6,7 @@
 #include "thread_pool.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -16,39 +17,48 @@
 namespace basisrt {
 namespace {
 
-// A window's channels into acc (C floats): max (NaN sticks) or sum; acc · inv into out. Plain loops
-// for float32, which GCC vectorises in each build (simd.h); bf16 maps come only from bf16 convs, so
-// their loops use AVX512-BF16 directly (GCC vectorised the scalar conversions 4 channels wide).
-inline void reduce(float* acc, const float* in, int64_t C, bool is_max) {
-    if (is_max) {
+// A window's channels into acc (C floats): max (NaN sticks), sum or sum of squares; then acc · inv
+// (sqrt(acc) for l2) into out. Plain loops for float32, which GCC vectorises in each build (simd.h);
+// bf16 maps come only from bf16 convs, so their loops use AVX512-BF16 directly (GCC vectorised the
+// scalar conversions 4 channels wide).
+inline void reduce(float* acc, const float* in, int64_t C, PoolKind kind) {
+    if (kind == PoolKind::max) {
         for (int64_t c = 0; c < C; ++c) acc[c] = max_nan(acc[c], in[c]);
+    } else if (kind == PoolKind::l2) {
+        for (int64_t c = 0; c < C; ++c) acc[c] += in[c] * in[c];
     } else {
         for (int64_t c = 0; c < C; ++c) acc[c] += in[c];
     }
 }
-inline void store(float* out, const float* acc, float inv, int64_t C) {
-    for (int64_t c = 0; c < C; ++c) out[c] = acc[c] * inv;
+inline void store(float* out, const float* acc, float inv, int64_t C, PoolKind kind) {
+    if (kind == PoolKind::l2) {
+        for (int64_t c = 0; c < C; ++c) out[c] = std::sqrt(acc[c]);
+    } else {
+        for (int64_t c = 0; c < C; ++c) out[c] = acc[c] * inv;
+    }
 }
 
 BASISRT_AVX512BF16 inline __mmask16 first(int64_t n) {
     return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1);
 }
-BASISRT_AVX512BF16 void reduce(float* acc, const uint16_t* in, int64_t C, bool is_max) {
+BASISRT_AVX512BF16 void reduce(float* acc, const uint16_t* in, int64_t C, PoolKind kind) {
     for (int64_t c = 0; c < C; c += 16) {
         const __mmask16 m = first(C - c);
         const __m512i h = _mm512_maskz_cvtepu16_epi32(m, _mm256_maskz_loadu_epi16(m, in + c));
         const __m512 v = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(m, h, 16));  // bf16 bits: a float's high half
         const __m512 a = _mm512_maskz_loadu_ps(m, acc + c);
-        const __m512 r = is_max ? _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) |
-                                                           _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), a, v)
-                                : _mm512_add_ps(a, v);
+        const __m512 r = kind == PoolKind::max ? _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, a, _CMP_GT_OQ) |
+                                                                          _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), a, v)
+                         : kind == PoolKind::l2 ? _mm512_fmadd_ps(v, v, a)
+                                                : _mm512_add_ps(a, v);
         _mm512_mask_storeu_ps(acc + c, m, r);
     }
 }
-BASISRT_AVX512BF16 void store(uint16_t* out, const float* acc, float inv, int64_t C) {
+BASISRT_AVX512BF16 void store(uint16_t* out, const float* acc, float inv, int64_t C, PoolKind kind) {
     for (int64_t c = 0; c < C; c += 16) {  // nearest even; NaN stays NaN
         const __mmask16 m = first(C - c);
-        const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + c), _mm512_set1_ps(inv));
+        const __m512 a = _mm512_maskz_loadu_ps(m, acc + c);
+        const __m512 v = kind == PoolKind::l2 ? _mm512_sqrt_ps(a) : _mm512_mul_ps(a, _mm512_set1_ps(inv));
         _mm256_mask_storeu_epi16(out + c, m, (__m256i)_mm512_cvtneps_pbh(v));
     }
 }
@@ -72,14 +82,14 @@ inline __attribute__((always_inline)) void pool_row_body(const In* x, Out* y, co
         const bool is_max = kind == PoolKind::max;
         std::fill(a, a + s.C, is_max ? -std::numeric_limits<float>::infinity() : 0.f);
         for (int64_t iy = ylo; iy < yhi; ++iy)
-            for (int64_t ix = xlo; ix < xhi; ++ix) reduce(a, x + ((n * s.H + iy) * s.W + ix) * s.ldx, s.C, is_max);
+            for (int64_t ix = xlo; ix < xhi; ++ix) reduce(a, x + ((n * s.H + iy) * s.W + ix) * s.ldx, s.C, kind);
         if (f32_out && is_max) continue;
         float inv = 1.f;
-        if (!is_max) {  // PyTorch's divisor: the window clipped to the padded image, or to the image
+        if (kind == PoolKind::avg) {  // PyTorch's divisor: the window clipped to the padded image, or to the image
             const int64_t hp = std::min(y0 + s.kh, s.H + s.ph) - y0, wp = std::min(x0 + s.kw, s.W + s.pw) - x0;
             inv = 1.f / static_cast<float>(count_include_pad && !adaptive ? hp * wp : (yhi - ylo) * (xhi - xlo));
         }
-        store(out, a, inv, s.C);  // in place for float32
+        store(out, a, inv, s.C, kind);  // in place for float32
     }
 }
 

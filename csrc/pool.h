@@ -1,4 +1,4 @@
-// Max / average pooling on NHWC float32 (or bf16), vectorised over channels, threads over output rows.
+// Max / average / L2 pooling on NHWC float32 (or bf16), vectorised over channels, threads over output rows.
 // Keeps pooling inside basisrt's own thread pool: a PyTorch pooling op between two fused steps
 // wakes PyTorch's OpenMP workers, which then spin for milliseconds on the core our next step
 // needs (measured: fused steps ran 1.9x slower after torch ops than without).
@@ -7,7 +7,10 @@
 
 namespace basisrt {
 
-enum class PoolKind : int { max = 0, avg = 1 };
+// l2: the square root of the window's sum of squares (LPPool2d with norm_type 2; a map's L2 norm over
+// its pixels: ConvNeXt-V2's global response norm)
+enum class PoolKind : int { max = 0, avg = 1, l2 = 2 };
+constexpr int kPoolKinds = 3;
 
 struct PoolShape {
     int64_t N, H, W, C;  // input, NHWC

@@ -109,7 +109,7 @@ void check_activation(const std::string& fn, Activation act) {
 
 void check_binary_op(const std::string& fn, BinaryOp op) {
     const int v = static_cast<int>(op);
-    if (v < 0 || v >= kBinaryOps) fail(fn, "binary op must be 0 (add), 1 (mul) or 2 (sub), got " + std::to_string(v));
+    if (v < 0 || v >= kBinaryOps) fail(fn, "binary op must be 0 (add), 1 (mul), 2 (sub) or 3 (div), got " + std::to_string(v));
 }
 
 void check_softmax(const std::string& fn, SoftmaxAxis axis, int64_t groups, int64_t C) {
@@ -123,7 +123,7 @@ void check_softmax(const std::string& fn, SoftmaxAxis axis, int64_t groups, int6
 
 void check_pool_kind(const std::string& fn, PoolKind kind) {
     const int v = static_cast<int>(kind);
-    if (v < 0 || v > 1) fail(fn, "pool kind must be 0 (max) or 1 (avg), got " + std::to_string(v));
+    if (v < 0 || v >= kPoolKinds) fail(fn, "pool kind must be 0 (max), 1 (avg) or 2 (l2), got " + std::to_string(v));
 }
 
 void check_threads(const std::string& fn, int64_t num_threads) {

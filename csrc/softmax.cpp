@@ -72,6 +72,8 @@ void softmax_nhwc(const float* x, float* y, int64_t N, int64_t H, int64_t W, int
     // width: a set per row (N·H sets of W pixels); pixels: a set per image (N sets of H·W pixels)
     const int64_t sets = axis == SoftmaxAxis::width ? N * H : N, members = axis == SoftmaxAxis::width ? W : H * W;
     parallel_for(sets, num_threads, [&](int64_t s) {
+        if (C == 1 && ldx == 1 && ldy == 1)  // a one-channel map (GCNet's attention logits): contiguous members
+            return softmax_row(x + s * members, y + s * members, members);
         thread_local std::vector<float> acc;
         acc.resize(std::max<size_t>(acc.size(), size_t(C)));
         softmax_set(x + s * members * ldx, y + s * members * ldy, members, ldx, ldy, C, acc.data());

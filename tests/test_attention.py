@@ -51,6 +51,15 @@ def test_softmax_of_all_channels_in_place() -> None:
     np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("axis", ["width", "pixels"])
+def test_one_channel_map_over_rows_and_pixels(axis: str) -> None:
+    """A contiguous one-channel map (GCNet's attention logits) takes a path of its own."""
+    x = np.random.default_rng(2).standard_normal((3, 7, 29, 1)).astype(np.float32) * 5
+    out = np.full_like(x, np.nan)
+    _C.softmax_nhwc(x, out, _AXES[axis], 1, 2)
+    np.testing.assert_allclose(out, _reference(x, axis, 1), rtol=1e-5, atol=1e-8)
+
+
 def test_nan_and_infinities_as_pytorch() -> None:
     x = np.random.default_rng(1).standard_normal((1, 2, 3, 4)).astype(np.float32)
     x[0, 0, 0, 1] = np.nan  # its set (pixel (0, 0) over channels; column 0 of row 0; image 0, channel 1)

@@ -15,11 +15,11 @@ from basisrt import _C
 from basisrt.compiler import activations
 from basisrt.compiler.cpu_steps import EltwiseStep
 
-OPS = {"add": torch.add, "mul": torch.mul, "sub": torch.sub}
+OPS = {"add": torch.add, "mul": torch.mul, "sub": torch.sub, "div": torch.div}
 
 
 @pytest.mark.parametrize("act", [None, "relu", "silu"])
-@pytest.mark.parametrize("op", ["add", "mul", "sub"])
+@pytest.mark.parametrize("op", ["add", "mul", "sub", "div"])
 @pytest.mark.parametrize("b_shape", ["same", "gate", "map", "row"])
 @pytest.mark.parametrize("n,c,h,w", [(1, 1, 1, 1), (2, 3, 5, 7), (3, 17, 4, 9), (1, 64, 8, 8)])
 def test_kernel_matches_float64_on_channel_slices(n, c, h, w, b_shape, op, act):

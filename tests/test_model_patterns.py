@@ -427,3 +427,42 @@ def test_a_plan_holding_a_batchnorm1d_saves(tmp_path) -> None:
     compiled = basisrt.compile(model, x)
     compiled.save(str(tmp_path / "bn1d.basisrt"))
     assert torch.equal(basisrt.load(str(tmp_path / "bn1d.basisrt"))(x), compiled(x))
+
+
+class GrnBlock(nn.Module):
+    """ConvNeXt-V2's block as timm writes its small models (conv MLP): a channels-last LayerNorm, a
+    global response norm between the 1×1 convs (an L2 norm over the pixels, divided by its mean over
+    the channels, torch.addcmul), and an LPPool2d and a channel mean beside it."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1, self.fc2 = nn.Conv2d(c, 4 * c, 1), nn.Conv2d(4 * c, c, 1)
+        self.gamma, self.beta = nn.Parameter(torch.rand(4 * c)), nn.Parameter(torch.rand(4 * c))
+        self.lp = nn.LPPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = F.gelu(self.fc1(y))
+        g = y.norm(p=2, dim=(2, 3), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
+        y = y + torch.addcmul(self.beta.view(1, -1, 1, 1), self.gamma.view(1, -1, 1, 1), y * n)
+        y = x + self.fc2(y)
+        return self.lp(y) * torch.sigmoid(y.mean(1, keepdim=True)[:, :, ::2, ::2])
+
+
+def test_global_response_norm_runs_native(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), GrnBlock()).eval()
+    x = torch.randn(2, 3, 10, 12)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    assert sum(s.strategy == "pool" for s in compiled.plan.steps) == 2
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 10, 12)
+        with torch.no_grad():
+            ref = model(xb)
+        assert float((compiled(xb) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    compiled.save(str(tmp_path / "grn.basisrt"))
+    assert torch.equal(basisrt.load(str(tmp_path / "grn.basisrt"))(x), compiled(x))

@@ -278,3 +278,32 @@ def test_plans_with_addcmul_and_dynamo_pads_save(tmp_path):
         compiled.save(str(tmp_path / f"grn_{capture}.basisrt"))
         with torch.no_grad():
             assert torch.allclose(basisrt.load(str(tmp_path / f"grn_{capture}.basisrt"))(x), model(x), atol=1e-5)
+
+
+def test_plans_with_size_asserts_autocast_off_and_eye_save(tmp_path):
+    """HaloNet's `_assert(H % block == 0)` (dropped: it holds for every batch), EfficientViT's
+    `with torch.autocast(..., enabled=False)` and `.float()` of float32 (nothing to do), and a made
+    identity (`torch.eye`, BoTNet-style): plans that compile must also save."""
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, c, h, w = x.shape
+            torch._assert(h % 2 == 0, "even height")
+            y = self.conv(x).float()
+            with torch.autocast("cpu", enabled=False):
+                y = F.relu(y)
+            return y @ (torch.eye(w) * 2)
+
+    torch.manual_seed(0)
+    model = Odd().eval()
+    x = torch.randn(2, 3, 6, 5)
+    for capture in ("fx", "dynamo"):
+        compiled = basisrt.compile(model, x, capture=capture)
+        names = {str(getattr(n.target, "__name__", n.target)) for n in compiled.module.graph.nodes}
+        assert not names & {"_assert", "float", "_enter_autocast", "_exit_autocast"}, names
+        compiled.save(str(tmp_path / f"odd_{capture}.basisrt"))
+        with torch.no_grad():
+            assert torch.allclose(basisrt.load(str(tmp_path / f"odd_{capture}.basisrt"))(x), model(x), atol=1e-5)

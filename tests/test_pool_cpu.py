@@ -90,3 +90,17 @@ def test_bad_pool_geometry_is_a_clear_error():
         _C.pool_nhwc(x.numpy(), torch.empty(1, 3, 3, 2).numpy(), (0, 2), (1, 1), (0, 0), _C.PoolKind.avg, True, 1)
     with pytest.raises(ValueError, match="4-D float32"):
         PoolStep("max", (2, 2))(torch.randn(2, 4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("k, stride, hw, c", [((2, 2), None, (6, 7), 16), ((3, 2), (1, 2), (7, 5), 17),
+                                              ((9, 11), None, (9, 11), 3), ((1, 1), (2, 1), (5, 4), 40)])
+def test_l2_pool_matches_float64(k, stride, hw, c):
+    """LPPool2d(2): the root of each window's sum of squares (a whole map's: ConvNeXt-V2's norm)."""
+    x = torch.randn(3, c, *hw, dtype=torch.float64)
+    ref = F.lp_pool2d(x, 2, k, stride)
+    step = pool_step(nn.LPPool2d(2, k, stride), 2)
+    assert step.kind == "l2" and step.geometry(*hw)[2] == tuple(ref.shape[2:])
+    torch.testing.assert_close(step(x.float()).double(), ref, rtol=1e-6, atol=1e-6)
+    x[0, 0, 0, 0] = float("nan")
+    assert torch.isnan(step(x.float())[0, 0, 0, 0])
+    assert pool_step(nn.LPPool2d(3, 2), None) is None and pool_step(nn.LPPool2d(2, 2, ceil_mode=True), None) is None

@@ -261,7 +261,7 @@ class PoolStep(nn.Module):
         return f"{self.kind}, {where}" + (", ceil_mode" if self.ceil_mode else "")
 
 
-POOL_KINDS = {"max": _C.PoolKind.max, "avg": _C.PoolKind.avg}
+POOL_KINDS = {"max": _C.PoolKind.max, "avg": _C.PoolKind.avg, "l2": _C.PoolKind.l2}
 
 
 class ChannelAffineStep(nn.Module):
@@ -328,12 +328,12 @@ class GroupNormStep(ChannelAffineStep):
         return f"{super().extra_repr()}, groups={self.groups}, eps={self.eps}"
 
 
-BINARY_OPS = {"add": _C.BinaryOp.add, "mul": _C.BinaryOp.mul, "sub": _C.BinaryOp.sub}
+BINARY_OPS = {"add": _C.BinaryOp.add, "mul": _C.BinaryOp.mul, "sub": _C.BinaryOp.sub, "div": _C.BinaryOp.div}
 
 
 class EltwiseStep(nn.Module):
-    """y = act(a OP b), OP add, mul or sub, by the C++ kernel: an add no conv epilogue absorbs (a
-    residual after a stochastic-depth no-op, two branches summed), PoolFormer's pool(x) - x, a
+    """y = act(a OP b), OP add, mul, sub or div, by the C++ kernel: an add no conv epilogue absorbs
+    (a residual after a stochastic-depth no-op, two branches summed), PoolFormer's pool(x) - x, a
     squeeze-excitation gate, a spatial attention map or a context vector per row: b of a's shape,
     or (N, C, 1, 1) broadcast over the map, (N, 1, H, W) over the channels, (N, C, H, 1) over each
     row."""
@@ -523,6 +523,8 @@ def pool_step(m: nn.Module, num_threads: int | None, in_hw: tuple[int, int] | No
     if isinstance(m, nn.MaxPool2d) and not m.return_indices and pair(m.dilation) == (1, 1):
         return PoolStep("max", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding),
                         num_threads=num_threads, ceil_mode=m.ceil_mode)
+    if isinstance(m, nn.LPPool2d) and m.norm_type == 2 and not m.ceil_mode:  # the root of the sum of squares
+        return PoolStep("l2", pair(m.kernel_size), pair(m.stride or m.kernel_size), num_threads=num_threads)
     if isinstance(m, nn.AvgPool2d) and m.divisor_override is None:
         return PoolStep("avg", pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding),
                         m.count_include_pad, num_threads, m.ceil_mode)

@@ -46,6 +46,7 @@ from .strategy import Chooser, Layer, Strategy, make_step
 _ADDS = (operator.add, torch.add, operator.iadd)
 _MULS = (operator.mul, torch.mul, operator.imul)
 _SUBS = (operator.sub, torch.sub)
+_DIVS = (operator.truediv, torch.div)
 _NOOPS = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
@@ -530,8 +531,8 @@ def _elementwise_steps(gm: fx.GraphModule, num_threads: int | None, strategies: 
 def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None):
     """(step module, its args) for an add / sub / mul / div call `node` a basisrt kernel can run."""
     binary = "add" if node.target in _ADDS else "mul" if node.target in _MULS else \
-        "sub" if node.target in _SUBS else None
-    scalar_ops = (*_ADDS, *_MULS, *_SUBS, operator.truediv, torch.div)
+        "sub" if node.target in _SUBS else "div" if node.target in _DIVS else None
+    scalar_ops = (*_ADDS, *_MULS, *_SUBS, *_DIVS)
     if node.kwargs or len(node.args) != 2 or node.target not in scalar_ops:
         return None
     a, b = node.args
@@ -540,7 +541,7 @@ def _elementwise_step(gm: fx.GraphModule, node: fx.Node, num_threads: int | None
             return None
         sa, sb = _shape(a), _shape(b)
         if _shape(node) == sb != sa:  # the broadcast one second: a gate (N, C, 1, 1), a map (N, 1, H, W)
-            if binary == "sub":  # gate - map: no kernel
+            if binary in ("sub", "div"):  # gate - map, gate / map: no kernel
                 return None
             a, b, sa, sb = b, a, sb, sa
         if sa != _shape(node) or sb[0] != sa[0] or \

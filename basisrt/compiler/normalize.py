@@ -15,6 +15,9 @@ TorchDynamo) and however the model spells its layers:
 * `torch.stack(maps).sum(0)` (an FPN's merge) becomes a chain of adds;
 * attention written through 3-D and 5-D views (softmaxes, split attention, global context
   pooling) becomes ops on 4-D maps (attention.py);
+* a map's L2 norm over its pixels (`x.norm(p=2, dim=(2, 3))`) becomes a global LPPool2d, its mean
+  over the channels (`x.mean(1, keepdim=True)`) a 1×1 conv of weight 1/C, `torch.addcmul(a, b, c)`
+  a + b·c (ConvNeXt-V2's global response norm);
 * a BatchNorm1d, a LayerNorm or an add / sub / mul / div on (N, C) features (a classifier head's:
   RepViT's, InceptionNeXt's) becomes the same op on the features viewed as an (N, C, 1, 1) map, which
   the kernels run (a 1×1 map and its flattening share memory);
@@ -58,6 +61,7 @@ def normalize(gm: fx.GraphModule) -> None:
     _out_of_place(gm)
     _methods_as_functions(gm)
     _drop_static_asserts(gm)
+    _drop_no_op_casts(gm)
     _fold_parameter_expressions(gm)
     _functional_layers(gm)
     channels_last_regions(gm)
@@ -65,6 +69,7 @@ def normalize(gm: fx.GraphModule) -> None:
     _drop_broadcast_expands(gm)
     _stacked_sums(gm)
     attention_to_maps(gm)
+    _reductions_as_layers(gm)
     _features_as_maps(gm)
     _channel_constants(gm)
     _fold_padding(gm)
@@ -156,7 +161,9 @@ def _methods_as_functions(gm: fx.GraphModule) -> None:
 # --------------------------------------------------------------------------- shape checks
 
 _COMPARE = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.and_,
-            operator.or_, operator.not_}
+            operator.or_, operator.not_,
+            # arithmetic on sizes (HaloNet's `_assert(H % block_size == 0)`)
+            operator.mod, operator.floordiv, operator.add, operator.sub, operator.mul}
 _UNKNOWN = object()
 
 
@@ -190,7 +197,12 @@ def _static_value(v: object) -> object:
         return _UNKNOWN
     if v.op == "call_function" and v.target in _COMPARE and meta is None:
         args = [_static_value(a) for a in v.args]
-        return _UNKNOWN if _UNKNOWN in args or v.kwargs else v.target(*args)
+        if _UNKNOWN in args or v.kwargs:
+            return _UNKNOWN
+        try:
+            return v.target(*args)
+        except (TypeError, ZeroDivisionError):
+            return _UNKNOWN
     return _UNKNOWN
 
 
@@ -199,6 +211,25 @@ def _drop_static_asserts(gm: fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target in (torch._assert, torch._assert_async) and \
                 node.args and _static_value(node.args[0]) is True and not node.users:
+            gm.graph.erase_node(node)
+
+
+def _drop_no_op_casts(gm: fx.GraphModule) -> None:
+    """`x.float()` of a float32 tensor, and a disabled autocast region's enter and exit (TorchDynamo
+    records `with torch.autocast(..., enabled=False)`: EfficientViT's attention): they change
+    nothing in a float32 plan."""
+    enter, leave = torch.amp.autocast_mode._enter_autocast, torch.amp.autocast_mode._exit_autocast
+    for node in list(gm.graph.nodes):
+        x = node.args[0] if node.args else None
+        if node.op == "call_method" and node.target == "float" and len(node.args) == 1 and not node.kwargs and \
+                isinstance(x, fx.Node) and x.meta.get("tensor_meta") is not None and \
+                getattr(x.meta["tensor_meta"], "dtype", None) == torch.float32:
+            node.replace_all_uses_with(x)
+            gm.graph.erase_node(node)
+        elif node.op == "call_function" and node.target is enter and not node.kwargs and len(node.args) >= 3 and \
+                node.args[2] is False and all(u.op == "call_function" and u.target is leave for u in node.users):
+            for u in list(node.users):
+                gm.graph.erase_node(u)
             gm.graph.erase_node(node)
 
 
@@ -554,6 +585,65 @@ def _channel_constants(gm: fx.GraphModule) -> None:
             bn.bias.copy_(beta)
         node.args = (x,)
         _call_module_instead(gm, node, bn, "channel_affine")
+
+
+# --------------------------------------------------------------------------- reductions
+
+def _reduction_args(node: fx.Node, names: tuple[str, ...]) -> dict | None:
+    a = dict(zip(names, node.args), **node.kwargs)
+    return a if set(a) <= set(names) and isinstance(a.get(names[0]), fx.Node) else None
+
+
+def _reductions_as_layers(gm: fx.GraphModule) -> None:
+    """On float32 maps: `x.norm(p=2, dim=(2, 3))` (or torch.norm, torch.linalg.vector_norm) an
+    nn.LPPool2d(2) over the whole map; `x.mean(1, keepdim=True)` a 1×1 conv to one channel of weight
+    1/C; `torch.addcmul(a, b, c)` a + b * c (value 1)."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target is torch.addcmul:
+            a = _reduction_args(node, ("input", "tensor1", "tensor2", "value"))
+            if a is None or a.get("value", 1) != 1 or _meta_shape(node) is None:
+                continue
+            with gm.graph.inserting_before(node):
+                prod = gm.graph.call_function(operator.mul, (a["tensor1"], a["tensor2"]))
+                total = gm.graph.call_function(operator.add, (a["input"], prod))
+            prod.meta, total.meta = dict(node.meta), dict(node.meta)
+            node.replace_all_uses_with(total)
+            gm.graph.erase_node(node)
+            continue
+        is_norm = node.op == "call_method" and node.target == "norm" or \
+            node.op == "call_function" and node.target in (torch.norm, torch.linalg.vector_norm)
+        is_mean = node.op == "call_method" and node.target == "mean" or \
+            node.op == "call_function" and node.target is torch.mean
+        if not (is_norm or is_mean):
+            continue
+        names = ("input", "ord", "dim", "keepdim") if node.target is torch.linalg.vector_norm else \
+            ("input", "p", "dim", "keepdim") if is_norm else ("input", "dim", "keepdim")
+        a = _reduction_args(node, names)
+        shape = _meta_shape(a["input"]) if a is not None else None
+        if shape is None or len(shape) != 4 or a["input"].meta["tensor_meta"].dtype != torch.float32:
+            continue
+        dims = a.get("dim")
+        dims = sorted(d % 4 for d in ((dims,) if type(dims) is int else dims or ())) \
+            if all(type(d) is int for d in ((dims,) if type(dims) is int else dims or ())) else None
+        n, c, h, w = shape
+        if is_norm and a.get(names[1], 2) in (2, 2.0) and dims == [2, 3]:
+            layer, keep = nn.LPPool2d(2, (h, w)), a.get("keepdim", False)
+        elif is_mean and dims == [1] and a.get("keepdim", False):
+            layer, keep = nn.Conv2d(c, 1, 1, bias=False), True
+            with torch.no_grad():
+                layer.weight.fill_(1.0 / c)
+        else:
+            continue
+        name = _fresh_name(gm, "l2_pool" if is_norm else "channel_mean")
+        gm.add_submodule(name, layer)
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, (a["input"],))
+            out = new if keep else gm.graph.call_function(torch.flatten, (new, 1))
+        new.meta = {"tensor_meta": _extract_tensor_metadata(
+            torch.empty(n, 1 if is_mean else c, 1 if is_norm else h, 1 if is_norm else w, device="meta"))}
+        out.meta = dict(node.meta)
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
 
 
 # --------------------------------------------------------------------------- (N, C) features

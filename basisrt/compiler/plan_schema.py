@@ -107,7 +107,7 @@ _FUNCTION_NAMES = (
                              "where", "addcmul",  # ConvNeXt-V2's global response norm
                              # tensors a model makes (smp's Mix Transformer: an empty placeholder map);
                              # their sizes are bounded by check_result like every value
-                             "empty", "zeros", "ones")),
+                             "empty", "zeros", "ones", "eye")),
     # torch.nn.functional
     *(f"torch.nn.functional.{n}" for n in (
         "relu", "relu6", "gelu", "silu", "hardswish", "hardsigmoid", "leaky_relu", "elu", "mish", "hardtanh",
@@ -657,6 +657,15 @@ def _pool2d(a: Attrs, t: Tensors, avg: bool) -> None:
         a.bool("return_indices")
 
 
+def _lp_pool2d(a: Attrs, t: Tensors) -> None:
+    a.eval_mode()
+    a.float("norm_type", 1e-3, 1e3)
+    a.int_or_pair("kernel_size", 1, MAX_GEOMETRY)
+    if a.get("stride") is not None:
+        a.int_or_pair("stride", 1, MAX_GEOMETRY)
+    a.bool("ceil_mode")
+
+
 def _adaptive_pool(a: Attrs, t: Tensors, indices: bool) -> None:
     a.eval_mode()
     v = a.get("output_size")
@@ -923,7 +932,7 @@ _SPECS = (
     _spec(nn.ELU, _elu), _spec(nn.Softmax, _softmax), _spec(nn.LogSoftmax, _softmax),
     _spec(nn.Flatten, _flatten), _spec(nn.Identity, _only_training), _spec(nn.Dropout, _dropout),
     _spec(nn.Dropout2d, _dropout), _spec(nn.MaxPool2d, lambda a, t: _pool2d(a, t, avg=False)),
-    _spec(nn.AvgPool2d, lambda a, t: _pool2d(a, t, avg=True)),
+    _spec(nn.AvgPool2d, lambda a, t: _pool2d(a, t, avg=True)), _spec(nn.LPPool2d, _lp_pool2d),
     _spec(nn.AdaptiveAvgPool2d, lambda a, t: _adaptive_pool(a, t, indices=False)),
     _spec(nn.AdaptiveMaxPool2d, lambda a, t: _adaptive_pool(a, t, indices=True)),
     _spec(nn.Upsample, _upsample), _spec(nn.ZeroPad2d, _zero_pad), _spec(nn.BatchNorm2d, _batch_norm),
