@@ -281,9 +281,10 @@ def test_plans_with_addcmul_and_dynamo_pads_save(tmp_path):
 
 
 def test_plans_with_size_asserts_autocast_off_and_eye_save(tmp_path):
-    """HaloNet's `_assert(H % block == 0)` (dropped: it holds for every batch), EfficientViT's
-    `with torch.autocast(..., enabled=False)` and `.float()` of float32 (nothing to do), and a made
-    identity (`torch.eye`, BoTNet-style): plans that compile must also save."""
+    """HaloNet's `_assert(H % block == 0)` (dropped: it holds for every batch) and `Tensor.unfold`,
+    EdgeNeXt's `~mask`, EfficientViT's `with torch.autocast(..., enabled=False)` and `.float()` of
+    float32 (nothing to do), and a made identity (`torch.eye`, BoTNet-style): plans that compile
+    must also save."""
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -295,7 +296,9 @@ def test_plans_with_size_asserts_autocast_off_and_eye_save(tmp_path):
             y = self.conv(x).float()
             with torch.autocast("cpu", enabled=False):
                 y = F.relu(y)
-            return y @ (torch.eye(w) * 2)
+            y = torch.where(~(y > 0.5), y * 0.5, y)  # EdgeNeXt inverts a mask
+            windows = y.unfold(3, 2, 1)  # HaloNet's sliding blocks, a view
+            return y @ (torch.eye(w) * 2) + windows.sum(-1).mean(-1, keepdim=True)
 
     torch.manual_seed(0)
     model = Odd().eval()

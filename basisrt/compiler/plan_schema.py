@@ -97,7 +97,8 @@ F32 = (torch.float32,)
 _FUNCTION_NAMES = (
     # Python operators as fx records them (x + y, x[i], x @ y, ...)
     *(f"operator.{n}" for n in ("add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pos", "pow", "matmul",
-                                "getitem", "iadd", "isub", "imul", "itruediv", "eq", "ne", "lt", "le", "gt", "ge")),
+                                "getitem", "iadd", "isub", "imul", "itruediv", "eq", "ne", "lt", "le", "gt", "ge",
+                                "invert")),  # ~mask (EdgeNeXt's positional encoding)
     # torch.* tensor math
     *(f"torch.{n}" for n in ("flatten", "cat", "concat", "concatenate", "stack", "add", "sub", "mul", "div",
                              "matmul", "bmm", "sigmoid", "relu", "tanh", "softmax", "log_softmax", "exp", "sqrt",
@@ -156,7 +157,7 @@ METHODS = frozenset({
     # shape and layout
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "size", "dim", "numel", "permute",
     "transpose", "t", "contiguous", "unsqueeze", "squeeze", "expand", "expand_as", "chunk", "split", "unbind",
-    "narrow", "select", "flip", "roll",
+    "narrow", "select", "flip", "roll", "unfold",  # unfold: sliding windows as a view (HaloNet's blocks)
     # dtype (devices: `to`, from the graph's own values)
     "to", "float", "type_as",
     # math
