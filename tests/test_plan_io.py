@@ -282,9 +282,9 @@ def test_plans_with_addcmul_and_dynamo_pads_save(tmp_path):
 
 def test_plans_with_size_asserts_autocast_off_and_eye_save(tmp_path):
     """HaloNet's `_assert(H % block == 0)` (dropped: it holds for every batch) and `Tensor.unfold`,
-    EdgeNeXt's `~mask`, EfficientViT's `with torch.autocast(..., enabled=False)` and `.float()` of
-    float32 (nothing to do), and a made identity (`torch.eye`, BoTNet-style): plans that compile
-    must also save."""
+    EdgeNeXt's `~mask` and sinusoidal positions (arange, cumsum, sin, cos), EfficientViT's
+    `with torch.autocast(..., enabled=False)` and `.float()` of float32 (nothing to do), and a made
+    identity (`torch.eye`, BoTNet-style): plans that compile must also save."""
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -298,7 +298,8 @@ def test_plans_with_size_asserts_autocast_off_and_eye_save(tmp_path):
                 y = F.relu(y)
             y = torch.where(~(y > 0.5), y * 0.5, y)  # EdgeNeXt inverts a mask
             windows = y.unfold(3, 2, 1)  # HaloNet's sliding blocks, a view
-            return y @ (torch.eye(w) * 2) + windows.sum(-1).mean(-1, keepdim=True)
+            position = torch.arange(w, dtype=torch.float32).cumsum(0).sin() + torch.arange(w, dtype=torch.float32).cos()
+            return y @ (torch.eye(w) * 2) + windows.sum(-1).mean(-1, keepdim=True) + position
 
     torch.manual_seed(0)
     model = Odd().eval()

@@ -108,7 +108,7 @@ _FUNCTION_NAMES = (
                              "where", "addcmul",  # ConvNeXt-V2's global response norm
                              # tensors a model makes (smp's Mix Transformer: an empty placeholder map);
                              # their sizes are bounded by check_result like every value
-                             "empty", "zeros", "ones", "eye")),
+                             "empty", "zeros", "ones", "eye", "arange")),
     # torch.nn.functional
     *(f"torch.nn.functional.{n}" for n in (
         "relu", "relu6", "gelu", "silu", "hardswish", "hardsigmoid", "leaky_relu", "elu", "mish", "hardtanh",
@@ -163,6 +163,7 @@ METHODS = frozenset({
     # math
     "mean", "sum", "amax", "amin", "max", "min", "var", "std", "norm", "relu", "sigmoid", "tanh", "softmax",
     "log_softmax", "exp", "sqrt", "rsqrt", "pow", "neg", "abs", "erf", "square", "clamp", "clamp_min", "clamp_max",
+    "cumsum", "sin", "cos",  # sinusoidal position encodings (EdgeNeXt's)
     "mul", "add", "sub", "div", "matmul", "bmm", "masked_fill", "where",
     # in place, on the graph's own tensors
     "add_", "mul_", "sub_", "div_", "relu_", "clamp_", "sigmoid_",

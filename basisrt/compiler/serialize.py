@@ -49,7 +49,7 @@ _ITEMSIZE = {name: torch.empty((), dtype=d).element_size() for name, d in schema
 _FILE_DTYPE_NAMES = {d: name for name, d in schema.FILE_DTYPES.items()}
 
 
-_MAKERS = (torch.empty, torch.zeros, torch.ones, torch.eye)  # functions that make a tensor from sizes alone
+_MAKERS = (torch.empty, torch.zeros, torch.ones, torch.eye, torch.arange)  # tensors made from sizes alone
 
 
 class _NotAPlan(PlanError):
