@@ -42,3 +42,15 @@ def linear_on_tokens_case(rank: int):
         weight, bias = torch.randn(20, 33, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
         args, ref = (weight, bias), x @ weight.T + bias
     return x, res, args, torch.relu(ref + res)
+
+
+def matches_eager_and_round_trips(compiled, model: nn.Module, x: torch.Tensor, tmp_path,
+                                  batches: tuple[int, ...] = (1, 3)) -> None:
+    """`compiled` within 1e-5 of eager `model` at each batch size (x's image size; one tensor or a
+    tuple / list of them), and its saved plan, loaded, gives the same bits on x."""
+    for batch in batches:
+        xb = torch.randn(batch, *x.shape[1:])
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(xb), model(xb), rtol=1e-5, atol=1e-5)
+    compiled.save(tmp_path / "plan.basisrt")
+    torch.testing.assert_close(basisrt.load(tmp_path / "plan.basisrt")(x), compiled(x), rtol=0, atol=0)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import matches_eager_and_round_trips
 from torch import nn
 
 import basisrt
@@ -191,16 +192,7 @@ def test_attention_blocks_compile_native_and_match_eager(tmp_path) -> None:
     compiled = basisrt.compile(model, x, dense_backend="basisrt")
     assert compiled.native is not None, compiled.plan.not_native
     assert sum(s.strategy == "softmax" for s in compiled.plan.steps) == 6
-    for batch in (1, 3):
-        xb = torch.randn(batch, 3, 12, 10)
-        with torch.no_grad():
-            want = model(xb)
-        for got, ref in zip(compiled(xb), want):
-            assert float((got - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
-    compiled.save(str(tmp_path / "attention.basisrt"))
-    loaded = basisrt.load(str(tmp_path / "attention.basisrt"))
-    assert loaded.native is not None
-    assert all(torch.equal(a, b) for a, b in zip(loaded(x), compiled(x)))
+    matches_eager_and_round_trips(compiled, model, x, tmp_path)
 
 
 def test_decomposed_attention_blocks_match_the_pruned_model() -> None:

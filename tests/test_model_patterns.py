@@ -8,6 +8,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import matches_eager_and_round_trips
 from torch import nn
 
 import basisrt
@@ -401,14 +402,7 @@ def test_batchnorm1d_layernorm_and_arithmetic_on_features_run_native(tmp_path) -
     x = torch.randn(2, 3, 6, 6)
     compiled = basisrt.compile(model, x, dense_backend="basisrt")
     assert compiled.native is not None, compiled.plan.not_native
-    for batch in (1, 3):
-        xb = torch.randn(batch, 3, 6, 6)
-        with torch.no_grad():
-            ref = model(xb)
-        assert compiled(xb).shape == ref.shape
-        assert float((compiled(xb) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
-    compiled.save(str(tmp_path / "head.basisrt"))
-    assert torch.equal(basisrt.load(str(tmp_path / "head.basisrt"))(x), compiled(x))
+    matches_eager_and_round_trips(compiled, model, x, tmp_path)
 
 
 def test_a_plan_holding_a_batchnorm1d_saves(tmp_path) -> None:
@@ -459,10 +453,4 @@ def test_global_response_norm_runs_native(tmp_path) -> None:
     compiled = basisrt.compile(model, x, dense_backend="basisrt")
     assert compiled.native is not None, compiled.plan.not_native
     assert sum(s.strategy == "pool" for s in compiled.plan.steps) == 2
-    for batch in (1, 3):
-        xb = torch.randn(batch, 3, 10, 12)
-        with torch.no_grad():
-            ref = model(xb)
-        assert float((compiled(xb) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
-    compiled.save(str(tmp_path / "grn.basisrt"))
-    assert torch.equal(basisrt.load(str(tmp_path / "grn.basisrt"))(x), compiled(x))
+    matches_eager_and_round_trips(compiled, model, x, tmp_path)

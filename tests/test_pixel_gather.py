@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import matches_eager_and_round_trips
 from torch import nn
 
 import basisrt
@@ -178,18 +179,7 @@ def test_reflection_replication_and_circular_pads_run_native(tmp_path) -> None:
     compiled = basisrt.compile(model, x, dense_backend="basisrt")
     assert compiled.native is not None, compiled.plan.not_native
     assert sum(s.strategy == "pixel_gather" for s in compiled.plan.steps) == 5
-    _matches_eager(compiled, model, (3, 11, 9))
-    compiled.save(str(tmp_path / "pad.basisrt"))
-    loaded = basisrt.load(str(tmp_path / "pad.basisrt"))
-    assert loaded.native is not None and torch.equal(loaded(x), compiled(x))
-
-
-def _matches_eager(compiled, model: nn.Module, chw: tuple[int, int, int]) -> None:
-    for batch in (1, 2, 5):
-        xb = torch.randn(batch, *chw)
-        with torch.no_grad():
-            ref = model(xb)
-        assert float((compiled(xb) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    matches_eager_and_round_trips(compiled, model, x, tmp_path, batches=(1, 2, 5))
 
 
 class RearrangeNet(nn.Module):
@@ -225,10 +215,4 @@ def test_space_to_depth_slices_and_patches_run_native(tmp_path) -> None:
     assert compiled.native is not None, compiled.plan.not_native
     # 16 blocks of the stem, 4 slices, the unfolding and the folding back
     assert sum(s.strategy == "pixel_gather" for s in compiled.plan.steps) == 22
-    with torch.no_grad():  # copies only: exact
-        for batch in (1, 3):
-            xb = torch.randn(batch, 3, 16, 24)
-            assert torch.allclose(compiled(xb), model(xb), rtol=1e-5, atol=1e-5)
-    compiled.save(str(tmp_path / "s2d.basisrt"))
-    loaded = basisrt.load(str(tmp_path / "s2d.basisrt"))
-    assert loaded.native is not None and torch.equal(loaded(x), compiled(x))
+    matches_eager_and_round_trips(compiled, model, x, tmp_path)

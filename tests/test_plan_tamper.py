@@ -611,16 +611,16 @@ def test_save_refuses_what_plans_may_not_hold(tmp_path):
         def forward(self, x):
             y = self.conv(x)
             if self.how == "function":
-                return torch.cumsum(y, 1)
+                return torch.cumprod(y, 1)
             if self.how == "method":
-                return y.cumsum(1)
+                return y.cumprod(1)
             return self.act(y)
 
     x = torch.randn(1, 3, 8, 8)
     for how, message in (
-        ("function", r"cannot save a plan calling torch.cumsum \(node 'cumsum'\): not on basisrt's list of plan "
+        ("function", r"cannot save a plan calling torch.cumprod \(node 'cumprod'\): not on basisrt's list of plan "
                      r"operations"),
-        ("method", r"cannot save a plan calling tensor method .cumsum\(\) \(node 'cumsum'\): not on basisrt's list"),
+        ("method", r"cannot save a plan calling tensor method .cumprod\(\) \(node 'cumprod'\): not on basisrt's list"),
         ("module", r"cannot save a plan holding module 'act' of class torch.nn.modules.activation.PReLU: not on "
                    r"basisrt's list of plan modules"),
     ):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import matches_eager_and_round_trips
 from torch import nn
 
 import basisrt
@@ -61,16 +62,6 @@ def test_gather_kernel_refuses_bad_offsets(offset, message):
                              np.zeros((1, 2, 5, 5), np.float32), 1)
 
 
-def _matches_eager_and_round_trips(compiled, model: nn.Module, x: torch.Tensor, tmp_path) -> None:
-    """Within 1e-5 of eager at batch 1 and 3 (x's image size), and the saved plan gives the same bits."""
-    for batch in (1, 3):
-        xb = torch.randn(batch, *x.shape[1:])
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(xb), model(xb), rtol=1e-5, atol=1e-5)
-    compiled.save(tmp_path / "p.basisrt")
-    assert torch.equal(basisrt.load(tmp_path / "p.basisrt")(x), compiled(x))
-
-
 class Decoder(nn.Module):
     """LinkNet's TransposeX2 (4×4, stride 2, BN, ReLU), U-Net's 2×2 up-convs, a 3×3 with
     output_padding, a transposed conv given an output_size, and one the plan leaves to PyTorch
@@ -104,7 +95,7 @@ def test_decoders_run_natively_but_for_grouped_transposed_convs(capture, tmp_pat
     # under fx, where y.shape (up3's output_size) reads up2 as well
     assert sum(s.strategy == "affine" for s in compiled.plan.steps) == (1 if capture == "fx" else 0)
     assert len(compiled.plan.not_native) == 1 and "ConvTranspose2d" in compiled.plan.not_native[0][1]
-    _matches_eager_and_round_trips(compiled, model, x, tmp_path)
+    matches_eager_and_round_trips(compiled, model, x, tmp_path)
 
 
 def test_a_decoder_of_supported_transposed_convs_is_native():
@@ -145,4 +136,4 @@ def test_pixel_shuffle_runs_native_and_exact(capture, tmp_path):
     compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
     assert compiled.native is not None, compiled.plan.not_native
     assert [s.strategy for s in compiled.plan.steps].count("pixel_gather") == 2
-    _matches_eager_and_round_trips(compiled, model, x, tmp_path)
+    matches_eager_and_round_trips(compiled, model, x, tmp_path)
