@@ -311,3 +311,24 @@ def test_plans_with_size_asserts_autocast_off_and_eye_save(tmp_path):
         compiled.save(str(tmp_path / f"odd_{capture}.basisrt"))
         with torch.no_grad():
             assert torch.allclose(basisrt.load(str(tmp_path / f"odd_{capture}.basisrt"))(x), model(x), atol=1e-5)
+
+
+def test_a_plan_holding_a_conv3d_saves(tmp_path):
+    """LambdaNet's position lambdas: a Conv3d over the channels viewed as depth, left to PyTorch."""
+    class Lambda(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.conv_lambda = nn.Conv3d(1, 2, (1, 3, 3), padding=(0, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.conv_lambda(y.unsqueeze(1)).sum(1) + y
+
+    torch.manual_seed(0)
+    model = Lambda().eval()
+    x = torch.randn(2, 3, 6, 7)
+    compiled = basisrt.compile(model, x)
+    compiled.save(str(tmp_path / "lambda.basisrt"))
+    with torch.no_grad():
+        assert torch.allclose(basisrt.load(str(tmp_path / "lambda.basisrt"))(x), model(x), atol=1e-5)

@@ -756,20 +756,21 @@ def _linear(a: Attrs, t: Tensors) -> None:
     t.parameter("bias", (cout,), present=None, dtypes=(w.dtype,))
 
 
-def _conv2d(a: Attrs, t: Tensors) -> None:
+def _conv2d(a: Attrs, t: Tensors, dims: int = 2) -> None:
+    """nn.Conv2d, or with dims=3 nn.Conv3d (LambdaNet's position lambdas)."""
     a.eval_mode()
     cin, cout = a.int("in_channels", 1, MAX_CHANNELS), a.int("out_channels", 1, MAX_CHANNELS)
     groups = a.int("groups", 1, MAX_CHANNELS)
     _divides(groups, in_channels=cin, out_channels=cout)
-    kh, kw = a.pair("kernel_size", 1, MAX_GEOMETRY)
-    a.pair("stride", 1, MAX_GEOMETRY), a.pair("dilation", 1, MAX_GEOMETRY)
+    kernel = a.ints("kernel_size", dims, 1, MAX_GEOMETRY)
+    a.ints("stride", dims, 1, MAX_GEOMETRY), a.ints("dilation", dims, 1, MAX_GEOMETRY)
     if not isinstance(a.get("padding"), str):
-        a.pair("padding", 0, MAX_GEOMETRY)
+        a.ints("padding", dims, 0, MAX_GEOMETRY)
     else:
         a.choice("padding", ("same", "valid"))
-    a.choice("transposed", (False,)), a.choice("output_padding", ((0, 0),))
+    a.choice("transposed", (False,)), a.choice("output_padding", ((0,) * dims,))
     a.choice("padding_mode", ("zeros",))  # other modes need state a plan does not save
-    w = t.parameter("weight", (cout, cin // groups, kh, kw))
+    w = t.parameter("weight", (cout, cin // groups, *kernel))
     t.parameter("bias", (cout,), present=None, dtypes=(w.dtype,))
 
 
@@ -943,6 +944,7 @@ _SPECS = (
     _spec(MapSoftmax, _map_softmax, _run_softmax),
     _spec(nn.Linear, _linear),
     _spec(nn.Conv2d, _conv2d), _spec(nn.ConvTranspose2d, _conv_transpose2d),
+    _spec(nn.Conv3d, lambda a, t: _conv2d(a, t, dims=3)),
 )
 
 
