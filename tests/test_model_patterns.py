@@ -454,3 +454,26 @@ def test_global_response_norm_runs_native(tmp_path) -> None:
     assert compiled.native is not None, compiled.plan.not_native
     assert sum(s.strategy == "pool" for s in compiled.plan.steps) == 2
     matches_eager_and_round_trips(compiled, model, x, tmp_path)
+
+
+def test_a_depthwise_conv_with_a_channel_multiplier_runs_as_gather_and_depthwise(tmp_path) -> None:
+    """FastViT's downsampling: a 7×7 stride-2 conv of one input channel per group and two outputs."""
+    torch.manual_seed(0)
+    class Down(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.large, self.small = nn.Conv2d(8, 16, 7, 2, 3, groups=8), nn.Conv2d(8, 16, 3, 2, 1, groups=8)
+            self.bn = nn.BatchNorm2d(16)
+            self.expand = nn.Conv2d(16, 48, 3, 1, 1, groups=16, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.relu(self.stem(x))
+            return self.expand(F.relu(self.bn(self.large(y) + self.small(y))))
+
+    model = Down().eval()
+    x = torch.randn(2, 3, 13, 11)
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    assert [s.strategy for s in compiled.plan.steps].count("gather") == 2  # the two branches share one
+    matches_eager_and_round_trips(compiled, model, x, tmp_path)

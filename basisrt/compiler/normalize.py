@@ -32,6 +32,9 @@ TorchDynamo) and however the model spells its layers:
   conv before it;
 * explicit zero padding (`F.pad`, `nn.ZeroPad2d`), the same on both sides, whose only reader is
   a conv: added to that conv's padding;
+* a conv of one input channel per group and m > 1 outputs (a depthwise conv with a channel
+  multiplier: FastViT's downsampling) becomes a depthwise conv on the input's channels each repeated
+  m times (a channel gather), which the depthwise kernel runs instead of the generic grouped one;
 * a conv with no bias whose only reader is a 1×1 conv (and a linear into a linear) becomes a
   basis pair: the fusion passes then run it fused or folded, whichever the cost model picks.
   Exact: the composition is one linear map, and the first conv's zero padding is the pair's.
@@ -73,6 +76,7 @@ def normalize(gm: fx.GraphModule) -> None:
     _features_as_maps(gm)
     _channel_constants(gm)
     _fold_padding(gm)
+    _depth_multiplier_convs(gm)
     _basis_pairs(gm)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
@@ -585,6 +589,39 @@ def _channel_constants(gm: fx.GraphModule) -> None:
             bn.bias.copy_(beta)
         node.args = (x,)
         _call_module_instead(gm, node, bn, "channel_affine")
+
+
+# --------------------------------------------------------------------------- depth multipliers
+
+def _depth_multiplier_convs(gm: fx.GraphModule) -> None:
+    """nn.Conv2d with groups = in_channels < out_channels (m = out / in outputs per input channel):
+    the same weights as a depthwise conv (groups = out_channels) on x[:, [o // m for o]]. Exact:
+    output channel o reads input channel o // m either way. Convs of the same input share the
+    repeated map (FastViT's 7×7 and 3×3 branches)."""
+    repeats: dict[tuple[fx.Node, int], fx.Node] = {}
+    for node in list(gm.graph.nodes):
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if type(m) is not nn.Conv2d or m.groups != m.in_channels or m.out_channels <= m.in_channels or \
+                m.groups == 1 or len(node.args) != 1 or node.kwargs or _meta_shape(node.args[0]) is None:
+            continue
+        mult = m.out_channels // m.in_channels
+        n, c, h, w = _meta_shape(node.args[0])
+        dw = copy.deepcopy(m)
+        dw.in_channels = dw.groups = m.out_channels
+        name = _fresh_name(gm, node.target.replace(".", "_") + "_depthwise")
+        gm.add_submodule(name, dw)
+        key = (node.args[0], m.out_channels)
+        if key not in repeats:
+            index = [o // mult for o in range(m.out_channels)]
+            with gm.graph.inserting_before(node):
+                repeats[key] = gm.graph.call_function(operator.getitem, (node.args[0], (slice(None), index)))
+            repeats[key].meta = {"tensor_meta": _extract_tensor_metadata(
+                torch.empty(n, m.out_channels, h, w, device="meta"))}
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, (repeats[key],))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
 
 
 # --------------------------------------------------------------------------- reductions
