@@ -241,3 +241,18 @@ def test_a_softmax_over_the_whole_batch_is_not_a_per_image_op() -> None:
     xb = torch.randn(3, 3, 6, 6)
     with torch.no_grad():
         assert torch.allclose(compiled(xb), model(xb), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_plan_on_an_empty_batch_and_nan_as_eager() -> None:
+    torch.manual_seed(4)
+    model = AttentionNet().eval()
+    compiled = basisrt.compile(model, torch.randn(2, 3, 12, 10), dense_backend="basisrt")
+    assert compiled.native is not None
+    assert [tuple(t.shape) for t in compiled(torch.randn(0, 3, 12, 10))] == [(0, 6, 12, 10)] * 2
+    x = torch.randn(2, 3, 12, 10)
+    x[1, 0, 5, 5] = float("nan")  # image 1 only: a softmax over its pixels spreads NaN through its maps
+    with torch.no_grad():
+        want = model(x)
+    for got, ref in zip(compiled(x), want):
+        assert torch.equal(torch.isnan(got), torch.isnan(ref)) and not torch.isnan(got[0]).any()
+        torch.testing.assert_close(got.nan_to_num(), ref.nan_to_num(), rtol=1e-5, atol=1e-5)
