@@ -93,8 +93,9 @@ void check_pool(const std::string& fn, const PoolShape& s) {
         const int64_t ho = window_out(s.H, s.kh, s.sh, s.ph), wo = window_out(s.W, s.kw, s.sw, s.pw);
         const int64_t ho_ceil = window_out_ceil(s.H, s.kh, s.sh, s.ph);
         const int64_t wo_ceil = window_out_ceil(s.W, s.kw, s.sw, s.pw);
-        if (ho < 1 || wo < 1 || (s.Ho != ho && s.Ho != ho_ceil) || (s.Wo != wo && s.Wo != wo_ceil))
-            fail(fn, "output size does not match the pooling geometry (floor or ceil mode)");
+        const bool h_ok = (ho >= 1 && s.Ho == ho) || (ho_ceil >= 1 && s.Ho == ho_ceil);
+        const bool w_ok = (wo >= 1 && s.Wo == wo) || (wo_ceil >= 1 && s.Wo == wo_ceil);
+        if (!h_ok || !w_ok) fail(fn, "output size does not match the pooling geometry (floor or ceil mode)");
     }
     if (s.ldx < 0 || s.ldy < 0) fail(fn, "pixel strides must be non-negative");
     checked_elements({s.N, s.H, s.W, s.ldx ? s.ldx : s.C}, "the input");

@@ -32,10 +32,10 @@ inline int64_t window_out(int64_t in, int64_t k, int64_t stride, int64_t pad, in
 }
 
 // The same in PyTorch's ceil mode (pools): rounded up, but the last window starts inside the
-// input or its left padding.
+// input or its left padding; a window larger than the input still gives one output.
 inline int64_t window_out_ceil(int64_t in, int64_t k, int64_t stride, int64_t pad) {
     const int64_t span = in + 2 * pad - k;
-    if (span < 0) return 0;
+    if (span + stride - 1 < 0) return 0;
     const int64_t out = (span + stride - 1) / stride + 1;
     return (out - 1) * stride >= in + pad ? out - 1 : out;
 }

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import basisrt
 from basisrt import _C
 from basisrt.compiler.cpu_steps import PoolStep, pool_step
 
@@ -104,3 +105,20 @@ def test_l2_pool_matches_float64(k, stride, hw, c):
     x[0, 0, 0, 0] = float("nan")
     assert torch.isnan(step(x.float())[0, 0, 0, 0])
     assert pool_step(nn.LPPool2d(3, 2), None) is None and pool_step(nn.LPPool2d(2, 2, ceil_mode=True), None) is None
+
+
+@pytest.mark.parametrize("kind, k, stride, pad", [("avg", 1280, None, 0), ("max", (9, 4), (5, 3), 1), ("avg", 8, 2, 3)])
+def test_ceil_mode_window_larger_than_the_map(kind, k, stride, pad):
+    """Hugging Face's EfficientNet pools its 7×7 map with AvgPool2d(1280, ceil_mode=True): one
+    window, clipped to the map, as PyTorch gives."""
+    x = torch.randn(2, 5, 7, 6)
+    module = (nn.AvgPool2d if kind == "avg" else nn.MaxPool2d)(k, stride, pad, ceil_mode=True)
+    ref = module(x.double())
+    step = pool_step(module, 2)
+    assert step.geometry(7, 6)[2] == tuple(ref.shape[2:])
+    torch.testing.assert_close(step(x).double(), ref, rtol=1e-6, atol=1e-6)
+    model = nn.Sequential(nn.Conv2d(5, 5, 1), module).eval()
+    compiled = basisrt.compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None, compiled.plan.not_native
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)

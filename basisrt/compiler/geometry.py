@@ -8,9 +8,11 @@ from torch import nn
 
 def window_out(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False) -> int:
     """Outputs of a sliding window along one axis (conv and pool). In ceil mode (pools) the last
-    window must start inside the input or its left padding (csrc/shape_checks.h: window_out_ceil)."""
+    window must start inside the input or its left padding (csrc/shape_checks.h: window_out_ceil),
+    so a window larger than the input still makes one output, as PyTorch's pools do (Hugging Face's
+    EfficientNet pools its 7×7 map with AvgPool2d(1280, ceil_mode=True))."""
     span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if not ceil_mode or span < 0:
+    if not ceil_mode:
         return span // stride + 1
     out = -(-span // stride) + 1
     return out - 1 if (out - 1) * stride >= size + padding else out

@@ -845,8 +845,8 @@ def _run_pool(m: PoolStep, x: Any) -> Tensor:
     _need(isinstance(x, Tensor) and x.dim() == 4, f"passes {_describe(x)} to this pool step, which takes a 4-D tensor")
     n, c, h, w = _image(x, x.shape[1], "this pool step")
     (kh, kw), _, (oh, ow) = m.geometry(h, w)
-    _need(oh >= 1 and ow >= 1 and kh <= h + 2 * m.padding[0] and kw <= w + 2 * m.padding[1],
-          f"has a pool kernel {(kh, kw)} that does not fit a {h}x{w} input")
+    fits = getattr(m, "ceil_mode", False) or (kh <= h + 2 * m.padding[0] and kw <= w + 2 * m.padding[1])
+    _need(oh >= 1 and ow >= 1 and fits, f"has a pool kernel {(kh, kw)} that does not fit a {h}x{w} input")
     return _meta(n, c, oh, ow)
 
 
