@@ -477,3 +477,28 @@ def test_a_depthwise_conv_with_a_channel_multiplier_runs_as_gather_and_depthwise
     assert compiled.native is not None, compiled.plan.not_native
     assert [s.strategy for s in compiled.plan.steps].count("gather") == 2  # the two branches share one
     matches_eager_and_round_trips(compiled, model, x, tmp_path)
+
+
+def test_functional_same_padding_conv_and_feature_layer_norm_run_native(tmp_path) -> None:
+    """Hugging Face's EfficientNet and ConvNeXt under TorchDynamo: F.conv2d(..., padding="same") and
+    F.layer_norm on the pooled (N, C) features, both on constant weights."""
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.3)
+            self.dw = nn.Parameter(torch.randn(8, 1, 5, 5) * 0.3)
+            self.gamma, self.beta = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.relu(F.conv2d(x, self.w, None, 1, "same"))
+            y = F.conv2d(y, self.dw, None, 1, "same", 1, 8)
+            return self.fc(F.layer_norm(y.mean((2, 3)), (8,), self.gamma, self.beta, 1e-6))
+
+    torch.manual_seed(0)
+    model = Functional().eval()
+    x = torch.randn(2, 3, 9, 10)
+    for capture in ("fx", "dynamo"):
+        compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
+        assert compiled.native is not None, (capture, compiled.plan.not_native)
+        matches_eager_and_round_trips(compiled, model, x, tmp_path)

@@ -312,12 +312,15 @@ def _conv_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
         return None
     w, b = _const(gm, a.get("weight")), _const(gm, a.get("bias"))
     if w is None or w.dim() != 4 or (a.get("bias") is not None and b is None) or \
-            not isinstance(a.get("padding", 0), (int, tuple, list)):
+            not isinstance(a.get("padding", 0), (int, tuple, list, str)):
         return None
     groups = a.get("groups", 1)
-    return _with_weights(nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), a.get("stride", 1),
-                                   a.get("padding", 0), a.get("dilation", 1), groups, bias=b is not None,
-                                   dtype=w.dtype), w, b)
+    try:  # padding "same" or "valid" as F.conv2d takes it (Hugging Face's EfficientNet under Dynamo)
+        conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), a.get("stride", 1),
+                         a.get("padding", 0), a.get("dilation", 1), groups, bias=b is not None, dtype=w.dtype)
+    except ValueError:  # "same" with a stride: F.conv2d refuses it too
+        return None
+    return _with_weights(conv, w, b)
 
 
 def _conv_transpose_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -387,14 +390,35 @@ def _group_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gn
 
 
+def _layer_norm_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """nn.LayerNorm((C,)) of `F.layer_norm` on (N, C) features (a head's, under TorchDynamo: Hugging
+    Face's ConvNeXt); on maps, channels_last_regions reads the function itself."""
+    a = _args(node, ("input", "normalized_shape", "weight", "bias", "eps"))
+    shape = _meta_shape(a.get("input")) if a is not None else None
+    if shape is None or len(shape) != 2 or tuple(a.get("normalized_shape") or ()) != (shape[1],):
+        return None
+    w, b = _const(gm, a.get("weight")), _const(gm, a.get("bias"))
+    if (a.get("weight") is not None and w is None) or (a.get("bias") is not None and b is None):
+        return None
+    ln = nn.LayerNorm(shape[1], eps=a.get("eps", 1e-5), elementwise_affine=w is not None, bias=b is not None)
+    with torch.no_grad():
+        if w is not None:
+            ln.weight.copy_(w)
+        if b is not None:
+            ln.bias.copy_(b)
+    return ln
+
+
 _GROUP_NORMS = (F.group_norm, torch.group_norm)
+_LAYER_NORMS = (F.layer_norm, torch.layer_norm)
 _FUNCTIONAL = [(_CONVS, _conv_module), (_LINEARS, _linear_module), (_BATCH_NORMS, _batch_norm_module),
-               (_GROUP_NORMS, _group_norm_module), (_CONV_TRANSPOSES, _conv_transpose_module)]
+               (_GROUP_NORMS, _group_norm_module), (_CONV_TRANSPOSES, _conv_transpose_module),
+               (_LAYER_NORMS, _layer_norm_module)]
 
 
 def _functional_layers(gm: fx.GraphModule) -> None:
-    """`F.conv2d` / `F.conv_transpose2d` / `F.linear` / `F.batch_norm` (eval) / `F.group_norm` on
-    constant weights: the module each computes."""
+    """`F.conv2d` / `F.conv_transpose2d` / `F.linear` / `F.batch_norm` (eval) / `F.group_norm` /
+    `F.layer_norm` (of (N, C) features) on constant weights: the module each computes."""
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
