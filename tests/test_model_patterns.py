@@ -502,3 +502,24 @@ def test_functional_same_padding_conv_and_feature_layer_norm_run_native(tmp_path
         compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
         assert compiled.native is not None, (capture, compiled.plan.not_native)
         matches_eager_and_round_trips(compiled, model, x, tmp_path)
+
+
+def test_linalg_vector_norm_over_pixels_is_an_l2_pool(tmp_path) -> None:
+    """Hugging Face's ConvNeXt-V2 spells its GRN's norm torch.linalg.vector_norm (TorchDynamo records
+    torch._C._linalg.linalg_vector_norm)."""
+    class Norm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y * torch.linalg.vector_norm(y, 2, (2, 3), True)
+
+    torch.manual_seed(0)
+    model = Norm().eval()
+    x = torch.randn(2, 3, 7, 8)
+    for capture in ("fx", "dynamo"):
+        compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
+        assert compiled.native is not None, (capture, compiled.plan.not_native)
+        matches_eager_and_round_trips(compiled, model, x, tmp_path)

@@ -655,6 +655,9 @@ def _reduction_args(node: fx.Node, names: tuple[str, ...]) -> dict | None:
     return a if set(a) <= set(names) and isinstance(a.get(names[0]), fx.Node) else None
 
 
+_VECTOR_NORMS = (torch.linalg.vector_norm, torch._C._linalg.linalg_vector_norm)  # the latter: TorchDynamo's
+
+
 def _reductions_as_layers(gm: fx.GraphModule) -> None:
     """On float32 maps: `x.norm(p=2, dim=(2, 3))` (or torch.norm, torch.linalg.vector_norm) an
     nn.LPPool2d(2) over the whole map; `x.mean(1, keepdim=True)` a 1×1 conv to one channel of weight
@@ -672,12 +675,12 @@ def _reductions_as_layers(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(node)
             continue
         is_norm = node.op == "call_method" and node.target == "norm" or \
-            node.op == "call_function" and node.target in (torch.norm, torch.linalg.vector_norm)
+            node.op == "call_function" and node.target in (torch.norm, *_VECTOR_NORMS)
         is_mean = node.op == "call_method" and node.target == "mean" or \
             node.op == "call_function" and node.target is torch.mean
         if not (is_norm or is_mean):
             continue
-        names = ("input", "ord", "dim", "keepdim") if node.target is torch.linalg.vector_norm else \
+        names = ("input", "ord", "dim", "keepdim") if node.target in _VECTOR_NORMS else \
             ("input", "p", "dim", "keepdim") if is_norm else ("input", "dim", "keepdim")
         a = _reduction_args(node, names)
         shape = _meta_shape(a["input"]) if a is not None else None

@@ -116,6 +116,7 @@ _FUNCTION_NAMES = (
         "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "pad", "interpolate", "dropout", "linear", "conv2d",
         "unfold", "pixel_shuffle", "scaled_dot_product_attention", "conv_transpose2d", "batch_norm")),
     "torch._C._nn.pad",  # F.pad as TorchDynamo records it (EfficientViT's)
+    "torch.linalg.vector_norm", "torch._C._linalg.linalg_vector_norm",  # Hugging Face's ConvNeXt-V2 GRN
     "builtins.getattr",  # only with an attribute name from GETATTR_NAMES (checked where it is decoded)
 )
 GETATTR_NAMES = frozenset({"shape", "dtype", "device", "ndim"})  # what fx records for x.shape, x.dtype, ...
