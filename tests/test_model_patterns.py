@@ -479,6 +479,13 @@ def test_a_depthwise_conv_with_a_channel_multiplier_runs_as_gather_and_depthwise
     matches_eager_and_round_trips(compiled, model, x, tmp_path)
 
 
+def _native_under_both_captures(model: nn.Module, x: torch.Tensor, tmp_path) -> None:
+    for capture in ("fx", "dynamo"):
+        compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
+        assert compiled.native is not None, (capture, compiled.plan.not_native)
+        matches_eager_and_round_trips(compiled, model, x, tmp_path)
+
+
 def test_functional_same_padding_conv_and_feature_layer_norm_run_native(tmp_path) -> None:
     """Hugging Face's EfficientNet and ConvNeXt under TorchDynamo: F.conv2d(..., padding="same") and
     F.layer_norm on the pooled (N, C) features, both on constant weights."""
@@ -498,10 +505,7 @@ def test_functional_same_padding_conv_and_feature_layer_norm_run_native(tmp_path
     torch.manual_seed(0)
     model = Functional().eval()
     x = torch.randn(2, 3, 9, 10)
-    for capture in ("fx", "dynamo"):
-        compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
-        assert compiled.native is not None, (capture, compiled.plan.not_native)
-        matches_eager_and_round_trips(compiled, model, x, tmp_path)
+    _native_under_both_captures(model, x, tmp_path)
 
 
 def test_linalg_vector_norm_over_pixels_is_an_l2_pool(tmp_path) -> None:
@@ -519,7 +523,4 @@ def test_linalg_vector_norm_over_pixels_is_an_l2_pool(tmp_path) -> None:
     torch.manual_seed(0)
     model = Norm().eval()
     x = torch.randn(2, 3, 7, 8)
-    for capture in ("fx", "dynamo"):
-        compiled = basisrt.compile(model, x, dense_backend="basisrt", capture=capture)
-        assert compiled.native is not None, (capture, compiled.plan.not_native)
-        matches_eager_and_round_trips(compiled, model, x, tmp_path)
+    _native_under_both_captures(model, x, tmp_path)
