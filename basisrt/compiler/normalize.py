@@ -650,11 +650,6 @@ def _depth_multiplier_convs(gm: fx.GraphModule) -> None:
 
 # --------------------------------------------------------------------------- reductions
 
-def _reduction_args(node: fx.Node, names: tuple[str, ...]) -> dict | None:
-    a = dict(zip(names, node.args), **node.kwargs)
-    return a if set(a) <= set(names) and isinstance(a.get(names[0]), fx.Node) else None
-
-
 _VECTOR_NORMS = (torch.linalg.vector_norm, torch._C._linalg.linalg_vector_norm)  # the latter: TorchDynamo's
 
 
@@ -664,8 +659,9 @@ def _reductions_as_layers(gm: fx.GraphModule) -> None:
     1/C; `torch.addcmul(a, b, c)` a + b * c (value 1)."""
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target is torch.addcmul:
-            a = _reduction_args(node, ("input", "tensor1", "tensor2", "value"))
-            if a is None or a.get("value", 1) != 1 or _meta_shape(node) is None:
+            a = _args(node, ("input", "tensor1", "tensor2", "value"))
+            if a is None or a.get("value", 1) != 1 or _meta_shape(node) is None or \
+                    not all(k in a for k in ("input", "tensor1", "tensor2")):
                 continue
             with gm.graph.inserting_before(node):
                 prod = gm.graph.call_function(operator.mul, (a["tensor1"], a["tensor2"]))
@@ -682,13 +678,13 @@ def _reductions_as_layers(gm: fx.GraphModule) -> None:
             continue
         names = ("input", "ord", "dim", "keepdim") if node.target in _VECTOR_NORMS else \
             ("input", "p", "dim", "keepdim") if is_norm else ("input", "dim", "keepdim")
-        a = _reduction_args(node, names)
-        shape = _meta_shape(a["input"]) if a is not None else None
+        a = _args(node, names)
+        shape = _meta_shape(a.get("input")) if a is not None else None
         if shape is None or len(shape) != 4 or a["input"].meta["tensor_meta"].dtype != torch.float32:
             continue
         dims = a.get("dim")
-        dims = sorted(d % 4 for d in ((dims,) if type(dims) is int else dims or ())) \
-            if all(type(d) is int for d in ((dims,) if type(dims) is int else dims or ())) else None
+        dims = (dims,) if type(dims) is int else tuple(dims or ())
+        dims = sorted(d % 4 for d in dims) if all(type(d) is int for d in dims) else None
         n, c, h, w = shape
         if is_norm and a.get(names[1], 2) in (2, 2.0) and dims == [2, 3]:
             layer, keep = nn.LPPool2d(2, (h, w)), a.get("keepdim", False)
