@@ -131,7 +131,8 @@ def test_plan_metadata_is_json_and_weights_are_tensors(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         plan = json.loads(f.metadata()["basisrt_plan"])
         assert len(list(f.keys())) > 0
-    assert plan["format"] == "basisrt-plan/1" and plan["input"] == {"shape": [3, 32, 32], "dtype": "float32"}
+    assert plan["format"] == "basisrt-plan/1"
+    assert plan["input"] == {"shape": [3, 32, 32], "dtype": "float32", "name": "input"}
     assert any(m.get("class") == "basisrt.compiler.cpu_steps.FusedConv2d" for m in plan["modules"].values())
 
 

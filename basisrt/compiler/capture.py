@@ -31,7 +31,7 @@ def capture(model: nn.Module, example_input: Tensor, how: str = "auto") -> fx.Gr
     name = type(model).__name__
     if how in ("auto", "fx"):
         try:
-            return fx.GraphModule(model, Tracer().trace(model))
+            return _plain_output(fx.GraphModule(model, Tracer().trace(model)))
         except Exception as e:  # fx raises many kinds; say what happened and where to look
             if how == "fx":
                 raise RuntimeError(f"basisrt.compile could not trace {name} with torch.fx: {e} "
@@ -47,6 +47,25 @@ def capture(model: nn.Module, example_input: Tensor, how: str = "auto") -> fx.Gr
                            f"({type(e).__name__}: {first}). "
                            "For a model Dynamo must split into several graphs, use "
                            "torch.compile(model, backend='basisrt')") from e
+
+
+def _plain_output(gm: fx.GraphModule) -> fx.GraphModule:
+    """A namedtuple the model returns, which fx records as a call of its class, returned as a plain
+    tuple of its fields instead (the plan's output_class rebuilds it; compiler/signature.py)."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    v = out.args[0]
+    if not (isinstance(v, fx.Node) and v.op == "call_function" and isinstance(v.target, type)
+            and issubclass(v.target, tuple) and hasattr(v.target, "_fields")):
+        return gm
+    fields = v.target._fields
+    given = {**dict(zip(fields, v.args)), **v.kwargs}
+    if set(given) != set(fields) or len(v.args) > len(fields):
+        return gm  # defaults or a custom constructor: leave it be
+    out.args = (tuple(given[f] for f in fields),)
+    if not v.users:
+        gm.graph.erase_node(v)
+    gm.recompile()
+    return gm
 
 
 def _export(model: nn.Module, x: Tensor) -> fx.GraphModule:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from .cpu_steps import STEPS
 from .cuda_graph import CUDAGraphRunner
 from .program import lower
 from .serialize import load_plan, save_plan
+from .signature import one_input, wrap_output
 from .strategy import Strategy
 
 
@@ -46,12 +48,16 @@ class CompiledModel:
     """A compiled model: call it like the original (same inputs and outputs, inference only)."""
 
     def __init__(self, module: fx.GraphModule, plan: Plan, input_shape: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device | str = "cpu", cuda_graph: bool = False, precision: str = "fp32") -> None:
+                 device: torch.device | str = "cpu", cuda_graph: bool = False, precision: str = "fp32",
+                 input_name: str | None = None, output_class: type | None = None) -> None:
         self.module = module
         self.plan = plan
         self.input_shape = tuple(input_shape)  # without the batch dimension
         self.dtype = dtype
         self.device = torch.device(device)
+        # the model's signature (compiler/signature.py): plan(pixel_values=x) and its ModelOutput back
+        self.input_name = input_name
+        self.output_class = output_class
         # replays a CUDA graph per input shape instead of launching step by step (None: eager)
         self.graphs = CUDAGraphRunner(module, self.device) if cuda_graph else None
         # every step ours: the whole plan runs in one C++ call (None: step by step through fx)
@@ -78,15 +84,18 @@ class CompiledModel:
         """`x` checked against the plan's signature, as a plain tensor the kernels can read."""
         return check_input(x, self.device, self.dtype, self.input_shape)
 
-    def __call__(self, x: Tensor) -> Tensor:
-        x = self._check(x)
+    def __call__(self, *args: Tensor, **kwargs: Tensor) -> Any:
+        """Run the plan on one input tensor, passed positionally or by the model's name for it."""
+        x = self._check(one_input(args, kwargs, self.input_name))
         if self.graphs is not None:
-            return self.graphs(x)  # already a contiguous clone, not the graph's static output
-        if self.native is not None:
-            return self.native(x)
-        with torch.inference_mode():
-            y = self.module(x)
-        return y.contiguous() if isinstance(y, Tensor) else y
+            y = self.graphs(x)  # already a contiguous clone, not the graph's static output
+        elif self.native is not None:
+            y = self.native(x)
+        else:
+            with torch.inference_mode():
+                y = self.module(x)
+            y = y.contiguous() if isinstance(y, Tensor) else y
+        return wrap_output(self.output_class, y)
 
     def step_times(self, x: Tensor, repeats: int = 10) -> list[tuple[str, str, float]]:
         """Median seconds of each step over `repeats` runs of `x` (for per-layer benchmarks), timed
@@ -165,7 +174,7 @@ def load(path: str, device: torch.device | str | None = None, *, cuda_graph: boo
     plan = Plan([Step(**{**s, "strategy": Strategy(s["strategy"])}) for s in p.steps])
     try:  # lowering checks what the schema leaves to the kernels (index values, finite weights)
         return CompiledModel(p.module, plan, p.input_shape, p.dtype, p.device, p.cuda_graph,
-                             p.precision if precision is None else precision)
+                             p.precision if precision is None else precision, p.input_name, p.output_class)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

@@ -19,6 +19,7 @@ from .cuda_graph import require_cuda_device
 from .fusion import fuse
 from .geometry import ConvGeometry
 from .normalize import normalize
+from .signature import input_name, output_class
 from .strategy import Chooser, Layer, Strategy
 
 
@@ -109,6 +110,11 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     try_ours = autotune or dense_backend == "auto"
     dense_backend = "torch" if dense_backend == "auto" else dense_backend
     model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        try:  # the output's container class, which the graph flattens (compiler/signature.py)
+            returns = output_class(model(example_input[:1]))
+        except Exception:  # noqa: BLE001 - the model's own error; ShapeProp below reports it with context
+            returns = None
     gm = capture_graph(model, example_input, capture)
     _check_single_input(model, gm.graph)
     with torch.no_grad():
@@ -137,6 +143,7 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         if ours.native is not None:
             times = paired_seconds({"mixed": compiled, "ours": ours}, example_input, repeats=7)
             compiled = compiled if keep_mixed(times["mixed"], times["ours"]) else ours
+    compiled.input_name, compiled.output_class = input_name(model), returns
     return compiled
 
 

@@ -34,13 +34,14 @@ from .bf16 import PRECISIONS
 from .cpu_steps import FusedConv2d
 from .gpu_steps import GPUFusedConv2d
 from .plan_schema import PlanError, TensorInfo
+from .signature import class_path, resolve_output_class
 from .strategy import Strategy
 
 FORMAT = "basisrt-plan/1"
 PLAN_KEY, DIGEST_KEY = "basisrt_plan", "basisrt_sha256"  # safetensors metadata entries
-_PLAN_FIELDS = {"format", "input", "device", "cuda_graph", "precision", "modules", "graph", "steps"}
-# plans written before devices (precisions) were recorded lack them
-_OPTIONAL_FIELDS = {"device", "cuda_graph", "precision"}
+_PLAN_FIELDS = {"format", "input", "device", "cuda_graph", "precision", "output_class", "modules", "graph", "steps"}
+# plans written before devices (precisions, output classes) were recorded lack them
+_OPTIONAL_FIELDS = {"device", "cuda_graph", "precision", "output_class"}
 _STRATEGIES = {s.value for s in Strategy}
 _STEP_FIELDS = {"name": str, "strategy": str, "macs": int, "detail": str}
 _NODE_FIELDS = {"op", "name", "target", "args", "kwargs"}
@@ -128,10 +129,12 @@ def save_plan(compiled: Any, path: str | Path) -> None:
               "kwargs": _encode(n.kwargs, n.name)} for n in gm.graph.nodes]
     plan = {
         "format": FORMAT,
-        "input": {"shape": list(compiled.input_shape), "dtype": str(compiled.dtype).removeprefix("torch.")},
+        "input": {"shape": list(compiled.input_shape), "dtype": str(compiled.dtype).removeprefix("torch."),
+                  **({"name": compiled.input_name} if compiled.input_name else {})},
         "device": str(compiled.device),
         "cuda_graph": compiled.cuda_graph,
         "precision": compiled.precision,
+        **({"output_class": class_path(compiled.output_class)} if compiled.output_class else {}),
         "modules": {name: _module_entry(name, m, name in leaves) for name, m in gm.named_modules()},
         "graph": nodes,
         "steps": [{**vars(s), "strategy": str(s.strategy)} for s in compiled.plan.steps],
@@ -289,9 +292,15 @@ class _Checked:
     device: str
     cuda_graph: bool
     precision: str
+    input_name: str | None
+    output_class: str | None
     modules: list[_Module]  # parents before children
     graph: list[dict]
     steps: list[dict]
+
+
+def _identifier(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= 128 and v.isidentifier() and not keyword.iskeyword(v)
 
 
 def _tensor_name(name: Any) -> None:
@@ -322,12 +331,12 @@ def _check_plan(plan: Any, tensors: dict[str, TensorInfo]) -> _Checked:
     if plan["format"] != FORMAT:
         raise PlanError(f"unsupported plan format {schema._text(plan['format'])}, expected {FORMAT!r}")
     inp = _dict(plan["input"], "input")
-    shape, dtype = inp.get("shape"), inp.get("dtype")
-    if (set(inp) != {"shape", "dtype"} or not isinstance(shape, list) or not 1 <= len(shape) <= 6
-            or not all(type(s) is int and 1 <= s <= schema.MAX_ELEMENTS for s in shape)
-            or math.prod(shape) > schema.MAX_ELEMENTS):
+    shape, dtype, name = inp.get("shape"), inp.get("dtype"), inp.get("name")
+    if (not {"shape", "dtype"} <= set(inp) <= {"shape", "dtype", "name"} or not isinstance(shape, list)
+            or not 1 <= len(shape) <= 6 or not all(type(s) is int and 1 <= s <= schema.MAX_ELEMENTS for s in shape)
+            or math.prod(shape) > schema.MAX_ELEMENTS or not (name is None or _identifier(name))):
         raise PlanError(f"input must be {{'shape': 1 to 6 positive ints of at most {schema.MAX_ELEMENTS} elements "
-                        f"in all, 'dtype': ...}}, got {schema._text(inp)}")
+                        f"in all, 'dtype': ..., optionally 'name': an identifier}}, got {schema._text(inp)}")
     if dtype not in schema.INPUT_DTYPES:
         raise PlanError(f"input dtype must be one of {sorted(schema.INPUT_DTYPES)}, got {schema._text(dtype)}")
     device = plan.get("device", "cpu")
@@ -339,7 +348,11 @@ def _check_plan(plan: Any, tensors: dict[str, TensorInfo]) -> _Checked:
     precision = plan.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise PlanError(f"precision must be one of {PRECISIONS}, got {schema._text(precision)}")
-    checked = _Checked(tuple(shape), schema.INPUT_DTYPES[dtype], device, cuda_graph, precision,
+    output = plan.get("output_class")
+    if output is not None and not (isinstance(output, str) and len(output) <= 256
+                                   and all(_identifier(p) for p in output.split("."))):
+        raise PlanError(f"output_class must be a dotted import path, got {schema._text(output)}")
+    checked = _Checked(tuple(shape), schema.INPUT_DTYPES[dtype], device, cuda_graph, precision, name, output,
                        _check_modules(plan["modules"], tensors, schema.INPUT_DTYPES[dtype]),
                        _list(plan["graph"], "graph", schema.MAX_NODES), _check_steps(plan["steps"]))
     _shape_pass(checked, tensors)
@@ -635,6 +648,8 @@ class LoadedPlan:
     device: torch.device
     cuda_graph: bool
     precision: str
+    input_name: str | None
+    output_class: type | None
 
 
 def load_plan(path: str | Path, device: torch.device | str | None = None,
@@ -670,4 +685,6 @@ def load_plan(path: str | Path, device: torch.device | str | None = None,
         graph, _ = _graph(checked.graph, root, checked)
         gm = fx.GraphModule(root, graph)
         gm.eval()
-    return LoadedPlan(gm, checked.steps, checked.input_shape, checked.dtype, target, cuda_graph, checked.precision)
+    output_class = resolve_output_class(checked.output_class) if checked.output_class else None
+    return LoadedPlan(gm, checked.steps, checked.input_shape, checked.dtype, target, cuda_graph, checked.precision,
+                      checked.input_name, output_class)
