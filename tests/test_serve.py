@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -449,5 +450,50 @@ def test_ray_serve_two_replicas_answer_the_same_suite(plan_path) -> None:
         assert status == 400 and "does not match" in body["error"]
         assert s.get("/v2/health/ready")[0] == 200
         assert _load(s.url, clients=6, requests=5) == Counter({200: 30})
+    finally:
+        assert s.stop() == 0
+
+
+class TwoHeads(torch.nn.Module):
+    """Returns a ModelOutput-like dict of two outputs (Hugging Face's models return one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, pixel_values):
+        f = torch.relu(self.conv(pixel_values))
+        return {"logits": self.fc(f.mean((2, 3))), "features": f}
+
+
+def test_a_plan_of_several_outputs_serves_each_by_name(tmp_path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "two.basisrt"
+    basisrt.compile(basisrt.decompose(TwoHeads().eval()).model, torch.randn(1, *INPUT)).save(str(path))
+    plan = basisrt.load(str(path))
+    x = torch.randn(3, *INPUT)
+    expected = plan(x)
+    s = Server(path)
+    try:
+        status, meta = s.get("/v2/models/r18")
+        assert status == 200 and meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
+                                                     {"name": "features", "datatype": "FP32", "shape": [-1, 4, 16, 16]}]
+        for binary in (True, False):
+            got = Client(s.url).infer("r18", x, binary=binary)
+            assert set(got) == {"logits", "features"}
+            assert all(torch.equal(got[k], expected[k]) for k in got)  # alone in its batch: bit-exact
+        status, body = s.infer_json(_request(x, outputs=[{"name": "features"}]))
+        assert status == 200 and [o["name"] for o in body["outputs"]] == ["features"]
+        assert torch.equal(torch.tensor(body["outputs"][0]["data"]).view(3, 4, 16, 16), expected["features"])
+        status, body = s.infer_json(_request(x, outputs=[{"name": "output__0"}]))
+        assert status == 400 and "the model's outputs are 'logits', 'features'" in body["error"]
+        # several requests in one batch: each gets its own rows of each output
+        xs = [torch.randn(n, *INPUT) for n in (1, 2, 3, 1)]
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda t: Client(s.url).infer("r18", t), xs))
+        for t, got in zip(xs, answers):
+            want = plan(t)
+            assert all((got[k] - want[k]).abs().max() < 1e-5 for k in want)
     finally:
         assert s.stop() == 0

@@ -31,6 +31,8 @@ from starlette.routing import Route
 from .batcher import Batcher, BatchStats, DeadlineExceeded, ModelFailed, QueueFull
 from .protocol import (
     HEADER_LENGTH,
+    OUTPUT_NAME,
+    Output,
     ProtocolError,
     encode_infer,
     model_metadata,
@@ -126,7 +128,8 @@ class _Model:
     name: str
     plan: object
     input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...] = ()
+    outputs: tuple[Output, ...] = ()
+    output_names: tuple[str, ...] = ()
     batcher: Batcher | None = None
     ready: bool = False
 
@@ -187,9 +190,28 @@ def _load(name: str, path: str, precision: str | None = None) -> _Model:
 
 def run_plan(plan, x: torch.Tensor) -> torch.Tensor:
     """The plan on a batch of request rows (CPU tensors): moved to the plan's device (a CUDA plan
-    runs on its GPU) and the output brought back to the CPU for the response."""
+    runs on its GPU) and the output brought back to the CPU for the response. A plan of several
+    outputs (a dict, a ModelOutput, a tuple) gives one (N, total) tensor: each row's outputs
+    flattened and laid end to end, so rows batch and split as for one output (protocol._unpacked
+    takes them apart)."""
     with torch.no_grad():
-        return plan(x.to(plan.device)).cpu()
+        y = plan(x.to(plan.device))
+        if isinstance(y, torch.Tensor):
+            return y.cpu()
+        return torch.cat([t.reshape(t.shape[0], -1) for _, t in _named_outputs(y)], dim=1).cpu()
+
+
+def _describe(y: object) -> str:
+    return f"a tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+
+
+def _named_outputs(y: object) -> list[tuple[str, object]]:
+    """A plan's outputs by the names the protocol gives them: a dict's keys, else output__i."""
+    if isinstance(y, dict):
+        return list(y.items())
+    if isinstance(y, (tuple, list)):
+        return [(f"output__{i}", t) for i, t in enumerate(y)]
+    return [(OUTPUT_NAME, y)]
 
 
 def run_rows(plan, x: np.ndarray) -> np.ndarray:
@@ -201,11 +223,15 @@ def _warm_up(m: _Model) -> None:
     """One batch through the plan: its output shape for the metadata, and first-call costs paid."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn((2, *m.input_shape), generator=g)
-    y = run_plan(m.plan, x)
-    if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != 2:
-        raise ValueError(f"model {m.name}: the plan returns {type(y).__name__}; the server serves plans "
-                         "with one tensor output of one row per input row")
-    m.output_shape = tuple(y.shape[1:])
+    with torch.no_grad():
+        outputs = _named_outputs(m.plan(x.to(m.plan.device)))
+    for name, y in outputs:
+        if not isinstance(y, torch.Tensor) or y.dim() < 1 or y.shape[0] != 2:
+            raise ValueError(f"model {m.name}: the plan's output {name!r} is {_describe(y)}; the server serves "
+                             "plans whose outputs are tensors of one row per input row")
+    m.outputs = tuple(Output(name, tuple(y.shape[1:])) for name, y in outputs)
+    m.output_names = tuple(o.name for o in m.outputs)
+    run_plan(m.plan, x)  # the serving path's first-call costs
 
 
 def batcher_runner(m: "_Model", config: ServeConfig, metrics: Metrics) -> Batcher:
@@ -276,7 +302,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
         m = find(request)
         if isinstance(m, Response):
             return m
-        return JSONResponse(model_metadata(m.name, m.input_shape, m.output_shape))
+        return JSONResponse(model_metadata(m.name, m.input_shape, m.outputs))
 
     async def model_ready(request: Request) -> Response:
         m = find(request)
@@ -338,7 +364,8 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
                 head = value.decode("latin-1")
         try:
             body = await read_body(receive, declared)
-            req = await _cheap_or_threaded(_parse_cost(body, head), parse_infer, body, head, m.input_shape)
+            req = await _cheap_or_threaded(_parse_cost(body, head), parse_infer, body, head, m.input_shape,
+                                           m.output_names)
         except ProtocolError as e:
             metrics.failures.labels(name, "bad_request" if e.status == 400 else "too_large").inc()
             return _error(e.status, e.message, e.headers)
@@ -371,7 +398,7 @@ def create_app(config: ServeConfig, runner=batcher_runner) -> "ServeApp":
         finally:
             gone.cancel()
         cost = out.size * (4 if req.binary_output else 20)  # ~20 characters per JSON number
-        body, headers = await _cheap_or_threaded(cost, encode_infer, name, req, out)
+        body, headers = await _cheap_or_threaded(cost, encode_infer, name, req, out, m.outputs)
         return 200, body, _raw_headers(body, headers)
 
     async def prometheus(request: Request) -> Response:

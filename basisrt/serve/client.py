@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-from .protocol import HEADER_LENGTH, INPUT_NAME, OUTPUT_NAME
+from .protocol import HEADER_LENGTH, INPUT_NAME
 
 
 class InferenceError(RuntimeError):
@@ -21,8 +21,9 @@ class InferenceError(RuntimeError):
 
 
 class Client:
-    """`Client("http://127.0.0.1:8000").infer("resnet18", x)` -> the output tensor. One keep-alive
-    connection per client (not thread-safe: one client per thread)."""
+    """`Client("http://127.0.0.1:8000").infer("resnet18", x)` -> the output tensor (a dict of them,
+    by name, for a model of several outputs). One keep-alive connection per client (not
+    thread-safe: one client per thread)."""
 
     def __init__(self, url: str, timeout_s: float = 60.0) -> None:
         parts = urlsplit(url)
@@ -65,15 +66,16 @@ class Client:
         return self._json("GET", f"/v2/models/{model}")
 
     def infer(self, model: str, x: torch.Tensor, binary: bool = True, request_id: str | None = None,
-              timeout_ms: float | None = None) -> torch.Tensor:
-        """The model's output for `x` (N, C, H, W) float32."""
+              timeout_ms: float | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The model's output for `x` (N, C, H, W) float32: a tensor, or a dict of tensors by name
+        where the model has several outputs."""
         array = np.ascontiguousarray(x.detach().cpu().to(torch.float32).numpy())
         inp: dict = {"name": INPUT_NAME, "datatype": "FP32", "shape": list(array.shape)}
-        req: dict = {"inputs": [inp], "outputs": [{"name": OUTPUT_NAME, "parameters": {"binary_data": binary}}]}
+        req: dict = {"inputs": [inp], "parameters": {"binary_data_output": binary}}
         if request_id is not None:
             req["id"] = request_id
         if timeout_ms is not None:
-            req["parameters"] = {"timeout": int(timeout_ms * 1000)}
+            req["parameters"]["timeout"] = int(timeout_ms * 1000)
         headers = {"Content-Type": "application/json"}
         if binary:
             raw = array.astype("<f4", copy=False).tobytes()
@@ -89,9 +91,12 @@ class Client:
         head = json.loads(rbody[:n])
         if status != 200:
             raise InferenceError(status, head.get("error", ""))
-        out = head["outputs"][0]
-        if "data" in out:
-            data = np.asarray(out["data"], dtype=np.float32)
-        else:
-            data = np.frombuffer(rbody[n:n + out["parameters"]["binary_data_size"]], dtype="<f4")
-        return torch.from_numpy(data.reshape(out["shape"]).copy())
+        tensors, offset = {}, n
+        for out in head["outputs"]:
+            if "data" in out:
+                data = np.asarray(out["data"], dtype=np.float32)
+            else:
+                size = out["parameters"]["binary_data_size"]
+                data, offset = np.frombuffer(rbody[offset:offset + size], dtype="<f4"), offset + size
+            tensors[out["name"]] = torch.from_numpy(data.reshape(out["shape"]).copy())
+        return next(iter(tensors.values())) if len(tensors) == 1 else tensors

@@ -1,13 +1,15 @@
-"""The Open Inference Protocol v2 (KServe v2, Triton's HTTP/REST protocol) for one-input,
-one-output float32 models: requests parsed and checked into numpy arrays, responses encoded, with the
-binary tensor extension both ways (a JSON header of `Inference-Header-Content-Length` bytes, then
-each binary tensor's raw little-endian bytes in order). Nothing here calls torch: this runs on the
-event loop, where a torch call costs several microseconds (it drops and retakes the GIL)."""
+"""The Open Inference Protocol v2 (KServe v2, Triton's HTTP/REST protocol) for one-input float32
+models with one or more float32 outputs (a plan returning a dict, a ModelOutput or a tuple serves
+each tensor as an output: by its key, or as output__i): requests parsed and checked into numpy
+arrays, responses encoded, with the binary tensor extension both ways (a JSON header of
+`Inference-Header-Content-Length` bytes, then each binary tensor's raw little-endian bytes in
+order). Nothing here calls torch: this runs on the event loop, where a torch call costs several
+microseconds (it drops and retakes the GIL)."""
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,17 +32,31 @@ class ProtocolError(Exception):
 
 
 @dataclass
+class Output:
+    """One of a model's outputs: its name and its shape without the batch dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
 class InferRequest:
     array: np.ndarray  # (N, C, H, W) float32, N >= 1 (a read-only view of the body when it came binary)
     id: str | None = None
     timeout_s: float | None = None  # parameters.timeout (microseconds in the protocol)
     binary_output: bool = False
-    output_names: list[str] = field(default_factory=lambda: [OUTPUT_NAME])
+    output_names: list[str] | None = None  # None: all of the model's outputs
 
 
-def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, ...]) -> InferRequest:
-    """One inference request for a model whose input is (-1, *input_shape) FP32: a ProtocolError(400)
-    naming what is wrong otherwise (bad JSON, name, shape, datatype, element count)."""
+def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, ...],
+                output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> InferRequest:
+    """One inference request for a model whose input is (-1, *input_shape) FP32 and whose outputs
+    are `output_names`: a ProtocolError(400) naming what is wrong otherwise (bad JSON, name, shape,
+    datatype, element count, an unknown output)."""
     if header_length is not None:
         try:
             n = int(header_length)
@@ -102,16 +118,17 @@ def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, 
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
         raise ProtocolError(400, "parameters.timeout must be a positive number of microseconds")
     binary_output = bool(req_params.get("binary_data_output", False))
-    names = [OUTPUT_NAME]
+    names = None
     outputs = req.get("outputs")
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
             raise ProtocolError(400, "'outputs' must be a list of objects")
         names = []
         for o in outputs:
-            if o.get("name") != OUTPUT_NAME:
-                raise ProtocolError(400, f"unknown output {o.get('name')!r}; the model's output is {OUTPUT_NAME!r}")
-            names.append(OUTPUT_NAME)
+            if o.get("name") not in output_names:
+                raise ProtocolError(400, f"unknown output {o.get('name')!r}; the model's outputs are "
+                                         f"{', '.join(map(repr, output_names))}")
+            names.append(o["name"])
             if (o.get("parameters") or {}).get("binary_data"):
                 binary_output = True
     rid = req.get("id")
@@ -120,14 +137,19 @@ def parse_infer(body: bytes, header_length: str | None, input_shape: tuple[int, 
     return InferRequest(array, rid, None if timeout is None else timeout / 1e6, binary_output, names)
 
 
-def encode_infer(model: str, request: InferRequest, output: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) of the response to `request` (`output`: its rows)."""
-    out = output if output.dtype == np.float32 else output.astype(np.float32)
+def encode_infer(model: str, request: InferRequest, output: np.ndarray,
+                 outputs: tuple[Output, ...] | None = None) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of the response to `request`. `output`: its rows, of the model's one output,
+    or with several `outputs` each row's outputs flattened and laid end to end (app.run_plan)."""
+    output = output if output.dtype == np.float32 else output.astype(np.float32)
     head: dict = {"model_name": model, "model_version": "1"}
     if request.id is not None:
         head["id"] = request.id
-    entries, binary = [], b""
-    for name in request.output_names:
+    tensors = _unpacked(output, outputs)
+    entries, binary, finite = [], b"", True
+    for name in request.output_names or list(tensors):
+        out = tensors[name]
+        finite = finite and (request.binary_output or bool(np.isfinite(out).all()))
         entry = {"name": name, "datatype": "FP32", "shape": list(out.shape)}
         if request.binary_output:
             raw = out.astype("<f4", copy=False).tobytes()  # tobytes: C order, whatever the strides
@@ -138,11 +160,21 @@ def encode_infer(model: str, request: InferRequest, output: np.ndarray) -> tuple
         entries.append(entry)
     head["outputs"] = entries
     # orjson writes NaN and infinities as null, json as NaN / Infinity (what Python clients read back)
-    fast = orjson is not None and (request.binary_output or np.isfinite(out).all())
+    fast = orjson is not None and finite
     text = orjson.dumps(head) if fast else json.dumps(head).encode()
     if not request.binary_output:
         return text, {"content-type": "application/json"}
     return text + binary, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+
+
+def _unpacked(output: np.ndarray, outputs: tuple[Output, ...] | None) -> dict[str, np.ndarray]:
+    if outputs is None or len(outputs) == 1:
+        return {outputs[0].name if outputs else OUTPUT_NAME: output}
+    n, tensors, start = output.shape[0], {}, 0
+    for o in outputs:
+        tensors[o.name] = output[:, start:start + o.size].reshape(n, *o.shape)
+        start += o.size
+    return tensors
 
 
 def _loads(text: bytes):
@@ -156,7 +188,7 @@ def _loads(text: bytes):
     return json.loads(text)
 
 
-def model_metadata(name: str, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> dict:
+def model_metadata(name: str, input_shape: tuple[int, ...], outputs: tuple[Output, ...]) -> dict:
     return {"name": name, "versions": ["1"], "platform": "basisrt",
             "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *input_shape]}],
-            "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, *output_shape]}]}
+            "outputs": [{"name": o.name, "datatype": "FP32", "shape": [-1, *o.shape]} for o in outputs]}
