@@ -84,6 +84,12 @@ class _BasisLayer(nn.Module):
     def _set_basis_width(self, n: int) -> None:
         raise NotImplementedError
 
+    @property
+    def weight(self) -> Tensor:
+        """The dense weight the pair computes (a fresh tensor, not a parameter), for the models
+        that read their layers' `.weight` (its dtype, or to call F.linear with it themselves)."""
+        return self.dense_weight()
+
 
 class BasisConv2d(_BasisLayer):
     """A `Conv2d` as a basis conv (orthonormal filters) followed by a BasisScalingConv."""
@@ -112,6 +118,14 @@ class BasisConv2d(_BasisLayer):
 
     def _set_basis_width(self, n: int) -> None:
         self.basis.out_channels = n
+
+    # the geometry of the conv it replaced, which models read (Hugging Face's MobileNets pad by
+    # `conv.stride` and `conv.kernel_size` in their forward)
+    kernel_size = property(lambda self: self.basis.kernel_size)
+    stride = property(lambda self: self.basis.stride)
+    padding = property(lambda self: self.basis.padding)
+    dilation = property(lambda self: self.basis.dilation)
+    padding_mode = property(lambda self: self.basis.padding_mode)
 
     def forward(self, x: Tensor) -> Tensor:
         t = self.basis(x)

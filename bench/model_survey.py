@@ -8,6 +8,8 @@ Models are named `SOURCE:NAME`:
   * `smp:Unet`, `smp:FPN/mobilenet_v2`: segmentation_models_pytorch.create_model(arch,
     encoder_name=ENCODER (default resnet34), encoder_weights=None, classes=5);
   * `timm:resnet18`: timm.create_model(name, pretrained=False, num_classes=10);
+  * `hf:MobileNetV2`: Hugging Face transformers' `MobileNetV2ForImageClassification(MobileNetV2Config())`
+    (random init from the default config, at the config's image_size);
   * `cifar:ResNet18`: kuangliu/pytorch-cifar's `models.ResNet18()` (32x32 inputs), from a checkout
     at $PYTORCH_CIFAR (git clone of github.com/kuangliu/pytorch-cifar; not part of this repo);
     `cifar:all` = the constructors listed in CIFAR_MODELS.
@@ -86,6 +88,9 @@ def candidate_sizes(name: str, size: int) -> list[int]:
     source, short = split_name(name)
     if source == "cifar":
         return [32]
+    if source == "hf":
+        config_size = getattr(_hf_config(short), "image_size", None)
+        return [config_size if isinstance(config_size, int) else size]
     first = max(size, 75) if short == "inception_v3" else size
     return [first] + [s for s in FALLBACK_SIZES if s > first]
 
@@ -100,6 +105,9 @@ def build(name: str, size: int):
     if source == "timm":
         import timm
         return timm.create_model(short, pretrained=False, num_classes=10).eval()
+    if source == "hf":
+        import transformers
+        return getattr(transformers, f"{short}ForImageClassification")(_hf_config(short)).eval()
     if source == "smp":  # segmentation_models_pytorch: "smp:Unet" or "smp:FPN/mobilenet_v2" (encoder)
         import segmentation_models_pytorch as smp
         arch, _, encoder = short.partition("/")
@@ -112,7 +120,12 @@ def build(name: str, size: int):
             sys.path.insert(0, root)
         import models as cifar  # noqa: F401 - pytorch-cifar's package, evaluated below
         return eval(f"cifar.{short}", {"cifar": cifar}).eval()
-    raise ValueError(f"unknown model source {source!r} in {name!r} (tv, timm, smp, cifar)")
+    raise ValueError(f"unknown model source {source!r} in {name!r} (tv, timm, hf, smp, cifar)")
+
+
+def _hf_config(short: str):
+    import transformers
+    return getattr(transformers, f"{short}Config")()
 
 
 def expand(names: list[str]) -> list[str]:
@@ -225,36 +238,6 @@ def calibrate(model, size: int) -> dict:
     return done
 
 
-def weight_readers(model, x) -> list[str]:
-    """Basis layers whose `.weight` the model's own forward reads (Swin's attention passes
-    `self.qkv.weight` to F.linear): found by answering that read with the dense weight."""
-    import torch
-
-    from basisrt.layers import BasisConv2d, BasisLinear
-    names = {id(m): n for n, m in model.named_modules() if isinstance(m, (BasisConv2d, BasisLinear))}
-    hits: list[str] = []
-    classes = (BasisConv2d, BasisLinear)
-    saved = {c: c.__dict__.get("__getattr__") for c in classes}
-
-    def spy(self, attr):
-        if attr == "weight" and id(self) in names:
-            hits.append(names[id(self)])
-            return self.dense_weight()
-        return torch.nn.Module.__getattr__(self, attr)
-    try:
-        for c in classes:
-            c.__getattr__ = spy
-        with torch.no_grad():
-            model(x)
-    finally:
-        for c in classes:
-            if saved[c] is None:
-                del c.__getattr__
-            else:
-                c.__getattr__ = saved[c]
-    return sorted(set(hits))
-
-
 def time_against_eager(eager, compiled, x, rounds: int, calls: int = 5) -> dict:
     """Eager time / compiled time on x: each round times `calls` calls of each, the two alternating
     call by call (the machine's drift hits both alike); the median of the rounds' ratios of medians."""
@@ -329,19 +312,6 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True, 
         exclude = (first,) if first else ()
         report = basisrt.decompose(model, exclude=exclude)
         pruned = report.model.eval()
-        try:
-            with torch.no_grad():
-                pruned(x)
-        except Exception as e:  # noqa: BLE001 - the decomposed model no longer runs eagerly
-            readers = weight_readers(pruned, x)
-            r["decompose_breaks_forward"] = _exc(e)
-            if not readers:
-                raise
-            # keep those layers as they are, and survey the rest as asked
-            r["also_excluded"] = readers
-            exclude += tuple(readers)
-            report = basisrt.decompose(model, exclude=exclude)
-            pruned = report.model.eval()
         r["decomposed"], r["not_decomposed"] = len(report.decomposed), len(report.skipped)
         r["skipped_reasons"] = dict(Counter(v.split(":")[0] for v in report.skipped.values()))
         mark("prune")
@@ -502,9 +472,6 @@ def markdown(results: list[dict], top: int = 4) -> str:
         if r.get("error"):
             blk = f"error: {r['error'][:120]}" + (f"; {blk}" if blk else "")
         notes = []
-        if r.get("also_excluded"):
-            notes.append(f"{len(r['also_excluded'])} layers kept undecomposed: the model reads their `.weight` "
-                         f"({r['decompose_breaks_forward']})")
         if (r.get("calibration") or {}).get("zero_weights_reinit"):
             notes.append("zero-init weights re-drawn: " + ", ".join(r["calibration"]["zero_weights_reinit"]))
         if notes:
@@ -542,9 +509,6 @@ def summary(results: list[dict]) -> str:
            "- reference output tiny (RMS < 1e-4; float32 rel err still valid): " + (", ".join(
                f"{r['model']} ({r['ref_rms']:.1e})" for r in compiled
                if "rel_err" in r and r.get("ref_rms") and r["ref_rms"] < 1e-4) or "none"),
-           "- decomposing breaks the eager model (layers whose `.weight` it reads were kept as they are): "
-           + ("; ".join(f"{r['model']}: {len(r['also_excluded'])} layers ({r['decompose_breaks_forward']})"
-                        for r in done if r.get("also_excluded")) or "none"),
            "- save/load not equal or failing: " + ("none" if not sl_bad else "")]
     by_message: dict[str, list[str]] = {}
     for r in sl_bad:

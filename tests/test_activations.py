@@ -32,3 +32,43 @@ def test_activation_names():
     for bad in ["leaky_relu", "leaky_relu(nan)", "leaky_relu(x)", "tanh", 3, "RELU"]:
         with pytest.raises(ValueError, match="activation must be one of|bad leaky"):
             activations.code(bad)
+
+
+def test_clamps_to_zero_and_six_are_relu6_and_fuse():
+    """F.relu6 as TorchDynamo records it is hardtanh(x, 0, 6) (Hugging Face's MobileNets): it, the
+    module and the clamps of the same bounds are the fused relu6 / relu; other bounds are not."""
+    import torch.nn.functional as F
+    from torch import fx, nn
+
+    import basisrt
+
+    spellings = {
+        "relu6": [lambda y: F.hardtanh(y, 0.0, 6.0), nn.Hardtanh(0, 6), lambda y: torch.clamp(y, 0, 6),
+                  lambda y: y.clamp(min=0.0, max=6.0), lambda y: torch.clip(y, min=0, max=6)],
+        "relu": [lambda y: y.clamp_min(0), lambda y: torch.clamp(y, min=0), lambda y: y.clamp(0)],
+        None: [lambda y: F.hardtanh(y), lambda y: torch.clamp(y, -1, 6), lambda y: y.clamp(0, 5),
+               lambda y: y.clamp(max=6)],
+    }
+
+    class Net(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.conv, self.act = nn.Conv2d(3, 8, 3, padding=1), act
+
+        def forward(self, x):
+            return self.act(self.conv(x))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 6) * 8
+    for want, acts in spellings.items():
+        for act in acts:
+            model = Net(act).eval()
+            gm = fx.symbolic_trace(model)
+            node = next(n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")
+                        and n.target != "conv")
+            assert activations.of_node(gm, node) == want, (want, node.format_node())
+            compiled = basisrt.compile(model, x)
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+            if want is not None:
+                assert compiled.native is not None and len(compiled.plan.steps) == 1, compiled.plan

@@ -3,13 +3,16 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import basisrt
 from basisrt import (
     BasisConv2d,
     BasisLinear,
     decompose,
     decompose_layer,
+    prune_basis,
     scaling_parameters,
 )
 from basisrt.decomposition import why_not
@@ -191,3 +194,37 @@ def test_float64_model_stays_float64():
     conv = nn.Conv2d(3, 5, 3).double()
     layer = decompose_layer(conv)
     assert layer.basis.weight.dtype == layer.coeff.dtype == layer.alpha.dtype == torch.float64
+
+
+def test_models_that_read_their_layers_attributes_still_run():
+    """Hugging Face's MobileNets pad by `conv.stride`, `conv.kernel_size` and `conv.dilation` in
+    their forward; other models read `layer.weight` (its dtype, or to call F.linear with it). A
+    basis layer answers as the layer it replaced, and the decomposed, pruned model compiles native."""
+    class TfPadding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2, dilation=1)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            c = self.conv
+            pad_h = max((c.kernel_size[0] - 1) * c.dilation[0] + 1 - c.stride[0], 0)
+            pad_w = max((c.kernel_size[1] - 1) * c.dilation[1] + 1 - c.stride[1], 0)
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+            y = c(x.to(self.fc.weight.dtype)).mean((2, 3))
+            return F.linear(y, self.fc.weight, self.fc.bias) + self.fc(y)
+
+    torch.manual_seed(0)
+    model = TfPadding().eval()
+    x = torch.randn(2, 3, 9, 8)
+    decomposed = decompose(model).model
+    conv, fc = decomposed.conv, decomposed.fc
+    assert (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.padding_mode) == \
+        ((3, 3), (2, 2), (0, 0), (1, 1), "zeros")
+    assert torch.allclose(conv.weight, model.conv.weight, atol=1e-6) and fc.weight.shape == (5, 8)
+    with torch.no_grad():
+        assert rel_err(decomposed(x), model(x)) < 1e-5
+    prune_basis(decomposed, "ratio", 0.5)
+    compiled = basisrt.compile(decomposed, x)
+    with torch.no_grad():
+        assert rel_err(compiled(x), decomposed(x)) < 1e-5

@@ -333,3 +333,33 @@ def test_a_plan_holding_a_conv3d_saves(tmp_path):
     compiled.save(str(tmp_path / "lambda.basisrt"))
     with torch.no_grad():
         assert torch.allclose(basisrt.load(str(tmp_path / "lambda.basisrt"))(x), model(x), atol=1e-5)
+
+
+def test_plans_with_fold_repeat_pool1d_and_long_names_save(tmp_path):
+    """Hugging Face's MobileViT-V2 (F.unfold / F.fold patches), SwiftFormer (`.repeat`), FocalNet
+    (adaptive_avg_pool1d over tokens), and CvT's module names, which TorchDynamo flattens into one
+    name of over 128 characters: plans that compile must also save."""
+    class Hf(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            long = nn.Module()
+            setattr(long, "projection_" * 14, nn.Conv2d(4, 4, 1))
+            self.stage = long
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = getattr(self.stage, "projection_" * 14)(self.conv(x))
+            patches = F.unfold(y, kernel_size=2, stride=2)
+            y = F.fold(patches * 2, output_size=y.shape[-2:], kernel_size=2, stride=2)
+            tokens = y.flatten(2)
+            pooled = torch.adaptive_avg_pool1d(tokens, 1).unsqueeze(-1)
+            return y + pooled.repeat(1, 1, y.shape[2], y.shape[3])
+
+    torch.manual_seed(0)
+    model = Hf().eval()
+    x = torch.randn(2, 3, 6, 4)
+    for capture in ("fx", "dynamo"):
+        compiled = basisrt.compile(model, x, capture=capture)
+        compiled.save(str(tmp_path / f"hf_{capture}.basisrt"))
+        with torch.no_grad():
+            assert torch.allclose(basisrt.load(str(tmp_path / f"hf_{capture}.basisrt"))(x), model(x), atol=1e-5)

@@ -70,16 +70,38 @@ _FUNCTIONS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: 
 _METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
 
 
+def _clamp(low: object, high: object) -> str | None:
+    """The activation a clamp to [low, high] is: relu (0, None) or relu6 (0, 6)."""
+    if low == 0 and type(low) is not bool:
+        return "relu" if high is None else "relu6" if high == 6 and type(high) is not bool else None
+    return None
+
+
+# hardtanh(x, 0, 6) is relu6: F.relu6 as TorchDynamo records it (Hugging Face's MobileNets), and
+# clamps of the same bounds
+_CLAMPS = {F.hardtanh: ("input", "min_val", "max_val", "inplace"), torch.clamp: ("input", "min", "max"),
+           torch.clip: ("input", "min", "max"), torch.clamp_min: ("input", "min")}
+_CLAMP_METHODS = {"clamp": ("min", "max"), "clip": ("min", "max"), "clamp_min": ("min",)}
+
+
 def of_node(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """The activation that `node` applies to its one tensor argument, or None if it is not one."""
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
         if type(m) is nn.LeakyReLU:
             return leaky(m.negative_slope)
+        if type(m) is nn.Hardtanh:
+            return _clamp(m.min_val, m.max_val) if len(node.args) == 1 and not node.kwargs else None
         if type(m) is nn.GELU:
             return "gelu_tanh" if m.approximate == "tanh" else "gelu"
         return _MODULES.get(type(m)) if len(node.args) == 1 and not node.kwargs else None
     if node.op == "call_method":
+        if node.target in _CLAMP_METHODS and node.args:
+            names = _CLAMP_METHODS[node.target]
+            if len(node.args) - 1 <= len(names) and set(node.kwargs) <= set(names):
+                args = {**dict(zip(names, node.args[1:])), **node.kwargs}
+                return _clamp(args.get("min"), args.get("max"))
+            return None
         return _METHODS.get(node.target) if len(node.args) == 1 and not node.kwargs else None
     if node.op != "call_function" or not node.args:
         return None
@@ -92,6 +114,13 @@ def of_node(gm: fx.GraphModule, node: fx.Node) -> str | None:
         approximate = node.kwargs.get("approximate", "none")
         ok = len(node.args) == 1 and set(node.kwargs) <= {"approximate"} and approximate in ("none", "tanh")
         return ("gelu_tanh" if approximate == "tanh" else "gelu") if ok else None
+    if node.target in _CLAMPS:
+        names = _CLAMPS[node.target]
+        if len(node.args) > len(names) or not set(node.kwargs) <= set(names[1:]):
+            return None
+        args = {**dict(zip(names, node.args)), **node.kwargs}
+        low, high = (-1.0, 1.0) if node.target is F.hardtanh else (None, None)  # hardtanh's defaults
+        return _clamp(args.get(names[1], low), args.get(names[2], high) if len(names) > 2 else None)
     if node.target in _FUNCTIONS and len(node.args) <= 2 and set(node.kwargs) <= {"inplace"}:
         return _FUNCTIONS[node.target]
     return None

@@ -71,7 +71,7 @@ MAX_CHANNELS = 1 << 24
 MAX_GEOMETRY = 1 << 16  # kernel, stride, dilation, padding
 MAX_RESULT_DEPTH = 4  # nesting of a value a graph node produces (tuples of tensors, shapes)
 
-NAME = re.compile(r"[A-Za-z0-9_]{1,128}")  # one component of a module or tensor name
+NAME = re.compile(r"[A-Za-z0-9_]{1,255}")  # one component of a module or tensor name (Dynamo's are long)
 NODE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 DEVICE = re.compile(r"(cpu|cuda)(:[0-9]{1,3})?")
 
@@ -114,7 +114,9 @@ _FUNCTION_NAMES = (
         "relu", "relu6", "gelu", "silu", "hardswish", "hardsigmoid", "leaky_relu", "elu", "mish", "hardtanh",
         "sigmoid", "tanh", "softmax", "log_softmax", "layer_norm", "group_norm", "normalize", "adaptive_avg_pool2d",
         "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "pad", "interpolate", "dropout", "linear", "conv2d",
-        "unfold", "pixel_shuffle", "scaled_dot_product_attention", "conv_transpose2d", "batch_norm")),
+        "unfold", "pixel_shuffle", "scaled_dot_product_attention", "conv_transpose2d", "batch_norm",
+        "fold", "adaptive_avg_pool1d")),  # Hugging Face's MobileViT-V2 (fold), FocalNet (pool1d)
+    "torch.adaptive_avg_pool1d",
     "torch._C._nn.pad",  # F.pad as TorchDynamo records it (EfficientViT's)
     "torch.linalg.vector_norm", "torch._C._linalg.linalg_vector_norm",  # Hugging Face's ConvNeXt-V2 GRN
     "builtins.getattr",  # only with an attribute name from GETATTR_NAMES (checked where it is decoded)
@@ -159,6 +161,7 @@ METHODS = frozenset({
     "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "size", "dim", "numel", "permute",
     "transpose", "t", "contiguous", "unsqueeze", "squeeze", "expand", "expand_as", "chunk", "split", "unbind",
     "narrow", "select", "flip", "roll", "unfold",  # unfold: sliding windows as a view (HaloNet's blocks)
+    "repeat",  # Hugging Face's SwiftFormer; the result's size is bounded as every value's
     # dtype (devices: `to`, from the graph's own values)
     "to", "float", "type_as",
     # math

@@ -300,7 +300,7 @@ class _Checked:
 
 
 def _identifier(v: Any) -> bool:
-    return isinstance(v, str) and len(v) <= 128 and v.isidentifier() and not keyword.iskeyword(v)
+    return isinstance(v, str) and len(v) <= 255 and v.isidentifier() and not keyword.iskeyword(v)
 
 
 def _tensor_name(name: Any) -> None:
