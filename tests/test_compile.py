@@ -225,7 +225,7 @@ def test_default_dense_backend_keeps_the_faster_of_oneDNN_and_native_plans(monke
     from basisrt.compiler import entry as plan
 
     timed = {"ours": 1.0, "mixed": 2.0} if faster == "ours" else {"ours": 2.0, "mixed": 1.0}
-    monkeypatch.setattr(plan, "paired_seconds", lambda candidates, x, repeats: timed)
+    monkeypatch.setattr(plan, "paired_seconds", lambda c, x, repeats: {k: timed.get(k, 9.0) for k in c})
     dense = basisrt.models.create("vgg16").eval()
     first = next(n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d))
     model = decompose(dense, exclude=[first]).model  # as the benchmark: the first conv stays plain
@@ -275,7 +275,7 @@ def test_autotune_keeps_the_faster_of_mixed_and_all_basisrt_plans(monkeypatch, m
     autotune.clear_cache()
     monkeypatch.setattr(autotune, "_pick", lambda *a, **k: ("pair", "fused"))  # oneDNN "wins" every layer
     timed = {"ours": 1.0, "mixed": mixed_s}  # 5 % faster is within the margin the native plan gets
-    monkeypatch.setattr(plan, "paired_seconds", lambda candidates, x, repeats: timed)
+    monkeypatch.setattr(plan, "paired_seconds", lambda c, x, repeats: {k: timed.get(k, 9.0) for k in c})
     _, model = pruned("vgg16", 0.25)
     x = torch.randn(1, 3, 32, 32)
     compiled = compile(model, x, autotune=True)
@@ -286,3 +286,49 @@ def test_autotune_keeps_the_faster_of_mixed_and_all_basisrt_plans(monkeypatch, m
     with torch.no_grad():
         assert rel_err(compiled(x), model(x)) < 1e-5
     autotune.clear_cache()
+
+
+class _TanhHead(nn.Module):
+    """Convs around an op with no basisrt kernel (tanh): a mixed plan. The view at the end reads a
+    PyTorch op's output of a conv step's channels_last layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.bn(self.a(x))).tanh())
+        return (y * 2).view(y.shape[0], -1)
+
+
+@pytest.mark.parametrize("faster", ["pytorch", "mixed"])
+def test_a_mixed_plan_slower_than_pytorch_alone_gives_way(monkeypatch, tmp_path, faster):
+    """A mixed plan is timed against the plan of only PyTorch's steps (BatchNorm and activations
+    still folded, basis pairs as their two convs), and the faster one is kept."""
+    from basisrt.compiler import entry
+
+    asked = []
+    timed = {"pytorch": 1.0, "mixed": 2.0, "ours": 3.0} if faster == "pytorch" else \
+        {"pytorch": 2.0, "mixed": 1.0, "ours": 3.0}
+    monkeypatch.setattr(entry, "paired_seconds", lambda c, x, repeats: asked.append(set(c)) or {k: timed[k] for k in c})
+    torch.manual_seed(0)
+    model = decompose(_TanhHead().eval()).model
+    prune_basis(model, "ratio", 0.5)
+    x = torch.randn(2, 3, 9, 7)
+    compiled = compile(model, x)
+    assert compiled.native is None and {"mixed", "pytorch"} in asked
+    kinds = Counter(s.strategy for s in compiled.plan.steps)
+    if faster == "pytorch":
+        assert kinds["pair"] == 2 and not kinds["fused"] and not kinds["affine"], compiled.plan
+        assert all(type(m).__name__ == "TorchConvStep" for n, m in compiled.module.named_modules() if "step" in n)
+    else:
+        assert kinds["fused"] == 2 and not kinds["pair"], compiled.plan
+    with torch.no_grad():
+        assert rel_err(compiled(x), model(x)) < 1e-5
+        compiled.save(tmp_path / "p.basisrt")
+        assert torch.equal(basisrt.load(tmp_path / "p.basisrt")(x), compiled(x))
+    asked.clear()
+    timed["ours"] = 0.1  # the plan of only our kernels wins, and is native
+    native = compile(decompose(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())).model, x)
+    assert native.native is not None and {"mixed", "pytorch"} not in asked  # a native plan races nothing

@@ -19,12 +19,12 @@ import basisrt
 from basisrt import compile, decompose, load, prune_basis
 
 
-def compiled_model(name: str):
+def compiled_model(name: str, **options):
     torch.manual_seed(0)
     model = decompose(basisrt.models.create(name).eval()).model
     prune_basis(model, "ratio", 0.25)
     x = torch.randn(2, 3, 32, 32)
-    return compile(model, x), x
+    return compile(model, x, **options), x
 
 
 @pytest.mark.parametrize("name", sorted(basisrt.models.REFERENCE_MODELS))
@@ -232,7 +232,7 @@ def test_triton_plan_on_cpu_needs_the_interpreter(tmp_path, monkeypatch):
 
 
 def test_cpu_plan_refuses_other_devices(tmp_path):
-    compiled, _ = compiled_model("vit_mlp")
+    compiled, _ = compiled_model("vit_mlp", dense_backend="basisrt")  # a plan holding our C++ kernels
     path = tmp_path / "cpu.basisrt"
     compiled.save(path)
     with pytest.raises(ValueError, match=r"C\+\+ CPU kernels \(compiled on cpu\) and cannot run on cuda"):

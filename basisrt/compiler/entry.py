@@ -77,7 +77,11 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         dense_backend: "torch" runs dense steps with PyTorch's conv (oneDNN, per conv often a
             little faster), "basisrt" with our C++ kernel. "auto" (default) starts from "torch", and on the
             CPU also builds the plan of only our kernels, which runs as one C++ program without a
-            Python round trip per step, and keeps whichever is faster on `example_input`.
+            Python round trip per step, and keeps whichever is faster on `example_input`. A plan
+            that still mixes PyTorch's ops with ours is then timed against the plan of only
+            PyTorch's steps (BatchNorm and activations folded, basis pairs as two convs), and
+            the faster kept: handing over between the two at every op can cost more than our
+            kernels save (transformer blocks), and compiling must not make a model slower.
         backend: "auto" (CUDA input: "triton", else "cpu"), "cpu" (C++ kernels) or "triton"
             (fused pairs as Triton kernels, other steps through PyTorch; on CPU tensors only
             under TRITON_INTERPRET=1, for testing).
@@ -133,6 +137,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
                                  steps=steps)
     else:
         choose = cost_model_choice
+    race_pytorch = try_ours and backend == "cpu" and precision == "fp32"  # an explicit dense_backend is kept
+    pytorch_gm = copy.deepcopy(gm) if race_pytorch else None
     compiled = _build(copy.deepcopy(gm), choose, example_input, num_threads, dense_backend, backend, cuda_graph,
                       precision)
     if try_ours and compiled.native is None and backend == "cpu":
@@ -143,6 +149,15 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         if ours.native is not None:
             times = paired_seconds({"mixed": compiled, "ours": ours}, example_input, repeats=7)
             compiled = compiled if keep_mixed(times["mixed"], times["ours"]) else ours
+    if race_pytorch and compiled.native is None:
+        # A mixed plan hands over between PyTorch and our kernels at every op boundary (in
+        # transformer blocks, dozens per block), and each side's threads get in the other's way:
+        # it can run slower than PyTorch alone. Keep the plan of only PyTorch's steps where it is
+        # faster, so compiling never costs speed.
+        pytorch = _build(pytorch_gm, _pytorch_only(choose), example_input, num_threads, "torch", "torch", cuda_graph,
+                         precision)
+        times = paired_seconds({"mixed": compiled, "pytorch": pytorch}, example_input, repeats=7)
+        compiled = pytorch if times["pytorch"] < times["mixed"] else compiled
     compiled.input_name, compiled.output_class = input_name(model), returns
     return compiled
 
@@ -157,6 +172,14 @@ def _ours_only(choose: Chooser | None) -> Chooser:
     def ours(name: str, fused: Layer | None, dense: Layer, geometry: ConvGeometry | None) -> Strategy:
         return Strategy(choose(name, fused, dense, geometry) if choose is not None else Strategy.DENSE).ours()
     return ours
+
+
+def _pytorch_only(choose: Chooser | None) -> Chooser:
+    """`choose` with PyTorch's convs for ours: a basis pair as its two convs, a dense conv oneDNN's."""
+    def pytorch(name: str, fused: Layer | None, dense: Layer, geometry: ConvGeometry | None) -> Strategy:
+        s = Strategy(choose(name, fused, dense, geometry)) if choose is not None else Strategy.DENSE
+        return {Strategy.FUSED: Strategy.PAIR, Strategy.DENSE_BASISRT: Strategy.DENSE}.get(s, s)
+    return pytorch
 
 
 def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, num_threads: int | None,

@@ -18,7 +18,6 @@ from ..layers import BasisConv2d, BasisLinear, ChannelLayerNorm, MapSoftmax
 from . import activations
 from .cost_model import cost_model_choice
 from .cpu_steps import (
-    STEPS,
     ChannelAffineStep,
     ChannelGatherStep,
     ChannelNormStep,
@@ -187,8 +186,10 @@ def _later(a: fx.Node, b: fx.Node) -> fx.Node:
 def fuse(gm: fx.GraphModule, choose: Chooser | None = cost_model_choice, num_threads: int | None = None,
          dense_backend: str = "torch", backend: str = "cpu") -> dict[str, Strategy]:
     """Rewrite `gm` in place into plan steps (node shapes from ShapeProp must be in node.meta).
-    `choose` picks fused vs dense per layer (None: always dense). Returns each step's Strategy by
-    step name."""
+    `choose` picks fused vs dense per layer (None: always dense). backend "cpu": our C++ kernels
+    wherever they apply; "triton": fused pairs as Triton kernels; "torch": every step PyTorch's
+    (BatchNorm and activations still folded into the convs). Returns each step's Strategy by step
+    name."""
     strategies: dict[str, Strategy] = {}
     _drop_eval_identities(gm)
     _pool_modules(gm)
@@ -591,9 +592,10 @@ def _pool_modules(gm: fx.GraphModule) -> None:
 
 
 def _views_read_any_layout(gm: fx.GraphModule) -> None:
-    """`x.view(...)` of a step's output becomes `x.reshape(...)`: steps return NCHW tensors stored
-    channels_last, which `view` cannot flatten (PyTorch raises), and reshape copies only then."""
+    """`x.view(...)` becomes `x.reshape(...)`: steps return NCHW tensors stored channels_last, which
+    PyTorch's ops after them keep, and `view` cannot flatten (PyTorch raises); reshape copies only
+    then. The same values either way: normalize made every write out of place."""
     for node in gm.graph.nodes:
-        src = node.args[0] if node.op == "call_method" and node.target == "view" and node.args else None
-        if isinstance(src, fx.Node) and isinstance(_module(gm, src), STEPS):
-            node.target = "reshape"
+        if node.op == "call_method" and node.target in ("view", "view_as") and \
+                not any(isinstance(a, torch.dtype) for a in node.args[1:]):  # view(dtype) reinterprets
+            node.target = {"view": "reshape", "view_as": "reshape_as"}[node.target]

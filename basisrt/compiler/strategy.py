@@ -74,7 +74,8 @@ def make_step(strategy: Strategy, layer: Layer, geometry: ConvGeometry | None, *
     """The step module that runs `layer` by `strategy` (a basis layer for FUSED / PAIR, a dense one
     otherwise). `geometry` None is a linear step, reading a flattened (C, H, W) map when `map_chw`
     is given. backend "triton": fused pairs run the Triton kernel (groups 1, the epilogues it
-    has), everything else PyTorch (our C++ kernels are CPU-only)."""
+    has), everything else PyTorch (our C++ kernels are CPU-only); backend "torch": every layer by
+    PyTorch (a basis pair as its two convs)."""
     strategy = Strategy(strategy)
     if strategy.dense != (layer.scale is None):
         kind = "dense" if layer.scale is None else "basis"
@@ -88,6 +89,8 @@ def make_step(strategy: Strategy, layer: Layer, geometry: ConvGeometry | None, *
                 return GPUFusedLinear(layer.weight, layer.bias, layer.scale, layer.activation, residual)
             return GPUFusedConv2d(layer.weight, layer.bias, **conv.conv_kwargs(), scale=layer.scale,
                                   activation=layer.activation, residual=residual)
+        in_torch = True
+    elif backend == "torch":
         in_torch = True
     elif strategy is Strategy.DENSE_BASISRT or strategy is Strategy.FUSED:
         in_torch = False
