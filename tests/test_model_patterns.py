@@ -524,3 +524,30 @@ def test_linalg_vector_norm_over_pixels_is_an_l2_pool(tmp_path) -> None:
     model = Norm().eval()
     x = torch.randn(2, 3, 7, 8)
     _native_under_both_captures(model, x, tmp_path)
+
+
+class ChannelsLastGrnBlock(nn.Module):
+    """Hugging Face's ConvNeXt-V2 block: permute to NHWC, LayerNorm, Linear, GELU, then the global
+    response norm on the NHWC map (an L2 norm over dims (1, 2), its mean over the last dim), Linear,
+    permute back."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.weight, self.bias = nn.Parameter(torch.rand(1, 1, 1, 4 * c)), nn.Parameter(torch.rand(1, 1, 1, 4 * c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.fc1(self.norm(self.dw(x).permute(0, 2, 3, 1))))
+        g = torch.linalg.vector_norm(y, ord=2, dim=(1, 2), keepdim=True)
+        n = g / (g.mean(dim=-1, keepdim=True) + 1e-6)
+        y = self.weight * (y * n) + self.bias + y
+        return x + self.fc2(y).permute(0, 3, 1, 2)
+
+
+def test_a_global_response_norm_inside_a_channels_last_region_runs_native(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), ChannelsLastGrnBlock()).eval()
+    x = torch.randn(2, 3, 10, 12)
+    _native_under_both_captures(model, x, tmp_path)

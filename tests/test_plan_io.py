@@ -363,3 +363,13 @@ def test_plans_with_fold_repeat_pool1d_and_long_names_save(tmp_path):
         compiled.save(str(tmp_path / f"hf_{capture}.basisrt"))
         with torch.no_grad():
             assert torch.allclose(basisrt.load(str(tmp_path / f"hf_{capture}.basisrt"))(x), model(x), atol=1e-5)
+
+
+def test_loaded_tensors_are_aligned(tmp_path):
+    """safetensors packs tensors back to back; PyTorch's GEMMs take other paths on unaligned
+    weights (last bits unlike the plan that was saved), so loading aligns every tensor."""
+    compiled, x = compiled_model("vit_mlp", dense_backend="torch")
+    compiled.save(tmp_path / "p.basisrt")
+    loaded = load(tmp_path / "p.basisrt")
+    assert all(t.data_ptr() % 64 == 0 for t in loaded.module.state_dict().values())
+    assert torch.equal(loaded(x), compiled(x))

@@ -7,7 +7,8 @@ nothing once gone, and the convs and norms run as basisrt kernels.
 
 A region is every node reached from the first permute before the permute back; it is rewritten
 only when each of them works pixel by pixel on the last dim (so the result is the same whichever
-dim holds the channels) and nothing outside it reads one of them.
+dim holds the channels), or is an L2 norm, mean or sum over some dims with keepdim (ConvNeXt-V2's
+global response norm: the dims are renumbered for NCHW), and nothing outside it reads one of them.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ from .patterns import _meta_shape, is_eval_identity
 _TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 _BINARY = {operator.mul, torch.mul, operator.add, torch.add, operator.sub, torch.sub, operator.truediv, torch.div}
 _IDENTITIES = (nn.Dropout, nn.Identity)
+_NCHW_DIM = (0, 2, 3, 1)  # where each NHWC dim is in NCHW
+_VECTOR_NORMS = tuple(f for f in (getattr(torch.linalg, "vector_norm", None),
+                                  getattr(getattr(torch._C, "_linalg", None), "linalg_vector_norm", None)) if f)
 
 
 def channels_last_regions(gm: fx.GraphModule) -> None:
@@ -60,8 +64,10 @@ def _region(gm: fx.GraphModule, start: fx.Node) -> tuple[list[fx.Node], list[fx.
             if _permutation(user) == _TO_NCHW:
                 ends.append(user)
                 continue
-            out = _meta_shape(user)
-            if out is None or len(out) != 4 or out[:3] != shape[:3] or user.meta["tensor_meta"].dtype != torch.float32:
+            out = _meta_shape(user)  # the region's N, H, W (H, W reduced to 1: a pixel reduction)
+            if out is None or len(out) != 4 or out[0] != shape[0] or \
+                    any(o not in (s, 1) for o, s in zip(out[1:3], shape[1:3])) or \
+                    user.meta["tensor_meta"].dtype != torch.float32:
                 return None
             inside.add(user)
             todo.append(user)
@@ -81,6 +87,9 @@ def _per_pixel(gm: fx.GraphModule, node: fx.Node, inside: set) -> bool:
             return one_input and len(m.normalized_shape) == 1
         return one_input and (type(m) in (nn.Linear, BasisLinear) or isinstance(m, _IDENTITIES) and not m.training
                               or activations.of_node(gm, node) is not None)
+    found = _reduction(node)
+    if found is not None:
+        return found[1]["input"] in inside
     if node.op != "call_function":
         return False
     if node.target is F.layer_norm:
@@ -92,6 +101,27 @@ def _per_pixel(gm: fx.GraphModule, node: fx.Node, inside: set) -> bool:
         return all(a in inside or _channel_constant(gm, a, c) is not None for a in node.args) and \
             any(a in inside for a in node.args)
     return (activations.of_node(gm, node) is not None or is_eval_identity(node)) and node.args[0] in inside
+
+
+def _reduction(node: fx.Node) -> tuple[tuple[str, ...], dict] | None:
+    """(argument names, arguments by name) of an L2 norm, mean or sum over given dims with keepdim."""
+    if node.op == "call_function" and node.target in _VECTOR_NORMS:
+        names = ("input", "ord", "dim", "keepdim")
+    elif node.op == "call_method" and node.target == "norm" or node.op == "call_function" and node.target is torch.norm:
+        names = ("input", "p", "dim", "keepdim")
+    elif node.op == "call_method" and node.target in ("mean", "sum") or \
+            node.op == "call_function" and node.target in (torch.mean, torch.sum):
+        names = ("input", "dim", "keepdim")
+    else:
+        return None
+    if len(node.args) > len(names) or not set(node.kwargs) <= set(names[1:]):
+        return None
+    a = dict(zip(names, node.args), **node.kwargs)
+    dims = (a.get("dim"),) if type(a.get("dim")) is int else a.get("dim")
+    if a.get("keepdim") is not True or not isinstance(dims, (tuple, list)) or not dims or \
+            not all(type(d) is int for d in dims) or len(names) == 4 and a.get(names[1], 2) not in (2, 2.0):
+        return None
+    return names, {**a, "dim": tuple(dims)}
 
 
 def _layer_norm_args(gm: fx.GraphModule, node: fx.Node, inside: set, c: int) -> dict | None:
@@ -141,8 +171,16 @@ def _rewrite(gm: fx.GraphModule, start: fx.Node, nodes: list[fx.Node], ends: lis
             name = _fresh_name(gm, "channel_norm")
             gm.add_submodule(name, norm)
             node.op, node.target, node.args, node.kwargs = "call_module", name, (a["input"],), {}
-        elif node.target in _BINARY:
+        elif node.op == "call_function" and node.target in _BINARY:
             node.args = tuple(_as_nchw_constant(gm, node, a, c) for a in node.args)
+        elif _reduction(node) is not None:
+            names, a = _reduction(node)
+            dims = tuple(sorted(_NCHW_DIM[d % 4] for d in a["dim"]))
+            i = names.index("dim")
+            if i < len(node.args):
+                node.args = (*node.args[:i], dims, *node.args[i + 1:])
+            else:
+                node.kwargs = {**node.kwargs, "dim": dims}
         node.meta["tensor_meta"] = _extract_tensor_metadata(torch.empty(n, c, h, w, device="meta"))
     start.replace_all_uses_with(start.args[0])
     gm.graph.erase_node(start)

@@ -716,7 +716,7 @@ def _eps(a: Attrs) -> None:
 def _batch_norm(a: Attrs, t: Tensors) -> None:
     a.eval_mode()
     c = a.int("num_features", 1, MAX_CHANNELS)
-    _eps(a)
+    a.float("eps", 0.0, 1.0)  # 0: normalize's exact per-channel affine (x·γ + β), in a plan of PyTorch steps
     if a.get("momentum") is not None:
         a.float("momentum", 0.0, 1.0)
     affine, stats = a.bool("affine"), a.bool("track_running_stats")

@@ -679,6 +679,9 @@ def load_plan(path: str | Path, device: torch.device | str | None = None,
         cuda_graph = checked.cuda_graph and target.type == "cuda"
     with _problems(path):
         tensors = load_file(str(path), device=str(target))
+        # safetensors packs tensors back to back: most come back unaligned, and PyTorch's kernels take
+        # other paths on them (slower, and last bits unlike the plan that was saved); a copy aligns them
+        tensors = {k: v.clone() if v.data_ptr() % 64 else v for k, v in tensors.items()}
         if {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in tensors.items()} != table:
             raise PlanError("safetensors read other tensors than the checked header declares (did the file change?)")
         root = _module_tree(checked.modules, tensors)
