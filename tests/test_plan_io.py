@@ -337,8 +337,9 @@ def test_a_plan_holding_a_conv3d_saves(tmp_path):
 
 def test_plans_with_fold_repeat_pool1d_and_long_names_save(tmp_path):
     """Hugging Face's MobileViT-V2 (F.unfold / F.fold patches), SwiftFormer (`.repeat`), FocalNet
-    (adaptive_avg_pool1d over tokens), and CvT's module names, which TorchDynamo flattens into one
-    name of over 128 characters: plans that compile must also save."""
+    (adaptive_avg_pool1d over tokens), CvT's module names, which TorchDynamo flattens into one name
+    of over 128 characters, and EdgeNeXt's `.to(x.device)` (a constant device under TorchDynamo):
+    plans that compile must also save."""
     class Hf(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -352,7 +353,7 @@ def test_plans_with_fold_repeat_pool1d_and_long_names_save(tmp_path):
             patches = F.unfold(y, kernel_size=2, stride=2)
             y = F.fold(patches * 2, output_size=y.shape[-2:], kernel_size=2, stride=2)
             tokens = y.flatten(2)
-            pooled = torch.adaptive_avg_pool1d(tokens, 1).unsqueeze(-1)
+            pooled = torch.adaptive_avg_pool1d(tokens, 1).unsqueeze(-1) * torch.ones(1).to(x.device)
             return y + pooled.repeat(1, 1, y.shape[2], y.shape[3])
 
     torch.manual_seed(0)

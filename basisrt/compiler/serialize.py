@@ -589,6 +589,10 @@ class _ShapePass(fx.Interpreter):
     def call_method(self, target: str, args: tuple, kwargs: dict) -> Any:
         if not isinstance(args[0], torch.Tensor):
             raise PlanError(f"calls method {target!r} of {schema._describe(args[0])}; plans call tensor methods only")
+        if target == "to":  # a device TorchDynamo recorded as a constant (EdgeNeXt's .to(x.device)): meta here
+            meta = torch.device("meta")
+            args = tuple(meta if isinstance(a, (torch.device, str)) else a for a in args)
+            kwargs = {k: meta if k == "device" else v for k, v in kwargs.items()}
         return getattr(args[0], target)(*args[1:], **kwargs)
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
