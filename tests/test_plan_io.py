@@ -256,6 +256,18 @@ def test_cuda_plan_round_trip_with_cuda_graph(tmp_path):
     assert not load(path, cuda_graph=False).cuda_graph
 
 
+def _saves_and_loads_under_both_captures(model: nn.Module, x: torch.Tensor, tmp_path) -> list:
+    """The plans of `model` under fx and TorchDynamo, each saved, loaded and matching the model."""
+    plans = []
+    for capture in ("fx", "dynamo"):
+        compiled = basisrt.compile(model, x, capture=capture)
+        compiled.save(str(tmp_path / f"{capture}.basisrt"))
+        with torch.no_grad():
+            assert torch.allclose(basisrt.load(str(tmp_path / f"{capture}.basisrt"))(x), model(x), atol=1e-5)
+        plans.append(compiled)
+    return plans
+
+
 def test_plans_with_addcmul_and_dynamo_pads_save(tmp_path):
     """ConvNeXt-V2's global response norm (torch.addcmul) and EfficientViT's constant pad of one, as
     TorchDynamo records it (torch._C._nn.pad): ops that stay PyTorch's, in plans that must save."""
@@ -274,11 +286,7 @@ def test_plans_with_addcmul_and_dynamo_pads_save(tmp_path):
     torch.manual_seed(0)
     model = Grn().eval()
     x = torch.randn(2, 3, 5, 6)
-    for capture in ("fx", "dynamo"):
-        compiled = basisrt.compile(model, x, capture=capture)
-        compiled.save(str(tmp_path / f"grn_{capture}.basisrt"))
-        with torch.no_grad():
-            assert torch.allclose(basisrt.load(str(tmp_path / f"grn_{capture}.basisrt"))(x), model(x), atol=1e-5)
+    _saves_and_loads_under_both_captures(model, x, tmp_path)
 
 
 def test_plans_with_size_asserts_autocast_off_and_eye_save(tmp_path):
@@ -305,13 +313,9 @@ def test_plans_with_size_asserts_autocast_off_and_eye_save(tmp_path):
     torch.manual_seed(0)
     model = Odd().eval()
     x = torch.randn(2, 3, 6, 5)
-    for capture in ("fx", "dynamo"):
-        compiled = basisrt.compile(model, x, capture=capture)
+    for compiled in _saves_and_loads_under_both_captures(model, x, tmp_path):
         names = {str(getattr(n.target, "__name__", n.target)) for n in compiled.module.graph.nodes}
         assert not names & {"_assert", "float", "_enter_autocast", "_exit_autocast"}, names
-        compiled.save(str(tmp_path / f"odd_{capture}.basisrt"))
-        with torch.no_grad():
-            assert torch.allclose(basisrt.load(str(tmp_path / f"odd_{capture}.basisrt"))(x), model(x), atol=1e-5)
 
 
 def test_a_plan_holding_a_conv3d_saves(tmp_path):
@@ -359,11 +363,7 @@ def test_plans_with_fold_repeat_pool1d_and_long_names_save(tmp_path):
     torch.manual_seed(0)
     model = Hf().eval()
     x = torch.randn(2, 3, 6, 4)
-    for capture in ("fx", "dynamo"):
-        compiled = basisrt.compile(model, x, capture=capture)
-        compiled.save(str(tmp_path / f"hf_{capture}.basisrt"))
-        with torch.no_grad():
-            assert torch.allclose(basisrt.load(str(tmp_path / f"hf_{capture}.basisrt"))(x), model(x), atol=1e-5)
+    _saves_and_loads_under_both_captures(model, x, tmp_path)
 
 
 def test_loaded_tensors_are_aligned(tmp_path):
