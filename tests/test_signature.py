@@ -91,6 +91,11 @@ def test_plain_outputs_record_no_class():
     assert output_class(torch.ones(1)) is None and output_class({"a": 1}) is None and output_class((1,)) is None
     assert output_class(OrderedDict()) is OrderedDict and output_class(Pair(1, 2)) is Pair
 
+    class Tagged(dict):  # a constructor wrap_output cannot call: the plan returns a plain dict
+        def __init__(self, tag, **kw):
+            super().__init__(**kw)
+    assert output_class(Tagged("t", a=1)) is None
+
 
 def test_the_input_passes_by_the_models_name(tmp_path):
     _, compiled, x, ref = _compiled("ordered")

@@ -30,13 +30,17 @@ def input_name(model: nn.Module) -> str | None:
 
 
 def output_class(out: Any) -> type | None:
-    """The container class of a model's output where a plan's plain dict or tuple would lose it."""
+    """The container class of a model's output where a plan's plain dict or tuple would lose it,
+    if wrap_output can rebuild it from the plain one."""
     cls = type(out)
-    if cls in (dict, tuple, list):
+    if cls in (dict, tuple, list) or not (isinstance(out, dict) or isinstance(out, tuple) and hasattr(cls, "_fields")):
         return None
-    if isinstance(out, dict) or (isinstance(out, tuple) and hasattr(cls, "_fields")):
-        return cls
-    return None
+    plain = dict(out) if isinstance(out, dict) else tuple(out)
+    try:
+        rebuilt = wrap_output(cls, plain)
+    except Exception:  # noqa: BLE001 - a constructor of its own: the plan returns the plain container
+        return None
+    return cls if type(rebuilt) is cls else None
 
 
 def class_path(cls: type) -> str:
