@@ -138,14 +138,13 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
     else:
         choose = cost_model_choice
     race_pytorch = try_ours and backend == "cpu" and precision == "fp32"  # an explicit dense_backend is kept
-    pytorch_gm = copy.deepcopy(gm) if race_pytorch else None
     compiled = _build(copy.deepcopy(gm), choose, example_input, num_threads, dense_backend, backend, cuda_graph,
                       precision)
     if try_ours and compiled.native is None and backend == "cpu":
         # Some PyTorch step keeps the whole plan out of the native program; time the plan of
         # only our kernels against it and keep the faster.
-        ours = _build(gm, _ours_only(choose), example_input, num_threads, dense_backend, backend, cuda_graph,
-                      precision)
+        ours = _build(copy.deepcopy(gm) if race_pytorch else gm, _ours_only(choose), example_input, num_threads,
+                      dense_backend, backend, cuda_graph, precision)  # gm itself kept for the PyTorch plan
         if ours.native is not None:
             times = paired_seconds({"mixed": compiled, "ours": ours}, example_input, repeats=7)
             compiled = compiled if keep_mixed(times["mixed"], times["ours"]) else ours
@@ -154,7 +153,7 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         # transformer blocks, dozens per block), and each side's threads get in the other's way:
         # it can run slower than PyTorch alone. Keep the plan of only PyTorch's steps where it is
         # faster, so compiling never costs speed.
-        pytorch = _build(pytorch_gm, _pytorch_only(choose), example_input, num_threads, "torch", "torch", cuda_graph,
+        pytorch = _build(gm, _pytorch_only(choose), example_input, num_threads, "torch", "torch", cuda_graph,
                          precision)
         times = paired_seconds({"mixed": compiled, "pytorch": pytorch}, example_input, repeats=7)
         compiled = pytorch if times["pytorch"] < times["mixed"] else compiled
