@@ -22,14 +22,12 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from ..layers import BasisConv2d, BasisLinear, ChannelLayerNorm
 from . import activations
 from .fusion import _fresh_name
-from .patterns import _meta_shape, is_eval_identity
+from .patterns import _meta_shape, is_eval_identity, reduction
 
 _TO_NHWC, _TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 _BINARY = {operator.mul, torch.mul, operator.add, torch.add, operator.sub, torch.sub, operator.truediv, torch.div}
 _IDENTITIES = (nn.Dropout, nn.Identity)
 _NCHW_DIM = (0, 2, 3, 1)  # where each NHWC dim is in NCHW
-_VECTOR_NORMS = tuple(f for f in (getattr(torch.linalg, "vector_norm", None),
-                                  getattr(getattr(torch._C, "_linalg", None), "linalg_vector_norm", None)) if f)
 
 
 def channels_last_regions(gm: fx.GraphModule) -> None:
@@ -89,7 +87,7 @@ def _per_pixel(gm: fx.GraphModule, node: fx.Node, inside: set) -> bool:
                               or activations.of_node(gm, node) is not None)
     found = _reduction(node)
     if found is not None:
-        return found[1]["input"] in inside
+        return found["input"] in inside
     if node.op != "call_function":
         return False
     if node.target is F.layer_norm:
@@ -103,25 +101,15 @@ def _per_pixel(gm: fx.GraphModule, node: fx.Node, inside: set) -> bool:
     return (activations.of_node(gm, node) is not None or is_eval_identity(node)) and node.args[0] in inside
 
 
-def _reduction(node: fx.Node) -> tuple[tuple[str, ...], dict] | None:
-    """(argument names, arguments by name) of an L2 norm, mean or sum over given dims with keepdim."""
-    if node.op == "call_function" and node.target in _VECTOR_NORMS:
-        names = ("input", "ord", "dim", "keepdim")
-    elif node.op == "call_method" and node.target == "norm" or node.op == "call_function" and node.target is torch.norm:
-        names = ("input", "p", "dim", "keepdim")
-    elif node.op == "call_method" and node.target in ("mean", "sum") or \
-            node.op == "call_function" and node.target in (torch.mean, torch.sum):
-        names = ("input", "dim", "keepdim")
-    else:
+def _reduction(node: fx.Node) -> dict | None:
+    """The arguments by name of an L2 norm, mean or sum over given dims with keepdim."""
+    found = reduction(node)
+    if found is None:
         return None
-    if len(node.args) > len(names) or not set(node.kwargs) <= set(names[1:]):
+    kind, order, a = found
+    if a["dim"] is None or a.get("keepdim") is not True or kind == "norm" and a.get(order, 2) not in (2, 2.0):
         return None
-    a = dict(zip(names, node.args), **node.kwargs)
-    dims = (a.get("dim"),) if type(a.get("dim")) is int else a.get("dim")
-    if a.get("keepdim") is not True or not isinstance(dims, (tuple, list)) or not dims or \
-            not all(type(d) is int for d in dims) or len(names) == 4 and a.get(names[1], 2) not in (2, 2.0):
-        return None
-    return names, {**a, "dim": tuple(dims)}
+    return a
 
 
 def _layer_norm_args(gm: fx.GraphModule, node: fx.Node, inside: set, c: int) -> dict | None:
@@ -173,10 +161,9 @@ def _rewrite(gm: fx.GraphModule, start: fx.Node, nodes: list[fx.Node], ends: lis
             node.op, node.target, node.args, node.kwargs = "call_module", name, (a["input"],), {}
         elif node.op == "call_function" and node.target in _BINARY:
             node.args = tuple(_as_nchw_constant(gm, node, a, c) for a in node.args)
-        elif _reduction(node) is not None:
-            names, a = _reduction(node)
+        elif (a := _reduction(node)) is not None:  # dim is the third argument of a norm, else the second
             dims = tuple(sorted(_NCHW_DIM[d % 4] for d in a["dim"]))
-            i = names.index("dim")
+            i = 2 if reduction(node)[0] == "norm" else 1
             if i < len(node.args):
                 node.args = (*node.args[:i], dims, *node.args[i + 1:])
             else:

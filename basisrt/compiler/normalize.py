@@ -56,7 +56,7 @@ from . import activations
 from .attention import attention_to_maps
 from .channels_last import channels_last_regions
 from .fusion import _fresh_name
-from .patterns import _PAD_FUNCTIONS, _meta_shape
+from .patterns import _PAD_FUNCTIONS, _meta_shape, reduction
 
 
 def normalize(gm: fx.GraphModule) -> None:
@@ -650,8 +650,6 @@ def _depth_multiplier_convs(gm: fx.GraphModule) -> None:
 
 # --------------------------------------------------------------------------- reductions
 
-_VECTOR_NORMS = (torch.linalg.vector_norm, torch._C._linalg.linalg_vector_norm)  # the latter: TorchDynamo's
-
 
 def _reductions_as_layers(gm: fx.GraphModule) -> None:
     """On float32 maps: `x.norm(p=2, dim=(2, 3))` (or torch.norm, torch.linalg.vector_norm) an
@@ -670,23 +668,17 @@ def _reductions_as_layers(gm: fx.GraphModule) -> None:
             node.replace_all_uses_with(total)
             gm.graph.erase_node(node)
             continue
-        is_norm = node.op == "call_method" and node.target == "norm" or \
-            node.op == "call_function" and node.target in (torch.norm, *_VECTOR_NORMS)
-        is_mean = node.op == "call_method" and node.target == "mean" or \
-            node.op == "call_function" and node.target is torch.mean
-        if not (is_norm or is_mean):
+        found = reduction(node)
+        if found is None or found[0] == "sum":
             continue
-        names = ("input", "ord", "dim", "keepdim") if node.target in _VECTOR_NORMS else \
-            ("input", "p", "dim", "keepdim") if is_norm else ("input", "dim", "keepdim")
-        a = _args(node, names)
-        shape = _meta_shape(a.get("input")) if a is not None else None
+        kind, order, a = found
+        is_norm, is_mean = kind == "norm", kind == "mean"
+        shape = _meta_shape(a.get("input"))
         if shape is None or len(shape) != 4 or a["input"].meta["tensor_meta"].dtype != torch.float32:
             continue
-        dims = a.get("dim")
-        dims = (dims,) if type(dims) is int else tuple(dims or ())
-        dims = sorted(d % 4 for d in dims) if all(type(d) is int for d in dims) else None
+        dims = sorted(d % 4 for d in a["dim"]) if a["dim"] is not None else None
         n, c, h, w = shape
-        if is_norm and a.get(names[1], 2) in (2, 2.0) and dims == [2, 3]:
+        if is_norm and a.get(order, 2) in (2, 2.0) and dims == [2, 3]:
             layer, keep = nn.LPPool2d(2, (h, w)), a.get("keepdim", False)
         elif is_mean and dims == [1] and a.get("keepdim", False):
             layer, keep = nn.Conv2d(c, 1, 1, bias=False), True

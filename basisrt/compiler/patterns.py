@@ -469,3 +469,28 @@ def resample_taps(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, list[tupl
 
 
 __all__ += ["resample_taps"]
+
+
+VECTOR_NORMS = (torch.linalg.vector_norm, torch._C._linalg.linalg_vector_norm)  # the latter: TorchDynamo's
+
+
+def reduction(node: fx.Node) -> tuple[str, str, dict] | None:
+    """(kind, the name of its order argument, its arguments by name) of a reduction node: kind
+    "norm" (`x.norm`, torch.norm, vector_norm: the order argument "p" or "ord"), "mean" or "sum";
+    "dim" as a tuple of ints (None when absent or not ints)."""
+    if node.op == "call_function" and node.target in VECTOR_NORMS:
+        kind, names = "norm", ("input", "ord", "dim", "keepdim")
+    elif node.op == "call_method" and node.target == "norm" or node.op == "call_function" and node.target is torch.norm:
+        kind, names = "norm", ("input", "p", "dim", "keepdim")
+    elif node.op == "call_method" and node.target in ("mean", "sum"):
+        kind, names = node.target, ("input", "dim", "keepdim")
+    elif node.op == "call_function" and node.target in (torch.mean, torch.sum):
+        kind, names = node.target.__name__, ("input", "dim", "keepdim")
+    else:
+        return None
+    if len(node.args) > len(names) or not set(node.kwargs) <= set(names):
+        return None
+    a = dict(zip(names, node.args), **node.kwargs)
+    dims = (a.get("dim"),) if type(a.get("dim")) is int else a.get("dim")
+    ok = isinstance(dims, (tuple, list)) and dims and all(type(d) is int for d in dims)
+    return kind, names[1] if kind == "norm" else "", {**a, "dim": tuple(dims) if ok else None}
