@@ -15,11 +15,18 @@ from test_fused_conv_cpu import ACT_CHOICES, case_id, reference, rel_err
 
 import basisrt
 from basisrt import _C
-from basisrt.compiler import activations
+from basisrt.compiler import activations, entry
 from basisrt.compiler.bf16 import packed_bf16
 from basisrt.compiler.cpu_steps import FusedConv2d
 
 needs_bf16 = pytest.mark.skipif(_C.bf16_path() == "none", reason="this CPU has no AVX512-BF16 (nor AMX)")
+
+
+@pytest.fixture
+def every_conv_bf16(monkeypatch):
+    """compile(precision="bf16") without the measured per-conv choice: every conv it can runs in
+    bf16, so what a test checks does not depend on timings."""
+    monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)
 
 
 def bf16(t: torch.Tensor) -> torch.Tensor:
@@ -164,7 +171,7 @@ def test_bf16_activations_in_and_out_are_fp32_io_rounded(c):
 
 
 @needs_bf16
-def test_program_keeps_maps_between_bf16_convs_in_bf16():
+def test_program_keeps_maps_between_bf16_convs_in_bf16(every_conv_bf16):
     """keep_bf16: the maps that bf16 convs and pools alone write and read are bf16 (not the input,
     the output or a concatenation); an op other than a bf16 conv or pool on one of them is refused."""
     torch.manual_seed(0)
@@ -205,7 +212,7 @@ def test_program_keeps_maps_between_bf16_convs_in_bf16():
 
 @needs_bf16
 @pytest.mark.parametrize("pool", ["max", "avg", "global"])
-def test_pools_between_bf16_convs_run_on_bf16_maps(pool):
+def test_pools_between_bf16_convs_run_on_bf16_maps(pool, every_conv_bf16):
     """conv -> pool -> conv at bf16: the maps on both sides of the pool are bf16. A max pool gives
     exactly what fp32 maps give (rounding to bf16 is monotonic: the max of rounded values is the
     rounded max, which the next conv took as its input anyway); an average is rounded once more."""
@@ -271,7 +278,7 @@ def test_pack_bf16_vnni_layout():
 
 @needs_bf16
 @pytest.mark.parametrize("name", ["resnet18", "vgg16"])
-def test_compiled_bf16_model_is_within_3e_2_and_saves(tmp_path, name):
+def test_compiled_bf16_model_is_within_3e_2_and_saves(tmp_path, name, every_conv_bf16):
     """Whole random-init models: 0.5 % (ResNet-18) to 2 % (VGG16) from fp32, where OpenVINO's bf16
     gives 1.7 % and 2.0 % on the same pruned models (basisrt bench's rel_err)."""
     torch.manual_seed(0)
@@ -372,3 +379,70 @@ def test_bf16_kernel_rejects_bad_arrays():
         _C.fused_conv_bf16_nhwc(x, b, None, bias, x.astype(np.int16), y, *args)
     with pytest.raises(ValueError, match="x must be NHWC"):
         _C.fused_conv_bf16_nhwc(x.astype(np.int16).transpose(0, 3, 1, 2), b, None, bias, None, y, *args)
+
+
+def _pruned_resnet18(ratio: float = 0.25) -> torch.nn.Module:
+    torch.manual_seed(0)
+    pruned = basisrt.decompose(basisrt.models.create("resnet18").eval()).model.eval()
+    basisrt.prune_basis(pruned, "ratio", ratio)
+    return pruned
+
+
+@needs_bf16
+def test_convs_measured_faster_in_fp32_stay_fp32(tmp_path, monkeypatch):
+    """compile(precision="bf16") keeps in fp32 the convs the measurement finds faster there, asks
+    again on the new plan until none is, saves the choice, and load(precision=...) follows it."""
+    pruned, x = _pruned_resnet18(), torch.randn(2, 3, 32, 32)
+    answers = [["layers_0_0_conv1_step", "fc_step"], ["stem_0_step"], []]
+    asked = []
+
+    def measured(bf16_plan, fp32_plan, inp):
+        assert bf16_plan.precision == "bf16" and fp32_plan.precision == "fp32" and torch.equal(inp, x)
+        asked.append(sorted(n for n, m in bf16_plan.module.named_modules() if getattr(m, "prefer_fp32", False)))
+        return answers[len(asked) - 1]
+    monkeypatch.setattr(entry, "faster_in_fp32", measured)
+    c16 = basisrt.compile(pruned, x, precision="bf16")
+    chosen = ["fc_step", "layers_0_0_conv1_step", "stem_0_step"]
+    assert asked == [[], chosen[:2], chosen]  # each pass measured the plan the one before left
+    steps = {n: m for n, m in c16.module.named_modules() if isinstance(m, FusedConv2d)}
+    assert sorted(n for n, m in steps.items() if m.prefer_fp32) == chosen
+    assert all((m._bf16 is None) == (n in chosen) for n, m in steps.items())
+    assert "prefer_fp32=True" in repr(c16.module.get_submodule("fc_step"))
+    assert "prefer_fp32=True" in next(s.detail for s in c16.plan.steps if s.name == "fc_step")  # str(plan) says it
+    with torch.no_grad():
+        assert 1e-5 < rel_err(c16(x), pruned(x).double()) < 3e-2
+    path = str(tmp_path / "plan.basisrt")
+    c16.save(path)
+    loaded = basisrt.load(path)
+    assert torch.equal(loaded(x), c16(x))
+    assert sorted(n for n, m in loaded.module.named_modules() if getattr(m, "_bf16", 1) is None) == chosen
+    at_fp32 = basisrt.load(path, precision="fp32")
+    assert all(getattr(m, "_bf16", None) is None for m in at_fp32.module.modules())
+
+
+@needs_bf16
+def test_plans_without_the_choice_run_every_conv_in_bf16(tmp_path):
+    """A plan compiled at fp32 (no measurement) or written before `prefer_fp32` existed runs every
+    conv it can in bf16 when loaded at bf16."""
+    pruned, x = _pruned_resnet18(), torch.randn(2, 3, 32, 32)
+    c32 = basisrt.compile(pruned, x, dense_backend="basisrt")
+    for m in c32.module.modules():
+        if isinstance(m, FusedConv2d) and m.groups == 1:
+            del m.prefer_fp32  # as in an older plan file
+    path = str(tmp_path / "plan.basisrt")
+    c32.save(path)
+    loaded = basisrt.load(path, precision="bf16")
+    convs = [m for m in loaded.module.modules() if isinstance(m, FusedConv2d) and m.groups == 1]
+    assert convs and all(m._bf16 is not None for m in convs)
+
+
+@needs_bf16
+def test_measured_choice_on_a_real_plan():
+    """The real measurement, at batch 1 where some convs usually run faster in fp32: whatever it
+    picks, the plan runs those in fp32, the rest in bf16, within bf16's error."""
+    pruned, x = _pruned_resnet18(0.1), torch.randn(1, 3, 32, 32)
+    c16 = basisrt.compile(pruned, x, precision="bf16")
+    steps = [m for m in c16.module.modules() if isinstance(m, FusedConv2d) and m.groups == 1]
+    assert all((m._bf16 is None) == m.prefer_fp32 for m in steps)
+    with torch.no_grad():
+        assert rel_err(c16(x), pruned(x).double()) < 3e-2

@@ -549,6 +549,7 @@ def test_a_file_that_is_not_a_plan(tmp_path, content):
     (_set_attr("FusedConv2d", "num_threads", 10 ** 6),
      r"attribute 'num_threads' must be None or an int in \[1, 1024\]"),
     (_set_attr("FusedConv2d", "groups", 3), r"groups=3 does not divide out_channels=16"),
+    (_set_attr("FusedConv2d", "prefer_fp32", 1), r"attribute 'prefer_fp32' must be True or False, got 1"),
     (_set_attr("FusedConv2d", "rank", 20), r"buffer 'B' must have shape"),  # 5 would fit the padding
     (_set_attr("FusedConv2d", "kernel", {"tuple": [5, 5]}), r"buffer 'B' must have shape"),
     (_set_attr("PoolStep", "kernel", {"tuple": [64, 64]}, kind="max"),
@@ -574,7 +575,8 @@ def test_a_file_that_is_not_a_plan(tmp_path, content):
     (lambda plan, tensors: plan["input"].update(shape=[4, 10, 10]),
      r"node 'stem_step' passes a float32 tensor of shape \(1, 4, 10, 10\) to this conv step, which takes 3 channels"),
 ], ids=["pool stride 0", "activation gelu_erf", "activation leaky nan", "step field", "kernel -1", "stride 0",
-        "dilation 0", "padding -1", "threads 1e6", "groups 3", "rank 20", "kernel 5", "pool kernel 64", "pool padding",
+        "dilation 0", "padding -1", "threads 1e6", "groups 3", "prefer_fp32 1", "rank 20", "kernel 5", "pool kernel 64",
+    "pool padding",
         "training", "residual", "out channels", "exec", "numpy", "class Popen", "float64 weights", "extra tensor",
         "missing tensor", "input channels"])
 def test_bad_plans_are_one_clear_value_error(base_plans, tmp_path, change, message):

@@ -16,7 +16,8 @@ Dense engines run the original model, pruned engines the basis-pruned one. On th
     ov_pruned         OpenVINO, f32
     ov_pruned_bf16    OpenVINO at its default precision (bf16 where the CPU has it)
     basisrt           basisrt.compile of the pruned model
-    basisrt_bf16      the same at precision="bf16" (AMX tiles or AVX512-BF16; the MAC cost model picks the layers)
+    basisrt_bf16      the same at precision="bf16" (AMX tiles or AVX512-BF16; the MAC cost model picks the layers,
+                      and convs measured faster in fp32 stay fp32)
 
 On a CUDA GPU (each call synchronised, so a pass times the whole GPU run; compared only with
 each other, against their own reference):
@@ -69,7 +70,7 @@ DESCRIPTIONS = {
     "ov": "OpenVINO (exported ONNX), f32",
     "ov_bf16": "OpenVINO (exported ONNX), its default precision: bf16 on this CPU",
     "basisrt": "basisrt.compile plan",
-    "basisrt_bf16": "basisrt.compile plan, precision='bf16' (AMX)",
+    "basisrt_bf16": "basisrt.compile plan, precision='bf16'",
     "gpu_eager": "PyTorch eager (cuDNN; a basis pair is two convs)",
     "gpu_inductor": "torch.compile, inductor, freezing",
     "gpu_basisrt": "basisrt.compile plan, fused Triton basis convs",

@@ -87,6 +87,40 @@ def paired_seconds(candidates: dict[str, nn.Module], x: Tensor, repeats: int) ->
     return {k: min(v) for k, v in samples.items()}
 
 
+def faster_in_fp32(bf16_plan, fp32_plan, x: Tensor, rounds: int = 3, repeats: int = 10,
+                   budget_s: float = 0.25) -> list[str]:
+    """The bf16-capable steps of `bf16_plan` (a CompiledModel at precision bf16) that run faster in
+    `fp32_plan` (the same plan at fp32), each timed inside its plan on `x`: inside the native
+    program where there is one, so with the maps its neighbours leave it (bf16 or fp32) and
+    without a Python call around it. The plans run alternately, and each step keeps its fastest
+    median over the rounds. A pool that the fp32 conv runs in its epilogue (bf16 convs do not)
+    is charged to the bf16 side as the pool's own op. Fewer repeats (not under 3) where one round
+    of calls would take over `budget_s`: a large input at batch 32 runs for a second.
+
+    bf16 is not faster everywhere: the vector path (no AMX) pads a low rank to 32 columns of its
+    first GEMM and runs the pair's second GEMM on both bf16 halves of the basis output, and a small
+    map at batch 1 is one task; on Zen 4, VGG16's rank-10 % basis convs at batch 1 ran 1.2-2.9x
+    slower in bf16 than in fp32, and 1.1-1.7x faster at rank 25 %, batch 32."""
+    capable = {name for name, m in bf16_plan.module.named_modules() if getattr(m, "_bf16", None) is not None}
+    if not capable:
+        return []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        bf16_plan(x), fp32_plan(x)  # warm, and what a call of each costs
+    repeats = max(3, min(repeats, int(budget_s / (time.perf_counter() - start))))
+    times: dict[str, dict[str, float]] = {"bf16": {}, "fp32": {}}
+    for _ in range(rounds):
+        for key, plan in (("bf16", bf16_plan), ("fp32", fp32_plan)):
+            for name, _, t in plan.step_times(x, repeats):
+                times[key][name] = min(t, times[key].get(name, t))
+    pools = fp32_plan.native.fused_pools if fp32_plan.native is not None else {}
+    for pool, conv in pools.items():
+        if conv in times["bf16"] and pool in times["bf16"]:
+            times["bf16"][conv] += times["bf16"][pool]
+    fp32, bf16 = times["fp32"], times["bf16"]
+    return [n for n in sorted(capable) if n in fp32 and n in bf16 and fp32[n] < bf16[n]]
+
+
 def _after_seconds(first: nn.Module, then: nn.Module, x: Tensor, repeats: int) -> float:
     """Median time of `then` called right after `first`, as it would run next in a plan."""
     samples = []

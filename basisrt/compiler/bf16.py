@@ -47,10 +47,12 @@ def compact_k(in_channels: int) -> bool:
 
 
 def apply_precision(gm: fx.GraphModule, precision: str) -> None:
-    """Sets every bf16-capable step's `_bf16` weights (None at fp32; not saved with the plan)."""
+    """Sets the `_bf16` weights (not saved with the plan) of every bf16-capable step that was not
+    measured faster in fp32 (`prefer_fp32`, saved: autotune.faster_in_fp32); None at fp32."""
     for m in gm.modules():
         if isinstance(m, FusedConv2d):
-            m._bf16 = packed_bf16(m) if precision == "bf16" and takes_bf16(m) else None
+            bf16 = precision == "bf16" and takes_bf16(m) and not getattr(m, "prefer_fp32", False)
+            m._bf16 = packed_bf16(m) if bf16 else None
 
 
 def packed_bf16(m: FusedConv2d) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:

@@ -64,7 +64,7 @@ class CompiledModel:
         # (plan.not_native gets every op that keeps it from being one)
         plan.not_native = []
         check_precision(precision, self.device, dtype)
-        self.precision = precision  # "bf16": convs on AMX tiles (compiler/bf16.py)
+        self.precision = precision  # "bf16": convs in bf16 (compiler/bf16.py)
         apply_precision(module, precision)
         self.native = (lower(module, self.input_shape, plan.not_native)
                        if self.device.type == "cpu" and dtype == torch.float32 else None)
@@ -164,7 +164,9 @@ def load(path: str, device: torch.device | str | None = None, *, cuda_graph: boo
         cuda_graph: capture CUDA graphs on call (default: as compiled, when the target is CUDA;
             off on the CPU).
         precision: "fp32" or "bf16" (default: as compiled). The file holds fp32 weights, so a
-            bf16 plan also runs at fp32 (on a machine without AMX, for one).
+            bf16 plan also runs at fp32 (on a machine without AVX512-BF16, for one). At bf16 the
+            convs measured faster in fp32 when the plan was compiled at bf16 stay fp32; a plan
+            compiled at fp32 runs every conv it can in bf16.
 
     The file is untrusted input: a ValueError naming it says what is wrong with one that is not a
     valid plan (basisrt/compiler/serialize.py, plan_schema.py), and nothing in it runs before it

@@ -86,6 +86,7 @@ class FusedConv2d(nn.Module):
         assert tuple(self.B.shape) == b_shape
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self._bf16 = None  # (B, A, bias) for the bf16 conv: set by compiler/bf16.py's apply_precision
+        self.prefer_fp32 = False  # measured faster in fp32 than in bf16 (compiler/bf16.py's choose_layers)
 
     @property
     def geometry(self) -> ConvGeometry:
@@ -118,7 +119,8 @@ class FusedConv2d(nn.Module):
     def extra_repr(self) -> str:
         kind = f"basis rank {self.rank}" if self.rank else "dense"
         return (f"{kind}, out={self.out_channels}, kernel={self.kernel}, stride={self.stride}, "
-                f"padding={self.padding}, groups={self.groups}, act={self.activation}, residual={self.residual}")
+                f"padding={self.padding}, groups={self.groups}, act={self.activation}, residual={self.residual}"
+                + (", prefer_fp32=True" if getattr(self, "prefer_fp32", False) else ""))
 
 
 class FusedLinear(FusedConv2d):

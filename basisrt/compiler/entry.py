@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .autotune import MeasuredChooser, layer_inputs, paired_seconds
+from .autotune import MeasuredChooser, faster_in_fp32, layer_inputs, paired_seconds
 from .backends import resolve_backend
 from .bf16 import check_precision
 from .capture import capture as capture_graph
@@ -46,6 +46,7 @@ def _check_single_input(model: nn.Module, graph: fx.Graph) -> None:
                          f"{len(required)} ({', '.join(map(str, required))})")
 
 
+BF16_CHOICE_PASSES = 3  # each one only moves convs to fp32, so it ends; two sufficed on VGG16 and ResNet-18
 MAX_THREADS = 1024  # the C++ kernels' cap (csrc/shape_checks.h: kMaxThreads)
 
 
@@ -92,12 +93,16 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             tracing), "dynamo" (TorchDynamo runs the model's Python: sizes used as ints, `if`s
             on shapes; one graph, valid for any batch size), "auto" (default): fx, and Dynamo
             with a warning where fx cannot trace the model.
-        precision: "fp32" (default), or "bf16": convs and linears with one group run on AMX tiles
-            with bf16 weights and fp32 accumulation (about 1e-2 relative error on whole models, as
-            other engines' bf16 modes); maps between bf16 convs (and pools) are bf16, the other
-            ops and their maps fp32. CPU plans on
-            AMX machines only (Sapphire Rapids or newer); elsewhere a ValueError. Dense convs then
-            run on basisrt's kernel (dense_backend "auto" means "basisrt").
+        precision: "fp32" (default), or "bf16": convs and linears with one group run with bf16
+            weights and fp32 accumulation, on AMX tiles, or on AVX512-BF16 vectors where the CPU
+            has no AMX (about 1e-2 relative error on whole models, as other engines' bf16 modes);
+            maps between bf16 convs (and pools) are bf16, the other ops and their maps fp32. Each
+            such conv is timed on `example_input` in both precisions, inside the plan, and one
+            that runs faster in fp32 stays fp32 (`prefer_fp32` on its step, saved with the plan):
+            without AMX a low rank or a small map at batch 1 often does. CPU plans on machines
+            with AVX512-BF16 only (Intel Cooper Lake, Sapphire Rapids or newer; AMD Zen 4 or
+            newer); elsewhere a ValueError. Dense convs then run on basisrt's kernel
+            (dense_backend "auto" means "basisrt").
     """
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a torch.Tensor")
@@ -194,8 +199,23 @@ def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, nu
             plan.steps.append(Step(node.target, strategy, step_macs(m, _out_shape(node)), m.extra_repr()))
         elif node.op in ("call_function", "call_method"):
             plan.steps.append(Step(node.name, Strategy.TORCH, 0, str(getattr(node.target, "__name__", node.target))))
-    return CompiledModel(gm, plan, tuple(example_input.shape[1:]), example_input.dtype, example_input.device,
-                         cuda_graph, precision)
+    args = (tuple(example_input.shape[1:]), example_input.dtype, example_input.device, cuda_graph)
+    compiled = CompiledModel(gm, plan, *args, precision)
+    if precision == "bf16":
+        # The convs that run faster in fp32 stay fp32. Again on the new plan: a bf16 conv can lose
+        # what it gained from a neighbour's bf16 map once that neighbour is fp32 (VGG16's stem).
+        fp32 = CompiledModel(copy.deepcopy(gm), copy.copy(plan), *args, "fp32")
+        for _ in range(BF16_CHOICE_PASSES):
+            slower = faster_in_fp32(compiled, fp32, example_input)
+            if not slower:
+                break
+            for name in slower:
+                gm.get_submodule(name).prefer_fp32 = True
+            for step in plan.steps:
+                if step.name in slower:
+                    step.detail = gm.get_submodule(step.name).extra_repr()
+            compiled = CompiledModel(gm, plan, *args, precision)
+    return compiled
 
 
 def _out_shape(node: fx.Node) -> tuple[int, ...] | None:

@@ -283,6 +283,10 @@ class Attrs:
             raise self._bad(name, "True or False")
         return v
 
+    def optional_bool(self, name: str) -> bool:
+        """A bool that plans written before it existed lack (False then)."""
+        return name in self.values and self.bool(name)
+
     def eval_mode(self) -> None:
         """`training` is False: a plan is an inference plan (dropout off, batch norm on its statistics)."""
         if self.get("training") is not False:
@@ -419,6 +423,7 @@ def _fused_conv(a: Attrs, t: Tensors, linear: bool = False) -> None:
             map_hw = chw[1:]
     kh, kw, cin, cout, groups = _conv_geometry(a, linear, map_hw)
     a.threads()
+    a.optional_bool("prefer_fp32")
     rank = a.int("rank", 0, MAX_CHANNELS)
     b_shape, a_shape = packed_shapes((kh, kw), cin, cout, groups, rank)
     t.buffer("B", b_shape)
