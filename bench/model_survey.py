@@ -238,34 +238,61 @@ def calibrate(model, size: int) -> dict:
     return done
 
 
-def time_against_eager(eager, compiled, x, rounds: int, calls: int = 5) -> dict:
-    """Eager time / compiled time on x: each round times `calls` calls of each, the two alternating
-    call by call (the machine's drift hits both alike); the median of the rounds' ratios of medians."""
+def time_against_eager(eager, compiled, x, rounds: int, calls: int = 5, peers: dict | None = None) -> dict:
+    """Eager time / compiled time on x: each round times `calls` calls of each, the engines
+    alternating call by call (the machine's drift hits all alike); the median of the rounds' ratios
+    of medians. `peers` (name -> a call of another engine on x) are timed in the same rounds, each
+    reported as its time / the compiled plan's (above 1: basisrt is faster)."""
     import torch
-    ratios, t_eager, t_ours = [], [], []
+    fns = {"eager": lambda: eager(x), "basisrt": lambda: compiled(x), **(peers or {})}
+    per_round: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
         for _ in range(2):
-            eager(x), compiled(x)
+            for fn in fns.values():
+                fn()
         for _ in range(rounds):
-            a, b = [], []
+            samples: dict[str, list[float]] = {k: [] for k in fns}
             for _ in range(calls):
-                t = time.perf_counter()
-                eager(x)
-                a.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                compiled(x)
-                b.append(time.perf_counter() - t)
-            a, b = sorted(a)[calls // 2], sorted(b)[calls // 2]
-            ratios.append(a / b)
-            t_eager.append(a)
-            t_ours.append(b)
+                for k, fn in fns.items():
+                    t = time.perf_counter()
+                    fn()
+                    samples[k].append(time.perf_counter() - t)
+            for k, v in samples.items():
+                per_round[k].append(sorted(v)[calls // 2])
     mid = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    return dict(batch=x.shape[0], rounds=rounds, speedup=mid(ratios), speedup_min=min(ratios),
-                speedup_max=max(ratios), eager_ms=mid(t_eager) * 1e3, basisrt_ms=mid(t_ours) * 1e3)
+    ours = per_round["basisrt"]
+    ratios = {k: [a / b for a, b in zip(v, ours)] for k, v in per_round.items()}
+    out = dict(batch=x.shape[0], rounds=rounds, speedup=mid(ratios["eager"]), speedup_min=min(ratios["eager"]),
+               speedup_max=max(ratios["eager"]), eager_ms=mid(per_round["eager"]) * 1e3, basisrt_ms=mid(ours) * 1e3)
+    if peers:
+        out["peers"] = {k: dict(ms=mid(per_round[k]) * 1e3, ratio=mid(ratios[k]), ratio_min=min(ratios[k]),
+                                ratio_max=max(ratios[k])) for k in peers}
+    return out
+
+
+def build_peers(names: list[str], model, x) -> tuple[dict, dict]:
+    """basisrt bench's engines (`ort_pruned`, `ov_pruned`, ...) on `model` and `x`: (name -> a call
+    on x, name -> why it could not be built)."""
+    import torch
+
+    from basisrt.bench.engines import build as build_engine
+    from basisrt.bench.engines import remove_exports
+    fns, errors, cache = {}, {}, {}
+    try:
+        for name in names:
+            try:
+                fns[name] = build_engine(name, model, x, torch.get_num_threads(), cache).fn
+            except Timeout:
+                raise
+            except Exception as e:  # noqa: BLE001
+                errors[name] = _exc(e)
+    finally:
+        remove_exports(cache)
+    return fns, errors
 
 
 def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True, time_rounds: int = 0,
-                 time_batch: int = 1) -> dict:
+                 time_batch: int = 1, peers: list[str] | None = None) -> dict:
     import torch
 
     import basisrt
@@ -350,8 +377,9 @@ def survey_model(name: str, size: int, timeout: int, calibrate_bn: bool = True, 
         if time_rounds and out is not None:
             mark("time")
             torch.manual_seed(2)
-            r["timing"] = time_against_eager(pruned, compiled, torch.randn(time_batch, 3, r["size"], r["size"]),
-                                             time_rounds)
+            xt = torch.randn(time_batch, 3, r["size"], r["size"])
+            fns, r["peer_errors"] = build_peers(peers or [], pruned, xt)
+            r["timing"] = time_against_eager(pruned, compiled, xt, time_rounds, peers=fns)
         mark("save_load")
         try:
             with tempfile.TemporaryDirectory() as d:
@@ -402,13 +430,13 @@ def _kind(why: str) -> str:
 
 
 def run_worker(name: str, size: int, timeout: int, calibrate_bn: bool = True, time_rounds: int = 0,
-               time_batch: int = 1) -> dict:
+               time_batch: int = 1, peers: list[str] | None = None) -> dict:
     """`survey_model` in a fresh interpreter: crashes (a signal in C++) are recorded, not fatal."""
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
         tmp = f.name
     cmd = [sys.executable, __file__, "--worker", name, "--size", str(size), "--timeout", str(timeout),
            "--worker-out", tmp, "--time", str(time_rounds), "--time-batch", str(time_batch)] + \
-        ([] if calibrate_bn else ["--no-calibrate"])
+        ([] if calibrate_bn else ["--no-calibrate"]) + (["--peers", *peers] if peers else [])
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 120)
         try:
@@ -439,6 +467,9 @@ def markdown(results: list[dict], top: int = 4) -> str:
              "| --- | ---: | ---: | --- | --- | ---: | --- | --- |"]
     if timed:  # eager pruned model's time / the plan's (median of rounds, with their range), and the plan's ms
         lines = [lines[0] + " eager ÷ basisrt | basisrt ms |", lines[1] + " ---: | ---: |"]
+    peered = any((r.get("timing") or {}).get("peers") or r.get("peer_errors") for r in results)
+    if peered:  # each peer's time / the plan's, as the eager column
+        lines = [lines[0] + " peer ÷ basisrt |", lines[1] + " --- |"]
     for r in results:
         if r.get("skipped"):
             lines.append(f"| {r['model']} | {_fmt_params(r.get('params'))} | – | skipped | – | – | – | "
@@ -483,6 +514,11 @@ def markdown(results: list[dict], top: int = 4) -> str:
             t = r.get("timing")
             lines[i] += (f" {t['speedup']:.2f}× ({t['speedup_min']:.2f}–{t['speedup_max']:.2f}) | "
                          f"{t['basisrt_ms']:.2f} |" if t else " – | – |")
+            if peered:
+                peers = (t or {}).get("peers") or {}
+                cells = [f"{k.removesuffix('_pruned')} {v['ratio']:.2f}×" for k, v in peers.items()]
+                cells += [f"{k.removesuffix('_pruned')}: failed" for k in r.get("peer_errors") or {}]
+                lines[i] += f" {', '.join(cells) or '–'} |"
     return "\n".join(lines)
 
 
@@ -581,12 +617,16 @@ def main(argv=None) -> int:
                     help="also time the compiled plan against the eager pruned model: this many rounds of 5 calls "
                          "each, alternating (0: no timing)")
     ap.add_argument("--time-batch", type=int, default=1, help="batch size of the timing")
+    ap.add_argument("--peers", nargs="*", default=[], metavar="ENGINE",
+                    help="basisrt bench engines timed in the same rounds on the same pruned model (e.g. ort_pruned "
+                         "ov_pruned inductor_pruned; needs --time)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
-        r = survey_model(args.worker, args.size, args.timeout, not args.no_calibrate, args.time, args.time_batch)
+        r = survey_model(args.worker, args.size, args.timeout, not args.no_calibrate, args.time, args.time_batch,
+                         args.peers)
         with open(args.worker_out, "w") as f:
             json.dump(r, f, default=str)
         return 0
@@ -622,9 +662,8 @@ def main(argv=None) -> int:
             r = dict(model=name, params=params, skipped=why)
         else:
             t = time.perf_counter()
-            r = survey_model(name, args.size, args.timeout, not args.no_calibrate, args.time, args.time_batch) \
-                if args.in_process else \
-                run_worker(name, args.size, args.timeout, not args.no_calibrate, args.time, args.time_batch)
+            options = (args.size, args.timeout, not args.no_calibrate, args.time, args.time_batch, args.peers)
+            r = survey_model(name, *options) if args.in_process else run_worker(name, *options)
             r.setdefault("params", params)
             r["wall_seconds"] = round(time.perf_counter() - t, 1)
         results.append(r)
@@ -632,7 +671,9 @@ def main(argv=None) -> int:
             f"compiled={r.get('compiled')} native={r.get('native')} rel_err={r.get('rel_err', float('nan')):.1e} "
             f"save_load={r.get('save_load')} blockers={list((r.get('blocker_kinds') or {}).items())[:3]}" +
             (f" eager/basisrt {r['timing']['speedup']:.2f}x ({r['timing']['eager_ms']:.2f} / "
-             f"{r['timing']['basisrt_ms']:.2f} ms)" if r.get("timing") else ""))
+             f"{r['timing']['basisrt_ms']:.2f} ms)" if r.get("timing") else "") +
+            "".join(f" {k}/basisrt {v['ratio']:.2f}x" for k, v in (r.get("timing") or {}).get("peers", {}).items()) +
+            "".join(f" {k}: {v[:80]}" for k, v in (r.get("peer_errors") or {}).items()))
         print(f"[{i}/{len(names)}] {name}: {status}", flush=True)
         out.write_text(json.dumps(dict(meta=meta, results=results), indent=1, default=str))
     table, summ = markdown(results), summary(results)
