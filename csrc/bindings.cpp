@@ -659,6 +659,11 @@ void bind_fused(py::module_& m) {
             "Store in bf16 every buffer that only bf16 convs write and read (not the input, not an output, no\n"
             "view or concatenation); call after the last op. Returns how many.")
         .def_property_readonly("ops", [](const PyProgram& p) { return p.program.ops(); }, "Number of ops.")
+        .def_property(
+            "in_place", [](const PyProgram& p) { return p.program.in_place(); },
+            [](PyProgram& p, bool on) { p.program.set_in_place(on); },
+            "Whether a conv writes its output over a residual map that dies at it (default True); False\n"
+            "plans every output in memory of its own (for measuring what that is worth).")
         .def_property_readonly(
             "bf16_buffers",
             [](const PyProgram& p) {

@@ -124,6 +124,11 @@ class Program {
 
     const std::vector<BufferShape>& buffers() const { return buffers_; }
 
+    // Whether layout() lets a conv write its output over a residual map that dies at it (default
+    // true); false, for measuring what that is worth, plans every output in memory of its own.
+    bool in_place() const { return in_place_; }
+    void set_in_place(bool on);
+
     // Where each buffer's root lives in the arena: at images · offset[root] floats from its start,
     // for a batch of `images` (the offsets are per image, multiples of 16 floats); the arena holds
     // images · floats. Roots that are live at the same time never overlap. A root used inside an
@@ -149,6 +154,7 @@ class Program {
 
     std::vector<BufferShape> buffers_;
     std::vector<ProgramOp> ops_;
+    bool in_place_ = true;
     // layout() per (grouped segments, outputs): plans are reused across calls, dropped by add_op
     mutable std::mutex layouts_mu_;
     mutable std::vector<std::pair<std::vector<int64_t>, std::shared_ptr<const Layout>>> layouts_;

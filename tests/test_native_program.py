@@ -79,6 +79,57 @@ def test_buffers_share_arena_memory_when_their_lifetimes_do_not_overlap(name, ba
         program.arena_floats(0, [output], threads)
 
 
+class _Residuals(nn.Module):
+    """Residual convs where writing the output over the residual is and is not allowed: `a` is the
+    residual of two convs (only the second may take its memory), `c(b) + b` reads its residual as
+    its input (3x3 windows: never in place), and the last conv's residual dies there."""
+
+    def __init__(self, c: int = 32):
+        super().__init__()
+        self.stem, self.c1, self.c2 = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1)
+        self.c3, self.c4, self.head = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 1), nn.Conv2d(c, 8, 1)
+
+    def forward(self, x):
+        a = torch.relu(self.stem(x))
+        b = torch.relu(self.c1(a) + a)  # a is read again below: not in place
+        b = torch.relu(self.c2(b) + a)  # a dies here: in place
+        b = self.c3(b) + b  # the residual is the input: not in place
+        return self.head(self.c4(torch.relu(b)) + b)  # b dies at c4: in place
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_a_conv_writes_over_the_residual_that_dies_there(precision, batch, monkeypatch):
+    """The arena plan puts a conv's output in its residual's memory where the residual has no
+    later reader and is not the conv's input; with the arena poisoned before every call, a wrong
+    sharing would read NaN or stale values."""
+    if precision == "bf16":
+        if _C.bf16_path() == "none":
+            pytest.skip("this CPU has no AVX512-BF16 (nor AMX)")
+        from basisrt.compiler import entry
+        monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)  # every conv in bf16, bf16 maps between them
+    torch.manual_seed(0)
+    model = _Residuals().eval()
+    x = torch.randn(batch, 3, 12, 10)
+    compiled = compile(model, x, dense_backend="basisrt", precision=precision)
+    program, output = compiled.native.program, compiled.native.output.id
+    if precision == "fp32":  # (at bf16 some maps are half the size)
+        one_map, image = 12 * 10 * 32, 12 * 10 * 3
+        # live at once: two maps and the input at most; without the in-place rule c2's and c4's
+        # outputs were third maps beside their residual and their input
+        assert program.arena_floats(batch, [output], 2) <= 2 * one_map + image + 16
+        program.in_place = False  # what the rule saves: c2's and c4's outputs in memory of their own
+        assert program.arena_floats(batch, [output], 2) >= 3 * one_map
+    with torch.no_grad():
+        want = model(x)
+    apart = compiled(x)
+    program.in_place = True
+    for _ in range(2):
+        got = compiled(x)
+        assert rel_err(got, want) < (1e-5 if precision == "fp32" else 3e-2)
+        assert torch.equal(got, apart)
+
+
 def test_plans_with_pytorch_steps_stay_step_by_step():
     x = torch.randn(2, 3, 32, 32)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
