@@ -238,35 +238,33 @@ def calibrate(model, size: int) -> dict:
     return done
 
 
-def time_against_eager(eager, compiled, x, rounds: int, calls: int = 5, peers: dict | None = None) -> dict:
-    """Eager time / compiled time on x: each round times `calls` calls of each, the engines
-    alternating call by call (the machine's drift hits all alike); the median of the rounds' ratios
-    of medians. `peers` (name -> a call of another engine on x) are timed in the same rounds, each
-    reported as its time / the compiled plan's (above 1: basisrt is faster)."""
+def time_against_eager(eager, compiled, x, rounds: int, peers: dict | None = None) -> dict:
+    """Eager time / compiled time on x, with `peers` (name -> a call of another engine on x) timed
+    in the same rounds, each as its time / the compiled plan's (above 1: basisrt is faster).
+    basisrt bench's interleaved passes (rotating order, each pass after the process's threads have
+    gone idle): alternating call by call, each engine ran beside the spinning workers of the one
+    before it (PyTorch's OpenMP threads after eager, ONNX Runtime's after it). Medians of the
+    rounds' paired ratios, with their range."""
     import torch
+
+    from basisrt.bench.timing import interleaved, paired_ratios
     fns = {"eager": lambda: eager(x), "basisrt": lambda: compiled(x), **(peers or {})}
-    per_round: dict[str, list[float]] = {k: [] for k in fns}
     with torch.inference_mode():
-        for _ in range(2):
-            for fn in fns.values():
-                fn()
-        for _ in range(rounds):
-            samples: dict[str, list[float]] = {k: [] for k in fns}
-            for _ in range(calls):
-                for k, fn in fns.items():
-                    t = time.perf_counter()
-                    fn()
-                    samples[k].append(time.perf_counter() - t)
-            for k, v in samples.items():
-                per_round[k].append(sorted(v)[calls // 2])
+        timings = interleaved(fns, rounds=rounds, warmup=2, min_pass_s=0.05, settle_s=0.02)
+    ours = timings["basisrt"]
+    if ours.error:
+        raise RuntimeError(f"timing basisrt: {ours.error}")
     mid = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    ours = per_round["basisrt"]
-    ratios = {k: [a / b for a, b in zip(v, ours)] for k, v in per_round.items()}
+    ratios = {k: paired_ratios(t, ours) for k, t in timings.items() if not t.error and t.walls}
+    if "eager" not in ratios:
+        raise RuntimeError(f"timing eager: {timings['eager'].error}")
     out = dict(batch=x.shape[0], rounds=rounds, speedup=mid(ratios["eager"]), speedup_min=min(ratios["eager"]),
-               speedup_max=max(ratios["eager"]), eager_ms=mid(per_round["eager"]) * 1e3, basisrt_ms=mid(ours) * 1e3)
+               speedup_max=max(ratios["eager"]), eager_ms=mid(timings["eager"].walls) * 1e3,
+               basisrt_ms=mid(ours.walls) * 1e3)
     if peers:
-        out["peers"] = {k: dict(ms=mid(per_round[k]) * 1e3, ratio=mid(ratios[k]), ratio_min=min(ratios[k]),
-                                ratio_max=max(ratios[k])) for k in peers}
+        out["peers"] = {k: dict(ms=mid(timings[k].walls) * 1e3, ratio=mid(ratios[k]), ratio_min=min(ratios[k]),
+                                ratio_max=max(ratios[k])) for k in peers if k in ratios}
+        out["peer_run_errors"] = {k: timings[k].error for k in peers if timings[k].error}
     return out
 
 
@@ -614,8 +612,8 @@ def main(argv=None) -> int:
                     help="keep torchvision's init as it is (BatchNorm as identity, zero heads): see calibrate()")
     ap.add_argument("--in-process", action="store_true", help="no subprocess per model (no crash isolation)")
     ap.add_argument("--time", type=int, default=0, metavar="ROUNDS",
-                    help="also time the compiled plan against the eager pruned model: this many rounds of 5 calls "
-                         "each, alternating (0: no timing)")
+                    help="also time the compiled plan against the eager pruned model (and --peers): this many "
+                         "rounds of interleaved passes, as basisrt bench times (0: no timing)")
     ap.add_argument("--time-batch", type=int, default=1, help="batch size of the timing")
     ap.add_argument("--peers", nargs="*", default=[], metavar="ENGINE",
                     help="basisrt bench engines timed in the same rounds on the same pruned model (e.g. ort_pruned "
