@@ -68,6 +68,20 @@ def depthwise_cases(n: int = 60, seed: int = 4):
     return out
 
 
+def wide_depthwise_cases():
+    """Depthwise convs with rows wide enough for blocks of 4 interior pixels (3, 5 and 7 wide at
+    stride 1 and 2: MobileNet's, EfficientNet's, ConvNeXt's; two dilated), where the random cases
+    above are mostly narrow."""
+    rng, out = random.Random(8), []
+    for k, stride, dil in [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (7, 1, 1), (7, 2, 1), (3, 1, 2), (5, 2, 2)]:
+        ch = rng.choice([8, 24, 45, 72])
+        out.append(dict(n=rng.randint(1, 3), c_in=ch, c_out=ch, hw=(rng.randint(9, 15), rng.randint(19, 33)),
+                        k=(k, k), stride=(stride, stride), padding=(dil * (k // 2),) * 2, dilation=(dil, dil),
+                        groups=ch, rank=0, bias=rng.random() < 0.7, act=rng.choice(ACT_CHOICES),
+                        residual=stride == 1 and rng.random() < 0.6))
+    return out
+
+
 def grouped_cases(n: int = 60, seed: int = 6):
     """Random grouped convs with 4, 8, 12 or 16 output channels per group (ResNeXt's, RegNet's),
     which run their own channel-vectorised kernel; input channels per group 8·k or a few."""
@@ -393,7 +407,7 @@ def test_kernels_reject_arrays_that_are_not_channel_slices():
         _C.pool_nhwc(x, out[..., ::2], (1, 1), (1, 1), (0, 0), _C.PoolKind.max, True, 1)
 
 
-@pytest.mark.parametrize("c", depthwise_cases(), ids=case_id)
+@pytest.mark.parametrize("c", depthwise_cases() + wide_depthwise_cases(), ids=case_id)
 def test_depthwise_conv_matches_float64(c):
     assert _C.depthwise_path(c["groups"], c["c_in"], c["c_out"], 0)
     check_step(c, FusedConv2d)
