@@ -515,7 +515,8 @@ def markdown(results: list[dict], top: int = 4) -> str:
             if peered:
                 peers = (t or {}).get("peers") or {}
                 cells = [f"{k.removesuffix('_pruned')} {v['ratio']:.2f}×" for k, v in peers.items()]
-                cells += [f"{k.removesuffix('_pruned')}: failed" for k in r.get("peer_errors") or {}]
+                failed = {**(r.get("peer_errors") or {}), **((t or {}).get("peer_run_errors") or {})}
+                cells += [f"{k.removesuffix('_pruned')}: failed" for k in failed]
                 lines[i] += f" {', '.join(cells) or '–'} |"
     return "\n".join(lines)
 

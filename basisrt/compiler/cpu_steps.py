@@ -86,7 +86,7 @@ class FusedConv2d(nn.Module):
         assert tuple(self.B.shape) == b_shape
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self._bf16 = None  # (B, A, bias) for the bf16 conv: set by compiler/bf16.py's apply_precision
-        self.prefer_fp32 = False  # measured faster in fp32 than in bf16 (compiler/bf16.py's choose_layers)
+        self.prefer_fp32 = False  # measured faster in fp32 than in bf16 (autotune.faster_in_fp32): stays fp32
 
     @property
     def geometry(self) -> ConvGeometry:
