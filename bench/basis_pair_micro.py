@@ -1,5 +1,7 @@
 """The fp32 fused basis pair against oneDNN's basis conv alone, one thread, in GMAC/s: how close
-our GEMMs come to the FMA peak on the rank-25 % layers of VGG16 / ResNet-18 (CIFAR shapes).
+our GEMMs come to the FMA peak on the rank-25 % layers of VGG16 / ResNet-18 (CIFAR shapes). The
+pair's figure counts the direct MACs (9·C·r + r·C per pixel) also where it runs by Winograd
+(csrc/winograd_conv.h), which takes fewer: beside it, the same pair on the direct path.
 oneDNN runs only the 3x3 basis conv (rank output channels), we run it and the 1x1 scaling conv
 with the epilogue: a lower bound on the gap. Then the same layers dense (the unpruned 3x3 conv),
 and dense 1x1 convs of ResNet-50 / MobileNet shapes, and convs whose output channels per group are
@@ -41,8 +43,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    print("| channels | map | rank | ours: pair, GMAC/s | oneDNN: basis conv alone, GMAC/s |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("| channels | map | rank | ours: pair, GMAC/s | ours: pair, direct path | oneDNN: basis conv alone, GMAC/s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for c, hw, r in SHAPES:
         torch.manual_seed(0)
         w, scale = torch.randn(r, c, 3, 3) * 0.05, torch.randn(c, r) * 0.1
@@ -52,9 +54,12 @@ def main() -> None:
         wl = w.contiguous(memory_format=torch.channels_last)
         pixels = args.batch * hw * hw
         ours = pixels * (9 * c * r + r * c) / median_s(lambda: pair(x), args.reps) / 1e9
+        winograd, pair.winograd = pair.winograd, None  # without its Winograd weights: the direct path
+        direct = pixels * (9 * c * r + r * c) / median_s(lambda: pair(x), args.reps) / 1e9
+        pair.winograd = winograd
         with torch.no_grad():
             onednn = pixels * 9 * c * r / median_s(lambda: F.conv2d(x, wl, None, 1, 1), args.reps) / 1e9
-        print(f"| {c} | {hw}x{hw} | {r} | {ours:.0f} | {onednn:.0f} |", flush=True)
+        print(f"| {c} | {hw}x{hw} | {r} | {ours:.0f} | {direct:.0f} | {onednn:.0f} |", flush=True)
     print("\n| channels | map | ours: dense conv, GMAC/s | oneDNN: dense conv, GMAC/s |")
     print("| ---: | ---: | ---: | ---: |")
     for c, hw, _ in SHAPES:

@@ -37,6 +37,7 @@
 #include "resample.h"
 #include "shape_checks.h"
 #include "softmax.h"
+#include "winograd_conv.h"
 
 #ifndef BASISRT_C_VERSION  // setup.py passes basisrt.__version__, the one version string
 #error "BASISRT_C_VERSION is not defined: build through setup.py"
@@ -108,12 +109,13 @@ std::vector<int64_t> int64_vector(const std::string& fn, const py::array& a, con
 }
 
 struct PackedWeights {
-    const float *B, *A, *bias;
+    const float *B, *A, *bias, *winograd = nullptr;
 };
 
 // The packed weights of a conv of shape s (already checked), sized as the kernel reads them.
 PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s, const py::array& B,
-                             const std::optional<py::array>& A, const std::optional<py::array>& bias, int64_t rank) {
+                             const std::optional<py::array>& A, const std::optional<py::array>& bias, int64_t rank,
+                             const std::optional<py::array>& winograd = std::nullopt) {
     const basisrt::PackedLayout layout = basisrt::packed_layout(s, rank);
     PackedWeights w{f32_data(fn, B, "B (packed)", layout.b_floats()), nullptr, nullptr};
     if (rank) {
@@ -121,6 +123,12 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
         w.A = f32_data(fn, *A, "A (packed)", layout.a_floats());
     }
     if (bias) w.bias = f32_data(fn, *bias, "bias", s.C_out);
+    if (winograd) {
+        if (!basisrt::winograd_path(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.groups, s.C_in, rank))
+            value_error(fn, "winograd weights are for a pair on winograd_path (3x3, stride 1, dilation 1, groups 1, "
+                            "input channels a multiple of 16, rank 16 or more, an AVX-512 CPU)");
+        w.winograd = f32_data(fn, *winograd, "winograd", basisrt::winograd_floats(s.C_in, rank));
+    }
     return w;
 }
 
@@ -138,7 +146,7 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
                         const std::optional<py::array>& bias, const std::optional<py::array>& residual,
                         py::array& out, IntPair kernel, IntPair stride, IntPair padding, IntPair dilation,
                         int64_t groups, int64_t rank, basisrt::Activation act, int num_threads, int64_t pool,
-                        float alpha) {
+                        float alpha, const std::optional<py::array>& winograd) {
     const std::string fn = "fused_conv_nhwc";
     const Nhwc xv = nhwc(fn, x, "x"), yv = nhwc(fn, out, "out");
     if (yv.N != xv.N) value_error(fn, "out batch differs from x batch");
@@ -149,13 +157,14 @@ void fused_conv_nhwc_py(const py::array& x, const py::array& B, const std::optio
     basisrt::check_conv(fn, s, rank, residual.has_value());
     basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
-    const PackedWeights w = packed_weights(fn, s, B, A, bias, rank);
+    const PackedWeights w = packed_weights(fn, s, B, A, bias, rank, winograd);
     const Nhwc rv = residual_of(fn, residual, yv);
     require_writeable(fn, out);
     if (s.N == 0) return;  // an empty batch: nothing to write
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     py::gil_scoped_release release;
-    basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha);
+    basisrt::fused_conv_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha,
+                             w.winograd);
 }
 
 void require_bf16(const std::string& fn) {
@@ -395,17 +404,19 @@ struct PyProgram {
 
     void add_conv(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
                   const std::optional<py::array>& bias, int64_t rank, basisrt::Activation act, IntPair kernel,
-                  IntPair stride, IntPair padding, IntPair dilation, int64_t groups, int64_t pool, float alpha) {
+                  IntPair stride, IntPair padding, IntPair dilation, int64_t groups, int64_t pool, float alpha,
+                  const std::optional<py::array>& winograd) {
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
         op.rank = rank, op.act = act, op.alpha = alpha;
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
         op.groups = groups, op.fused_pool = pool;
         program.check(op);  // ids and geometry, before the array sizes that follow from them
-        const PackedWeights w = packed_weights("Program.add_conv", program.conv_shape(op), B, A, bias, rank);
-        op.B = w.B, op.A = w.A, op.bias = w.bias;
+        const PackedWeights w = packed_weights("Program.add_conv", program.conv_shape(op), B, A, bias, rank, winograd);
+        op.B = w.B, op.A = w.A, op.bias = w.bias, op.winograd = w.winograd;
         program.add_op(op);
         keep_alive.push_back(B);
+        if (winograd) keep_alive.push_back(*winograd);
         if (A) keep_alive.push_back(*A);
         if (bias) keep_alive.push_back(*bias);
     }
@@ -603,7 +614,7 @@ void bind_fused(py::module_& m) {
         .def("add_conv", &PyProgram::add_conv, py::arg("input"), py::arg("residual"), py::arg("out"), py::arg("B"),
              py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("kernel"),
              py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("pool") = 1,
-             py::arg("alpha") = 0.01f,
+             py::arg("alpha") = 0.01f, py::arg("winograd") = py::none(),
              "A fused_conv_nhwc op (packed weights as for fused_conv_nhwc; residual -1: none; pool 2: a 2x2\n"
              "max pool fused after the epilogue, `out` being the pooled buffer).")
         .def("add_conv_bf16", &PyProgram::add_conv_bf16, py::arg("input"), py::arg("residual"), py::arg("out"),
@@ -706,10 +717,30 @@ void bind_fused(py::module_& m) {
     m.def("fused_conv_nhwc", &fused_conv_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("groups"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"),
-          py::arg("pool") = 1, py::arg("alpha") = 0.01f,
+          py::arg("pool") = 1, py::arg("alpha") = 0.01f, py::arg("winograd") = py::none(),
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
           "bias, residual add, activation (an Activation; leaky_relu's slope is alpha) and, with pool=2, a\n"
-          "2x2 stride-2 max pool fused; writes into `out`.");
+          "2x2 stride-2 max pool fused; writes into `out`. winograd: the pair's winograd_weights, used where\n"
+          "the call has tiles enough for it.");
+    m.def("winograd_path", &basisrt::winograd_path, py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+          py::arg("dh"), py::arg("dw"), py::arg("groups"), py::arg("in_channels"), py::arg("rank"),
+          "Whether a basis pair of this geometry runs its 3x3 basis conv by Winograd F(2x2, 3x3) on this CPU\n"
+          "(and so takes winograd_weights).");
+    m.def(
+        "winograd_weights",
+        [](const py::array& B, int64_t in_channels, int64_t rank) {
+            const std::string fn = "winograd_weights";
+            if (in_channels < 1 || in_channels % basisrt::kColBlock || rank < 1)
+                value_error(fn, "in_channels must be a positive multiple of 16 and rank positive");
+            const float* b = f32_data(fn, B, "B (packed)", 9 * in_channels * rank);
+            const bool by_rank = rank % basisrt::kColBlock == 0;  // winograd_conv.h's layouts
+            py::array_t<float> U({int64_t{16}, by_rank ? in_channels : rank, by_rank ? rank : in_channels});
+            basisrt::winograd_weights(b, in_channels, rank, U.mutable_data());
+            return U;
+        },
+        py::arg("B"), py::arg("in_channels"), py::arg("rank"),
+        "A 3x3 basis pair's Winograd weights from its packed B (rank, 9 * in_channels): (16, in_channels, rank)\n"
+        "where rank is a multiple of 16, else (16, rank, in_channels).");
     m.def("channel_affine_nhwc", &channel_affine_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
           py::arg("out"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(x * scale + shift) per channel on NHWC float32 (x / out may be channel slices).");

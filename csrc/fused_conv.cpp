@@ -2,10 +2,12 @@
 
 #include "activation.h"
 #include "depthwise_conv.h"
+#include "gemm.h"
 #include "grouped_conv.h"
 #include "pool.h"
 #include "simd.h"
 #include "thread_pool.h"
+#include "winograd_conv.h"
 
 #include <immintrin.h>
 
@@ -767,6 +769,25 @@ void pooled_after(const ConvShape& s, float* y, int num_threads, const Conv& con
 
 }  // namespace
 
+void gemm_plain(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, int64_t N, int64_t K, float* c,
+                int64_t ldc) {
+    gemm(a, lda, b, ldb, M, N, K, Store{c, ldc});
+}
+
+void gemm_dot(const float* a, int64_t lda, int64_t M, int64_t K, const float* bt, int64_t N, float* c, int64_t ldc) {
+    thread_local std::vector<const float*> corner;
+    corner.resize(std::max<size_t>(corner.size(), M));
+    for (int64_t i = 0; i < M; ++i) corner[i] = a + i * lda;
+    static const int64_t tap_off = 0;
+    dot_gemm(Windows{corner.data(), nullptr, &tap_off, 1, K}, M, K, bt, N, c, ldc);
+}
+
+void gemm_epilogue(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
+                   const Epilogue& out) {
+    gemm(a, lda, b, ldb, M, N, K,
+         Store{out.y, out.ldy, out.bias, out.residual, out.ncols, out.act, true, out.residual ? out.ldr : 0});
+}
+
 bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % kColBlock == 0; }
 
 PackedLayout packed_layout(const ConvShape& s, int64_t rank) {
@@ -786,7 +807,7 @@ const char* simd_path() {
 
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& shape, int64_t rank,
-                     Activation act, int num_threads, float alpha) {
+                     Activation act, int num_threads, float alpha, const float* winograd) {
     if (shape.N == 0) return;  // an empty batch (the tile sizing below divides by the pixel count)
     ConvShape s = shape;
     s.ldx = s.ldx ? s.ldx : s.C_in;
@@ -802,6 +823,12 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
         thread_local std::vector<float> zeros;
         if (zeros.size() < static_cast<size_t>(s.C_out)) zeros.resize(s.C_out);
         bias = zeros.data();
+    }
+    if (winograd && winograd_runs(s, rank)) {
+        auto pair = [&](const ConvShape& d, float* out) {
+            winograd_pair_nhwc(x, winograd, A, bias, residual, out, d, rank, act, num_threads, alpha);
+        };
+        return s.pool == 1 ? pair(s, y) : pooled_after(s, y, num_threads, pair);
     }
     if (depthwise_path(s.groups, s.C_in, s.C_out, rank)) {
         auto depthwise = [&](const ConvShape& d, float* out) {

@@ -66,10 +66,11 @@ PackedLayout packed_layout(const ConvShape& s, int64_t rank);
 
 // B and A packed as packed_layout(s, rank) says. bias, residual may be null. residual is NHWC with
 // the output's shape (pixel stride s.ldr). alpha: leaky ReLU's negative slope (other activations
-// ignore it).
+// ignore it). winograd: a pair's weights from winograd_weights (winograd_conv.h), or null; used
+// where winograd_runs says so, B otherwise.
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& s, int64_t rank,
-                     Activation act, int num_threads, float alpha = 0.01f);
+                     Activation act, int num_threads, float alpha = 0.01f, const float* winograd = nullptr);
 
 // Whether a basis pair with these per-group input channels packs B as (rank × K) per group for
 // the channel-vectorised path (no im2col, no rank padding) instead of (K × r_pad).

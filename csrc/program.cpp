@@ -426,7 +426,8 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
             fused_conv_bf16_nhwc(in, op.B16, op.A16, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha,
                                  io);
         else
-            fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha);
+            fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha,
+                            op.winograd);
     } else if (op.kind == ProgramOp::Kind::expand_dw) {
         ConvShape d = depthwise_shape(op, N);
         d.ldy = ldy;

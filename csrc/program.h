@@ -46,6 +46,7 @@ struct ProgramOp {
     int in, residual, out;  // buffer ids (residual -1: none; eltwise: the second operand)
     // conv: packed weights (owned by the caller, alive as long as the program)
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
+    const float* winograd = nullptr;  // a pair's Winograd weights (winograd_conv.h), or null
     // conv: bf16 weights packed for fused_conv_bf16_nhwc (amx_conv.h) instead of B and A; groups 1,
     // no fused pool, bias required
     const uint16_t *B16 = nullptr, *A16 = nullptr;

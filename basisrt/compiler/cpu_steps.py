@@ -6,6 +6,7 @@ NCHW tensor.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -87,6 +88,23 @@ class FusedConv2d(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self._bf16 = None  # (B, A, bias) for the bf16 conv: set by compiler/bf16.py's apply_precision
         self.prefer_fp32 = False  # measured faster in fp32 than in bf16 (autotune.faster_in_fp32): stays fp32
+        self.after_load()
+
+    def after_load(self) -> None:
+        """Derives the Winograd weights of a 3×3 pair on `_C.winograd_path` (csrc/winograd_conv.h) from
+        B: kept beside it, not saved with a plan (the kernel takes B on maps too small for them).
+        BASISRT_NO_WINOGRAD=1 leaves them out: every pair on the direct path."""
+        winograd = None
+        if (self.B.device.type == "cpu" and os.environ.get("BASISRT_NO_WINOGRAD") != "1"
+                and _C.winograd_path(*self.kernel, *self.stride, *self.dilation, self.groups, self.in_channels,
+                                     self.rank)):
+            winograd = torch.from_numpy(_C.winograd_weights(self.B.numpy(), self.in_channels, self.rank))
+        self.register_buffer("winograd", winograd, persistent=False)
+
+    def winograd_array(self) -> np.ndarray | None:
+        """The Winograd weights for the kernel calls, or None."""
+        w = getattr(self, "winograd", None)
+        return None if w is None else w.numpy()
 
     @property
     def geometry(self) -> ConvGeometry:
@@ -113,7 +131,8 @@ class FusedConv2d(nn.Module):
         _C.fused_conv_nhwc(
             x.permute(0, 2, 3, 1).numpy(), self.B.numpy(), None if self.A is None else self.A.numpy(),
             None if self.bias is None else self.bias.numpy(), res, y.numpy(), self.kernel, self.stride,
-            self.padding, self.dilation, self.groups, self.rank, act, threads, alpha=alpha)
+            self.padding, self.dilation, self.groups, self.rank, act, threads, alpha=alpha,
+            winograd=self.winograd_array())
         return y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:

@@ -397,7 +397,8 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
                               m.stride, m.padding, m.dilation, alpha=alpha)
         return out
     program.add_conv(x.id, -1 if res is None else res.id, out.id, m.B.numpy(), arr(m.A), arr(m.bias), m.rank,
-                     act, m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1, alpha=alpha)
+                     act, m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1, alpha=alpha,
+                     winograd=m.winograd_array())
     return out
 
 

@@ -106,7 +106,8 @@ def _node_target(n: fx.Node) -> Any:
 def _module_entry(name: str, m: nn.Module, leaf: bool) -> dict:
     entry: dict[str, Any] = {
         "parameters": {k: p is not None for k, p in m._parameters.items()},
-        "buffers": {k: b is not None for k, b in m._buffers.items()},
+        # a non-persistent buffer is derived from the others (FusedConv2d.winograd): remade at load
+        "buffers": {k: b is not None for k, b in m._buffers.items() if k not in m._non_persistent_buffers_set},
     }
     if leaf:
         cls = type(m)

@@ -1,0 +1,35 @@
+// The basis conv of a 3×3 pair by Winograd's F(2×2, 3×3): each 2×2 block of output pixels
+// (a tile) from its 4×4 input window in 16 products per channel and rank instead of 36, so the
+// pair's first GEMM takes 4/9 of its multiply-adds. Per block of tiles, on one thread:
+//   V[ξ] = (Bᵀ d B)[ξ]            the tiles' input windows, transformed (ξ: 16 points)
+//   M[ξ] = V[ξ] · U[ξ]            16 GEMMs over the input channels, U = G g Gᵀ prepacked
+//   T    = Aᵀ M A                 the rank-r basis output of the tiles' pixels, in pixel order
+//   y    = T · A_scale + bias (+ residual) (→ activation)    the pair's 1×1 conv, as fused_conv
+// The transforms are exact in real arithmetic; in float32 they add rounding of the size of the
+// direct conv's own (tests/test_winograd.py holds both to a float64 reference).
+#pragma once
+#include <cstdint>
+
+#include "fused_conv.h"
+
+namespace basisrt {
+
+// Whether a pair of this geometry can run here, and so whether its Winograd weights are worth
+// packing: 3×3, stride 1, dilation 1, one group, input channels in whole vectors, rank 16 or more,
+// and an AVX-512 CPU.
+bool winograd_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
+                   int64_t c_in, int64_t rank);
+// Floats of a pair's Winograd weights U: 16 · C_in · rank, as (16, C_in, rank) where rank is a
+// multiple of kColBlock, else (16, rank, C_in).
+int64_t winograd_floats(int64_t c_in, int64_t rank);
+// U from B as packed_layout gives it for such a pair (rank × 9·C_in, the channel-dot layout).
+void winograd_weights(const float* B, int64_t c_in, int64_t rank, float* U);
+// Whether the Winograd path runs a call: a pair on winograd_path with a map of 16 tiles or more (smaller ones run faster on the direct path, which reads fewer weights). It
+// depends on the geometry alone, so that an image's result does not depend on its batch.
+bool winograd_runs(const ConvShape& s, int64_t rank);
+// The pair as fused_conv_nhwc runs it (same arguments; bias not null; no fused pool: fused_conv_nhwc
+// pools after it), U from winograd_weights.
+void winograd_pair_nhwc(const float* x, const float* U, const float* A, const float* bias, const float* residual,
+                        float* y, const ConvShape& s, int64_t rank, Activation act, int num_threads, float alpha);
+
+}  // namespace basisrt

@@ -1,0 +1,190 @@
+"""The 3×3 basis pair on the Winograd F(2×2, 3×3) path (csrc/winograd_conv.cpp) against a float64
+reference, on random shapes: odd maps (tiles cut by the last row or column), padding 0-2,
+residuals, every activation, fused pools, channel slices. Outputs are poisoned with NaN first.
+Each case also checks that the path ran: its result differs in the last bits from the direct
+path's, while both stay within the float32 tolerance."""
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_fused_conv_cpu import ACT_CHOICES, rel_err
+
+from basisrt import _C, compile, decompose, load, prune_basis
+from basisrt.compiler import activations
+from basisrt.compiler.cpu_steps import FusedConv2d
+
+pytestmark = pytest.mark.skipif(not _C.winograd_path(3, 3, 1, 1, 1, 1, 1, 16, 16),
+                                reason="the Winograd path needs an AVX-512 CPU")
+
+
+def on_path(c_in: int, rank: int) -> bool:
+    return _C.winograd_path(3, 3, 1, 1, 1, 1, 1, c_in, rank)
+
+
+def cases(n: int = 40, seed: int = 0):
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        c_in = 16 * rng.randint(1, 6)
+        rank = 16 * rng.randint(1, 5) if len(out) % 3 == 0 else rng.randint(1, 80)  # both layouts of U
+        if not on_path(c_in, rank):
+            continue
+        pad = rng.choice([0, 1, 1, 2])
+        h, w = rng.randint(9 - 2 * pad, 20), rng.randint(9 - 2 * pad, 20)  # at least 7×7 out: 16 tiles
+        out.append(dict(n=rng.randint(1, 4), c_in=c_in, c_out=rng.randint(1, 70), hw=(h, w), pad=pad, rank=rank,
+                        act=rng.choice(ACT_CHOICES), residual=rng.random() < 0.4, bias=rng.random() < 0.8))
+    return out
+
+
+def reference(x, basis, scale, bias, residual, act):
+    t = F.conv2d(x.double(), basis.double(), None, 1, act[1])
+    y = F.conv2d(t, scale.double()[:, :, None, None], None if bias is None else bias.double())
+    if residual is not None:
+        y = y + residual.double()
+    return activations.apply(y, act[0])
+
+
+def run(step: FusedConv2d, x, residual, winograd: bool, pool: int = 1, ldx: int = 0):
+    """The pair through the kernel binding, on the Winograd weights or without them (the direct path)."""
+    xs = x.permute(0, 2, 3, 1).contiguous()
+    if ldx:  # x as a channel slice of a wider NHWC map
+        wide = torch.randn(*xs.shape[:3], ldx)
+        wide[..., 3:3 + xs.shape[3]] = xs
+        xs = wide[..., 3:3 + xs.shape[3]]
+    n, h, w, _ = xs.shape
+    ho, wo = step.output_hw(h, w)
+    y = torch.full((n, ho // pool, wo // pool, step.out_channels), float("nan"))
+    res = None if residual is None else residual.permute(0, 2, 3, 1).contiguous().numpy()
+    code, alpha = activations.code(step.activation)
+    _C.fused_conv_nhwc(xs.numpy(), step.B.numpy(), step.A.numpy(), None if step.bias is None else step.bias.numpy(),
+                       res, y.numpy(), step.kernel, step.stride, step.padding, step.dilation, 1, step.rank, code, 2,
+                       pool=pool, alpha=alpha, winograd=step.winograd.numpy() if winograd else None)
+    return y.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda c: "n{n}c{c_in}-{c_out}r{rank}hw{hw[0]}x{hw[1]}p{pad}".format(**c))
+def test_winograd_pair_matches_float64(case):
+    torch.manual_seed(case["rank"] * 1000 + case["c_in"])
+    n, (h, w), pad = case["n"], case["hw"], case["pad"]
+    basis = torch.randn(case["rank"], case["c_in"], 3, 3) * 0.2
+    scale = torch.randn(case["c_out"], case["rank"]) * 0.2
+    bias = torch.randn(case["c_out"]) if case["bias"] else None
+    x = torch.randn(n, case["c_in"], h, w)
+    residual = torch.randn(n, case["c_out"], h + 2 * pad - 2, w + 2 * pad - 2) if case["residual"] else None
+    step = FusedConv2d(basis, bias, stride=(1, 1), padding=(pad, pad), dilation=(1, 1), groups=1, scale=scale,
+                       activation=case["act"], residual=case["residual"])
+    c_in, rank = case["c_in"], case["rank"]
+    assert tuple(step.winograd.shape) == ((16, c_in, rank) if rank % 16 == 0 else (16, rank, c_in))  # its 2 layouts
+    ref = reference(x, basis, scale, bias, residual, (case["act"], pad))
+    out = run(step, x, residual, winograd=True)
+    assert rel_err(out, ref) < 1e-5
+    assert not torch.equal(out, run(step, x, residual, winograd=False))  # the Winograd path ran
+    assert torch.equal(step(x, residual), out)  # the step passes its Winograd weights
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (11, 14), (16, 10)])
+def test_winograd_pair_with_a_fused_pool_and_a_channel_slice(hw):
+    torch.manual_seed(hw[0])
+    basis, scale = torch.randn(40, 32, 3, 3) * 0.2, torch.randn(24, 40) * 0.2
+    step = FusedConv2d(basis, torch.randn(24), stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                       scale=scale, activation="relu")
+    x = torch.randn(3, 32, *hw)
+    ref = reference(x, basis, scale, step.bias, None, ("relu", 1))
+    out = run(step, x, None, winograd=True, ldx=48)
+    assert rel_err(out, ref) < 1e-5
+    if hw[0] % 2 == 0 and hw[1] % 2 == 0:
+        pooled = run(step, x, None, winograd=True, pool=2)
+        assert torch.equal(pooled, F.max_pool2d(out, 2))  # the pool of the same conv values
+
+
+def test_small_maps_take_the_direct_path_and_results_do_not_depend_on_the_batch():
+    """Fewer than 16 tiles per image (maps under 7×7) run direct; the choice is per image, so an
+    image's output is the same bits alone and in a batch."""
+    torch.manual_seed(0)
+    step = FusedConv2d(torch.randn(32, 64, 3, 3) * 0.1, torch.randn(64), stride=(1, 1), padding=(1, 1),
+                       dilation=(1, 1), groups=1, scale=torch.randn(64, 32) * 0.1, activation="relu")
+    small = torch.randn(8, 64, 6, 6)
+    assert torch.equal(run(step, small, None, winograd=True), run(step, small, None, winograd=False))
+    x = torch.randn(5, 64, 12, 12)
+    batch = step(x)
+    for i in range(5):
+        assert torch.equal(step(x[i:i + 1]), batch[i:i + 1])
+
+
+def test_winograd_weights_and_bad_arguments():
+    torch.manual_seed(0)
+    step = FusedConv2d(torch.randn(26, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                       scale=torch.randn(8, 26))
+    # U[ξ] = (G g Gᵀ)[ξ]: the float64 transform of the basis
+    g = torch.tensor([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=torch.float64)
+    basis = step.B.double().reshape(26, 3, 3, 16).permute(0, 3, 1, 2)  # (r, c, ky, kx)
+    u = torch.einsum("ai,rcij,bj->abrc", g, basis, g).reshape(16, 26, 16)  # rank 26: (16, rank, C)
+    assert torch.allclose(step.winograd.double(), u, rtol=1e-6, atol=1e-7)
+    wide = FusedConv2d(torch.randn(32, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                       scale=torch.randn(8, 32))  # rank 32: (16, C, rank)
+    basis = wide.B.double().reshape(32, 3, 3, 16).permute(0, 3, 1, 2)
+    u = torch.einsum("ai,rcij,bj->abcr", g, basis, g).reshape(16, 16, 32)
+    assert torch.allclose(wide.winograd.double(), u, rtol=1e-6, atol=1e-7)
+    low = FusedConv2d(torch.randn(15, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                      scale=torch.randn(8, 15))
+    assert low.winograd is None  # rank under 16: the direct path
+    with pytest.raises(ValueError, match="B .packed. has"):
+        _C.winograd_weights(np.zeros(10, np.float32), 16, 26)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        _C.winograd_weights(np.zeros(9 * 20 * 26, np.float32), 20, 26)
+    x, y = np.ones((1, 8, 8, 16), np.float32), np.zeros((1, 8, 8, 8), np.float32)
+    args = (step.B.numpy(), step.A.numpy(), None, None, y, (3, 3), (1, 1), (1, 1), (1, 1), 1, 26,
+            _C.Activation.none, 1)
+    with pytest.raises(ValueError, match="winograd has"):
+        _C.fused_conv_nhwc(x, *args, winograd=np.zeros(5, np.float32))
+    strided = FusedConv2d(torch.randn(26, 16, 3, 3), None, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=1,
+                          scale=torch.randn(8, 26))
+    assert strided.winograd is None
+    with pytest.raises(ValueError, match="winograd weights are for a pair on winograd_path"):
+        _C.fused_conv_nhwc(x, strided.B.numpy(), strided.A.numpy(), None, None, np.zeros((1, 4, 4, 8), np.float32),
+                           (3, 3), (2, 2), (1, 1), (1, 1), 1, 26, _C.Activation.none, 1, winograd=step.winograd.numpy())
+
+
+def test_a_saved_plan_remakes_its_winograd_weights(tmp_path):
+    """The Winograd weights are derived from B, not saved: a loaded plan makes them again and
+    gives the same bits, native and step by step."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 48, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(48, 48, 3, padding=1), torch.nn.ReLU()).eval()
+    model = decompose(model).model
+    prune_basis(model, "ratio", 0.6)
+    x = torch.randn(2, 32, 12, 12)
+    compiled = compile(model, x, dense_backend="basisrt")
+    steps = [m for m in compiled.module.modules() if isinstance(m, FusedConv2d)]
+    assert steps and all(m.winograd is not None for m in steps)
+    compiled.save(tmp_path / "plan.brt")
+    loaded = load(tmp_path / "plan.brt")
+    assert all(m.winograd is not None for m in loaded.module.modules() if isinstance(m, FusedConv2d))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compiled(x))
+        assert rel_err(compiled(x), model(x).double()) < 1e-5
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_pixel_stays_within_its_tiles_and_its_image(value):
+    """A tile's transform mixes its whole 4×4 window, so a NaN or Inf input reaches the outputs of
+    every tile whose window holds it: those eager makes non-finite, and at most one row or column
+    beyond (an Inf may come out NaN). Other outputs, and other images, are as on finite data."""
+    torch.manual_seed(0)
+    step = FusedConv2d(torch.randn(32, 16, 3, 3) * 0.2, torch.randn(16), stride=(1, 1), padding=(1, 1),
+                       dilation=(1, 1), groups=1, scale=torch.randn(16, 32) * 0.2)
+    x = torch.randn(2, 16, 12, 12)
+    clean = step(x)
+    x[1, 3, 5, 6] = value
+    out = step(x)
+    bad = ~torch.isfinite(out[1]).all(0)  # (H, W): outputs with a non-finite channel
+    eager = torch.zeros(12, 12, dtype=torch.bool)
+    eager[4:7, 5:8] = True  # the 3×3 neighbourhood eager's conv reads the pixel from
+    assert torch.equal(bad & eager, eager)
+    tile_rows, tile_cols = torch.zeros(12, 12, dtype=torch.bool), torch.zeros(12, 12, dtype=torch.bool)
+    tile_rows[4:8], tile_cols[:, 4:8] = True, True  # the tiles whose 4×4 windows hold row 5 / column 6
+    assert not (bad & ~(tile_rows & tile_cols)).any()
+    assert torch.equal(out[0], clean[0])
+    assert torch.equal(out[1][:, ~(tile_rows & tile_cols)], clean[1][:, ~(tile_rows & tile_cols)])
