@@ -1,20 +1,26 @@
 """What the Winograd path of the basis pair is worth (csrc/winograd_conv.h), A/B in one process:
-each model compiled twice, with its pairs' Winograd weights and without them
-(BASISRT_NO_WINOGRAD=1 while the second compiles), timed in interleaved passes.
+each model compiled twice, as compile does (each Winograd pair timed against its direct path,
+kept where faster) and without Winograd weights (BASISRT_NO_WINOGRAD=1 while the second compiles),
+timed in interleaved passes.
 
     PYTHONPATH=. python bench/winograd_ab.py [--models vgg16 resnet18] [--levels r10 r25] \
         [--batches 1 32] [--rounds 7] [--threads 2]
+    PYTHONPATH=<dir with a basisrt symlink> /work/tvenv/bin/python bench/winograd_ab.py \
+        --models tv:resnet50 tv:resnet18 --size 224 --levels r10 --batches 1
 
 Models and levels are `basisrt bench`'s (every conv but the first decomposed, pruned to the
-level's share of its rank, dense_backend="basisrt"). Prints, per cell, the median of the per-round
-paired ratios (direct time ÷ Winograd time: above 1, Winograd is faster), its p10-p90, the number
-of pairs that run by Winograd at that input size, and the two outputs' relative difference.
+level's share of its rank, dense_backend="basisrt"); a `SOURCE:NAME` model (tv:, timm:, ...) is
+built and calibrated as bench/model_survey.py builds it, at --size. Prints, per cell, the median of the per-round
+paired ratios (direct time ÷ Winograd time: above 1, Winograd is faster), its p10-p90, how many
+pairs kept their Winograd weights, and the two outputs' relative difference.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,6 +30,8 @@ from basisrt import models as model_zoo
 from basisrt.bench.runner import make_pruned
 from basisrt.bench.timing import interleaved, paired_ratios
 from basisrt.compiler.cpu_steps import FusedConv2d
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # model_survey, for SOURCE:NAME models
 
 
 def compiled_pair(model: nn.Module, x: torch.Tensor) -> tuple[basisrt.CompiledModel, basisrt.CompiledModel]:
@@ -36,17 +44,11 @@ def compiled_pair(model: nn.Module, x: torch.Tensor) -> tuple[basisrt.CompiledMo
     return with_w, without
 
 
-def winograd_steps(compiled: basisrt.CompiledModel, x: torch.Tensor) -> int:
-    """Pairs with Winograd weights whose input map is large enough for them to run (16 tiles)."""
-    sizes: dict[nn.Module, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(m, tuple(a[0].shape[-2:])))
-             for m in compiled.module.modules() if isinstance(m, FusedConv2d) and m.winograd is not None]
-    with torch.no_grad():
-        compiled.module(x)
-    for h in hooks:
-        h.remove()
-    tiles = lambda s: -(-s // 2)  # noqa: E731 - 2×2 output tiles of a 3×3 conv with padding 1
-    return sum(tiles(h) * tiles(w) >= 16 for h, w in sizes.values())
+def winograd_steps(compiled: basisrt.CompiledModel) -> str:
+    """Pairs that kept their Winograd weights at compile, of those that had them."""
+    steps = [m for m in compiled.module.modules() if isinstance(m, FusedConv2d)]
+    kept = sum(m.winograd is not None for m in steps)
+    return f"{kept} of {kept + sum(m.prefer_direct for m in steps)}"
 
 
 def main() -> None:
@@ -56,16 +58,22 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--size", type=int, default=224, help="input size of SOURCE:NAME models")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print("| model | level | batch | direct ÷ Winograd (p10-p90) | Winograd ms | pairs by Winograd | rel. diff |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for name in a.models:
         torch.manual_seed(0)
-        dense = model_zoo.create(name).eval()
-        first = next(n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d))
+        if ":" in name:  # a third-party model, as the survey builds it
+            import model_survey as ms
+            dense, shape = ms.build(name, a.size), (3, a.size, a.size)
+            ms.calibrate(dense, a.size)
+        else:
+            dense, shape = model_zoo.create(name).eval(), model_zoo.input_shape(name)
+        first = (ms.first_conv(dense, torch.randn(1, *shape)) if ":" in name
+                 else next(n for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)))
         decomposed = basisrt.decompose(dense, exclude=[first]).model.eval()
-        shape = model_zoo.input_shape(name)
         for level in a.levels:
             pruned, _ = make_pruned(dense, decomposed, level, shape)
             for batch in a.batches:
@@ -79,7 +87,7 @@ def main() -> None:
                 ratios = sorted(paired_ratios(t["direct"], t["winograd"]))
                 lo, hi = ratios[len(ratios) // 10], ratios[-1 - len(ratios) // 10]
                 print(f"| {name} | {level} | {batch} | {statistics.median(ratios):.2f} ({lo:.2f}-{hi:.2f}) | "
-                      f"{statistics.median(t['winograd'].clean()) * 1e3:.2f} | {winograd_steps(on, x)} | {diff:.1e} |",
+                      f"{statistics.median(t['winograd'].clean()) * 1e3:.2f} | {winograd_steps(on)} | {diff:.1e} |",
                       flush=True)
 
 

@@ -720,8 +720,8 @@ void bind_fused(py::module_& m) {
           py::arg("pool") = 1, py::arg("alpha") = 0.01f, py::arg("winograd") = py::none(),
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
           "bias, residual add, activation (an Activation; leaky_relu's slope is alpha) and, with pool=2, a\n"
-          "2x2 stride-2 max pool fused; writes into `out`. winograd: the pair's winograd_weights, used where\n"
-          "the call has tiles enough for it.");
+          "2x2 stride-2 max pool fused; writes into `out`. winograd: the pair's winograd_weights, for a pair\n"
+          "on winograd_path, which then runs by Winograd F(2x2, 3x3).");
     m.def("winograd_path", &basisrt::winograd_path, py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
           py::arg("dh"), py::arg("dw"), py::arg("groups"), py::arg("in_channels"), py::arg("rank"),
           "Whether a basis pair of this geometry runs its 3x3 basis conv by Winograd F(2x2, 3x3) on this CPU\n"

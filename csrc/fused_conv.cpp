@@ -824,7 +824,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
         if (zeros.size() < static_cast<size_t>(s.C_out)) zeros.resize(s.C_out);
         bias = zeros.data();
     }
-    if (winograd && winograd_runs(s, rank)) {
+    if (winograd) {  // a pair on winograd_path (the bindings check it)
         auto pair = [&](const ConvShape& d, float* out) {
             winograd_pair_nhwc(x, winograd, A, bias, residual, out, d, rank, act, num_threads, alpha);
         };

@@ -66,8 +66,8 @@ PackedLayout packed_layout(const ConvShape& s, int64_t rank);
 
 // B and A packed as packed_layout(s, rank) says. bias, residual may be null. residual is NHWC with
 // the output's shape (pixel stride s.ldr). alpha: leaky ReLU's negative slope (other activations
-// ignore it). winograd: a pair's weights from winograd_weights (winograd_conv.h), or null; used
-// where winograd_runs says so, B otherwise.
+// ignore it). winograd: a pair's weights from winograd_weights (winograd_conv.h) for a pair on
+// winograd_path, which then runs by Winograd; null: B.
 void fused_conv_nhwc(const float* x, const float* B, const float* A, const float* bias,
                      const float* residual, float* y, const ConvShape& s, int64_t rank,
                      Activation act, int num_threads, float alpha = 0.01f, const float* winograd = nullptr);

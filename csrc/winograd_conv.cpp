@@ -1,12 +1,12 @@
 #include "winograd_conv.h"
 
 #include "activation.h"
+#include "aligned_buffer.h"
 #include "gemm.h"
 #include "simd.h"
 #include "thread_pool.h"
 
 #include <algorithm>
-#include <vector>
 
 namespace basisrt {
 namespace {
@@ -15,11 +15,9 @@ constexpr int64_t kPoints = 16;  // ξ: the 4×4 transformed window
 constexpr int64_t NR = kColBlock;
 // Floats of V per block (256 KB): the block's transformed windows stay in L2 through its 16 GEMMs.
 constexpr int64_t kBlockFloats = 64 * 1024;
-// Tiles per image below which the direct path runs instead. Each U[ξ] panel is read once per
-// block, so a block of a few tiles streams 16/9 of the direct path's weights for as few pixels
-// (512 channels at 4×4, rank 51, batch 1, 2 threads: 105 µs against 65 direct). Per image, not per
-// call: an image's result must not depend on the batch it came in or on the thread count.
-constexpr int64_t kMinTiles = 16;
+// Floats of V for all of a call's tiles up to which the 16 GEMMs split across threads instead of
+// the tiles (1 MB: 7×7 at 512 channels or 14×14 at 256, batch 1).
+constexpr int64_t kSplitFloats = 256 * 1024;
 
 // Ranks below which the direct path runs: the 16 GEMMs' few columns then cost more per
 // multiply-add than the direct path's (64 channels at 32×32, rank 6: 0.65-0.74x its speed;
@@ -36,11 +34,12 @@ typedef float vec __attribute__((vector_size(NR * sizeof(float)), aligned(4)));
 inline int64_t tiles_of(int64_t size) { return (size + 1) / 2; }
 
 // V[ξ][t][c] = (Bᵀ d B)[ξ] for the tiles of tile rows [tr0, tr1) (a tile row: image n, tiles ty,
-// flattened), d the tile's 4×4 window of x (zeros outside the image).
+// flattened), d the tile's 4×4 window of x (zeros outside the image); V holds nt tiles per point,
+// these from t0.
 BASISRT_AVX512 void input_transform(const float* x, const ConvShape& s, int64_t tr0, int64_t tr1, float* V,
-                                    int64_t nt) {
+                                    int64_t nt, int64_t t0) {
     const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho);
-    for (int64_t tr = tr0, t = 0; tr < tr1; ++tr)
+    for (int64_t tr = tr0, t = t0; tr < tr1; ++tr)
         for (int64_t tx = 0; tx < TW; ++tx, ++t) {
             const int64_t n = tr / TH, iy0 = 2 * (tr % TH) - s.ph, ix0 = 2 * tx - s.pw;
             const float* src[4][4];
@@ -68,12 +67,13 @@ BASISRT_AVX512 void input_transform(const float* x, const ConvShape& s, int64_t 
         }
 }
 
-// T[p][r] = (Aᵀ M A) for the pixels of tile rows [tr0, tr1), p counted from the block's first
-// output row (tiles past the map's last row or column drop their second one).
+// T[p][r] = (Aᵀ M A) for the pixels of tile rows [tr0, tr1), p counted from their first output row
+// (tiles past the map's last row or column drop their second one); M holds nt tiles per point,
+// these from t0.
 BASISRT_AVX512 void output_transform(const float* M, const ConvShape& s, int64_t tr0, int64_t tr1, int64_t nt,
-                                     int64_t r_pad, float* T) {
+                                     int64_t t0, int64_t r_pad, float* T) {
     const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho);
-    for (int64_t tr = tr0, t = 0, row0 = 0; tr < tr1; ++tr) {
+    for (int64_t tr = tr0, t = t0, row0 = 0; tr < tr1; ++tr) {
         const int64_t rows = std::min<int64_t>(2, s.Ho - 2 * (tr % TH));
         for (int64_t tx = 0; tx < TW; ++tx, ++t) {
             const int64_t cols = std::min<int64_t>(2, s.Wo - 2 * tx);
@@ -132,40 +132,58 @@ void winograd_weights(const float* B, int64_t c_in, int64_t rank, float* U) {
         }
 }
 
-bool winograd_runs(const ConvShape& s, int64_t rank) {
-    return winograd_path(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.groups, s.C_in, rank) &&
-           tiles_of(s.Ho) * tiles_of(s.Wo) >= kMinTiles;
-}
-
 void winograd_pair_nhwc(const float* x, const float* U, const float* A, const float* bias, const float* residual,
                         float* y, const ConvShape& s, int64_t rank, Activation act, int num_threads, float alpha) {
     const int64_t C = s.C_in, r_pad = round_up(rank, NR), cg_pad = round_up(s.C_out, NR);
-    const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho), tile_rows = s.N * TH;
-    // Blocks of whole tile rows, so that a block's pixels are consecutive rows of y; V within
-    // kBlockFloats where a tile row allows, and at least a block per thread.
-    const int64_t fit = std::max<int64_t>(1, kBlockFloats / (kPoints * C * TW));
-    const int64_t per = std::min(fit, (tile_rows + num_threads - 1) / num_threads);
-    parallel_for((tile_rows + per - 1) / per, num_threads, [&](int64_t block) {
-        thread_local std::vector<float> V, M, T;  // per-thread scratch, grown to the largest layer seen
-        const int64_t tr0 = block * per, tr1 = std::min(tile_rows, tr0 + per), nt = (tr1 - tr0) * TW;
-        V.resize(std::max<size_t>(V.size(), kPoints * nt * C));
-        M.resize(std::max<size_t>(M.size(), kPoints * nt * r_pad));
-        T.resize(std::max<size_t>(T.size(), 4 * nt * r_pad));
-        input_transform(x, s, tr0, tr1, V.data(), nt);
-        for (int64_t p = 0; p < kPoints; ++p) {
-            const float *v = V.data() + p * nt * C, *u = U + p * C * rank;
-            float* m = M.data() + p * nt * r_pad;
-            if (rank_vectorised(rank)) gemm_plain(v, C, u, rank, nt, rank, C, m, r_pad);
-            else gemm_dot(v, C, nt, C, u, rank, m, r_pad);
-        }
-        output_transform(M.data(), s, tr0, tr1, nt, r_pad, T.data());
-        const int64_t first = ((tr0 / TH) * s.Ho + 2 * (tr0 % TH)) * s.Wo;  // the block's first pixel
+    const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho), tile_rows = s.N * TH, nt_all = tile_rows * TW;
+    // M[ξ] = V[ξ] · U[ξ] for `count` tiles from t0, of nt per point
+    auto point_gemm = [&](const float* V, float* M, int64_t nt, int64_t t0, int64_t count, int64_t p) {
+        const float *v = V + (p * nt + t0) * C, *u = U + p * C * rank;
+        float* m = M + (p * nt + t0) * r_pad;
+        if (rank_vectorised(rank)) gemm_plain(v, C, u, rank, count, rank, C, m, r_pad);
+        else gemm_dot(v, C, count, C, u, rank, m, r_pad);
+    };
+    // The output transform, then the pair's 1×1 GEMM and epilogue, for tile rows [tr0, tr1), whose
+    // tiles are in M from t0
+    auto finish = [&](const float* M, int64_t nt, int64_t t0, int64_t tr0, int64_t tr1) {
+        thread_local Aligned T_buf;  // per-thread scratch, grown to the largest layer seen
+        float* T = T_buf.get(4 * (tr1 - tr0) * TW * r_pad);
+        output_transform(M, s, tr0, tr1, nt, t0, r_pad, T);
+        const int64_t first = ((tr0 / TH) * s.Ho + 2 * (tr0 % TH)) * s.Wo;  // their first pixel
         int64_t m = 0;
         for (int64_t tr = tr0; tr < tr1; ++tr) m += std::min<int64_t>(2, s.Ho - 2 * (tr % TH)) * s.Wo;
-        gemm_epilogue(T.data(), r_pad, A, cg_pad, m, cg_pad, rank,
+        gemm_epilogue(T, r_pad, A, cg_pad, m, cg_pad, rank,
                       {y + first * s.ldy, s.ldy, bias, residual ? residual + first * s.ldr : nullptr, s.ldr, s.C_out,
                        act});
         activate_rows(y + first * s.ldy, m, s.C_out, s.ldy, act, alpha);
+    };
+    const int64_t per_thread = (tile_rows + num_threads - 1) / num_threads;
+    if (num_threads > 1 && kPoints * nt_all * C <= kSplitFloats) {
+        // Few tiles in all (batch 1 on 7×7 to 14×14 maps): every tile's windows at once, and the 16
+        // GEMMs split across threads, so that U is read once, not once per thread (512 channels at
+        // 7×7, rank 51: 185 µs with a block per thread, against 135 on the direct path).
+        thread_local Aligned V_all, M_all;  // the caller's; the helpers write them too
+        float *V = V_all.get(kPoints * nt_all * C), *M = M_all.get(kPoints * nt_all * r_pad);
+        parallel_for(tile_rows, num_threads, [&](int64_t tr) { input_transform(x, s, tr, tr + 1, V, nt_all, tr * TW); });
+        parallel_for(kPoints, num_threads, [&](int64_t p) { point_gemm(V, M, nt_all, 0, nt_all, p); });
+        parallel_for(num_threads, num_threads, [&](int64_t i) {
+            const int64_t tr0 = i * per_thread, tr1 = std::min(tile_rows, tr0 + per_thread);
+            if (tr0 < tr1) finish(M, nt_all, tr0 * TW, tr0, tr1);
+        });
+        return;
+    }
+    // Blocks of whole tile rows, so that a block's pixels are consecutive rows of y; V within
+    // kBlockFloats where a tile row allows, and at least a block per thread.
+    const int64_t per = std::min(std::max<int64_t>(1, kBlockFloats / (kPoints * C * TW)), per_thread);
+    parallel_for((tile_rows + per - 1) / per, num_threads, [&](int64_t block) {
+        // Per-thread scratch, grown to the largest layer seen; 64-byte aligned, as a vector's malloc
+        // (16 bytes past a page) is not: every vector load would then span two cache lines.
+        thread_local Aligned V_buf, M_buf;
+        const int64_t tr0 = block * per, tr1 = std::min(tile_rows, tr0 + per), nt = (tr1 - tr0) * TW;
+        float *V = V_buf.get(kPoints * nt * C), *M = M_buf.get(kPoints * nt * r_pad);
+        input_transform(x, s, tr0, tr1, V, nt, 0);
+        for (int64_t p = 0; p < kPoints; ++p) point_gemm(V, M, nt, 0, nt, p);
+        finish(M, nt, 0, tr0, tr1);
     });
 }
 

@@ -16,7 +16,9 @@ namespace basisrt {
 
 // Whether a pair of this geometry can run here, and so whether its Winograd weights are worth
 // packing: 3×3, stride 1, dilation 1, one group, input channels in whole vectors, rank 16 or more,
-// and an AVX-512 CPU.
+// and an AVX-512 CPU. Whether it pays at a given map and batch is measured when a plan compiles
+// (basisrt/compiler/autotune.py, faster_direct): at batch 1, small maps run faster on the direct
+// path, which reads 9/16 of the weights.
 bool winograd_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
                    int64_t c_in, int64_t rank);
 // Floats of a pair's Winograd weights U: 16 · C_in · rank, as (16, C_in, rank) where rank is a
@@ -24,9 +26,6 @@ bool winograd_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, i
 int64_t winograd_floats(int64_t c_in, int64_t rank);
 // U from B as packed_layout gives it for such a pair (rank × 9·C_in, the channel-dot layout).
 void winograd_weights(const float* B, int64_t c_in, int64_t rank, float* U);
-// Whether the Winograd path runs a call: a pair on winograd_path with a map of 16 tiles or more (smaller ones run faster on the direct path, which reads fewer weights). It
-// depends on the geometry alone, so that an image's result does not depend on its batch.
-bool winograd_runs(const ConvShape& s, int64_t rank);
 // The pair as fused_conv_nhwc runs it (same arguments; bias not null; no fused pool: fused_conv_nhwc
 // pools after it), U from winograd_weights.
 void winograd_pair_nhwc(const float* x, const float* U, const float* A, const float* bias, const float* residual,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from test_fused_conv_cpu import ACT_CHOICES, rel_err
 
 from basisrt import _C, compile, decompose, load, prune_basis
-from basisrt.compiler import activations
+from basisrt.compiler import activations, entry
 from basisrt.compiler.cpu_steps import FusedConv2d
 
 pytestmark = pytest.mark.skipif(not _C.winograd_path(3, 3, 1, 1, 1, 1, 1, 16, 16),
@@ -32,7 +32,9 @@ def cases(n: int = 40, seed: int = 0):
         if not on_path(c_in, rank):
             continue
         pad = rng.choice([0, 1, 1, 2])
-        h, w = rng.randint(9 - 2 * pad, 20), rng.randint(9 - 2 * pad, 20)  # at least 7×7 out: 16 tiles
+        big = len(out) % 5 == 1  # V over 1 MB: blocks of tiles on two threads too
+        low = max(1, 3 - 2 * pad) if len(out) % 4 == 3 else 9 - 2 * pad  # some maps of a tile or a few
+        h, w = rng.randint(low, 20 + 30 * big), rng.randint(low, 20 + 30 * big)
         out.append(dict(n=rng.randint(1, 4), c_in=c_in, c_out=rng.randint(1, 70), hw=(h, w), pad=pad, rank=rank,
                         act=rng.choice(ACT_CHOICES), residual=rng.random() < 0.4, bias=rng.random() < 0.8))
     return out
@@ -46,7 +48,7 @@ def reference(x, basis, scale, bias, residual, act):
     return activations.apply(y, act[0])
 
 
-def run(step: FusedConv2d, x, residual, winograd: bool, pool: int = 1, ldx: int = 0):
+def run(step: FusedConv2d, x, residual, winograd: bool, pool: int = 1, ldx: int = 0, threads: int = 2):
     """The pair through the kernel binding, on the Winograd weights or without them (the direct path)."""
     xs = x.permute(0, 2, 3, 1).contiguous()
     if ldx:  # x as a channel slice of a wider NHWC map
@@ -58,9 +60,10 @@ def run(step: FusedConv2d, x, residual, winograd: bool, pool: int = 1, ldx: int 
     y = torch.full((n, ho // pool, wo // pool, step.out_channels), float("nan"))
     res = None if residual is None else residual.permute(0, 2, 3, 1).contiguous().numpy()
     code, alpha = activations.code(step.activation)
-    _C.fused_conv_nhwc(xs.numpy(), step.B.numpy(), step.A.numpy(), None if step.bias is None else step.bias.numpy(),
-                       res, y.numpy(), step.kernel, step.stride, step.padding, step.dilation, 1, step.rank, code, 2,
-                       pool=pool, alpha=alpha, winograd=step.winograd.numpy() if winograd else None)
+    bias = None if step.bias is None else step.bias.numpy()
+    _C.fused_conv_nhwc(xs.numpy(), step.B.numpy(), step.A.numpy(), bias, res, y.numpy(), step.kernel, step.stride,
+                       step.padding, step.dilation, 1, step.rank, code, threads, pool=pool, alpha=alpha,
+                       winograd=step.winograd.numpy() if winograd else None)
     return y.permute(0, 3, 1, 2)
 
 
@@ -81,6 +84,8 @@ def test_winograd_pair_matches_float64(case):
     out = run(step, x, residual, winograd=True)
     assert rel_err(out, ref) < 1e-5
     assert not torch.equal(out, run(step, x, residual, winograd=False))  # the Winograd path ran
+    # one thread: blocks of tiles; two: the 16 GEMMs split across threads where V is small. Same bits.
+    assert torch.equal(run(step, x, residual, winograd=True, threads=1), out)
     assert torch.equal(step(x, residual), out)  # the step passes its Winograd weights
 
 
@@ -99,18 +104,47 @@ def test_winograd_pair_with_a_fused_pool_and_a_channel_slice(hw):
         assert torch.equal(pooled, F.max_pool2d(out, 2))  # the pool of the same conv values
 
 
-def test_small_maps_take_the_direct_path_and_results_do_not_depend_on_the_batch():
-    """Fewer than 16 tiles per image (maps under 7×7) run direct; the choice is per image, so an
-    image's output is the same bits alone and in a batch."""
+def test_results_do_not_depend_on_the_batch_or_the_threads():
+    """An image's output is the same bits alone and in a batch, on one thread or two (the
+    threads split tiles, or the 16 GEMMs where all of V is small)."""
     torch.manual_seed(0)
     step = FusedConv2d(torch.randn(32, 64, 3, 3) * 0.1, torch.randn(64), stride=(1, 1), padding=(1, 1),
                        dilation=(1, 1), groups=1, scale=torch.randn(64, 32) * 0.1, activation="relu")
-    small = torch.randn(8, 64, 6, 6)
-    assert torch.equal(run(step, small, None, winograd=True), run(step, small, None, winograd=False))
-    x = torch.randn(5, 64, 12, 12)
-    batch = step(x)
-    for i in range(5):
-        assert torch.equal(step(x[i:i + 1]), batch[i:i + 1])
+    for hw in (3, 12, 40):
+        x = torch.randn(5, 64, hw, hw)
+        batch = run(step, x, None, winograd=True)
+        for i in range(5):
+            for threads in (1, 2):
+                assert torch.equal(run(step, x[i:i + 1], None, winograd=True, threads=threads), batch[i:i + 1])
+
+
+def test_compile_keeps_the_winograd_weights_where_they_are_faster(tmp_path, monkeypatch):
+    """compile times each Winograd pair against its direct path (autotune.faster_direct), marks
+    `prefer_direct` on those faster without, drops their weights, and saves the choice."""
+    model = small_pruned_model()
+    x = torch.randn(2, 32, 12, 12)
+    asked = []
+
+    def measured(winograd_plan, direct_plan, inp):
+        steps = {n: m for n, m in direct_plan.module.named_modules() if isinstance(m, FusedConv2d)}
+        assert steps and all(m.winograd is None for m in steps.values()) and torch.equal(inp, x)
+        asked.append(sorted(n for n, m in winograd_plan.module.named_modules()
+                            if getattr(m, "winograd", None) is not None))
+        return asked[0][:1]
+    monkeypatch.setattr(entry, "faster_direct", measured)
+    compiled = compile(model, x, dense_backend="basisrt")
+    assert len(asked) == 1 and len(asked[0]) == 2
+    steps = {n: m for n, m in compiled.module.named_modules() if isinstance(m, FusedConv2d)}
+    assert [n for n, m in steps.items() if m.prefer_direct] == asked[0][:1]
+    assert [n for n, m in steps.items() if m.winograd is not None] == asked[0][1:]
+    assert "prefer_direct=True" in next(s.detail for s in compiled.plan.steps if s.name == asked[0][0])
+    compiled.save(tmp_path / "plan.brt")
+    loaded = load(tmp_path / "plan.brt")
+    assert [n for n, m in loaded.module.named_modules() if isinstance(m, FusedConv2d) and m.winograd is not None] \
+        == asked[0][1:]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compiled(x))
+        assert rel_err(compiled(x), model(x).double()) < 1e-5
 
 
 def test_winograd_weights_and_bad_arguments():
@@ -147,14 +181,20 @@ def test_winograd_weights_and_bad_arguments():
                            (3, 3), (2, 2), (1, 1), (1, 1), 1, 26, _C.Activation.none, 1, winograd=step.winograd.numpy())
 
 
-def test_a_saved_plan_remakes_its_winograd_weights(tmp_path):
-    """The Winograd weights are derived from B, not saved: a loaded plan makes them again and
-    gives the same bits, native and step by step."""
+def small_pruned_model() -> torch.nn.Module:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(32, 48, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(48, 48, 3, padding=1), torch.nn.ReLU()).eval()
     model = decompose(model).model
-    prune_basis(model, "ratio", 0.6)
+    prune_basis(model, "ratio", 0.6)  # ranks 29: on the Winograd path
+    return model
+
+
+def test_a_saved_plan_remakes_its_winograd_weights(tmp_path, monkeypatch):
+    """The Winograd weights are derived from B, not saved: a loaded plan makes them again and
+    gives the same bits, native and step by step."""
+    monkeypatch.setattr(entry, "WINOGRAD_CHOICE", False)  # every pair keeps them, whatever the timing
+    model = small_pruned_model()
     x = torch.randn(2, 32, 12, 12)
     compiled = compile(model, x, dense_backend="basisrt")
     steps = [m for m in compiled.module.modules() if isinstance(m, FusedConv2d)]

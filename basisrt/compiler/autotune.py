@@ -87,38 +87,56 @@ def paired_seconds(candidates: dict[str, nn.Module], x: Tensor, repeats: int) ->
     return {k: min(v) for k, v in samples.items()}
 
 
-def faster_in_fp32(bf16_plan, fp32_plan, x: Tensor, rounds: int = 3, repeats: int = 10,
-                   budget_s: float = 0.25) -> list[str]:
+def faster_in(plan, other, x: Tensor, names: set[str], rounds: int = 3, repeats: int = 10,
+              budget_s: float = 0.25, charge: dict[str, str] | None = None) -> list[str]:
+    """The steps `names` of `plan` (a CompiledModel) that run faster in `other` (the same plan run
+    another way), each timed inside its plan on `x`: inside the native program where there is one,
+    so with the maps its neighbours leave it and the caches the rest of the plan leaves, without a
+    Python call around it. The plans run alternately, and each step keeps its fastest median over
+    the rounds. `charge`: {op: step} of `plan` whose time is the step's too (a pool that `other`'s
+    step runs in its epilogue). Fewer repeats (not under 3) where one round of calls would take
+    over `budget_s`: a large input at batch 32 runs for a second."""
+    if not names:
+        return []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        plan(x), other(x)  # warm, and what a call of each costs
+    repeats = max(3, min(repeats, int(budget_s / (time.perf_counter() - start))))
+    times: list[dict[str, float]] = [{}, {}]
+    for _ in range(rounds):
+        for seen, p in zip(times, (plan, other)):
+            for name, _, t in p.step_times(x, repeats):
+                seen[name] = min(t, seen.get(name, t))
+    mine, theirs = times
+    for op, step in (charge or {}).items():
+        if step in mine and op in mine:
+            mine[step] += mine[op]
+    return [n for n in sorted(names) if n in mine and n in theirs and theirs[n] < mine[n]]
+
+
+def faster_in_fp32(bf16_plan, fp32_plan, x: Tensor, **timing) -> list[str]:
     """The bf16-capable steps of `bf16_plan` (a CompiledModel at precision bf16) that run faster in
-    `fp32_plan` (the same plan at fp32), each timed inside its plan on `x`: inside the native
-    program where there is one, so with the maps its neighbours leave it (bf16 or fp32) and
-    without a Python call around it. The plans run alternately, and each step keeps its fastest
-    median over the rounds. A pool that the fp32 conv runs in its epilogue (bf16 convs do not)
-    is charged to the bf16 side as the pool's own op. Fewer repeats (not under 3) where one round
-    of calls would take over `budget_s`: a large input at batch 32 runs for a second.
+    `fp32_plan` (the same plan at fp32), timed by `faster_in`. A pool that the fp32 conv runs in
+    its epilogue (bf16 convs do not) is charged to the bf16 side as the pool's own op.
 
     bf16 is not faster everywhere: the vector path (no AMX) pads a low rank to 32 columns of its
     first GEMM and runs the pair's second GEMM on both bf16 halves of the basis output, and a small
     map at batch 1 is one task; on Zen 4, VGG16's rank-10 % basis convs at batch 1 ran 1.2-2.9x
     slower in bf16 than in fp32, and 1.1-1.7x faster at rank 25 %, batch 32."""
     capable = {name for name, m in bf16_plan.module.named_modules() if getattr(m, "_bf16", None) is not None}
-    if not capable:
-        return []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        bf16_plan(x), fp32_plan(x)  # warm, and what a call of each costs
-    repeats = max(3, min(repeats, int(budget_s / (time.perf_counter() - start))))
-    times: dict[str, dict[str, float]] = {"bf16": {}, "fp32": {}}
-    for _ in range(rounds):
-        for key, plan in (("bf16", bf16_plan), ("fp32", fp32_plan)):
-            for name, _, t in plan.step_times(x, repeats):
-                times[key][name] = min(t, times[key].get(name, t))
     pools = fp32_plan.native.fused_pools if fp32_plan.native is not None else {}
-    for pool, conv in pools.items():
-        if conv in times["bf16"] and pool in times["bf16"]:
-            times["bf16"][conv] += times["bf16"][pool]
-    fp32, bf16 = times["fp32"], times["bf16"]
-    return [n for n in sorted(capable) if n in fp32 and n in bf16 and fp32[n] < bf16[n]]
+    return faster_in(bf16_plan, fp32_plan, x, capable, charge=pools, **timing)
+
+
+def faster_direct(winograd_plan, direct_plan, x: Tensor, **timing) -> list[str]:
+    """The steps of `winograd_plan` holding Winograd weights (FusedConv2d.winograd) that run faster
+    in `direct_plan` (the same plan without them), timed by `faster_in`. The Winograd pair does 4/9
+    of the first GEMM's MACs but reads 16/9 of its weights: where few pixels share them (batch 1,
+    small maps), the weights' traffic sets the pace (torchvision ResNet-50 at rank 10 %, batch 1:
+    its 7×7 pairs of 512 channels 160 against 135 µs, its 14×14 ones of 256 channels 111 against
+    137)."""
+    names = {name for name, m in winograd_plan.module.named_modules() if getattr(m, "winograd", None) is not None}
+    return faster_in(winograd_plan, direct_plan, x, names, **timing)
 
 
 def _after_seconds(first: nn.Module, then: nn.Module, x: Tensor, repeats: int) -> float:

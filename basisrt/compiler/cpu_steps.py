@@ -88,17 +88,21 @@ class FusedConv2d(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self._bf16 = None  # (B, A, bias) for the bf16 conv: set by compiler/bf16.py's apply_precision
         self.prefer_fp32 = False  # measured faster in fp32 than in bf16 (autotune.faster_in_fp32): stays fp32
+        self.prefer_direct = False  # measured faster without its Winograd weights (autotune.faster_direct)
         self.after_load()
 
     def after_load(self) -> None:
         """Derives the Winograd weights of a 3×3 pair on `_C.winograd_path` (csrc/winograd_conv.h) from
-        B: kept beside it, not saved with a plan (the kernel takes B on maps too small for them).
-        BASISRT_NO_WINOGRAD=1 leaves them out: every pair on the direct path."""
+        B: kept beside it, not saved with a plan. None where the compile measured the direct path
+        faster (`prefer_direct`), and with BASISRT_NO_WINOGRAD=1: every pair on the direct path."""
         winograd = None
-        if (self.B.device.type == "cpu" and os.environ.get("BASISRT_NO_WINOGRAD") != "1"
+        if (self.B.device.type == "cpu" and not getattr(self, "prefer_direct", False)
+                and os.environ.get("BASISRT_NO_WINOGRAD") != "1"
                 and _C.winograd_path(*self.kernel, *self.stride, *self.dilation, self.groups, self.in_channels,
                                      self.rank)):
-            winograd = torch.from_numpy(_C.winograd_weights(self.B.numpy(), self.in_channels, self.rank))
+            # cloned: PyTorch's allocator aligns to 64 bytes (numpy's to 16), so no vector load of it
+            # spans two cache lines
+            winograd = torch.from_numpy(_C.winograd_weights(self.B.numpy(), self.in_channels, self.rank)).clone()
         self.register_buffer("winograd", winograd, persistent=False)
 
     def winograd_array(self) -> np.ndarray | None:
@@ -139,7 +143,8 @@ class FusedConv2d(nn.Module):
         kind = f"basis rank {self.rank}" if self.rank else "dense"
         return (f"{kind}, out={self.out_channels}, kernel={self.kernel}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, act={self.activation}, residual={self.residual}"
-                + (", prefer_fp32=True" if getattr(self, "prefer_fp32", False) else ""))
+                + (", prefer_fp32=True" if getattr(self, "prefer_fp32", False) else "")
+                + (", prefer_direct=True" if getattr(self, "prefer_direct", False) else ""))
 
 
 class FusedLinear(FusedConv2d):

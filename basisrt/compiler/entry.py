@@ -9,12 +9,13 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .autotune import MeasuredChooser, faster_in_fp32, layer_inputs, paired_seconds
+from .autotune import MeasuredChooser, faster_direct, faster_in_fp32, layer_inputs, paired_seconds
 from .backends import resolve_backend
 from .bf16 import check_precision
 from .capture import capture as capture_graph
 from .compiled import CompiledModel, Explanation, Plan, Step, check_input
 from .cost_model import cost_model_choice, keep_mixed, step_macs
+from .cpu_steps import FusedConv2d
 from .cuda_graph import require_cuda_device
 from .fusion import fuse
 from .geometry import ConvGeometry
@@ -46,6 +47,9 @@ def _check_single_input(model: nn.Module, graph: fx.Graph) -> None:
                          f"{len(required)} ({', '.join(map(str, required))})")
 
 
+# Each Winograd pair timed against its direct path at compile (autotune.faster_direct); False
+# keeps every pair's Winograd weights (tests that need the path whatever the timing says)
+WINOGRAD_CHOICE = True
 BF16_CHOICE_PASSES = 3  # each one only moves convs to fp32, so it ends; two sufficed on VGG16 and ResNet-18
 MAX_THREADS = 1024  # the C++ kernels' cap (csrc/shape_checks.h: kMaxThreads)
 
@@ -200,6 +204,8 @@ def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, nu
         elif node.op in ("call_function", "call_method"):
             plan.steps.append(Step(node.name, Strategy.TORCH, 0, str(getattr(node.target, "__name__", node.target))))
     args = (tuple(example_input.shape[1:]), example_input.dtype, example_input.device, cuda_graph)
+    if WINOGRAD_CHOICE:
+        _choose_direct(gm, plan, args, example_input)
     compiled = CompiledModel(gm, plan, *args, precision)
     if precision == "bf16":
         # The convs that run faster in fp32 stay fp32. Again on the new plan: a bf16 conv can lose
@@ -216,6 +222,26 @@ def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, nu
                     step.detail = gm.get_submodule(step.name).extra_repr()
             compiled = CompiledModel(gm, plan, *args, precision)
     return compiled
+
+
+def _choose_direct(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor) -> None:
+    """Marks `prefer_direct` (saved with the plan) on the Winograd pairs that run faster on the
+    direct path at this input, and drops their Winograd weights."""
+    if not any(getattr(m, "winograd", None) is not None for m in gm.modules()):
+        return
+    direct = copy.deepcopy(gm)
+    for m in direct.modules():
+        if isinstance(m, FusedConv2d):
+            m.winograd = None
+    with_weights = CompiledModel(gm, plan, *args, "fp32")
+    slower = faster_direct(with_weights, CompiledModel(direct, copy.copy(plan), *args, "fp32"), x)
+    for name in slower:
+        m = gm.get_submodule(name)
+        m.prefer_direct = True
+        m.after_load()
+    for step in plan.steps:
+        if step.name in slower:
+            step.detail = gm.get_submodule(step.name).extra_repr()
 
 
 def _out_shape(node: fx.Node) -> tuple[int, ...] | None:

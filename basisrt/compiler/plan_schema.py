@@ -424,6 +424,7 @@ def _fused_conv(a: Attrs, t: Tensors, linear: bool = False) -> None:
     kh, kw, cin, cout, groups = _conv_geometry(a, linear, map_hw)
     a.threads()
     a.optional_bool("prefer_fp32")
+    a.optional_bool("prefer_direct")
     rank = a.int("rank", 0, MAX_CHANNELS)
     b_shape, a_shape = packed_shapes((kh, kw), cin, cout, groups, rank)
     t.buffer("B", b_shape)
