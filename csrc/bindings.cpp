@@ -125,9 +125,9 @@ PackedWeights packed_weights(const std::string& fn, const basisrt::ConvShape& s,
     if (bias) w.bias = f32_data(fn, *bias, "bias", s.C_out);
     if (winograd) {
         if (!basisrt::winograd_path(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.groups, s.C_in, rank))
-            value_error(fn, "winograd weights are for a pair on winograd_path (3x3, stride 1, dilation 1, groups 1, "
-                            "input channels a multiple of 16, rank 16 or more, an AVX-512 CPU)");
-        w.winograd = f32_data(fn, *winograd, "winograd", basisrt::winograd_floats(s.C_in, rank));
+            value_error(fn, "winograd weights are for a conv on winograd_path (3x3, stride 1, dilation 1, groups 1, "
+                            "input channels a multiple of 16, rank 0 or 16 and more, an AVX-512 CPU)");
+        w.winograd = f32_data(fn, *winograd, "winograd", basisrt::winograd_floats(s.C_in, rank, s.C_out));
     }
     return w;
 }
@@ -724,23 +724,25 @@ void bind_fused(py::module_& m) {
           "on winograd_path, which then runs by Winograd F(2x2, 3x3).");
     m.def("winograd_path", &basisrt::winograd_path, py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
           py::arg("dh"), py::arg("dw"), py::arg("groups"), py::arg("in_channels"), py::arg("rank"),
-          "Whether a basis pair of this geometry runs its 3x3 basis conv by Winograd F(2x2, 3x3) on this CPU\n"
-          "(and so takes winograd_weights).");
+          "Whether a basis pair (rank > 0) or dense conv (rank 0) of this geometry can run its 3x3 conv by\n"
+          "Winograd F(2x2, 3x3) on this CPU (and so takes winograd_weights).");
     m.def(
         "winograd_weights",
-        [](const py::array& B, int64_t in_channels, int64_t rank) {
+        [](const py::array& B, int64_t in_channels, int64_t rank, int64_t out_channels) {
             const std::string fn = "winograd_weights";
-            if (in_channels < 1 || in_channels % basisrt::kColBlock || rank < 1)
-                value_error(fn, "in_channels must be a positive multiple of 16 and rank positive");
-            const float* b = f32_data(fn, B, "B (packed)", 9 * in_channels * rank);
-            const bool by_rank = rank % basisrt::kColBlock == 0;  // winograd_conv.h's layouts
-            py::array_t<float> U({int64_t{16}, by_rank ? in_channels : rank, by_rank ? rank : in_channels});
-            basisrt::winograd_weights(b, in_channels, rank, U.mutable_data());
+            if (in_channels < 1 || in_channels % basisrt::kColBlock || rank < 0 || out_channels < 1)
+                value_error(fn, "in_channels must be a positive multiple of 16, rank >= 0 and out_channels positive");
+            const int64_t cols = rank ? rank : basisrt::round_up(out_channels, basisrt::kColBlock);
+            const float* b = f32_data(fn, B, "B (packed)", 9 * in_channels * cols);
+            const bool by_cols = cols % basisrt::kColBlock == 0;  // winograd_conv.h's layouts
+            py::array_t<float> U({int64_t{16}, by_cols ? in_channels : cols, by_cols ? cols : in_channels});
+            basisrt::winograd_weights(b, in_channels, rank, out_channels, U.mutable_data());
             return U;
         },
-        py::arg("B"), py::arg("in_channels"), py::arg("rank"),
-        "A 3x3 basis pair's Winograd weights from its packed B (rank, 9 * in_channels): (16, in_channels, rank)\n"
-        "where rank is a multiple of 16, else (16, rank, in_channels).");
+        py::arg("B"), py::arg("in_channels"), py::arg("rank"), py::arg("out_channels"),
+        "A 3x3 conv's Winograd weights from its packed B (a pair's (rank, 9 * in_channels), a dense conv's\n"
+        "(9 * in_channels, out_channels padded to 16)): (16, in_channels, n) where n (the rank, or the padded\n"
+        "outputs) is a multiple of 16, else (16, rank, in_channels).");
     m.def("channel_affine_nhwc", &channel_affine_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
           py::arg("out"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(x * scale + shift) per channel on NHWC float32 (x / out may be channel slices).");

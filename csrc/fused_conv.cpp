@@ -788,6 +788,18 @@ void gemm_epilogue(const float* a, int64_t lda, const float* b, int64_t ldb, int
          Store{out.y, out.ldy, out.bias, out.residual, out.ncols, out.act, true, out.residual ? out.ldr : 0});
 }
 
+static BASISRT_AVX512 void store_epilogue_avx512(const float* p, int64_t ldp, int64_t M, int64_t N, const Store& st) {
+    if (st.residual) return epilogue_rows_act<true, true>(p, ldp, M, N, st);
+    epilogue_rows_act<true, false>(p, ldp, M, N, st);
+}
+
+void store_epilogue(const float* p, int64_t ldp, int64_t M, int64_t N, const Epilogue& out) {
+    if (!use_avx512()) throw std::logic_error("store_epilogue: built for AVX-512 only (its one caller's ISA)");
+    store_epilogue_avx512(p, ldp, M, N,
+                          Store{out.y, out.ldy, out.bias, out.residual, out.ncols, out.act, true,
+                                out.residual ? out.ldr : 0});
+}
+
 bool lowrank_dot_path(int64_t cg_in, int64_t rank) { return rank > 0 && cg_in % kColBlock == 0; }
 
 PackedLayout packed_layout(const ConvShape& s, int64_t rank) {

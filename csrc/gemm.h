@@ -27,5 +27,8 @@ struct Epilogue {
 };
 void gemm_epilogue(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t M, int64_t N, int64_t K,
                    const Epilogue& out);
+// The same epilogue on sums already made: p (M × N, row stride ldp, N a multiple of kColBlock).
+// AVX-512 CPUs only (the Winograd conv's).
+void store_epilogue(const float* p, int64_t ldp, int64_t M, int64_t N, const Epilogue& out);
 
 }  // namespace basisrt

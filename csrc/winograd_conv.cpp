@@ -24,10 +24,13 @@ constexpr int64_t kSplitFloats = 256 * 1024;
 // 128 channels, rank 13: 0.93-1.06x).
 constexpr int64_t kMinRank = 16;
 
-// U[ξ] as (C × rank) for the rank-vectorised GEMM where the rank fills whole vectors, else as
+// The first GEMM's columns: a pair's ranks, or a dense conv's output channels padded to whole
+// vectors (as its B is).
+inline int64_t columns(int64_t rank, int64_t c_out) { return rank ? rank : round_up(c_out, NR); }
+// U[ξ] as (C × columns) for the rank-vectorised GEMM where they fill whole vectors, else as
 // (rank × C) for the channel-vectorised one, which pads nothing (ranks 26 and 51: 1.22-1.53x the
 // direct path against 1.16-1.36x padded to 32 and 64; ranks 32-128: 1.37-1.75x against 1.17-1.65x).
-inline bool rank_vectorised(int64_t rank) { return rank % NR == 0; }
+inline bool rank_vectorised(int64_t cols) { return cols % NR == 0; }
 
 typedef float vec __attribute__((vector_size(NR * sizeof(float)), aligned(4)));
 
@@ -101,20 +104,23 @@ BASISRT_AVX512 void output_transform(const float* M, const ConvShape& s, int64_t
 
 bool winograd_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
                    int64_t c_in, int64_t rank) {
-    return use_avx512() && rank > 0 && kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 &&
-           groups == 1 && c_in % NR == 0 && rank >= kMinRank;
+    return use_avx512() && (rank == 0 || rank >= kMinRank) && kh == 3 && kw == 3 && sh == 1 && sw == 1 &&
+           dh == 1 && dw == 1 && groups == 1 && c_in % NR == 0;
 }
 
-int64_t winograd_floats(int64_t c_in, int64_t rank) { return kPoints * c_in * rank; }
+int64_t winograd_floats(int64_t c_in, int64_t rank, int64_t c_out) { return kPoints * c_in * columns(rank, c_out); }
 
-void winograd_weights(const float* B, int64_t c_in, int64_t rank, float* U) {
-    const int64_t K = 9 * c_in;
-    const bool by_rank = rank_vectorised(rank);
-    for (int64_t r = 0; r < rank; ++r)
+void winograd_weights(const float* B, int64_t c_in, int64_t rank, int64_t c_out, float* U) {
+    const int64_t K = 9 * c_in, cols = columns(rank, c_out);
+    const bool by_rank = rank_vectorised(cols);
+    for (int64_t r = 0; r < cols; ++r)
         for (int64_t c = 0; c < c_in; ++c) {
             double g[3][3], gg[4][3];  // G g Gᵀ in double: one rounding per element of U
             for (int ky = 0; ky < 3; ++ky)
-                for (int kx = 0; kx < 3; ++kx) g[ky][kx] = B[r * K + (ky * 3 + kx) * c_in + c];
+                for (int kx = 0; kx < 3; ++kx) {  // B: (rank × K) for a pair, (K × columns) dense
+                    const int64_t k = (ky * 3 + kx) * c_in + c;
+                    g[ky][kx] = rank ? B[r * K + k] : B[k * cols + r];
+                }
             for (int kx = 0; kx < 3; ++kx) {
                 gg[0][kx] = g[0][kx];
                 gg[1][kx] = 0.5 * (g[0][kx] + g[1][kx] + g[2][kx]);
@@ -126,7 +132,7 @@ void winograd_weights(const float* B, int64_t c_in, int64_t rank, float* U) {
                                      0.5 * (gg[a][0] - gg[a][1] + gg[a][2]), gg[a][2]};
                 for (int b = 0; b < 4; ++b) {
                     const int64_t p = a * 4 + b;
-                    U[by_rank ? (p * c_in + c) * rank + r : (p * rank + r) * c_in + c] = static_cast<float>(u[b]);
+                    U[by_rank ? (p * c_in + c) * cols + r : (p * cols + r) * c_in + c] = static_cast<float>(u[b]);
                 }
             }
         }
@@ -134,14 +140,15 @@ void winograd_weights(const float* B, int64_t c_in, int64_t rank, float* U) {
 
 void winograd_pair_nhwc(const float* x, const float* U, const float* A, const float* bias, const float* residual,
                         float* y, const ConvShape& s, int64_t rank, Activation act, int num_threads, float alpha) {
-    const int64_t C = s.C_in, r_pad = round_up(rank, NR), cg_pad = round_up(s.C_out, NR);
+    // cols: the first GEMM's (a pair's rank, a dense conv's padded outputs), r_pad: as stored in M, T
+    const int64_t C = s.C_in, cols = columns(rank, s.C_out), r_pad = round_up(cols, NR), cg_pad = round_up(s.C_out, NR);
     const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho), tile_rows = s.N * TH, nt_all = tile_rows * TW;
     // M[ξ] = V[ξ] · U[ξ] for `count` tiles from t0, of nt per point
     auto point_gemm = [&](const float* V, float* M, int64_t nt, int64_t t0, int64_t count, int64_t p) {
-        const float *v = V + (p * nt + t0) * C, *u = U + p * C * rank;
+        const float *v = V + (p * nt + t0) * C, *u = U + p * C * cols;
         float* m = M + (p * nt + t0) * r_pad;
-        if (rank_vectorised(rank)) gemm_plain(v, C, u, rank, count, rank, C, m, r_pad);
-        else gemm_dot(v, C, count, C, u, rank, m, r_pad);
+        if (rank_vectorised(cols)) gemm_plain(v, C, u, cols, count, cols, C, m, r_pad);
+        else gemm_dot(v, C, count, C, u, cols, m, r_pad);
     };
     // The output transform, then the pair's 1×1 GEMM and epilogue, for tile rows [tr0, tr1), whose
     // tiles are in M from t0
@@ -152,9 +159,10 @@ void winograd_pair_nhwc(const float* x, const float* U, const float* A, const fl
         const int64_t first = ((tr0 / TH) * s.Ho + 2 * (tr0 % TH)) * s.Wo;  // their first pixel
         int64_t m = 0;
         for (int64_t tr = tr0; tr < tr1; ++tr) m += std::min<int64_t>(2, s.Ho - 2 * (tr % TH)) * s.Wo;
-        gemm_epilogue(T, r_pad, A, cg_pad, m, cg_pad, rank,
-                      {y + first * s.ldy, s.ldy, bias, residual ? residual + first * s.ldr : nullptr, s.ldr, s.C_out,
-                       act});
+        const Epilogue out{y + first * s.ldy, s.ldy, bias, residual ? residual + first * s.ldr : nullptr, s.ldr,
+                           s.C_out, act};
+        if (rank) gemm_epilogue(T, r_pad, A, cg_pad, m, cg_pad, rank, out);  // the pair's 1×1 conv
+        else store_epilogue(T, r_pad, m, cg_pad, out);  // a dense conv: T is its output
         activate_rows(y + first * s.ldy, m, s.C_out, s.ldy, act, alpha);
     };
     const int64_t per_thread = (tile_rows + num_threads - 1) / num_threads;

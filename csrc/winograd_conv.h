@@ -14,19 +14,21 @@
 
 namespace basisrt {
 
-// Whether a pair of this geometry can run here, and so whether its Winograd weights are worth
-// packing: 3×3, stride 1, dilation 1, one group, input channels in whole vectors, rank 16 or more,
-// and an AVX-512 CPU. Whether it pays at a given map and batch is measured when a plan compiles
+// Whether a pair (rank > 0) or dense conv (rank 0) of this geometry can run here, and so whether
+// its Winograd weights are worth packing: 3×3, stride 1, dilation 1, one group, input channels in
+// whole vectors, a pair's rank 16 or more, and an AVX-512 CPU. A dense conv is the same with its
+// output channels as the first GEMM's columns and no second GEMM. Whether it pays at a given map and batch is measured when a plan compiles
 // (basisrt/compiler/autotune.py, faster_direct): at batch 1, small maps run faster on the direct
 // path, which reads 9/16 of the weights.
 bool winograd_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
                    int64_t c_in, int64_t rank);
-// Floats of a pair's Winograd weights U: 16 · C_in · rank, as (16, C_in, rank) where rank is a
-// multiple of kColBlock, else (16, rank, C_in).
-int64_t winograd_floats(int64_t c_in, int64_t rank);
-// U from B as packed_layout gives it for such a pair (rank × 9·C_in, the channel-dot layout).
-void winograd_weights(const float* B, int64_t c_in, int64_t rank, float* U);
-// The pair as fused_conv_nhwc runs it (same arguments; bias not null; no fused pool: fused_conv_nhwc
+// Floats of the Winograd weights U: 16 · C_in · n, n = rank, or for a dense conv C_out rounded up
+// to kColBlock; as (16, C_in, n) where n is a multiple of kColBlock, else (16, rank, C_in).
+int64_t winograd_floats(int64_t c_in, int64_t rank, int64_t c_out);
+// U from B as packed_layout gives it (a pair: rank × 9·C_in, the channel-dot layout; dense:
+// 9·C_in × n).
+void winograd_weights(const float* B, int64_t c_in, int64_t rank, int64_t c_out, float* U);
+// The conv as fused_conv_nhwc runs it (same arguments; bias not null; no fused pool: fused_conv_nhwc
 // pools after it), U from winograd_weights.
 void winograd_pair_nhwc(const float* x, const float* U, const float* A, const float* bias, const float* residual,
                         float* y, const ConvShape& s, int64_t rank, Activation act, int num_threads, float alpha);

@@ -1,4 +1,4 @@
-"""The 3×3 basis pair on the Winograd F(2×2, 3×3) path (csrc/winograd_conv.cpp) against a float64
+"""3×3 basis pairs and dense convs on the Winograd F(2×2, 3×3) path (csrc/winograd_conv.cpp) against a float64
 reference, on random shapes: odd maps (tiles cut by the last row or column), padding 0-2,
 residuals, every activation, fused pools, channel slices. Outputs are poisoned with NaN first.
 Each case also checks that the path ran: its result differs in the last bits from the direct
@@ -29,6 +29,7 @@ def cases(n: int = 40, seed: int = 0):
     while len(out) < n:
         c_in = 16 * rng.randint(1, 6)
         rank = 16 * rng.randint(1, 5) if len(out) % 3 == 0 else rng.randint(1, 80)  # both layouts of U
+        rank = 0 if len(out) % 6 == 5 else rank  # a dense conv
         if not on_path(c_in, rank):
             continue
         pad = rng.choice([0, 1, 1, 2])
@@ -41,8 +42,11 @@ def cases(n: int = 40, seed: int = 0):
 
 
 def reference(x, basis, scale, bias, residual, act):
-    t = F.conv2d(x.double(), basis.double(), None, 1, act[1])
-    y = F.conv2d(t, scale.double()[:, :, None, None], None if bias is None else bias.double())
+    """The pair (basis, then the 1×1 `scale`), or the dense conv `basis` when scale is None."""
+    b = None if bias is None else bias.double()
+    y = F.conv2d(x.double(), basis.double(), None if scale is not None else b, 1, act[1])
+    if scale is not None:
+        y = F.conv2d(y, scale.double()[:, :, None, None], b)
     if residual is not None:
         y = y + residual.double()
     return activations.apply(y, act[0])
@@ -61,7 +65,8 @@ def run(step: FusedConv2d, x, residual, winograd: bool, pool: int = 1, ldx: int 
     res = None if residual is None else residual.permute(0, 2, 3, 1).contiguous().numpy()
     code, alpha = activations.code(step.activation)
     bias = None if step.bias is None else step.bias.numpy()
-    _C.fused_conv_nhwc(xs.numpy(), step.B.numpy(), step.A.numpy(), bias, res, y.numpy(), step.kernel, step.stride,
+    a = None if step.A is None else step.A.numpy()
+    _C.fused_conv_nhwc(xs.numpy(), step.B.numpy(), a, bias, res, y.numpy(), step.kernel, step.stride,
                        step.padding, step.dilation, 1, step.rank, code, threads, pool=pool, alpha=alpha,
                        winograd=step.winograd.numpy() if winograd else None)
     return y.permute(0, 3, 1, 2)
@@ -71,15 +76,16 @@ def run(step: FusedConv2d, x, residual, winograd: bool, pool: int = 1, ldx: int 
 def test_winograd_pair_matches_float64(case):
     torch.manual_seed(case["rank"] * 1000 + case["c_in"])
     n, (h, w), pad = case["n"], case["hw"], case["pad"]
-    basis = torch.randn(case["rank"], case["c_in"], 3, 3) * 0.2
-    scale = torch.randn(case["c_out"], case["rank"]) * 0.2
+    dense = case["rank"] == 0
+    basis = torch.randn(case["c_out"] if dense else case["rank"], case["c_in"], 3, 3) * 0.2
+    scale = None if dense else torch.randn(case["c_out"], case["rank"]) * 0.2
     bias = torch.randn(case["c_out"]) if case["bias"] else None
     x = torch.randn(n, case["c_in"], h, w)
     residual = torch.randn(n, case["c_out"], h + 2 * pad - 2, w + 2 * pad - 2) if case["residual"] else None
     step = FusedConv2d(basis, bias, stride=(1, 1), padding=(pad, pad), dilation=(1, 1), groups=1, scale=scale,
                        activation=case["act"], residual=case["residual"])
-    c_in, rank = case["c_in"], case["rank"]
-    assert tuple(step.winograd.shape) == ((16, c_in, rank) if rank % 16 == 0 else (16, rank, c_in))  # its 2 layouts
+    c_in, cols = case["c_in"], case["rank"] or -(-case["c_out"] // 16) * 16  # a dense conv: its padded outputs
+    assert tuple(step.winograd.shape) == ((16, c_in, cols) if cols % 16 == 0 else (16, cols, c_in))  # 2 layouts
     ref = reference(x, basis, scale, bias, residual, (case["act"], pad))
     out = run(step, x, residual, winograd=True)
     assert rel_err(out, ref) < 1e-5
@@ -164,10 +170,15 @@ def test_winograd_weights_and_bad_arguments():
     low = FusedConv2d(torch.randn(15, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
                       scale=torch.randn(8, 15))
     assert low.winograd is None  # rank under 16: the direct path
+    dense = FusedConv2d(torch.randn(20, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    w = dense.B.double()[0, :, :20].reshape(3, 3, 16, 20).permute(3, 2, 0, 1)  # (out, c, ky, kx)
+    u = torch.einsum("ai,ocij,bj->abco", g, w, g).reshape(16, 16, 20)  # dense: (16, C, outputs padded to 32)
+    assert torch.allclose(dense.winograd[:, :, :20].double(), u, rtol=1e-6, atol=1e-7)
+    assert not dense.winograd[:, :, 20:].any()
     with pytest.raises(ValueError, match="B .packed. has"):
-        _C.winograd_weights(np.zeros(10, np.float32), 16, 26)
+        _C.winograd_weights(np.zeros(10, np.float32), 16, 26, 8)
     with pytest.raises(ValueError, match="multiple of 16"):
-        _C.winograd_weights(np.zeros(9 * 20 * 26, np.float32), 20, 26)
+        _C.winograd_weights(np.zeros(9 * 20 * 26, np.float32), 20, 26, 8)
     x, y = np.ones((1, 8, 8, 16), np.float32), np.zeros((1, 8, 8, 8), np.float32)
     args = (step.B.numpy(), step.A.numpy(), None, None, y, (3, 3), (1, 1), (1, 1), (1, 1), 1, 26,
             _C.Activation.none, 1)
@@ -176,7 +187,7 @@ def test_winograd_weights_and_bad_arguments():
     strided = FusedConv2d(torch.randn(26, 16, 3, 3), None, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=1,
                           scale=torch.randn(8, 26))
     assert strided.winograd is None
-    with pytest.raises(ValueError, match="winograd weights are for a pair on winograd_path"):
+    with pytest.raises(ValueError, match="winograd weights are for a conv on winograd_path"):
         _C.fused_conv_nhwc(x, strided.B.numpy(), strided.A.numpy(), None, None, np.zeros((1, 4, 4, 8), np.float32),
                            (3, 3), (2, 2), (1, 1), (1, 1), 1, 26, _C.Activation.none, 1, winograd=step.winograd.numpy())
 

@@ -92,9 +92,9 @@ class FusedConv2d(nn.Module):
         self.after_load()
 
     def after_load(self) -> None:
-        """Derives the Winograd weights of a 3×3 pair on `_C.winograd_path` (csrc/winograd_conv.h) from
-        B: kept beside it, not saved with a plan. None where the compile measured the direct path
-        faster (`prefer_direct`), and with BASISRT_NO_WINOGRAD=1: every pair on the direct path."""
+        """Derives the Winograd weights of a 3×3 pair or dense conv on `_C.winograd_path`
+        (csrc/winograd_conv.h) from B: kept beside it, not saved with a plan. None where the compile
+        measured the direct path faster (`prefer_direct`), and with BASISRT_NO_WINOGRAD=1."""
         winograd = None
         if (self.B.device.type == "cpu" and not getattr(self, "prefer_direct", False)
                 and os.environ.get("BASISRT_NO_WINOGRAD") != "1"
@@ -102,7 +102,8 @@ class FusedConv2d(nn.Module):
                                      self.rank)):
             # cloned: PyTorch's allocator aligns to 64 bytes (numpy's to 16), so no vector load of it
             # spans two cache lines
-            winograd = torch.from_numpy(_C.winograd_weights(self.B.numpy(), self.in_channels, self.rank)).clone()
+            winograd = torch.from_numpy(_C.winograd_weights(self.B.numpy(), self.in_channels, self.rank,
+                                                            self.out_channels)).clone()
         self.register_buffer("winograd", winograd, persistent=False)
 
     def winograd_array(self) -> np.ndarray | None:
