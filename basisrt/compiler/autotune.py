@@ -130,8 +130,8 @@ def faster_in_fp32(bf16_plan, fp32_plan, x: Tensor, **timing) -> list[str]:
 
 def faster_direct(winograd_plan, direct_plan, x: Tensor, **timing) -> list[str]:
     """The steps of `winograd_plan` holding Winograd weights (FusedConv2d.winograd) that run faster
-    in `direct_plan` (the same plan without them), timed by `faster_in`. The Winograd pair does 4/9
-    of the first GEMM's MACs but reads 16/9 of its weights: where few pixels share them (batch 1,
+    in `direct_plan` (the same plan without them), timed by `faster_in`. A Winograd conv does 4/9
+    of the (first) GEMM's MACs but reads 16/9 of its weights: where few pixels share them (batch 1,
     small maps), the weights' traffic sets the pace (torchvision ResNet-50 at rank 10 %, batch 1:
     its 7×7 pairs of 512 channels 160 against 135 µs, its 14×14 ones of 256 channels 111 against
     137)."""

@@ -47,8 +47,9 @@ def _check_single_input(model: nn.Module, graph: fx.Graph) -> None:
                          f"{len(required)} ({', '.join(map(str, required))})")
 
 
-# Each Winograd pair timed against its direct path at compile (autotune.faster_direct); False
-# keeps every pair's Winograd weights (tests that need the path whatever the timing says)
+# Each Winograd conv (pair or dense) timed against its direct path at compile
+# (autotune.faster_direct); False keeps all their Winograd weights (tests that need the path
+# whatever the timing says)
 WINOGRAD_CHOICE = True
 BF16_CHOICE_PASSES = 3  # each one only moves convs to fp32, so it ends; two sufficed on VGG16 and ResNet-18
 MAX_THREADS = 1024  # the C++ kernels' cap (csrc/shape_checks.h: kMaxThreads)
@@ -225,8 +226,9 @@ def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, nu
 
 
 def _choose_direct(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor) -> None:
-    """Marks `prefer_direct` (saved with the plan) on the Winograd pairs that run faster on the
-    direct path at this input, and drops their Winograd weights."""
+    """Marks `prefer_direct` (saved with the plan) on the Winograd convs that run faster on the
+    direct path at this input, and drops their Winograd weights. The direct plan is a copy: a plan
+    that is not native times its steps on their modules."""
     if not any(getattr(m, "winograd", None) is not None for m in gm.modules()):
         return
     direct = copy.deepcopy(gm)
