@@ -720,7 +720,7 @@ void bind_fused(py::module_& m) {
           py::arg("pool") = 1, py::arg("alpha") = 0.01f, py::arg("winograd") = py::none(),
           "Fused basis conv (rank > 0) or dense conv (rank == 0) on NHWC float32 with prepacked weights,\n"
           "bias, residual add, activation (an Activation; leaky_relu's slope is alpha) and, with pool=2, a\n"
-          "2x2 stride-2 max pool fused; writes into `out`. winograd: the pair's winograd_weights, for a pair\n"
+          "2x2 stride-2 max pool fused; writes into `out`. winograd: the conv's winograd_weights, for a conv\n"
           "on winograd_path, which then runs by Winograd F(2x2, 3x3).");
     m.def("winograd_path", &basisrt::winograd_path, py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
           py::arg("dh"), py::arg("dw"), py::arg("groups"), py::arg("in_channels"), py::arg("rank"),
@@ -732,10 +732,9 @@ void bind_fused(py::module_& m) {
             const std::string fn = "winograd_weights";
             if (in_channels < 1 || in_channels % basisrt::kColBlock || rank < 0 || out_channels < 1)
                 value_error(fn, "in_channels must be a positive multiple of 16, rank >= 0 and out_channels positive");
-            const int64_t cols = rank ? rank : basisrt::round_up(out_channels, basisrt::kColBlock);
-            const float* b = f32_data(fn, B, "B (packed)", 9 * in_channels * cols);
-            const bool by_cols = cols % basisrt::kColBlock == 0;  // winograd_conv.h's layouts
-            py::array_t<float> U({int64_t{16}, by_cols ? in_channels : cols, by_cols ? cols : in_channels});
+            const basisrt::WinogradLayout layout = basisrt::winograd_layout(in_channels, rank, out_channels);
+            const float* b = f32_data(fn, B, "B (packed)", 9 * layout.rows * layout.cols);  // 9 taps of C_in × n
+            py::array_t<float> U({int64_t{16}, layout.rows, layout.cols});
             basisrt::winograd_weights(b, in_channels, rank, out_channels, U.mutable_data());
             return U;
         },

@@ -108,6 +108,11 @@ bool winograd_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, i
            dh == 1 && dw == 1 && groups == 1 && c_in % NR == 0;
 }
 
+WinogradLayout winograd_layout(int64_t c_in, int64_t rank, int64_t c_out) {
+    const int64_t cols = columns(rank, c_out);
+    return rank_vectorised(cols) ? WinogradLayout{c_in, cols} : WinogradLayout{cols, c_in};
+}
+
 int64_t winograd_floats(int64_t c_in, int64_t rank, int64_t c_out) { return kPoints * c_in * columns(rank, c_out); }
 
 void winograd_weights(const float* B, int64_t c_in, int64_t rank, int64_t c_out, float* U) {

@@ -22,8 +22,13 @@ namespace basisrt {
 // path, which reads 9/16 of the weights.
 bool winograd_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
                    int64_t c_in, int64_t rank);
-// Floats of the Winograd weights U: 16 · C_in · n, n = rank, or for a dense conv C_out rounded up
-// to kColBlock; as (16, C_in, n) where n is a multiple of kColBlock, else (16, rank, C_in).
+// The shape of each of U's 16 matrices: (C_in, n) where n (the rank, or for a dense conv C_out
+// rounded up to kColBlock) is a multiple of kColBlock, else (rank, C_in).
+struct WinogradLayout {
+    int64_t rows, cols;
+};
+WinogradLayout winograd_layout(int64_t c_in, int64_t rank, int64_t c_out);
+// Floats of the Winograd weights U: 16 · C_in · n.
 int64_t winograd_floats(int64_t c_in, int64_t rank, int64_t c_out);
 // U from B as packed_layout gives it (a pair: rank × 9·C_in, the channel-dot layout; dense:
 // 9·C_in × n).
