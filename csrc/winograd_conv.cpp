@@ -36,11 +36,20 @@ typedef float vec __attribute__((vector_size(NR * sizeof(float)), aligned(4)));
 
 inline int64_t tiles_of(int64_t size) { return (size + 1) / 2; }
 
-// V[ξ][t][c] = (Bᵀ d B)[ξ] for the tiles of tile rows [tr0, tr1) (a tile row: image n, tiles ty,
-// flattened), d the tile's 4×4 window of x (zeros outside the image); V holds nt tiles per point,
-// these from t0.
+// A tile's row of V or M: its 16 points' rows, then one vector of padding, so that point ξ's
+// GEMM, reading rows this far apart, does not find them all in one L1 set (16·C floats apart is a
+// multiple of 4 KB).
+inline int64_t tile_stride(int64_t width) { return kPoints * width + NR; }
+
+// V[t][ξ][c] = (Bᵀ d B)[ξ] for the tiles of tile rows [tr0, tr1) (a tile row: image n, tiles ty,
+// flattened), d the tile's 4×4 window of x (zeros outside the image), these tiles from t0, rows of
+// tile_stride(C). Each tile's 16 points are one contiguous run. Stored point by point, as
+// [ξ][t][c], the 16 store streams and their pointers, spilled to the stack, took 28 % of a
+// 64-channel rank-16 pair at 32×32; tile by tile the pair runs 1.15-1.36x as fast (128 channels
+// 1.10-1.15x, 256-512 channels 1.0-1.07x; same bits).
 BASISRT_AVX512 void input_transform(const float* x, const ConvShape& s, int64_t tr0, int64_t tr1, float* V,
-                                    int64_t nt, int64_t t0) {
+                                    int64_t t0) {
+    const int64_t ldv = tile_stride(s.C_in);
     const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho);
     for (int64_t tr = tr0, t = t0; tr < tr1; ++tr)
         for (int64_t tx = 0; tx < TW; ++tx, ++t) {
@@ -64,17 +73,18 @@ BASISRT_AVX512 void input_transform(const float* x, const ConvShape& s, int64_t 
                 }
                 for (int a = 0; a < 4; ++a) {  // (Bᵀ d) B
                     const vec v[4] = {bd[a][0] - bd[a][2], bd[a][1] + bd[a][2], bd[a][2] - bd[a][1], bd[a][1] - bd[a][3]};
-                    for (int b = 0; b < 4; ++b) *reinterpret_cast<vec*>(V + ((a * 4 + b) * nt + t) * s.C_in + c) = v[b];
+                    for (int b = 0; b < 4; ++b) *reinterpret_cast<vec*>(V + t * ldv + (a * 4 + b) * s.C_in + c) = v[b];
                 }
             }
         }
 }
 
 // T[p][r] = (Aᵀ M A) for the pixels of tile rows [tr0, tr1), p counted from their first output row
-// (tiles past the map's last row or column drop their second one); M holds nt tiles per point,
-// these from t0.
-BASISRT_AVX512 void output_transform(const float* M, const ConvShape& s, int64_t tr0, int64_t tr1, int64_t nt,
-                                     int64_t t0, int64_t r_pad, float* T) {
+// (tiles past the map's last row or column drop their second one); M as [t][ξ][r_pad], rows of
+// tile_stride(r_pad), these tiles from t0.
+BASISRT_AVX512 void output_transform(const float* M, const ConvShape& s, int64_t tr0, int64_t tr1, int64_t t0,
+                                     int64_t r_pad, float* T) {
+    const int64_t ldm = tile_stride(r_pad);
     const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho);
     for (int64_t tr = tr0, t = t0, row0 = 0; tr < tr1; ++tr) {
         const int64_t rows = std::min<int64_t>(2, s.Ho - 2 * (tr % TH));
@@ -84,7 +94,7 @@ BASISRT_AVX512 void output_transform(const float* M, const ConvShape& s, int64_t
                 vec m[4][4], am[2][4];
                 for (int a = 0; a < 4; ++a)
                     for (int b = 0; b < 4; ++b)
-                        m[a][b] = *reinterpret_cast<const vec*>(M + ((a * 4 + b) * nt + t) * r_pad + r);
+                        m[a][b] = *reinterpret_cast<const vec*>(M + t * ldm + (a * 4 + b) * r_pad + r);
                 for (int b = 0; b < 4; ++b) {  // Aᵀ M
                     am[0][b] = m[0][b] + m[1][b] + m[2][b];
                     am[1][b] = m[1][b] - m[2][b] - m[3][b];
@@ -148,19 +158,20 @@ void winograd_pair_nhwc(const float* x, const float* U, const float* A, const fl
     // cols: the first GEMM's (a pair's rank, a dense conv's padded outputs), r_pad: as stored in M, T
     const int64_t C = s.C_in, cols = columns(rank, s.C_out), r_pad = round_up(cols, NR), cg_pad = round_up(s.C_out, NR);
     const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho), tile_rows = s.N * TH, nt_all = tile_rows * TW;
-    // M[ξ] = V[ξ] · U[ξ] for `count` tiles from t0, of nt per point
-    auto point_gemm = [&](const float* V, float* M, int64_t nt, int64_t t0, int64_t count, int64_t p) {
-        const float *v = V + (p * nt + t0) * C, *u = U + p * C * cols;
-        float* m = M + (p * nt + t0) * r_pad;
-        if (rank_vectorised(cols)) gemm_plain(v, C, u, cols, count, cols, C, m, r_pad);
-        else gemm_dot(v, C, count, C, u, cols, m, r_pad);
+    const int64_t ldv = tile_stride(C), ldm = tile_stride(r_pad);  // V's and M's rows: a tile each
+    // M[ξ] = V[ξ] · U[ξ] for `count` tiles from t0
+    auto point_gemm = [&](const float* V, float* M, int64_t t0, int64_t count, int64_t p) {
+        const float *v = V + t0 * ldv + p * C, *u = U + p * C * cols;
+        float* m = M + t0 * ldm + p * r_pad;
+        if (rank_vectorised(cols)) gemm_plain(v, ldv, u, cols, count, cols, C, m, ldm);
+        else gemm_dot(v, ldv, count, C, u, cols, m, ldm);
     };
     // The output transform, then the pair's 1×1 GEMM and epilogue, for tile rows [tr0, tr1), whose
     // tiles are in M from t0
-    auto finish = [&](const float* M, int64_t nt, int64_t t0, int64_t tr0, int64_t tr1) {
+    auto finish = [&](const float* M, int64_t t0, int64_t tr0, int64_t tr1) {
         thread_local Aligned T_buf;  // per-thread scratch, grown to the largest layer seen
         float* T = T_buf.get(4 * (tr1 - tr0) * TW * r_pad);
-        output_transform(M, s, tr0, tr1, nt, t0, r_pad, T);
+        output_transform(M, s, tr0, tr1, t0, r_pad, T);
         const int64_t first = ((tr0 / TH) * s.Ho + 2 * (tr0 % TH)) * s.Wo;  // their first pixel
         int64_t m = 0;
         for (int64_t tr = tr0; tr < tr1; ++tr) m += std::min<int64_t>(2, s.Ho - 2 * (tr % TH)) * s.Wo;
@@ -177,12 +188,12 @@ void winograd_pair_nhwc(const float* x, const float* U, const float* A, const fl
         // ResNet-50's plan at batch 1: 14×14, 256 channels, rank 26: 125-135 → 108-124 µs (direct
         // 137); 7×7, 512 channels, rank 51: 185 → 157-181 (direct 135-141, which compile keeps).
         thread_local Aligned V_all, M_all;  // the caller's; the helpers write them too
-        float *V = V_all.get(kPoints * nt_all * C), *M = M_all.get(kPoints * nt_all * r_pad);
-        parallel_for(tile_rows, num_threads, [&](int64_t tr) { input_transform(x, s, tr, tr + 1, V, nt_all, tr * TW); });
-        parallel_for(kPoints, num_threads, [&](int64_t p) { point_gemm(V, M, nt_all, 0, nt_all, p); });
+        float *V = V_all.get(nt_all * ldv), *M = M_all.get(nt_all * ldm);
+        parallel_for(tile_rows, num_threads, [&](int64_t tr) { input_transform(x, s, tr, tr + 1, V, tr * TW); });
+        parallel_for(kPoints, num_threads, [&](int64_t p) { point_gemm(V, M, 0, nt_all, p); });
         parallel_for(num_threads, num_threads, [&](int64_t i) {
             const int64_t tr0 = i * per_thread, tr1 = std::min(tile_rows, tr0 + per_thread);
-            if (tr0 < tr1) finish(M, nt_all, tr0 * TW, tr0, tr1);
+            if (tr0 < tr1) finish(M, tr0 * TW, tr0, tr1);
         });
         return;
     }
@@ -194,10 +205,10 @@ void winograd_pair_nhwc(const float* x, const float* U, const float* A, const fl
         // (16 bytes past a page) is not: every vector load would then span two cache lines.
         thread_local Aligned V_buf, M_buf;
         const int64_t tr0 = block * per, tr1 = std::min(tile_rows, tr0 + per), nt = (tr1 - tr0) * TW;
-        float *V = V_buf.get(kPoints * nt * C), *M = M_buf.get(kPoints * nt * r_pad);
-        input_transform(x, s, tr0, tr1, V, nt, 0);
-        for (int64_t p = 0; p < kPoints; ++p) point_gemm(V, M, nt, 0, nt, p);
-        finish(M, nt, 0, tr0, tr1);
+        float *V = V_buf.get(nt * ldv), *M = M_buf.get(nt * ldm);
+        input_transform(x, s, tr0, tr1, V, 0);
+        for (int64_t p = 0; p < kPoints; ++p) point_gemm(V, M, 0, nt, p);
+        finish(M, 0, tr0, tr1);
     });
 }
 
