@@ -122,9 +122,10 @@ struct Windows {
     const float* const* rows;    // per pixel: taps row pointers (border windows only)
     const int64_t* tap_off;
     int64_t taps, width;  // width: channels per tap (of this group)
+    const float* zero = nullptr;  // the row border windows read for taps in the padding
     int64_t kstride() const { return width; }  // rows of B per tap
 
-    Windows from(int64_t i) const { return {corner + i, rows + i * taps, tap_off, taps, width}; }
+    Windows from(int64_t i) const { return {corner + i, rows ? rows + i * taps : nullptr, tap_off, taps, width, zero}; }
     const float* row(int64_t i, int64_t tap) const {
         return corner[i] ? corner[i] + tap_off[tap] : rows[i * taps + tap];
     }
@@ -278,6 +279,9 @@ inline __attribute__((always_inline)) void column_block(const Src& src, const fl
         return;
     }
     for (; i + R <= M; i += R) micro<kWide, R, V, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
+    // A remainder of 4 or 5 rows in one pass over B, not two of 2: the Winograd conv's GEMMs have
+    // one row per tile, 4 at batch 1 on a 4×4 map (M = 4, K = 512, N = 128, B from L3: 7.1 → 4.8 µs).
+    if (M - i >= 4) micro<kWide, 4, V, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j), i += 4;
     for (; i + 2 <= M; i += 2) micro<kWide, 2, V, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
     for (; i < M; ++i) micro<kWide, 1, V, kEpi, kRes, kAct, kAcc>(src.from(i), b, ldb, st, i, j);
 }
@@ -498,7 +502,7 @@ constexpr int64_t kDotBlockFloats = 2048;
 // B vector M FMAs, where the rank-vectorised gemm gets one FMA per broadcast: the gain for r = 6…52.
 template <int M, int R>
 inline __attribute__((always_inline)) void dot_tile(const Windows& w, int64_t cg, const float* bt, int64_t K,
-                                                    int64_t tap0, int64_t tap1, float* t, int64_t ldt) {
+                                                    int64_t tap0, int64_t tap1, float* const* t, bool add) {
     vec acc[M][R];
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < R; ++j) acc[i][j] = vec{};
@@ -518,14 +522,14 @@ inline __attribute__((always_inline)) void dot_tile(const Windows& w, int64_t cg
     float sums[M * R + 16];  // + 16: hsums stores whole vectors
     hsums<M * R>(&acc[0][0], sums);
     for (int i = 0; i < M; ++i)
-        for (int j = 0; j < R; ++j) t[i * ldt + j] = (tap0 ? t[i * ldt + j] : 0.f) + sums[i * R + j];
+        for (int j = 0; j < R; ++j) t[i][j] = (add ? t[i][j] : 0.f) + sums[i * R + j];
 }
 
 // dot_tile on 8-float vectors, for the narrow builds (see micro_narrow): each 16-channel block as
 // two halves into the same accumulators, reduced lane by lane at the end.
 template <int M, int R>
 inline __attribute__((always_inline)) void dot_tile_narrow(const Windows& w, int64_t cg, const float* bt, int64_t K,
-                                                           int64_t tap0, int64_t tap1, float* t, int64_t ldt) {
+                                                           int64_t tap0, int64_t tap1, float* const* t, bool add) {
     vec8 acc[M][R];
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < R; ++j) acc[i][j] = vec8{};
@@ -546,41 +550,67 @@ inline __attribute__((always_inline)) void dot_tile_narrow(const Windows& w, int
         for (int j = 0; j < R; ++j) {
             const vec8 a = acc[i][j];
             const float sum = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-            t[i * ldt + j] = (tap0 ? t[i * ldt + j] : 0.f) + sum;
+            t[i][j] = (add ? t[i][j] : 0.f) + sum;
         }
 }
 
-// One chunk of r <= kDotN ranks for M pixels, taps [tap0, tap1).
+// One chunk of r <= kDotN ranks for M pixels, taps [tap0, tap1), into the rows t[i] (added to
+// their sums if `add`).
 template <bool kWide, int M>
 inline __attribute__((always_inline)) void dot_chunk(const Windows& w, int64_t cg, const float* bt, int64_t K,
-                                                     int64_t r, int64_t tap0, int64_t tap1, float* t,
-                                                     int64_t ldt) {
+                                                     int64_t r, int64_t tap0, int64_t tap1, float* const* t,
+                                                     bool add) {
     if constexpr (!kWide) {
         switch (r) {
-            case 4: return dot_tile_narrow<M, 4>(w, cg, bt, K, tap0, tap1, t, ldt);
-            case 3: return dot_tile_narrow<M, 3>(w, cg, bt, K, tap0, tap1, t, ldt);
-            case 2: return dot_tile_narrow<M, 2>(w, cg, bt, K, tap0, tap1, t, ldt);
-            default: return dot_tile_narrow<M, 1>(w, cg, bt, K, tap0, tap1, t, ldt);
+            case 4: return dot_tile_narrow<M, 4>(w, cg, bt, K, tap0, tap1, t, add);
+            case 3: return dot_tile_narrow<M, 3>(w, cg, bt, K, tap0, tap1, t, add);
+            case 2: return dot_tile_narrow<M, 2>(w, cg, bt, K, tap0, tap1, t, add);
+            default: return dot_tile_narrow<M, 1>(w, cg, bt, K, tap0, tap1, t, add);
         }
     }
     switch (r) {
-        case 6: return dot_tile<M, 6>(w, cg, bt, K, tap0, tap1, t, ldt);
-        case 5: return dot_tile<M, 5>(w, cg, bt, K, tap0, tap1, t, ldt);
-        case 4: return dot_tile<M, 4>(w, cg, bt, K, tap0, tap1, t, ldt);
-        case 3: return dot_tile<M, 3>(w, cg, bt, K, tap0, tap1, t, ldt);
-        case 2: return dot_tile<M, 2>(w, cg, bt, K, tap0, tap1, t, ldt);
-        default: return dot_tile<M, 1>(w, cg, bt, K, tap0, tap1, t, ldt);
+        case 6: return dot_tile<M, 6>(w, cg, bt, K, tap0, tap1, t, add);
+        case 5: return dot_tile<M, 5>(w, cg, bt, K, tap0, tap1, t, add);
+        case 4: return dot_tile<M, 4>(w, cg, bt, K, tap0, tap1, t, add);
+        case 3: return dot_tile<M, 3>(w, cg, bt, K, tap0, tap1, t, add);
+        case 2: return dot_tile<M, 2>(w, cg, bt, K, tap0, tap1, t, add);
+        default: return dot_tile<M, 1>(w, cg, bt, K, tap0, tap1, t, add);
     }
+}
+
+// Taps of a kernel dimension that read inside the input, summed over the output positions.
+inline int64_t taps_inside(int64_t out, int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil) {
+    int64_t n = 0;
+    for (int64_t o = 0; o < out; ++o)
+        for (int64_t i = 0, at = o * stride - pad; i < k; ++i, at += dil) n += at >= 0 && at < in;
+    return n;
+}
+
+// Whether a conv's padding holds over a quarter of its (pixel, tap) products, at 256 input
+// channels or more: small maps, where most windows cross the border (a 3×3 conv on a 2×2 map: 20
+// of its 36 products, on a 4×4 map 44 of 144), so that dot_gemm skips them (by_tap). Its tap-by-tap
+// sums cost a reduction per tap, which fewer channels or fewer skipped products do not repay (one
+// process, 2 threads, by_tap ÷ every tap's speed: 512 channels, rank 128, at batch 32 1.67 on a
+// 2×2 map and 1.24 on a 4×4 one; at 128 channels on 4×4, 0.88-1.03; 8×8 maps, 16 % padding,
+// 0.89-1.04). Decided per layer, not per tile, so that a pixel's sums run in the same order in any
+// batch. BASISRT_ALL_TAPS=1 turns it off, read per call, so that an A/B can flip it between calls.
+bool padding_heavy(const ConvShape& s) {
+    if (s.C_in / s.groups < 256 || std::getenv("BASISRT_ALL_TAPS")) return false;
+    const int64_t inside = taps_inside(s.Ho, s.H, s.kh, s.sh, s.ph, s.dh) * taps_inside(s.Wo, s.W, s.kw, s.sw, s.pw, s.dw);
+    return 4 * (s.Ho * s.Wo * s.kh * s.kw - inside) > s.Ho * s.Wo * s.kh * s.kw;
 }
 
 // T (m × rank, row stride ldt) for the m pixels of `w`. Rank chunks are the outer loop, so a
 // chunk of B stays in cache while every pixel of the tile uses it; pixels outer would stream
 // all of B (MBs at r = 128) per 4 pixels. Within a chunk, taps are blocked (kDotBlockFloats).
+// by_tap (padding_heavy layers): each tap runs on only the pixels it reads inside the image
+// instead, their sums added tap by tap: on a 2×2 map 16 of the 36 products, on a 4×4 one 100 of
+// 144, with the same weights read.
 // kWide: 4 pixels × 6 ranks (24 zmm accumulators); narrower ISAs 2 × 4 (8 of AVX2's 16 ymm, 2 for
 // x and one for B: 6 loads per 8 FMAs).
 template <bool kWide>
 inline __attribute__((always_inline)) void dot_gemm_body(const Windows& w, int64_t m, int64_t cg, const float* bt,
-                                                         int64_t rank, float* t, int64_t ldt) {
+                                                         int64_t rank, float* t, int64_t ldt, bool by_tap) {
     static_assert(kDotN == 6, "dot_chunk dispatches chunks of up to 6 ranks");
     constexpr int kM = kWide ? kDotM : 2, kN = kWide ? kDotN : 4;
     const int64_t K = w.taps * cg;
@@ -589,35 +619,73 @@ inline __attribute__((always_inline)) void dot_gemm_body(const Windows& w, int64
     // Chunks of near-equal size (13 ranks: 5 + 4 + 4, not 6 + 6 + 1): a chunk of one or two ranks
     // loads an x vector per FMA or two, and loads, not FMAs, then set its pace.
     const int64_t chunks = (rank + kN - 1) / kN;
+    thread_local std::vector<const float*> in_rows;  // by_tap: the rows of a tap's pixels in range
+    thread_local std::vector<int64_t> in_px, zeros;  // ... and those pixels; tap_off for them
+    if (by_tap) {
+        for (int64_t i = 0; i < m; ++i)  // the sums are added tap by tap
+            std::fill(t + i * ldt, t + i * ldt + rank, 0.f);
+        in_rows.resize(std::max<size_t>(in_rows.size(), m));
+        in_px.resize(std::max<size_t>(in_px.size(), m));
+        zeros.resize(std::max<size_t>(zeros.size(), w.taps));  // only ever grows: stays all zero
+    }
     for (int64_t k = 0, j = 0; k < chunks; ++k) {
         const int64_t r = rank / chunks + (k < rank % chunks);
+        float* trow[kM];
+        if (by_tap) {
+            for (int64_t tap = 0; tap < w.taps; ++tap) {
+                int64_t n = 0;
+                for (int64_t i = 0; i < m; ++i) {
+                    const float* row = w.row(i, tap);
+                    if (row != w.zero) in_rows[n] = row, in_px[n++] = i;
+                }
+                // the rows as corners of one-tap windows: row(i, tap) = in_rows[i] + 0
+                const Windows sel{in_rows.data(), nullptr, zeros.data(), w.taps, cg};
+                int64_t i = 0;
+                for (; i + kM <= n; i += kM) {
+                    for (int q = 0; q < kM; ++q) trow[q] = t + in_px[i + q] * ldt + j;
+                    dot_chunk<kWide, kM>(sel.from(i), cg, bt + j * K, K, r, tap, tap + 1, trow, true);
+                }
+                for (; i < n; ++i) {
+                    trow[0] = t + in_px[i] * ldt + j;
+                    dot_chunk<kWide, 1>(sel.from(i), cg, bt + j * K, K, r, tap, tap + 1, trow, true);
+                }
+            }
+            j += r;
+            continue;
+        }
         for (int64_t tap0 = 0; tap0 < w.taps; tap0 += tap_block) {
             const int64_t tap1 = std::min(w.taps, tap0 + tap_block);
             int64_t i = 0;
-            for (; i + kM <= m; i += kM)
-                dot_chunk<kWide, kM>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
-            for (; i < m; ++i) dot_chunk<kWide, 1>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, t + i * ldt + j, ldt);
+            for (; i + kM <= m; i += kM) {
+                for (int q = 0; q < kM; ++q) trow[q] = t + (i + q) * ldt + j;
+                dot_chunk<kWide, kM>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, trow, tap0 > 0);
+            }
+            for (; i < m; ++i) {
+                trow[0] = t + i * ldt + j;
+                dot_chunk<kWide, 1>(w.from(i), cg, bt + j * K, K, r, tap0, tap1, trow, tap0 > 0);
+            }
         }
         j += r;
     }
 }
 
 BASISRT_AVX512 void dot_gemm_avx512(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
-                                    int64_t ldt) {
-    dot_gemm_body<true>(w, m, cg, bt, rank, t, ldt);
+                                    int64_t ldt, bool by_tap) {
+    dot_gemm_body<true>(w, m, cg, bt, rank, t, ldt, by_tap);
 }
 BASISRT_AVX2 void dot_gemm_avx2(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
-                                int64_t ldt) {
-    dot_gemm_body<false>(w, m, cg, bt, rank, t, ldt);
+                                int64_t ldt, bool by_tap) {
+    dot_gemm_body<false>(w, m, cg, bt, rank, t, ldt, by_tap);
 }
 BASISRT_NARROW void dot_gemm_narrow(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t,
-                                    int64_t ldt) {
-    dot_gemm_body<false>(w, m, cg, bt, rank, t, ldt);
+                                    int64_t ldt, bool by_tap) {
+    dot_gemm_body<false>(w, m, cg, bt, rank, t, ldt, by_tap);
 }
-void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t, int64_t ldt) {
-    if (use_avx512()) return dot_gemm_avx512(w, m, cg, bt, rank, t, ldt);
-    if (use_avx2_fma()) return dot_gemm_avx2(w, m, cg, bt, rank, t, ldt);
-    dot_gemm_narrow(w, m, cg, bt, rank, t, ldt);
+void dot_gemm(const Windows& w, int64_t m, int64_t cg, const float* bt, int64_t rank, float* t, int64_t ldt,
+              bool by_tap = false) {
+    if (use_avx512()) return dot_gemm_avx512(w, m, cg, bt, rank, t, ldt, by_tap);
+    if (use_avx2_fma()) return dot_gemm_avx2(w, m, cg, bt, rank, t, ldt, by_tap);
+    dot_gemm_narrow(w, m, cg, bt, rank, t, ldt, by_tap);
 }
 
 // The windows of pixels [p0, p0+m), group g, into corner[m] and (border windows) rows[m·taps].
@@ -653,7 +721,7 @@ Windows tap_windows(const float* x, const ConvShape& s, int64_t g, int64_t p0, i
             if (++cy == Hc) cy = 0, ++n;
         }
     }
-    return {corner, rows, tap_off, taps, cg};
+    return {corner, rows, tap_off, taps, cg, zero};
 }
 
 // The m windows of `w` as contiguous rows of K floats (an im2col tile), for few channels per tap
@@ -692,6 +760,7 @@ void split_lowrank(const float* x, const float* B, const float* A, const float* 
     const int64_t chunks = (rank + kDotN - 1) / kDotN, blocks = cg_pad / NR;
     const PackedLayout packed = packed_layout(s, rank);
     std::vector<float> T(P * r_pad);
+    const bool by_tap = padding_heavy(s);
     for (int64_t g = 0; g < s.groups; ++g) {
         parallel_for(tiles * chunks, num_threads, [&](int64_t task) {
             thread_local std::vector<const float*> rows, corner;
@@ -702,7 +771,7 @@ void split_lowrank(const float* x, const float* B, const float* A, const float* 
             const int64_t p0 = task / chunks * kTile, m = std::min(kTile, P - p0), j = task % chunks * kDotN;
             const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off, corner.data(), rows.data());
             dot_gemm(w, m, cg_in, B + g * packed.b_group + j * K, std::min<int64_t>(kDotN, rank - j),
-                     T.data() + p0 * r_pad + j, r_pad);
+                     T.data() + p0 * r_pad + j, r_pad, by_tap);
         });
         parallel_for(tiles * blocks, num_threads, [&](int64_t task) {
             const int64_t p0 = task / blocks * kTile, m = std::min(kTile, P - p0), j = task % blocks * NR;
@@ -862,6 +931,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
     const bool direct = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.pool == 1;
 
     const bool dot = lowrank_dot_path(cg_in, rank);
+    const bool by_tap = dot && padding_heavy(s);
     const bool windows = dot || !direct;  // reads x through tap_windows
     const PackedLayout packed = packed_layout(s, rank);
     const int64_t taps = s.kh * s.kw;
@@ -914,7 +984,7 @@ void fused_conv_nhwc(const float* x, const float* B, const float* A, const float
             }
             const Windows w = tap_windows(x, s, g, p0, m, zero.data(), tap_off.data(), corner.data(), rows.data());
             if (dot) {  // channel-vectorised: B is (rank × K) per group
-                dot_gemm(w, m, cg_in, Bg, rank, t.data(), r_pad);
+                dot_gemm(w, m, cg_in, Bg, rank, t.data(), r_pad, by_tap);
                 gemm(t.data(), r_pad, Ag, cg_pad, m, cg_pad, rank, out);
             } else if (cg_in < kIm2colBelow) {
                 // Few channels per tap (an RGB stem: 3): the GEMM's inner loop over a tap's

@@ -146,6 +146,7 @@ def test_narrow_kernels_match_float64(no_fma):
     tests = ["test_fused_conv_matches_float64", "test_fused_lowrank_dot_path_matches_float64",
              "test_k_blocked_windows_match_float64", "test_k_blocked_windows_keep_nan_and_inf",
              "test_fused_max_pool_matches_float64", "test_fused_lowrank_split_across_threads_matches_float64",
+             "test_padding_heavy_pairs_match_float64",
              "test_depthwise_conv_matches_float64", "test_grouped_conv_matches_float64"]
     want = "avx2" if no_fma else "avx2+fma"
     code = f"from basisrt import _C; assert _C.simd_path() == {want!r}, _C.simd_path()"
@@ -178,10 +179,53 @@ SPLIT_CASES = [dict(n=n, c_in=c_in, c_out=c_out, hw=hw, k=(3, 3), stride=(1, 1),
                                                          (1, 256, 96, (7, 7), 130, "relu6", True)]]
 
 
+@pytest.mark.parametrize("winograd", [True, False], ids=["winograd", "direct"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("c", SPLIT_CASES, ids=case_id)
-def test_fused_lowrank_split_across_threads_matches_float64(c, threads):
-    check_step(c, FusedConv2d, num_threads=threads)
+def test_fused_lowrank_split_across_threads_matches_float64(c, threads, winograd):
+    check_step(c, FusedConv2d, winograd=winograd, num_threads=threads)
+
+
+# Pairs on the dot path whose padding holds over a quarter of the (pixel, tap) products, at 256
+# input channels per group or more (csrc/fused_conv.cpp, padding_heavy): each tap runs on only
+# the pixels it reads inside the image. 4×4 and 2×2 maps, 5×5 kernels, dilation, stride 2, groups,
+# batches of several images (the tile path) and of one (the rank split at 2 threads).
+def _padded(n, c_in, c_out, hw, k, stride, padding, dilation, groups, rank, act, residual):
+    return dict(n=n, c_in=c_in, c_out=c_out, hw=hw, k=(k, k), stride=(stride,) * 2, padding=(padding,) * 2,
+                dilation=(dilation,) * 2, groups=groups, rank=rank, bias=True, act=act, residual=residual)
+
+
+PADDED_CASES = [_padded(3, 512, 96, (4, 4), 3, 1, 1, 1, 1, 20, "relu", True),
+                _padded(1, 512, 40, (4, 4), 3, 1, 1, 1, 1, 37, None, False),
+                _padded(2, 256, 40, (2, 2), 3, 1, 1, 1, 1, 7, "relu6", False),
+                _padded(1, 256, 33, (2, 2), 3, 1, 1, 1, 1, 64, "relu", True),
+                _padded(2, 256, 48, (3, 5), 3, 1, 2, 2, 1, 33, None, True),
+                _padded(1, 256, 32, (4, 4), 5, 1, 2, 1, 1, 17, "silu", False),
+                _padded(4, 288, 50, (3, 3), 3, 2, 1, 1, 1, 9, "relu", False),
+                _padded(2, 512, 64, (4, 4), 3, 1, 1, 1, 2, 10, None, True)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c", PADDED_CASES, ids=case_id)
+def test_padding_heavy_pairs_match_float64(c, threads):
+    check_step(c, FusedConv2d, winograd=False, num_threads=threads)
+
+
+@pytest.mark.parametrize("c", PADDED_CASES[:4], ids=case_id)
+def test_padding_heavy_pairs_are_batch_and_thread_invariant(c, monkeypatch):
+    """An image's output is the same bits alone or in a batch, on 1 or 2 threads (the skipped taps
+    are chosen per layer, not per tile); and they are not the bits of the path computing every
+    tap (BASISRT_ALL_TAPS=1), which agrees to rounding: the skipping is on."""
+    x, _, _, step = reference({**c, "n": 5, "residual": False}, FusedConv2d)
+    step.winograd = None
+    outs = []
+    for threads in (1, 2):
+        step.num_threads = threads
+        outs += [step(x.float())[:1], step(x[:1].float())]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    monkeypatch.setenv("BASISRT_ALL_TAPS", "1")
+    every_tap = step(x[:1].float())
+    assert not torch.equal(every_tap, outs[0]) and rel_err(every_tap, outs[0].double()) < 1e-6
 
 
 def with_even_output(c):
@@ -283,8 +327,11 @@ def reference(c, step_cls, **step_kwargs):
     return x, res, activations.apply(ref.clone(), c["act"]), step
 
 
-def check_step(c, step_cls, **step_kwargs):
+def check_step(c, step_cls, winograd: bool = True, **step_kwargs):
+    """`winograd=False`: a 3×3 pair the Winograd path would take runs on the direct path."""
     x, res, ref, step = reference(c, step_cls, **step_kwargs)
+    if not winograd:
+        step.winograd = None
     res32 = None if res is None else res.float()
     if step_cls is FusedConv2d:
         out = torch.full((ref.shape[0], *ref.shape[2:], ref.shape[1]), float("nan"))  # poisoned NHWC
