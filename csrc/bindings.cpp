@@ -733,15 +733,17 @@ void bind_fused(py::module_& m) {
             if (in_channels < 1 || in_channels % basisrt::kColBlock || rank < 0 || out_channels < 1)
                 value_error(fn, "in_channels must be a positive multiple of 16, rank >= 0 and out_channels positive");
             const basisrt::WinogradLayout layout = basisrt::winograd_layout(in_channels, rank, out_channels);
-            const float* b = f32_data(fn, B, "B (packed)", 9 * layout.rows * layout.cols);  // 9 taps of C_in × n
+            // 9 taps of C_in × (a pair's ranks, a dense conv's padded outputs)
+            const int64_t b_cols = rank ? rank : basisrt::round_up(out_channels, basisrt::kColBlock);
+            const float* b = f32_data(fn, B, "B (packed)", 9 * in_channels * b_cols);
             py::array_t<float> U({int64_t{16}, layout.rows, layout.cols});
             basisrt::winograd_weights(b, in_channels, rank, out_channels, U.mutable_data());
             return U;
         },
         py::arg("B"), py::arg("in_channels"), py::arg("rank"), py::arg("out_channels"),
         "A 3x3 conv's Winograd weights from its packed B (a pair's (rank, 9 * in_channels), a dense conv's\n"
-        "(9 * in_channels, out_channels padded to 16)): (16, in_channels, n) where n (the rank, or the padded\n"
-        "outputs) is a multiple of 16, else (16, rank, in_channels).");
+        "(9 * in_channels, out_channels padded to 16)): (16, in_channels, n) where n (the rank, 16 for a rank\n"
+        "under 16, or the padded outputs) is a multiple of 16, else (16, rank, in_channels).");
     m.def("channel_affine_nhwc", &channel_affine_nhwc_py, py::arg("x"), py::arg("scale"), py::arg("shift"),
           py::arg("out"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
           "out = act(x * scale + shift) per channel on NHWC float32 (x / out may be channel slices).");

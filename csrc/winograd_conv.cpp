@@ -19,14 +19,15 @@ constexpr int64_t kBlockFloats = 64 * 1024;
 // the tiles (1 MB: 7×7 at 512 channels or 14×14 at 256, batch 1).
 constexpr int64_t kSplitFloats = 256 * 1024;
 
-// Ranks below which the direct path runs: the 16 GEMMs' few columns then cost more per
-// multiply-add than the direct path's (64 channels at 32×32, rank 6: 0.65-0.74x its speed;
-// 128 channels, rank 13: 0.93-1.06x).
-constexpr int64_t kMinRank = 16;
+// Ranks below which the direct path runs. Ranks under 16 take one padded vector of columns (zero
+// columns of U), so a rank of r does 16/r of its MACs: at 6 the 16 GEMMs do more than the direct
+// path (64 channels at 32×32, batch 32: 0.88x its speed), at 13 about half (128 channels at 16×16:
+// 1.25x; 64 channels: 1.0x; on the channel-dot kernel, unpadded, 0.93-1.06x).
+constexpr int64_t kMinRank = 10;
 
-// The first GEMM's columns: a pair's ranks, or a dense conv's output channels padded to whole
-// vectors (as its B is).
-inline int64_t columns(int64_t rank, int64_t c_out) { return rank ? rank : round_up(c_out, NR); }
+// The first GEMM's columns: a pair's ranks (at least one vector), or a dense conv's output
+// channels padded to whole vectors (as its B is).
+inline int64_t columns(int64_t rank, int64_t c_out) { return rank ? std::max(rank, NR) : round_up(c_out, NR); }
 // U[ξ] as (C × columns) for the rank-vectorised GEMM where they fill whole vectors, else as
 // (rank × C) for the channel-vectorised one, which pads nothing (ranks 26 and 51: 1.22-1.53x the
 // direct path against 1.16-1.36x padded to 32 and 64; ranks 32-128: 1.37-1.75x against 1.17-1.65x).
@@ -134,7 +135,7 @@ void winograd_weights(const float* B, int64_t c_in, int64_t rank, int64_t c_out,
             for (int ky = 0; ky < 3; ++ky)
                 for (int kx = 0; kx < 3; ++kx) {  // B: (rank × K) for a pair, (K × columns) dense
                     const int64_t k = (ky * 3 + kx) * c_in + c;
-                    g[ky][kx] = rank ? B[r * K + k] : B[k * cols + r];
+                    g[ky][kx] = !rank ? B[k * cols + r] : r < rank ? B[r * K + k] : 0.0;  // padded ranks: 0
                 }
             for (int kx = 0; kx < 3; ++kx) {
                 gg[0][kx] = g[0][kx];

@@ -16,14 +16,15 @@ namespace basisrt {
 
 // Whether a pair (rank > 0) or dense conv (rank 0) of this geometry can run here, and so whether
 // its Winograd weights are worth packing: 3×3, stride 1, dilation 1, one group, input channels in
-// whole vectors, a pair's rank 16 or more, and an AVX-512 CPU. A dense conv is the same with its
+// whole vectors, a pair's rank 10 or more, and an AVX-512 CPU. A dense conv is the same with its
 // output channels as the first GEMM's columns and no second GEMM. Whether it pays at a given map and batch is measured when a plan compiles
 // (basisrt/compiler/autotune.py, faster_direct): at batch 1, small maps run faster on the direct
 // path, which reads 9/16 of the weights.
 bool winograd_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
                    int64_t c_in, int64_t rank);
-// The shape of each of U's 16 matrices: (C_in, n) where n (the rank, or for a dense conv C_out
-// rounded up to kColBlock) is a multiple of kColBlock, else (rank, C_in).
+// The shape of each of U's 16 matrices: (C_in, n) where n (the rank, 16 for a rank under 16 with
+// zero columns past it, or for a dense conv C_out rounded up to kColBlock) is a multiple of
+// kColBlock, else (rank, C_in).
 struct WinogradLayout {
     int64_t rows, cols;
 };

@@ -84,7 +84,8 @@ def test_winograd_pair_matches_float64(case):
     residual = torch.randn(n, case["c_out"], h + 2 * pad - 2, w + 2 * pad - 2) if case["residual"] else None
     step = FusedConv2d(basis, bias, stride=(1, 1), padding=(pad, pad), dilation=(1, 1), groups=1, scale=scale,
                        activation=case["act"], residual=case["residual"])
-    c_in, cols = case["c_in"], case["rank"] or -(-case["c_out"] // 16) * 16  # a dense conv: its padded outputs
+    # a dense conv: its outputs padded to whole vectors; a rank under 16: one padded vector
+    c_in, cols = case["c_in"], max(case["rank"], 16) if case["rank"] else -(-case["c_out"] // 16) * 16
     assert tuple(step.winograd.shape) == ((16, c_in, cols) if cols % 16 == 0 else (16, cols, c_in))  # 2 layouts
     ref = reference(x, basis, scale, bias, residual, (case["act"], pad))
     out = run(step, x, residual, winograd=True)
@@ -167,9 +168,15 @@ def test_winograd_weights_and_bad_arguments():
     basis = wide.B.double().reshape(32, 3, 3, 16).permute(0, 3, 1, 2)
     u = torch.einsum("ai,rcij,bj->abcr", g, basis, g).reshape(16, 16, 32)
     assert torch.allclose(wide.winograd.double(), u, rtol=1e-6, atol=1e-7)
-    low = FusedConv2d(torch.randn(15, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
-                      scale=torch.randn(8, 15))
-    assert low.winograd is None  # rank under 16: the direct path
+    padded = FusedConv2d(torch.randn(13, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                         scale=torch.randn(8, 13))  # rank 13: (16, C, 16), its last 3 columns zero
+    basis = padded.B.double().reshape(13, 3, 3, 16).permute(0, 3, 1, 2)
+    u = torch.einsum("ai,rcij,bj->abcr", g, basis, g).reshape(16, 16, 13)
+    assert torch.allclose(padded.winograd[:, :, :13].double(), u, rtol=1e-6, atol=1e-7)
+    assert not padded.winograd[:, :, 13:].any()
+    low = FusedConv2d(torch.randn(9, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                      scale=torch.randn(8, 9))
+    assert low.winograd is None  # rank under 10: the direct path
     dense = FusedConv2d(torch.randn(20, 16, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
     w = dense.B.double()[0, :, :20].reshape(3, 3, 16, 20).permute(3, 2, 0, 1)  # (out, c, ky, kx)
     u = torch.einsum("ai,ocij,bj->abco", g, w, g).reshape(16, 16, 20)  # dense: (16, C, outputs padded to 32)
