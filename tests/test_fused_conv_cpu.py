@@ -212,6 +212,27 @@ def test_padding_heavy_pairs_match_float64(c, threads):
 
 
 @pytest.mark.parametrize("c", PADDED_CASES[:4], ids=case_id)
+def test_padding_heavy_pairs_keep_nan_and_inf_where_pytorch_has_them(c):
+    """A NaN and an infinity in image 1 reach exactly the outputs PyTorch's conv gives them (the
+    windows holding them, through the pair's 1×1 conv: every channel of those pixels), and image 0's
+    output keeps its bits."""
+    gen = torch.Generator().manual_seed(c["c_in"] + c["rank"])
+    basis = torch.randn(c["rank"], c["c_in"], *c["k"], generator=gen, dtype=torch.float64) * 0.05
+    scale = torch.randn(c["c_out"], c["rank"], generator=gen, dtype=torch.float64)
+    conv = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
+    step = FusedConv2d(basis, None, scale=scale, groups=1, **conv)
+    step.winograd = None
+    x = torch.randn(2, c["c_in"], *c["hw"], generator=gen, dtype=torch.float64)
+    clean = step(x.float())
+    x[1, 3, 0, 1], x[1, 7, -1, -1] = float("nan"), float("inf")
+    ref = F.conv2d(F.conv2d(x, basis, **conv), scale[:, :, None, None])
+    y = step(x.float())
+    assert torch.isnan(ref).any() and torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    assert torch.equal(y[:1], clean[:1])
+
+
+@pytest.mark.parametrize("c", PADDED_CASES[:4], ids=case_id)
 def test_padding_heavy_pairs_are_batch_and_thread_invariant(c, monkeypatch):
     """An image's output is the same bits alone or in a batch, on 1 or 2 threads (the skipped taps
     are chosen per layer, not per tile); and they are not the bits of the path computing every
