@@ -619,34 +619,40 @@ inline __attribute__((always_inline)) void dot_gemm_body(const Windows& w, int64
     // Chunks of near-equal size (13 ranks: 5 + 4 + 4, not 6 + 6 + 1): a chunk of one or two ranks
     // loads an x vector per FMA or two, and loads, not FMAs, then set its pace.
     const int64_t chunks = (rank + kN - 1) / kN;
-    thread_local std::vector<const float*> in_rows;  // by_tap: the rows of a tap's pixels in range
-    thread_local std::vector<int64_t> in_px, zeros;  // ... and those pixels; tap_off for them
+    // by_tap: per tap (m slots each), the pixels whose row of it is inside the image and those rows
+    thread_local std::vector<const float*> in_rows;
+    thread_local std::vector<int64_t> in_px, in_count, zeros;  // zeros: tap_off of one-row windows
     if (by_tap) {
         for (int64_t i = 0; i < m; ++i)  // the sums are added tap by tap
             std::fill(t + i * ldt, t + i * ldt + rank, 0.f);
-        in_rows.resize(std::max<size_t>(in_rows.size(), m));
-        in_px.resize(std::max<size_t>(in_px.size(), m));
+        in_rows.resize(std::max<size_t>(in_rows.size(), w.taps * m));
+        in_px.resize(std::max<size_t>(in_px.size(), w.taps * m));
+        in_count.resize(std::max<size_t>(in_count.size(), w.taps));
         zeros.resize(std::max<size_t>(zeros.size(), w.taps));  // only ever grows: stays all zero
+        for (int64_t tap = 0; tap < w.taps; ++tap) {
+            int64_t n = 0;
+            for (int64_t i = 0; i < m; ++i) {
+                const float* row = w.row(i, tap);
+                if (row != w.zero) in_rows[tap * m + n] = row, in_px[tap * m + n++] = i;
+            }
+            in_count[tap] = n;
+        }
     }
     for (int64_t k = 0, j = 0; k < chunks; ++k) {
         const int64_t r = rank / chunks + (k < rank % chunks);
         float* trow[kM];
         if (by_tap) {
             for (int64_t tap = 0; tap < w.taps; ++tap) {
-                int64_t n = 0;
-                for (int64_t i = 0; i < m; ++i) {
-                    const float* row = w.row(i, tap);
-                    if (row != w.zero) in_rows[n] = row, in_px[n++] = i;
-                }
-                // the rows as corners of one-tap windows: row(i, tap) = in_rows[i] + 0
-                const Windows sel{in_rows.data(), nullptr, zeros.data(), w.taps, cg};
+                const int64_t n = in_count[tap], *px = in_px.data() + tap * m;
+                // the rows as corners of one-tap windows: row(i, tap) = in_rows[tap·m + i] + 0
+                const Windows sel{in_rows.data() + tap * m, nullptr, zeros.data(), w.taps, cg};
                 int64_t i = 0;
                 for (; i + kM <= n; i += kM) {
-                    for (int q = 0; q < kM; ++q) trow[q] = t + in_px[i + q] * ldt + j;
+                    for (int q = 0; q < kM; ++q) trow[q] = t + px[i + q] * ldt + j;
                     dot_chunk<kWide, kM>(sel.from(i), cg, bt + j * K, K, r, tap, tap + 1, trow, true);
                 }
                 for (; i < n; ++i) {
-                    trow[0] = t + in_px[i] * ldt + j;
+                    trow[0] = t + px[i] * ldt + j;
                     dot_chunk<kWide, 1>(sel.from(i), cg, bt + j * K, K, r, tap, tap + 1, trow, true);
                 }
             }
