@@ -38,8 +38,8 @@ typedef float vec __attribute__((vector_size(NR * sizeof(float)), aligned(4)));
 inline int64_t tiles_of(int64_t size) { return (size + 1) / 2; }
 
 // A tile's row of V or M: its 16 points' rows, then one vector of padding, so that point ξ's
-// GEMM, reading rows this far apart, does not find them all in one L1 set (16·C floats apart is a
-// multiple of 4 KB).
+// GEMM, reading rows this far apart, does not find them all in one L1 set (16·C floats is a
+// multiple of 4 KB from 64 channels on).
 inline int64_t tile_stride(int64_t width) { return kPoints * width + NR; }
 
 // V[t][ξ][c] = (Bᵀ d B)[ξ] for the tiles of tile rows [tr0, tr1) (a tile row: image n, tiles ty,
