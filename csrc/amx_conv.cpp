@@ -15,6 +15,8 @@
 #include "aligned_buffer.h"
 #include "simd.h"
 #include "thread_pool.h"
+#include "winograd_conv.h"
+#include "winograd_tiles.h"
 
 // GCC 12's AVX-512 headers build widening and half-extracting intrinsics on _mm512_undefined_*,
 // which -Wmaybe-uninitialized then reports at every inlined use: noise, not a defect here.
@@ -156,12 +158,11 @@ BASISRT_AMX void tile_gemm(const Src& src, int mt, int64_t taps, int64_t Cp, con
 }
 
 // The same product without tiles, for CPUs with AVX512-BF16 but no AMX (Cooper Lake, Zen 4):
-// VDPBF16PS multiplies 16 columns by one pair of K rows per instruction. Eight rows at a time:
-// 8 × NT accumulators, each B pair row loaded once for the eight, each A pair broadcast once.
-template <int NT, class Src>
+// VDPBF16PS multiplies 16 columns by one pair of K rows per instruction. Eight rows at a time (or
+// ROWS): ROWS × NT accumulators, each B pair row loaded once for the rows, each A pair broadcast once.
+template <int NT, class Src, int rows = 8>
 BASISRT_AVX512BF16 void vec_rows(const Src& src, int m, int r0, int64_t taps, int64_t Cp, const uint16_t* b,
                                  int64_t ldb, float* c, int64_t ldc) {
-    constexpr int rows = 8;
     __m512 acc[rows][NT];
     for (int i = 0; i < rows; ++i)
         for (int n = 0; n < NT; ++n) acc[i][n] = _mm512_setzero_ps();
@@ -521,7 +522,144 @@ BASISRT_AMX void conv_task(const ConvArgs& c, int pass, int64_t task) {
     tiles_off(c);
 }
 
+// The basis conv by Winograd F(2×2, 3×3) on the vector path (winograd_tiles.h; the fp32 one is
+// winograd_conv.cpp): per block of tile rows, V (bf16: each transformed point of x rounded once),
+// the 16 GEMMs M[ξ] = V[ξ] · U[ξ] by VDPBF16PS into fp32, T = Aᵀ M A in fp32, then the pair's
+// scaling conv and epilogue as on the direct path (scaling_gemm), 64 pixels at a time.
+namespace wg = winograd;
+
+// Columns of U[ξ] and M: a pair's rank (10 and more), a dense conv's outputs, in whole vectors.
+inline int64_t winograd_bf16_cols(int64_t rank, int64_t c_out) { return round_up(rank ? rank : c_out, kAmxN); }
+
+// bf16 elements of V per block (256 KB), and for all of a call's tiles up to which the 16 GEMMs
+// split across threads instead of the tiles (1 MB): the bytes of the fp32 conv's.
+constexpr int64_t kBlockElems = 128 * 1024, kSplitElems = 512 * 1024;
+
+// V's rows (a tile each, ldv elements) for tile rows [tr0, tr1), from row t0 on; x fp32 or bf16 bits.
+BASISRT_AVX512BF16 void winograd_input_bf16(const void* x, bool x16, const ConvShape& s, int64_t ldx, int64_t tr0,
+                                            int64_t tr1, uint16_t* V, int64_t t0, int64_t ldv) {
+    const int64_t TW = wg::tiles_of(s.Wo), C = s.C_in;
+    const float* x32 = static_cast<const float*>(x);
+    const uint16_t* xb = static_cast<const uint16_t*>(x);
+    for (int64_t tr = tr0, t = t0; tr < tr1; ++tr)
+        for (int64_t tx = 0; tx < TW; ++tx, ++t) {
+            int64_t off[4][4];
+            wg::window_offsets(s, ldx, tr, tx, off);
+            for (int64_t c = 0; c < C; c += wg::NR) {
+                wg::vec d[4][4], v[4][4];
+                for (int a = 0; a < 4; ++a)
+                    for (int b = 0; b < 4; ++b) {
+                        const int64_t o = off[a][b];
+                        if (o < 0) d[a][b] = wg::vec{};
+                        else if (x16)  // bf16 → fp32: the bits in a float's upper half
+                            d[a][b] = (wg::vec)_mm512_slli_epi32(
+                                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + o + c))), 16);
+                        else d[a][b] = (wg::vec)_mm512_loadu_ps(x32 + o + c);
+                    }
+                wg::input_tile(d, v);
+                for (int p = 0; p < wg::kPoints; ++p)
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(V + t * ldv + p * C + c),
+                                        (__m256i)_mm512_cvtneps_pbh((__m512)v[p / 4][p % 4]));
+            }
+        }
+}
+
+// The GEMMs' rows: tiles rounded up to 8, or to 4 for up to 4 (batch 1 on a 2×2 or 4×4 map).
+inline int64_t winograd_rows(int64_t tiles) { return tiles <= 4 ? 4 : round_up(tiles, 8); }
+
+// M[ξ] rows [0, rows) (winograd_rows) = V[ξ] · U[ξ]: fp32 sums of bf16 products.
+BASISRT_AVX512BF16 void winograd_point_bf16(const uint16_t* V, int64_t ldv, int64_t C, const uint16_t* U,
+                                            int64_t cols, int64_t p, int64_t rows, float* M, int64_t ldm) {
+    const PlainRows src{V + p * C, ldv, C};
+    const uint16_t* u = U + p * C * cols;
+    float* m = M + p * cols;
+    if (rows == 4) {  // 4 rows × up to 4 vectors of columns: 16 accumulators, as 8 × 2
+        int64_t n = 0;
+        for (; n + 4 * kAmxN <= cols; n += 4 * kAmxN) vec_rows<4, PlainRows, 4>(src, 0, 0, 1, C, u + 2 * n, 2 * cols, m + n, ldm);
+        for (; n < cols; n += kAmxN) vec_rows<1, PlainRows, 4>(src, 0, 0, 1, C, u + 2 * n, 2 * cols, m + n, ldm);
+        return;
+    }
+    for (int64_t n = 0; n < cols; n += 2 * kAmxN)
+        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+            if (cols - n >= 2 * kAmxN) vec_rows<2>(src, 0, r0, 1, C, u + 2 * n, 2 * cols, m + n, ldm);
+            else vec_rows<1>(src, 0, r0, 1, C, u + 2 * n, 2 * cols, m + n, ldm);
+        }
+}
+
+// The conv of c (stride 1, 3×3) from x, U as amx_conv.h describes it: per block of tile
+// rows, the input transform, the 16 GEMMs and then T = Aᵀ M A with the pair's scaling conv and
+// epilogue, kRows pixels at a time.
+BASISRT_AVX512BF16 void winograd_bf16(const ConvArgs& c, const void* x, int64_t ldx, const uint16_t* U,
+                                      int num_threads) {
+    const ConvShape& s = c.s;
+    const int64_t C = s.C_in, cols = winograd_bf16_cols(c.rank, s.C_out);
+    const int64_t TW = wg::tiles_of(s.Wo), tile_rows = s.N * wg::tiles_of(s.Ho), nt_all = tile_rows * TW;
+    const int64_t ldv = wg::tile_stride(C, 32), ldm = wg::tile_stride(cols);  // bf16 V: a 64-byte line of padding
+    // V's rows for tile rows [tr0, tr1) from row t0, and zeros in the rows up to `rows` (winograd_rows)
+    auto transform = [&](uint16_t* V, int64_t tr0, int64_t tr1, int64_t t0, int64_t rows) {
+        winograd_input_bf16(x, c.io.x, s, ldx, tr0, tr1, V, t0, ldv);
+        const int64_t end = t0 + (tr1 - tr0) * TW;
+        std::memset(V + end * ldv, 0, (t0 + rows - end) * ldv * sizeof(uint16_t));
+    };
+    // The output transform, the scaling conv and the epilogue of tile rows [tr0, tr1), M's from row t0
+    auto finish = [&](const float* M, int64_t t0, int64_t tr0, int64_t tr1) {
+        thread_local Aligned T_buf;
+        thread_local Scratch sc;
+        const int64_t first = wg::tile_rows_first_pixel(s, tr0), pixels = wg::tile_rows_pixels(s, tr0, tr1);
+        float* T = T_buf.get(round_up(pixels, kRows) * cols);
+        wg::output_transform(M, s, tr0, tr1, t0, cols, T);
+        std::memset(T + pixels * cols, 0, (round_up(pixels, kRows) - pixels) * cols * sizeof(float));
+        for (int64_t v0 = 0; v0 < pixels; v0 += kRows) {
+            const int64_t rows = std::min(kRows, pixels - v0);
+            float* t = T + v0 * cols;
+            if (c.rank) scaling_gemm(c, sc, t, cols, first + v0, static_cast<int>((rows + 15) / 16), rows, 0, c.N2);
+            else epilogue(c, t, cols, first + v0, rows, 0, s.C_out);
+        }
+    };
+    const int64_t per_thread = (tile_rows + num_threads - 1) / num_threads;
+    const int64_t v_elems = wg::kPoints * nt_all * C;
+    if (num_threads > 1 && v_elems <= kSplitElems && v_elems <= wg::kPoints * C * cols) {
+        // Few tiles (batch 1, small maps) and more weights than windows: every tile's windows at once
+        // and the 16 GEMMs split across threads, so that U is read once, not once per thread (as in
+        // winograd_conv.cpp).
+        thread_local Aligned V_all, M_all;
+        const int64_t rows = winograd_rows(nt_all);
+        uint16_t* V = reinterpret_cast<uint16_t*>(V_all.get((rows * ldv + 1) / 2));
+        float* M = M_all.get(rows * ldm);
+        parallel_for(tile_rows, num_threads, [&](int64_t tr) {
+            transform(V, tr, tr + 1, tr * TW, tr + 1 < tile_rows ? TW : rows - tr * TW);
+        });
+        parallel_for(wg::kPoints, num_threads, [&](int64_t p) { winograd_point_bf16(V, ldv, C, U, cols, p, rows, M, ldm); });
+        parallel_for(num_threads, num_threads, [&](int64_t i) {
+            const int64_t tr0 = i * per_thread, tr1 = std::min(tile_rows, tr0 + per_thread);
+            if (tr0 < tr1) finish(M, tr0 * TW, tr0, tr1);
+        });
+        return;
+    }
+    const int64_t per = std::min(std::max<int64_t>(1, kBlockElems / (wg::kPoints * C * TW)), per_thread);
+    parallel_for((tile_rows + per - 1) / per, num_threads, [&](int64_t block) {
+        thread_local Aligned V_buf, M_buf;
+        const int64_t tr0 = block * per, tr1 = std::min(tile_rows, tr0 + per);
+        const int64_t rows = winograd_rows((tr1 - tr0) * TW);
+        uint16_t* V = reinterpret_cast<uint16_t*>(V_buf.get((rows * ldv + 1) / 2));
+        float* M = M_buf.get(rows * ldm);
+        transform(V, tr0, tr1, 0, rows);
+        for (int64_t p = 0; p < wg::kPoints; ++p) winograd_point_bf16(V, ldv, C, U, cols, p, rows, M, ldm);
+        finish(M, 0, tr0, tr1);
+    });
+}
+
 }  // namespace
+
+bool winograd_bf16_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
+                        int64_t c_in, int64_t rank) {
+    return std::strcmp(bf16_path(), "avx512_bf16") == 0 && c_in % kAmxK == 0 &&
+           winograd_path(kh, kw, sh, sw, dh, dw, groups, c_in, rank);
+}
+
+int64_t winograd_bf16_elems(int64_t c_in, int64_t rank, int64_t c_out) {
+    return wg::kPoints * c_in * winograd_bf16_cols(rank, c_out);
+}
 
 bool amx_bf16_available() {
     static const bool ok = cpu_has_amx_bf16() && !std::getenv("BASISRT_NO_AMX") && request_tile_data();
@@ -550,11 +688,22 @@ void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out) {
 
 void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, const float* bias,
                           const void* residual, void* y, const ConvShape& s, int64_t rank, Activation act,
-                          int num_threads, float alpha, Bf16Io io) {
+                          int num_threads, float alpha, Bf16Io io, const uint16_t* U) {
     if (std::strcmp(bf16_path(), "none") == 0)
         throw std::runtime_error(kNoBf16);
     if (s.groups != 1 || s.pool != 1)
         throw std::invalid_argument("the bf16 conv takes groups 1 and no fused pool");
+    if (U && !winograd_bf16_path(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.groups, s.C_in, rank))
+        throw std::invalid_argument("bf16 Winograd weights are for a conv on winograd_bf16_path");
+    const int64_t ldx = s.ldx ? s.ldx : s.C_in;
+    if (U) {
+        ConvArgs c{nullptr, {}, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out,
+                   s.ldr ? s.ldr : s.C_out, winograd_bf16_cols(rank, s.C_out), amx_pair_k(rank),
+                   round_up(s.C_out, kAmxN), false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0, nullptr, act, alpha,
+                   false, false, 0, io};
+        winograd_bf16(c, x, ldx, U, num_threads);
+        return;
+    }
     const bool compact = amx_compact_k(s.C_in);  // compiler/bf16.py packs B the same way (compact_k)
     const Padded g{s.H + 2 * s.ph, s.W + 2 * s.pw, compact ? s.C_in : round_up(s.C_in, kAmxK)};
     // The calling thread's: the program runs image groups on several threads at once. kRows
@@ -562,7 +711,6 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     thread_local Aligned padded;
     const int64_t xp_elems = (s.N * g.Hp * g.Wp + kRows) * g.Cp;
     uint16_t* xp = reinterpret_cast<uint16_t*>(padded.get((xp_elems + 1) / 2));
-    const int64_t ldx = s.ldx ? s.ldx : s.C_in;
     // Up to 512 KiB the caller copies alone: a barrier cost more than the copy (ResNet-18 and VGG16
     // r10, batch 1: 4-5 % faster, where a conv's padded input is 37-148 KiB)
     const int pad_threads = s.N * g.Hp * g.Wp * g.Cp * 2 <= (int64_t{512} << 10) ? 1 : num_threads;

@@ -66,12 +66,24 @@ struct Bf16Io {
     bool x = false, residual = false, y = false;
 };
 
+// Whether a pair or dense conv of this geometry can run its 3×3 conv by Winograd F(2×2, 3×3) in
+// bf16 (winograd_conv.h's winograd_path, input channels a multiple of kAmxK) on this CPU: on the
+// AVX512-BF16 vector path only, where the direct conv runs at the same MACs per cycle as the
+// GEMMs (on AMX tiles the direct conv's MACs cost less than the transforms would).
+bool winograd_bf16_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
+                        int64_t c_in, int64_t rank);
+// bf16 elements of its weights: 16 matrices U[ξ] (C_in × n, n the rank or C_out rounded up to
+// kAmxN), each packed by pack_bf16_vnni from winograd_conv.h's winograd_weights.
+int64_t winograd_bf16_elems(int64_t c_in, int64_t rank, int64_t c_out);
+
 // The conv of shape s (groups 1, pool 1): rank > 0 is a basis pair (B: amx_conv_k(s) × rank,
 // A: amx_pair_k(rank) × C_out), rank 0 a dense conv (B: amx_conv_k(s) × C_out, A unused). bias may
 // not be null; residual may (pixel stride s.ldr). x, residual and y are fp32 or bf16 as io says.
+// U (winograd_bf16_elems, for a conv on winograd_bf16_path) runs the basis conv by Winograd
+// instead of B: V, U and so the transformed products are rounded to bf16, each sum fp32.
 // Throws std::runtime_error when amx_bf16_available() is false.
 void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, const float* bias,
                           const void* residual, void* y, const ConvShape& s, int64_t rank, Activation act,
-                          int num_threads, float alpha = 0.01f, Bf16Io io = {});
+                          int num_threads, float alpha = 0.01f, Bf16Io io = {}, const uint16_t* U = nullptr);
 
 }  // namespace basisrt

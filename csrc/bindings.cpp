@@ -179,16 +179,24 @@ const uint16_t* bf16_data(const std::string& fn, const py::array& a, const char*
 struct Bf16Weights {
     const uint16_t *B, *A;
     const float* bias;
+    const uint16_t* winograd = nullptr;
 };
 
 // The bf16 conv's packed weights (amx_conv.h's sizes) and its float32 bias, for a conv of shape s.
 Bf16Weights bf16_weights(const std::string& fn, const basisrt::ConvShape& s, const py::array& B,
-                         const std::optional<py::array>& A, const py::array& bias, int64_t rank) {
+                         const std::optional<py::array>& A, const py::array& bias, int64_t rank,
+                         const std::optional<py::array>& winograd) {
     Bf16Weights w{bf16_data(fn, B, "B (packed)", basisrt::vnni_elems(basisrt::amx_conv_k(s), rank ? rank : s.C_out)),
                   nullptr, f32_data(fn, bias, "bias", s.C_out)};
     if (rank) {
         if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
         w.A = bf16_data(fn, *A, "A (packed)", basisrt::vnni_elems(basisrt::amx_pair_k(rank), s.C_out));
+    }
+    if (winograd) {
+        if (!basisrt::winograd_bf16_path(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.groups, s.C_in, rank))
+            value_error(fn, "winograd weights are for a conv on winograd_bf16_path (3x3, stride 1, dilation 1, "
+                            "input channels a multiple of 32, rank 0 or 10 and more, the AVX512-BF16 vector path)");
+        w.winograd = bf16_data(fn, *winograd, "winograd", basisrt::winograd_bf16_elems(s.C_in, rank, s.C_out));
     }
     return w;
 }
@@ -196,7 +204,8 @@ Bf16Weights bf16_weights(const std::string& fn, const basisrt::ConvShape& s, con
 void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::optional<py::array>& A,
                              const py::array& bias, const std::optional<py::array>& residual, py::array& out,
                              IntPair kernel, IntPair stride, IntPair padding, IntPair dilation, int64_t rank,
-                             basisrt::Activation act, int num_threads, float alpha) {
+                             basisrt::Activation act, int num_threads, float alpha,
+                             const std::optional<py::array>& winograd) {
     const std::string fn = "fused_conv_bf16_nhwc";
     const Nhwc xv = nhwc(fn, x, "x", true), yv = nhwc(fn, out, "out", true);
     if (yv.N != xv.N) value_error(fn, "out batch differs from x batch");
@@ -206,15 +215,16 @@ void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::
     basisrt::check_conv(fn, s, rank, residual.has_value());
     basisrt::check_activation(fn, act);
     basisrt::check_threads(fn, num_threads);
-    const Bf16Weights w = bf16_weights(fn, s, B, A, bias, rank);
+    require_bf16(fn);
+    const Bf16Weights w = bf16_weights(fn, s, B, A, bias, rank, winograd);
     const Nhwc rv = residual_of(fn, residual, yv, true);
     require_writeable(fn, out);
-    require_bf16(fn);
     if (s.N == 0) return;
     s.ldx = xv.ld, s.ldy = yv.ld, s.ldr = rv.ld;
     const basisrt::Bf16Io io{xv.bf16, rv.bf16, yv.bf16};
     py::gil_scoped_release release;
-    basisrt::fused_conv_bf16_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha, io);
+    basisrt::fused_conv_bf16_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha, io,
+                                  w.winograd);
 }
 
 py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
@@ -423,7 +433,7 @@ struct PyProgram {
 
     void add_conv_bf16(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
                        const py::array& bias, int64_t rank, basisrt::Activation act, IntPair kernel, IntPair stride,
-                       IntPair padding, IntPair dilation, float alpha) {
+                       IntPair padding, IntPair dilation, float alpha, const std::optional<py::array>& winograd) {
         const std::string fn = "Program.add_conv_bf16";
         require_bf16(fn);
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
@@ -431,10 +441,11 @@ struct PyProgram {
         op.kh = kernel.first, op.kw = kernel.second, op.sh = stride.first, op.sw = stride.second;
         op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
         program.check(op);  // ids and geometry, before the array sizes that follow from them
-        const Bf16Weights w = bf16_weights(fn, program.conv_shape(op), B, A, bias, rank);
-        op.B16 = w.B, op.A16 = w.A, op.bias = w.bias;
+        const Bf16Weights w = bf16_weights(fn, program.conv_shape(op), B, A, bias, rank, winograd);
+        op.B16 = w.B, op.A16 = w.A, op.bias = w.bias, op.U16 = w.winograd;
         program.add_op(op);
         keep_alive.push_back(B);
+        if (winograd) keep_alive.push_back(*winograd);
         if (A) keep_alive.push_back(*A);
         keep_alive.push_back(bias);
     }
@@ -620,6 +631,7 @@ void bind_fused(py::module_& m) {
         .def("add_conv_bf16", &PyProgram::add_conv_bf16, py::arg("input"), py::arg("residual"), py::arg("out"),
              py::arg("B"), py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("kernel"),
              py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("alpha") = 0.01f,
+             py::arg("winograd") = py::none(),
              "A fused_conv_bf16_nhwc op (bf16 weights packed by pack_bf16_vnni, float32 bias; groups 1).")
         .def("add_expand_depthwise", &PyProgram::add_expand_depthwise, py::arg("input"), py::arg("out"),
              py::arg("B"), py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("alpha"),
@@ -782,9 +794,15 @@ void bind_fused(py::module_& m) {
     m.def("fused_conv_bf16_nhwc", &fused_conv_bf16_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
+          py::arg("winograd") = py::none(),
           "fused_conv_nhwc with bf16 weights on AMX tiles or AVX512-BF16 (fp32 accumulation; NHWC x, out and\n"
           "residual each float32 or 16-bit bfloat16 bits; float32 bias): B, A packed by pack_bf16_vnni, groups 1,\n"
-          "no fused pool.");
+          "no fused pool. winograd: 16 matrices U[xi] (in_channels x rank or out_channels, rounded up to 16) each\n"
+          "packed by pack_bf16_vnni, for a conv on winograd_bf16_path, which then runs by Winograd F(2x2, 3x3).");
+    m.def("winograd_bf16_path", &basisrt::winograd_bf16_path, py::arg("kh"), py::arg("kw"), py::arg("sh"),
+          py::arg("sw"), py::arg("dh"), py::arg("dw"), py::arg("groups"), py::arg("in_channels"), py::arg("rank"),
+          "Whether a conv of this geometry can run by Winograd F(2x2, 3x3) in bf16 here (fused_conv_bf16_nhwc's\n"
+          "winograd).");
     m.def("pack_bf16_vnni", &pack_bf16_vnni_py, py::arg("w"),
           "A K x N float32 weight as the bf16 convs read it: bf16 bits (nearest even), pairs of K rows\n"
           "interleaved per column, K padded to 32 and N to 16 with zeros (flat uint16).");

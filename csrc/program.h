@@ -48,8 +48,8 @@ struct ProgramOp {
     const float *B = nullptr, *A = nullptr, *bias = nullptr;
     const float* winograd = nullptr;  // a pair's Winograd weights (winograd_conv.h), or null
     // conv: bf16 weights packed for fused_conv_bf16_nhwc (amx_conv.h) instead of B and A; groups 1,
-    // no fused pool, bias required
-    const uint16_t *B16 = nullptr, *A16 = nullptr;
+    // no fused pool, bias required; U16: its bf16 Winograd weights (amx_conv.h), or null
+    const uint16_t *B16 = nullptr, *A16 = nullptr, *U16 = nullptr;
     int64_t rank = 0;
     Activation act = Activation::none;
     float alpha = 0.01f;  // leaky ReLU's negative slope

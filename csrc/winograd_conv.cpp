@@ -5,14 +5,15 @@
 #include "gemm.h"
 #include "simd.h"
 #include "thread_pool.h"
+#include "winograd_tiles.h"
 
 #include <algorithm>
 
 namespace basisrt {
 namespace {
 
-constexpr int64_t kPoints = 16;  // ξ: the 4×4 transformed window
-constexpr int64_t NR = kColBlock;
+using namespace winograd;
+
 // Floats of V per block (256 KB): the block's transformed windows stay in L2 through its 16 GEMMs.
 constexpr int64_t kBlockFloats = 64 * 1024;
 // Floats of V for all of a call's tiles up to which the 16 GEMMs split across threads instead of
@@ -33,15 +34,6 @@ inline int64_t columns(int64_t rank, int64_t c_out) { return rank ? std::max(ran
 // direct path against 1.16-1.36x padded to 32 and 64; ranks 32-128: 1.37-1.75x against 1.17-1.65x).
 inline bool rank_vectorised(int64_t cols) { return cols % NR == 0; }
 
-typedef float vec __attribute__((vector_size(NR * sizeof(float)), aligned(4)));
-
-inline int64_t tiles_of(int64_t size) { return (size + 1) / 2; }
-
-// A tile's row of V or M: its 16 points' rows, then one vector of padding, so that point ξ's
-// GEMM, reading rows this far apart, does not find them all in one L1 set (16·C floats is a
-// multiple of 4 KB from 64 channels on).
-inline int64_t tile_stride(int64_t width) { return kPoints * width + NR; }
-
 // V[t][ξ][c] = (Bᵀ d B)[ξ] for the tiles of tile rows [tr0, tr1) (a tile row: image n, tiles ty,
 // flattened), d the tile's 4×4 window of x (zeros outside the image), these tiles from t0, rows of
 // tile_stride(C). Each tile's 16 points are one contiguous run. Stored point by point, as
@@ -50,65 +42,21 @@ inline int64_t tile_stride(int64_t width) { return kPoints * width + NR; }
 // 1.10-1.15x, 256-512 channels 1.0-1.07x; same bits).
 BASISRT_AVX512 void input_transform(const float* x, const ConvShape& s, int64_t tr0, int64_t tr1, float* V,
                                     int64_t t0) {
-    const int64_t ldv = tile_stride(s.C_in);
-    const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho);
+    const int64_t ldv = tile_stride(s.C_in), TW = tiles_of(s.Wo);
     for (int64_t tr = tr0, t = t0; tr < tr1; ++tr)
         for (int64_t tx = 0; tx < TW; ++tx, ++t) {
-            const int64_t n = tr / TH, iy0 = 2 * (tr % TH) - s.ph, ix0 = 2 * tx - s.pw;
-            const float* src[4][4];
-            for (int a = 0; a < 4; ++a)
-                for (int b = 0; b < 4; ++b) {
-                    const int64_t iy = iy0 + a, ix = ix0 + b;
-                    const bool inside = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W;
-                    src[a][b] = inside ? x + ((n * s.H + iy) * s.W + ix) * s.ldx : nullptr;
-                }
+            int64_t off[4][4];
+            window_offsets(s, s.ldx, tr, tx, off);
             for (int64_t c = 0; c < s.C_in; c += NR) {
-                vec d[4][4], bd[4][4];
-                for (int a = 0; a < 4; ++a)
-                    for (int b = 0; b < 4; ++b) d[a][b] = src[a][b] ? *reinterpret_cast<const vec*>(src[a][b] + c) : vec{};
-                for (int b = 0; b < 4; ++b) {  // Bᵀ d
-                    bd[0][b] = d[0][b] - d[2][b];
-                    bd[1][b] = d[1][b] + d[2][b];
-                    bd[2][b] = d[2][b] - d[1][b];
-                    bd[3][b] = d[1][b] - d[3][b];
-                }
-                for (int a = 0; a < 4; ++a) {  // (Bᵀ d) B
-                    const vec v[4] = {bd[a][0] - bd[a][2], bd[a][1] + bd[a][2], bd[a][2] - bd[a][1], bd[a][1] - bd[a][3]};
-                    for (int b = 0; b < 4; ++b) *reinterpret_cast<vec*>(V + t * ldv + (a * 4 + b) * s.C_in + c) = v[b];
-                }
-            }
-        }
-}
-
-// T[p][r] = (Aᵀ M A) for the pixels of tile rows [tr0, tr1), p counted from their first output row
-// (tiles past the map's last row or column drop their second one); M as [t][ξ][r_pad], rows of
-// tile_stride(r_pad), these tiles from t0.
-BASISRT_AVX512 void output_transform(const float* M, const ConvShape& s, int64_t tr0, int64_t tr1, int64_t t0,
-                                     int64_t r_pad, float* T) {
-    const int64_t ldm = tile_stride(r_pad);
-    const int64_t TW = tiles_of(s.Wo), TH = tiles_of(s.Ho);
-    for (int64_t tr = tr0, t = t0, row0 = 0; tr < tr1; ++tr) {
-        const int64_t rows = std::min<int64_t>(2, s.Ho - 2 * (tr % TH));
-        for (int64_t tx = 0; tx < TW; ++tx, ++t) {
-            const int64_t cols = std::min<int64_t>(2, s.Wo - 2 * tx);
-            for (int64_t r = 0; r < r_pad; r += NR) {
-                vec m[4][4], am[2][4];
+                vec d[4][4], v[4][4];
                 for (int a = 0; a < 4; ++a)
                     for (int b = 0; b < 4; ++b)
-                        m[a][b] = *reinterpret_cast<const vec*>(M + t * ldm + (a * 4 + b) * r_pad + r);
-                for (int b = 0; b < 4; ++b) {  // Aᵀ M
-                    am[0][b] = m[0][b] + m[1][b] + m[2][b];
-                    am[1][b] = m[1][b] - m[2][b] - m[3][b];
-                }
-                for (int a = 0; a < rows; ++a) {  // (Aᵀ M) A
-                    const vec out[2] = {am[a][0] + am[a][1] + am[a][2], am[a][1] - am[a][2] - am[a][3]};
-                    for (int b = 0; b < cols; ++b)
-                        *reinterpret_cast<vec*>(T + (row0 + a * s.Wo + 2 * tx + b) * r_pad + r) = out[b];
-                }
+                        d[a][b] = off[a][b] >= 0 ? *reinterpret_cast<const vec*>(x + off[a][b] + c) : vec{};
+                input_tile(d, v);
+                for (int p = 0; p < kPoints; ++p)
+                    *reinterpret_cast<vec*>(V + t * ldv + p * s.C_in + c) = v[p / 4][p % 4];
             }
         }
-        row0 += rows * s.Wo;
-    }
 }
 
 }  // namespace
@@ -173,9 +121,7 @@ void winograd_pair_nhwc(const float* x, const float* U, const float* A, const fl
         thread_local Aligned T_buf;  // per-thread scratch, grown to the largest layer seen
         float* T = T_buf.get(4 * (tr1 - tr0) * TW * r_pad);
         output_transform(M, s, tr0, tr1, t0, r_pad, T);
-        const int64_t first = ((tr0 / TH) * s.Ho + 2 * (tr0 % TH)) * s.Wo;  // their first pixel
-        int64_t m = 0;
-        for (int64_t tr = tr0; tr < tr1; ++tr) m += std::min<int64_t>(2, s.Ho - 2 * (tr % TH)) * s.Wo;
+        const int64_t first = tile_rows_first_pixel(s, tr0), m = tile_rows_pixels(s, tr0, tr1);
         const Epilogue out{y + first * s.ldy, s.ldy, bias, residual ? residual + first * s.ldr : nullptr, s.ldr,
                            s.C_out, act};
         if (rank) gemm_epilogue(T, r_pad, A, cg_pad, m, cg_pad, rank, out);  // the pair's 1×1 conv

@@ -7,6 +7,8 @@ Weights are rounded to bf16 when the plan is built or loaded: the plan file keep
 so one file runs at either precision."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import fx
@@ -55,10 +57,20 @@ def apply_precision(gm: fx.GraphModule, precision: str) -> None:
             m._bf16 = packed_bf16(m) if bf16 else None
 
 
-def packed_bf16(m: FusedConv2d) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(B, A, bias) of step `m` as the bf16 conv reads them: the K × N matrices (K tap by tap,
+class Bf16Weights(NamedTuple):
+    """A step's weights as the bf16 conv reads them (csrc/amx_conv.h)."""
+    B: np.ndarray  # the basis (or dense) conv's K × N, packed by pack_bf16_vnni
+    A: np.ndarray | None  # a pair's [A; A], packed
+    bias: np.ndarray  # fp32 (zeros for none)
+    winograd: np.ndarray | None  # the 16 U[ξ] where the step runs by Winograd in bf16, packed
+
+
+def packed_bf16(m: FusedConv2d) -> Bf16Weights:
+    """The weights of step `m` as the bf16 conv reads them: B, the K × N matrix (K tap by tap,
     each tap's channels zero-padded to AMX_K, or compact: `compact_k`) rounded to bf16 and packed
-    by _C.pack_bf16_vnni from the step's fp32 packing, and the fp32 bias (zeros for none)."""
+    by _C.pack_bf16_vnni from the step's fp32 packing; A; the fp32 bias; and the Winograd weights
+    where the step holds fp32 ones (it was not measured faster direct) and the CPU runs them in
+    bf16 (`_C.winograd_bf16_path`)."""
     if m.rank == 0:  # B: (1, K, C_out padded)
         w = m.B[0, :, :m.out_channels]
     elif _C.lowrank_dot_path(m.in_channels, m.rank):  # B: (1, rank, K)
@@ -75,4 +87,17 @@ def packed_bf16(m: FusedConv2d) -> tuple[np.ndarray, np.ndarray | None, np.ndarr
         a1 = m.A[0, :m.rank, :m.out_channels]
         a = _C.pack_bf16_vnni(torch.cat([a1, a1]).contiguous().numpy())
     bias = m.bias.numpy() if m.bias is not None else np.zeros(m.out_channels, dtype=np.float32)
-    return b, a, bias
+    return Bf16Weights(b, a, bias, _winograd_bf16(m))
+
+
+def _winograd_bf16(m: FusedConv2d) -> np.ndarray | None:
+    """The fp32 Winograd weights of `m` (16 × (C × n) or 16 × (rank × C)) as 16 C × n matrices,
+    n rounded up to 16, each packed for the bf16 GEMMs."""
+    u = getattr(m, "winograd", None)
+    if u is None or not _C.winograd_bf16_path(*m.kernel, *m.stride, *m.dilation, m.groups, m.in_channels, m.rank):
+        return None
+    if u.shape[1] != m.in_channels:  # (rank × C): the fp32 channel-dot layout
+        u = u.transpose(1, 2)
+    n = m.rank or m.out_channels
+    u = torch.nn.functional.pad(u[:, :, :n], (0, _round_up(n, 16) - n))
+    return np.concatenate([_C.pack_bf16_vnni(p.contiguous().numpy()) for p in u])

@@ -86,7 +86,7 @@ class FusedConv2d(nn.Module):
             self.register_buffer("A", _pad_cols(a, a_shape[2], a_shape[1]))
         assert tuple(self.B.shape) == b_shape
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
-        self._bf16 = None  # (B, A, bias) for the bf16 conv: set by compiler/bf16.py's apply_precision
+        self._bf16 = None  # bf16.Bf16Weights for the bf16 conv: set by compiler/bf16.py's apply_precision
         self.prefer_fp32 = False  # measured faster in fp32 than in bf16 (autotune.faster_in_fp32): stays fp32
         self.prefer_direct = False  # measured faster without its Winograd weights (autotune.faster_direct)
         self.after_load()
@@ -129,9 +129,10 @@ class FusedConv2d(nn.Module):
         act, alpha = activations.code(self.activation)
         threads = self.num_threads or torch.get_num_threads()
         if getattr(self, "_bf16", None) is not None:
-            b16, a16, bias = self._bf16
-            _C.fused_conv_bf16_nhwc(x.permute(0, 2, 3, 1).numpy(), b16, a16, bias, res, y.numpy(), self.kernel,
-                                    self.stride, self.padding, self.dilation, self.rank, act, threads, alpha=alpha)
+            w = self._bf16
+            _C.fused_conv_bf16_nhwc(x.permute(0, 2, 3, 1).numpy(), w.B, w.A, w.bias, res, y.numpy(), self.kernel,
+                                    self.stride, self.padding, self.dilation, self.rank, act, threads, alpha=alpha,
+                                    winograd=w.winograd)
             return y.permute(0, 3, 1, 2)
         _C.fused_conv_nhwc(
             x.permute(0, 2, 3, 1).numpy(), self.B.numpy(), None if self.A is None else self.A.numpy(),

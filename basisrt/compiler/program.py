@@ -26,6 +26,7 @@ from torch import Tensor, fx, nn
 
 from .. import _C
 from . import activations
+from .bf16 import Bf16Weights
 from .cpu_steps import (
     BINARY_OPS,
     POOL_KINDS,
@@ -318,7 +319,7 @@ def _add_cat(program: "_C.Program", parts: list[_Buffer | None], views: set[int]
     return out
 
 
-def _bf16(m: nn.Module) -> tuple | None:
+def _bf16(m: nn.Module) -> Bf16Weights | None:
     """Step m's bf16 weights (compiler/bf16.py), None when it runs fp32."""
     return getattr(m, "_bf16", None)
 
@@ -392,9 +393,9 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
     arr = lambda t: None if t is None else t.numpy()  # noqa: E731
     act, alpha = activations.code(m.activation)
     if _bf16(m) is not None:
-        b16, a16, bias = _bf16(m)
-        program.add_conv_bf16(x.id, -1 if res is None else res.id, out.id, b16, a16, bias, m.rank, act, m.kernel,
-                              m.stride, m.padding, m.dilation, alpha=alpha)
+        w = _bf16(m)
+        program.add_conv_bf16(x.id, -1 if res is None else res.id, out.id, w.B, w.A, w.bias, m.rank, act, m.kernel,
+                              m.stride, m.padding, m.dilation, alpha=alpha, winograd=w.winograd)
         return out
     program.add_conv(x.id, -1 if res is None else res.id, out.id, m.B.numpy(), arr(m.A), arr(m.bias), m.rank,
                      act, m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1, alpha=alpha,

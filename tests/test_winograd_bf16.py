@@ -1,0 +1,210 @@
+"""3×3 convs by Winograd F(2×2, 3×3) in bf16 (csrc/amx_conv.cpp, the AVX512-BF16 vector path)
+against a float64 reference that rounds what the kernel rounds (each transformed window V, each
+U[ξ], bf16 inputs), on random shapes: odd maps, padding 0-2, ranks not multiples of 16, dense
+convs, residuals, every activation; batches of tiles on two threads and the 16 GEMMs split
+across threads. Outputs are poisoned with NaN first."""
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_bf16 import _bits, _from_bits, bf16
+from test_fused_conv_cpu import ACT_CHOICES, rel_err
+
+from basisrt import _C, compile, decompose, prune_basis
+from basisrt.compiler import activations, entry
+from basisrt.compiler import bf16 as bf16_module
+from basisrt.compiler.bf16 import packed_bf16
+from basisrt.compiler.cpu_steps import FusedConv2d
+
+pytestmark = pytest.mark.skipif(not _C.winograd_bf16_path(3, 3, 1, 1, 1, 1, 1, 32, 16),
+                                reason="bf16 Winograd runs on the AVX512-BF16 vector path (no AMX)")
+
+BT = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=torch.float64)
+AT = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
+
+
+def cases(n: int = 36, seed: int = 5):
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        c_in = 32 * rng.randint(1, 4)
+        rank = 0 if len(out) % 6 == 5 else rng.choice([16, 32, 64, rng.randint(10, 80)])
+        pad = rng.choice([0, 1, 1, 2])
+        small = len(out) % 3 == 0  # batch 1 on a few tiles: the 16 GEMMs split across the threads
+        low = max(1, 3 - 2 * pad)
+        h, w = (rng.randint(low, 6), rng.randint(low, 6)) if small else (rng.randint(low, 40), rng.randint(low, 40))
+        out.append(dict(n=1 if small else rng.randint(1, 3), c_in=c_in, c_out=rng.randint(1, 70), hw=(h, w),
+                        pad=pad, rank=rank, act=rng.choice(ACT_CHOICES), residual=rng.random() < 0.4,
+                        bias=rng.random() < 0.8))
+    return out
+
+
+def case_id(c):
+    return "n{n}c{c_in}-{c_out}r{rank}hw{hw[0]}x{hw[1]}p{pad}".format(**c)
+
+
+def make(c):
+    """(step, x, residual) for case c, the step holding its bf16 weights (Winograd ones too)."""
+    g = torch.Generator().manual_seed(hash(case_id(c)) % 2**31)
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    n, (h, w), pad = c["n"], c["hw"], c["pad"]
+    dense = c["rank"] == 0
+    basis = rnd(c["c_out"] if dense else c["rank"], c["c_in"], 3, 3) * 0.2
+    scale = None if dense else rnd(c["c_out"], c["rank"]) * 0.2
+    step = FusedConv2d(basis, rnd(c["c_out"]) if c["bias"] else None, stride=(1, 1), padding=(pad, pad),
+                       dilation=(1, 1), groups=1, scale=scale, activation=c["act"], residual=c["residual"],
+                       num_threads=2)
+    step._bf16 = packed_bf16(step)
+    assert step._bf16.winograd is not None
+    x = rnd(n, c["c_in"], h, w)
+    res = rnd(n, c["c_out"], h + 2 * pad - 2, w + 2 * pad - 2) if c["residual"] else None
+    return step, x, res
+
+
+def winograd_reference(step: FusedConv2d, x: torch.Tensor, res: torch.Tensor | None) -> torch.Tensor:
+    """What the kernel computes, in float64: V = Bᵀ d B of each tile's 4×4 window rounded to bf16,
+    U (the step's fp32 Winograd weights) rounded to bf16, M = Σ_c V U exact, T = Aᵀ M A, then the
+    scaling conv with A rounded to bf16 (the kernel carries T as bf16 hi + lo: fp32-like)."""
+    n, c_in, h, w = x.shape
+    p = step.padding[0]
+    ho, wo = h + 2 * p - 2, w + 2 * p - 2
+    th, tw = -(-ho // 2), -(-wo // 2)
+    xp = F.pad(x.double(), (p, max(0, 2 * tw + 2 - p - w), p, max(0, 2 * th + 2 - p - h)))
+    win = xp.unfold(2, 4, 2).unfold(3, 4, 2)[:, :, :th, :tw]  # (n, c, th, tw, 4, 4)
+    v = bf16(torch.einsum("ai,nctuij,bj->nctuab", BT, win, BT))
+    u = step.winograd.double()
+    if u.shape[1] != c_in:  # (16, rank, C): the fp32 channel-dot layout
+        u = u.transpose(1, 2)
+    cols = step.rank or step.out_channels
+    u = bf16(u[:, :, :cols]).reshape(4, 4, c_in, cols)
+    m = torch.einsum("nctuab,abcr->ntuabr", v, u)
+    t = torch.einsum("ia,ntuabr,jb->nrtiuj", AT, m, AT).reshape(n, cols, 2 * th, 2 * tw)[:, :, :ho, :wo]
+    if step.rank:
+        a = step.A[0, :step.rank, :step.out_channels].t().double()
+        t = F.conv2d(t.float().double(), bf16(a)[:, :, None, None])
+    if step.bias is not None:
+        t = t + step.bias.double()[None, :, None, None]
+    if res is not None:
+        t = t + res.double()
+    return activations.apply(t, step.activation)
+
+
+def run(step, x, res, threads=2, winograd=True, x16=False, r16=False, y16=False):
+    """The step's bf16 conv through the binding, each of x, residual and out fp32 or bf16 bits."""
+    ho, wo = step.output_hw(*x.shape[2:])
+    xs, rs = x.permute(0, 2, 3, 1).contiguous(), None if res is None else res.permute(0, 2, 3, 1).contiguous()
+    y = torch.full((x.shape[0], ho, wo, step.out_channels), float("nan"))  # poisoned
+    out = _bits(y) if y16 else y.numpy()
+    ra = None if rs is None else _bits(rs) if r16 else rs.numpy()
+    w = step._bf16
+    act, alpha = activations.code(step.activation)
+    _C.fused_conv_bf16_nhwc(_bits(xs) if x16 else xs.numpy(), w.B, w.A, w.bias, ra, out, step.kernel, step.stride,
+                            step.padding, step.dilation, step.rank, act, threads, alpha=alpha,
+                            winograd=w.winograd if winograd else None)
+    return (_from_bits(out) if y16 else y).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("c", cases(), ids=case_id)
+def test_winograd_bf16_matches_float64(c):
+    step, x, res = make(c)
+    out = run(step, x, res)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, winograd_reference(step, x, res)) < 1e-4  # only the fp32 sums' rounding left
+    direct = run(step, x, res, winograd=False)
+    assert not torch.equal(out, direct)  # the Winograd path ran
+    assert rel_err(out, direct.double()) < 1.5e-2  # within what bf16 gives, against the direct bf16 conv
+    assert torch.equal(run(step, x, res, threads=1), out)  # one thread: the same bits
+    assert torch.equal(step(x, res), out)  # the step passes its Winograd weights
+
+
+@pytest.mark.parametrize("c", cases()[:12:2], ids=case_id)
+def test_bf16_maps_in_and_out_are_the_fp32_io_conv_rounded(c):
+    """x, residual and out as bf16 bits (a native program's maps between bf16 convs): exactly the
+    fp32-io conv on the rounded x and residual, its output rounded to bf16."""
+    step, x, res = make(c)
+    x, res = bf16(x), None if res is None else bf16(res)
+    want = run(step, x, res)
+    for io in [(True, False, False), (False, True, False), (False, False, True), (True, True, True)]:
+        got = run(step, x, res, x16=io[0], r16=io[1], y16=io[2])
+        assert torch.equal(got, bf16(want) if io[2] else want), io
+
+
+def test_an_image_gives_the_same_bits_alone_and_in_a_batch():
+    c = dict(n=5, c_in=64, c_out=48, hw=(9, 9), pad=1, rank=32, act="relu", residual=False, bias=True)
+    for hw in [(3, 3), (9, 9), (30, 30)]:  # the GEMMs split across threads at batch 1, or tiles
+        step, x, _ = make({**c, "hw": hw})
+        batch = run(step, x, None)
+        for i in range(x.shape[0]):
+            for threads in (1, 2):
+                assert torch.equal(run(step, x[i:i + 1], None, threads=threads), batch[i:i + 1])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_pixel_stays_within_its_tiles_and_its_image(value):
+    """As on the fp32 Winograd path (test_winograd.py): the outputs eager makes non-finite are,
+    and nothing outside the tiles whose windows hold the pixel, nor in another image, changes."""
+    c = dict(n=2, c_in=32, c_out=16, hw=(12, 12), pad=1, rank=32, act=None, residual=False, bias=True)
+    step, x, _ = make(c)
+    clean = run(step, x, None)
+    x[1, 3, 5, 6] = value
+    out = run(step, x, None)
+    bad = ~torch.isfinite(out[1]).all(0)
+    eager = torch.zeros(12, 12, dtype=torch.bool)
+    eager[4:7, 5:8] = True
+    assert torch.equal(bad & eager, eager)
+    tiles = torch.zeros(12, 12, dtype=torch.bool)
+    tiles[4:8, 4:8] = True  # the tiles whose 4×4 windows hold row 5 and column 6
+    assert not (bad & ~tiles).any()
+    assert torch.equal(out[0], clean[0]) and torch.equal(out[1][:, ~tiles], clean[1][:, ~tiles])
+
+
+def test_packing_and_bad_arguments():
+    step, x, _ = make(dict(n=1, c_in=32, c_out=8, hw=(6, 6), pad=1, rank=26, act=None, residual=False, bias=True))
+    u = step._bf16.winograd
+    assert u.dtype == np.uint16 and u.size == 16 * 32 * 32  # 16 × C × rank rounded up to 16
+    # U[ξ] packed as pack_bf16_vnni packs the fp32 U[ξ] (stored (rank × C) for rank 26)
+    first = step.winograd[0].t().contiguous()
+    assert np.array_equal(u[:32 * 32], _C.pack_bf16_vnni(F.pad(first, (0, 6)).numpy()))
+    w = step._bf16
+    args = (np.zeros((1, 6, 6, 32), np.float32), w.B, w.A, w.bias, None, np.zeros((1, 6, 6, 8), np.float32),
+            (3, 3), (1, 1), (1, 1), (1, 1), 26, _C.Activation.none, 1)
+    with pytest.raises(ValueError, match="winograd has"):
+        _C.fused_conv_bf16_nhwc(*args, winograd=u[:-2])
+    with pytest.raises(ValueError, match="16-bit"):
+        _C.fused_conv_bf16_nhwc(*args, winograd=u.astype(np.float32))
+    strided = FusedConv2d(torch.randn(26, 32, 3, 3), None, stride=(2, 2), padding=(1, 1), dilation=(1, 1),
+                          groups=1, scale=torch.randn(8, 26))
+    assert packed_bf16(strided).winograd is None
+    s16 = packed_bf16(strided)
+    with pytest.raises(ValueError, match="winograd_bf16_path"):
+        _C.fused_conv_bf16_nhwc(np.zeros((1, 6, 6, 32), np.float32), s16.B, s16.A, s16.bias, None,
+                                np.zeros((1, 3, 3, 8), np.float32), (3, 3), (2, 2), (1, 1), (1, 1), 26,
+                                _C.Activation.none, 1, winograd=u)
+    odd = FusedConv2d(torch.randn(26, 48, 3, 3), None, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
+                      scale=torch.randn(8, 26))
+    assert odd.winograd is not None and packed_bf16(odd).winograd is None  # 48 channels: fp32 Winograd only
+
+
+def test_a_compiled_bf16_plan_runs_its_winograd_convs_natively(monkeypatch):
+    """compile(precision="bf16") packs the bf16 Winograd weights of the convs that keep their fp32
+    ones, and the native program runs them (its output differs from the same plan without them)."""
+    monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)  # every conv bf16, whatever the timing
+    monkeypatch.setattr(entry, "WINOGRAD_CHOICE", False)  # every 3×3 pair keeps its Winograd weights
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU()).eval()
+    model = decompose(model).model
+    prune_basis(model, "ratio", 0.5)
+    x = torch.randn(2, 32, 12, 12)
+    compiled = compile(model, x, precision="bf16")
+    steps = [m for m in compiled.module.modules() if isinstance(m, FusedConv2d)]
+    assert compiled.native is not None and len(steps) == 2
+    assert all(m._bf16 is not None and m._bf16.winograd is not None for m in steps)
+    monkeypatch.setattr(bf16_module, "_winograd_bf16", lambda m: None)
+    direct = compile(model, x, precision="bf16")
+    with torch.no_grad():
+        ref, got, got_direct = model(x).double(), compiled(x), direct(x)
+    assert not torch.equal(got, got_direct)
+    assert 1e-5 < rel_err(got, ref) < 3e-2 and rel_err(got_direct, ref) < 3e-2
