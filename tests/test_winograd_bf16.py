@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from test_bf16 import _bits, _from_bits, bf16
 from test_fused_conv_cpu import ACT_CHOICES, rel_err
 
+import basisrt
 from basisrt import _C, compile, decompose, prune_basis
 from basisrt.compiler import activations, entry
 from basisrt.compiler import bf16 as bf16_module
@@ -187,24 +188,75 @@ def test_packing_and_bad_arguments():
     assert odd.winograd is not None and packed_bf16(odd).winograd is None  # 48 channels: fp32 Winograd only
 
 
-def test_a_compiled_bf16_plan_runs_its_winograd_convs_natively(monkeypatch):
-    """compile(precision="bf16") packs the bf16 Winograd weights of the convs that keep their fp32
-    ones, and the native program runs them (its output differs from the same plan without them)."""
-    monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)  # every conv bf16, whatever the timing
-    monkeypatch.setattr(entry, "WINOGRAD_CHOICE", False)  # every 3×3 pair keeps its Winograd weights
+def _two_pairs() -> torch.nn.Module:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU()).eval()
     model = decompose(model).model
-    prune_basis(model, "ratio", 0.5)
-    x = torch.randn(2, 32, 12, 12)
-    compiled = compile(model, x, precision="bf16")
-    steps = [m for m in compiled.module.modules() if isinstance(m, FusedConv2d)]
+    prune_basis(model, "ratio", 0.5)  # ranks 32
+    return model
+
+
+def _steps(compiled) -> list[FusedConv2d]:
+    return [m for m in compiled.module.modules() if isinstance(m, FusedConv2d)]
+
+
+def test_a_compiled_bf16_plan_runs_its_winograd_convs_natively(monkeypatch):
+    """compile(precision="bf16") packs bf16 Winograd weights for the 3×3 convs on the path (also
+    where the fp32 plan measured the direct path faster), and the native program runs them (its
+    output differs from the same plan without them)."""
+    monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)  # every conv bf16, whatever the timing
+    monkeypatch.setattr(entry, "WINOGRAD_CHOICE", False)
+    model, x = _two_pairs(), torch.randn(2, 32, 12, 12)
+    compiled = compile(model, x, precision="bf16", max_error=None)
+    steps = _steps(compiled)
     assert compiled.native is not None and len(steps) == 2
     assert all(m._bf16 is not None and m._bf16.winograd is not None for m in steps)
+    for m in steps:  # as if the fp32 plan had kept the direct path
+        m.winograd = None
+    assert all(packed_bf16(m).winograd is not None for m in steps)
     monkeypatch.setattr(bf16_module, "_winograd_bf16", lambda m: None)
-    direct = compile(model, x, precision="bf16")
+    direct = compile(model, x, precision="bf16", max_error=None)
     with torch.no_grad():
         ref, got, got_direct = model(x).double(), compiled(x), direct(x)
     assert not torch.equal(got, got_direct)
     assert 1e-5 < rel_err(got, ref) < 3e-2 and rel_err(got_direct, ref) < 3e-2
+
+
+def test_max_error_bounds_the_bf16_plan_against_the_fp32_plan(tmp_path, monkeypatch):
+    """Over max_error, convs by Winograd go direct (`bf16_direct`), then bf16 convs go fp32
+    (`prefer_fp32`), until the plan's output on the example input is within it; the choice is
+    saved with the plan. A loose bound changes nothing."""
+    monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)
+    model, x = _two_pairs(), torch.randn(2, 32, 12, 12)
+    fp32 = compile(model, x)
+    loose = compile(model, x, precision="bf16", max_error=0.5)
+    assert not any(m.bf16_direct or m.prefer_fp32 for m in _steps(loose))
+    with torch.no_grad():
+        assert 1e-5 < rel_err(loose(x), fp32(x).double()) < 3e-2
+    tight = compile(model, x, precision="bf16", max_error=1e-7)
+    assert all(m.bf16_direct and m.prefer_fp32 and m._bf16 is None for m in _steps(tight))
+    assert all("prefer_fp32=True" in s.detail and "bf16_direct=True" in s.detail
+               for s in tight.plan.steps if s.name.endswith("step"))
+    with torch.no_grad():
+        assert rel_err(tight(x), fp32(x).double()) <= 1e-7
+    tight.save(tmp_path / "plan.brt")
+    loaded = basisrt.load(tmp_path / "plan.brt", precision="bf16")
+    assert all(m.bf16_direct and m.prefer_fp32 for m in _steps(loaded))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), tight(x))
+
+
+@pytest.mark.parametrize("bad", [0, -1e-2, float("inf"), float("nan"), "1e-2", True])
+def test_bad_max_error_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="max_error must be a positive number or None"):
+        compile(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8), max_error=bad)
+
+
+def test_the_bound_compares_where_the_fp32_output_is_finite():
+    want = torch.tensor([1.0, float("nan"), 3.0, float("inf")])
+    assert entry._relative_error(torch.tensor([1.0, float("nan"), 3.0, float("inf")]), want) == 0
+    assert entry._relative_error((torch.tensor([1.0, 0.0, 3.0, 0.0]),), (want,)) == 0  # NaN and inf not compared
+    assert entry._relative_error({"a": torch.tensor([1.0, 5.0, 3.0, 0.0])}, {"a": want}) == 0
+    assert entry._relative_error(torch.tensor([float("nan"), 0.0, 3.0, 0.0]), want) == float("inf")
+    assert abs(entry._relative_error(torch.tensor([1.0, 0.0, 4.0, 0.0]), want) - 0.1 ** 0.5) < 1e-12

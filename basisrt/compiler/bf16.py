@@ -7,6 +7,7 @@ Weights are rounded to bf16 when the plan is built or loaded: the plan file keep
 so one file runs at either precision."""
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -69,8 +70,8 @@ def packed_bf16(m: FusedConv2d) -> Bf16Weights:
     """The weights of step `m` as the bf16 conv reads them: B, the K × N matrix (K tap by tap,
     each tap's channels zero-padded to AMX_K, or compact: `compact_k`) rounded to bf16 and packed
     by _C.pack_bf16_vnni from the step's fp32 packing; A; the fp32 bias; and the Winograd weights
-    where the step holds fp32 ones (it was not measured faster direct) and the CPU runs them in
-    bf16 (`_C.winograd_bf16_path`)."""
+    where the CPU runs them in bf16 (`_C.winograd_bf16_path`) and the plan's error bound left them
+    (`bf16_direct`: entry.py)."""
     if m.rank == 0:  # B: (1, K, C_out padded)
         w = m.B[0, :, :m.out_channels]
     elif _C.lowrank_dot_path(m.in_channels, m.rank):  # B: (1, rank, K)
@@ -91,11 +92,15 @@ def packed_bf16(m: FusedConv2d) -> Bf16Weights:
 
 
 def _winograd_bf16(m: FusedConv2d) -> np.ndarray | None:
-    """The fp32 Winograd weights of `m` (16 × (C × n) or 16 × (rank × C)) as 16 C × n matrices,
-    n rounded up to 16, each packed for the bf16 GEMMs."""
-    u = getattr(m, "winograd", None)
-    if u is None or not _C.winograd_bf16_path(*m.kernel, *m.stride, *m.dilation, m.groups, m.in_channels, m.rank):
+    """The Winograd weights of `m` (its fp32 ones, 16 × (C × n) or 16 × (rank × C), made again
+    where the fp32 plan measured the direct path faster: in bf16 they are 8/9 of the direct fp32
+    conv's bytes) as 16 C × n matrices, n rounded up to 16, each packed for the bf16 GEMMs."""
+    if (getattr(m, "bf16_direct", False) or os.environ.get("BASISRT_NO_WINOGRAD") == "1"
+            or not _C.winograd_bf16_path(*m.kernel, *m.stride, *m.dilation, m.groups, m.in_channels, m.rank)):
         return None
+    u = getattr(m, "winograd", None)
+    if u is None:
+        u = torch.from_numpy(_C.winograd_weights(m.B.numpy(), m.in_channels, m.rank, m.out_channels))
     if u.shape[1] != m.in_channels:  # (rank × C): the fp32 channel-dot layout
         u = u.transpose(1, 2)
     n = m.rank or m.out_channels

@@ -89,6 +89,7 @@ class FusedConv2d(nn.Module):
         self._bf16 = None  # bf16.Bf16Weights for the bf16 conv: set by compiler/bf16.py's apply_precision
         self.prefer_fp32 = False  # measured faster in fp32 than in bf16 (autotune.faster_in_fp32): stays fp32
         self.prefer_direct = False  # measured faster without its Winograd weights (autotune.faster_direct)
+        self.bf16_direct = False  # at bf16, direct rather than by Winograd: the plan's error bound (entry.py)
         self.after_load()
 
     def after_load(self) -> None:
@@ -146,7 +147,8 @@ class FusedConv2d(nn.Module):
         return (f"{kind}, out={self.out_channels}, kernel={self.kernel}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, act={self.activation}, residual={self.residual}"
                 + (", prefer_fp32=True" if getattr(self, "prefer_fp32", False) else "")
-                + (", prefer_direct=True" if getattr(self, "prefer_direct", False) else ""))
+                + (", prefer_direct=True" if getattr(self, "prefer_direct", False) else "")
+                + (", bf16_direct=True" if getattr(self, "bf16_direct", False) else ""))
 
 
 class FusedLinear(FusedConv2d):

@@ -57,7 +57,8 @@ MAX_THREADS = 1024  # the C++ kernels' cap (csrc/shape_checks.h: kMaxThreads)
 
 def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = True, autotune: bool = False,
             num_threads: int | None = None, dense_backend: str = "auto", backend: str = "auto",
-            cuda_graph: bool = False, capture: str = "auto", precision: str = "fp32") -> CompiledModel:
+            cuda_graph: bool = False, capture: str = "auto", precision: str = "fp32",
+            max_error: float | None = 1e-2) -> CompiledModel:
     """Compile `model` for inference into a plan of fused kernels (C++ on the CPU, Triton on CUDA).
 
     Traces with torch.fx (basis layers stay whole; TorchDynamo where fx cannot), folds BatchNorm
@@ -107,7 +108,14 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             without AMX a low rank or a small map at batch 1 often does. CPU plans on machines
             with AVX512-BF16 only (Intel Cooper Lake, Sapphire Rapids or newer; AMD Zen 4 or
             newer); elsewhere a ValueError. Dense convs then run on basisrt's kernel
-            (dense_backend "auto" means "basisrt").
+            (dense_backend "auto" means "basisrt"). Where the CPU has no AMX, 3×3 stride-1 convs
+            with input channels in multiples of 32 run by Winograd in bf16 (the transformed input
+            rounded to bf16 too: about 1.5x the direct bf16 conv's error per layer).
+        max_error: at precision "bf16", the largest relative error (‖y − y_fp32‖ / ‖y_fp32‖) of
+            the plan's output on `example_input` against the fp32 plan's. Where it is exceeded,
+            convs by Winograd go back to the direct bf16 conv, then bf16 convs to fp32, each in the
+            order of what it alone takes off the error, until it holds (`bf16_direct` and
+            `prefer_fp32` on their steps, saved with the plan). None: no bound.
     """
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a torch.Tensor")
@@ -117,6 +125,9 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         require_cuda_device(example_input.device)  # before the work of tracing
     backend = resolve_backend(backend, example_input.device)
     check_precision(precision, example_input.device, example_input.dtype)
+    if max_error is not None and (isinstance(max_error, bool) or not isinstance(max_error, (int, float))
+                                  or not 0 < max_error < float("inf")):
+        raise ValueError(f"max_error must be a positive number or None, got {max_error!r}")
     if dense_backend not in ("auto", "torch", "basisrt"):
         raise ValueError(f"dense_backend must be 'auto', 'torch' or 'basisrt', got {dense_backend!r}")
     if precision == "bf16" and dense_backend == "auto":
@@ -149,12 +160,12 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         choose = cost_model_choice
     race_pytorch = try_ours and backend == "cpu" and precision == "fp32"  # an explicit dense_backend is kept
     compiled = _build(copy.deepcopy(gm), choose, example_input, num_threads, dense_backend, backend, cuda_graph,
-                      precision)
+                      precision, max_error)
     if try_ours and compiled.native is None and backend == "cpu":
         # Some PyTorch step keeps the whole plan out of the native program; time the plan of
         # only our kernels against it and keep the faster.
         ours = _build(copy.deepcopy(gm) if race_pytorch else gm, _ours_only(choose), example_input, num_threads,
-                      dense_backend, backend, cuda_graph, precision)  # gm itself kept for the PyTorch plan
+                      dense_backend, backend, cuda_graph, precision, max_error)  # gm itself kept for the PyTorch plan
         if ours.native is not None:
             times = paired_seconds({"mixed": compiled, "ours": ours}, example_input, repeats=7)
             compiled = compiled if keep_mixed(times["mixed"], times["ours"]) else ours
@@ -164,7 +175,7 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         # it can run slower than PyTorch alone. Keep the plan of only PyTorch's steps where it is
         # faster, so compiling never costs speed.
         pytorch = _build(gm, _pytorch_only(choose), example_input, num_threads, "torch", "torch", cuda_graph,
-                         precision)
+                         precision, max_error)
         times = paired_seconds({"mixed": compiled, "pytorch": pytorch}, example_input, repeats=7)
         compiled = pytorch if times["pytorch"] < times["mixed"] else compiled
     compiled.input_name, compiled.output_class = input_name(model), returns
@@ -192,7 +203,8 @@ def _pytorch_only(choose: Chooser | None) -> Chooser:
 
 
 def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, num_threads: int | None,
-           dense_backend: str, backend: str, cuda_graph: bool, precision: str = "fp32") -> CompiledModel:
+           dense_backend: str, backend: str, cuda_graph: bool, precision: str = "fp32",
+           max_error: float | None = None) -> CompiledModel:
     """Fuse `gm` (in place) into plan steps and wrap it with its Plan."""
     strategies = fuse(gm, choose, num_threads, dense_backend, backend)
     gm.eval()  # an inference plan: the step modules fuse() adds start in training mode
@@ -222,7 +234,63 @@ def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, nu
                 if step.name in slower:
                     step.detail = gm.get_submodule(step.name).extra_repr()
             compiled = CompiledModel(gm, plan, *args, precision)
+        if max_error is not None:
+            compiled = _bound_bf16_error(gm, plan, args, example_input, fp32, compiled, max_error)
     return compiled
+
+
+def _relative_error(got: object, want: object) -> float:
+    """‖got − want‖ / ‖want‖ over every tensor of two outputs of the same structure, where `want`
+    is finite (an example input may hold NaN); inf where `got` is not finite and `want` is."""
+    def leaves(o: object) -> list[Tensor]:
+        if isinstance(o, Tensor):
+            return [o]
+        items = o.values() if isinstance(o, dict) else o if isinstance(o, (list, tuple)) else ()
+        return [t for i in items for t in leaves(i)]
+    diff = ref = 0.0
+    for g, w in zip(leaves(got), leaves(want)):
+        finite = torch.isfinite(w)
+        g, w = g.double()[finite], w.double()[finite]
+        if not torch.isfinite(g).all():
+            return float("inf")
+        diff, ref = diff + float((g - w).norm() ** 2), ref + float(w.norm() ** 2)
+    return (diff / max(ref, 1e-300)) ** 0.5
+
+
+def _bound_bf16_error(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor, fp32: CompiledModel,
+                      compiled: CompiledModel, max_error: float) -> CompiledModel:
+    """The bf16 plan with its output on `x` within `max_error` (relative) of the fp32 plan's, where
+    it was not: first convs by Winograd go back to the direct bf16 conv (`bf16_direct`: its error
+    per layer is about 1.5x the direct conv's), then bf16 convs to fp32 (`prefer_fp32`), each
+    kind in the order of what it alone takes off the error, until the bound holds. Saved with the
+    plan, as the timed choices are."""
+    with torch.inference_mode():
+        want = fp32(x)
+        error = lambda c: _relative_error(c(x), want)  # noqa: E731
+        err = error(compiled)
+        if err <= max_error:
+            return compiled
+        changed: set[str] = set()
+        for flag, holds in (("bf16_direct", lambda m: m._bf16.winograd is not None), ("prefer_fp32", lambda m: True)):
+            names = [n for n, m in gm.named_modules() if getattr(m, "_bf16", None) is not None and holds(m)]
+            alone = {}
+            for name in names:  # the error with only this conv changed
+                setattr(gm.get_submodule(name), flag, True)
+                alone[name] = error(CompiledModel(gm, plan, *args, "bf16"))
+                setattr(gm.get_submodule(name), flag, False)
+            for name in sorted(names, key=alone.get):
+                setattr(gm.get_submodule(name), flag, True)
+                changed.add(name)
+                compiled = CompiledModel(gm, plan, *args, "bf16")
+                err = error(compiled)
+                if err <= max_error:
+                    break
+            if err <= max_error:
+                break
+    for step in plan.steps:
+        if step.name in changed:
+            step.detail = gm.get_submodule(step.name).extra_repr()
+    return compiled  # the last plan built, after the last flag set
 
 
 def _choose_direct(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor) -> None:
