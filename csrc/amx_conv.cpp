@@ -546,7 +546,7 @@ BASISRT_AVX512BF16 void winograd_input_bf16(const void* x, bool x16, const ConvS
             int64_t off[4][4];
             wg::window_offsets(s, ldx, tr, tx, off);
             for (int64_t c = 0; c < C; c += wg::NR) {
-                wg::vec d[4][4], v[4][4];
+                wg::vec d[4][4], bd[4][4];
                 for (int a = 0; a < 4; ++a)
                     for (int b = 0; b < 4; ++b) {
                         const int64_t o = off[a][b];
@@ -556,10 +556,14 @@ BASISRT_AVX512BF16 void winograd_input_bf16(const void* x, bool x16, const ConvS
                                 _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + o + c))), 16);
                         else d[a][b] = (wg::vec)_mm512_loadu_ps(x32 + o + c);
                     }
-                wg::input_tile(d, v);
-                for (int p = 0; p < wg::kPoints; ++p)
-                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(V + t * ldv + p * C + c),
-                                        (__m256i)_mm512_cvtneps_pbh((__m512)v[p / 4][p % 4]));
+                wg::input_cols(d, bd);
+                for (int a = 0; a < 4; ++a) {
+                    wg::vec v[4];
+                    wg::input_row(bd[a], v);
+                    for (int b = 0; b < 4; ++b)
+                        _mm256_storeu_si256(reinterpret_cast<__m256i*>(V + t * ldv + (a * 4 + b) * C + c),
+                                            (__m256i)_mm512_cvtneps_pbh((__m512)v[b]));
+                }
             }
         }
 }

@@ -47,14 +47,19 @@ BASISRT_AVX512 void input_transform(const float* x, const ConvShape& s, int64_t 
         for (int64_t tx = 0; tx < TW; ++tx, ++t) {
             int64_t off[4][4];
             window_offsets(s, s.ldx, tr, tx, off);
+            const float* src[4][4];
+            for (int a = 0; a < 4; ++a)
+                for (int b = 0; b < 4; ++b) src[a][b] = off[a][b] >= 0 ? x + off[a][b] : nullptr;
             for (int64_t c = 0; c < s.C_in; c += NR) {
-                vec d[4][4], v[4][4];
+                vec d[4][4], bd[4][4];
                 for (int a = 0; a < 4; ++a)
-                    for (int b = 0; b < 4; ++b)
-                        d[a][b] = off[a][b] >= 0 ? *reinterpret_cast<const vec*>(x + off[a][b] + c) : vec{};
-                input_tile(d, v);
-                for (int p = 0; p < kPoints; ++p)
-                    *reinterpret_cast<vec*>(V + t * ldv + p * s.C_in + c) = v[p / 4][p % 4];
+                    for (int b = 0; b < 4; ++b) d[a][b] = src[a][b] ? *reinterpret_cast<const vec*>(src[a][b] + c) : vec{};
+                input_cols(d, bd);
+                for (int a = 0; a < 4; ++a) {
+                    vec v[4];
+                    input_row(bd[a], v);
+                    for (int b = 0; b < 4; ++b) *reinterpret_cast<vec*>(V + t * ldv + (a * 4 + b) * s.C_in + c) = v[b];
+                }
             }
         }
 }
