@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from basisrt import _C
+from basisrt.compiler.bf16 import packed_bf16
 from basisrt.compiler.cpu_steps import FusedConv2d
 
 ALLOWED = (ValueError, TypeError, MemoryError, OverflowError)
@@ -86,6 +87,8 @@ def conv_case(rng):
 
 def mutate(rng, args, pairs, arrays, ints):
     args = dict(args)
+    if rng.random() < 0.08:  # some valid calls, so each entry point is seen to run as well as to refuse
+        return args
     for _ in range(rng.choice([1, 1, 2, 3])):
         key = rng.choice(list(args))
         if isinstance(args[key], ENUMS):
@@ -103,9 +106,36 @@ def mutate(rng, args, pairs, arrays, ints):
 
 def fuzz_conv(rng):
     a = conv_case(rng)
-    m = mutate(rng, a, {"kernel", "stride", "padding", "dilation"}, {"x", "B", "A", "bias", "residual", "out"},
+    a["winograd"] = None
+    if a["groups"] == 1 and _C.winograd_path(*a["kernel"], *a["stride"], *a["dilation"], 1, a["x"].shape[3], a["rank"]):
+        a["winograd"] = _C.winograd_weights(a["B"], a["x"].shape[3], a["rank"], a["out"].shape[3])
+    arrays = {"x", "B", "A", "bias", "residual", "out", "winograd"}
+    m = mutate(rng, a, {"kernel", "stride", "padding", "dilation"}, arrays,
                {"groups", "rank", "activation", "num_threads", "pool"})
     _C.fused_conv_nhwc(**m)
+
+
+def fuzz_conv_bf16(rng):
+    """The bf16 conv (direct, or by Winograd where the CPU runs it), x and out fp32 or bf16 bits."""
+    c_in, rank = rng.choice([3, 32]), rng.choice([0, 3, 16])
+    c_out = rng.choice([4, 16])
+    k, s, p = rng.choice([(1, 1, 0), (3, 1, 1), (3, 2, 1)])
+    torch.manual_seed(rng.randrange(1000))
+    step = FusedConv2d(torch.randn(rank or c_out, c_in, k, k), torch.randn(c_out), stride=(s, s), padding=(p, p),
+                       dilation=(1, 1), groups=1, scale=torch.randn(c_out, rank) if rank else None)
+    w = packed_bf16(step)
+    n, h = rng.choice([0, 1, 2]), rng.choice([4, 5])
+    oh, ow = step.output_hw(h, h)
+    x = np.random.default_rng(1).standard_normal((n, h, h, c_in)).astype(np.float32)
+    out = np.zeros((n, oh, ow, c_out), np.float32)
+    if rng.random() < 0.3:
+        x, out = x.view(np.int16)[..., ::2].copy(), out.view(np.int16)[..., ::2].copy()  # bf16 bits
+    a = dict(x=x, B=w.B, A=w.A, bias=w.bias, residual=None, out=out, kernel=(k, k), stride=(s, s), padding=(p, p),
+             dilation=(1, 1), rank=rank, activation=rng.choice([_C.Activation.none, _C.Activation.relu]),
+             num_threads=rng.choice([1, 2]), winograd=w.winograd)
+    m = mutate(rng, a, {"kernel", "stride", "padding", "dilation"},
+               {"x", "B", "A", "bias", "residual", "out", "winograd"}, {"rank", "activation", "num_threads"})
+    _C.fused_conv_bf16_nhwc(**m)
 
 
 def fuzz_pool(rng):
@@ -285,21 +315,26 @@ def fuzz_program(rng):
 def fuzz_paths(rng):
     _C.lowrank_dot_path(nasty_int(rng), nasty_int(rng))
     _C.depthwise_path(nasty_int(rng), nasty_int(rng), nasty_int(rng), nasty_int(rng))
+    _C.winograd_path(*(nasty_int(rng) for _ in range(9)))
+    _C.winograd_bf16_path(*(nasty_int(rng) for _ in range(9)))
     _C.simd_path()
 
 
 def main(seed: int, calls: int) -> None:
     limit = 6 << 30  # an absurd allocation fails here instead of swapping the machine
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    rng = random.Random(seed)
     entries = [fuzz_conv, fuzz_pool, fuzz_affine, fuzz_norm, fuzz_group_norm, fuzz_eltwise, fuzz_gather,
                fuzz_pixel_gather, fuzz_resample, fuzz_softmax, fuzz_program, fuzz_paths]
+    if _C.bf16_path() != "none":  # elsewhere every bf16 call is the one refusal test_bf16.py checks
+        entries.append(fuzz_conv_bf16)
     outcomes = {e.__name__: {"ok": 0, "refused": 0} for e in entries}
+    # a stream per entry point: adding one does not change the calls the others get
+    rngs = {e: random.Random(f"{seed}:{e.__name__}") for e in entries}
     unexpected = []
     for i in range(calls):
         entry = entries[i % len(entries)]
         try:
-            entry(rng)
+            entry(rngs[entry])
             outcomes[entry.__name__]["ok"] += 1
         except ALLOWED:
             outcomes[entry.__name__]["refused"] += 1

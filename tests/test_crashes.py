@@ -131,7 +131,8 @@ print("tasks", len(os.listdir("/proc/self/task")), os.cpu_count())
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fuzz_every_c_entry_point(seed):
-    """Seeded random mutations of valid calls to every _C entry point (1200 calls per seed)."""
+    """Seeded random mutations of valid calls to every _C entry point (1200 calls per seed, the bf16
+    conv and both Winograd paths included where the CPU has them)."""
     out = run_isolated(str(ROOT / "tests" / "fuzz_c_entry_points.py"), str(seed), "1200", timeout=600)
     report = json.loads(out.strip().splitlines()[-1])
     assert report["unexpected"] == [], report
