@@ -552,8 +552,9 @@ BASISRT_AVX512BF16 void winograd_input_bf16(const void* x, bool x16, const ConvS
                         const int64_t o = off[a][b];
                         if (o < 0) d[a][b] = wg::vec{};
                         else if (x16)  // bf16 → fp32: the bits in a float's upper half
-                            d[a][b] = (wg::vec)_mm512_slli_epi32(
-                                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + o + c))), 16);
+                            d[a][b] = (wg::vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                                                     reinterpret_cast<const __m256i*>(xb + o + c))),
+                                                                 16);
                         else d[a][b] = (wg::vec)_mm512_loadu_ps(x32 + o + c);
                     }
                 wg::input_cols(d, bd);
@@ -579,7 +580,8 @@ BASISRT_AVX512BF16 void winograd_point_bf16(const uint16_t* V, int64_t ldv, int6
     float* m = M + p * cols;
     if (rows == 4) {  // 4 rows × up to 4 vectors of columns: 16 accumulators, as 8 × 2
         int64_t n = 0;
-        for (; n + 4 * kAmxN <= cols; n += 4 * kAmxN) vec_rows<4, PlainRows, 4>(src, 0, 0, 1, C, u + 2 * n, 2 * cols, m + n, ldm);
+        for (; n + 4 * kAmxN <= cols; n += 4 * kAmxN)
+            vec_rows<4, PlainRows, 4>(src, 0, 0, 1, C, u + 2 * n, 2 * cols, m + n, ldm);
         for (; n < cols; n += kAmxN) vec_rows<1, PlainRows, 4>(src, 0, 0, 1, C, u + 2 * n, 2 * cols, m + n, ldm);
         return;
     }
@@ -598,6 +600,7 @@ BASISRT_AVX512BF16 void winograd_bf16(const ConvArgs& c, const void* x, int64_t 
     const ConvShape& s = c.s;
     const int64_t C = s.C_in, cols = winograd_bf16_cols(c.rank, s.C_out);
     const int64_t TW = wg::tiles_of(s.Wo), tile_rows = s.N * wg::tiles_of(s.Ho), nt_all = tile_rows * TW;
+    if (nt_all == 0) return;
     const int64_t ldv = wg::tile_stride(C, 32), ldm = wg::tile_stride(cols);  // bf16 V: a 64-byte line of padding
     // V's rows for tile rows [tr0, tr1) from row t0, and zeros in the rows up to `rows` (winograd_rows)
     auto transform = [&](uint16_t* V, int64_t tr0, int64_t tr1, int64_t t0, int64_t rows) {
@@ -633,7 +636,8 @@ BASISRT_AVX512BF16 void winograd_bf16(const ConvArgs& c, const void* x, int64_t 
         parallel_for(tile_rows, num_threads, [&](int64_t tr) {
             transform(V, tr, tr + 1, tr * TW, tr + 1 < tile_rows ? TW : rows - tr * TW);
         });
-        parallel_for(wg::kPoints, num_threads, [&](int64_t p) { winograd_point_bf16(V, ldv, C, U, cols, p, rows, M, ldm); });
+        parallel_for(wg::kPoints, num_threads,
+                     [&](int64_t p) { winograd_point_bf16(V, ldv, C, U, cols, p, rows, M, ldm); });
         parallel_for(num_threads, num_threads, [&](int64_t i) {
             const int64_t tr0 = i * per_thread, tr1 = std::min(tile_rows, tr0 + per_thread);
             if (tr0 < tr1) finish(M, tr0 * TW, tr0, tr1);

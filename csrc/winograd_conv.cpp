@@ -53,7 +53,8 @@ BASISRT_AVX512 void input_transform(const float* x, const ConvShape& s, int64_t 
             for (int64_t c = 0; c < s.C_in; c += NR) {
                 vec d[4][4], bd[4][4];
                 for (int a = 0; a < 4; ++a)
-                    for (int b = 0; b < 4; ++b) d[a][b] = src[a][b] ? *reinterpret_cast<const vec*>(src[a][b] + c) : vec{};
+                    for (int b = 0; b < 4; ++b)
+                        d[a][b] = src[a][b] ? *reinterpret_cast<const vec*>(src[a][b] + c) : vec{};
                 input_cols(d, bd);
                 for (int a = 0; a < 4; ++a) {
                     vec v[4];
