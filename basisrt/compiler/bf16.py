@@ -51,7 +51,8 @@ def compact_k(in_channels: int) -> bool:
 
 def apply_precision(gm: fx.GraphModule, precision: str) -> None:
     """Sets the `_bf16` weights (not saved with the plan) of every bf16-capable step that was not
-    measured faster in fp32 (`prefer_fp32`, saved: autotune.faster_in_fp32); None at fp32."""
+    measured faster in fp32 nor kept fp32 by the error bound (`prefer_fp32`, saved:
+    autotune.faster_in_fp32, entry._bound_bf16_error); None at fp32."""
     for m in gm.modules():
         if isinstance(m, FusedConv2d):
             bf16 = precision == "bf16" and takes_bf16(m) and not getattr(m, "prefer_fp32", False)

@@ -87,7 +87,7 @@ class FusedConv2d(nn.Module):
         assert tuple(self.B.shape) == b_shape
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
         self._bf16 = None  # bf16.Bf16Weights for the bf16 conv: set by compiler/bf16.py's apply_precision
-        self.prefer_fp32 = False  # measured faster in fp32 than in bf16 (autotune.faster_in_fp32): stays fp32
+        self.prefer_fp32 = False  # stays fp32 at bf16: measured faster (autotune.faster_in_fp32) or the error bound
         self.prefer_direct = False  # measured faster without its Winograd weights (autotune.faster_direct)
         self.bf16_direct = False  # at bf16, direct rather than by Winograd: the plan's error bound (entry.py)
         self.after_load()
