@@ -260,3 +260,24 @@ def test_the_bound_compares_where_the_fp32_output_is_finite():
     assert entry._relative_error({"a": torch.tensor([1.0, 5.0, 3.0, 0.0])}, {"a": want}) == 0
     assert entry._relative_error(torch.tensor([float("nan"), 0.0, 3.0, 0.0]), want) == float("inf")
     assert abs(entry._relative_error(torch.tensor([1.0, 0.0, 4.0, 0.0]), want) - 0.1 ** 0.5) < 1e-12
+
+
+def test_channel_slices_in_and_out():
+    """x, residual and out as channel slices of wider NHWC maps (a native program's concatenations):
+    the same bits as contiguous arrays."""
+    c = dict(n=2, c_in=64, c_out=24, hw=(7, 10), pad=1, rank=32, act="relu", residual=True, bias=True)
+    step, x, res = make(c)
+    want = run(step, x, res)
+    xs, rs = x.permute(0, 2, 3, 1).contiguous(), res.permute(0, 2, 3, 1).contiguous()
+    wide_x = torch.randn(*xs.shape[:3], 96)
+    wide_x[..., 16:80] = xs
+    wide_r = torch.randn(*rs.shape[:3], 40)
+    wide_r[..., 8:32] = rs
+    wide_y = torch.full((*rs.shape[:3], 50), float("nan"))
+    w = step._bf16
+    act, alpha = activations.code(step.activation)
+    _C.fused_conv_bf16_nhwc(wide_x[..., 16:80].numpy(), w.B, w.A, w.bias, wide_r[..., 8:32].numpy(),
+                            wide_y[..., 5:29].numpy(), step.kernel, step.stride, step.padding, step.dilation, step.rank,
+                            act, 2, alpha=alpha, winograd=w.winograd)
+    assert torch.equal(wide_y[..., 5:29].permute(0, 3, 1, 2), want)
+    assert torch.isnan(wide_y[..., :5]).all() and torch.isnan(wide_y[..., 29:]).all()  # nothing else written
