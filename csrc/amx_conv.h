@@ -69,7 +69,8 @@ struct Bf16Io {
 // Whether a pair or dense conv of this geometry can run its 3×3 conv by Winograd F(2×2, 3×3) in
 // bf16 (winograd_conv.h's winograd_path, input channels a multiple of kAmxK) on this CPU: on the
 // AVX512-BF16 vector path only, where the direct conv runs at the same MACs per cycle as the
-// GEMMs (on AMX tiles the direct conv's MACs cost less than the transforms would).
+// GEMMs. Not on AMX tiles: there a MAC costs about 1/15 of a vector one, so the transforms would
+// weigh far more, and no AMX machine was at hand to measure it.
 bool winograd_bf16_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
                         int64_t c_in, int64_t rank);
 // bf16 elements of its weights: 16 matrices U[ξ] (C_in × n, n the rank or C_out rounded up to
