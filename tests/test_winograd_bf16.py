@@ -4,6 +4,7 @@ U[ξ], bf16 inputs), on random shapes: odd maps, padding 0-2, ranks not multiple
 convs, residuals, every activation; batches of tiles on two threads and the 16 GEMMs split
 across threads. Outputs are poisoned with NaN first."""
 import random
+import zlib
 
 import numpy as np
 import pytest
@@ -22,7 +23,6 @@ from basisrt.compiler.cpu_steps import FusedConv2d
 pytestmark = pytest.mark.skipif(not _C.winograd_bf16_path(3, 3, 1, 1, 1, 1, 1, 32, 16),
                                 reason="bf16 Winograd runs on the AVX512-BF16 vector path (no AMX)")
 
-BT = torch.tensor([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=torch.float64)
 AT = torch.tensor([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=torch.float64)
 
 
@@ -48,7 +48,7 @@ def case_id(c):
 
 def make(c):
     """(step, x, residual) for case c, the step holding its bf16 weights (Winograd ones too)."""
-    g = torch.Generator().manual_seed(hash(case_id(c)) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(case_id(c).encode()))
     rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     n, (h, w), pad = c["n"], c["hw"], c["pad"]
     dense = c["rank"] == 0
@@ -64,8 +64,18 @@ def make(c):
     return step, x, res
 
 
+def input_transform(d: torch.Tensor) -> torch.Tensor:
+    """Bᵀ d B over the last two dims, in d's dtype with the kernel's adds in its order (float32:
+    the same bits, so that rounding V to bf16 rounds the same values)."""
+    def rows(t):  # Bᵀ t: over dim -2
+        t0, t1, t2, t3 = t.unbind(-2)
+        return torch.stack([t0 - t2, t1 + t2, t2 - t1, t1 - t3], -2)
+    return rows(rows(d).transpose(-1, -2)).transpose(-1, -2)
+
+
 def winograd_reference(step: FusedConv2d, x: torch.Tensor, res: torch.Tensor | None) -> torch.Tensor:
-    """What the kernel computes, in float64: V = Bᵀ d B of each tile's 4×4 window rounded to bf16,
+    """What the kernel computes, in float64 but for V: Bᵀ d B of each tile's 4×4 window in float32 as
+    the kernel adds it, rounded to bf16,
     U (the step's fp32 Winograd weights) rounded to bf16, M = Σ_c V U exact, T = Aᵀ M A, then the
     scaling conv with A rounded to bf16 (the kernel carries T as bf16 hi + lo: fp32-like)."""
     n, c_in, h, w = x.shape
@@ -74,7 +84,7 @@ def winograd_reference(step: FusedConv2d, x: torch.Tensor, res: torch.Tensor | N
     th, tw = -(-ho // 2), -(-wo // 2)
     xp = F.pad(x.double(), (p, max(0, 2 * tw + 2 - p - w), p, max(0, 2 * th + 2 - p - h)))
     win = xp.unfold(2, 4, 2).unfold(3, 4, 2)[:, :, :th, :tw]  # (n, c, th, tw, 4, 4)
-    v = bf16(torch.einsum("ai,nctuij,bj->nctuab", BT, win, BT))
+    v = bf16(input_transform(win.float()).double())
     u = step.winograd.double()
     if u.shape[1] != c_in:  # (16, rank, C): the fp32 channel-dot layout
         u = u.transpose(1, 2)
@@ -112,7 +122,7 @@ def test_winograd_bf16_matches_float64(c):
     step, x, res = make(c)
     out = run(step, x, res)
     assert torch.isfinite(out).all()
-    assert rel_err(out, winograd_reference(step, x, res)) < 1e-4  # only the fp32 sums' rounding left
+    assert rel_err(out, winograd_reference(step, x, res)) < 2e-5  # only the fp32 sums' rounding left (216 cases: 3.4e-6)
     direct = run(step, x, res, winograd=False)
     assert not torch.equal(out, direct)  # the Winograd path ran
     assert rel_err(out, direct.double()) < 1.5e-2  # within what bf16 gives, against the direct bf16 conv

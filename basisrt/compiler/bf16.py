@@ -56,7 +56,18 @@ def apply_precision(gm: fx.GraphModule, precision: str) -> None:
     for m in gm.modules():
         if isinstance(m, FusedConv2d):
             bf16 = precision == "bf16" and takes_bf16(m) and not getattr(m, "prefer_fp32", False)
-            m._bf16 = packed_bf16(m) if bf16 else None
+            m._bf16 = _packed_once(m) if bf16 else None
+
+
+def _packed_once(m: FusedConv2d) -> Bf16Weights:
+    """packed_bf16(m), kept on the step for the next plan built from it (compile builds one per
+    candidate while it times precisions and bounds the error: packing VGG16 took 47 ms a plan).
+    Remade when what it depends on changes: B (in place or replaced), the Winograd choice."""
+    key = (m.B.data_ptr(), m.B._version, getattr(m, "bf16_direct", False), os.environ.get("BASISRT_NO_WINOGRAD"))
+    cached = getattr(m, "_bf16_packed", None)
+    if cached is None or cached[0] != key:
+        cached = m._bf16_packed = (key, packed_bf16(m))
+    return cached[1]
 
 
 class Bf16Weights(NamedTuple):
