@@ -122,7 +122,7 @@ def test_winograd_bf16_matches_float64(c):
     step, x, res = make(c)
     out = run(step, x, res)
     assert torch.isfinite(out).all()
-    assert rel_err(out, winograd_reference(step, x, res)) < 2e-5  # only the fp32 sums' rounding left (216 cases: 3.4e-6)
+    assert rel_err(out, winograd_reference(step, x, res)) < 2e-5  # the fp32 sums' rounding (216 cases: 3.4e-6)
     direct = run(step, x, res, winograd=False)
     assert not torch.equal(out, direct)  # the Winograd path ran
     assert rel_err(out, direct.double()) < 1.5e-2  # within what bf16 gives, against the direct bf16 conv
