@@ -212,19 +212,21 @@ BASISRT_AMX inline __attribute__((always_inline)) void to_bf16(const float* src,
     }
 }
 
-// One row of the scaling GEMM's input: src[0, n) as hi = bf16(src) at dst[0, n) and lo =
+// One row of the scaling GEMM's input: src[0, n) as hi = bf16(src) at dst[0, n), with `hilo` lo =
 // bf16(src - hi) at dst[n, 2n), zeros up to k2 (scaling_k). The pair carries 16 of fp32's 24
 // mantissa bits; the GEMM multiplies both halves by A (packed from [A; A]), so rounding the
-// basis output costs about what rounding the weights does.
+// basis output costs about what rounding the weights does. Without lo the basis output is
+// rounded once, as a bf16 map between two convs would be.
 BASISRT_AMX inline __attribute__((always_inline)) void split_bf16(const float* src, uint16_t* dst, int64_t n,
-                                                                  int64_t k2) {
-    std::memset(dst + 2 * n, 0, (k2 - 2 * n) * sizeof(uint16_t));
+                                                                  int64_t k2, bool hilo) {
+    const int64_t parts = hilo ? 2 * n : n;
+    std::memset(dst + parts, 0, (k2 - parts) * sizeof(uint16_t));
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = static_cast<__mmask16>((1u << std::min<int64_t>(n - i, 16)) - 1);
         const __m512 a = _mm512_maskz_loadu_ps(m, src + i);
         const __m256bh h = _mm512_cvtneps_pbh(a);
         _mm256_mask_storeu_epi16(dst + i, m, (__m256i)h);
-        _mm256_mask_storeu_epi16(dst + n + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(a, _mm512_cvtpbh_ps(h))));
+        if (hilo) _mm256_mask_storeu_epi16(dst + n + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(a, _mm512_cvtpbh_ps(h))));
     }
 }
 
@@ -308,6 +310,7 @@ struct ConvArgs {
     void* y;
     ConvShape s;
     int64_t rank, ldy, ldr, N1, R2, N2;  // R2: the scaling GEMM's K (scaling_k)
+    bool hilo;  // the basis output as bf16 hi + lo (split_bf16)
     bool virt;   // the virtual grid (stride 1)
     bool split;  // a task per tile and chunk of columns (else per tile: see conv_task)
     int64_t P;  // pixels of the grid (virtual: up to the last real one)
@@ -324,11 +327,15 @@ struct ConvArgs {
 
 constexpr int64_t kPanelBytes = 512 * 1024;
 
-// The scaling GEMM's K: the basis output's hi and lo parts, rank channels each, padded to a tile
-// row (kAmxK) on tiles and not at all on vectors, which take K in pairs: A's packed rows past it
-// are zeros (amx_pair_k). Unpadded, rank 13, 26 and 51 pairs (VGG16 and ResNet-18 at rank 10 %)
-// ran 8-10 % faster in bf16 on Zen 4.
-inline int64_t scaling_k(int64_t rank, bool amx) { return amx ? amx_pair_k(rank) : 2 * rank; }
+// The scaling GEMM's K: the basis output's hi and lo parts (or hi alone), rank channels each,
+// padded to a tile row (kAmxK) on tiles and to a pair on vectors. Never past amx_pair_k(rank),
+// A's packed rows: hi alone reads A's rows and then rows of its second copy, against zeros.
+// Unpadded, rank 13, 26 and 51 pairs (VGG16 and ResNet-18 at rank 10 %) ran 8-10 % faster in
+// bf16 on Zen 4 (hi and lo both).
+inline int64_t scaling_k(int64_t rank, bool hilo, bool amx) {
+    const int64_t k = hilo ? 2 * rank : rank;
+    return amx ? round_up(k, kAmxK) : round_up(k, 2);
+}
 
 // The grid's pixels from v on as output pixels (n·Ho + oh)·Wo + ow, or -1 for a virtual grid's
 // extra ones: one division for the first, then a step per pixel (two divisions per pixel were a
@@ -489,7 +496,7 @@ BASISRT_AMX void scaling_gemm(const ConvArgs& c, Scratch& sc, const float* t, in
     uint16_t* t16 = sc.bf16(sc.t16, kRows * c.R2);  // per row: hi, then lo (split_bf16)
     float* y2 = sc.c.get(kRows * cols);
     for (int64_t r = 0; r < 16 * mt; ++r)
-        split_bf16(t + r * ldt, t16 + r * c.R2, c.rank, c.R2);
+        split_bf16(t + r * ldt, t16 + r * c.R2, c.rank, c.R2, c.hilo);
     const PlainRows src{t16, c.R2, c.R2};
     if (c.amx) tile_gemm(src, mt, 1, c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
     else vec_gemm<true>(src, mt, 1, c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
@@ -706,7 +713,7 @@ void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out) {
 
 void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, const float* bias,
                           const void* residual, void* y, const ConvShape& s, int64_t rank, Activation act,
-                          int num_threads, float alpha, Bf16Io io, const uint16_t* U) {
+                          int num_threads, float alpha, Bf16Io io, const uint16_t* U, bool hilo) {
     if (std::strcmp(bf16_path(), "none") == 0)
         throw std::runtime_error(kNoBf16);
     if (s.groups != 1 || s.pool != 1)
@@ -716,8 +723,8 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     const int64_t ldx = s.ldx ? s.ldx : s.C_in;
     if (U) {
         ConvArgs c{nullptr, {}, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out,
-                   s.ldr ? s.ldr : s.C_out, winograd_bf16_cols(rank, s.C_out), scaling_k(rank, false),
-                   round_up(s.C_out, kAmxN), false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0, nullptr, act, alpha,
+                   s.ldr ? s.ldr : s.C_out, winograd_bf16_cols(rank, s.C_out), scaling_k(rank, hilo, false),
+                   round_up(s.C_out, kAmxN), hilo, false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0, nullptr, act, alpha,
                    false, false, 0, io};
         winograd_bf16(c, x, ldx, U, num_threads);
         return;
@@ -737,8 +744,8 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
 
     ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
                round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
-               scaling_k(rank, amx_bf16_available()), round_up(s.C_out, kAmxN),  // the second's K and columns
-               false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available(), compact,
+               scaling_k(rank, hilo, amx_bf16_available()), round_up(s.C_out, kAmxN),  // the second's K and columns
+               hilo, false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available(), compact,
                amx_conv_k(s), io};
     // The virtual grid where its extra tiles are few (at most 35 % more): not on small maps of a
     // batch (a 4×4 map padded to 6×6 does 2.25× the work), but an 8×8 map of one image is 5 tiles

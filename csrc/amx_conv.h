@@ -82,9 +82,12 @@ int64_t winograd_bf16_elems(int64_t c_in, int64_t rank, int64_t c_out);
 // not be null; residual may (pixel stride s.ldr). x, residual and y are fp32 or bf16 as io says.
 // U (winograd_bf16_elems, for a conv on winograd_bf16_path) runs the basis conv by Winograd
 // instead of B: V, U and so the transformed products are rounded to bf16, each sum fp32.
+// hilo: a pair's basis output goes to the scaling GEMM as bf16 hi + lo (16 mantissa bits: about
+// fp32's error there), else rounded to bf16 once, the scaling GEMM's K half as long.
 // Throws std::runtime_error when amx_bf16_available() is false.
 void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, const float* bias,
                           const void* residual, void* y, const ConvShape& s, int64_t rank, Activation act,
-                          int num_threads, float alpha = 0.01f, Bf16Io io = {}, const uint16_t* U = nullptr);
+                          int num_threads, float alpha = 0.01f, Bf16Io io = {}, const uint16_t* U = nullptr,
+                          bool hilo = true);
 
 }  // namespace basisrt

@@ -205,7 +205,7 @@ void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::
                              const py::array& bias, const std::optional<py::array>& residual, py::array& out,
                              IntPair kernel, IntPair stride, IntPair padding, IntPair dilation, int64_t rank,
                              basisrt::Activation act, int num_threads, float alpha,
-                             const std::optional<py::array>& winograd) {
+                             const std::optional<py::array>& winograd, bool hilo) {
     const std::string fn = "fused_conv_bf16_nhwc";
     const Nhwc xv = nhwc(fn, x, "x", true), yv = nhwc(fn, out, "out", true);
     if (yv.N != xv.N) value_error(fn, "out batch differs from x batch");
@@ -224,7 +224,7 @@ void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::
     const basisrt::Bf16Io io{xv.bf16, rv.bf16, yv.bf16};
     py::gil_scoped_release release;
     basisrt::fused_conv_bf16_nhwc(xv.data, w.B, w.A, w.bias, rv.data, yv.data, s, rank, act, num_threads, alpha, io,
-                                  w.winograd);
+                                  w.winograd, hilo);
 }
 
 py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
@@ -433,7 +433,8 @@ struct PyProgram {
 
     void add_conv_bf16(int in, int residual, int out, const py::array& B, const std::optional<py::array>& A,
                        const py::array& bias, int64_t rank, basisrt::Activation act, IntPair kernel, IntPair stride,
-                       IntPair padding, IntPair dilation, float alpha, const std::optional<py::array>& winograd) {
+                       IntPair padding, IntPair dilation, float alpha, const std::optional<py::array>& winograd,
+                       bool hilo) {
         const std::string fn = "Program.add_conv_bf16";
         require_bf16(fn);
         basisrt::ProgramOp op{basisrt::ProgramOp::Kind::conv, in, residual, out};
@@ -442,7 +443,7 @@ struct PyProgram {
         op.ph = padding.first, op.pw = padding.second, op.dh = dilation.first, op.dw = dilation.second;
         program.check(op);  // ids and geometry, before the array sizes that follow from them
         const Bf16Weights w = bf16_weights(fn, program.conv_shape(op), B, A, bias, rank, winograd);
-        op.B16 = w.B, op.A16 = w.A, op.bias = w.bias, op.U16 = w.winograd;
+        op.B16 = w.B, op.A16 = w.A, op.bias = w.bias, op.U16 = w.winograd, op.hilo = hilo;
         program.add_op(op);
         keep_alive.push_back(B);
         if (winograd) keep_alive.push_back(*winograd);
@@ -631,7 +632,7 @@ void bind_fused(py::module_& m) {
         .def("add_conv_bf16", &PyProgram::add_conv_bf16, py::arg("input"), py::arg("residual"), py::arg("out"),
              py::arg("B"), py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("kernel"),
              py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("alpha") = 0.01f,
-             py::arg("winograd") = py::none(),
+             py::arg("winograd") = py::none(), py::arg("hilo") = true,
              "A fused_conv_bf16_nhwc op (bf16 weights packed by pack_bf16_vnni, float32 bias; groups 1).")
         .def("add_expand_depthwise", &PyProgram::add_expand_depthwise, py::arg("input"), py::arg("out"),
              py::arg("B"), py::arg("A"), py::arg("bias"), py::arg("rank"), py::arg("activation"), py::arg("alpha"),
@@ -794,11 +795,13 @@ void bind_fused(py::module_& m) {
     m.def("fused_conv_bf16_nhwc", &fused_conv_bf16_nhwc_py, py::arg("x"), py::arg("B"), py::arg("A"), py::arg("bias"),
           py::arg("residual"), py::arg("out"), py::arg("kernel"), py::arg("stride"), py::arg("padding"),
           py::arg("dilation"), py::arg("rank"), py::arg("activation"), py::arg("num_threads"), py::arg("alpha") = 0.01f,
-          py::arg("winograd") = py::none(),
+          py::arg("winograd") = py::none(), py::arg("hilo") = true,
           "fused_conv_nhwc with bf16 weights on AMX tiles or AVX512-BF16 (fp32 accumulation; NHWC x, out and\n"
           "residual each float32 or 16-bit bfloat16 bits; float32 bias): B, A packed by pack_bf16_vnni, groups 1,\n"
           "no fused pool. winograd: 16 matrices U[xi] (in_channels x rank or out_channels, rounded up to 16) each\n"
-          "packed by pack_bf16_vnni, for a conv on winograd_bf16_path, which then runs by Winograd F(2x2, 3x3).");
+          "packed by pack_bf16_vnni, for a conv on winograd_bf16_path, which then runs by Winograd F(2x2, 3x3).\n"
+          "hilo: a pair's basis output goes to its scaling conv as bf16 hi + lo (about fp32's error there), else\n"
+          "rounded to bf16 once (half the scaling conv's MACs).");
     m.def("winograd_bf16_path", &basisrt::winograd_bf16_path, py::arg("kh"), py::arg("kw"), py::arg("sh"),
           py::arg("sw"), py::arg("dh"), py::arg("dw"), py::arg("groups"), py::arg("in_channels"), py::arg("rank"),
           "Whether a conv of this geometry can run by Winograd F(2x2, 3x3) in bf16 here (fused_conv_bf16_nhwc's\n"

@@ -424,7 +424,7 @@ void Program::run_op(const ProgramOp& op, const float* in, const float* residual
         const Bf16Io io{i.bf16, op.residual >= 0 && buffers_[op.residual].bf16, o.bf16};
         if (op.B16)
             fused_conv_bf16_nhwc(in, op.B16, op.A16, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha,
-                                 io, op.U16);
+                                 io, op.U16, op.hilo);
         else
             fused_conv_nhwc(in, op.B, op.A, op.bias, residual, out, s, op.rank, op.act, num_threads, op.alpha,
                             op.winograd);

@@ -50,6 +50,7 @@ struct ProgramOp {
     // conv: bf16 weights packed for fused_conv_bf16_nhwc (amx_conv.h) instead of B and A; groups 1,
     // no fused pool, bias required; U16: its bf16 Winograd weights (amx_conv.h), or null
     const uint16_t *B16 = nullptr, *A16 = nullptr, *U16 = nullptr;
+    bool hilo = true;  // the bf16 pair's basis output as hi + lo (fused_conv_bf16_nhwc)
     int64_t rank = 0;
     Activation act = Activation::none;
     float alpha = 0.01f;  // leaky ReLU's negative slope

@@ -132,7 +132,7 @@ def fuzz_conv_bf16(rng):
         x, out = x.view(np.int16)[..., ::2].copy(), out.view(np.int16)[..., ::2].copy()  # bf16 bits
     a = dict(x=x, B=w.B, A=w.A, bias=w.bias, residual=None, out=out, kernel=(k, k), stride=(s, s), padding=(p, p),
              dilation=(1, 1), rank=rank, activation=rng.choice([_C.Activation.none, _C.Activation.relu]),
-             num_threads=rng.choice([1, 2]), winograd=w.winograd)
+             num_threads=rng.choice([1, 2]), winograd=w.winograd, hilo=rng.random() < 0.5)
     m = mutate(rng, a, {"kernel", "stride", "padding", "dilation"},
                {"x", "B", "A", "bias", "residual", "out", "winograd"}, {"rank", "activation", "num_threads"})
     _C.fused_conv_bf16_nhwc(**m)

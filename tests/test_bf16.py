@@ -57,16 +57,17 @@ def cases(n: int = 80, seed: int = 11):
     return out
 
 
-def bf16_reference(c, step: FusedConv2d, x: torch.Tensor, res: torch.Tensor | None) -> torch.Tensor:
+def bf16_reference(c, step: FusedConv2d, x: torch.Tensor, res: torch.Tensor | None, hilo: bool = True) -> torch.Tensor:
     """What the kernel computes, in float64: x and the weights rounded to bf16 as the kernel rounds
-    them, everything else exact (a pair's basis output is fp32: the kernel carries it as bf16 hi + lo)."""
+    them, everything else exact (a pair's basis output is fp32: the kernel carries it as bf16 hi + lo;
+    without `hilo` rounded to bf16)."""
     conv = dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"])
     k = c["k"]
     if c["rank"]:
         basis = step.B[0].t() if step.B.shape[1] == c["rank"] else step.B[0, :, :c["rank"]]
         w = basis.t().reshape(c["rank"], k[0], k[1], c["c_in"]).permute(0, 3, 1, 2)
         t = F.conv2d(bf16(x.double()), bf16(w.double()), **conv)
-        t = t.float().double()  # the kernel's fp32 sum
+        t = t.float().double() if hilo else bf16(t.float()).double()  # the kernel's fp32 sum (rounded)
         a = step.A[0, :c["rank"], :c["c_out"]].t()
         y = F.conv2d(t, bf16(a.double())[:, :, None, None])
     else:
@@ -80,14 +81,16 @@ def bf16_reference(c, step: FusedConv2d, x: torch.Tensor, res: torch.Tensor | No
 
 
 @needs_bf16
+@pytest.mark.parametrize("hilo", [True, False], ids=["hilo", "hi"])
 @pytest.mark.parametrize("c", cases(), ids=case_id)
-def test_bf16_conv_matches_float64(c):
+def test_bf16_conv_matches_float64(c, hilo):
     x, res, exact, step = reference(c, FusedConv2d, num_threads=2)
     step._bf16 = packed_bf16(step)._replace(winograd=None)  # the direct conv (Winograd: test_winograd_bf16)
+    step.bf16_hilo = hilo
     out = torch.full((exact.shape[0], *exact.shape[2:], exact.shape[1]), float("nan"))  # poisoned NHWC
     y = step(x.float(), None if res is None else res.float(), out=out)
     assert y.shape == exact.shape and torch.isfinite(y).all()
-    assert rel_err(y, bf16_reference(c, step, x.float(), res)) < 2e-3  # the kernel's own rounding only
+    assert rel_err(y, bf16_reference(c, step, x.float(), res, hilo)) < 2e-3  # the kernel's own rounding only
     assert rel_err(y, exact) < 1.5e-2  # bf16's, against exact arithmetic
 
 
@@ -105,9 +108,10 @@ BIG = [_big(1, 256, 4, 128), _big(2, 512, 4, 96), _big(1, 256, 4, 0), _big(8, 25
 
 
 @needs_bf16
+@pytest.mark.parametrize("hilo", [True, False], ids=["hilo", "hi"])
 @pytest.mark.parametrize("c", BIG, ids=case_id)
-def test_bf16_conv_split_columns_match_float64(c):
-    test_bf16_conv_matches_float64(c)
+def test_bf16_conv_split_columns_match_float64(c, hilo):
+    test_bf16_conv_matches_float64(c, hilo)
 
 
 def _stem(k, stride, padding, dilation=1, c_in=3, n=2, hw=(37, 29)):
@@ -127,7 +131,7 @@ def test_bf16_rgb_stems_pack_k_compactly(c):
     b16 = packed_bf16(step).B
     k = c["k"][0] * c["k"][1] * c["c_in"]
     assert b16.size == -(-k // 32) * 32 * 64  # K rounded up to 32 once, not per tap
-    test_bf16_conv_matches_float64(c)
+    test_bf16_conv_matches_float64(c, hilo=True)  # dense: no scaling conv
 
 
 def _bits(t: torch.Tensor) -> np.ndarray:

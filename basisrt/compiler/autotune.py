@@ -119,10 +119,10 @@ def faster_in_fp32(bf16_plan, fp32_plan, x: Tensor, **timing) -> list[str]:
     `fp32_plan` (the same plan at fp32), timed by `faster_in`. A pool that the fp32 conv runs in
     its epilogue (bf16 convs do not) is charged to the bf16 side as the pool's own op.
 
-    bf16 is not faster everywhere: the vector path (no AMX) pads a low rank to 32 columns of its
-    first GEMM and runs the pair's second GEMM on both bf16 halves of the basis output, and a small
-    map at batch 1 is one task; on Zen 4, VGG16's rank-10 % basis convs at batch 1 ran 1.2-2.9x
-    slower in bf16 than in fp32, and 1.1-1.7x faster at rank 25 %, batch 32."""
+    bf16 is not faster everywhere: the vector path (no AMX) pads a low rank to 16 columns of its
+    first GEMM (32 on tiles), and a small map at batch 1 is one task; on Zen 4, VGG16's rank-10 %
+    basis convs at batch 1 ran 1.2-2.9x slower in bf16 than in fp32, and 1.1-1.7x faster at rank
+    25 %, batch 32 (session 24, before the fp32 and bf16 Winograd convs)."""
     capable = {name for name, m in bf16_plan.module.named_modules() if getattr(m, "_bf16", None) is not None}
     pools = fp32_plan.native.fused_pools if fp32_plan.native is not None else {}
     return faster_in(bf16_plan, fp32_plan, x, capable, charge=pools, **timing)

@@ -90,6 +90,9 @@ class FusedConv2d(nn.Module):
         self.prefer_fp32 = False  # stays fp32 at bf16: measured faster (autotune.faster_in_fp32) or the error bound
         self.prefer_direct = False  # measured faster without its Winograd weights (autotune.faster_direct)
         self.bf16_direct = False  # at bf16, direct rather than by Winograd: the plan's error bound (entry.py)
+        # At bf16, a pair's basis output goes to its scaling conv as bf16 hi + lo, not rounded once:
+        # compile sets False, the error bound True again (entry.py); plans saved before it lack it (True).
+        self.bf16_hilo = True
         self.after_load()
 
     def after_load(self) -> None:
@@ -133,7 +136,7 @@ class FusedConv2d(nn.Module):
             w = self._bf16
             _C.fused_conv_bf16_nhwc(x.permute(0, 2, 3, 1).numpy(), w.B, w.A, w.bias, res, y.numpy(), self.kernel,
                                     self.stride, self.padding, self.dilation, self.rank, act, threads, alpha=alpha,
-                                    winograd=w.winograd)
+                                    winograd=w.winograd, hilo=getattr(self, "bf16_hilo", True))
             return y.permute(0, 3, 1, 2)
         _C.fused_conv_nhwc(
             x.permute(0, 2, 3, 1).numpy(), self.B.numpy(), None if self.A is None else self.A.numpy(),
@@ -148,7 +151,8 @@ class FusedConv2d(nn.Module):
                 f"padding={self.padding}, groups={self.groups}, act={self.activation}, residual={self.residual}"
                 + (", prefer_fp32=True" if getattr(self, "prefer_fp32", False) else "")
                 + (", prefer_direct=True" if getattr(self, "prefer_direct", False) else "")
-                + (", bf16_direct=True" if getattr(self, "bf16_direct", False) else ""))
+                + (", bf16_direct=True" if getattr(self, "bf16_direct", False) else "")
+                + (", bf16_hilo=False" if not getattr(self, "bf16_hilo", True) else ""))
 
 
 class FusedLinear(FusedConv2d):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -102,7 +103,8 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
         precision: "fp32" (default), or "bf16": convs and linears with one group run with bf16
             weights and fp32 accumulation, on AMX tiles, or on AVX512-BF16 vectors where the CPU
             has no AMX (about 1e-2 relative error on whole models, as other engines' bf16 modes);
-            maps between bf16 convs (and pools) are bf16, the other ops and their maps fp32. Each
+            maps between bf16 convs (and pools) are bf16, the other ops and their maps fp32, and
+            so is a basis pair's output between its two convs (rounded once, as a map). Each
             such conv is timed on `example_input` in both precisions, inside the plan, and one
             that runs faster in fp32 stays fp32 (`prefer_fp32` on its step, saved with the plan):
             without AMX a low rank or a small map at batch 1 often does. CPU plans on machines
@@ -113,9 +115,11 @@ def compile(model: nn.Module, example_input: Tensor, *, prefer_lowrank: bool = T
             rounded to bf16 too: about 1.5x the direct bf16 conv's error per layer).
         max_error: at precision "bf16", the largest relative error (‖y − y_fp32‖ / ‖y_fp32‖) of
             the plan's output on `example_input` against the fp32 plan's. Where it is exceeded,
-            convs by Winograd go back to the direct bf16 conv, then bf16 convs to fp32, each in the
-            order of what it alone takes off the error, until it holds (`bf16_direct` and
-            `prefer_fp32` on their steps, saved with the plan). None: no bound.
+            convs change one at a time until it holds, in the order of error taken off per second
+            added (each change tried alone first): a pair carries its basis output as two bf16
+            parts (hi + lo, about fp32's error there), a conv by Winograd goes back to the direct
+            bf16 conv, a bf16 conv goes to fp32 (`bf16_hilo`, `bf16_direct`, `prefer_fp32` on
+            their steps, saved with the plan). None: no bound.
     """
     if not isinstance(example_input, Tensor):
         raise TypeError("example_input must be a torch.Tensor")
@@ -219,6 +223,10 @@ def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, nu
     args = (tuple(example_input.shape[1:]), example_input.dtype, example_input.device, cuda_graph)
     if WINOGRAD_CHOICE:
         _choose_direct(gm, plan, args, example_input)
+    if precision == "bf16":  # pairs round their basis output once (the error bound may split it)
+        for m in gm.modules():
+            if isinstance(m, FusedConv2d) and m.rank:
+                m.bf16_hilo = False
     compiled = CompiledModel(gm, plan, *args, precision)
     if precision == "bf16":
         # The convs that run faster in fp32 stay fp32. Again on the new plan: a bf16 conv can lose
@@ -260,37 +268,63 @@ def _relative_error(got: object, want: object) -> float:
 def _bound_bf16_error(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor, fp32: CompiledModel,
                       compiled: CompiledModel, max_error: float) -> CompiledModel:
     """The bf16 plan with its output on `x` within `max_error` (relative) of the fp32 plan's, where
-    it was not: first convs by Winograd go back to the direct bf16 conv (`bf16_direct`: its error
-    per layer is about 1.5x the direct conv's), then bf16 convs to fp32 (`prefer_fp32`), each
-    kind in the order of what it alone takes off the error, until the bound holds. Saved with the
-    plan, as the timed choices are."""
+    it was not. Three changes per conv take error off: a pair's basis output carried as bf16 hi +
+    lo (`bf16_hilo`: twice the scaling conv's MACs), a conv by Winograd back to the direct bf16
+    conv (`bf16_direct`: its error per layer is about 1.5x the direct conv's), the conv in fp32
+    (`prefer_fp32`). Each is tried alone, for the error it takes off and the time it adds to its
+    conv (timed inside the native program), and they are made in the order of error taken off per
+    second added, those that add none first, until the bound holds. By kind instead (every conv's
+    cheapest change first), VGG16 at rank 10 %, batch 32 ended with 4 direct convs at 2x the
+    Winograd conv's time. Saved with the plan, as the timed choices are."""
     with torch.inference_mode():
         want = fp32(x)
-        error = lambda c: _relative_error(c(x), want)  # noqa: E731
-        err = error(compiled)
+        err = _relative_error(compiled(x), want)
         if err <= max_error:
             return compiled
+        before = _conv_seconds(compiled, x)
+        scored = []
+        for name, m in gm.named_modules():
+            if getattr(m, "_bf16", None) is None:
+                continue
+            flags = (["bf16_hilo"] if m.rank and not m.bf16_hilo else []) + (
+                ["bf16_direct"] if m._bf16.winograd is not None else []) + ["prefer_fp32"]
+            for flag in flags:  # each flag False now: set alone, then back
+                setattr(m, flag, True)
+                candidate = CompiledModel(gm, plan, *args, "bf16")
+                gain = err - _relative_error(candidate(x), want)
+                cost = _conv_seconds(candidate, x).get(name, 0.0) - before.get(name, 0.0)
+                setattr(m, flag, False)
+                scored.append(((0, -gain) if gain > 0 and cost <= 0 else (1, -gain / cost) if gain > 0
+                               else (2, -gain), name, flag))
         changed: set[str] = set()
-        for flag, holds in (("bf16_direct", lambda m: m._bf16.winograd is not None), ("prefer_fp32", lambda m: True)):
-            names = [n for n, m in gm.named_modules() if getattr(m, "_bf16", None) is not None and holds(m)]
-            alone = {}
-            for name in names:  # the error with only this conv changed
-                setattr(gm.get_submodule(name), flag, True)
-                alone[name] = error(CompiledModel(gm, plan, *args, "bf16"))
-                setattr(gm.get_submodule(name), flag, False)
-            for name in sorted(names, key=alone.get):
-                setattr(gm.get_submodule(name), flag, True)
-                changed.add(name)
-                compiled = CompiledModel(gm, plan, *args, "bf16")
-                err = error(compiled)
-                if err <= max_error:
-                    break
-            if err <= max_error:
+        for _, name, flag in sorted(scored):
+            m = gm.get_submodule(name)
+            if m.prefer_fp32:  # already fp32: its other flags change nothing
+                continue
+            setattr(m, flag, True)
+            changed.add(name)
+            compiled = CompiledModel(gm, plan, *args, "bf16")
+            if _relative_error(compiled(x), want) <= max_error:
                 break
     for step in plan.steps:
         if step.name in changed:
             step.detail = gm.get_submodule(step.name).extra_repr()
     return compiled  # the last plan built, after the last flag set
+
+
+def _conv_seconds(compiled: CompiledModel, x: Tensor, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of each step's ops in the native program over `repeats` runs ({} without one)."""
+    if compiled.native is None:
+        return {}
+    runs = []
+    for _ in range(repeats):
+        seconds = np.zeros(len(compiled.native.op_names))
+        compiled.native(x, seconds)
+        runs.append(seconds)
+    out: dict[str, float] = {}
+    for name, t in zip(compiled.native.op_names, np.median(runs, axis=0)):
+        out[name] = out.get(name, 0.0) + float(t)
+    return out
 
 
 def _choose_direct(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor) -> None:

@@ -426,6 +426,7 @@ def _fused_conv(a: Attrs, t: Tensors, linear: bool = False) -> None:
     a.optional_bool("prefer_fp32")
     a.optional_bool("prefer_direct")
     a.optional_bool("bf16_direct")
+    a.optional_bool("bf16_hilo")
     rank = a.int("rank", 0, MAX_CHANNELS)
     b_shape, a_shape = packed_shapes((kh, kw), cin, cout, groups, rank)
     t.buffer("B", b_shape)

@@ -395,7 +395,8 @@ def _add_conv(program: "_C.Program", m: FusedConv2d, ins: list[_Buffer], pool: b
     if _bf16(m) is not None:
         w = _bf16(m)
         program.add_conv_bf16(x.id, -1 if res is None else res.id, out.id, w.B, w.A, w.bias, m.rank, act, m.kernel,
-                              m.stride, m.padding, m.dilation, alpha=alpha, winograd=w.winograd)
+                              m.stride, m.padding, m.dilation, alpha=alpha, winograd=w.winograd,
+                              hilo=getattr(m, "bf16_hilo", True))
         return out
     program.add_conv(x.id, -1 if res is None else res.id, out.id, m.B.numpy(), arr(m.A), arr(m.bias), m.rank,
                      act, m.kernel, m.stride, m.padding, m.dilation, m.groups, 2 if pool else 1, alpha=alpha,
