@@ -21,7 +21,7 @@ from .cuda_graph import require_cuda_device
 from .fusion import fuse
 from .geometry import ConvGeometry
 from .normalize import normalize
-from .signature import input_name, output_class
+from .signature import input_name, output_class, wrap_output
 from .strategy import Chooser, Layer, Strategy
 
 
@@ -278,10 +278,10 @@ def _bound_bf16_error(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor, fp
     Winograd conv's time. Saved with the plan, as the timed choices are."""
     with torch.inference_mode():
         want = fp32(x)
-        err = _relative_error(compiled(x), want)
+        y, before = _timed_run(compiled, x)
+        err = _relative_error(y, want)
         if err <= max_error:
             return compiled
-        before = _conv_seconds(compiled, x)
         scored = []
         for name, m in gm.named_modules():
             if getattr(m, "_bf16", None) is None:
@@ -290,9 +290,9 @@ def _bound_bf16_error(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor, fp
                 ["bf16_direct"] if m._bf16.winograd is not None else []) + ["prefer_fp32"]
             for flag in flags:  # each flag False now: set alone, then back
                 setattr(m, flag, True)
-                candidate = CompiledModel(gm, plan, *args, "bf16")
-                gain = err - _relative_error(candidate(x), want)
-                cost = _conv_seconds(candidate, x).get(name, 0.0) - before.get(name, 0.0)
+                y, seconds = _timed_run(CompiledModel(gm, plan, *args, "bf16"), x)
+                gain = err - _relative_error(y, want)
+                cost = seconds.get(name, 0.0) - before.get(name, 0.0)
                 setattr(m, flag, False)
                 scored.append(((0, -gain) if gain > 0 and cost <= 0 else (1, -gain / cost) if gain > 0
                                else (2, -gain), name, flag))
@@ -312,19 +312,17 @@ def _bound_bf16_error(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor, fp
     return compiled  # the last plan built, after the last flag set
 
 
-def _conv_seconds(compiled: CompiledModel, x: Tensor, repeats: int = 3) -> dict[str, float]:
-    """Median seconds of each step's ops in the native program over `repeats` runs ({} without one)."""
+def _timed_run(compiled: CompiledModel, x: Tensor) -> tuple[object, dict[str, float]]:
+    """`compiled(x)` and the seconds of each step's ops in that run of the native program ({}
+    without one): the error and the time of a candidate plan from one call."""
     if compiled.native is None:
-        return {}
-    runs = []
-    for _ in range(repeats):
-        seconds = np.zeros(len(compiled.native.op_names))
-        compiled.native(x, seconds)
-        runs.append(seconds)
+        return compiled(x), {}
+    seconds = np.zeros(len(compiled.native.op_names))
+    y = wrap_output(compiled.output_class, compiled.native(compiled._check(x), seconds))
     out: dict[str, float] = {}
-    for name, t in zip(compiled.native.op_names, np.median(runs, axis=0)):
+    for name, t in zip(compiled.native.op_names, seconds):
         out[name] = out.get(name, 0.0) + float(t)
-    return out
+    return y, out
 
 
 def _choose_direct(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor) -> None:
