@@ -188,6 +188,36 @@ BASISRT_AVX512BF16 void vec_rows(const Src& src, int m, int r0, int64_t taps, in
         for (int n = 0; n < NT; ++n) _mm512_storeu_ps(c + (16 * m + r0 + i) * ldc + kAmxN * n, acc[i][n]);
 }
 
+// c (16 rows from row 16·m, columns 0-15, ldc) = A (from src) · B packed by pack_bf16_quad (a rank of
+// at most 8: bf16_quad_path). Lane 2n + q of VDPBF16PS multiplies K rows 4g + 2q and 4g + 2q + 1 of
+// column n by the same rows of a pixel, broadcast as 4 bf16 (8 bytes): all 16 lanes work for 8
+// columns, where vec_rows pads a rank of 6 to 16 columns (10 idle lanes). A column's two lanes are
+// added at the end, in the same order for every pixel; columns 8-15 are stored as zeros.
+template <class Src>
+BASISRT_AVX512BF16 void quad_rows(const Src& src, int m, int64_t taps, int64_t Cp, const uint16_t* b, float* c,
+                                  int64_t ldc) {
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+    const int64_t rs = src.stride() / 2;  // elements from one row to the next
+    for (int64_t t = 0; t < taps; ++t)
+        for (int64_t ch = 0; ch < Cp; ch += kAmxK) {
+            const uint16_t* a = src.ptr(m, t, ch);
+            const uint16_t* bk = b + (t * Cp + ch) * 8;  // quad k / 4 at (k / 4) · 32 elements
+            for (int g = 0; g < kAmxK / 4; ++g) {
+                const __m512bh bv = (__m512bh)_mm512_loadu_si512(bk + 32 * g);
+                for (int i = 0; i < 16; ++i) {
+                    int64_t quad;
+                    std::memcpy(&quad, a + i * rs + 4 * g, sizeof quad);
+                    acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi64(quad), bv);
+                }
+            }
+        }
+    for (int i = 0; i < 16; ++i) {
+        const __m512 s = _mm512_add_ps(acc[i], _mm512_permute_ps(acc[i], 0xB1));  // lane 2n: column n
+        _mm512_storeu_ps(c + (16 * m + i) * ldc, _mm512_maskz_compress_ps(0x5555, s));
+    }
+}
+
 // tile_gemm's contract (16·mt rows × cols) on vectors (kPairs: vec_rows').
 template <bool kPairs = false, class Src>
 BASISRT_AVX512BF16 void vec_gemm(const Src& src, int mt, int64_t taps, int64_t Cp, const uint16_t* B, int64_t ldb,
@@ -311,6 +341,7 @@ struct ConvArgs {
     ConvShape s;
     int64_t rank, ldy, ldr, N1, R2, N2;  // R2: the scaling GEMM's K (scaling_k)
     bool hilo;  // the basis output as bf16 hi + lo (split_bf16)
+    bool quad;  // B packed by pack_bf16_quad (bf16_quad_path): quad_rows
     bool virt;   // the virtual grid (stride 1)
     bool split;  // a task per tile and chunk of columns (else per tile: see conv_task)
     int64_t P;  // pixels of the grid (virtual: up to the last real one)
@@ -424,6 +455,14 @@ BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, i
 BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* rows, int64_t v0, int mt, int64_t j0, int64_t cols,
                             float* t, int64_t ldt) {
     const int64_t taps = c.s.kh * c.s.kw, Cp = c.g.Cp;
+    if (c.quad) {  // all 16 columns at once (j0 0)
+        for (int m = 0; m < mt; ++m) {
+            if (rows && c.compact) quad_rows(PlainRows{rows, c.Kc, c.Kc}, m, 1, c.Kc, c.B, t, ldt);
+            else if (rows) quad_rows(PlainRows{rows, taps * Cp, Cp}, m, taps, Cp, c.B, t, ldt);
+            else quad_rows(ImageRows{c.xp + v0 * Cp, c.tap_off.data(), Cp}, m, taps, Cp, c.B, t, ldt);
+        }
+        return;
+    }
     if (rows && c.compact) {  // one "tap" of Kc elements
         gemm(c, PlainRows{rows, c.Kc, c.Kc}, mt, 1, c.Kc, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
     } else if (rows) {
@@ -696,19 +735,29 @@ const char* bf16_path() {
     return amx_bf16_available() ? "amx" : vec ? "avx512_bf16" : "none";
 }
 
+namespace {
+// w's element (k, n) as bf16 bits (round to nearest even, NaN quiet), 0 past K × N.
+uint16_t bf16_bits(const float* w, int64_t K, int64_t N, int64_t k, int64_t n) {
+    if (k >= K || n >= N) return 0;
+    uint32_t bits;
+    std::memcpy(&bits, w + k * N + n, 4);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>(bits >> 16 | 0x40);
+    return static_cast<uint16_t>((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);
+}
+}  // namespace
+
 void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out) {
     const int64_t Kp = round_up(K, kAmxK), Np = round_up(N, kAmxN);
     for (int64_t k = 0; k < Kp; ++k)
-        for (int64_t n = 0; n < Np; ++n) {
-            uint16_t v = 0;
-            if (k < K && n < N) {
-                uint32_t bits;
-                std::memcpy(&bits, w + k * N + n, 4);
-                if ((bits & 0x7fffffffu) > 0x7f800000u) v = static_cast<uint16_t>(bits >> 16 | 0x40);  // quiet NaN
-                else v = static_cast<uint16_t>((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);  // nearest even
-            }
-            out[(k / 2 * Np + n) * 2 + k % 2] = v;
-        }
+        for (int64_t n = 0; n < Np; ++n) out[(k / 2 * Np + n) * 2 + k % 2] = bf16_bits(w, K, N, k, n);
+}
+
+bool bf16_quad_path(int64_t rank) { return rank >= 1 && rank <= 8 && std::strcmp(bf16_path(), "avx512_bf16") == 0; }
+
+void pack_bf16_quad(const float* w, int64_t K, int64_t N, uint16_t* out) {
+    if (N > 8) throw std::invalid_argument("pack_bf16_quad takes at most 8 columns");
+    for (int64_t k = 0; k < round_up(K, kAmxK); ++k)
+        for (int64_t n = 0; n < 8; ++n) out[(k / 4 * 8 + n) * 4 + k % 4] = bf16_bits(w, K, N, k, n);
 }
 
 void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, const float* bias,
@@ -724,7 +773,7 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     if (U) {
         ConvArgs c{nullptr, {}, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out,
                    s.ldr ? s.ldr : s.C_out, winograd_bf16_cols(rank, s.C_out), scaling_k(rank, hilo, false),
-                   round_up(s.C_out, kAmxN), hilo, false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0, nullptr, act, alpha,
+                   round_up(s.C_out, kAmxN), hilo, false, false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0, nullptr, act, alpha,
                    false, false, 0, io};
         winograd_bf16(c, x, ldx, U, num_threads);
         return;
@@ -745,7 +794,8 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
                round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
                scaling_k(rank, hilo, amx_bf16_available()), round_up(s.C_out, kAmxN),  // the second's K and columns
-               hilo, false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available(), compact,
+               hilo, bf16_quad_path(rank), false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available(),
+               compact,
                amx_conv_k(s), io};
     // The virtual grid where its extra tiles are few (at most 35 % more): not on small maps of a
     // batch (a 4×4 map padded to 6×6 does 2.25× the work), but an 8×8 map of one image is 5 tiles

@@ -60,6 +60,15 @@ inline int64_t vnni_elems(int64_t K, int64_t N) { return round_up(K, kAmxK) * ro
 // ((k / 2) · Np + n) · 2 + k % 2, rounded to nearest even, zeros in the padding.
 void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out);
 
+// Whether a pair of this rank packs its B by pack_bf16_quad (1 to 8, on the AVX512-BF16 vector
+// path): VDPBF16PS then works on 4 K rows × 8 columns, not 2 × 16 (a rank of 6 idled 10 lanes).
+bool bf16_quad_path(int64_t rank);
+inline int64_t quad_elems(int64_t K) { return round_up(K, kAmxK) * 8; }
+
+// w (K × N, N <= 8) → out (quad_elems(K)): element (k, n) at ((k / 4) · 8 + n) · 4 + k % 4, rounded
+// as pack_bf16_vnni, zeros in the padding.
+void pack_bf16_quad(const float* w, int64_t K, int64_t N, uint16_t* out);
+
 // Which of a bf16 conv's activations are bf16 bits (NHWC, pixel strides in elements as for fp32)
 // rather than fp32. A bf16 output is the epilogue's fp32 value rounded to nearest even.
 struct Bf16Io {

@@ -186,8 +186,10 @@ struct Bf16Weights {
 Bf16Weights bf16_weights(const std::string& fn, const basisrt::ConvShape& s, const py::array& B,
                          const std::optional<py::array>& A, const py::array& bias, int64_t rank,
                          const std::optional<py::array>& winograd) {
-    Bf16Weights w{bf16_data(fn, B, "B (packed)", basisrt::vnni_elems(basisrt::amx_conv_k(s), rank ? rank : s.C_out)),
-                  nullptr, f32_data(fn, bias, "bias", s.C_out)};
+    const int64_t K = basisrt::amx_conv_k(s);
+    const int64_t b_elems = basisrt::bf16_quad_path(rank) ? basisrt::quad_elems(K)
+                                                           : basisrt::vnni_elems(K, rank ? rank : s.C_out);
+    Bf16Weights w{bf16_data(fn, B, "B (packed)", b_elems), nullptr, f32_data(fn, bias, "bias", s.C_out)};
     if (rank) {
         if (!A) value_error(fn, "a low-rank conv (rank > 0) needs A");
         w.A = bf16_data(fn, *A, "A (packed)", basisrt::vnni_elems(basisrt::amx_pair_k(rank), s.C_out));
@@ -227,14 +229,27 @@ void fused_conv_bf16_nhwc_py(const py::array& x, const py::array& B, const std::
                                   w.winograd, hilo);
 }
 
-py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
-    const std::string fn = "pack_bf16_vnni";
+// w checked as a packing function's K x N float32 input.
+void check_packing_input(const std::string& fn, const py::array& w) {
     if (!py::isinstance<py::array_t<float>>(w) || w.ndim() != 2 || !(w.flags() & py::array::c_style))
         value_error(fn, "w must be a C-contiguous 2-D float32 array (K x N)");
+    if (w.shape(0) < 1 || w.shape(1) < 1) value_error(fn, "w must not be empty");
+}
+
+py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
+    check_packing_input("pack_bf16_vnni", w);
     const int64_t K = w.shape(0), N = w.shape(1);
-    if (K < 1 || N < 1) value_error(fn, "w must not be empty");
     py::array_t<uint16_t> out(basisrt::vnni_elems(K, N));
     basisrt::pack_bf16_vnni(static_cast<const float*>(w.data()), K, N, out.mutable_data());
+    return out;
+}
+
+py::array_t<uint16_t> pack_bf16_quad_py(const py::array& w) {
+    check_packing_input("pack_bf16_quad", w);
+    const int64_t K = w.shape(0), N = w.shape(1);
+    if (N > 8) value_error("pack_bf16_quad", "w must have at most 8 columns (a rank of 1 to 8)");
+    py::array_t<uint16_t> out(basisrt::quad_elems(K));
+    basisrt::pack_bf16_quad(static_cast<const float*>(w.data()), K, N, out.mutable_data());
     return out;
 }
 
@@ -809,6 +824,12 @@ void bind_fused(py::module_& m) {
     m.def("pack_bf16_vnni", &pack_bf16_vnni_py, py::arg("w"),
           "A K x N float32 weight as the bf16 convs read it: bf16 bits (nearest even), pairs of K rows\n"
           "interleaved per column, K padded to 32 and N to 16 with zeros (flat uint16).");
+    m.def("pack_bf16_quad", &pack_bf16_quad_py, py::arg("w"),
+          "A K x N (N <= 8) float32 basis weight as the bf16 conv reads it where bf16_quad_path(rank): bf16 bits,\n"
+          "4 K rows interleaved per column, 8 columns, K padded to 32 with zeros (flat uint16).");
+    m.def("bf16_quad_path", &basisrt::bf16_quad_path, py::arg("rank"),
+          "Whether the bf16 conv reads a pair of this rank's B packed by pack_bf16_quad (1 to 8, AVX512-BF16\n"
+          "vectors without AMX).");
     m.def("amx_bf16_available", &basisrt::amx_bf16_available,
           "Whether this CPU and OS run the bf16 convs on AMX-BF16 tiles (granted to this process).");
     m.def("bf16_path", &basisrt::bf16_path,

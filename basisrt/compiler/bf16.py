@@ -72,7 +72,7 @@ def _packed_once(m: FusedConv2d) -> Bf16Weights:
 
 class Bf16Weights(NamedTuple):
     """A step's weights as the bf16 conv reads them (csrc/amx_conv.h)."""
-    B: np.ndarray  # the basis (or dense) conv's K × N, packed by pack_bf16_vnni
+    B: np.ndarray  # the basis (or dense) conv's K × N, packed by pack_bf16_vnni (or _quad: bf16_quad_path)
     A: np.ndarray | None  # a pair's [A; A], packed
     bias: np.ndarray  # fp32 (zeros for none)
     winograd: np.ndarray | None  # the 16 U[ξ] where the step runs by Winograd in bf16, packed
@@ -94,7 +94,8 @@ def packed_bf16(m: FusedConv2d) -> Bf16Weights:
     w = w.reshape(taps, m.in_channels, -1)  # K runs tap by tap
     if not compact_k(m.in_channels):  # each tap's channels padded to a tile row
         w = torch.nn.functional.pad(w, (0, 0, 0, _round_up(m.in_channels, AMX_K) - m.in_channels))
-    b = _C.pack_bf16_vnni(w.reshape(-1, w.shape[2]).contiguous().numpy())
+    pack = _C.pack_bf16_quad if _C.bf16_quad_path(m.rank) else _C.pack_bf16_vnni  # a rank of 1-8 on vectors
+    b = pack(w.reshape(-1, w.shape[2]).contiguous().numpy())
     a = None
     if m.rank:  # [A; A]: the kernel splits the basis output into bf16 hi + lo, rank channels each
         a1 = m.A[0, :m.rank, :m.out_channels]
