@@ -1,7 +1,7 @@
 """What `compile(precision="bf16", max_error=...)` does to whole models: each model compiled at bf16
 with the default bound (1e-2) and without one (max_error=None); their relative errors against
 the pruned model in fp32 on the example input and on another random input, the convs the bound
-moved (by Winograd → direct, bf16 → fp32) and the compile times.
+moved (basis output as hi + lo, by Winograd → direct, bf16 → fp32) and the compile times.
 
     PYTHONPATH=. python bench/bf16_error_bound.py [--models vgg16 resnet18] [--levels r25 r10] [--batches 1 32]
 """
@@ -30,9 +30,9 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     a = ap.parse_args()
     torch.set_num_threads(2)
-    print("| model | level | batch | max_error | error (example) | error (other input) | by Winograd → direct "
-          "| bf16 → fp32 (all) | compile s |")
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | level | batch | max_error | error (example) | error (other input) | bf16 hi + lo "
+          "| by Winograd → direct | bf16 → fp32 (all) | compile s |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in a.models:
         torch.manual_seed(0)
         dense, shape = model_zoo.create(name).eval(), model_zoo.input_shape(name)
@@ -50,11 +50,12 @@ def main() -> None:
                     c = basisrt.compile(pruned, x, precision="bf16", max_error=bound)
                     seconds = time.perf_counter() - start
                     steps = [m for m in c.module.modules() if isinstance(m, FusedConv2d)]
+                    hilo = sum(m.rank > 0 and m.bf16_hilo and not m.prefer_fp32 for m in steps)
                     direct = sum(m.bf16_direct for m in steps)
                     fp32 = sum(m.prefer_fp32 for m in steps)
                     with torch.no_grad():
                         err, err_other = rel(c(x), ref), rel(c(other), ref_other)
-                    print(f"| {name} | {level} | {batch} | {bound} | {err:.1e} | {err_other:.1e} | {direct} | "
+                    print(f"| {name} | {level} | {batch} | {bound} | {err:.1e} | {err_other:.1e} | {hilo} | {direct} | "
                           f"{fp32} ({len(steps)}) | {seconds:.1f} |", flush=True)
 
 

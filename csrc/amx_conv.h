@@ -6,8 +6,8 @@
 // padded to Cp = C_in rounded up to kAmxK). Then one output tile of 32 pixels at a time (threads
 // over tiles), as fused_conv_nhwc:
 //   T = im2col(xp)[tile] · B   (32 × Np fp32 on tiles; Np: the basis conv's rank, or C_out)
-//   y = [hi(T), lo(T)] · [A; A] + bias (+ residual) (→ activation)
-//                              (a basis pair, T split in two bf16 parts; a dense conv skips A)
+//   y = bf16(T) · A + bias (+ residual) (→ activation)   (a basis pair; a dense conv skips A)
+//       or with `hilo` [hi(T), lo(T)] · [A; A]          (T split in two bf16 parts)
 // When the output rows are a multiple of 16 pixels wide, a tile's 16 pixels lie in one row and
 // the A tiles read xp in place (one row of the tile per pixel, a stride apart); otherwise the
 // tile's im2col rows are copied out of xp first.
@@ -48,9 +48,10 @@ inline int64_t amx_conv_k(const ConvShape& s) {
     return amx_compact_k(s.C_in) ? round_up(s.kh * s.kw * s.C_in, kAmxK) : s.kh * s.kw * round_up(s.C_in, kAmxK);
 }
 
-// K of a basis pair's packed A: twice the rank, rounded up to kAmxK. The kernel splits the basis
-// conv's fp32 output into two bf16 parts (hi + lo, rank channels each) and multiplies both by A,
-// so A is packed from [A; A] (2·rank rows, then zeros).
+// K of a basis pair's packed A: twice the rank, rounded up to kAmxK. With `hilo` the kernel splits
+// the basis conv's fp32 output into two bf16 parts (hi + lo, rank channels each) and multiplies
+// both by A, so A is packed from [A; A] (2·rank rows, then zeros); without, it reads the first
+// rank rows (and on tiles the zeros or copy rows after them, against zeros).
 inline int64_t amx_pair_k(int64_t rank) { return round_up(2 * rank, kAmxK); }
 
 // Elements of a K × N weight packed for the tiles.

@@ -18,6 +18,7 @@ from basisrt import _C, compile, decompose, prune_basis
 from basisrt.compiler import activations, entry
 from basisrt.compiler import bf16 as bf16_module
 from basisrt.compiler.bf16 import packed_bf16
+from basisrt.compiler.compiled import CompiledModel
 from basisrt.compiler.cpu_steps import FusedConv2d
 
 pytestmark = pytest.mark.skipif(not _C.winograd_bf16_path(3, 3, 1, 1, 1, 1, 1, 32, 16),
@@ -294,6 +295,31 @@ def test_the_bound_makes_the_cheapest_change_per_error_first(monkeypatch):
     bounded = compile(model, x, precision="bf16", max_error=err * 0.98)
     assert any(m.prefer_fp32 for m in _steps(bounded))
     assert not any(m.bf16_hilo or m.bf16_direct for m in _steps(bounded))
+
+
+def test_the_bound_keeps_no_change_it_holds_without(monkeypatch):
+    """After the bound holds, each change it holds without is undone: with hi + lo and the direct
+    conv timed as free (so made first) and fp32 as costly, undoing any change left breaks the bound."""
+    monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)
+    timed = entry._timed_run
+    monkeypatch.setattr(entry, "_timed_run", lambda c, x: (timed(c, x)[0], {
+        n: 1.0 + 5 * m.prefer_fp32 for n, m in c.module.named_modules() if isinstance(m, FusedConv2d)}))
+    model, x = _two_pairs(), torch.randn(2, 32, 12, 12)
+    fp32 = compile(model, x)
+    with torch.no_grad():
+        want = fp32(x)
+        bound = entry._relative_error(compile(model, x, precision="bf16", max_error=None)(x), want) * 0.6
+        bounded = compile(model, x, precision="bf16", max_error=bound)
+        assert entry._relative_error(bounded(x), want) <= bound
+        made = [(m, f) for m in _steps(bounded) for f in ("bf16_hilo", "bf16_direct", "prefer_fp32")
+                if getattr(m, f) and (m.rank or f != "bf16_hilo")]
+        assert made
+        for m, flag in made:
+            setattr(m, flag, False)
+            undone = CompiledModel(bounded.module, bounded.plan, bounded.input_shape, torch.float32, "cpu", False,
+                                   "bf16")
+            assert entry._relative_error(undone(x), want) > bound, flag
+            setattr(m, flag, True)
 
 
 @pytest.mark.parametrize("bad", [0, -1e-2, float("inf"), float("nan"), "1e-2", True])
