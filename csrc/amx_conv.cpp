@@ -625,13 +625,21 @@ BASISRT_AVX512BF16 void winograd_input_bf16(const void* x, bool x16, const ConvS
         }
 }
 
-// The GEMMs' rows: tiles rounded up to 8, or to 4 for up to 4 (batch 1 on a 2×2 or 4×4 map).
-inline int64_t winograd_rows(int64_t tiles) { return tiles <= 4 ? 4 : round_up(tiles, 8); }
+// The GEMMs' rows: tiles rounded up to 8, or to 4 for up to 4 (batch 1 on a 2×2 or 4×4 map); to
+// 16 for quads (quad_rows: 16 rows at a time).
+inline int64_t winograd_rows(int64_t tiles, bool quad) {
+    return quad ? round_up(tiles, 16) : tiles <= 4 ? 4 : round_up(tiles, 8);
+}
 
-// M[ξ] rows [0, rows) (winograd_rows) = V[ξ] · U[ξ]: fp32 sums of bf16 products.
+// M[ξ] rows [0, rows) (winograd_rows) = V[ξ] · U[ξ]: fp32 sums of bf16 products. quad: U[ξ] packed
+// by pack_bf16_quad (a rank of 1-8), M's columns 8-15 zeros.
 BASISRT_AVX512BF16 void winograd_point_bf16(const uint16_t* V, int64_t ldv, int64_t C, const uint16_t* U,
-                                            int64_t cols, int64_t p, int64_t rows, float* M, int64_t ldm) {
+                                            int64_t cols, int64_t p, int64_t rows, float* M, int64_t ldm, bool quad) {
     const PlainRows src{V + p * C, ldv, C};
+    if (quad) {
+        for (int64_t m = 0; m < rows / 16; ++m) quad_rows(src, static_cast<int>(m), 1, C, U + p * C * 8, M + p * cols, ldm);
+        return;
+    }
     const uint16_t* u = U + p * C * cols;
     float* m = M + p * cols;
     if (rows == 4) {  // 4 rows × up to 4 vectors of columns: 16 accumulators, as 8 × 2
@@ -686,14 +694,14 @@ BASISRT_AVX512BF16 void winograd_bf16(const ConvArgs& c, const void* x, int64_t 
         // and the 16 GEMMs split across threads, so that U is read once, not once per thread (as in
         // winograd_conv.cpp).
         thread_local Aligned V_all, M_all;
-        const int64_t rows = winograd_rows(nt_all);
+        const int64_t rows = winograd_rows(nt_all, c.quad);
         uint16_t* V = reinterpret_cast<uint16_t*>(V_all.get((rows * ldv + 1) / 2));
         float* M = M_all.get(rows * ldm);
         parallel_for(tile_rows, num_threads, [&](int64_t tr) {
             transform(V, tr, tr + 1, tr * TW, tr + 1 < tile_rows ? TW : rows - tr * TW);
         });
         parallel_for(wg::kPoints, num_threads,
-                     [&](int64_t p) { winograd_point_bf16(V, ldv, C, U, cols, p, rows, M, ldm); });
+                     [&](int64_t p) { winograd_point_bf16(V, ldv, C, U, cols, p, rows, M, ldm, c.quad); });
         parallel_for(num_threads, num_threads, [&](int64_t i) {
             const int64_t tr0 = i * per_thread, tr1 = std::min(tile_rows, tr0 + per_thread);
             if (tr0 < tr1) finish(M, tr0 * TW, tr0, tr1);
@@ -704,11 +712,11 @@ BASISRT_AVX512BF16 void winograd_bf16(const ConvArgs& c, const void* x, int64_t 
     parallel_for((tile_rows + per - 1) / per, num_threads, [&](int64_t block) {
         thread_local Aligned V_buf, M_buf;
         const int64_t tr0 = block * per, tr1 = std::min(tile_rows, tr0 + per);
-        const int64_t rows = winograd_rows((tr1 - tr0) * TW);
+        const int64_t rows = winograd_rows((tr1 - tr0) * TW, c.quad);
         uint16_t* V = reinterpret_cast<uint16_t*>(V_buf.get((rows * ldv + 1) / 2));
         float* M = M_buf.get(rows * ldm);
         transform(V, tr0, tr1, 0, rows);
-        for (int64_t p = 0; p < wg::kPoints; ++p) winograd_point_bf16(V, ldv, C, U, cols, p, rows, M, ldm);
+        for (int64_t p = 0; p < wg::kPoints; ++p) winograd_point_bf16(V, ldv, C, U, cols, p, rows, M, ldm, c.quad);
         finish(M, 0, tr0, tr1);
     });
 }
@@ -717,12 +725,15 @@ BASISRT_AVX512BF16 void winograd_bf16(const ConvArgs& c, const void* x, int64_t 
 
 bool winograd_bf16_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
                         int64_t c_in, int64_t rank) {
+    // ranks 1-8 as quads (the fp32 path keeps them direct: its channel-dot kernel has no padding)
+    const bool quad = bf16_quad_path(rank) && kh == 3 && kw == 3 && sh == 1 && sw == 1 && dh == 1 && dw == 1 &&
+                      groups == 1;
     return std::strcmp(bf16_path(), "avx512_bf16") == 0 && c_in % kAmxK == 0 &&
-           winograd_path(kh, kw, sh, sw, dh, dw, groups, c_in, rank);
+           (quad || winograd_path(kh, kw, sh, sw, dh, dw, groups, c_in, rank));
 }
 
 int64_t winograd_bf16_elems(int64_t c_in, int64_t rank, int64_t c_out) {
-    return wg::kPoints * c_in * winograd_bf16_cols(rank, c_out);
+    return wg::kPoints * (bf16_quad_path(rank) ? quad_elems(c_in) : c_in * winograd_bf16_cols(rank, c_out));
 }
 
 bool amx_bf16_available() {
@@ -773,7 +784,7 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     if (U) {
         ConvArgs c{nullptr, {}, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out,
                    s.ldr ? s.ldr : s.C_out, winograd_bf16_cols(rank, s.C_out), scaling_k(rank, hilo, false),
-                   round_up(s.C_out, kAmxN), hilo, false, false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0, nullptr, act, alpha,
+                   round_up(s.C_out, kAmxN), hilo, bf16_quad_path(rank), false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0, nullptr, act, alpha,
                    false, false, 0, io};
         winograd_bf16(c, x, ldx, U, num_threads);
         return;

@@ -43,6 +43,10 @@ def cases(n: int = 36, seed: int = 5):
     return out
 
 
+# Ranks 1-8 run by Winograd in bf16 only (quads: pack_bf16_quad): the fp32 path keeps them direct.
+QUADS = [dict(c, rank=r) for c, r in zip(cases(12, seed=9), [1, 2, 3, 4, 5, 6, 7, 8, 6, 6, 3, 8])]
+
+
 def case_id(c):
     return "n{n}c{c_in}-{c_out}r{rank}hw{hw[0]}x{hw[1]}p{pad}".format(**c)
 
@@ -87,7 +91,9 @@ def winograd_reference(step: FusedConv2d, x: torch.Tensor, res: torch.Tensor | N
     xp = F.pad(x.double(), (p, max(0, 2 * tw + 2 - p - w), p, max(0, 2 * th + 2 - p - h)))
     win = xp.unfold(2, 4, 2).unfold(3, 4, 2)[:, :, :th, :tw]  # (n, c, th, tw, 4, 4)
     v = bf16(input_transform(win.float()).double())
-    u = step.winograd.double()
+    u = step.winograd if step.winograd is not None else torch.from_numpy(  # ranks 1-8: fp32 keeps them direct
+        _C.winograd_weights(step.B.numpy(), c_in, step.rank, step.out_channels))
+    u = u.double()
     if u.shape[1] != c_in:  # (16, rank, C): the fp32 channel-dot layout
         u = u.transpose(1, 2)
     cols = step.rank or step.out_channels
@@ -119,7 +125,7 @@ def run(step, x, res, threads=2, winograd=True, x16=False, r16=False, y16=False,
     return (_from_bits(out) if y16 else y).permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("c", cases(), ids=case_id)
+@pytest.mark.parametrize("c", cases() + QUADS, ids=case_id)
 def test_winograd_bf16_matches_float64(c):
     step, x, res = make(c)
     out = run(step, x, res)
@@ -248,6 +254,32 @@ def test_a_compiled_bf16_plan_runs_its_winograd_convs_natively(monkeypatch):
         ref, got, got_direct = model(x).double(), compiled(x), direct(x)
     assert not torch.equal(got, got_direct)
     assert 1e-5 < rel_err(got, ref) < 3e-2 and rel_err(got_direct, ref) < 3e-2
+
+
+def test_winograd_convs_measured_faster_direct_go_direct(tmp_path, monkeypatch):
+    """compile(precision="bf16") asks which convs by Winograd in bf16 run faster as the direct bf16
+    conv (against the plan with `bf16_direct` on every conv), marks those (saved with the plan), and
+    the others keep Winograd."""
+    monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)
+    model, x = _two_pairs(), torch.randn(2, 32, 12, 12)
+    asked = []
+
+    def measured(wino_plan, direct_plan, inp):
+        assert all(m.bf16_direct for m in _steps(direct_plan)) and torch.equal(inp, x)
+        asked.append(sorted(n for n, m in wino_plan.module.named_modules()
+                            if getattr(m, "_bf16", None) is not None and m._bf16.winograd is not None))
+        return asked[-1][:1]
+    monkeypatch.setattr(entry, "faster_bf16_direct", measured)
+    compiled = compile(model, x, precision="bf16", max_error=None)
+    assert len(asked) == 1 and len(asked[0]) == 2
+    first, second = (compiled.module.get_submodule(n) for n in asked[0])
+    assert first.bf16_direct and first._bf16.winograd is None
+    assert not second.bf16_direct and second._bf16.winograd is not None
+    compiled.save(tmp_path / "plan.brt")
+    loaded = basisrt.load(tmp_path / "plan.brt", precision="bf16")
+    assert [m.bf16_direct for m in _steps(loaded)] == [m.bf16_direct for m in _steps(compiled)]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), compiled(x))
 
 
 def test_max_error_bounds_the_bf16_plan_against_the_fp32_plan(tmp_path, monkeypatch):

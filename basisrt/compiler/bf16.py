@@ -117,5 +117,7 @@ def _winograd_bf16(m: FusedConv2d) -> np.ndarray | None:
     if u.shape[1] != m.in_channels:  # (rank × C): the fp32 channel-dot layout
         u = u.transpose(1, 2)
     n = m.rank or m.out_channels
+    if _C.bf16_quad_path(m.rank):  # a rank of 1-8: 8 columns in quads
+        return np.concatenate([_C.pack_bf16_quad(p.contiguous().numpy()) for p in u[:, :, :n]])
     u = torch.nn.functional.pad(u[:, :, :n], (0, _round_up(n, 16) - n))
     return np.concatenate([_C.pack_bf16_vnni(p.contiguous().numpy()) for p in u])

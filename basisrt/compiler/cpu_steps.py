@@ -89,7 +89,7 @@ class FusedConv2d(nn.Module):
         self._bf16 = None  # bf16.Bf16Weights for the bf16 conv: set by compiler/bf16.py's apply_precision
         self.prefer_fp32 = False  # stays fp32 at bf16: measured faster (autotune.faster_in_fp32) or the error bound
         self.prefer_direct = False  # measured faster without its Winograd weights (autotune.faster_direct)
-        self.bf16_direct = False  # at bf16, direct rather than by Winograd: the plan's error bound (entry.py)
+        self.bf16_direct = False  # at bf16, direct, not by Winograd: measured faster (autotune) or the error bound
         # At bf16, a pair's basis output goes to its scaling conv as bf16 hi + lo, not rounded once:
         # compile sets False, the error bound True again (entry.py); plans saved before it lack it (True).
         self.bf16_hilo = True

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .autotune import MeasuredChooser, faster_direct, faster_in_fp32, layer_inputs, paired_seconds
+from .autotune import MeasuredChooser, faster_bf16_direct, faster_direct, faster_in_fp32, layer_inputs, paired_seconds
 from .backends import resolve_backend
 from .bf16 import check_precision
 from .capture import capture as capture_graph
@@ -229,6 +229,8 @@ def _build(gm: fx.GraphModule, choose: Chooser | None, example_input: Tensor, nu
                 m.bf16_hilo = False
     compiled = CompiledModel(gm, plan, *args, precision)
     if precision == "bf16":
+        if WINOGRAD_CHOICE:
+            compiled = _choose_bf16_direct(gm, plan, args, example_input, compiled)
         # The convs that run faster in fp32 stay fp32. Again on the new plan: a bf16 conv can lose
         # what it gained from a neighbour's bf16 map once that neighbour is fp32 (VGG16's stem).
         fp32 = CompiledModel(copy.deepcopy(gm), copy.copy(plan), *args, "fp32")
@@ -355,6 +357,25 @@ def _choose_direct(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor) -> No
     for step in plan.steps:
         if step.name in slower:
             step.detail = gm.get_submodule(step.name).extra_repr()
+
+
+def _choose_bf16_direct(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor,
+                        compiled: CompiledModel) -> CompiledModel:
+    """Marks `bf16_direct` (saved with the plan) on the convs by Winograd in bf16 that run faster as
+    the direct bf16 conv at this input (autotune.faster_bf16_direct), and returns the plan then."""
+    direct = copy.deepcopy(gm)
+    for m in direct.modules():
+        if isinstance(m, FusedConv2d):
+            m.bf16_direct = True
+    slower = faster_bf16_direct(compiled, CompiledModel(direct, copy.copy(plan), *args, "bf16"), x)
+    if not slower:
+        return compiled
+    for name in slower:
+        gm.get_submodule(name).bf16_direct = True
+    for step in plan.steps:
+        if step.name in slower:
+            step.detail = gm.get_submodule(step.name).extra_repr()
+    return CompiledModel(gm, plan, *args, "bf16")
 
 
 def _out_shape(node: fx.Node) -> tuple[int, ...] | None:
