@@ -1,7 +1,8 @@
 """What `compile(precision="bf16", max_error=...)` does to whole models: each model compiled at bf16
 with the default bound (1e-2) and without one (max_error=None); their relative errors against
 the pruned model in fp32 on the example input and on another random input, the convs the bound
-moved (basis output as hi + lo, by Winograd → direct, bf16 → fp32) and the compile times.
+moved (basis output as hi + lo, bf16 → fp32), the bf16 convs direct rather than by Winograd (by
+timing or by the bound) and the compile times.
 
     PYTHONPATH=. python bench/bf16_error_bound.py [--models vgg16 resnet18] [--levels r25 r10] [--batches 1 32]
 """
@@ -31,7 +32,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     print("| model | level | batch | max_error | error (example) | error (other input) | bf16 hi + lo "
-          "| by Winograd → direct | bf16 → fp32 (all) | compile s |")
+          "| bf16 direct, not Winograd | bf16 → fp32 (all) | compile s |")
     print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in a.models:
         torch.manual_seed(0)

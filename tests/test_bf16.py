@@ -258,6 +258,22 @@ def test_bf16_conv_propagates_nan_and_inf_as_fp32():
     assert rel_err(torch.nan_to_num(got), torch.nan_to_num(want).double()) < 1e-2
 
 
+def _assert_packed(w: np.ndarray, kp: int, n_cols: int, packed_at) -> None:
+    """Over the padded kp × n_cols grid, packed_at(k, n) is w's element as bf16 bits (nearest even; a
+    NaN stays a NaN) inside w and 0 past it."""
+    want = torch.from_numpy(w).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    for k in range(kp):
+        for n in range(n_cols):
+            got = packed_at(k, n)
+            if k < w.shape[0] and n < w.shape[1]:
+                if np.isnan(w[k, n]):
+                    assert (got & 0x7F80) == 0x7F80 and (got & 0x7F) != 0  # a NaN
+                else:
+                    assert got == want[k, n], (k, n)
+            else:
+                assert got == 0
+
+
 needs_quad = pytest.mark.skipif(not _C.bf16_quad_path(6), reason="the quad packing is for the AVX512-BF16 vector path")
 
 
@@ -268,18 +284,8 @@ def test_pack_bf16_quad_layout():
     w[3, 4] = np.nan
     packed = _C.pack_bf16_quad(w)
     assert packed.dtype == np.uint16 and packed.shape == (64 * 8,)
-    want = torch.from_numpy(w).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     grid = packed.reshape(16, 8, 4)  # (k / 4, column, k % 4)
-    for k in range(64):
-        for n in range(8):
-            got = grid[k // 4, n, k % 4]
-            if k < 37 and n < 6:
-                if np.isnan(w[k, n]):
-                    assert (got & 0x7F80) == 0x7F80 and (got & 0x7F) != 0  # a NaN
-                else:
-                    assert got == want[k, n], (k, n)
-            else:
-                assert got == 0
+    _assert_packed(w, 64, 8, lambda k, n: grid[k // 4, n, k % 4])
     with pytest.raises(ValueError, match="at most 8 columns"):
         _C.pack_bf16_quad(np.zeros((32, 9), np.float32))
     assert not _C.bf16_quad_path(0) and not _C.bf16_quad_path(9) and _C.bf16_quad_path(1)
@@ -324,18 +330,8 @@ def test_pack_bf16_vnni_layout():
     packed = _C.pack_bf16_vnni(w)
     kp, np_ = 64, 32
     assert packed.dtype == np.uint16 and packed.shape == (kp * np_,)
-    want = torch.from_numpy(w).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     grid = packed.reshape(kp // 2, np_, 2)
-    for k in range(kp):
-        for n in range(np_):
-            got = grid[k // 2, n, k % 2]
-            if k < 37 and n < 21:
-                if np.isnan(w[k, n]):
-                    assert (got & 0x7F80) == 0x7F80 and (got & 0x7F) != 0  # a NaN
-                else:
-                    assert got == want[k, n], (k, n)
-            else:
-                assert got == 0
+    _assert_packed(w, kp, np_, lambda k, n: grid[k // 2, n, k % 2])
 
 
 @needs_bf16

@@ -317,10 +317,8 @@ def test_the_bound_makes_the_cheapest_change_per_error_first(monkeypatch):
     """The changes are made in the order of error taken off per second added: with fp32 timed as
     free and the other changes as costly, a bound just under the plan's error sets fp32 only."""
     monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)
-    cost = lambda m: 1.0 - 0.5 * m.prefer_fp32 + m.bf16_hilo + m.bf16_direct  # noqa: E731
-    timed = entry._timed_run
-    monkeypatch.setattr(entry, "_timed_run", lambda c, x: (timed(c, x)[0], {
-        n: cost(m) for n, m in c.module.named_modules() if isinstance(m, FusedConv2d)}))
+    cost = {"prefer_fp32": -0.5, "bf16_hilo": 1.0, "bf16_direct": 1.0}
+    monkeypatch.setattr(entry, "_change_costs", lambda *a: {(n, f): cost[f] for n, f in a[-1]})
     model, x = _two_pairs(), torch.randn(2, 32, 12, 12)
     with torch.no_grad():
         err = rel_err(compile(model, x, precision="bf16", max_error=None)(x), compile(model, x)(x).double())
@@ -333,9 +331,7 @@ def test_the_bound_keeps_no_change_it_holds_without(monkeypatch):
     """After the bound holds, each change it holds without is undone: with hi + lo and the direct
     conv timed as free (so made first) and fp32 as costly, undoing any change left breaks the bound."""
     monkeypatch.setattr(entry, "BF16_CHOICE_PASSES", 0)
-    timed = entry._timed_run
-    monkeypatch.setattr(entry, "_timed_run", lambda c, x: (timed(c, x)[0], {
-        n: 1.0 + 5 * m.prefer_fp32 for n, m in c.module.named_modules() if isinstance(m, FusedConv2d)}))
+    monkeypatch.setattr(entry, "_change_costs", lambda *a: {(n, f): 5.0 * (f == "prefer_fp32") for n, f in a[-1]})
     model, x = _two_pairs(), torch.randn(2, 32, 12, 12)
     fp32 = compile(model, x)
     with torch.no_grad():

@@ -87,6 +87,23 @@ def paired_seconds(candidates: dict[str, nn.Module], x: Tensor, repeats: int) ->
     return {k: min(v) for k, v in samples.items()}
 
 
+def step_seconds(plans: list, x: Tensor, rounds: int = 3, repeats: int = 10,
+                 budget_s: float = 0.25) -> list[dict[str, float]]:
+    """Each plan's (CompiledModel's) seconds per step on `x`, timed as `faster_in` says: the plans
+    run alternately, `rounds` times, and each step keeps its fastest median."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for p in plans:  # warm, and what a call of each costs
+            p(x)
+    repeats = max(3, min(repeats, int(budget_s * len(plans) / 2 / (time.perf_counter() - start))))
+    times: list[dict[str, float]] = [{} for _ in plans]
+    for _ in range(rounds):
+        for seen, p in zip(times, plans):
+            for name, _, t in p.step_times(x, repeats):
+                seen[name] = min(t, seen.get(name, t))
+    return times
+
+
 def faster_in(plan, other, x: Tensor, names: set[str], rounds: int = 3, repeats: int = 10,
               budget_s: float = 0.25, charge: dict[str, str] | None = None) -> list[str]:
     """The steps `names` of `plan` (a CompiledModel) that run faster in `other` (the same plan run
@@ -98,16 +115,7 @@ def faster_in(plan, other, x: Tensor, names: set[str], rounds: int = 3, repeats:
     over `budget_s`: a large input at batch 32 runs for a second."""
     if not names:
         return []
-    start = time.perf_counter()
-    with torch.inference_mode():
-        plan(x), other(x)  # warm, and what a call of each costs
-    repeats = max(3, min(repeats, int(budget_s / (time.perf_counter() - start))))
-    times: list[dict[str, float]] = [{}, {}]
-    for _ in range(rounds):
-        for seen, p in zip(times, (plan, other)):
-            for name, _, t in p.step_times(x, repeats):
-                seen[name] = min(t, seen.get(name, t))
-    mine, theirs = times
+    mine, theirs = step_seconds([plan, other], x, rounds, repeats, budget_s)
     for op, step in (charge or {}).items():
         if step in mine and op in mine:
             mine[step] += mine[op]

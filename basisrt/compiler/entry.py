@@ -5,12 +5,19 @@ from __future__ import annotations
 import copy
 import warnings
 
-import numpy as np
 import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .autotune import MeasuredChooser, faster_bf16_direct, faster_direct, faster_in_fp32, layer_inputs, paired_seconds
+from .autotune import (
+    MeasuredChooser,
+    faster_bf16_direct,
+    faster_direct,
+    faster_in_fp32,
+    layer_inputs,
+    paired_seconds,
+    step_seconds,
+)
 from .backends import resolve_backend
 from .bf16 import check_precision
 from .capture import capture as capture_graph
@@ -21,7 +28,7 @@ from .cuda_graph import require_cuda_device
 from .fusion import fuse
 from .geometry import ConvGeometry
 from .normalize import normalize
-from .signature import input_name, output_class, wrap_output
+from .signature import input_name, output_class
 from .strategy import Chooser, Layer, Strategy
 
 
@@ -273,32 +280,29 @@ def _bound_bf16_error(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor, fp
     it was not. Three changes per conv take error off: a pair's basis output carried as bf16 hi +
     lo (`bf16_hilo`: twice the scaling conv's MACs), a conv by Winograd back to the direct bf16
     conv (`bf16_direct`: its error per layer is about 1.5x the direct conv's), the conv in fp32
-    (`prefer_fp32`). Each is tried alone, for the error it takes off and the time it adds to its
-    conv (timed inside the native program), and they are made in the order of error taken off per
-    second added, those that add none first, until the bound holds; then each change the bound
-    holds without is undone, the costliest first. By kind instead (every conv's cheapest change
-    first), VGG16 at rank 10 %, batch 32 ended with 4 direct convs at 2x the Winograd conv's time.
-    Saved with the plan, as the timed choices are."""
+    (`prefer_fp32`). Each is tried alone for the error it takes off, and timed for what it adds
+    (`_change_costs`); they are made in the order of error taken off per second added, those that
+    add none first, until the bound holds; then each change the bound holds without is undone,
+    the costliest first. By kind instead (every conv's cheapest change first), VGG16 at rank 10 %,
+    batch 32 ended with 4 direct convs at 2x the Winograd conv's time. Saved with the plan, as the
+    timed choices are."""
     with torch.inference_mode():
         want = fp32(x)
-        y, before = _timed_run(compiled, x)
-        err = _relative_error(y, want)
+        err = _relative_error(compiled(x), want)
         if err <= max_error:
             return compiled
+        options = [(name, flag) for name, m in gm.named_modules() if getattr(m, "_bf16", None) is not None
+                   for flag in ("bf16_hilo", "bf16_direct", "prefer_fp32") if _can_change(m, flag)]
+        costs = _change_costs(gm, plan, args, x, fp32, compiled, options)
         scored = []
-        for name, m in gm.named_modules():
-            if getattr(m, "_bf16", None) is None:
-                continue
-            flags = (["bf16_hilo"] if m.rank and not m.bf16_hilo else []) + (
-                ["bf16_direct"] if m._bf16.winograd is not None else []) + ["prefer_fp32"]
-            for flag in flags:  # each flag False now: set alone, then back
-                setattr(m, flag, True)
-                y, seconds = _timed_run(CompiledModel(gm, plan, *args, "bf16"), x)
-                gain = err - _relative_error(y, want)
-                cost = seconds.get(name, 0.0) - before.get(name, 0.0)
-                setattr(m, flag, False)
-                scored.append(((0, -gain) if gain > 0 and cost <= 0 else (1, -gain / cost) if gain > 0
-                               else (2, -gain), name, flag, cost))
+        for name, flag in options:  # each flag False now: set alone, then back
+            m = gm.get_submodule(name)
+            setattr(m, flag, True)
+            gain = err - _relative_error(CompiledModel(gm, plan, *args, "bf16")(x), want)
+            setattr(m, flag, False)
+            cost = costs.get((name, flag), 0.0)
+            scored.append(((0, -gain) if gain > 0 and cost <= 0 else (1, -gain / cost) if gain > 0
+                           else (2, -gain), name, flag, cost))
         made: list[tuple[float, str, str]] = []  # (seconds added, conv, flag) of each change made
         held = False
         for _, name, flag, cost in sorted(scored):
@@ -325,17 +329,38 @@ def _bound_bf16_error(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor, fp
     return compiled  # built after the last flag set
 
 
-def _timed_run(compiled: CompiledModel, x: Tensor) -> tuple[object, dict[str, float]]:
-    """`compiled(x)` and the seconds of each step's ops in that run of the native program ({}
-    without one): the error and the time of a candidate plan from one call."""
-    if compiled.native is None:
-        return compiled(x), {}
-    seconds = np.zeros(len(compiled.native.op_names))
-    y = wrap_output(compiled.output_class, compiled.native(compiled._check(x), seconds))
-    out: dict[str, float] = {}
-    for name, t in zip(compiled.native.op_names, seconds):
-        out[name] = out.get(name, 0.0) + float(t)
-    return y, out
+def _can_change(m: FusedConv2d, flag: str) -> bool:
+    """Whether the error bound's change `flag` applies to bf16 step `m` (and is not made yet)."""
+    if flag == "bf16_hilo":
+        return bool(m.rank) and not m.bf16_hilo
+    if flag == "bf16_direct":
+        return m._bf16.winograd is not None
+    return True
+
+
+def _change_costs(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor, fp32: CompiledModel,
+                  compiled: CompiledModel, options: list[tuple[str, str]]) -> dict[tuple[str, str], float]:
+    """Seconds each change (conv, flag) adds to its conv: the plan timed against the same plan with
+    each kind of change made on every conv at once (and the fp32 plan), step by step, interleaved
+    as the per-conv precision choice times them. A pool that the fp32 conv fuses counts as the bf16
+    conv's. Timed from one call per candidate instead (the first version), ops of 20-100 µs at
+    batch 1 were off by tens of percent, and VGG16 at rank 25 %, batch 1 ran 1.4x slower."""
+    variants = []
+    with torch.inference_mode(False):  # a copy's weights as inference tensors: no version (bf16._packed_once)
+        for flag in ("bf16_hilo", "bf16_direct"):
+            if any(f == flag for _, f in options):
+                variant = copy.deepcopy(gm)
+                for name, f in options:
+                    if f == flag:
+                        setattr(variant.get_submodule(name), flag, True)
+                variants.append((flag, CompiledModel(variant, copy.copy(plan), *args, "bf16")))
+    variants.append(("prefer_fp32", fp32))
+    now, *then = step_seconds([compiled] + [v for _, v in variants], x)
+    pools = fp32.native.fused_pools if fp32.native is not None else {}
+    for pool, conv in pools.items():  # the fp32 conv runs the pool its bf16 one leaves to an op
+        now[conv] = now.get(conv, 0.0) + now.get(pool, 0.0)
+    return {(name, flag): seconds[name] - now[name] for (flag, _), seconds in zip(variants, then)
+            for name, f in options if f == flag and name in seconds and name in now}
 
 
 def _choose_direct(gm: fx.GraphModule, plan: Plan, args: tuple, x: Tensor) -> None:
