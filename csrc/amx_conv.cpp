@@ -225,8 +225,9 @@ BASISRT_AVX512BF16 void vec_gemm(const Src& src, int mt, int64_t taps, int64_t C
     for (int64_t n = 0; n < cols; n += 2 * kAmxN)
         for (int m = 0; m < mt; ++m)
             for (int r0 = 0; r0 < 16; r0 += 8) {
-                if (cols - n >= 2 * kAmxN) vec_rows<2, Src, 8, kPairs>(src, m, r0, taps, Cp, B + 2 * n, ldb, c + n, ldc);
-                else vec_rows<1, Src, 8, kPairs>(src, m, r0, taps, Cp, B + 2 * n, ldb, c + n, ldc);
+                const uint16_t* b = B + 2 * n;
+                if (cols - n >= 2 * kAmxN) vec_rows<2, Src, 8, kPairs>(src, m, r0, taps, Cp, b, ldb, c + n, ldc);
+                else vec_rows<1, Src, 8, kPairs>(src, m, r0, taps, Cp, b, ldb, c + n, ldc);
             }
 }
 
@@ -256,7 +257,9 @@ BASISRT_AMX inline __attribute__((always_inline)) void split_bf16(const float* s
         const __m512 a = _mm512_maskz_loadu_ps(m, src + i);
         const __m256bh h = _mm512_cvtneps_pbh(a);
         _mm256_mask_storeu_epi16(dst + i, m, (__m256i)h);
-        if (hilo) _mm256_mask_storeu_epi16(dst + n + i, m, (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(a, _mm512_cvtpbh_ps(h))));
+        if (!hilo) continue;
+        const __m512 lo = _mm512_sub_ps(a, _mm512_cvtpbh_ps(h));
+        _mm256_mask_storeu_epi16(dst + n + i, m, (__m256i)_mm512_cvtneps_pbh(lo));
     }
 }
 
@@ -637,7 +640,7 @@ BASISRT_AVX512BF16 void winograd_point_bf16(const uint16_t* V, int64_t ldv, int6
                                             int64_t cols, int64_t p, int64_t rows, float* M, int64_t ldm, bool quad) {
     const PlainRows src{V + p * C, ldv, C};
     if (quad) {
-        for (int64_t m = 0; m < rows / 16; ++m) quad_rows(src, static_cast<int>(m), 1, C, U + p * C * 8, M + p * cols, ldm);
+        for (int m = 0; m < rows / 16; ++m) quad_rows(src, m, 1, C, U + p * C * 8, M + p * cols, ldm);
         return;
     }
     const uint16_t* u = U + p * C * cols;
@@ -784,8 +787,8 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     if (U) {
         ConvArgs c{nullptr, {}, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out,
                    s.ldr ? s.ldr : s.C_out, winograd_bf16_cols(rank, s.C_out), scaling_k(rank, hilo, false),
-                   round_up(s.C_out, kAmxN), hilo, bf16_quad_path(rank), false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0, nullptr, act, alpha,
-                   false, false, 0, io};
+                   round_up(s.C_out, kAmxN), hilo, bf16_quad_path(rank), false, false, s.N * s.Ho * s.Wo, 0, 0, 0, 0,
+                   nullptr, act, alpha, false, false, 0, io};
         winograd_bf16(c, x, ldx, U, num_threads);
         return;
     }
