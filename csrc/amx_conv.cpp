@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -258,7 +259,10 @@ BASISRT_AMX inline __attribute__((always_inline)) void split_bf16(const float* s
         const __m256bh h = _mm512_cvtneps_pbh(a);
         _mm256_mask_storeu_epi16(dst + i, m, (__m256i)h);
         if (!hilo) continue;
-        const __m512 lo = _mm512_sub_ps(a, _mm512_cvtpbh_ps(h));
+        // lo 0 where hi is Inf or NaN: Inf − Inf would turn an Inf of T into a NaN, where fp32 keeps it
+        const __m512 h32 = _mm512_cvtpbh_ps(h);
+        const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(h32), _mm512_set1_ps(INFINITY), _CMP_LT_OQ);
+        const __m512 lo = _mm512_maskz_sub_ps(finite, a, h32);
         _mm256_mask_storeu_epi16(dst + n + i, m, (__m256i)_mm512_cvtneps_pbh(lo));
     }
 }

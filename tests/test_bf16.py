@@ -244,15 +244,17 @@ def test_pools_between_bf16_convs_run_on_bf16_maps(pool, every_conv_bf16):
 
 
 @needs_bf16
-def test_bf16_conv_propagates_nan_and_inf_as_fp32():
+@pytest.mark.parametrize("rank", [12, 6])  # 6: quads
+@pytest.mark.parametrize("hilo", [True, False], ids=["hilo", "hi"])
+def test_bf16_conv_propagates_nan_and_inf_as_fp32(rank, hilo):
     torch.manual_seed(0)
-    w, s = torch.randn(12, 40, 3, 3), torch.randn(24, 12)
+    w, s = torch.randn(rank, 40, 3, 3), torch.randn(24, rank)
     step = FusedConv2d(w, torch.randn(24), scale=s, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
                        activation="relu", num_threads=2)
     x = torch.randn(2, 40, 9, 16)
     x[0, 3, 4, 5], x[1, 7, 0, 0] = float("nan"), float("inf")
     want = step(x)
-    step._bf16 = packed_bf16(step)
+    step._bf16, step.bf16_hilo = packed_bf16(step), hilo
     got = step(x)
     assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(want).any()
     assert rel_err(torch.nan_to_num(got), torch.nan_to_num(want).double()) < 1e-2
