@@ -97,7 +97,7 @@ def packed_bf16(m: FusedConv2d) -> Bf16Weights:
     pack = _C.pack_bf16_quad if _C.bf16_quad_path(m.rank) else _C.pack_bf16_vnni  # a rank of 1-8 on vectors
     b = pack(w.reshape(-1, w.shape[2]).contiguous().numpy())
     a = None
-    if m.rank:  # [A; A]: the kernel splits the basis output into bf16 hi + lo, rank channels each
+    if m.rank:  # [A; A]: with bf16_hilo both parts of the basis output (hi + lo) meet A; else A alone
         a1 = m.A[0, :m.rank, :m.out_channels]
         a = _C.pack_bf16_vnni(torch.cat([a1, a1]).contiguous().numpy())
     bias = m.bias.numpy() if m.bias is not None else np.zeros(m.out_channels, dtype=np.float32)
