@@ -594,9 +594,8 @@ namespace wg = winograd;
 // Columns of U[ξ] and M: a pair's rank (10 and more), a dense conv's outputs, in whole vectors.
 inline int64_t winograd_bf16_cols(int64_t rank, int64_t c_out) { return round_up(rank ? rank : c_out, kAmxN); }
 
-// bf16 elements of V per block (256 KB), and for all of a call's tiles up to which the 16 GEMMs
-// split across threads instead of the tiles (1 MB): the bytes of the fp32 conv's.
-constexpr int64_t kBlockElems = 128 * 1024, kSplitElems = 512 * 1024;
+// bf16 elements of V per block (256 KB): the bytes of the fp32 conv's.
+constexpr int64_t kBlockElems = 128 * 1024;
 
 // V's rows (a tile each, ldv elements) for tile rows [tr0, tr1), from row t0 on; x fp32 or bf16 bits.
 BASISRT_AVX512BF16 void winograd_input_bf16(const void* x, bool x16, const ConvShape& s, int64_t ldx, int64_t tr0,
@@ -695,11 +694,9 @@ BASISRT_AVX512BF16 void winograd_bf16(const ConvArgs& c, const void* x, int64_t 
         }
     };
     const int64_t per_thread = (tile_rows + num_threads - 1) / num_threads;
-    const int64_t v_elems = wg::kPoints * nt_all * C;
-    if (num_threads > 1 && v_elems <= kSplitElems && v_elems <= wg::kPoints * C * cols) {
-        // Few tiles (batch 1, small maps) and more weights than windows: every tile's windows at once
-        // and the 16 GEMMs split across threads, so that U is read once, not once per thread (as in
-        // winograd_conv.cpp).
+    if (wg::split_points(nt_all, cols, num_threads)) {
+        // Few tiles: every tile's windows at once and the 16 GEMMs split across threads, so that U is
+        // read once, not once per thread.
         thread_local Aligned V_all, M_all;
         const int64_t rows = winograd_rows(nt_all, c.quad);
         uint16_t* V = reinterpret_cast<uint16_t*>(V_all.get((rows * ldv + 1) / 2));

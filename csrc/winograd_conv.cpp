@@ -16,10 +16,6 @@ using namespace winograd;
 
 // Floats of V per block (256 KB): the block's transformed windows stay in L2 through its 16 GEMMs.
 constexpr int64_t kBlockFloats = 64 * 1024;
-// Floats of V for all of a call's tiles up to which the 16 GEMMs split across threads instead of
-// the tiles (1 MB: 7×7 at 512 channels or 14×14 at 256, batch 1).
-constexpr int64_t kSplitFloats = 256 * 1024;
-
 // Ranks below which the direct path runs. Ranks under 16 take one padded vector of columns (zero
 // columns of U), so a rank of r does 16/r of its MACs: at 6 the 16 GEMMs do more than the direct
 // path (64 channels at 32×32, batch 32: 0.88x its speed), at 13 about half (128 channels at 16×16:
@@ -135,11 +131,7 @@ void winograd_pair_nhwc(const float* x, const float* U, const float* A, const fl
         activate_rows(y + first * s.ldy, m, s.C_out, s.ldy, act, alpha);
     };
     const int64_t per_thread = (tile_rows + num_threads - 1) / num_threads;
-    if (num_threads > 1 && kPoints * nt_all * C <= kSplitFloats) {
-        // Few tiles in all (batch 1 on 7×7 to 14×14 maps): every tile's windows at once, and the 16
-        // GEMMs split across threads, so that U is read once, not once per thread. In torchvision
-        // ResNet-50's plan at batch 1: 14×14, 256 channels, rank 26: 125-135 → 108-124 µs (direct
-        // 137); 7×7, 512 channels, rank 51: 185 → 157-181 (direct 135-141, which compile keeps).
+    if (split_points(nt_all, cols, num_threads)) {  // every tile's windows at once
         thread_local Aligned V_all, M_all;  // the caller's; the helpers write them too
         float *V = V_all.get(nt_all * ldv), *M = M_all.get(nt_all * ldm);
         parallel_for(tile_rows, num_threads, [&](int64_t tr) { input_transform(x, s, tr, tr + 1, V, tr * TW); });

@@ -84,6 +84,16 @@ BASISRT_AVX512 inline void output_transform(const float* M, const ConvShape& s, 
     }
 }
 
+// Whether a call's 16 GEMMs split across the threads (each reads half of U, once) rather than its
+// tiles (each thread reads all of U): where U's columns outnumber the tiles 8 times over (batch 1 on
+// 2×2 to 4×4 maps at large ranks). Batch 1, 2 threads, fp32, split ÷ by-tile time (Zen 4, paired):
+// 4×4 maps at 512 channels, rank 128 (4 tiles) 0.81, 2×2 (1 tile) 0.72; 8×8 at rank 128 (16 tiles)
+// 1.03; 8×8 at 256 channels, rank 64, 1.14; 7×7 at 512, rank 51, 1.20; 14×14 at 256, rank 26, 1.24;
+// 32×32 at 64, rank 16, 1.43 (all of V at once outgrows L2 there). The rule before it (split up to
+// 1 MB of V) had ResNet-18 at rank 25 %, batch 1 run 1.19× slower in fp32; in bf16 (the same rule)
+// its rank-10 % 8×8 conv took 49 µs against 25 µs by tiles.
+inline bool split_points(int64_t tiles, int64_t cols, int num_threads) { return num_threads > 1 && tiles * 8 < cols; }
+
 // Pixels of y that tile rows [tr0, tr1) cover, and the first of them.
 inline int64_t tile_rows_pixels(const ConvShape& s, int64_t tr0, int64_t tr1) {
     const int64_t TH = tiles_of(s.Ho);

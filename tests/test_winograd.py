@@ -33,12 +33,20 @@ def cases(n: int = 40, seed: int = 0):
         if not on_path(c_in, rank):
             continue
         pad = rng.choice([0, 1, 1, 2])
-        big = len(out) % 5 == 1  # V over 1 MB: blocks of tiles on two threads too
+        big = len(out) % 5 == 1  # many tile rows: several blocks of tiles per thread
         low = max(1, 3 - 2 * pad) if len(out) % 4 == 3 else 9 - 2 * pad  # some maps of a tile or a few
         h, w = rng.randint(low, 20 + 30 * big), rng.randint(low, 20 + 30 * big)
         out.append(dict(n=rng.randint(1, 4), c_in=c_in, c_out=rng.randint(1, 70), hw=(h, w), pad=pad, rank=rank,
                         act=rng.choice(ACT_CHOICES), residual=rng.random() < 0.4, bias=rng.random() < 0.8))
     return out
+
+
+# So few tiles that U's columns outnumber them 8 times over (one image, 2×2 to 4×4 maps at large
+# ranks): on two threads the 16 GEMMs split across the threads (kSplitColumnsPerTile).
+FEW_TILES = [dict(n=1, c_in=64, c_out=96, hw=(2, 2), pad=1, rank=128, act="relu", residual=True, bias=True),
+             dict(n=1, c_in=32, c_out=40, hw=(4, 3), pad=1, rank=80, act=None, residual=False, bias=True),
+             dict(n=1, c_in=64, c_out=64, hw=(4, 4), pad=1, rank=50, act="relu6", residual=False, bias=False),
+             dict(n=1, c_in=48, c_out=150, hw=(3, 3), pad=1, rank=0, act="relu", residual=True, bias=True)]
 
 
 def reference(x, basis, scale, bias, residual, act):
@@ -72,7 +80,8 @@ def run(step: FusedConv2d, x, residual, winograd: bool, pool: int = 1, ldx: int 
     return y.permute(0, 3, 1, 2)
 
 
-@pytest.mark.parametrize("case", cases(), ids=lambda c: "n{n}c{c_in}-{c_out}r{rank}hw{hw[0]}x{hw[1]}p{pad}".format(**c))
+@pytest.mark.parametrize("case", cases() + FEW_TILES,
+                         ids=lambda c: "n{n}c{c_in}-{c_out}r{rank}hw{hw[0]}x{hw[1]}p{pad}".format(**c))
 def test_winograd_pair_matches_float64(case):
     torch.manual_seed(case["rank"] * 1000 + case["c_in"])
     n, (h, w), pad = case["n"], case["hw"], case["pad"]
@@ -91,7 +100,7 @@ def test_winograd_pair_matches_float64(case):
     out = run(step, x, residual, winograd=True)
     assert rel_err(out, ref) < 1e-5
     assert not torch.equal(out, run(step, x, residual, winograd=False))  # the Winograd path ran
-    # one thread: blocks of tiles; two: the 16 GEMMs split across threads where V is small. Same bits.
+    # one thread: blocks of tiles; two: the 16 GEMMs split across threads where the tiles are few. Same bits.
     assert torch.equal(run(step, x, residual, winograd=True, threads=1), out)
     assert torch.equal(step(x, residual), out)  # the step passes its Winograd weights
 
@@ -113,11 +122,11 @@ def test_winograd_pair_with_a_fused_pool_and_a_channel_slice(hw):
 
 def test_results_do_not_depend_on_the_batch_or_the_threads():
     """An image's output is the same bits alone and in a batch, on one thread or two (the
-    threads split tiles, or the 16 GEMMs where all of V is small)."""
+    threads split tiles, or the 16 GEMMs where the tiles are few: one image at 2×2)."""
     torch.manual_seed(0)
     step = FusedConv2d(torch.randn(32, 64, 3, 3) * 0.1, torch.randn(64), stride=(1, 1), padding=(1, 1),
                        dilation=(1, 1), groups=1, scale=torch.randn(64, 32) * 0.1, activation="relu")
-    for hw in (3, 12, 40):
+    for hw in (2, 3, 12, 40):
         x = torch.randn(5, 64, hw, hw)
         batch = run(step, x, None, winograd=True)
         for i in range(5):
