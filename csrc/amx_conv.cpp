@@ -219,17 +219,26 @@ BASISRT_AVX512BF16 void quad_rows(const Src& src, int m, int64_t taps, int64_t C
     }
 }
 
-// tile_gemm's contract (16·mt rows × cols) on vectors (kPairs: vec_rows').
+// tile_gemm's contract (16·mt rows × cols) on vectors (kPairs: vec_rows'), for the first `rows`
+// rows only (the rest of the 16·mt are zeros): with a few pixels (batch 1 on a 2×2 or 4×4 map) the
+// rows past them would take most of the multiply-adds.
 template <bool kPairs = false, class Src>
 BASISRT_AVX512BF16 void vec_gemm(const Src& src, int mt, int64_t taps, int64_t Cp, const uint16_t* B, int64_t ldb,
-                                 int64_t cols, float* c, int64_t ldc) {
-    for (int64_t n = 0; n < cols; n += 2 * kAmxN)
+                                 int64_t cols, float* c, int64_t ldc, int64_t rows) {
+    for (int64_t n = 0; n < cols; n += 2 * kAmxN) {
+        const int64_t width = std::min<int64_t>(2 * kAmxN, cols - n);
+        const uint16_t* b = B + 2 * n;
         for (int m = 0; m < mt; ++m)
             for (int r0 = 0; r0 < 16; r0 += 8) {
-                const uint16_t* b = B + 2 * n;
-                if (cols - n >= 2 * kAmxN) vec_rows<2, Src, 8, kPairs>(src, m, r0, taps, Cp, b, ldb, c + n, ldc);
-                else vec_rows<1, Src, 8, kPairs>(src, m, r0, taps, Cp, b, ldb, c + n, ldc);
+                const int64_t left = rows - 16 * m - r0;  // rows of these 8 to compute
+                if (left > 4 && width == 2 * kAmxN) vec_rows<2, Src, 8, kPairs>(src, m, r0, taps, Cp, b, ldb, c + n, ldc);
+                else if (left > 4) vec_rows<1, Src, 8, kPairs>(src, m, r0, taps, Cp, b, ldb, c + n, ldc);
+                else if (left > 0 && width == 2 * kAmxN) vec_rows<2, Src, 4, kPairs>(src, m, r0, taps, Cp, b, ldb, c + n, ldc);
+                else if (left > 0) vec_rows<1, Src, 4, kPairs>(src, m, r0, taps, Cp, b, ldb, c + n, ldc);
+                for (int r = left > 4 ? 8 : left > 0 ? 4 : 0; r < 8; ++r)
+                    std::memset(c + (16 * m + r0 + r) * ldc + n, 0, width * sizeof(float));
             }
+    }
 }
 
 // dst[0, padded) = bf16(src[0, n)) then zeros (round to nearest even; NaN stays NaN); padded is a
@@ -361,6 +370,7 @@ struct ConvArgs {
     bool compact;  // amx_compact_k: K is every tap's channels back to back, Kc elements padded
     int64_t Kc;
     Bf16Io io;
+    int64_t task_rows = kRows;  // pixels per task (tiles of them): fewer on vectors with few pixels
 };
 
 constexpr int64_t kPanelBytes = 512 * 1024;
@@ -402,9 +412,9 @@ struct PixelWalk {
 // tile_gemm on tiles or vectors, as the machine has them; tiles configured around each task.
 template <class Src>
 BASISRT_AMX void gemm(const ConvArgs& c, const Src& src, int mt, int64_t taps, int64_t Cp, const uint16_t* B,
-                      int64_t ldb, int64_t cols, float* out, int64_t ldo) {
+                      int64_t ldb, int64_t cols, float* out, int64_t ldo, int64_t rows) {
     if (c.amx) tile_gemm(src, mt, taps, Cp, B, ldb, cols, out, ldo);
-    else vec_gemm(src, mt, taps, Cp, B, ldb, cols, out, ldo);
+    else vec_gemm(src, mt, taps, Cp, B, ldb, cols, out, ldo, rows);
 }
 BASISRT_AMX void tiles_on(const ConvArgs& c) {
     if (c.amx) configure_tiles();
@@ -457,26 +467,27 @@ BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, i
     return rows;
 }
 
-// t (16·mt rows × cols, ldt) = the grid's pixels [v0, v0 + 16·mt) · B's columns [j0, j0 + cols);
-// `rows`: their im2col rows (gather), null on the virtual grid.
-BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* rows, int64_t v0, int mt, int64_t j0, int64_t cols,
-                            float* t, int64_t ldt) {
+// t (16·mt rows × cols, ldt) = the grid's pixels [v0, v0 + 16·mt) · B's columns [j0, j0 + cols), of
+// which the first `rows` are the grid's (the rest zeros on vectors); `im2col`: their im2col rows
+// (gather), null on the virtual grid.
+BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* im2col, int64_t v0, int mt, int64_t rows, int64_t j0,
+                            int64_t cols, float* t, int64_t ldt) {
     const int64_t taps = c.s.kh * c.s.kw, Cp = c.g.Cp;
     if (c.quad) {  // all 16 columns at once (j0 0)
         for (int m = 0; m < mt; ++m) {
-            if (rows && c.compact) quad_rows(PlainRows{rows, c.Kc, c.Kc}, m, 1, c.Kc, c.B, t, ldt);
-            else if (rows) quad_rows(PlainRows{rows, taps * Cp, Cp}, m, taps, Cp, c.B, t, ldt);
+            if (im2col && c.compact) quad_rows(PlainRows{im2col, c.Kc, c.Kc}, m, 1, c.Kc, c.B, t, ldt);
+            else if (im2col) quad_rows(PlainRows{im2col, taps * Cp, Cp}, m, taps, Cp, c.B, t, ldt);
             else quad_rows(ImageRows{c.xp + v0 * Cp, c.tap_off.data(), Cp}, m, taps, Cp, c.B, t, ldt);
         }
         return;
     }
-    if (rows && c.compact) {  // one "tap" of Kc elements
-        gemm(c, PlainRows{rows, c.Kc, c.Kc}, mt, 1, c.Kc, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
-    } else if (rows) {
-        gemm(c, PlainRows{rows, taps * Cp, Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
+    const uint16_t* b = c.B + 2 * j0;
+    if (im2col && c.compact) {  // one "tap" of Kc elements
+        gemm(c, PlainRows{im2col, c.Kc, c.Kc}, mt, 1, c.Kc, b, 2 * c.N1, cols, t, ldt, rows);
+    } else if (im2col) {
+        gemm(c, PlainRows{im2col, taps * Cp, Cp}, mt, taps, Cp, b, 2 * c.N1, cols, t, ldt, rows);
     } else {
-        const uint16_t* at = c.xp + v0 * Cp;
-        gemm(c, ImageRows{at, c.tap_off.data(), Cp}, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt);
+        gemm(c, ImageRows{c.xp + v0 * Cp, c.tap_off.data(), Cp}, mt, taps, Cp, b, 2 * c.N1, cols, t, ldt, rows);
     }
 }
 
@@ -541,11 +552,11 @@ BASISRT_AMX void scaling_gemm(const ConvArgs& c, Scratch& sc, const float* t, in
                               int64_t rows, int64_t o0, int64_t cols) {
     uint16_t* t16 = sc.bf16(sc.t16, kRows * c.R2);  // per row: hi, then lo (split_bf16)
     float* y2 = sc.c.get(kRows * cols);
-    for (int64_t r = 0; r < 16 * mt; ++r)
+    for (int64_t r = 0; r < (c.amx ? 16 * mt : rows); ++r)  // vectors read the first `rows` (vec_gemm)
         split_bf16(t + r * ldt, t16 + r * c.R2, c.rank, c.R2, c.hilo);
     const PlainRows src{t16, c.R2, c.R2};
     if (c.amx) tile_gemm(src, mt, 1, c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
-    else vec_gemm<true>(src, mt, 1, c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols);
+    else vec_gemm<true>(src, mt, 1, c.R2, c.A + 2 * o0, 2 * c.N2, cols, y2, cols, rows);
     tiles_off(c);
     epilogue(c, y2, cols, v0, rows, o0, std::min(cols, c.s.C_out - o0));
 }
@@ -556,7 +567,7 @@ BASISRT_AMX void scaling_gemm(const ConvArgs& c, Scratch& sc, const float* t, in
 BASISRT_AMX void conv_task(const ConvArgs& c, int pass, int64_t task) {
     thread_local Scratch sc;
     const int64_t tile = pass == 1 ? task % c.tiles : !c.split ? task : task % c.tiles;
-    const int64_t v0 = tile * kRows, rows = std::min(kRows, c.P - v0);
+    const int64_t v0 = tile * c.task_rows, rows = std::min(c.task_rows, c.P - v0);
     const int mt = static_cast<int>((rows + 15) / 16);
     tiles_on(c);
     if (pass == 1) {
@@ -570,9 +581,9 @@ BASISRT_AMX void conv_task(const ConvArgs& c, int pass, int64_t task) {
     for (int64_t chunk = first; chunk < last; ++chunk) {
         const int64_t j0 = chunk * c.chunk, cols = std::min(c.chunk, c.N1 - j0);
         if (c.rank && c.chunks > 1) {  // the first of two passes
-            basis_gemm(c, im2col, v0, mt, j0, cols, c.T + v0 * c.N1 + j0, c.N1);
+            basis_gemm(c, im2col, v0, mt, rows, j0, cols, c.T + v0 * c.N1 + j0, c.N1);
         } else {
-            basis_gemm(c, im2col, v0, mt, j0, cols, t, cols);
+            basis_gemm(c, im2col, v0, mt, rows, j0, cols, t, cols);
             if (c.rank) {
                 scaling_gemm(c, sc, t, cols, v0, mt, rows, 0, c.N2);
                 return;
@@ -823,7 +834,12 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     for (int64_t i = 0; i < s.kh; ++i)
         for (int64_t j = 0; j < s.kw; ++j) c.tap_off.push_back((i * s.dh * g.Wp + j * s.dw) * g.Cp);
     c.P = c.virt ? P_virt : P_real;
-    c.tiles = (c.P + kRows - 1) / kRows;
+    // On vectors, with fewer than kRows pixels per thread, tasks of a thread's share (in whole
+    // tiles of 16): kRows would leave one thread most of the pixels (an 8×8 map of one image is 78
+    // grid pixels: 64 and 14). At batch 1, 2 threads, rank 25 % (bf16 maps, direct): 256 channels
+    // at 8×8 105 → 78 µs, at 4×4 39 → 30 µs; 512 at 4×4 99 → 92 µs; 2×2 and 16×16 to 32×32 ±2 %.
+    c.task_rows = c.amx ? kRows : std::min(kRows, round_up((c.P + num_threads - 1) / num_threads, 16));
+    c.tiles = (c.P + c.task_rows - 1) / c.task_rows;
     const int64_t K = compact ? c.Kc : s.kh * s.kw * g.Cp;
     c.chunk = c.N1;
     if (2 * K * c.N1 > kPanelBytes) c.chunk = std::max<int64_t>(kPanelBytes / (2 * K) / 32 * 32, 32);
@@ -838,7 +854,7 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     c.chunks = (c.N1 + c.chunk - 1) / c.chunk;
     c.split = c.virt || c.tiles < want;
     thread_local Aligned basis_out;  // two passes only
-    if (rank && c.chunks > 1) c.T = basis_out.get(c.tiles * kRows * c.N1);
+    if (rank && c.chunks > 1) c.T = basis_out.get(c.tiles * c.task_rows * c.N1);
     parallel_for(c.split ? c.chunks * c.tiles : c.tiles, num_threads, [&c](int64_t task) { conv_task(c, 0, task); });
     if (rank && c.chunks > 1) {
         const int64_t parts = c.tiles < want ? (want + c.tiles - 1) / c.tiles : 1;
