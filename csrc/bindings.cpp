@@ -566,18 +566,19 @@ struct PyProgram {
         program.add_op(op);
     }
 
-    void run(const py::array& x, py::array& out, int output, int num_threads,
-             std::optional<py::array> op_seconds) const {
+    void run(const py::array& x, py::array& out, int output, int num_threads, std::optional<py::array> op_seconds,
+             bool nchw) const {
         std::vector<py::array> outs{out};
-        run_many(x, outs, {output}, num_threads, op_seconds);
+        run_many(x, outs, {output}, num_threads, op_seconds, {nchw});
     }
 
     void run_many(const py::array& x, std::vector<py::array>& outs, const std::vector<int>& outputs,
-                  int num_threads, std::optional<py::array> op_seconds) const {
+                  int num_threads, std::optional<py::array> op_seconds, const std::vector<bool>& nchw) const {
         const std::string fn = "Program.run";
         const int64_t N = x.ndim() == 4 ? x.shape(0) : 0;  // a wrong x fails below, once buffer 0 is known to exist
         program.check_run(N, outputs, num_threads);
         if (outs.size() != outputs.size()) value_error(fn, "one out array per output buffer");
+        if (!nchw.empty() && nchw.size() != outputs.size()) value_error(fn, "one nchw flag per output buffer");
         const auto& i = program.buffers()[0];
         if (x.ndim() != 4 || x.shape(1) != i.C || x.shape(2) != i.H || x.shape(3) != i.W)
             value_error(fn, "x must be NCHW (N, " + std::to_string(i.C) + ", " + std::to_string(i.H) + ", " +
@@ -599,7 +600,7 @@ struct PyProgram {
             times = static_cast<double*>(op_seconds->mutable_data());
         }
         py::gil_scoped_release release;
-        program.run(xp, N, outputs, ys, num_threads, times);
+        program.run(xp, N, outputs, ys, num_threads, times, nchw);
     }
 };
 
@@ -686,12 +687,13 @@ void bind_fused(py::module_& m) {
             "Make `buffer` channels [offset, offset + C) of `parent`: its producer writes there and its\n"
             "readers read there, so concatenating buffers into `parent` costs no copy.")
         .def("run", &PyProgram::run, py::arg("x"), py::arg("out"), py::arg("output"), py::arg("num_threads"),
-             py::arg("op_seconds") = py::none(),
-             "Run every op on NCHW input x; the output buffer is written NHWC into `out`. op_seconds "
-             "(float64, one per op), if given, gets each op's wall time added.")
+             py::arg("op_seconds") = py::none(), py::arg("nchw") = false,
+             "Run every op on NCHW input x; the output buffer is written NHWC into `out` (NCHW with nchw).\n"
+             "op_seconds (float64, one per op), if given, gets each op's wall time added.")
         .def("run_many", &PyProgram::run_many, py::arg("x"), py::arg("outs"), py::arg("outputs"),
-             py::arg("num_threads"), py::arg("op_seconds") = py::none(),
-             "run for a model of several outputs: buffer outputs[k] is written NHWC into outs[k].")
+             py::arg("num_threads"), py::arg("op_seconds") = py::none(), py::arg("nchw") = std::vector<bool>{},
+             "run for a model of several outputs: buffer outputs[k] is written NHWC into outs[k] (NCHW where\n"
+             "nchw[k]).")
         .def(
             "keep_bf16", [](PyProgram& p, const std::vector<int>& outputs) { return p.program.keep_bf16(outputs); },
             py::arg("outputs"),

@@ -67,6 +67,20 @@ void release_freed_memory() {
 
 int64_t elements(const BufferShape& s) { return s.H * s.W * s.C; }
 
+constexpr int64_t kTransposeChannels = 16;  // channels per task of nhwc_to_nchw
+
+// Channels [c0, c0 + kTransposeChannels) of y (C × HW, one image) from t (HW × C): the transpose,
+// 64 pixels at a time so that the block stays in L1.
+void nhwc_to_nchw(const float* t, int64_t hw, int64_t C, int64_t c0, float* y) {
+    constexpr int64_t kPixels = 64;
+    const int64_t c1 = std::min(C, c0 + kTransposeChannels);
+    for (int64_t p0 = 0; p0 < hw; p0 += kPixels) {
+        const int64_t p1 = std::min(hw, p0 + kPixels);
+        for (int64_t c = c0; c < c1; ++c)
+            for (int64_t p = p0; p < p1; ++p) y[c * hw + p] = t[p * C + c];
+    }
+}
+
 // BASISRT_POISON_ARENA=1 (the test suite sets it) fills the arena with NaN at every call, so an op
 // that reads memory no op of this call wrote (stale data of a buffer that shared it) shows NaN.
 // The bits 0x7fc0 7fc0 are a NaN as one float and as two bf16s alike.
@@ -483,17 +497,25 @@ void Program::check_run(int64_t N, const std::vector<int>& outputs, int num_thre
 }
 
 void Program::run(const float* x, int64_t N, const std::vector<int>& outputs, const std::vector<float*>& ys,
-                  int num_threads, double* op_seconds) const {
+                  int num_threads, double* op_seconds, const std::vector<bool>& nchw) const {
     using clock = std::chrono::steady_clock;
     check_run(N, outputs, num_threads);
     if (ys.size() != outputs.size()) throw std::invalid_argument("Program.run: one y per output buffer");
     if (N == 0) return;  // an empty batch: an empty output, as PyTorch gives
     const std::vector<Segment> segs = segments(N, num_threads);
     const std::shared_ptr<const Layout> layout = this->layout(segs, N, outputs);
-    std::vector<float*> caller(buffers_.size(), nullptr);  // an output root's memory: the caller's y
-    for (size_t k = 0; k < outputs.size(); ++k) caller[outputs[k]] = ys[k];
-    // Per-thread arena: one block, each root of the whole batch at its planned offset.
+    if (!nchw.empty() && nchw.size() != outputs.size()) throw std::invalid_argument("Program.run: one nchw per output");
+    // Per-thread arena: one block, each root of the whole batch at its planned offset; then an
+    // NHWC block for each output the caller takes NCHW.
     thread_local Arena arena;
+    arena.buffers.resize(std::max(arena.buffers.size(), 1 + outputs.size()));  // no move under a pointer taken
+    std::vector<float*> caller(buffers_.size(), nullptr);  // an output root's memory: the caller's y
+    std::vector<float*> staged(outputs.size(), nullptr);
+    for (size_t k = 0; k < outputs.size(); ++k) {
+        if (!nchw.empty() && nchw[k])
+            staged[k] = arena.get(1 + k, static_cast<size_t>(N * elements(buffers_[outputs[k]])));
+        caller[outputs[k]] = staged[k] ? staged[k] : ys[k];
+    }
     struct Trim {  // on every way out, exceptions included
         Arena& a;
         ~Trim() {
@@ -532,7 +554,7 @@ void Program::run(const float* x, int64_t N, const std::vector<int>& outputs, co
         // per-group scratch.
         std::vector<float*> whole(buffers_.size(), nullptr);
         whole[0] = data(0);
-        for (size_t k = 0; k < outputs.size(); ++k) whole[outputs[k]] = ys[k];
+        for (size_t k = 0; k < outputs.size(); ++k) whole[outputs[k]] = caller[outputs[k]];
         for (size_t k = 0; k < ops_.size(); ++k) {
             if (k >= seg.begin && k < seg.end) continue;
             for (int id : {ops_[k].in, ops_[k].out, ops_[k].residual})
@@ -563,6 +585,15 @@ void Program::run(const float* x, int64_t N, const std::vector<int>& outputs, co
                 for (size_t k = seg.begin; k < seg.end; ++k)
                     op_seconds[k] += seconds[k - seg.begin] / std::min<int64_t>(num_threads, groups);
             }
+        });
+    }
+    for (size_t k = 0; k < outputs.size(); ++k) {
+        if (!staged[k]) continue;
+        const BufferShape& b = buffers_[outputs[k]];
+        const int64_t hw = b.H * b.W, blocks = (b.C + kTransposeChannels - 1) / kTransposeChannels;
+        parallel_for(N * blocks, num_threads, [&](int64_t task) {
+            const int64_t n = task / blocks;
+            nhwc_to_nchw(staged[k] + n * hw * b.C, hw, b.C, task % blocks * kTransposeChannels, ys[k] + n * hw * b.C);
         });
     }
 }

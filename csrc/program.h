@@ -106,10 +106,12 @@ class Program {
     ConvShape expand_shape(const ProgramOp& op, int64_t N = 1) const;
     ConvShape depthwise_shape(const ProgramOp& op, int64_t N = 1) const;
     // x: NCHW (N, C, H, W) of buffer 0; ys[k]: NHWC of buffer outputs[k] (a model's several
-    // outputs: distinct roots, none the input, a view or bf16). op_seconds, if not null,
+    // outputs: distinct roots, none the input, a view or bf16), or NCHW where nchw[k] (the
+    // program transposes it on its own threads: PyTorch's copy would wake its OpenMP threads,
+    // whose spinning then took a core from the next call's ops). op_seconds, if not null,
     // gets each op's wall time added (size: ops()).
     void run(const float* x, int64_t N, const std::vector<int>& outputs, const std::vector<float*>& ys,
-             int num_threads, double* op_seconds = nullptr) const;
+             int num_threads, double* op_seconds = nullptr, const std::vector<bool>& nchw = {}) const;
     // run's checks of N, outputs and num_threads, for a caller that sizes x and ys from buffers() first.
     void check_run(int64_t N, const std::vector<int>& outputs, int num_threads) const;
 

@@ -195,6 +195,39 @@ def test_program_rejects_bad_ops_and_inputs():
     torch.testing.assert_close(y.permute(0, 3, 1, 2), torch.nn.functional.max_pool2d(x, 2))
 
 
+@pytest.mark.parametrize("channels,hw,batch", [(21, (9, 11), 3), (16, (64, 1), 1), (48, (1, 1), 2), (3, (130, 7), 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_program_writes_nchw_outputs_itself(channels, hw, batch, threads):
+    """A 4-D output comes back NCHW from the program (its own transpose: a PyTorch permute-copy
+    woke PyTorch's OpenMP threads, whose spinning slowed the next call): the NHWC output's values,
+    every element written (poisoned first), for channels and maps off the transpose's blocks."""
+    p = _C.Program()
+    a, b = p.add_buffer(hw[0] * 2, hw[1] * 2, channels), p.add_buffer(*hw, channels)
+    p.add_pool(a, b, (2, 2), (2, 2), (0, 0), _C.PoolKind.max, True)
+    x = torch.randn(batch, channels, hw[0] * 2, hw[1] * 2)
+    nhwc = torch.full((batch, *hw, channels), float("nan"))
+    nchw = torch.full((batch, channels, *hw), float("nan"))
+    p.run(x.numpy(), nhwc.numpy(), b, threads)
+    p.run(x.numpy(), nchw.numpy(), b, threads, nchw=True)
+    assert torch.equal(nchw, nhwc.permute(0, 3, 1, 2))
+    assert torch.equal(nchw, torch.nn.functional.max_pool2d(x, 2))
+    outs = [np.full((batch, channels, *hw), np.nan, np.float32)]
+    p.run_many(x.numpy(), outs, [b], threads, None, [True])
+    assert torch.equal(torch.from_numpy(outs[0]), nchw)
+
+
+def test_compiled_4d_outputs_are_contiguous_nchw():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 40, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 13, 9)
+    compiled = compile(model, x, dense_backend="basisrt")
+    assert compiled.native is not None
+    y = compiled(x)
+    assert y.shape == (2, 40, 13, 9) and y.is_contiguous()
+    with torch.no_grad():
+        assert rel_err(y, model(x)) < 1e-5
+
+
 @pytest.mark.parametrize("hw, fused", [((8, 8), 2), ((7, 7), 0), ((6, 10), 1)])
 def test_max_pools_fuse_into_the_conv_before_them_where_they_can(hw, fused):
     """A 2×2 max pool runs in its conv's epilogue when the conv output is even and the pool is the

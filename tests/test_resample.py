@@ -206,6 +206,8 @@ def test_program_run_many_refuses_bad_outputs() -> None:
         program.run_many(x, [], [], 1)
     with pytest.raises(ValueError, match="out of range"):
         program.run_many(x, outs, [ids[0], 10_000], 1)
+    with pytest.raises(ValueError, match="one nchw flag per output"):
+        program.run_many(x, outs, ids, 1, None, [True])
 
 
 def _plan_with_resample_changed(tmp_path, change):

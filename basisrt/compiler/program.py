@@ -76,14 +76,17 @@ class NativeProgram:
         """Run the program; `op_seconds` (float64, one per op), if given, gets each op's time added."""
         x = x.contiguous()
         threads = self.num_threads or torch.get_num_threads()
-        ys = {b.id: torch.empty(x.shape[0], *b.hwc) for b in self.outputs}  # a tensor returned twice: once
-        ids = list(ys)
+        n = x.shape[0]
+        # 4-D outputs come back NCHW from the program itself (a PyTorch permute-copy here woke its
+        # OpenMP threads, whose spinning then slowed the next call's ops: 2x on a 64-channel 32x32 map)
+        bufs = {b.id: b for b in self.outputs}  # a tensor returned twice: once
+        ys = {i: torch.empty(n, b.hwc[2]) if b.flat else torch.empty(n, b.hwc[2], *b.hwc[:2]) for i, b in bufs.items()}
+        ids, nchw = list(ys), [not b.flat for b in bufs.values()]
         if len(ids) == 1:
-            self.program.run(x.numpy(), ys[ids[0]].numpy(), ids[0], threads, op_seconds)
+            self.program.run(x.numpy(), ys[ids[0]].numpy(), ids[0], threads, op_seconds, nchw[0])
         else:
-            self.program.run_many(x.numpy(), [ys[i].numpy() for i in ids], ids, threads, op_seconds)
-        tensors = [ys[b.id].reshape(x.shape[0], b.hwc[2]) if b.flat else ys[b.id].permute(0, 3, 1, 2).contiguous()
-                   for b in self.outputs]
+            self.program.run_many(x.numpy(), [ys[i].numpy() for i in ids], ids, threads, op_seconds, nchw)
+        tensors = [ys[b.id] for b in self.outputs]
         return tensors[0] if self.structure is None else _rebuild(self.structure, tensors)
 
 
