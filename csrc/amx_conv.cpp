@@ -371,9 +371,11 @@ struct ConvArgs {
     int64_t Kc;
     Bf16Io io;
     int64_t task_rows = kRows;  // pixels per task (tiles of them): fewer on vectors with few pixels
+    bool panels = false;  // B in panels of kPanelCols columns (pack_bf16_b on vectors)
 };
 
 constexpr int64_t kPanelBytes = 512 * 1024;
+constexpr int64_t kPanelCols = 2 * kAmxN;  // B's panels on vectors (pack_bf16_b)
 
 // The scaling GEMM's K: the basis output's hi and lo parts (or hi alone), rank channels each,
 // padded to a tile row (kAmxK) on tiles and to a pair on vectors. Never past amx_pair_k(rank),
@@ -467,6 +469,19 @@ BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, i
     return rows;
 }
 
+// t = A (16·mt rows from src, `rows` of them the grid's) · B's columns [j0, j0 + cols): B as one
+// VNNI matrix, or panel by panel (c.panels: j0 a panel's first column).
+template <class Src>
+BASISRT_AMX void basis_product(const ConvArgs& c, const Src& src, int mt, int64_t taps, int64_t Cp, int64_t j0,
+                               int64_t cols, float* t, int64_t ldt, int64_t rows) {
+    if (!c.panels) return gemm(c, src, mt, taps, Cp, c.B + 2 * j0, 2 * c.N1, cols, t, ldt, rows);
+    for (int64_t n = j0; n < j0 + cols; n += kPanelCols) {
+        const int64_t width = std::min(kPanelCols, c.N1 - n);
+        vec_gemm(src, mt, taps, Cp, c.B + n * taps * Cp, 2 * width, std::min(width, j0 + cols - n), t + n - j0, ldt,
+                 rows);
+    }
+}
+
 // t (16·mt rows × cols, ldt) = the grid's pixels [v0, v0 + 16·mt) · B's columns [j0, j0 + cols), of
 // which the first `rows` are the grid's (the rest zeros on vectors); `im2col`: their im2col rows
 // (gather), null on the virtual grid.
@@ -481,13 +496,12 @@ BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* im2col, int64_t v
         }
         return;
     }
-    const uint16_t* b = c.B + 2 * j0;
     if (im2col && c.compact) {  // one "tap" of Kc elements
-        gemm(c, PlainRows{im2col, c.Kc, c.Kc}, mt, 1, c.Kc, b, 2 * c.N1, cols, t, ldt, rows);
+        basis_product(c, PlainRows{im2col, c.Kc, c.Kc}, mt, 1, c.Kc, j0, cols, t, ldt, rows);
     } else if (im2col) {
-        gemm(c, PlainRows{im2col, taps * Cp, Cp}, mt, taps, Cp, b, 2 * c.N1, cols, t, ldt, rows);
+        basis_product(c, PlainRows{im2col, taps * Cp, Cp}, mt, taps, Cp, j0, cols, t, ldt, rows);
     } else {
-        gemm(c, ImageRows{c.xp + v0 * Cp, c.tap_off.data(), Cp}, mt, taps, Cp, b, 2 * c.N1, cols, t, ldt, rows);
+        basis_product(c, ImageRows{c.xp + v0 * Cp, c.tap_off.data(), Cp}, mt, taps, Cp, j0, cols, t, ldt, rows);
     }
 }
 
@@ -778,6 +792,17 @@ void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out) {
         for (int64_t n = 0; n < Np; ++n) out[(k / 2 * Np + n) * 2 + k % 2] = bf16_bits(w, K, N, k, n);
 }
 
+void pack_bf16_b(const float* w, int64_t K, int64_t N, uint16_t* out) {
+    if (amx_bf16_available()) return pack_bf16_vnni(w, K, N, out);
+    const int64_t Kp = round_up(K, kAmxK), Np = round_up(N, kAmxN);
+    for (int64_t n0 = 0; n0 < Np; n0 += kPanelCols) {
+        const int64_t width = std::min(kPanelCols, Np - n0);
+        uint16_t* panel = out + n0 * Kp;
+        for (int64_t k = 0; k < Kp; ++k)
+            for (int64_t n = 0; n < width; ++n) panel[(k / 2 * width + n) * 2 + k % 2] = bf16_bits(w, K, N, k, n0 + n);
+    }
+}
+
 bool bf16_quad_path(int64_t rank) { return rank >= 1 && rank <= 8 && std::strcmp(bf16_path(), "avx512_bf16") == 0; }
 
 void pack_bf16_quad(const float* w, int64_t K, int64_t N, uint16_t* out) {
@@ -823,6 +848,7 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
                hilo, bf16_quad_path(rank), false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available(),
                compact,
                amx_conv_k(s), io};
+    c.panels = !c.amx && !c.quad;  // pack_bf16_b's panels
     // The virtual grid where its extra tiles are few (at most 35 % more): not on small maps of a
     // batch (a 4×4 map padded to 6×6 does 2.25× the work), but an 8×8 map of one image is 5 tiles
     // of 16 pixels against 4, where gathering would copy 9 taps per pixel for every chunk. With at
@@ -849,7 +875,8 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     // VGG16 at batch 1 (rank 10 and 25 %).
     const bool balance = rank == 0 || 2 * K * c.N1 >= (int64_t{1} << 20);
     const int64_t want = balance ? 2 * static_cast<int64_t>(num_threads) : 0;
-    if (c.tiles < want) c.chunk = std::min(c.chunk, round_up((c.N1 + want / c.tiles - 1) / (want / c.tiles), kAmxN));
+    const int64_t align = c.amx ? kAmxN : kPanelCols;  // a chunk starts a panel on vectors
+    if (c.tiles < want) c.chunk = std::min(c.chunk, round_up((c.N1 + want / c.tiles - 1) / (want / c.tiles), align));
     c.chunk = std::min(c.chunk, c.N1);
     c.chunks = (c.N1 + c.chunk - 1) / c.chunk;
     c.split = c.virt || c.tiles < want;

@@ -61,6 +61,12 @@ inline int64_t vnni_elems(int64_t K, int64_t N) { return round_up(K, kAmxK) * ro
 // ((k / 2) · Np + n) · 2 + k % 2, rounded to nearest even, zeros in the padding.
 void pack_bf16_vnni(const float* w, int64_t K, int64_t N, uint16_t* out);
 
+// B of a direct bf16 conv (not quads) as this machine's path reads it: pack_bf16_vnni on AMX;
+// on vectors in panels of 32 columns, each panel's pairs of K rows contiguous, so that a task's
+// columns are one run of memory (element (k, n) of panel n0 = n − n % 32, of `width` columns:
+// at n0 · Kp + ((k / 2) · width + n − n0) · 2 + k % 2). Same size as pack_bf16_vnni.
+void pack_bf16_b(const float* w, int64_t K, int64_t N, uint16_t* out);
+
 // Whether a pair of this rank packs its B by pack_bf16_quad (1 to 8, on the AVX512-BF16 vector
 // path): VDPBF16PS then works on 4 K rows × 8 columns, not 2 × 16 (a rank of 6 idled 10 lanes).
 bool bf16_quad_path(int64_t rank);

@@ -244,6 +244,14 @@ py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
     return out;
 }
 
+py::array_t<uint16_t> pack_bf16_b_py(const py::array& w) {
+    check_packing_input("pack_bf16_b", w);
+    const int64_t K = w.shape(0), N = w.shape(1);
+    py::array_t<uint16_t> out(basisrt::vnni_elems(K, N));
+    basisrt::pack_bf16_b(static_cast<const float*>(w.data()), K, N, out.mutable_data());
+    return out;
+}
+
 py::array_t<uint16_t> pack_bf16_quad_py(const py::array& w) {
     check_packing_input("pack_bf16_quad", w);
     const int64_t K = w.shape(0), N = w.shape(1);
@@ -826,6 +834,9 @@ void bind_fused(py::module_& m) {
     m.def("pack_bf16_vnni", &pack_bf16_vnni_py, py::arg("w"),
           "A K x N float32 weight as the bf16 convs read it: bf16 bits (nearest even), pairs of K rows\n"
           "interleaved per column, K padded to 32 and N to 16 with zeros (flat uint16).");
+    m.def("pack_bf16_b", &pack_bf16_b_py, py::arg("w"),
+          "A K x N float32 basis (or dense) weight as this machine's direct bf16 conv reads it: as pack_bf16_vnni\n"
+          "on AMX; on AVX512-BF16 vectors in panels of 32 columns, each a run of memory (flat uint16, the same size).");
     m.def("pack_bf16_quad", &pack_bf16_quad_py, py::arg("w"),
           "A K x N (N <= 8) float32 basis weight as the bf16 conv reads it where bf16_quad_path(rank): bf16 bits,\n"
           "4 K rows interleaved per column, 8 columns, K padded to 32 with zeros (flat uint16).");

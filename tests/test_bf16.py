@@ -101,10 +101,11 @@ def _big(n, c_in, hw, rank, stride=1, residual=True):
 
 # Layers whose weights do not fit a task's panel, or whose pixels are too few for the threads (a
 # dense conv, or a pair with 1 MiB of weights: 512 channels at rank 128): the columns split across
-# tasks, a basis pair then run in two passes (csrc/amx_conv.cpp, ConvArgs)
+# tasks, a basis pair then run in two passes (csrc/amx_conv.cpp, ConvArgs); on vectors B's panels of
+# 32 columns (pack_bf16_b), the last 16 wide at ranks 100 and 136
 BIG = [_big(1, 256, 4, 128), _big(2, 512, 4, 96), _big(1, 256, 4, 0), _big(8, 256, 16, 128, stride=2),
        _big(3, 160, 16, 100), _big(1, 96, 33, 64, residual=False), _big(2, 512, 2, 0, residual=False),
-       _big(1, 512, 4, 128), _big(1, 512, 6, 128, stride=2)]
+       _big(1, 512, 4, 128), _big(1, 512, 6, 128, stride=2), _big(1, 512, 2, 136)]
 
 
 @needs_bf16
@@ -334,6 +335,27 @@ def test_pack_bf16_vnni_layout():
     assert packed.dtype == np.uint16 and packed.shape == (kp * np_,)
     grid = packed.reshape(kp // 2, np_, 2)
     _assert_packed(w, kp, np_, lambda k, n: grid[k // 2, n, k % 2])
+
+
+@needs_bf16
+@pytest.mark.parametrize("n", [21, 80, 130])
+def test_pack_bf16_b_layout(n):
+    """B of the direct bf16 conv: pack_bf16_vnni's on AMX; on vectors panels of 32 columns (the last
+    16 wide where N rounds to an odd number of 16s), each panel's pairs of K rows contiguous."""
+    rng = np.random.default_rng(n)
+    w = rng.standard_normal((37, n)).astype(np.float32)
+    packed = _C.pack_bf16_b(w)
+    if _C.bf16_path() == "amx":
+        assert np.array_equal(packed, _C.pack_bf16_vnni(w))
+        return
+    kp, np_ = 64, -(-n // 16) * 16
+    assert packed.dtype == np.uint16 and packed.shape == (kp * np_,)
+
+    def at(k, col):
+        n0 = col - col % 32
+        width = min(32, np_ - n0)
+        return packed[n0 * kp + (k // 2 * width + col - n0) * 2 + k % 2]
+    _assert_packed(w, kp, np_, at)
 
 
 @needs_bf16

@@ -72,7 +72,7 @@ def _packed_once(m: FusedConv2d) -> Bf16Weights:
 
 class Bf16Weights(NamedTuple):
     """A step's weights as the bf16 conv reads them (csrc/amx_conv.h)."""
-    B: np.ndarray  # the basis (or dense) conv's K × N, packed by pack_bf16_vnni (or _quad: bf16_quad_path)
+    B: np.ndarray  # the basis (or dense) conv's K × N, packed by pack_bf16_b (or _quad: bf16_quad_path)
     A: np.ndarray | None  # a pair's [A; A], packed
     bias: np.ndarray  # fp32 (zeros for none)
     winograd: np.ndarray | None  # the 16 U[ξ] where the step runs by Winograd in bf16, packed
@@ -81,7 +81,7 @@ class Bf16Weights(NamedTuple):
 def packed_bf16(m: FusedConv2d) -> Bf16Weights:
     """The weights of step `m` as the bf16 conv reads them: B, the K × N matrix (K tap by tap,
     each tap's channels zero-padded to AMX_K, or compact: `compact_k`) rounded to bf16 and packed
-    by _C.pack_bf16_vnni from the step's fp32 packing; A; the fp32 bias; and the Winograd weights
+    by _C.pack_bf16_b from the step's fp32 packing; A; the fp32 bias; and the Winograd weights
     where the CPU runs them in bf16 (`_C.winograd_bf16_path`) and the plan's error bound left them
     (`bf16_direct`: entry.py)."""
     if m.rank == 0:  # B: (1, K, C_out padded)
@@ -94,7 +94,7 @@ def packed_bf16(m: FusedConv2d) -> Bf16Weights:
     w = w.reshape(taps, m.in_channels, -1)  # K runs tap by tap
     if not compact_k(m.in_channels):  # each tap's channels padded to a tile row
         w = torch.nn.functional.pad(w, (0, 0, 0, _round_up(m.in_channels, AMX_K) - m.in_channels))
-    pack = _C.pack_bf16_quad if _C.bf16_quad_path(m.rank) else _C.pack_bf16_vnni  # a rank of 1-8 on vectors
+    pack = _C.pack_bf16_quad if _C.bf16_quad_path(m.rank) else _C.pack_bf16_b  # quads: a rank of 1-8 on vectors
     b = pack(w.reshape(-1, w.shape[2]).contiguous().numpy())
     a = None
     if m.rank:  # [A; A]: with bf16_hilo both parts of the basis output (hi + lo) meet A; else A alone
