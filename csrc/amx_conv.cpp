@@ -851,12 +851,14 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     c.panels = !c.amx && !c.quad;  // pack_bf16_b's panels
     // The virtual grid where its extra tiles are few (at most 35 % more): not on small maps of a
     // batch (a 4×4 map padded to 6×6 does 2.25× the work), but an 8×8 map of one image is 5 tiles
-    // of 16 pixels against 4, where gathering would copy 9 taps per pixel for every chunk. With at
-    // most two tiles of real pixels (one 4×4 image) reading the weights takes the time, and the
-    // extra tiles cost less than the gathers (ResNet-18 r25 batch 1: 0.055 -> 0.050 ms per conv).
+    // of 16 pixels against 4, where gathering would copy 9 taps per pixel for every chunk. On AMX
+    // also with at most two tiles of real pixels (one 4×4 image): reading the weights takes the
+    // time, and the extra tiles cost less than the gathers (ResNet-18 r25 batch 1: 0.055 -> 0.050
+    // ms per conv). Not on vectors, where each tile of a few rows reads all of B again: one 4×4
+    // image, 2 threads, weights out of L2, 128-512 channels at rank 25 %: 1.26-1.65× gathered.
     const int64_t P_virt = ((s.N - 1) * g.Hp + s.Ho - 1) * g.Wp + s.Wo, P_real = s.N * s.Ho * s.Wo;
     c.virt = !compact && s.sh == 1 && s.sw == 1 &&
-             (round_up(P_virt, 16) * 20 <= round_up(P_real, 16) * 27 || P_real <= 32);
+             (round_up(P_virt, 16) * 20 <= round_up(P_real, 16) * 27 || (P_real <= 32 && c.amx));
     for (int64_t i = 0; i < s.kh; ++i)
         for (int64_t j = 0; j < s.kw; ++j) c.tap_off.push_back((i * s.dh * g.Wp + j * s.dw) * g.Cp);
     c.P = c.virt ? P_virt : P_real;
