@@ -864,8 +864,9 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     c.P = c.virt ? P_virt : P_real;
     // On vectors, with fewer than kRows pixels per thread, tasks of a thread's share (in whole
     // tiles of 16): kRows would leave one thread most of the pixels (an 8×8 map of one image is 78
-    // grid pixels: 64 and 14). At batch 1, 2 threads, rank 25 % (bf16 maps, direct): 256 channels
-    // at 8×8 105 → 78 µs, at 4×4 39 → 30 µs; 512 at 4×4 99 → 92 µs; 2×2 and 16×16 to 32×32 ±2 %.
+    // grid pixels: 64 and 14). At batch 1, 2 threads, rank 25 % (bf16 maps, direct, paired; see
+    // RESULTS.md session 27): 256 channels at 8×8 105 → 78 µs, at 4×4 39 → 30 µs; 512 at 4×4 99 →
+    // 92 µs; 2×2 and 16×16 to 32×32 ±2 %.
     c.task_rows = c.amx ? kRows : std::min(kRows, round_up((c.P + num_threads - 1) / num_threads, 16));
     c.tiles = (c.P + c.task_rows - 1) / c.task_rows;
     const int64_t K = compact ? c.Kc : s.kh * s.kw * g.Cp;

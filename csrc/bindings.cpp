@@ -236,21 +236,21 @@ void check_packing_input(const std::string& fn, const py::array& w) {
     if (w.shape(0) < 1 || w.shape(1) < 1) value_error(fn, "w must not be empty");
 }
 
-py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
-    check_packing_input("pack_bf16_vnni", w);
+// w (K × N fp32) packed by `pack` into vnni_elems(K, N) bf16 bits (pack_bf16_vnni, pack_bf16_b)
+py::array_t<uint16_t> pack_vnni_sized(const char* fn, const py::array& w,
+                                      void (*pack)(const float*, int64_t, int64_t, uint16_t*)) {
+    check_packing_input(fn, w);
     const int64_t K = w.shape(0), N = w.shape(1);
     py::array_t<uint16_t> out(basisrt::vnni_elems(K, N));
-    basisrt::pack_bf16_vnni(static_cast<const float*>(w.data()), K, N, out.mutable_data());
+    pack(static_cast<const float*>(w.data()), K, N, out.mutable_data());
     return out;
 }
 
-py::array_t<uint16_t> pack_bf16_b_py(const py::array& w) {
-    check_packing_input("pack_bf16_b", w);
-    const int64_t K = w.shape(0), N = w.shape(1);
-    py::array_t<uint16_t> out(basisrt::vnni_elems(K, N));
-    basisrt::pack_bf16_b(static_cast<const float*>(w.data()), K, N, out.mutable_data());
-    return out;
+py::array_t<uint16_t> pack_bf16_vnni_py(const py::array& w) {
+    return pack_vnni_sized("pack_bf16_vnni", w, basisrt::pack_bf16_vnni);
 }
+
+py::array_t<uint16_t> pack_bf16_b_py(const py::array& w) { return pack_vnni_sized("pack_bf16_b", w, basisrt::pack_bf16_b); }
 
 py::array_t<uint16_t> pack_bf16_quad_py(const py::array& w) {
     check_packing_input("pack_bf16_quad", w);
