@@ -297,7 +297,8 @@ def fuzz_program(rng):
     for i, (name, kw) in enumerate(calls):
         getattr(p, name)(**(mutate(rng, kw, pairs, arrays, ints) if i == bad else kw))
     run = dict(x=np.random.default_rng(4).standard_normal((n, c_in, h, h)).astype(np.float32),
-               out=np.zeros((n, oh, ow, 2 * c_out), np.float32), output=3, num_threads=2, op_seconds=None)
+               out=np.zeros((n, oh, ow, 2 * c_out), np.float32), output=3, num_threads=2, op_seconds=None,
+               nchw=bool(rng.random() < 0.5))  # NCHW: the program's own transpose of the output
     if bad == len(calls):
         run = mutate(rng, run, set(), {"x", "out", "op_seconds"}, {"output", "num_threads"})
     elif bad == len(calls) + 1:
@@ -307,7 +308,8 @@ def fuzz_program(rng):
     elif bad == len(calls) + 3:  # several outputs
         outs = [run["out"], np.zeros((n, 2 * oh, ow + 1, c_out), np.float32)]
         ids = rng.choice([[3, 9], [9, 9], [3], [0, 9], [3, nasty_int(rng)], []])
-        p.run_many(run["x"], outs if rng.random() < 0.8 else outs[:1], ids, 2)
+        nchw = rng.choice([[], [True], [True, False], [False, True, True]])  # a wrong length too
+        p.run_many(run["x"], outs if rng.random() < 0.8 else outs[:1], ids, 2, None, nchw)
         return
     p.run(**run)
 
