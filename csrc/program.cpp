@@ -508,7 +508,6 @@ void Program::run(const float* x, int64_t N, const std::vector<int>& outputs, co
     // Per-thread arena: one block, each root of the whole batch at its planned offset; then an
     // NHWC block for each output the caller takes NCHW.
     thread_local Arena arena;
-    arena.buffers.resize(std::max(arena.buffers.size(), 1 + outputs.size()));  // no move under a pointer taken
     std::vector<float*> caller(buffers_.size(), nullptr);  // an output root's memory: the caller's y
     std::vector<float*> staged(outputs.size(), nullptr);
     for (size_t k = 0; k < outputs.size(); ++k) {

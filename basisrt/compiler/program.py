@@ -81,7 +81,7 @@ class NativeProgram:
         # OpenMP threads, whose spinning then slowed the next call's ops: 2x on a 64-channel 32x32 map)
         bufs = {b.id: b for b in self.outputs}  # a tensor returned twice: once
         ys = {i: torch.empty(n, b.hwc[2]) if b.flat else torch.empty(n, b.hwc[2], *b.hwc[:2]) for i, b in bufs.items()}
-        ids, nchw = list(ys), [not b.flat for b in bufs.values()]
+        ids, nchw = list(ys), [b.hwc[:2] != (1, 1) for b in bufs.values()]  # 1×1 maps: NHWC is NCHW
         if len(ids) == 1:
             self.program.run(x.numpy(), ys[ids[0]].numpy(), ids[0], threads, op_seconds, nchw[0])
         else:
