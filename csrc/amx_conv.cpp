@@ -622,38 +622,79 @@ inline int64_t winograd_bf16_cols(int64_t rank, int64_t c_out) { return round_up
 // bf16 elements of V per block (256 KB): the bytes of the fp32 conv's.
 constexpr int64_t kBlockElems = 128 * 1024;
 
-// V's rows (a tile each, ldv elements) for tile rows [tr0, tr1), from row t0 on; x fp32 or bf16 bits.
+// Half `half` of x's channels [o, o + 32) as 16 fp32 lanes, in V's channel order (amx_conv.h's
+// pack_winograd_bf16): the even channels, then the odd ones. From bf16 bits a 64-byte load and one
+// shift (the even ones) or one mask (the odd ones), where widening each 16 in order took two
+// instructions per 16; from fp32 two loads and a permute. `in` false: zeros.
+BASISRT_AVX512BF16 inline __attribute__((always_inline)) wg::vec load_half(const void* x, bool x16, int64_t o,
+                                                                             int half, bool in) {
+    // a masked load of nothing (from x itself) is zeros, without a branch
+    const __mmask32 m = in ? ~__mmask32(0) : 0;
+    if (!in) o = 0;
+    if (x16) {
+        const __m512i z = _mm512_maskz_loadu_epi16(m, static_cast<const uint16_t*>(x) + o);
+        return (wg::vec)(half ? _mm512_and_si512(z, _mm512_set1_epi32(int32_t(0xffff0000u))) : _mm512_slli_epi32(z, 16));
+    }
+    const float* x32 = static_cast<const float*>(x) + o;
+    const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                                         _mm512_set1_epi32(half));
+    return (wg::vec)_mm512_permutex2var_ps(_mm512_maskz_loadu_ps(__mmask16(m), x32), idx,
+                                           _mm512_maskz_loadu_ps(__mmask16(m), x32 + 16));
+}
+
+// Bᵀ d of one column of a window: x's pixels in column ix of the window rows `row` (first pixels,
+// -1 outside the image), the half `half` of channels [c, c + 32) (load_half).
+BASISRT_AVX512BF16 inline __attribute__((always_inline)) void window_column(const void* x, bool x16,
+                                                                             const ConvShape& s, int64_t ldx,
+                                                                             const int64_t (&row)[4], int64_t ix,
+                                                                             int64_t c, int half, wg::vec (&out)[4]) {
+    wg::vec d[4];
+    const bool col_in = ix >= 0 && ix < s.W;
+    if (col_in && row[0] >= 0 && row[3] >= 0)  // rows 1-2 lie between
+        for (int a = 0; a < 4; ++a) d[a] = load_half(x, x16, row[a] + ix * ldx + c, half, true);
+    else
+        for (int a = 0; a < 4; ++a) d[a] = load_half(x, x16, row[a] + ix * ldx + c, half, col_in && row[a] >= 0);
+    out[0] = d[0] - d[2];
+    out[1] = d[1] + d[2];
+    out[2] = d[2] - d[1];
+    out[3] = d[1] - d[3];
+}
+
+// V's rows (a tile each, ldv elements) for tile rows [tr0, tr1), from row t0 on; x fp32 or bf16
+// bits. Per tile row, 16 channels (one half of 32) at a time along its tiles: tile tx's window
+// columns 0-1 are tile tx − 1's columns 2-3, so each column of x is loaded and transformed (Bᵀ d)
+// once, not twice.
 BASISRT_AVX512BF16 void winograd_input_bf16(const void* x, bool x16, const ConvShape& s, int64_t ldx, int64_t tr0,
                                             int64_t tr1, uint16_t* V, int64_t t0, int64_t ldv) {
-    const int64_t TW = wg::tiles_of(s.Wo), C = s.C_in;
-    const float* x32 = static_cast<const float*>(x);
-    const uint16_t* xb = static_cast<const uint16_t*>(x);
-    for (int64_t tr = tr0, t = t0; tr < tr1; ++tr)
-        for (int64_t tx = 0; tx < TW; ++tx, ++t) {
-            int64_t off[4][4];
-            wg::window_offsets(s, ldx, tr, tx, off);
-            for (int64_t c = 0; c < C; c += wg::NR) {
-                wg::vec d[4][4], bd[4][4];
-                for (int a = 0; a < 4; ++a)
-                    for (int b = 0; b < 4; ++b) {
-                        const int64_t o = off[a][b];
-                        if (o < 0) d[a][b] = wg::vec{};
-                        else if (x16)  // bf16 → fp32: the bits in a float's upper half
-                            d[a][b] = (wg::vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                                                     reinterpret_cast<const __m256i*>(xb + o + c))),
-                                                                 16);
-                        else d[a][b] = (wg::vec)_mm512_loadu_ps(x32 + o + c);
+    const int64_t TW = wg::tiles_of(s.Wo), TH = wg::tiles_of(s.Ho), C = s.C_in;
+    for (int64_t tr = tr0, t = t0; tr < tr1; ++tr, t += TW) {
+        const int64_t n = tr / TH, iy0 = 2 * (tr % TH) - s.ph;
+        int64_t row[4];  // each window row's first pixel (element offset in x), or -1 outside the image
+        for (int a = 0; a < 4; ++a) row[a] = iy0 + a >= 0 && iy0 + a < s.H ? (n * s.H + iy0 + a) * s.W * ldx : -1;
+        for (int64_t c = 0; c < C; c += kAmxK)
+            for (int half = 0; half < 2; ++half) {
+                wg::vec bd[4][4];  // Bᵀ d of the current tile's window columns: bd[column][a]
+                window_column(x, x16, s, ldx, row, -s.pw, c, half, bd[0]);
+                window_column(x, x16, s, ldx, row, 1 - s.pw, c, half, bd[1]);
+                for (int64_t tx = 0; tx < TW; ++tx) {
+                    window_column(x, x16, s, ldx, row, 2 * tx + 2 - s.pw, c, half, bd[2]);
+                    window_column(x, x16, s, ldx, row, 2 * tx + 3 - s.pw, c, half, bd[3]);
+                    uint16_t* v = V + (t + tx) * ldv + c + 16 * half;
+                    for (int a = 0; a < 4; ++a) {
+                        const wg::vec r[4] = {bd[0][a], bd[1][a], bd[2][a], bd[3][a]};
+                        wg::vec out[4];
+                        wg::input_row(r, out);
+                        for (int b = 0; b < 4; ++b)
+                            _mm256_storeu_si256(reinterpret_cast<__m256i*>(v + (a * 4 + b) * C),
+                                                (__m256i)_mm512_cvtneps_pbh((__m512)out[b]));
                     }
-                wg::input_cols(d, bd);
-                for (int a = 0; a < 4; ++a) {
-                    wg::vec v[4];
-                    wg::input_row(bd[a], v);
-                    for (int b = 0; b < 4; ++b)
-                        _mm256_storeu_si256(reinterpret_cast<__m256i*>(V + t * ldv + (a * 4 + b) * C + c),
-                                            (__m256i)_mm512_cvtneps_pbh((__m512)v[b]));
+                    for (int a = 0; a < 4; ++a) {
+                        bd[0][a] = bd[2][a];
+                        bd[1][a] = bd[3][a];
+                    }
                 }
             }
-        }
+    }
 }
 
 // The GEMMs' rows: tiles rounded up to 8, or to 4 for up to 4 (batch 1 on a 2×2 or 4×4 map); to
@@ -809,6 +850,20 @@ void pack_bf16_quad(const float* w, int64_t K, int64_t N, uint16_t* out) {
     if (N > 8) throw std::invalid_argument("pack_bf16_quad takes at most 8 columns");
     for (int64_t k = 0; k < round_up(K, kAmxK); ++k)
         for (int64_t n = 0; n < 8; ++n) out[(k / 4 * 8 + n) * 4 + k % 4] = bf16_bits(w, K, N, k, n);
+}
+
+void pack_winograd_bf16(const float* U, int64_t C, int64_t n, bool quad, uint16_t* out) {
+    std::vector<float> rows(C * n);
+    const int64_t packed = quad ? quad_elems(C) : vnni_elems(C, n);
+    for (int64_t p = 0; p < wg::kPoints; ++p) {
+        const float* u = U + p * C * n;
+        for (int64_t j = 0; j < C; ++j) {  // row j of V's order: within each 32, the even channels, then the odd
+            const int64_t c = j - j % kAmxK + (j % kAmxK < kAmxK / 2 ? 2 * (j % kAmxK) : 2 * (j % kAmxK) - kAmxK + 1);
+            std::copy(u + c * n, u + (c + 1) * n, rows.begin() + j * n);
+        }
+        if (quad) pack_bf16_quad(rows.data(), C, n, out + p * packed);
+        else pack_bf16_vnni(rows.data(), C, n, out + p * packed);
+    }
 }
 
 void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, const float* bias,

@@ -90,8 +90,15 @@ struct Bf16Io {
 bool winograd_bf16_path(int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t groups,
                         int64_t c_in, int64_t rank);
 // bf16 elements of its weights: 16 matrices U[ξ] (C_in × n, n the rank or C_out rounded up to
-// kAmxN), each packed by pack_bf16_vnni from winograd_conv.h's winograd_weights.
+// kAmxN), packed by pack_winograd_bf16.
 int64_t winograd_bf16_elems(int64_t c_in, int64_t rank, int64_t c_out);
+
+// The 16 U[ξ] of winograd_conv.h's winograd_weights (fp32, C × n each, n a pair's rank or a dense
+// conv's outputs, one after another) → out (winograd_bf16_elems): each by pack_bf16_quad where
+// `quad` (bf16_quad_path of the rank), else pack_bf16_vnni, its rows in V's channel order: within
+// each 32 channels the 16 even ones, then the 16 odd ones (the kernel reads a pixel's 32 bf16
+// channels as two vectors that way).
+void pack_winograd_bf16(const float* U, int64_t C, int64_t n, bool quad, uint16_t* out);
 
 // The conv of shape s (groups 1, pool 1): rank > 0 is a basis pair (B: amx_conv_k(s) × rank,
 // A: amx_pair_k(rank) × C_out), rank 0 a dense conv (B: amx_conv_k(s) × C_out, A unused). bias may

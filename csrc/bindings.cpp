@@ -261,6 +261,20 @@ py::array_t<uint16_t> pack_bf16_quad_py(const py::array& w) {
     return out;
 }
 
+py::array_t<uint16_t> pack_winograd_bf16_py(const py::array& u, int64_t rank) {
+    const char* fn = "pack_winograd_bf16";
+    if (!py::isinstance<py::array_t<float>>(u) || u.ndim() != 3 || u.shape(0) != 16 || !(u.flags() & py::array::c_style))
+        value_error(fn, "u must be a C-contiguous float32 array of 16 matrices (16 x C x n)");
+    const int64_t C = u.shape(1), n = u.shape(2);
+    if (C < 1 || C % basisrt::kAmxK || n < 1)
+        value_error(fn, "u must have channels in multiples of 32 and at least one column");
+    const bool quad = basisrt::bf16_quad_path(rank);
+    if (quad && n > 8) value_error(fn, "a rank of 1 to 8 packs at most 8 columns");
+    py::array_t<uint16_t> out(16 * (quad ? basisrt::quad_elems(C) : basisrt::vnni_elems(C, n)));
+    basisrt::pack_winograd_bf16(static_cast<const float*>(u.data()), C, n, quad, out.mutable_data());
+    return out;
+}
+
 void pool_nhwc_py(const py::array& x, py::array& out, IntPair kernel, IntPair stride, IntPair padding,
                   basisrt::PoolKind kind, bool count_include_pad, int num_threads) {
     const std::string fn = "pool_nhwc";
@@ -840,6 +854,10 @@ void bind_fused(py::module_& m) {
     m.def("pack_bf16_quad", &pack_bf16_quad_py, py::arg("w"),
           "A K x N (N <= 8) float32 basis weight as the bf16 conv reads it where bf16_quad_path(rank): bf16 bits,\n"
           "4 K rows interleaved per column, 8 columns, K padded to 32 with zeros (flat uint16).");
+    m.def("pack_winograd_bf16", &pack_winograd_bf16_py, py::arg("u"), py::arg("rank"),
+          "The 16 fp32 Winograd weights U (16 x C x n: winograd_weights' as C x n) as the bf16 Winograd conv\n"
+          "reads them: each as pack_bf16_quad (bf16_quad_path(rank)) or pack_bf16_vnni packs it, its rows in the\n"
+          "kernel's channel order (within each 32: the even channels, then the odd; flat uint16).");
     m.def("bf16_quad_path", &basisrt::bf16_quad_path, py::arg("rank"),
           "Whether the bf16 conv reads a pair of this rank's B packed by pack_bf16_quad (1 to 8, AVX512-BF16\n"
           "vectors without AMX).");

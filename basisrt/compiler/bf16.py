@@ -107,7 +107,7 @@ def packed_bf16(m: FusedConv2d) -> Bf16Weights:
 def _winograd_bf16(m: FusedConv2d) -> np.ndarray | None:
     """The Winograd weights of `m` (its fp32 ones, 16 × (C × n) or 16 × (rank × C), made again
     where the fp32 plan measured the direct path faster: in bf16 they are 8/9 of the direct fp32
-    conv's bytes) as 16 C × n matrices, n rounded up to 16, each packed for the bf16 GEMMs."""
+    conv's bytes) as 16 C × n matrices, packed for the bf16 GEMMs (`_C.pack_winograd_bf16`)."""
     if (getattr(m, "bf16_direct", False) or os.environ.get("BASISRT_NO_WINOGRAD") == "1"
             or not _C.winograd_bf16_path(*m.kernel, *m.stride, *m.dilation, m.groups, m.in_channels, m.rank)):
         return None
@@ -116,8 +116,4 @@ def _winograd_bf16(m: FusedConv2d) -> np.ndarray | None:
         u = torch.from_numpy(_C.winograd_weights(m.B.numpy(), m.in_channels, m.rank, m.out_channels))
     if u.shape[1] != m.in_channels:  # (rank × C): the fp32 channel-dot layout
         u = u.transpose(1, 2)
-    n = m.rank or m.out_channels
-    if _C.bf16_quad_path(m.rank):  # a rank of 1-8: 8 columns in quads
-        return np.concatenate([_C.pack_bf16_quad(p.contiguous().numpy()) for p in u[:, :, :n]])
-    u = torch.nn.functional.pad(u[:, :, :n], (0, _round_up(n, 16) - n))
-    return np.concatenate([_C.pack_bf16_vnni(p.contiguous().numpy()) for p in u])
+    return _C.pack_winograd_bf16(u[:, :, :m.rank or m.out_channels].contiguous().numpy(), m.rank)
