@@ -340,14 +340,14 @@ struct Scratch {
 // pixel v on (plus its taps): 16 consecutive pixels are then 16 consecutive input pixels, one A
 // tile read in place, across row and image boundaries. The grid's extra pixels (padding columns
 // and rows: ow >= Wo or oh >= Ho, at most 2·pw of each Wp) are computed and dropped. A strided
-// conv runs on its real output pixels, each tile's im2col rows copied out of xp first.
+// conv runs on its real output pixels, each tile's im2col rows copied out of xp (or x) first.
 // Columns: a task keeps at most kPanelBytes of B hot while it runs its pixels; with few pixels
 // (batch 1, late layers) the columns are also split so that every thread has work: there the
 // weights' memory traffic is what takes the time. A basis pair whose columns are split runs in
 // two passes, the first writing its fp32 output T for all pixels, the second T · A and the
 // epilogue; otherwise each task does both.
 struct ConvArgs {
-    const uint16_t* xp;  // the padded input
+    const uint16_t* xp;  // the padded input, or null: gathered from x itself (fused_conv_bf16_nhwc's in_place)
     Padded g;
     std::vector<int64_t> tap_off;  // elements of xp from a window's corner to tap t
     const uint16_t *B, *A;
@@ -372,6 +372,8 @@ struct ConvArgs {
     Bf16Io io;
     int64_t task_rows = kRows;  // pixels per task (tiles of them): fewer on vectors with few pixels
     bool panels = false;  // B in panels of kPanelCols columns (pack_bf16_b on vectors)
+    const void* x = nullptr;  // where xp is null: the input itself (fp32 or bf16: io.x), gathered in place
+    int64_t ldx = 0;
 };
 
 constexpr int64_t kPanelBytes = 512 * 1024;
@@ -450,7 +452,8 @@ BASISRT_AMX const uint16_t* gather_compact(const ConvArgs& c, Scratch& sc, int64
     return rows;
 }
 
-// The im2col rows of a strided conv's pixels [v0, v0 + 16·mt) (zeros past the last pixel).
+// The im2col rows of the grid's pixels [v0, v0 + 16·mt) (zeros past the last pixel): from xp, or
+// where xp is null from x itself, each tap's pixel tested against the image's bounds.
 BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, int mt) {
     if (c.compact) return gather_compact(c, sc, v0, mt);
     const ConvShape& s = c.s;
@@ -463,8 +466,25 @@ BASISRT_AMX const uint16_t* gather(const ConvArgs& c, Scratch& sc, int64_t v0, i
             std::memset(row, 0, taps * Cp * sizeof(uint16_t));
             continue;
         }
-        const uint16_t* src = c.xp + ((at.n * c.g.Hp + at.oh * s.sh) * c.g.Wp + at.ow * s.sw) * Cp;
-        for (int64_t tap = 0; tap < taps; ++tap) copy_bf16(src + c.tap_off[tap], row + tap * Cp, Cp);
+        if (c.xp) {
+            const uint16_t* src = c.xp + ((at.n * c.g.Hp + at.oh * s.sh) * c.g.Wp + at.ow * s.sw) * Cp;
+            for (int64_t tap = 0; tap < taps; ++tap) copy_bf16(src + c.tap_off[tap], row + tap * Cp, Cp);
+            continue;
+        }
+        const int64_t iy0 = at.oh * s.sh - s.ph, ix0 = at.ow * s.sw - s.pw;
+        for (int64_t i = 0; i < s.kh; ++i)
+            for (int64_t j = 0; j < s.kw; ++j) {
+                uint16_t* dst = row + (i * s.kw + j) * Cp;
+                const int64_t iy = iy0 + i * s.dh, ix = ix0 + j * s.dw;
+                if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) {
+                    std::memset(dst, 0, Cp * sizeof(uint16_t));
+                    continue;
+                }
+                const int64_t o = ((at.n * s.H + iy) * s.W + ix) * c.ldx;
+                if (!c.io.x) to_bf16(static_cast<const float*>(c.x) + o, dst, s.C_in, Cp);
+                else if (s.C_in == Cp) copy_bf16(static_cast<const uint16_t*>(c.x) + o, dst, Cp);
+                else copy_pad_bf16(static_cast<const uint16_t*>(c.x) + o, dst, s.C_in, Cp);
+            }
     }
     return rows;
 }
@@ -885,25 +905,8 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
         return;
     }
     const bool compact = amx_compact_k(s.C_in);  // compiler/bf16.py packs B the same way (compact_k)
+    const bool amx = amx_bf16_available();
     const Padded g{s.H + 2 * s.ph, s.W + 2 * s.pw, compact ? s.C_in : round_up(s.C_in, kAmxK)};
-    // The calling thread's: the program runs image groups on several threads at once. kRows
-    // pixels of zeros after the last image: the virtual grid's last tile reads that far.
-    thread_local Aligned padded;
-    const int64_t xp_elems = (s.N * g.Hp * g.Wp + kRows) * g.Cp;
-    uint16_t* xp = reinterpret_cast<uint16_t*>(padded.get((xp_elems + 1) / 2));
-    // Up to 512 KiB the caller copies alone: a barrier cost more than the copy (ResNet-18 and VGG16
-    // r10, batch 1: 4-5 % faster, where a conv's padded input is 37-148 KiB)
-    const int pad_threads = s.N * g.Hp * g.Wp * g.Cp * 2 <= (int64_t{512} << 10) ? 1 : num_threads;
-    parallel_for(s.N * g.Hp, pad_threads, [&](int64_t row) { pad_row(x, io.x, s, ldx, g, row, xp); });
-    std::memset(xp + s.N * g.Hp * g.Wp * g.Cp, 0, kRows * g.Cp * sizeof(uint16_t));
-
-    ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
-               round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
-               scaling_k(rank, hilo, amx_bf16_available()), round_up(s.C_out, kAmxN),  // the second's K and columns
-               hilo, bf16_quad_path(rank), false, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx_bf16_available(),
-               compact,
-               amx_conv_k(s), io};
-    c.panels = !c.amx && !c.quad;  // pack_bf16_b's panels
     // The virtual grid where its extra tiles are few (at most 35 % more): not on small maps of a
     // batch (a 4×4 map padded to 6×6 does 2.25× the work), but an 8×8 map of one image is 5 tiles
     // of 16 pixels against 4, where gathering would copy 9 taps per pixel for every chunk. On AMX
@@ -912,8 +915,35 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     // ms per conv). Not on vectors, where each tile of a few rows reads all of B again: one 4×4
     // image, 2 threads, weights out of L2, 128-512 channels at rank 25 %: 1.26-1.65× gathered.
     const int64_t P_virt = ((s.N - 1) * g.Hp + s.Ho - 1) * g.Wp + s.Wo, P_real = s.N * s.Ho * s.Wo;
-    c.virt = !compact && s.sh == 1 && s.sw == 1 &&
-             (round_up(P_virt, 16) * 20 <= round_up(P_real, 16) * 27 || (P_real <= 32 && c.amx));
+    const bool virt = !compact && s.sh == 1 && s.sw == 1 &&
+                      (round_up(P_virt, 16) * 20 <= round_up(P_real, 16) * 27 || (P_real <= 32 && amx));
+    // Gathered from x itself, not from a padded copy, where x is bf16 (the copy would only move
+    // the same bytes once more) or the conv strided (it reads a quarter of x, or less, where the
+    // copy converts all of it); compact rows keep the copy (its runs of taps). A 1×1 stride-2
+    // conv at batch 1 had spent a sixth of its time copying the whole map.
+    const bool in_place = !virt && !compact && (io.x || s.sh > 1 || s.sw > 1);
+    uint16_t* xp = nullptr;
+    // The calling thread's: the program runs image groups on several threads at once. kRows
+    // pixels of zeros after the last image: the virtual grid's last tile reads that far.
+    thread_local Aligned padded;
+    if (!in_place) {
+        const int64_t xp_elems = (s.N * g.Hp * g.Wp + kRows) * g.Cp;
+        xp = reinterpret_cast<uint16_t*>(padded.get((xp_elems + 1) / 2));
+        // Up to 512 KiB the caller copies alone: a barrier cost more than the copy (ResNet-18 and
+        // VGG16 r10, batch 1: 4-5 % faster, where a conv's padded input is 37-148 KiB)
+        const int pad_threads = s.N * g.Hp * g.Wp * g.Cp * 2 <= (int64_t{512} << 10) ? 1 : num_threads;
+        parallel_for(s.N * g.Hp, pad_threads, [&](int64_t row) { pad_row(x, io.x, s, ldx, g, row, xp); });
+        std::memset(xp + s.N * g.Hp * g.Wp * g.Cp, 0, kRows * g.Cp * sizeof(uint16_t));
+    }
+
+    ConvArgs c{xp, g, {}, B, A, bias, residual, y, s, rank, s.ldy ? s.ldy : s.C_out, s.ldr ? s.ldr : s.C_out,
+               round_up(rank ? rank : s.C_out, kAmxN),  // the first GEMM's columns
+               scaling_k(rank, hilo, amx), round_up(s.C_out, kAmxN),  // the second's K and columns
+               hilo, bf16_quad_path(rank), virt, false, 0, 0, 0, 0, 0, nullptr, act, alpha, amx, compact,
+               amx_conv_k(s), io};
+    c.panels = !c.amx && !c.quad;  // pack_bf16_b's panels
+    c.x = x;
+    c.ldx = ldx;
     for (int64_t i = 0; i < s.kh; ++i)
         for (int64_t j = 0; j < s.kw; ++j) c.tap_off.push_back((i * s.dh * g.Wp + j * s.dw) * g.Cp);
     c.P = c.virt ? P_virt : P_real;

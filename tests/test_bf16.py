@@ -247,11 +247,12 @@ def test_pools_between_bf16_convs_run_on_bf16_maps(pool, every_conv_bf16):
 @needs_bf16
 @pytest.mark.parametrize("rank", [12, 6])  # 6: quads
 @pytest.mark.parametrize("hilo", [True, False], ids=["hilo", "hi"])
-def test_bf16_conv_propagates_nan_and_inf_as_fp32(rank, hilo):
+@pytest.mark.parametrize("stride", [1, 2])  # 2: im2col rows gathered from x itself
+def test_bf16_conv_propagates_nan_and_inf_as_fp32(rank, hilo, stride):
     torch.manual_seed(0)
     w, s = torch.randn(rank, 40, 3, 3), torch.randn(24, rank)
-    step = FusedConv2d(w, torch.randn(24), scale=s, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1,
-                       activation="relu", num_threads=2)
+    step = FusedConv2d(w, torch.randn(24), scale=s, stride=(stride, stride), padding=(1, 1), dilation=(1, 1),
+                       groups=1, activation="relu", num_threads=2)
     x = torch.randn(2, 40, 9, 16)
     x[0, 3, 4, 5], x[1, 7, 0, 0] = float("nan"), float("inf")
     want = step(x)
