@@ -958,10 +958,15 @@ void fused_conv_bf16_nhwc(const void* x, const uint16_t* B, const uint16_t* A, c
     c.chunk = c.N1;
     if (2 * K * c.N1 > kPanelBytes) c.chunk = std::max<int64_t>(kPanelBytes / (2 * K) / 32 * 32, 32);
     // Tasks for balance: with fewer tiles than twice the threads the columns split further. A basis
-    // pair then runs in two passes, which pays only where reading its weights takes the time (B of
-    // 1 MiB or more); below that one pass, threads idle or not, was 5-11 % faster on ResNet-18 and
-    // VGG16 at batch 1 (rank 10 and 25 %).
-    const bool balance = rank == 0 || 2 * K * c.N1 >= (int64_t{1} << 20);
+    // pair then runs in two passes, which pays where reading its weights takes the time (B of 1 MiB
+    // or more), and on vectors where the first GEMM's MACs do (a million or more: about 9 µs on one
+    // core); below both one pass, threads idle or not, was 5-11 % faster on ResNet-18 and VGG16 at
+    // batch 1 (rank 10 and 25 %). The MAC rule (session 28, paired, bf16 maps, batch 1): ResNet-18's
+    // 256 → 512-channel stride-2 conv at rank 25 % 58 → 38.5 µs, 512-channel 4×4 pairs of rank 51
+    // 1.68×, 256-channel 4×4 of rank 64 1.59×; whole plans compiled with it 1.02-1.06× (ResNet-18,
+    // VGG16, rank 10 and 25 %). AMX, 15× faster per MAC, keeps the weights rule alone.
+    const bool balance = rank == 0 || 2 * K * c.N1 >= (int64_t{1} << 20) ||
+                         (!c.amx && c.P * K * c.N1 >= (int64_t{1} << 20));
     const int64_t want = balance ? 2 * static_cast<int64_t>(num_threads) : 0;
     const int64_t align = c.amx ? kAmxN : kPanelCols;  // a chunk starts a panel on vectors
     if (c.tiles < want) c.chunk = std::min(c.chunk, round_up((c.N1 + want / c.tiles - 1) / (want / c.tiles), align));
