@@ -526,8 +526,10 @@ BASISRT_AMX void basis_gemm(const ConvArgs& c, const uint16_t* im2col, int64_t v
 }
 
 // 16 values of the epilogue: o + bias (+ the residual, fp32 or bf16 bits), clamped to [lo, hi],
-// stored to y as fp32 or rounded to bf16; m masks the columns past C_out. max(v, lo) then
-// min(v, hi), v first: NaN stays NaN, as PyTorch's clamps keep it.
+// stored to y as fp32 or rounded to bf16; m masks the columns past C_out. VMAXPS(lo, v) is
+// lo > v ? lo : v and VMINPS(hi, v) hi < v ? hi : v: v, the second operand, wins every compare
+// that is false, so NaN stays NaN (as PyTorch's clamps keep it), in two instructions where
+// compare-and-blend took four (1.00-1.03× per bf16 pair, same bits).
 BASISRT_AVX512BF16 inline __attribute__((always_inline)) void finish_vector(
     __m512 o, __m512 bias, const void* res, bool r16, void* y, bool y16, __m512 lo, __m512 hi, __mmask16 m) {
     __m512 v = _mm512_add_ps(o, bias);
@@ -535,8 +537,7 @@ BASISRT_AVX512BF16 inline __attribute__((always_inline)) void finish_vector(
         v = _mm512_add_ps(v, _mm512_cvtpbh_ps((__m256bh)_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(res))));
     else if (res)
         v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, static_cast<const float*>(res)));
-    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ), v, lo);
-    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(hi, v, _CMP_LT_OQ), v, hi);
+    v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
     if (y16) _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y), m, (__m256i)_mm512_cvtneps_pbh(v));
     else _mm512_mask_storeu_ps(static_cast<float*>(y), m, v);
 }
