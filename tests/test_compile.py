@@ -2,6 +2,7 @@
 import threading
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -127,6 +128,27 @@ def test_input_errors_and_layouts():
     assert torch.allclose(compiled(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-6)
     assert torch.allclose(compiled(x.transpose(2, 3).contiguous().transpose(2, 3)), ref, atol=1e-6)
     assert ref.is_contiguous()
+
+
+def test_one_call_matches_the_checked_path_with_a_new_tensor_each_time():
+    """A plain input runs in one C++ call (NativeProgram.call_fast): what the checked Python path
+    gives, bit for bit, in a new 64-byte-aligned tensor each call; what it does not take (other
+    layouts, dtypes, grad, an empty batch) goes the checked way."""
+    _, model = pruned("resnet18", 0.1)
+    x = torch.randn(2, 3, 32, 32)
+    compiled = compile(model, x)
+    fast = compiled.native.call_fast(x)
+    checked = compiled.native(x, np.zeros(len(compiled.native.op_names)))  # op_seconds: the Python path
+    assert fast is not None and fast.shape == checked.shape == (2, 10) and fast.dtype == torch.float32
+    assert torch.equal(fast, checked)
+    a, b = compiled(x), compiled(x)
+    assert torch.equal(a, b) and a.data_ptr() != b.data_ptr() and a.data_ptr() % 64 == 0
+    a.add_(1)  # the caller's to keep and change
+    assert torch.equal(compiled(x), b)
+    others = [x.contiguous(memory_format=torch.channels_last), x.double(), x.clone().requires_grad_(), x[:0], x[0]]
+    assert all(compiled.native.call_fast(o) is None for o in others)
+    assert torch.equal(compiled(others[0]), b) and torch.equal(compiled(others[2]), b)
+    assert compiled(others[3]).shape == (0, 10)
 
 
 def test_threads_share_a_plan():

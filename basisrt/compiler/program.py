@@ -66,14 +66,34 @@ class NativeProgram:
         self.op_names = op_names  # the plan step each op runs, in order
         self.fused_pools = fused_pools  # pool step -> the conv step whose op runs it after its epilogue
         self.fused_expands = fused_expands  # expand conv step -> the depthwise step whose op runs both
+        # (buffer id, flat) of a model returning one tensor: call_fast's one C++ call (else None)
+        self._one = (outputs[0].id, outputs[0].flat) if len(outputs) == 1 and structure is None else None
 
     @property
     def output(self) -> _Buffer:
         """The first output buffer (the only one, for a model returning one tensor)."""
         return self.outputs[0]
 
+    def call_fast(self, x: object) -> Tensor | None:
+        """The output for `x` in one C++ call (`Program.call`), where the model returns one tensor and
+        `x` is a plain contiguous float32 CPU tensor of the input's shape with at least one image;
+        None for anything else, whose caller then checks `x` and names what is wrong. The Python
+        steps of __call__ cost 25-40 µs a call after the kernels (batch 1: 5-8 % of ResNet-18 on 32×32)."""
+        if self._one is None or type(x) is not Tensor:
+            return None
+        try:
+            a = x.numpy()  # refuses tensors that need grad, live off the CPU, or carry lazy neg / conj bits
+        except (RuntimeError, TypeError):
+            return None
+        y = self.program.call(a, self._one[0], self.num_threads or torch.get_num_threads(), self._one[1])
+        return None if y is None else torch.from_numpy(y)
+
     def __call__(self, x: Tensor, op_seconds: np.ndarray | None = None) -> Tensor | tuple | list | dict:
         """Run the program; `op_seconds` (float64, one per op), if given, gets each op's time added."""
+        if op_seconds is None:
+            y = self.call_fast(x)
+            if y is not None:
+                return y
         x = x.contiguous()
         threads = self.num_threads or torch.get_num_threads()
         n = x.shape[0]
