@@ -592,7 +592,9 @@ BASISRT_AMX void epilogue(const ConvArgs& c, float* out, int64_t ldo, int64_t v0
 // of t16 (R2 elements each) whose output pixels are pix (-1: none), y's columns [n, n + 16·NT)
 // (up to C_out) = clamp(t16 · A + bias (+ residual)). vec_rows' sums in its order, then the
 // epilogue's steps: the same bits as vec_gemm then epilogue, without the fp32 rows' store and
-// reload between them. Paired, bf16 maps, same plans: whole bf16 plans (ResNet-18 and VGG16 at
+// reload between them. The K loop is its own (one run of pairs, where vec_rows walks taps and
+// blocks of 32): the same loop shared from vec_rows built to more scalar work around it and ran
+// the rank-6 Winograd pair 2-25 % slower in six alternations of the two builds. Paired, bf16 maps, same plans: whole bf16 plans (ResNet-18 and VGG16 at
 // rank 10 and 25 %, batch 1 and 32) 1.03-1.09× faster, where the convs are bf16.
 template <int NT, int ROWS>
 BASISRT_AVX512BF16 void scaling_rows(const ConvArgs& c, const uint16_t* t16, const int64_t* pix, int64_t n) {
