@@ -217,15 +217,17 @@ def test_program_keeps_maps_between_bf16_convs_in_bf16(every_conv_bf16):
 
 @needs_bf16
 @pytest.mark.parametrize("pool", ["max", "avg", "global"])
-def test_pools_between_bf16_convs_run_on_bf16_maps(pool, every_conv_bf16):
+@pytest.mark.parametrize("channels", [48, 40])  # 40: a last vector of 8 channels
+def test_pools_between_bf16_convs_run_on_bf16_maps(pool, channels, every_conv_bf16):
     """conv -> pool -> conv at bf16: the maps on both sides of the pool are bf16. A max pool gives
     exactly what fp32 maps give (rounding to bf16 is monotonic: the max of rounded values is the
     rounded max, which the next conv took as its input anyway); an average is rounded once more."""
     from basisrt.compiler import program as lowering
     torch.manual_seed(0)
     pools = {"max": torch.nn.MaxPool2d(2), "avg": torch.nn.AvgPool2d(3, 1, 1), "global": torch.nn.AdaptiveAvgPool2d(1)}
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 48, 3, padding=1), torch.nn.ReLU(), pools[pool],
-                              torch.nn.Conv2d(48, 40, 3 if pool != "global" else 1, padding=int(pool != "global")),
+    k = 3 if pool != "global" else 1
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.ReLU(), pools[pool],
+                              torch.nn.Conv2d(channels, 40, k, padding=k // 2),
                               torch.nn.ReLU(), torch.nn.Conv2d(40, 24, 1)).eval()
     x = torch.randn(3, 3, 13, 18)
     x[1, 0, 4, 4] = float("nan")
