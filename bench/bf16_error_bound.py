@@ -98,5 +98,6 @@ def main() -> None:
                     for bound, row in rows.items():
                         print(f"{row} {ratios[bound]:.2f} ({ov_err:.1e}) |", flush=True)
 
+
 if __name__ == "__main__":
     main()

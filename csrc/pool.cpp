@@ -114,7 +114,9 @@ BASISRT_AVX512BF16 void pool_row_bf16(const uint16_t* x, Out* y, const PoolShape
                         : kind == PoolKind::l2 ? _mm512_fmadd_ps(v, v, a)
                                                : _mm512_add_ps(a, v);
                 }
-            const __m512 r = is_max ? a : kind == PoolKind::l2 ? _mm512_sqrt_ps(a) : _mm512_mul_ps(a, _mm512_set1_ps(w.inv));
+            const __m512 r = is_max                  ? a
+                             : kind == PoolKind::l2 ? _mm512_sqrt_ps(a)
+                                                    : _mm512_mul_ps(a, _mm512_set1_ps(w.inv));
             if constexpr (std::is_same_v<Out, float>) _mm512_mask_storeu_ps(out + c, m, r);
             else _mm256_mask_storeu_epi16(out + c, m, (__m256i)_mm512_cvtneps_pbh(r));
         }
