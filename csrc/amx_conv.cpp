@@ -162,11 +162,17 @@ BASISRT_AMX void tile_gemm(const Src& src, int mt, int64_t taps, int64_t Cp, con
 // VDPBF16PS multiplies 16 columns by one pair of K rows per instruction. Eight rows at a time (or
 // ROWS): ROWS × NT accumulators, each B pair row loaded once for the rows, each A pair broadcast once.
 // kPairs: Cp is any even count (the scaling GEMM's K: scaling_k), not a multiple of kAmxK.
+// The loops over the accumulators are unrolled by pragma: rolled, GCC kept a copy of them on the
+// stack (zeroed there at every call, stored after the K loop and reloaded for the stores; for
+// NT 1 a REP STOSQ), and whole bf16 plans ran 1.04× slower at batch 32 (paired, same bits; the
+// same in quad_rows and scaling_rows).
 template <int NT, class Src, int rows = 8, bool kPairs = false>
 BASISRT_AVX512BF16 void vec_rows(const Src& src, int m, int r0, int64_t taps, int64_t Cp, const uint16_t* b,
                                  int64_t ldb, float* c, int64_t ldc) {
     __m512 acc[rows][NT];
+#pragma GCC unroll 16
     for (int i = 0; i < rows; ++i)
+#pragma GCC unroll 4
         for (int n = 0; n < NT; ++n) acc[i][n] = _mm512_setzero_ps();
     const int64_t rs = src.stride() / 2;  // elements from one row to the next
     for (int64_t t = 0; t < taps; ++t)
@@ -185,7 +191,9 @@ BASISRT_AVX512BF16 void vec_rows(const Src& src, int m, int r0, int64_t taps, in
                 }
             }
         }
+#pragma GCC unroll 16
     for (int i = 0; i < rows; ++i)
+#pragma GCC unroll 4
         for (int n = 0; n < NT; ++n) _mm512_storeu_ps(c + (16 * m + r0 + i) * ldc + kAmxN * n, acc[i][n]);
 }
 
@@ -198,6 +206,7 @@ template <class Src>
 BASISRT_AVX512BF16 void quad_rows(const Src& src, int m, int64_t taps, int64_t Cp, const uint16_t* b, float* c,
                                   int64_t ldc) {
     __m512 acc[16];
+#pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
     const int64_t rs = src.stride() / 2;  // elements from one row to the next
     for (int64_t t = 0; t < taps; ++t)
@@ -213,6 +222,7 @@ BASISRT_AVX512BF16 void quad_rows(const Src& src, int m, int64_t taps, int64_t C
                 }
             }
         }
+#pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) {
         const __m512 s = _mm512_add_ps(acc[i], _mm512_permute_ps(acc[i], 0xB1));  // lane 2n: column n
         _mm512_storeu_ps(c + (16 * m + i) * ldc, _mm512_maskz_compress_ps(0x5555, s));
@@ -594,12 +604,20 @@ BASISRT_AMX void epilogue(const ConvArgs& c, float* out, int64_t ldo, int64_t v0
 // epilogue's steps: the same bits as vec_gemm then epilogue, without the fp32 rows' store and
 // reload between them. The K loop is its own (one run of pairs, where vec_rows walks taps and
 // blocks of 32): the same loop shared from vec_rows built to more scalar work around it and ran
-// the rank-6 Winograd pair 2-25 % slower in six alternations of the two builds. Paired, bf16 maps, same plans: whole bf16 plans (ResNet-18 and VGG16 at
-// rank 10 and 25 %, batch 1 and 32) 1.03-1.09× faster, where the convs are bf16.
+// the rank-6 Winograd pair 2-25 % slower in six alternations of the two builds. Paired, bf16
+// maps, same plans: whole bf16 plans (ResNet-18 and VGG16 at rank 10 and 25 %, batch 1 and 32)
+// 1.03-1.09× faster, where the convs are bf16.
+// The accumulators stay in registers only with every loop over ROWS and NT unrolled and no branch
+// on a column mask: with the zeroing loop rolled, or `if (mask[j])` around the epilogue, GCC kept
+// them on the stack (zeroed there at entry, stored after the K loop, reloaded by the epilogue:
+// 56-90 moves). In registers: ResNet-18 r10's 1×1 stride-2 shortcut pairs 1.19-1.27× faster,
+// whole bf16 plans 1.01-1.05× (paired, same bits).
 template <int NT, int ROWS>
 BASISRT_AVX512BF16 void scaling_rows(const ConvArgs& c, const uint16_t* t16, const int64_t* pix, int64_t n) {
     __m512 acc[ROWS][NT];
+#pragma GCC unroll 8
     for (int i = 0; i < ROWS; ++i)
+#pragma GCC unroll 2
         for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
     const uint16_t* a = c.A + 2 * n;
     const int64_t lda = 2 * c.N2;
@@ -630,10 +648,9 @@ BASISRT_AVX512BF16 void scaling_rows(const ConvArgs& c, const uint16_t* t16, con
         char* y = static_cast<char*>(c.y) + (pix[i] * c.ldy + n) * ysize;
         const char* res = c.residual ? static_cast<const char*>(c.residual) + (pix[i] * c.ldr + n) * rsize : nullptr;
 #pragma GCC unroll 2
-        for (int j = 0; j < NT; ++j)
-            if (mask[j])
-                finish_vector(acc[i][j], bias[j], res ? res + 16 * j * rsize : nullptr, r16, y + 16 * j * ysize, y16,
-                              lo, hi, mask[j]);
+        for (int j = 0; j < NT; ++j)  // every mask[j] has columns (scaling_fused), and an empty one touches no memory
+            finish_vector(acc[i][j], bias[j], res ? res + 16 * j * rsize : nullptr, r16, y + 16 * j * ysize, y16,
+                          lo, hi, mask[j]);
     }
 }
 
