@@ -607,11 +607,10 @@ BASISRT_AMX void epilogue(const ConvArgs& c, float* out, int64_t ldo, int64_t v0
 // the rank-6 Winograd pair 2-25 % slower in six alternations of the two builds. Paired, bf16
 // maps, same plans: whole bf16 plans (ResNet-18 and VGG16 at rank 10 and 25 %, batch 1 and 32)
 // 1.03-1.09× faster, where the convs are bf16.
-// The accumulators stay in registers only with every loop over ROWS and NT unrolled and no branch
-// on a column mask: with the zeroing loop rolled, or `if (mask[j])` around the epilogue, GCC kept
-// them on the stack (zeroed there at entry, stored after the K loop, reloaded by the epilogue:
-// 56-90 moves). In registers: ResNet-18 r10's 1×1 stride-2 shortcut pairs 1.19-1.27× faster,
-// whole bf16 plans 1.01-1.05× (paired, same bits).
+// Its accumulator loops are unrolled as vec_rows' are, and its epilogue has no branch on a column
+// mask: with `if (mask[j])` there GCC kept the accumulators on the stack too. In registers:
+// ResNet-18 r10's 1×1 stride-2 shortcut pairs 1.19-1.27× faster, whole bf16 plans 1.01-1.05×
+// (paired, same bits).
 template <int NT, int ROWS>
 BASISRT_AVX512BF16 void scaling_rows(const ConvArgs& c, const uint16_t* t16, const int64_t* pix, int64_t n) {
     __m512 acc[ROWS][NT];
