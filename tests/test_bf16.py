@@ -488,7 +488,15 @@ def test_convs_measured_faster_in_fp32_stay_fp32(tmp_path, monkeypatch):
         assert bf16_plan.precision == "bf16" and fp32_plan.precision == "fp32" and torch.equal(inp, x)
         asked.append(sorted(n for n, m in bf16_plan.module.named_modules() if getattr(m, "prefer_fp32", False)))
         return answers[len(asked) - 1]
+
+    def confirmed(plan, trial, inp, names, charge=None):  # timed again in the plan they would join
+        if not asked:  # the Winograd choices, made before
+            return sorted(names)
+        fp32 = {n for n, m in trial.module.named_modules() if getattr(m, "prefer_fp32", False)}
+        assert fp32 == names | set(asked[-1]) and plan.precision == trial.precision == "bf16"
+        return sorted(names)
     monkeypatch.setattr(entry, "faster_in_fp32", measured)
+    monkeypatch.setattr(entry, "faster_in", confirmed)
     c16 = basisrt.compile(pruned, x, precision="bf16")
     chosen = ["fc_step", "layers_0_0_conv1_step", "stem_0_step"]
     assert asked == [[], chosen[:2], chosen]  # each pass measured the plan the one before left
@@ -506,6 +514,21 @@ def test_convs_measured_faster_in_fp32_stay_fp32(tmp_path, monkeypatch):
     assert sorted(n for n, m in loaded.module.named_modules() if getattr(m, "_bf16", 1) is None) == chosen
     at_fp32 = basisrt.load(path, precision="fp32")
     assert all(getattr(m, "_bf16", None) is None for m in at_fp32.module.modules())
+
+
+@needs_bf16
+def test_a_conv_only_faster_beside_fp32_neighbours_stays_bf16(monkeypatch):
+    """A conv timed faster in the all-fp32 plan, but not once it alone is fp32 in the bf16 plan
+    (the confirmation in the plan it would join), stays bf16."""
+    pruned, x = _pruned_resnet18(), torch.randn(2, 3, 32, 32)
+    answers = [["fc_step", "layers_0_0_conv1_step"], []]
+    monkeypatch.setattr(entry, "faster_in_fp32", lambda bf16_plan, fp32_plan, inp: answers.pop(0))
+    monkeypatch.setattr(entry, "faster_in",
+                        lambda plan, trial, inp, names, charge=None: sorted(names - {"layers_0_0_conv1_step"}))
+    c16 = basisrt.compile(pruned, x, precision="bf16")
+    steps = {n: m for n, m in c16.module.named_modules() if isinstance(m, FusedConv2d)}
+    assert [n for n, m in steps.items() if m.prefer_fp32] == ["fc_step"] and not answers
+    assert steps["layers_0_0_conv1_step"]._bf16 is not None and steps["fc_step"]._bf16 is None
 
 
 @needs_bf16

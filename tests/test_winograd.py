@@ -147,7 +147,13 @@ def test_compile_keeps_the_winograd_weights_where_they_are_faster(tmp_path, monk
         asked.append(sorted(n for n, m in winograd_plan.module.named_modules()
                             if getattr(m, "winograd", None) is not None))
         return asked[0][:1]
+
+    def confirmed(plan, trial, inp, names, charge=None):  # timed again in the plan they would join
+        direct = {n for n, m in trial.module.named_modules() if getattr(m, "prefer_direct", False)}
+        assert direct == names and all(trial.module.get_submodule(n).winograd is None for n in names)
+        return sorted(names)
     monkeypatch.setattr(entry, "faster_direct", measured)
+    monkeypatch.setattr(entry, "faster_in", confirmed)
     compiled = compile(model, x, dense_backend="basisrt")
     assert len(asked) == 1 and len(asked[0]) == 2
     steps = {n: m for n, m in compiled.module.named_modules() if isinstance(m, FusedConv2d)}

@@ -278,7 +278,13 @@ def test_winograd_convs_measured_faster_direct_go_direct(tmp_path, monkeypatch):
         asked.append(sorted(n for n, m in wino_plan.module.named_modules()
                             if getattr(m, "_bf16", None) is not None and m._bf16.winograd is not None))
         return asked[-1][:1]
+
+    def confirmed(plan, trial, inp, names, charge=None):  # timed again in the plan they would join
+        if trial.precision == "bf16":  # not the fp32 Winograd choice before it
+            assert {n for n, m in trial.module.named_modules() if getattr(m, "bf16_direct", False)} == names
+        return sorted(names)
     monkeypatch.setattr(entry, "faster_bf16_direct", measured)
+    monkeypatch.setattr(entry, "faster_in", confirmed)
     compiled = compile(model, x, precision="bf16", max_error=None)
     assert len(asked) == 1 and len(asked[0]) == 2
     first, second = (compiled.module.get_submodule(n) for n in asked[0])
