@@ -9,6 +9,7 @@ import tempfile
 
 import pytest
 import torch
+from torch import Tensor
 
 from basisrt.bench import engines as eng
 from basisrt.bench.report import gpu_section, markdown, realised_table, skipped_lines
@@ -47,6 +48,9 @@ def test_quick_writes_json_markdown_png(quick, capsys):
         assert status, f"{name} neither ran nor was reported"
         assert name in g["engines"] or all(v.startswith(("skipped", "failed")) for v in status.values())
     assert any(r["engine"] == "eager_pruned" and r["gflops"] > 0 for r in results["layers"])
+    for name, e in g["engines"].items():  # every engine's error on a fresh input too
+        assert e["info"]["rel_err_fresh"] < eng.tolerance(name), name
+    assert "rel err, fresh input" in md
     assert "Realised" not in capsys.readouterr().err
 
 
@@ -130,3 +134,29 @@ def test_openvino_engines_match_eager(name):
         ref = model(x)
     assert ((run.output() - ref).norm() / ref.norm()).item() < eng.tolerance(name)
     assert run.info["precision"] == ("bf16" if name.endswith("_bf16") else "f32")
+
+
+@pytest.mark.parametrize("name", ["eager_pruned", "eager_pruned_cl", "ort_pruned", "ov_pruned", "ov_pruned_bf16",
+                                  "basisrt", "basisrt_bf16"])
+def test_engines_answer_for_a_fresh_input_and_keep_timing_theirs(name):
+    """run_on gives an engine's output for another input of the build input's shape (the bench's
+    error off the example input), and leaves the timed call on the build input: OpenVINO's timed
+    request reads x in place, so a fresh input must not go through it."""
+    from nets import pruned_net
+    # a fresh input far from x: this net's output moves 0.4 % between two standard normal inputs
+    model, x, fresh = pruned_net().eval(), torch.randn(2, 3, 12, 10), 20 * torch.randn(2, 3, 12, 10)
+    x_before = x.clone()
+    try:
+        run = eng.build(name, model, x, 1, {})
+    except eng.EngineSkipped as e:
+        pytest.skip(str(e))
+    with torch.no_grad():
+        ref, ref_fresh = model(x), model(fresh)
+    rel = lambda y, r: ((torch.as_tensor(y).float() - r).norm() / r.norm()).item()  # noqa: E731
+    run.fn()  # a timed call first: OpenVINO's request then shares x's memory
+    assert rel(run.run_on(fresh), ref_fresh) < eng.tolerance(name)
+    assert torch.equal(x, x_before)
+    out = run.fn()
+    if isinstance(out, Tensor):
+        assert rel(out, ref) < eng.tolerance(name)
+    assert rel(run.output(), ref) < eng.tolerance(name) and rel(ref, ref_fresh) > 0.3

@@ -18,7 +18,8 @@ Dense engines run the original model, pruned engines the basis-pruned one. On th
     basisrt           basisrt.compile of the pruned model
     basisrt_bf16      the same at precision="bf16" (AMX tiles or AVX512-BF16; the MAC cost model picks the layers,
                       convs measured faster in fp32 stay fp32, and compile's max_error=1e-2 bound holds the
-                      output on the bench's input, the example input, within 1e-2 of the fp32 plan's)
+                      output on the bench's input, the example input, within 1e-2 of the fp32 plan's;
+                      each engine's error on a fresh input of that shape is reported beside it)
 
 On a CUDA GPU (each call synchronised, so a pass times the whole GPU run; compared only with
 each other, against their own reference):
@@ -90,6 +91,9 @@ class EngineRun:
     output: Callable[[], Tensor]
     info: dict = field(default_factory=dict)
     compiled: object = None  # basisrt: the CompiledModel (for per-layer step times)
+    # the output for another input of the build input's shape: the error off the example input,
+    # which basisrt's bf16 plan is fitted to (its error bound); None where an engine cannot say
+    run_on: Callable[[Tensor], object] | None = None
 
 
 def engine_arg(name: str) -> str:
@@ -176,7 +180,9 @@ def _eager(model: nn.Module, x: Tensor, channels_last: bool) -> EngineRun:
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     fn = _no_grad_call(model.eval(), x)
-    return EngineRun("", fn, fn, {"memory_format": "channels_last" if channels_last else "contiguous"})
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return EngineRun("", fn, fn, {"memory_format": "channels_last" if channels_last else "contiguous"},
+                     run_on=lambda t: _no_grad_call(model, t.contiguous(memory_format=fmt))())
 
 
 def _set_dynamo_limits() -> None:
@@ -206,7 +212,8 @@ def _inductor(model: nn.Module, x: Tensor, threads: int) -> EngineRun:
     finally:
         ic.freezing = prev
     fn = _no_grad_call(compiled, x)
-    return EngineRun("", fn, fn, {"freezing": True, "threads_at_compile": threads})
+    return EngineRun("", fn, fn, {"freezing": True, "threads_at_compile": threads},
+                     run_on=lambda t: _no_grad_call(compiled, t)())
 
 
 def _exported(model: nn.Module, x: Tensor, export_cache: dict) -> tuple[str, str]:
@@ -243,10 +250,12 @@ def _ort(model: nn.Module, x: Tensor, threads: int, export_cache: dict) -> Engin
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: x.numpy()}
+    name = sess.get_inputs()[0].name
+    feed = {name: x.numpy()}
     fn = lambda: sess.run(None, feed)  # noqa: E731
     return EngineRun("", fn, lambda: torch.from_numpy(sess.run(None, feed)[0]),
-                     {"exporter": how, "onnxruntime": ort.__version__})
+                     {"exporter": how, "onnxruntime": ort.__version__},
+                     run_on=lambda t: torch.from_numpy(sess.run(None, {name: t.numpy()})[0]))
 
 
 def _openvino(model: nn.Module, x: Tensor, threads: int, export_cache: dict, bf16: bool) -> EngineRun:
@@ -266,9 +275,11 @@ def _openvino(model: nn.Module, x: Tensor, threads: int, export_cache: dict, bf1
     compiled = core.compile_model(core.read_model(path), "CPU", config)
     request, feed, out = compiled.create_infer_request(), {0: x.numpy()}, compiled.output(0)
     fn = lambda: request.infer(feed, share_inputs=True)  # noqa: E731 - x read in place, no copy per call
+    other = compiled.create_infer_request()  # not `request`, whose input may be x's own memory by then
     return EngineRun("", fn, lambda: torch.from_numpy(request.infer(feed)[out].copy()),
                      {"exporter": how, "openvino": ov.__version__,
-                      "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()})
+                      "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()},
+                     run_on=lambda t: torch.from_numpy(other.infer({0: t.numpy()})[out].copy()))
 
 
 def _export(model: nn.Module, x: Tensor) -> tuple[str, str]:
@@ -307,7 +318,7 @@ def _basisrt(model: nn.Module, x: Tensor, autotune: bool = True, cuda_graph: boo
     strategies: dict[str, int] = {}
     for s in steps:
         strategies[s.strategy] = strategies.get(s.strategy, 0) + 1
-    return EngineRun("", fn, fn, {"strategies": strategies}, compiled=cm)
+    return EngineRun("", fn, fn, {"strategies": strategies}, compiled=cm, run_on=cm)
 
 
 def _synchronised(fn: Callable[[], object]) -> Callable[[], object]:
@@ -325,7 +336,8 @@ def _gpu(kind: str, model: nn.Module, x: Tensor, threads: int) -> EngineRun:
         raise EngineSkipped(NO_CUDA)
     model, x = copy.deepcopy(model).eval().cuda(), x.cuda()
     if kind == "gpu_eager":
-        run = EngineRun("", _no_grad_call(model, x), _no_grad_call(model, x))
+        run = EngineRun("", _no_grad_call(model, x), _no_grad_call(model, x),
+                        run_on=lambda t: _no_grad_call(model, t)())
     elif kind == "gpu_inductor":
         run = _inductor(model, x, threads)
     else:
@@ -334,6 +346,8 @@ def _gpu(kind: str, model: nn.Module, x: Tensor, threads: int) -> EngineRun:
         # the MAC cost model, not autotune: fused wherever it pays, so the fused kernel is what is timed
         run = _basisrt(model, x, autotune=False, cuda_graph=kind == "gpu_basisrt_graph")
     run.fn = _synchronised(run.fn)
+    on_host = run.run_on
+    run.run_on = (lambda t: on_host(t.to(x.device))) if on_host is not None else None
     run.info.update(device=str(x.device), gpu=torch.cuda.get_device_name(x.device))
     return run
 

@@ -35,6 +35,9 @@ def flags(group: dict, engine: str) -> list[str]:
     err = e.get("info", {}).get("rel_err")
     if err is not None and not (err < eng.tolerance(engine)):
         out.append(f"WRONG OUTPUT rel err {err:.1e}")
+    fresh = e.get("info", {}).get("rel_err_fresh")
+    if fresh is not None and not (fresh < eng.tolerance(engine)):
+        out.append(f"WRONG OUTPUT on a fresh input: rel err {fresh:.1e}")
     return out
 
 
@@ -65,17 +68,19 @@ def realised_table(results: dict, engines: tuple[str, ...] | None = None, device
 
 def timings_table(results: dict) -> str:
     lines = ["| model | pruning | batch | threads | engine | median ms | p10 ms | p90 ms | passes × calls "
-             "| disturbed | CPU util | rel err |", "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| disturbed | CPU util | rel err | rel err, fresh input |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for g in results["groups"]:
         for name, e in g["engines"].items():
             if "stats" not in e:
                 continue
             st = e["stats"]
             err = e.get("info", {}).get("rel_err", math.nan)
+            fresh = e.get("info", {}).get("rel_err_fresh", math.nan)  # results before session 31: none
             lines.append(f"| {g['model']} | {g['level']} | {g['batch']} | {g['threads']} | {name} "
                          f"| {1e3 * st['median']:.3f} | {1e3 * st['p10']:.3f} | {1e3 * st['p90']:.3f} "
                          f"| {e['passes']} × {e['inner']} | {e['disturbed']} | {e.get('cpu_util', 0):.2f} "
-                         f"| {err:.1e} |")
+                         f"| {err:.1e} | {fresh:.1e} |")
     return "\n".join(lines)
 
 
